@@ -1,0 +1,56 @@
+//! A closed window's result for one sensor and field, and its line in the store.
+
+use crate::line_protocol::{encode, FieldValue, LineError, Point};
+use crate::window::WindowStats;
+use serde::{Deserialize, Serialize};
+
+/// The statistics of one window of one field of one sensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Aggregate {
+    /// Sensor type (`traffic`).
+    pub sensor_type: String,
+    /// Sensor id.
+    pub sensor_id: String,
+    /// Field name (`avgSpeed`).
+    pub field: String,
+    /// Window label (`5m`).
+    pub window: String,
+    /// Window start, Unix ms (inclusive).
+    pub start: u64,
+    /// Window end, Unix ms (exclusive); the point's timestamp.
+    pub end: u64,
+    /// The statistics.
+    pub stats: WindowStats,
+}
+
+impl Aggregate {
+    /// Appends the `aggregate` line (DESIGN schema) to `out`, millisecond precision.
+    pub fn write_line(&self, out: &mut String) -> Result<(), LineError> {
+        let s = &self.stats;
+        encode(
+            &Point {
+                measurement: "aggregate",
+                tags: vec![
+                    ("field", &self.field),
+                    ("sensor_id", &self.sensor_id),
+                    ("sensor_type", &self.sensor_type),
+                    ("window", &self.window),
+                ],
+                fields: vec![
+                    ("count", FieldValue::Int(s.count as i64)),
+                    ("mean", FieldValue::Float(s.mean)),
+                    ("min", FieldValue::Float(s.min)),
+                    ("max", FieldValue::Float(s.max)),
+                    ("stddev", FieldValue::Float(s.stddev)),
+                ],
+                time_ms: self.end as i64,
+            },
+            out,
+        )
+    }
+
+    /// A key that orders aggregates deterministically (for tests and comparisons).
+    pub fn sort_key(&self) -> (&str, &str, &str, &str, u64) {
+        (&self.sensor_type, &self.sensor_id, &self.field, &self.window, self.start)
+    }
+}

@@ -1,0 +1,502 @@
+//! The service configuration (`config/aqyl.toml`): typed, validated, with `file:line` errors
+//! and the `AQYL_*` environment overrides applied on top (they win over the file).
+
+use crate::descriptor::{self, SensorType};
+use crate::error::{ConfigError, ConfigErrors};
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A secret (password, token): its `Debug` and `Display` never print the value.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("**redacted**")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("**redacted**")
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory of sensor type descriptors, relative to the config file.
+    #[serde(default = "default_sensors_dir")]
+    pub sensors_dir: PathBuf,
+    /// Broker connection.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// Ingest limits.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// Dataflow settings.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// MQTT outputs (dead-letter, status).
+    #[serde(default)]
+    pub outputs: OutputsConfig,
+    /// InfluxDB v2 sink.
+    #[serde(default)]
+    pub influx: InfluxConfig,
+    /// Line-protocol file sink.
+    #[serde(default)]
+    pub file: FileConfig,
+    /// HTTP endpoint for `/metrics` and `/health`.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+fn default_sensors_dir() -> PathBuf {
+    PathBuf::from("sensors")
+}
+
+/// `[mqtt]`: the broker Aqyl subscribes to and publishes on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Broker URL, `mqtt://host:port` (env `AQYL_MQTT_URL`).
+    #[serde(default = "default_mqtt_url")]
+    pub url: Spanned<String>,
+    /// Client id; default `aqyl-<hostname>`. Keep it stable across restarts so the broker
+    /// keeps the persistent session, and unique per running instance.
+    pub client_id: Option<String>,
+    /// User name (env `AQYL_MQTT_USERNAME`).
+    pub username: Option<String>,
+    /// Password (env `AQYL_MQTT_PASSWORD`).
+    pub password: Option<Secret>,
+    /// Keep-alive interval.
+    #[serde(default = "default_keep_alive", deserialize_with = "crate::duration::deserialize")]
+    pub keep_alive: Duration,
+    /// Start with a clean session (loses messages queued while Aqyl was away). Default false.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// Prefix added to every ingest subscription, e.g. `$share/aqyl/` to spread the load over
+    /// several instances with MQTT shared subscriptions.
+    #[serde(default)]
+    pub subscription_prefix: String,
+    /// Longest wait between reconnect attempts (backoff doubles from 100 ms up to this).
+    #[serde(default = "default_max_backoff", deserialize_with = "crate::duration::deserialize")]
+    pub max_reconnect_backoff: Duration,
+}
+
+fn default_mqtt_url() -> Spanned<String> {
+    Spanned::new(0..0, "mqtt://127.0.0.1:1883".into())
+}
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: default_mqtt_url(),
+            client_id: None,
+            username: None,
+            password: None,
+            keep_alive: default_keep_alive(),
+            clean_session: false,
+            subscription_prefix: String::new(),
+            max_reconnect_backoff: default_max_backoff(),
+        }
+    }
+}
+
+/// `[ingest]`: limits on what is accepted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest payload accepted, in bytes; larger ones are dead-lettered as `oversized`.
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// Messages buffered per worker between the MQTT task and the dataflow. When full, the
+    /// MQTT task waits (back-pressure to the broker) instead of dropping.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+}
+
+fn default_max_payload() -> usize {
+    64 * 1024
+}
+fn default_queue() -> usize {
+    16 * 1024
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self { max_payload_bytes: default_max_payload(), queue_capacity: default_queue() }
+    }
+}
+
+/// `[pipeline]`: the dataflow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Timely worker threads.
+    #[serde(default = "default_workers")]
+    pub workers: Spanned<usize>,
+    /// Tumbling window size.
+    #[serde(default = "default_window", deserialize_with = "spanned_duration")]
+    pub window: Spanned<Duration>,
+    /// How far behind the newest event time a record may arrive and still count.
+    #[serde(default = "default_lateness", deserialize_with = "crate::duration::deserialize")]
+    pub allowed_lateness: Duration,
+    /// After this much wall-clock silence the watermark advances with the wall clock, so
+    /// windows close even when sensors stop. `"0s"` disables it (replays).
+    #[serde(default = "default_idle", deserialize_with = "crate::duration::deserialize")]
+    pub idle_timeout: Duration,
+}
+
+fn spanned_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Spanned<Duration>, D::Error> {
+    let s: Spanned<String> = Spanned::deserialize(d)?;
+    let span = s.span();
+    crate::duration::parse(s.get_ref()).map(|v| Spanned::new(span, v)).map_err(serde::de::Error::custom)
+}
+
+fn default_workers() -> Spanned<usize> {
+    Spanned::new(0..0, 2)
+}
+fn default_window() -> Spanned<Duration> {
+    Spanned::new(0..0, Duration::from_secs(300))
+}
+fn default_lateness() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            workers: default_workers(),
+            window: default_window(),
+            allowed_lateness: default_lateness(),
+            idle_timeout: default_idle(),
+        }
+    }
+}
+
+/// `[outputs]`: MQTT topics Aqyl publishes on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsConfig {
+    /// Prefix of every output topic (`aqyl` → `aqyl/deadletter/traffic`).
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+}
+
+fn default_prefix() -> String {
+    "aqyl".into()
+}
+
+impl Default for OutputsConfig {
+    fn default() -> Self {
+        Self { topic_prefix: default_prefix() }
+    }
+}
+
+/// `[influx]`: the InfluxDB v2 write API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxConfig {
+    /// Write to InfluxDB (also turned on by `AQYL_INFLUX_URL`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Base URL, e.g. `http://127.0.0.1:8086` (env `AQYL_INFLUX_URL`).
+    #[serde(default = "default_influx_url")]
+    pub url: String,
+    /// Organization (env `AQYL_INFLUX_ORG`).
+    #[serde(default = "default_org")]
+    pub org: String,
+    /// Bucket (env `AQYL_INFLUX_BUCKET`).
+    #[serde(default = "default_org")]
+    pub bucket: String,
+    /// API token (env `AQYL_INFLUX_TOKEN`).
+    #[serde(default)]
+    pub token: Secret,
+    /// Most points per write request.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Longest a point waits before its batch is sent.
+    #[serde(default = "default_flush", deserialize_with = "crate::duration::deserialize")]
+    pub flush_interval: Duration,
+    /// Longest wait between retries of a failed write (backoff doubles from 100 ms).
+    #[serde(default = "default_max_backoff", deserialize_with = "crate::duration::deserialize")]
+    pub max_backoff: Duration,
+}
+
+fn default_influx_url() -> String {
+    "http://127.0.0.1:8086".into()
+}
+fn default_org() -> String {
+    "aqyl".into()
+}
+fn default_batch() -> usize {
+    5000
+}
+fn default_flush() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Default for InfluxConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            url: default_influx_url(),
+            org: default_org(),
+            bucket: default_org(),
+            token: Secret::default(),
+            batch_size: default_batch(),
+            flush_interval: default_flush(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+/// `[file]`: line-protocol files, the zero-install sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Append aggregates to `<dir>/aggregate.lp`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Directory (relative to the working directory).
+    #[serde(default = "default_data_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self { enabled: false, dir: default_data_dir() }
+    }
+}
+
+/// `[http]`: metrics and health endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address such as `127.0.0.1:9464` (env `AQYL_HTTP_ADDR`); off when absent.
+    pub addr: Option<String>,
+}
+
+/// A parsed MQTT broker URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUrl {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS requested (`mqtts://`).
+    pub tls: bool,
+}
+
+impl MqttUrl {
+    /// Parses `mqtt://host[:port]`, `tcp://…` or `mqtts://…`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("broker URL {url:?} has no scheme; write it like mqtt://127.0.0.1:1883"))?;
+        let tls = match scheme {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => return Err(format!("broker URL scheme {other:?} is not supported; use mqtt:// or mqtts://")),
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or("");
+        if authority.contains('@') {
+            return Err("put MQTT credentials in mqtt.username/mqtt.password (or AQYL_MQTT_USERNAME/AQYL_MQTT_PASSWORD), not in the URL".into());
+        }
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse::<u16>().map_err(|_| format!("broker URL {url:?} has an invalid port {p:?}"))?)
+            }
+            _ => (authority, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("broker URL {url:?} has no host"));
+        }
+        Ok(Self { host: host.to_string(), port, tls })
+    }
+}
+
+/// A loaded configuration: the file, its sensor types, and where they came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The configuration, overrides applied.
+    pub config: Config,
+    /// The sensor types from `sensors_dir`.
+    pub sensor_types: Vec<SensorType>,
+    /// The configuration file.
+    pub path: PathBuf,
+    /// `sensors_dir` resolved against the file's directory.
+    pub sensors_dir: PathBuf,
+}
+
+impl Config {
+    /// Parses configuration text (no overrides, no descriptor loading).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+        let mut errors = Vec::new();
+        let at = |span: std::ops::Range<usize>, msg: String| {
+            ConfigError::at(path, text, (span.end > 0).then_some(span.start), msg)
+        };
+        if let Err(e) = MqttUrl::parse(config.mqtt.url.get_ref()) {
+            errors.push(at(config.mqtt.url.span(), e));
+        }
+        let workers = *config.pipeline.workers.get_ref();
+        if !(1..=256).contains(&workers) {
+            errors.push(at(config.pipeline.workers.span(), format!("pipeline.workers is {workers}; use 1 to 256")));
+        }
+        if config.pipeline.window.get_ref().as_millis() == 0 {
+            errors.push(at(config.pipeline.window.span(), "pipeline.window must be at least 1ms".into()));
+        }
+        if config.mqtt.username.is_some() != config.mqtt.password.is_some() {
+            errors.push(ConfigError::file(path, "mqtt.username and mqtt.password must both be set or both be absent"));
+        }
+        if config.ingest.queue_capacity == 0 || config.influx.batch_size == 0 {
+            errors.push(ConfigError::file(path, "ingest.queue_capacity and influx.batch_size must be at least 1"));
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Applies the `AQYL_*` environment overrides; `env` looks a variable up.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        if let Some(url) = env("AQYL_MQTT_URL") {
+            MqttUrl::parse(&url).map_err(|e| format!("AQYL_MQTT_URL: {e}"))?;
+            self.mqtt.url = Spanned::new(0..0, url);
+        }
+        if let Some(u) = env("AQYL_MQTT_USERNAME") {
+            self.mqtt.username = Some(u);
+        }
+        if let Some(p) = env("AQYL_MQTT_PASSWORD") {
+            self.mqtt.password = Some(Secret::new(p));
+        }
+        if let Some(url) = env("AQYL_INFLUX_URL") {
+            self.influx.url = url;
+            self.influx.enabled = true;
+        }
+        if let Some(org) = env("AQYL_INFLUX_ORG") {
+            self.influx.org = org;
+        }
+        if let Some(bucket) = env("AQYL_INFLUX_BUCKET") {
+            self.influx.bucket = bucket;
+        }
+        if let Some(token) = env("AQYL_INFLUX_TOKEN") {
+            self.influx.token = Secret::new(token);
+        }
+        if let Some(addr) = env("AQYL_HTTP_ADDR") {
+            self.http.addr = Some(addr);
+        }
+        if self.mqtt.username.is_some() != self.mqtt.password.is_some() {
+            return Err("the MQTT username and password must both be set or both be absent".into());
+        }
+        Ok(())
+    }
+}
+
+/// Loads a configuration file, applies the environment and loads its sensor descriptors,
+/// reporting every problem with its file and line.
+pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::file(path, format!("cannot read the configuration file: {e}; pass another with --config PATH"))
+    })?;
+    let mut config = Config::from_toml(path, &text)?;
+    config.apply_env(env).map_err(|e| ConfigError::file(path, e))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let sensors_dir = base.join(&config.sensors_dir);
+    let sensor_types = descriptor::load_dir(&sensors_dir)?;
+    Ok(Loaded { config, sensor_types, path: path.to_path_buf(), sensors_dir })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = Config::from_toml(Path::new("a.toml"), "").unwrap();
+        assert_eq!(*c.pipeline.workers.get_ref(), 2);
+        assert_eq!(*c.pipeline.window.get_ref(), Duration::from_secs(300));
+        assert_eq!(c.outputs.topic_prefix, "aqyl");
+        assert!(!c.influx.enabled);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let text = "[pipeline]\nworkers = 0\nwindow = \"5 parsecs\"\n";
+        let err = Config::from_toml(Path::new("aqyl.toml"), text).unwrap_err().to_string();
+        assert!(err.starts_with("aqyl.toml:3: invalid duration"), "{err}");
+        let text = "[pipeline]\nworkers = 0\n";
+        let err = Config::from_toml(Path::new("aqyl.toml"), text).unwrap_err().to_string();
+        assert_eq!(err, "aqyl.toml:2: pipeline.workers is 0; use 1 to 256");
+        let text = "[mqtt]\nurl = \"http://x\"\n";
+        let err = Config::from_toml(Path::new("aqyl.toml"), text).unwrap_err().to_string();
+        assert!(err.starts_with("aqyl.toml:2: broker URL scheme \"http\""), "{err}");
+        let err = Config::from_toml(Path::new("aqyl.toml"), "[mqtt]\nurl = \"mqtt://h\"\nport = 1\n").unwrap_err();
+        assert!(err.to_string().starts_with("aqyl.toml:3: unknown field `port`"), "{err}");
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let mut c = Config::from_toml(Path::new("a.toml"), "[mqtt]\nurl = \"mqtt://file:1\"\n").unwrap();
+        let env = |k: &str| match k {
+            "AQYL_MQTT_URL" => Some("mqtt://env:2".to_string()),
+            "AQYL_INFLUX_URL" => Some("http://vm:8428".to_string()),
+            "AQYL_INFLUX_TOKEN" => Some("s3cret".to_string()),
+            "AQYL_HTTP_ADDR" => Some("127.0.0.1:9".to_string()),
+            _ => None,
+        };
+        c.apply_env(env).unwrap();
+        assert_eq!(c.mqtt.url.get_ref(), "mqtt://env:2");
+        assert!(c.influx.enabled);
+        assert_eq!(c.influx.url, "http://vm:8428");
+        assert_eq!(c.influx.token.expose(), "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"), "secrets are redacted in Debug");
+        assert_eq!(c.http.addr.as_deref(), Some("127.0.0.1:9"));
+        assert!(c.apply_env(|k| (k == "AQYL_MQTT_URL").then(|| "nope".into())).is_err());
+        assert!(c.apply_env(|k| (k == "AQYL_MQTT_USERNAME").then(|| "u".into())).is_err());
+    }
+
+    #[test]
+    fn mqtt_urls() {
+        assert_eq!(MqttUrl::parse("mqtt://127.0.0.1:1883").unwrap(), MqttUrl { host: "127.0.0.1".into(), port: 1883, tls: false });
+        assert_eq!(MqttUrl::parse("mqtts://broker").unwrap().port, 8883);
+        assert_eq!(MqttUrl::parse("mqtt://[::1]:1884").unwrap().host, "::1");
+        assert!(MqttUrl::parse("broker:1883").is_err());
+        assert!(MqttUrl::parse("mqtt://u:p@broker").is_err());
+        assert!(MqttUrl::parse("mqtt://broker:99999").is_err());
+    }
+}

@@ -1,0 +1,351 @@
+//! Decoding: topic and payload bytes in, a typed [`Observation`] or a precise [`Rejection`] out.
+//! Pure and total: any bytes give one or the other, never a panic.
+
+use crate::deadletter::{DeadLetter, Reason};
+use crate::descriptor::{validate_sensor_id, FieldType, SensorType, TimeFormat, TimeRule};
+use crate::observation::{Observation, RawMessage};
+use chrono::{NaiveDateTime, TimeZone};
+use serde_json::Value;
+
+/// Latest accepted event time (year 9999), to keep arithmetic far from overflow.
+const MAX_EVENT_MS: i64 = 253_402_300_799_000;
+
+/// The configured sensor types, looked up by topic.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    types: Vec<SensorType>,
+}
+
+/// Why a message was not turned into an observation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The sensor type the topic matched; `None` for an unknown topic.
+    pub sensor_type: Option<String>,
+    /// Machine-readable reason.
+    pub reason: Reason,
+    /// Which field, what was expected, what came.
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(sensor_type: &str, reason: Reason, detail: String) -> Self {
+        Self { sensor_type: Some(sensor_type.to_string()), reason, detail }
+    }
+
+    /// The dead-letter record for the rejected message.
+    pub fn dead_letter(&self, msg: &RawMessage) -> DeadLetter {
+        DeadLetter::new(
+            self.sensor_type.as_deref().unwrap_or("unknown"),
+            self.reason,
+            self.detail.clone(),
+            &msg.topic,
+            &msg.payload,
+            msg.received_at,
+        )
+    }
+}
+
+impl Registry {
+    /// A registry of the given types (already checked not to overlap).
+    pub fn new(types: Vec<SensorType>) -> Self {
+        Self { types }
+    }
+
+    /// The sensor types.
+    pub fn types(&self) -> &[SensorType] {
+        &self.types
+    }
+
+    /// The MQTT filters to subscribe to, one per type.
+    pub fn filters(&self) -> Vec<String> {
+        self.types.iter().map(|t| t.topic.filter()).collect()
+    }
+
+    /// Decodes one message. `max_payload` bounds the payload size in bytes.
+    pub fn decode(&self, msg: &RawMessage, max_payload: usize) -> Result<Observation, Rejection> {
+        let Some((ty, captures)) = self.types.iter().find_map(|t| t.topic.matches(&msg.topic).map(|c| (t, c))) else {
+            return Err(Rejection {
+                sensor_type: None,
+                reason: Reason::UnknownTopic,
+                detail: format!("no sensor type has a topic pattern matching {:?}", msg.topic),
+            });
+        };
+        let name = ty.name.as_str();
+        if msg.payload.len() > max_payload {
+            return Err(Rejection::new(
+                name,
+                Reason::Oversized,
+                format!("payload is {} bytes; the limit is {max_payload} (ingest.max_payload_bytes)", msg.payload.len()),
+            ));
+        }
+        validate_sensor_id(captures.sensor_id).map_err(|e| Rejection::new(name, Reason::InvalidSensorId, e))?;
+        if let Some(area) = captures.area {
+            validate_sensor_id(area)
+                .map_err(|e| Rejection::new(name, Reason::InvalidSensorId, format!("area: {e}")))?;
+        }
+        let value: Value = serde_json::from_slice(&msg.payload)
+            .map_err(|e| Rejection::new(name, Reason::MalformedJson, format!("payload is not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(Rejection::new(
+                name,
+                Reason::NotAnObject,
+                format!("expected a JSON object, got {}", kind_of(&value)),
+            ));
+        }
+        let (event_time, time_from_receive) = match &ty.time {
+            Some(rule) => (read_time(rule, &value).map_err(|e| Rejection::new(name, Reason::InvalidTimestamp, e))?, false),
+            None => (msg.received_at, true),
+        };
+        if !(0..=MAX_EVENT_MS).contains(&event_time) {
+            return Err(Rejection::new(
+                name,
+                Reason::InvalidTimestamp,
+                format!("event time {event_time} ms is outside 1970..9999"),
+            ));
+        }
+        let mut fields = Vec::with_capacity(ty.fields.len());
+        for f in &ty.fields {
+            match read_number(value.pointer(&f.pointer), f.kind) {
+                Ok(Some(v)) => fields.push((f.name.clone(), v)),
+                Ok(None) if !f.required => {}
+                Ok(None) => {
+                    return Err(Rejection::new(
+                        name,
+                        Reason::MissingField,
+                        format!("required field {:?} (at {}) is missing, null, empty or NA", f.name, f.pointer),
+                    ))
+                }
+                Err(got) => {
+                    return Err(Rejection::new(
+                        name,
+                        Reason::WrongType,
+                        format!("field {:?} (at {}): expected {}, got {got}", f.name, f.pointer, type_name(f.kind)),
+                    ))
+                }
+            }
+        }
+        Ok(Observation {
+            sensor_type: ty.name.clone(),
+            sensor_id: captures.sensor_id.to_string(),
+            area: captures.area.map(str::to_string),
+            event_time: event_time as u64,
+            received_at: msg.received_at,
+            time_from_receive,
+            fields,
+        })
+    }
+}
+
+fn type_name(kind: FieldType) -> &'static str {
+    match kind {
+        FieldType::Number => "a number",
+        FieldType::Integer => "an integer",
+    }
+}
+
+fn kind_of(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {:?}", truncate(s, 40)),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// `Ok(None)` for absent/null/""/"NA"; `Err(description)` for a value of the wrong type.
+fn read_number(v: Option<&Value>, kind: FieldType) -> Result<Option<f64>, String> {
+    let x = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() || s.trim().eq_ignore_ascii_case("na") => return Ok(None),
+        Some(Value::Number(n)) => n.as_f64().ok_or_else(|| format!("the number {n}"))?,
+        Some(Value::String(s)) => s.trim().parse::<f64>().map_err(|_| kind_of(&Value::String(s.clone())))?,
+        Some(other) => return Err(kind_of(other)),
+    };
+    if !x.is_finite() {
+        return Err(format!("the non-finite value {x}"));
+    }
+    if kind == FieldType::Integer && x.fract() != 0.0 {
+        return Err(format!("the fractional number {x}"));
+    }
+    Ok(Some(x))
+}
+
+fn read_time(rule: &TimeRule, payload: &Value) -> Result<i64, String> {
+    let v = payload
+        .pointer(&rule.pointer)
+        .ok_or_else(|| format!("time field {} is missing", rule.pointer))?;
+    let number = || -> Result<f64, String> {
+        match v {
+            Value::Number(n) => n.as_f64().ok_or_else(|| "unreadable number".to_string()),
+            Value::String(s) => s.trim().parse::<f64>().map_err(|_| format!("expected a number, got {}", kind_of(v))),
+            _ => Err(format!("expected a number, got {}", kind_of(v))),
+        }
+    };
+    let ms = match &rule.format {
+        TimeFormat::EpochSeconds => number()? * 1000.0,
+        TimeFormat::EpochMillis => number()?,
+        TimeFormat::Rfc3339 => {
+            let s = v.as_str().ok_or_else(|| format!("expected an RFC 3339 string, got {}", kind_of(v)))?;
+            return chrono::DateTime::parse_from_rfc3339(s.trim())
+                .map(|t| t.timestamp_millis())
+                .map_err(|e| format!("{:?} is not RFC 3339 ({e})", truncate(s, 40)));
+        }
+        TimeFormat::Local { pattern, zone } => {
+            let s = v.as_str().ok_or_else(|| format!("expected a time string like {pattern:?}, got {}", kind_of(v)))?;
+            let naive = NaiveDateTime::parse_from_str(s.trim(), pattern)
+                .map_err(|e| format!("{:?} does not match the time format {pattern:?} ({e})", truncate(s, 40)))?;
+            return match zone.from_local_datetime(&naive) {
+                chrono::LocalResult::Single(t) => Ok(t.timestamp_millis()),
+                chrono::LocalResult::Ambiguous(early, _) => Ok(early.timestamp_millis()),
+                chrono::LocalResult::None => zone
+                    .from_local_datetime(&(naive - chrono::Duration::hours(1)))
+                    .earliest()
+                    .map(|t| t.timestamp_millis() + 3_600_000)
+                    .ok_or_else(|| format!("{s:?} does not exist in {zone}")),
+            };
+        }
+    };
+    if !ms.is_finite() || ms < 0.0 || ms > MAX_EVENT_MS as f64 {
+        return Err(format!("epoch value {ms} ms is outside 1970..9999"));
+    }
+    Ok(ms as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn registry() -> Registry {
+        let t = SensorType::from_toml(
+            Path::new("traffic.toml"),
+            r#"
+name = "traffic"
+[time]
+field = "/TIMESTAMP"
+format = "%Y-%m-%dT%H:%M:%S"
+timezone = "Europe/Copenhagen"
+[[fields]]
+name = "avgSpeed"
+[[fields]]
+name = "vehicleCount"
+type = "integer"
+[[fields]]
+name = "extra"
+required = false
+"#,
+        )
+        .unwrap();
+        Registry::new(vec![t])
+    }
+
+    fn msg(topic: &str, payload: &str) -> RawMessage {
+        RawMessage { topic: topic.into(), payload: payload.as_bytes().to_vec(), received_at: 1_000 }
+    }
+
+    #[test]
+    fn decodes_a_citypulse_row_in_copenhagen_time() {
+        let obs = registry()
+            .decode(
+                &msg(
+                    "city/traffic/158324",
+                    r#"{"status":"OK","avgMeasuredTime":74,"avgSpeed":50,"extID":668,"TIMESTAMP":"2014-08-01T07:50:00","vehicleCount":"5","REPORT_ID":158324}"#,
+                ),
+                65536,
+            )
+            .unwrap();
+        assert_eq!(obs.sensor_id, "158324");
+        // 07:50 CEST (UTC+2) is 05:50 UTC.
+        assert_eq!(obs.event_time, 1_406_872_200_000);
+        assert_eq!(obs.fields, vec![("avgSpeed".to_string(), 50.0), ("vehicleCount".to_string(), 5.0)]);
+        assert!(!obs.time_from_receive);
+    }
+
+    #[test]
+    fn dst_edges_are_resolved() {
+        let r = registry();
+        let at = |ts: &str| {
+            r.decode(&msg("city/traffic/1", &format!(r#"{{"TIMESTAMP":"{ts}","avgSpeed":1,"vehicleCount":1}}"#)), 1 << 16)
+                .unwrap()
+                .event_time
+        };
+        // 2014-10-26 02:30 happens twice in Copenhagen; the earlier (CEST, UTC+2) is taken.
+        assert_eq!(at("2014-10-26T02:30:00"), 1_414_283_400_000);
+        // 2014-03-30 02:30 does not exist; it is read as 01:30 UTC (03:30 CEST).
+        assert_eq!(at("2014-03-30T02:30:00"), 1_396_143_000_000);
+    }
+
+    fn reason(topic: &str, payload: &str) -> (Reason, String) {
+        let r = registry().decode(&msg(topic, payload), 200).unwrap_err();
+        (r.reason, r.detail)
+    }
+
+    #[test]
+    fn every_rejection_reason_says_why() {
+        let ok_time = r#""TIMESTAMP":"2014-08-01T07:50:00""#;
+        assert_eq!(reason("city/parking/1", "{}").0, Reason::UnknownTopic);
+        assert_eq!(reason("city/traffic/1", &"x".repeat(201)).0, Reason::Oversized);
+        assert_eq!(reason("city/traffic/1", "{\"avgSpeed\":").0, Reason::MalformedJson);
+        assert_eq!(reason("city/traffic/1", "[1,2]").0, Reason::NotAnObject);
+        let (r, d) = reason("city/traffic/1", &format!(r#"{{{ok_time},"vehicleCount":3}}"#));
+        assert_eq!(r, Reason::MissingField);
+        assert!(d.contains("avgSpeed"), "{d}");
+        let (r, d) = reason("city/traffic/1", &format!(r#"{{{ok_time},"avgSpeed":"fast","vehicleCount":3}}"#));
+        assert_eq!(r, Reason::WrongType);
+        assert!(d.contains("expected a number, got the string \"fast\""), "{d}");
+        let (r, _) = reason("city/traffic/1", &format!(r#"{{{ok_time},"avgSpeed":1,"vehicleCount":2.5}}"#));
+        assert_eq!(r, Reason::WrongType);
+        let (r, d) = reason("city/traffic/1", r#"{"TIMESTAMP":"yesterday","avgSpeed":1,"vehicleCount":2}"#);
+        assert_eq!(r, Reason::InvalidTimestamp);
+        assert!(d.contains("yesterday"), "{d}");
+        assert_eq!(reason("city/traffic/a\nb", "{}").0, Reason::InvalidSensorId);
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent_but_not_wrong() {
+        let r = registry();
+        let base = r#""TIMESTAMP":"2014-08-01T07:50:00","avgSpeed":1,"vehicleCount":2"#;
+        assert!(r.decode(&msg("city/traffic/1", &format!("{{{base},\"extra\":\"NA\"}}")), 1 << 16).is_ok());
+        let e = r.decode(&msg("city/traffic/1", &format!("{{{base},\"extra\":true}}")), 1 << 16).unwrap_err();
+        assert_eq!(e.reason, Reason::WrongType);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let r = registry();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let seeds: [&[u8]; 4] = [
+            br#"{"TIMESTAMP":"2014-08-01T07:50:00","avgSpeed":1,"vehicleCount":2}"#,
+            b"[{\"n\":1}]",
+            b"\xff\xfe\x00",
+            b"{\"TIMESTAMP\":1e308,\"avgSpeed\":1e999}",
+        ];
+        for i in 0..20_000 {
+            let mut bytes = seeds[i % seeds.len()].to_vec();
+            for _ in 0..rng.usize(0..4) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = rng.usize(0..bytes.len());
+                match rng.u8(0..3) {
+                    0 => bytes[at] = rng.u8(..),
+                    1 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.insert(at, rng.u8(..)),
+                }
+            }
+            let m = RawMessage { topic: "city/traffic/x".into(), payload: bytes, received_at: 0 };
+            let _ = r.decode(&m, 1 << 16);
+        }
+    }
+}

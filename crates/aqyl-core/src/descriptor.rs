@@ -1,0 +1,511 @@
+//! Sensor type descriptors: how a kind of sensor publishes (topic, payload layout, event-time
+//! field) and which numeric fields Aqyl aggregates. One TOML file per type under
+//! `config/sensors/`; adding a sensor type takes a file, never code.
+
+use crate::error::{ConfigError, ConfigErrors};
+use chrono_tz::Tz;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// Longest accepted sensor id, in bytes.
+pub const MAX_SENSOR_ID_BYTES: usize = 256;
+
+/// A validated sensor type, ready to decode payloads.
+#[derive(Debug, Clone)]
+pub struct SensorType {
+    /// Name used in topics, tags and dead-letter topics (`traffic`).
+    pub name: String,
+    /// Where it publishes.
+    pub topic: TopicPattern,
+    /// How event time is read; `None` means receive time (flagged on each observation).
+    pub time: Option<TimeRule>,
+    /// Numeric fields to extract.
+    pub fields: Vec<Field>,
+    /// How often each sensor of this type is expected to report.
+    pub expected_interval: Duration,
+    /// The file this type came from, for messages.
+    pub source: PathBuf,
+}
+
+/// One numeric field of a payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    /// Name in the store (`field` tag) and in rules.
+    pub name: String,
+    /// JSON Pointer (RFC 6901) into the payload, e.g. `/avgSpeed`.
+    pub pointer: String,
+    /// Value type.
+    pub kind: FieldType,
+    /// Unit, for documentation and outputs.
+    pub unit: Option<String>,
+    /// A missing required field rejects the payload; a missing optional field is skipped.
+    pub required: bool,
+}
+
+/// Accepted value types of a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    /// Any finite number. A JSON string holding a number (`"50"`) is accepted too, because
+    /// CSV-to-JSON bridges often quote every column.
+    Number,
+    /// A whole number (same string rule as `number`).
+    Integer,
+}
+
+/// How the event time is read from a payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimeRule {
+    /// JSON Pointer to the time value.
+    pub pointer: String,
+    /// Its encoding.
+    pub format: TimeFormat,
+}
+
+/// Encodings of an event-time value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TimeFormat {
+    /// RFC 3339 with an offset (`2014-08-01T07:50:00Z`).
+    Rfc3339,
+    /// Seconds since the Unix epoch (number, may be fractional).
+    EpochSeconds,
+    /// Milliseconds since the Unix epoch.
+    EpochMillis,
+    /// A chrono `strftime` pattern without zone, read in the given time zone. Ambiguous local
+    /// times (autumn DST overlap) take the earlier instant; local times that do not exist
+    /// (spring gap) are read as if the clock had not jumped yet, i.e. one hour later in UTC.
+    Local {
+        /// chrono format pattern, e.g. `%Y-%m-%dT%H:%M:%S`.
+        pattern: String,
+        /// IANA zone, e.g. `Europe/Copenhagen`.
+        zone: Tz,
+    },
+}
+
+/// A topic pattern such as `city/traffic/{sensor_id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPattern {
+    segments: Vec<Segment>,
+    text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    SensorId,
+    Area,
+}
+
+/// What a topic match captured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captures<'a> {
+    /// The `{sensor_id}` segment.
+    pub sensor_id: &'a str,
+    /// The `{area}` segment, when the pattern has one.
+    pub area: Option<&'a str>,
+}
+
+impl TopicPattern {
+    /// Parses a pattern; it must contain `{sensor_id}` exactly once.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut segments = Vec::new();
+        let (mut ids, mut areas) = (0, 0);
+        if text.is_empty() {
+            return Err("the topic pattern is empty; write it like \"city/traffic/{sensor_id}\"".into());
+        }
+        for seg in text.split('/') {
+            match seg {
+                "{sensor_id}" => {
+                    ids += 1;
+                    segments.push(Segment::SensorId)
+                }
+                "{area}" => {
+                    areas += 1;
+                    segments.push(Segment::Area)
+                }
+                s if s.contains(['+', '#', '{', '}']) => {
+                    return Err(format!(
+                        "topic segment {s:?} is not allowed: use plain text, {{sensor_id}} or {{area}} as whole segments"
+                    ))
+                }
+                s => segments.push(Segment::Literal(s.to_string())),
+            }
+        }
+        if ids != 1 {
+            return Err(format!(
+                "the topic pattern {text:?} must contain {{sensor_id}} exactly once as a whole segment"
+            ));
+        }
+        if areas > 1 {
+            return Err(format!("the topic pattern {text:?} contains {{area}} more than once"));
+        }
+        Ok(Self { segments, text: text.to_string() })
+    }
+
+    /// The MQTT subscription filter (`city/traffic/+`).
+    pub fn filter(&self) -> String {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => l.as_str(),
+                Segment::SensorId | Segment::Area => "+",
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// Matches a concrete topic and returns its captures.
+    pub fn matches<'a>(&self, topic: &'a str) -> Option<Captures<'a>> {
+        let mut sensor_id = None;
+        let mut area = None;
+        let mut parts = topic.split('/');
+        for seg in &self.segments {
+            let part = parts.next()?;
+            match seg {
+                Segment::Literal(l) if l == part => {}
+                Segment::Literal(_) => return None,
+                Segment::SensorId => sensor_id = Some(part),
+                Segment::Area => area = Some(part),
+            }
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Captures { sensor_id: sensor_id?, area })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+/// Checks a sensor id taken from a topic or payload: it is untrusted input. Control characters
+/// (newlines above all) are refused because no store escaping can carry them safely; every
+/// other character is kept and escaped where it is written.
+pub fn validate_sensor_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("the sensor id is empty".into());
+    }
+    if id.len() > MAX_SENSOR_ID_BYTES {
+        return Err(format!("the sensor id is {} bytes long; the limit is {MAX_SENSOR_ID_BYTES}", id.len()));
+    }
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(format!("the sensor id contains the control character {c:?}"));
+    }
+    Ok(())
+}
+
+// ---- file format -------------------------------------------------------------------------
+
+/// A descriptor file as written (`config/sensors/traffic.toml`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DescriptorFile {
+    /// Sensor type name.
+    name: Spanned<String>,
+    /// Topic pattern with `{sensor_id}`; default `city/<name>/{sensor_id}`.
+    topic: Option<Spanned<String>>,
+    /// Payload format; only `json` for now.
+    #[serde(default = "default_format")]
+    format: Spanned<String>,
+    /// Expected update interval per sensor.
+    #[serde(default = "default_interval", deserialize_with = "crate::duration::deserialize")]
+    expected_interval: Duration,
+    /// Event-time field.
+    time: Option<TimeFile>,
+    /// Numeric fields.
+    #[serde(default)]
+    fields: Vec<FieldFile>,
+}
+
+fn default_format() -> Spanned<String> {
+    Spanned::new(0..0, "json".to_string())
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeFile {
+    /// JSON Pointer to the time value.
+    field: Spanned<String>,
+    /// `rfc3339`, `epoch_s`, `epoch_ms` or a chrono pattern such as `%Y-%m-%dT%H:%M:%S`.
+    format: Spanned<String>,
+    /// IANA time zone for zone-less patterns.
+    timezone: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldFile {
+    /// Field name.
+    name: Spanned<String>,
+    /// JSON Pointer; default `/<name>`.
+    path: Option<String>,
+    /// `number` (default) or `integer`.
+    #[serde(default = "default_type", rename = "type")]
+    kind: FieldType,
+    /// Unit.
+    unit: Option<String>,
+    /// Required (default true).
+    #[serde(default = "default_true")]
+    required: bool,
+}
+
+fn default_type() -> FieldType {
+    FieldType::Number
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl SensorType {
+    /// Parses and validates one descriptor file's text. All problems are reported together.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
+        let file: DescriptorFile =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+        let mut errors = Vec::new();
+        let err = |span: std::ops::Range<usize>, msg: String| ConfigError::at(path, text, Some(span.start), msg);
+
+        let name = file.name.get_ref().clone();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            errors.push(err(
+                file.name.span(),
+                format!("sensor type name {name:?} must be non-empty ASCII letters, digits, '_' or '-'"),
+            ));
+        }
+        if file.format.get_ref() != "json" {
+            errors.push(err(
+                file.format.span(),
+                format!("payload format {:?} is not supported yet; use \"json\"", file.format.get_ref()),
+            ));
+        }
+        let topic_text = file
+            .topic
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .unwrap_or_else(|| format!("city/{name}/{{sensor_id}}"));
+        let topic = match TopicPattern::parse(&topic_text) {
+            Ok(t) => Some(t),
+            Err(msg) => {
+                let span = file.topic.as_ref().map(|t| t.span()).unwrap_or(file.name.span());
+                errors.push(err(span, msg));
+                None
+            }
+        };
+        let time = match &file.time {
+            None => None,
+            Some(t) => match parse_time(t) {
+                Ok(rule) => Some(rule),
+                Err((span, msg)) => {
+                    errors.push(err(span, msg));
+                    None
+                }
+            },
+        };
+        let mut fields: Vec<Field> = Vec::new();
+        for f in &file.fields {
+            let span = f.name.span();
+            let fname = f.name.get_ref();
+            if fields.iter().any(|g| &g.name == fname) {
+                errors.push(err(span.clone(), format!("field {:?} is declared twice", fname)));
+            }
+            if fname.is_empty() || fname.chars().any(|c| c.is_control()) {
+                errors.push(err(span.clone(), format!("field name {:?} must be non-empty without control characters", fname)));
+            }
+            let pointer = f.path.clone().unwrap_or_else(|| format!("/{}", fname.replace('~', "~0").replace('/', "~1")));
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                errors.push(err(
+                    span.clone(),
+                    format!("path {pointer:?} of field {:?} must be a JSON Pointer starting with '/'", fname),
+                ));
+            }
+            fields.push(Field { name: fname.clone(), pointer, kind: f.kind, unit: f.unit.clone(), required: f.required });
+        }
+        if fields.is_empty() {
+            errors.push(err(file.name.span(), format!("sensor type {name:?} declares no [[fields]]; add at least one numeric field")));
+        }
+        if file.expected_interval.is_zero() {
+            errors.push(err(file.name.span(), "expected_interval must be greater than zero".into()));
+        }
+        match (errors.is_empty(), topic) {
+            (true, Some(topic)) => Ok(SensorType {
+                name,
+                topic,
+                time,
+                fields,
+                expected_interval: file.expected_interval,
+                source: path.to_path_buf(),
+            }),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+}
+
+fn parse_time(t: &TimeFile) -> Result<TimeRule, (std::ops::Range<usize>, String)> {
+    let pointer = t.field.get_ref().clone();
+    if !pointer.starts_with('/') {
+        return Err((t.field.span(), format!("time field {pointer:?} must be a JSON Pointer starting with '/'")));
+    }
+    let format = match t.format.get_ref().as_str() {
+        "rfc3339" => TimeFormat::Rfc3339,
+        "epoch_s" => TimeFormat::EpochSeconds,
+        "epoch_ms" => TimeFormat::EpochMillis,
+        pattern if pattern.contains('%') => {
+            let Some(tz) = &t.timezone else {
+                return Err((
+                    t.format.span(),
+                    format!("time format {pattern:?} has no zone: add timezone = \"Europe/Copenhagen\" (or \"UTC\")"),
+                ));
+            };
+            let zone: Tz = tz.get_ref().parse().map_err(|_| {
+                (tz.span(), format!("unknown time zone {:?}; use an IANA name such as \"Europe/Copenhagen\"", tz.get_ref()))
+            })?;
+            TimeFormat::Local { pattern: pattern.to_string(), zone }
+        }
+        other => {
+            return Err((
+                t.format.span(),
+                format!("time format {other:?} is not known: use \"rfc3339\", \"epoch_s\", \"epoch_ms\" or a pattern like \"%Y-%m-%dT%H:%M:%S\""),
+            ))
+        }
+    };
+    Ok(TimeRule { pointer, format })
+}
+
+/// Loads every `*.toml` descriptor of a directory, sorted by file name, checking that names
+/// and topic filters do not collide.
+pub fn load_dir(dir: &Path) -> Result<Vec<SensorType>, ConfigErrors> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        ConfigError::file(dir, format!("cannot read the sensor descriptor directory: {e}"))
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    let mut errors = Vec::new();
+    let mut types: Vec<SensorType> = Vec::new();
+    for path in paths {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(ConfigError::file(&path, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        match SensorType::from_toml(&path, &text) {
+            Ok(t) => {
+                if let Some(other) = types.iter().find(|o| o.name == t.name) {
+                    errors.push(ConfigError::file(
+                        &path,
+                        format!("sensor type {:?} is already defined in {}", t.name, other.source.display()),
+                    ));
+                } else if let Some(other) = types.iter().find(|o| o.topic.filter() == t.topic.filter()) {
+                    errors.push(ConfigError::file(
+                        &path,
+                        format!(
+                            "topic {:?} overlaps the topic of sensor type {:?} in {}",
+                            t.topic.as_str(),
+                            other.name,
+                            other.source.display()
+                        ),
+                    ));
+                } else {
+                    types.push(t);
+                }
+            }
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    if types.is_empty() && errors.is_empty() {
+        errors.push(ConfigError::file(dir, "no sensor descriptors (*.toml) found; add one, e.g. traffic.toml"));
+    }
+    if errors.is_empty() {
+        Ok(types)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRAFFIC: &str = r#"
+name = "traffic"
+topic = "city/traffic/{sensor_id}"
+expected_interval = "5m"
+
+[time]
+field = "/TIMESTAMP"
+format = "%Y-%m-%dT%H:%M:%S"
+timezone = "Europe/Copenhagen"
+
+[[fields]]
+name = "avgSpeed"
+unit = "km/h"
+
+[[fields]]
+name = "vehicleCount"
+type = "integer"
+"#;
+
+    #[test]
+    fn parses_a_descriptor() {
+        let t = SensorType::from_toml(Path::new("traffic.toml"), TRAFFIC).unwrap();
+        assert_eq!(t.name, "traffic");
+        assert_eq!(t.topic.filter(), "city/traffic/+");
+        assert_eq!(t.fields[0].pointer, "/avgSpeed");
+        assert_eq!(t.fields[1].kind, FieldType::Integer);
+        assert!(matches!(t.time.unwrap().format, TimeFormat::Local { .. }));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let text = TRAFFIC.replace("[[fields]]\nname = \"avgSpeed\"", "[[fields]]\nname = \"avgSpeed\"\nscale = 2");
+        let err = SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("traffic.toml:13: "), "{msg}");
+        assert!(msg.contains("scale"), "{msg}");
+    }
+
+    #[test]
+    fn bad_zone_and_duplicate_field_are_both_reported() {
+        let text = TRAFFIC
+            .replace("Europe/Copenhagen", "Europe/Atlantis")
+            .replace("name = \"vehicleCount\"", "name = \"avgSpeed\"");
+        let err = SensorType::from_toml(Path::new("t.toml"), &text).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.0[0].to_string().starts_with("t.toml:9: unknown time zone"), "{err}");
+        assert!(err.0[1].message.contains("declared twice"), "{err}");
+    }
+
+    #[test]
+    fn topic_patterns_match_and_capture() {
+        let p = TopicPattern::parse("city/{area}/parking/{sensor_id}").unwrap();
+        assert_eq!(p.filter(), "city/+/parking/+");
+        let c = p.matches("city/north/parking/BRUUNS").unwrap();
+        assert_eq!((c.sensor_id, c.area), ("BRUUNS", Some("north")));
+        assert!(p.matches("city/north/parking").is_none());
+        assert!(p.matches("city/north/parking/a/b").is_none());
+        assert!(p.matches("town/north/parking/a").is_none());
+        assert!(TopicPattern::parse("city/traffic").is_err());
+        assert!(TopicPattern::parse("city/+/{sensor_id}").is_err());
+    }
+
+    #[test]
+    fn sensor_ids_with_control_characters_are_refused() {
+        assert!(validate_sensor_id("158324").is_ok());
+        assert!(validate_sensor_id("a b,c=d\"e\\f ü").is_ok());
+        assert!(validate_sensor_id("a\nb").is_err());
+        assert!(validate_sensor_id("").is_err());
+        assert!(validate_sensor_id(&"x".repeat(300)).is_err());
+    }
+}

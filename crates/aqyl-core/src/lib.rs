@@ -1,0 +1,34 @@
+//! Aqyl's types and pure cores.
+//!
+//! Everything here is free of I/O: decoding a payload into an [`Observation`], assigning
+//! event-time windows and computing their statistics, tracking the watermark, encoding line
+//! protocol with safe escaping, and loading/validating configuration text. The MQTT edge, the
+//! timely dataflow and the sinks only move data between these functions, which is what makes
+//! them testable against hand-worked references.
+//!
+//! ```
+//! use aqyl_core::window::{Tumbling, WindowStats};
+//!
+//! let w = Tumbling::new(300_000);
+//! assert_eq!(w.assign(1_000), (0, 300_000));
+//! let stats = WindowStats::compute(&mut [3.0, 1.0, 2.0]).unwrap();
+//! assert_eq!((stats.count, stats.mean, stats.min, stats.max), (3, 2.0, 1.0, 3.0));
+//! ```
+
+pub mod aggregate;
+pub mod config;
+pub mod deadletter;
+pub mod decode;
+pub mod descriptor;
+pub mod duration;
+pub mod error;
+pub mod line_protocol;
+pub mod metrics;
+pub mod observation;
+pub mod watermark;
+pub mod window;
+
+pub use aggregate::Aggregate;
+pub use deadletter::{DeadLetter, Reason};
+pub use error::{ConfigError, ConfigErrors};
+pub use observation::{Observation, RawMessage};

@@ -1,0 +1,33 @@
+//! What flows through Aqyl: raw MQTT messages in, typed observations after decoding.
+
+use serde::{Deserialize, Serialize};
+
+/// A message as it came off the broker, before decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    /// The MQTT topic it was published on.
+    pub topic: String,
+    /// The payload bytes, untrusted.
+    pub payload: Vec<u8>,
+    /// Wall-clock receive time, Unix milliseconds.
+    pub received_at: i64,
+}
+
+/// One decoded reading of one sensor: its event time and numeric fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    /// Sensor type name (`traffic`).
+    pub sensor_type: String,
+    /// Sensor id (validated: no control characters).
+    pub sensor_id: String,
+    /// Area captured from the topic, if the pattern has `{area}`.
+    pub area: Option<String>,
+    /// Event time, Unix milliseconds.
+    pub event_time: u64,
+    /// Wall-clock receive time, Unix milliseconds.
+    pub received_at: i64,
+    /// True when the payload had no event time and receive time was used instead.
+    pub time_from_receive: bool,
+    /// Field values in descriptor order; optional fields that were absent are left out.
+    pub fields: Vec<(String, f64)>,
+}
