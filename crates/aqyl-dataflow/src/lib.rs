@@ -1,1 +1,30 @@
-//! placeholder
+//! Aqyl's timely dataflow.
+//!
+//! Raw MQTT messages enter through per-worker channels ([`input::Router`]); each timely worker
+//! decodes its share, checks it against the watermark and feeds its timely input, whose time
+//! is the watermark in event-time milliseconds ([`runtime`]). Observations are exchanged by
+//! sensor so each sensor's state lives on one worker, and [`aggregate::Aggregate`] closes
+//! event-time windows as the frontier passes their end. Results leave through channels to the
+//! sinks; rejected and late input leaves as dead letters.
+//!
+//! The computation is deterministic: the same observations give the same aggregates whatever
+//! the number of workers and whatever their arrival order within the allowed lateness.
+
+pub mod aggregate;
+pub mod input;
+pub mod runtime;
+
+pub use runtime::{run_batch, start, Outputs, PipelineSpec, Running};
+
+/// A stable 64-bit FNV-1a hash of key parts (the same on every run, process and machine, so
+/// routing and exchange agree across a cluster).
+pub fn stable_hash(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in part.bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}

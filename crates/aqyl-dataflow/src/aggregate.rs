@@ -1,0 +1,80 @@
+//! `Aggregate`: per sensor and field, event-time tumbling windows closed by the frontier.
+//!
+//! Observations are exchanged by sensor, so all of a sensor's values meet on one worker. A
+//! window `[start, end)` stays open while the input frontier could still deliver a record
+//! with an earlier event time; records are sent at the watermark, which is never later than
+//! their event time, so once the frontier reaches `end` no record for the window can come.
+//! The operator holds a capability at `end` per open window and emits there.
+
+use aqyl_core::metrics::Metrics;
+use aqyl_core::window::{Tumbling, WindowStats};
+use aqyl_core::{Aggregate as AggregateRecord, Observation};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+/// Values of one window, grouped by (sensor type, sensor id, field).
+type Groups = HashMap<(String, String, String), Vec<f64>>;
+
+/// Windowed statistics of a stream of observations.
+pub trait Aggregate<'scope> {
+    /// Tumbling windows of `window`, labelled `label` in the output; counts closed windows.
+    fn aggregate(self, window: Tumbling, label: String, metrics: Arc<Metrics>) -> StreamVec<'scope, u64, AggregateRecord>;
+}
+
+impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
+    fn aggregate(self, window: Tumbling, label: String, metrics: Arc<Metrics>) -> StreamVec<'scope, u64, AggregateRecord> {
+        let exchange = Exchange::new(|o: &Observation| crate::stable_hash(&[&o.sensor_type, &o.sensor_id]));
+        self.unary_frontier::<CapacityContainerBuilder<Vec<AggregateRecord>>, _, _, _>(
+            exchange,
+            "Aggregate",
+            move |_capability, _info| {
+                let mut open: BTreeMap<u64, (Capability<u64>, Groups)> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        for obs in data.drain(..) {
+                            let (_, end) = window.assign(obs.event_time);
+                            let (_, groups) = open
+                                .entry(end)
+                                .or_insert_with(|| (cap.delayed(&end, output.output_index()), HashMap::new()));
+                            for (field, value) in obs.fields {
+                                groups
+                                    .entry((obs.sensor_type.clone(), obs.sensor_id.clone(), field))
+                                    .or_default()
+                                    .push(value);
+                            }
+                        }
+                    });
+                    while let Some(entry) = open.first_entry() {
+                        if frontier.less_than(entry.key()) {
+                            break;
+                        }
+                        let (end, (cap, groups)) = entry.remove_entry();
+                        let mut session = output.session(&cap);
+                        let mut closed: Vec<_> = groups.into_iter().collect();
+                        closed.sort_by(|a, b| a.0.cmp(&b.0));
+                        for ((sensor_type, sensor_id, field), mut values) in closed {
+                            if let Some(stats) = WindowStats::compute(&mut values) {
+                                metrics.windows_closed.fetch_add(1, Relaxed);
+                                session.give(AggregateRecord {
+                                    sensor_type,
+                                    sensor_id,
+                                    field,
+                                    window: label.clone(),
+                                    start: end - window.size_ms(),
+                                    end,
+                                    stats,
+                                });
+                            }
+                        }
+                    }
+                }
+            },
+        )
+    }
+}

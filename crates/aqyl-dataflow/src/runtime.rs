@@ -1,0 +1,217 @@
+//! Running the dataflow: timely workers, each owning one input channel, decoding its share
+//! of messages, keeping the watermark and stepping the dataflow without ever blocking.
+
+use crate::aggregate::Aggregate;
+use crate::input;
+use aqyl_core::decode::Registry;
+use aqyl_core::metrics::Metrics;
+use aqyl_core::watermark::Watermark;
+use aqyl_core::window::Tumbling;
+use aqyl_core::{Aggregate as AggregateRecord, DeadLetter, RawMessage, Reason};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{InputHandleVec, ProbeHandle};
+use timely::WorkerConfig;
+use tokio::sync::mpsc::{self, error::TryRecvError};
+
+/// Most messages a worker takes from its channel before stepping the dataflow.
+const BATCH: usize = 1024;
+/// How long an idle worker parks before looking at its channel and the clock again.
+const PARK: Duration = Duration::from_millis(5);
+
+/// What the dataflow computes and how it treats time.
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    /// Sensor types, for decoding.
+    pub registry: Arc<Registry>,
+    /// Number of timely workers.
+    pub workers: usize,
+    /// Tumbling window size.
+    pub window: Duration,
+    /// Allowed lateness.
+    pub allowed_lateness: Duration,
+    /// Wall-clock idle timeout after which the watermark advances; `None` for replays.
+    pub idle_timeout: Option<Duration>,
+    /// Largest payload accepted.
+    pub max_payload_bytes: usize,
+}
+
+/// Where results leave the dataflow.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    /// Closed windows.
+    pub aggregates: mpsc::UnboundedSender<AggregateRecord>,
+    /// Rejected and late input.
+    pub deadletters: mpsc::UnboundedSender<DeadLetter>,
+}
+
+/// A running dataflow; [`Running::join`] waits until every worker has drained and stopped,
+/// which happens once all senders of the input router are dropped.
+pub struct Running {
+    guards: timely::communication::initialize::WorkerGuards<()>,
+}
+
+impl Running {
+    /// Waits for the workers to finish (after the router is dropped) and reports panics.
+    pub fn join(self) -> Result<(), String> {
+        for r in self.guards.join() {
+            r?;
+        }
+        Ok(())
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Starts the workers on their own threads. Messages are fed through the returned router.
+pub fn start(spec: PipelineSpec, capacity: usize, outputs: Outputs, metrics: Arc<Metrics>) -> Result<(input::Router, Running), String> {
+    let workers = spec.workers.max(1);
+    let (router, receivers) = input::channels(workers, capacity);
+    let receivers = Arc::new(Mutex::new(receivers.into_iter().map(Some).collect::<Vec<_>>()));
+    let shared_max = Arc::new(AtomicU64::new(0));
+    let config = timely::Config { communication: timely::CommunicationConfig::Process(workers), worker: WorkerConfig::default() };
+    let guards = timely::execute(config, move |worker| {
+        let index = worker.index();
+        let rx = receivers.lock().ok().and_then(|mut r| r.get_mut(index).and_then(Option::take));
+        let Some(rx) = rx else {
+            tracing::error!(index, "worker found no input channel; it will not ingest");
+            return;
+        };
+        run_worker(worker, &spec, rx, &outputs, &metrics, &shared_max);
+    })?;
+    Ok((router, Running { guards }))
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    spec: &PipelineSpec,
+    mut rx: mpsc::Receiver<RawMessage>,
+    outputs: &Outputs,
+    metrics: &Arc<Metrics>,
+    shared_max: &AtomicU64,
+) {
+    let window = Tumbling::new(spec.window.as_millis() as u64);
+    let label = aqyl_core::duration::label(spec.window);
+    let mut input = InputHandleVec::<u64, aqyl_core::Observation>::new();
+    let probe = ProbeHandle::new();
+    let aggregates = outputs.aggregates.clone();
+    worker.dataflow::<u64, _, _>(|scope| {
+        input
+            .to_stream(scope)
+            .aggregate(window, label, metrics.clone())
+            .probe_with(&probe)
+            .sink(Pipeline, "Emit", move |(input, _frontier)| {
+                input.for_each(|_cap, data| {
+                    for a in data.drain(..) {
+                        // A closed receiver means shutdown was forced; nothing left to do.
+                        let _ = aggregates.send(a);
+                    }
+                });
+            });
+    });
+
+    let lateness = spec.allowed_lateness.as_millis() as u64;
+    let mut watermark = Watermark::new(lateness, spec.idle_timeout.map(|d| d.as_millis() as u64));
+    loop {
+        let mut taken = 0;
+        let mut closed = false;
+        while taken < BATCH {
+            match rx.try_recv() {
+                Ok(msg) => {
+                    taken += 1;
+                    let now = wall_ms();
+                    match spec.registry.decode(&msg, spec.max_payload_bytes) {
+                        Ok(obs) if watermark.is_late(obs.event_time) => {
+                            metrics.reject(Reason::Late);
+                            let detail = format!(
+                                "event time {} is before the watermark {} (allowed lateness {}); its window has closed",
+                                aqyl_core::deadletter::rfc3339_ms(obs.event_time as i64),
+                                aqyl_core::deadletter::rfc3339_ms(watermark.current(now) as i64),
+                                aqyl_core::duration::label(spec.allowed_lateness),
+                            );
+                            let dl = DeadLetter::new(&obs.sensor_type, Reason::Late, detail, &msg.topic, &msg.payload, msg.received_at);
+                            let _ = outputs.deadletters.send(dl);
+                        }
+                        Ok(obs) => {
+                            watermark.observe(obs.event_time, now);
+                            shared_max.fetch_max(obs.event_time, Relaxed);
+                            metrics.observations.fetch_add(1, Relaxed);
+                            input.send(obs);
+                        }
+                        Err(rejection) => {
+                            metrics.reject(rejection.reason);
+                            let _ = outputs.deadletters.send(rejection.dead_letter(&msg));
+                        }
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let now = wall_ms();
+        let max = shared_max.load(Relaxed);
+        if max > 0 {
+            watermark.observe_max(max, now);
+        }
+        let w = watermark.current(now);
+        if w > *input.time() {
+            input.advance_to(w);
+        }
+        if closed {
+            break;
+        }
+        if taken == 0 {
+            worker.step_or_park(Some(PARK));
+        } else {
+            worker.step();
+        }
+    }
+    // Closing the input lets the frontier run out: every open window closes and is emitted.
+    drop(input);
+    while !probe.done() {
+        worker.step_or_park(Some(PARK));
+    }
+}
+
+/// Runs a finite list of messages through a fresh dataflow with `spec.workers` workers and
+/// returns the aggregates and dead letters, each sorted. The same code path as the service,
+/// used by tests and replays.
+pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<(Vec<AggregateRecord>, Vec<DeadLetter>), String> {
+    let (agg_tx, mut agg_rx) = mpsc::unbounded_channel();
+    let (dl_tx, mut dl_rx) = mpsc::unbounded_channel();
+    let metrics = Arc::new(Metrics::default());
+    let (router, running) = start(spec, 1024, Outputs { aggregates: agg_tx, deadletters: dl_tx }, metrics)?;
+    let feeder = std::thread::spawn(move || {
+        for m in messages {
+            if !router.route_blocking(m) {
+                break;
+            }
+        }
+    });
+    feeder.join().map_err(|_| "the feeder thread panicked".to_string())?;
+    running.join()?;
+    let mut aggregates = Vec::new();
+    while let Ok(a) = agg_rx.try_recv() {
+        aggregates.push(a);
+    }
+    let mut deadletters = Vec::new();
+    while let Ok(d) = dl_rx.try_recv() {
+        deadletters.push(d);
+    }
+    aggregates.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    deadletters.sort_by(|a, b| (&a.topic, &a.payload).cmp(&(&b.topic, &b.payload)));
+    Ok((aggregates, deadletters))
+}
