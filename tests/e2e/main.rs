@@ -1,1 +1,362 @@
-//! e2e
+//! End-to-end tests: the real `aqyl` binary against a real Mosquitto and a real
+//! VictoriaMetrics (InfluxDB v2 write API), each started here on free loopback ports.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use aqyl_tests::{publish, wait_until, Mosquitto, Subscriber, VictoriaMetrics};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const AQYL: &str = env!("CARGO_BIN_EXE_aqyl");
+const WAIT: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A config directory whose file points at unreachable services: the test passes the real
+/// addresses through the environment, which must win.
+fn config_dir(workers: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sensors")).unwrap();
+    std::fs::copy(
+        repo().join("config/sensors/traffic.toml"),
+        dir.path().join("sensors/traffic.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("aqyl.toml"),
+        format!(
+            r#"
+[mqtt]
+url = "mqtt://127.0.0.1:9"
+client_id = "aqyl-e2e-{pid}"
+[pipeline]
+workers = {workers}
+window = "5m"
+allowed_lateness = "10m"
+idle_timeout = "0s"
+[influx]
+enabled = false
+url = "http://127.0.0.1:9"
+flush_interval = "100ms"
+"#,
+            pid = std::process::id()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+struct Aqyl {
+    child: Child,
+    http: String,
+}
+
+impl Aqyl {
+    fn start(config: &Path, mqtt: &Mosquitto, vm: &VictoriaMetrics) -> Self {
+        let http_port = aqyl_tests::free_port();
+        let child = Command::new(AQYL)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("AQYL_MQTT_URL", mqtt.url())
+            .env("AQYL_INFLUX_URL", vm.url())
+            .env("AQYL_INFLUX_ORG", "city")
+            .env("AQYL_INFLUX_BUCKET", "aarhus")
+            .env("AQYL_INFLUX_TOKEN", "test-token")
+            .env("AQYL_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("AQYL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start aqyl");
+        Self {
+            child,
+            http: format!("http://127.0.0.1:{http_port}"),
+        }
+    }
+
+    /// A counter from `/metrics`.
+    fn metric(&self, line_prefix: &str) -> Option<u64> {
+        let body = reqwest::blocking::get(format!("{}/metrics", self.http))
+            .ok()?
+            .text()
+            .ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
+    }
+
+    /// SIGTERM, then wait for a clean exit (the service drains and flushes first).
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut exit = None;
+        wait_until(WAIT, "aqyl to exit after SIGTERM", || {
+            exit = self.child.try_wait().unwrap();
+            exit.is_some()
+        });
+        assert!(exit.unwrap().success(), "aqyl exited with {exit:?}");
+    }
+}
+
+impl Drop for Aqyl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Copenhagen local time string for minute `m` after 2014-08-01 07:00 (UTC+2).
+fn local(m: u64) -> String {
+    format!("2014-08-01T{:02}:{:02}:00", 7 + m / 60, m % 60)
+}
+/// The same instant in Unix ms.
+fn utc_ms(m: u64) -> i64 {
+    1_406_869_200_000 + (m as i64) * 60_000
+}
+
+#[test]
+fn aggregates_reach_victoria_metrics_exactly_and_bad_input_is_dead_lettered() {
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let dir = config_dir(2);
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let dead = Subscriber::start(mqtt.port, "aqyl/deadletter/#");
+    let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
+    // "online" is published after the subscription on the same connection, so once it is
+    // seen, Aqyl's subscription is in place.
+    wait_until(WAIT, "aqyl/status online", || {
+        status.messages().iter().any(|m| m.payload == b"online")
+    });
+
+    // Three sensors, one hostile id; 40 minutes of one reading a minute, out of order within
+    // each 10-minute block; plus two bad payloads and one late record in the stream.
+    let sensors = ["158324", "a b,c=d\"e\\f", "Århus-7"];
+    let mut rng = 17u64;
+    let mut next = || {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        rng >> 33
+    };
+    let mut readings: Vec<(String, u64, f64, u64)> = Vec::new();
+    let mut msgs: Vec<(String, Vec<u8>)> = Vec::new();
+    for block in 0..4u64 {
+        let mut minutes: Vec<u64> = (block * 10..block * 10 + 10).collect();
+        minutes.reverse();
+        for m in minutes {
+            for s in sensors {
+                let speed = 20.0 + (next() % 600) as f64 / 10.0;
+                let count = next() % 30;
+                readings.push((s.to_string(), m, speed, count));
+                let payload = format!(
+                    r#"{{"status":"OK","avgMeasuredTime":60,"avgSpeed":{speed},"extID":1,"medianMeasuredTime":60,"TIMESTAMP":"{}","vehicleCount":{count},"_id":1,"REPORT_ID":1}}"#,
+                    local(m)
+                );
+                msgs.push((format!("city/traffic/{s}"), payload.into_bytes()));
+            }
+        }
+        if block == 1 {
+            msgs.push((
+                "city/traffic/158324".into(),
+                b"{\"avgSpeed\": 50, \"TIMESTAMP\": ".to_vec(),
+            ));
+            msgs.push((
+                "city/traffic/158324".into(),
+                format!(
+                    r#"{{"avgSpeed":"fast","vehicleCount":3,"TIMESTAMP":"{}"}}"#,
+                    local(15)
+                )
+                .into_bytes(),
+            ));
+        }
+    }
+    // 07:00 is 39 minutes behind the newest reading: beyond the 10-minute lateness.
+    msgs.push((
+        "city/traffic/158324".into(),
+        format!(
+            r#"{{"avgSpeed":10,"vehicleCount":3,"TIMESTAMP":"{}"}}"#,
+            local(0)
+        )
+        .into_bytes(),
+    ));
+    publish(mqtt.port, &msgs);
+
+    let observations = readings.len() as u64;
+    wait_until(WAIT, "all observations to be accepted", || {
+        aqyl.metric("aqyl_observations_total ") == Some(observations)
+    });
+    let letters = dead.wait_for(3, WAIT);
+    assert_eq!(
+        aqyl.metric("aqyl_rejected_total{reason=\"malformed_json\"} "),
+        Some(1)
+    );
+    assert_eq!(
+        aqyl.metric("aqyl_rejected_total{reason=\"wrong_type\"} "),
+        Some(1)
+    );
+    assert_eq!(
+        aqyl.metric("aqyl_rejected_total{reason=\"late\"} "),
+        Some(1)
+    );
+    aqyl.stop();
+
+    // Dead letters: reason, topic and payload for each bad message, in publish order.
+    let reasons: Vec<(String, String, String)> = letters
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            assert_eq!(m.topic, "aqyl/deadletter/traffic");
+            assert!(v["received_at"].as_str().unwrap().ends_with('Z'));
+            (
+                v["reason"].as_str().unwrap().into(),
+                v["topic"].as_str().unwrap().into(),
+                v["payload"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons[0].0, "malformed_json");
+    assert_eq!(reasons[1].0, "wrong_type");
+    assert_eq!(reasons[2].0, "late");
+    assert!(reasons.iter().all(|r| r.1 == "city/traffic/158324"));
+    assert!(reasons[1].2.contains("\"fast\""));
+
+    // Expected aggregates, computed independently: (sensor, field, window end) -> stats.
+    let mut groups: BTreeMap<(String, String, i64), Vec<f64>> = BTreeMap::new();
+    for (s, m, speed, count) in &readings {
+        let end = (utc_ms(*m) / 300_000 + 1) * 300_000;
+        groups
+            .entry((s.clone(), "avgSpeed".into(), end))
+            .or_default()
+            .push(*speed);
+        groups
+            .entry((s.clone(), "vehicleCount".into(), end))
+            .or_default()
+            .push(*count as f64);
+        groups
+            .entry((s.clone(), "avgMeasuredTime".into(), end))
+            .or_default()
+            .push(60.0);
+        groups
+            .entry((s.clone(), "medianMeasuredTime".into(), end))
+            .or_default()
+            .push(60.0);
+    }
+    let series = vm.export(r#"{__name__=~"aggregate_.*"}"#);
+    let mut got: BTreeMap<(String, String, String, i64), f64> = BTreeMap::new();
+    for s in &series {
+        assert_eq!(s.label("sensor_type"), "traffic");
+        assert_eq!(s.label("window"), "5m");
+        for (t, v) in &s.samples {
+            let stat = s
+                .label("__name__")
+                .trim_start_matches("aggregate_")
+                .to_string();
+            got.insert(
+                (
+                    s.label("sensor_id").into(),
+                    s.label("field").into(),
+                    stat,
+                    *t,
+                ),
+                *v,
+            );
+        }
+    }
+    assert_eq!(
+        got.len(),
+        groups.len() * 5,
+        "count, mean, min, max, stddev per window"
+    );
+    for ((sensor, field, end), values) in &groups {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        let expected = [
+            ("count", n),
+            ("mean", mean),
+            ("min", values.iter().cloned().fold(f64::INFINITY, f64::min)),
+            (
+                "max",
+                values.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+            ),
+            ("stddev", var.sqrt()),
+        ];
+        for (stat, want) in expected {
+            let key = (sensor.clone(), field.clone(), stat.to_string(), *end);
+            let have = got.get(&key).unwrap_or_else(|| panic!("missing {key:?}"));
+            assert!(
+                (have - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{key:?}: stored {have}, expected {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn check_names_file_and_line_and_fails() {
+    let dir = config_dir(1);
+    std::fs::write(
+        dir.path().join("sensors/bad.toml"),
+        "name = \"bad\"\nexpected_interval = \"soon\"\n[[fields]]\nname = \"x\"\n",
+    )
+    .unwrap();
+    let out = Command::new(AQYL)
+        .args(["check", "--config"])
+        .arg(dir.path().join("aqyl.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.toml:2: invalid duration \"soon\""),
+        "{stderr}"
+    );
+
+    std::fs::remove_file(dir.path().join("sensors/bad.toml")).unwrap();
+    let out = Command::new(AQYL)
+        .args(["check", "--config"])
+        .arg(dir.path().join("aqyl.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("city/traffic/{sensor_id}"));
+}
+
+#[test]
+fn demo_runs_with_nothing_installed_and_writes_line_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = aqyl_tests::free_port();
+    let out = Command::new(AQYL)
+        .args([
+            "demo",
+            "--duration",
+            "3s",
+            "--port",
+            &port.to_string(),
+            "--speed",
+            "3000",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("windows closed"), "{stderr}");
+    let lines = std::fs::read_to_string(dir.path().join("data/aggregate.lp")).unwrap();
+    let first = lines.lines().next().expect("at least one aggregate");
+    assert!(first.starts_with("aggregate,field="), "{first}");
+    assert!(lines
+        .lines()
+        .all(|l| l.contains(",sensor_type=traffic,window=")));
+}

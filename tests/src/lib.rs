@@ -1,1 +1,335 @@
-//! placeholder
+//! Test harness: real services on free loopback ports, started and stopped by the tests.
+//!
+//! - [`Mosquitto`]: Debian's `mosquitto` with a config that loses nothing
+//!   (`max_queued_messages 0`: the default of 1000 silently drops QoS 1 messages for a slow
+//!   subscriber).
+//! - [`VictoriaMetrics`]: Debian's `victoria-metrics`, which accepts InfluxDB v2 writes on
+//!   `/api/v2/write`; read back with [`VictoriaMetrics::export`].
+//! - [`Subscriber`] and [`publish`]: plain rumqttc clients for the test's side of MQTT.
+//!
+//! Each process is killed when its handle drops. Waits are bounded and fail with a message
+//! that says what did not happen; nothing asserts on timing.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Finds an executable on PATH or in the usual sbin directories.
+fn find_exe(name: &str) -> PathBuf {
+    let path = std::env::var("PATH").unwrap_or_default();
+    for dir in path
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"])
+    {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("`{name}` is not installed: run the test command from the README (tests/run), which installs mosquitto and victoria-metrics with apt-get")
+}
+
+/// Waits until `cond` holds, checking every 20 ms, for at most `limit`; panics with `what`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_port(port: u16, child: &mut Child, name: &str) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_until(
+        Duration::from_secs(20),
+        &format!("{name} to listen on {addr}"),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{name} exited with {status} before listening on {addr}");
+            }
+            TcpStream::connect(addr).is_ok()
+        },
+    );
+}
+
+/// A running Mosquitto broker.
+pub struct Mosquitto {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts a broker on a free port.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 # Lose nothing: the default max_queued_messages (1000) drops QoS 1 messages.\n\
+                 max_queued_messages 0\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\n"
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let mut child = Command::new(find_exe("mosquitto"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mosquitto");
+        wait_for_port(port, &mut child, "mosquitto");
+        Self {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// `mqtt://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running VictoriaMetrics, standing in for InfluxDB v2's write API.
+pub struct VictoriaMetrics {
+    /// Its HTTP port on 127.0.0.1.
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+/// One exported series: its labels and (timestamp ms, value) samples, sorted by time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Labels, `__name__` included (`aggregate_mean`).
+    pub labels: serde_json::Map<String, serde_json::Value>,
+    /// Samples.
+    pub samples: Vec<(i64, f64)>,
+}
+
+impl Series {
+    /// A label's value.
+    pub fn label(&self, name: &str) -> &str {
+        self.labels.get(name).and_then(|v| v.as_str()).unwrap_or("")
+    }
+}
+
+impl VictoriaMetrics {
+    /// Starts VictoriaMetrics on a free port with a 100-year retention (for 2014 data).
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut child = Command::new(find_exe("victoria-metrics"))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg(format!("-storageDataPath={}", dir.path().display()))
+            .arg("-retentionPeriod=100y")
+            .arg("-loggerLevel=ERROR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start victoria-metrics");
+        wait_for_port(port, &mut child, "victoria-metrics");
+        let vm = Self {
+            port,
+            child,
+            _dir: dir,
+        };
+        wait_until(Duration::from_secs(20), "victoria-metrics /health", || {
+            reqwest::blocking::get(format!("{}/health", vm.url()))
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        });
+        vm
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Makes recent writes visible, then exports every series matching `selector`
+    /// (e.g. `{__name__=~"aggregate_.*"}`).
+    pub fn export(&self, selector: &str) -> Vec<Series> {
+        let client = reqwest::blocking::Client::new();
+        client
+            .get(format!("{}/internal/force_flush", self.url()))
+            .send()
+            .expect("force_flush");
+        let body = client
+            .get(format!("{}/api/v1/export", self.url()))
+            .query(&[("match[]", selector)])
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.text())
+            .expect("export");
+        let mut out: Vec<Series> = body
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).expect("export line is JSON");
+                let labels = v["metric"].as_object().cloned().unwrap_or_default();
+                let ts = v["timestamps"].as_array().cloned().unwrap_or_default();
+                let vals = v["values"].as_array().cloned().unwrap_or_default();
+                let mut samples: Vec<(i64, f64)> = ts
+                    .iter()
+                    .zip(vals.iter())
+                    .map(|(t, v)| (t.as_i64().unwrap_or(0), v.as_f64().unwrap_or(f64::NAN)))
+                    .collect();
+                samples.sort_by_key(|s| s.0);
+                Series { labels, samples }
+            })
+            .collect();
+        out.sort_by(|a, b| format!("{:?}", a.labels).cmp(&format!("{:?}", b.labels)));
+        out
+    }
+}
+
+impl Drop for VictoriaMetrics {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A message received by a [`Subscriber`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Retained flag.
+    pub retain: bool,
+}
+
+/// An MQTT subscriber on its own thread, collecting everything it receives.
+pub struct Subscriber {
+    messages: Arc<Mutex<Vec<Received>>>,
+    client: rumqttc::Client,
+}
+
+impl Subscriber {
+    /// Connects to the broker on `port` and subscribes to `filter` (QoS 1); returns once the
+    /// subscription is acknowledged.
+    pub fn start(port: u16, filter: &str) -> Self {
+        let id = format!("test-sub-{}-{}", std::process::id(), free_port());
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_max_packet_size(1 << 24, 1 << 24);
+        let (client, mut connection) = rumqttc::Client::new(opts, 100);
+        client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .expect("subscribe");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let (subacked_tx, subacked_rx) = std::sync::mpsc::channel();
+        let sink = messages.clone();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        let _ = subacked_tx.send(());
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        if let Ok(mut m) = sink.lock() {
+                            m.push(Received {
+                                topic: p.topic.clone(),
+                                payload: p.payload.to_vec(),
+                                retain: p.retain,
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        subacked_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the subscription was not acknowledged");
+        Self { messages, client }
+    }
+
+    /// Everything received so far.
+    pub fn messages(&self) -> Vec<Received> {
+        self.messages.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Waits until at least `n` messages arrived (bounded wait) and returns them.
+    pub fn wait_for(&self, n: usize, limit: Duration) -> Vec<Received> {
+        wait_until(limit, &format!("{n} MQTT messages"), || {
+            self.messages().len() >= n
+        });
+        self.messages()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+/// Publishes `(topic, payload)` pairs at QoS 1 in order and returns once the broker has
+/// acknowledged every one.
+pub fn publish(port: u16, messages: &[(String, Vec<u8>)]) {
+    let id = format!("test-pub-{}-{}", std::process::id(), free_port());
+    let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 24, 1 << 24).set_inflight(100);
+    let (client, mut connection) = rumqttc::Client::new(opts, 1000);
+    let total = messages.len();
+    let to_send = messages.to_vec();
+    let publisher = std::thread::spawn(move || {
+        for (topic, payload) in to_send {
+            client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+                .expect("publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked < total {
+        assert!(
+            Instant::now() < deadline,
+            "only {acked} of {total} publishes were acknowledged"
+        );
+        match connection.recv_timeout(Duration::from_secs(1)) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("publisher connection failed: {e}"),
+            Err(_) => {}
+        }
+    }
+    let client = publisher.join().expect("publisher thread");
+    let _ = client.disconnect();
+    for _ in 0..10 {
+        if connection.recv_timeout(Duration::from_millis(100)).is_err() {
+            break;
+        }
+    }
+}

@@ -51,6 +51,12 @@ impl Aggregate {
 
     /// A key that orders aggregates deterministically (for tests and comparisons).
     pub fn sort_key(&self) -> (&str, &str, &str, &str, u64) {
-        (&self.sensor_type, &self.sensor_id, &self.field, &self.window, self.start)
+        (
+            &self.sensor_type,
+            &self.sensor_id,
+            &self.field,
+            &self.window,
+            self.start,
+        )
     }
 }

@@ -86,7 +86,10 @@ pub struct MqttConfig {
     /// Password (env `AQYL_MQTT_PASSWORD`).
     pub password: Option<Secret>,
     /// Keep-alive interval.
-    #[serde(default = "default_keep_alive", deserialize_with = "crate::duration::deserialize")]
+    #[serde(
+        default = "default_keep_alive",
+        deserialize_with = "crate::duration::deserialize"
+    )]
     pub keep_alive: Duration,
     /// Start with a clean session (loses messages queued while Aqyl was away). Default false.
     #[serde(default)]
@@ -96,7 +99,10 @@ pub struct MqttConfig {
     #[serde(default)]
     pub subscription_prefix: String,
     /// Longest wait between reconnect attempts (backoff doubles from 100 ms up to this).
-    #[serde(default = "default_max_backoff", deserialize_with = "crate::duration::deserialize")]
+    #[serde(
+        default = "default_max_backoff",
+        deserialize_with = "crate::duration::deserialize"
+    )]
     pub max_reconnect_backoff: Duration,
 }
 
@@ -147,7 +153,10 @@ fn default_queue() -> usize {
 
 impl Default for IngestConfig {
     fn default() -> Self {
-        Self { max_payload_bytes: default_max_payload(), queue_capacity: default_queue() }
+        Self {
+            max_payload_bytes: default_max_payload(),
+            queue_capacity: default_queue(),
+        }
     }
 }
 
@@ -162,18 +171,26 @@ pub struct PipelineConfig {
     #[serde(default = "default_window", deserialize_with = "spanned_duration")]
     pub window: Spanned<Duration>,
     /// How far behind the newest event time a record may arrive and still count.
-    #[serde(default = "default_lateness", deserialize_with = "crate::duration::deserialize")]
+    #[serde(
+        default = "default_lateness",
+        deserialize_with = "crate::duration::deserialize"
+    )]
     pub allowed_lateness: Duration,
     /// After this much wall-clock silence the watermark advances with the wall clock, so
     /// windows close even when sensors stop. `"0s"` disables it (replays).
-    #[serde(default = "default_idle", deserialize_with = "crate::duration::deserialize")]
+    #[serde(
+        default = "default_idle",
+        deserialize_with = "crate::duration::deserialize"
+    )]
     pub idle_timeout: Duration,
 }
 
 fn spanned_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Spanned<Duration>, D::Error> {
     let s: Spanned<String> = Spanned::deserialize(d)?;
     let span = s.span();
-    crate::duration::parse(s.get_ref()).map(|v| Spanned::new(span, v)).map_err(serde::de::Error::custom)
+    crate::duration::parse(s.get_ref())
+        .map(|v| Spanned::new(span, v))
+        .map_err(serde::de::Error::custom)
 }
 
 fn default_workers() -> Spanned<usize> {
@@ -215,7 +232,9 @@ fn default_prefix() -> String {
 
 impl Default for OutputsConfig {
     fn default() -> Self {
-        Self { topic_prefix: default_prefix() }
+        Self {
+            topic_prefix: default_prefix(),
+        }
     }
 }
 
@@ -242,10 +261,16 @@ pub struct InfluxConfig {
     #[serde(default = "default_batch")]
     pub batch_size: usize,
     /// Longest a point waits before its batch is sent.
-    #[serde(default = "default_flush", deserialize_with = "crate::duration::deserialize")]
+    #[serde(
+        default = "default_flush",
+        deserialize_with = "crate::duration::deserialize"
+    )]
     pub flush_interval: Duration,
     /// Longest wait between retries of a failed write (backoff doubles from 100 ms).
-    #[serde(default = "default_max_backoff", deserialize_with = "crate::duration::deserialize")]
+    #[serde(
+        default = "default_max_backoff",
+        deserialize_with = "crate::duration::deserialize"
+    )]
     pub max_backoff: Duration,
 }
 
@@ -295,7 +320,10 @@ fn default_data_dir() -> PathBuf {
 
 impl Default for FileConfig {
     fn default() -> Self {
-        Self { enabled: false, dir: default_data_dir() }
+        Self {
+            enabled: false,
+            dir: default_data_dir(),
+        }
     }
 }
 
@@ -321,13 +349,17 @@ pub struct MqttUrl {
 impl MqttUrl {
     /// Parses `mqtt://host[:port]`, `tcp://…` or `mqtts://…`.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| format!("broker URL {url:?} has no scheme; write it like mqtt://127.0.0.1:1883"))?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            format!("broker URL {url:?} has no scheme; write it like mqtt://127.0.0.1:1883")
+        })?;
         let tls = match scheme {
             "mqtt" | "tcp" => false,
             "mqtts" | "ssl" => true,
-            other => return Err(format!("broker URL scheme {other:?} is not supported; use mqtt:// or mqtts://")),
+            other => {
+                return Err(format!(
+                    "broker URL scheme {other:?} is not supported; use mqtt:// or mqtts://"
+                ))
+            }
         };
         let authority = rest.split(['/', '?']).next().unwrap_or("");
         if authority.contains('@') {
@@ -335,16 +367,22 @@ impl MqttUrl {
         }
         let default_port = if tls { 8883 } else { 1883 };
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse::<u16>().map_err(|_| format!("broker URL {url:?} has an invalid port {p:?}"))?)
-            }
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("broker URL {url:?} has an invalid port {p:?}"))?,
+            ),
             _ => (authority, default_port),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
             return Err(format!("broker URL {url:?} has no host"));
         }
-        Ok(Self { host: host.to_string(), port, tls })
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            tls,
+        })
     }
 }
 
@@ -364,7 +402,8 @@ pub struct Loaded {
 impl Config {
     /// Parses configuration text (no overrides, no descriptor loading).
     pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
         let mut errors = Vec::new();
         let at = |span: std::ops::Range<usize>, msg: String| {
             ConfigError::at(path, text, (span.end > 0).then_some(span.start), msg)
@@ -374,16 +413,28 @@ impl Config {
         }
         let workers = *config.pipeline.workers.get_ref();
         if !(1..=256).contains(&workers) {
-            errors.push(at(config.pipeline.workers.span(), format!("pipeline.workers is {workers}; use 1 to 256")));
+            errors.push(at(
+                config.pipeline.workers.span(),
+                format!("pipeline.workers is {workers}; use 1 to 256"),
+            ));
         }
         if config.pipeline.window.get_ref().as_millis() == 0 {
-            errors.push(at(config.pipeline.window.span(), "pipeline.window must be at least 1ms".into()));
+            errors.push(at(
+                config.pipeline.window.span(),
+                "pipeline.window must be at least 1ms".into(),
+            ));
         }
         if config.mqtt.username.is_some() != config.mqtt.password.is_some() {
-            errors.push(ConfigError::file(path, "mqtt.username and mqtt.password must both be set or both be absent"));
+            errors.push(ConfigError::file(
+                path,
+                "mqtt.username and mqtt.password must both be set or both be absent",
+            ));
         }
         if config.ingest.queue_capacity == 0 || config.influx.batch_size == 0 {
-            errors.push(ConfigError::file(path, "ingest.queue_capacity and influx.batch_size must be at least 1"));
+            errors.push(ConfigError::file(
+                path,
+                "ingest.queue_capacity and influx.batch_size must be at least 1",
+            ));
         }
         if errors.is_empty() {
             Ok(config)
@@ -431,14 +482,24 @@ impl Config {
 /// reporting every problem with its file and line.
 pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::file(path, format!("cannot read the configuration file: {e}; pass another with --config PATH"))
+        ConfigError::file(
+            path,
+            format!("cannot read the configuration file: {e}; pass another with --config PATH"),
+        )
     })?;
     let mut config = Config::from_toml(path, &text)?;
-    config.apply_env(env).map_err(|e| ConfigError::file(path, e))?;
+    config
+        .apply_env(env)
+        .map_err(|e| ConfigError::file(path, e))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let sensors_dir = base.join(&config.sensors_dir);
     let sensor_types = descriptor::load_dir(&sensors_dir)?;
-    Ok(Loaded { config, sensor_types, path: path.to_path_buf(), sensors_dir })
+    Ok(Loaded {
+        config,
+        sensor_types,
+        path: path.to_path_buf(),
+        sensors_dir,
+    })
 }
 
 #[cfg(test)]
@@ -457,21 +518,39 @@ mod tests {
     #[test]
     fn errors_name_file_and_line() {
         let text = "[pipeline]\nworkers = 0\nwindow = \"5 parsecs\"\n";
-        let err = Config::from_toml(Path::new("aqyl.toml"), text).unwrap_err().to_string();
+        let err = Config::from_toml(Path::new("aqyl.toml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("aqyl.toml:3: invalid duration"), "{err}");
         let text = "[pipeline]\nworkers = 0\n";
-        let err = Config::from_toml(Path::new("aqyl.toml"), text).unwrap_err().to_string();
+        let err = Config::from_toml(Path::new("aqyl.toml"), text)
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "aqyl.toml:2: pipeline.workers is 0; use 1 to 256");
         let text = "[mqtt]\nurl = \"http://x\"\n";
-        let err = Config::from_toml(Path::new("aqyl.toml"), text).unwrap_err().to_string();
-        assert!(err.starts_with("aqyl.toml:2: broker URL scheme \"http\""), "{err}");
-        let err = Config::from_toml(Path::new("aqyl.toml"), "[mqtt]\nurl = \"mqtt://h\"\nport = 1\n").unwrap_err();
-        assert!(err.to_string().starts_with("aqyl.toml:3: unknown field `port`"), "{err}");
+        let err = Config::from_toml(Path::new("aqyl.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("aqyl.toml:2: broker URL scheme \"http\""),
+            "{err}"
+        );
+        let err = Config::from_toml(
+            Path::new("aqyl.toml"),
+            "[mqtt]\nurl = \"mqtt://h\"\nport = 1\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("aqyl.toml:3: unknown field `port`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn environment_wins_over_the_file() {
-        let mut c = Config::from_toml(Path::new("a.toml"), "[mqtt]\nurl = \"mqtt://file:1\"\n").unwrap();
+        let mut c =
+            Config::from_toml(Path::new("a.toml"), "[mqtt]\nurl = \"mqtt://file:1\"\n").unwrap();
         let env = |k: &str| match k {
             "AQYL_MQTT_URL" => Some("mqtt://env:2".to_string()),
             "AQYL_INFLUX_URL" => Some("http://vm:8428".to_string()),
@@ -484,15 +563,29 @@ mod tests {
         assert!(c.influx.enabled);
         assert_eq!(c.influx.url, "http://vm:8428");
         assert_eq!(c.influx.token.expose(), "s3cret");
-        assert!(!format!("{c:?}").contains("s3cret"), "secrets are redacted in Debug");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "secrets are redacted in Debug"
+        );
         assert_eq!(c.http.addr.as_deref(), Some("127.0.0.1:9"));
-        assert!(c.apply_env(|k| (k == "AQYL_MQTT_URL").then(|| "nope".into())).is_err());
-        assert!(c.apply_env(|k| (k == "AQYL_MQTT_USERNAME").then(|| "u".into())).is_err());
+        assert!(c
+            .apply_env(|k| (k == "AQYL_MQTT_URL").then(|| "nope".into()))
+            .is_err());
+        assert!(c
+            .apply_env(|k| (k == "AQYL_MQTT_USERNAME").then(|| "u".into()))
+            .is_err());
     }
 
     #[test]
     fn mqtt_urls() {
-        assert_eq!(MqttUrl::parse("mqtt://127.0.0.1:1883").unwrap(), MqttUrl { host: "127.0.0.1".into(), port: 1883, tls: false });
+        assert_eq!(
+            MqttUrl::parse("mqtt://127.0.0.1:1883").unwrap(),
+            MqttUrl {
+                host: "127.0.0.1".into(),
+                port: 1883,
+                tls: false
+            }
+        );
         assert_eq!(MqttUrl::parse("mqtts://broker").unwrap().port, 8883);
         assert_eq!(MqttUrl::parse("mqtt://[::1]:1884").unwrap().host, "::1");
         assert!(MqttUrl::parse("broker:1883").is_err());

@@ -94,7 +94,14 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// Builds a record, bounding the copied payload.
-    pub fn new(sensor_type: &str, reason: Reason, detail: String, topic: &str, payload: &[u8], received_at: i64) -> Self {
+    pub fn new(
+        sensor_type: &str,
+        reason: Reason,
+        detail: String,
+        topic: &str,
+        payload: &[u8],
+        received_at: i64,
+    ) -> Self {
         let cut = payload.len().min(DEADLETTER_PAYLOAD_BYTES);
         Self {
             sensor_type: sensor_type.to_string(),
@@ -128,7 +135,14 @@ mod tests {
     #[test]
     fn payload_is_bounded_and_flagged() {
         let big = vec![b'x'; 5000];
-        let d = DeadLetter::new("traffic", Reason::Oversized, "too big".into(), "city/traffic/1", &big, 0);
+        let d = DeadLetter::new(
+            "traffic",
+            Reason::Oversized,
+            "too big".into(),
+            "city/traffic/1",
+            &big,
+            0,
+        );
         assert_eq!(d.payload.len(), DEADLETTER_PAYLOAD_BYTES);
         assert!(d.truncated);
         assert_eq!(d.payload_bytes, 5000);

@@ -29,7 +29,11 @@ pub struct Rejection {
 
 impl Rejection {
     fn new(sensor_type: &str, reason: Reason, detail: String) -> Self {
-        Self { sensor_type: Some(sensor_type.to_string()), reason, detail }
+        Self {
+            sensor_type: Some(sensor_type.to_string()),
+            reason,
+            detail,
+        }
     }
 
     /// The dead-letter record for the rejected message.
@@ -63,11 +67,18 @@ impl Registry {
 
     /// Decodes one message. `max_payload` bounds the payload size in bytes.
     pub fn decode(&self, msg: &RawMessage, max_payload: usize) -> Result<Observation, Rejection> {
-        let Some((ty, captures)) = self.types.iter().find_map(|t| t.topic.matches(&msg.topic).map(|c| (t, c))) else {
+        let Some((ty, captures)) = self
+            .types
+            .iter()
+            .find_map(|t| t.topic.matches(&msg.topic).map(|c| (t, c)))
+        else {
             return Err(Rejection {
                 sensor_type: None,
                 reason: Reason::UnknownTopic,
-                detail: format!("no sensor type has a topic pattern matching {:?}", msg.topic),
+                detail: format!(
+                    "no sensor type has a topic pattern matching {:?}",
+                    msg.topic
+                ),
             });
         };
         let name = ty.name.as_str();
@@ -75,16 +86,25 @@ impl Registry {
             return Err(Rejection::new(
                 name,
                 Reason::Oversized,
-                format!("payload is {} bytes; the limit is {max_payload} (ingest.max_payload_bytes)", msg.payload.len()),
+                format!(
+                    "payload is {} bytes; the limit is {max_payload} (ingest.max_payload_bytes)",
+                    msg.payload.len()
+                ),
             ));
         }
-        validate_sensor_id(captures.sensor_id).map_err(|e| Rejection::new(name, Reason::InvalidSensorId, e))?;
+        validate_sensor_id(captures.sensor_id)
+            .map_err(|e| Rejection::new(name, Reason::InvalidSensorId, e))?;
         if let Some(area) = captures.area {
             validate_sensor_id(area)
                 .map_err(|e| Rejection::new(name, Reason::InvalidSensorId, format!("area: {e}")))?;
         }
-        let value: Value = serde_json::from_slice(&msg.payload)
-            .map_err(|e| Rejection::new(name, Reason::MalformedJson, format!("payload is not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(&msg.payload).map_err(|e| {
+            Rejection::new(
+                name,
+                Reason::MalformedJson,
+                format!("payload is not valid JSON: {e}"),
+            )
+        })?;
         if !value.is_object() {
             return Err(Rejection::new(
                 name,
@@ -93,7 +113,11 @@ impl Registry {
             ));
         }
         let (event_time, time_from_receive) = match &ty.time {
-            Some(rule) => (read_time(rule, &value).map_err(|e| Rejection::new(name, Reason::InvalidTimestamp, e))?, false),
+            Some(rule) => (
+                read_time(rule, &value)
+                    .map_err(|e| Rejection::new(name, Reason::InvalidTimestamp, e))?,
+                false,
+            ),
             None => (msg.received_at, true),
         };
         if !(0..=MAX_EVENT_MS).contains(&event_time) {
@@ -112,14 +136,22 @@ impl Registry {
                     return Err(Rejection::new(
                         name,
                         Reason::MissingField,
-                        format!("required field {:?} (at {}) is missing, null, empty or NA", f.name, f.pointer),
+                        format!(
+                            "required field {:?} (at {}) is missing, null, empty or NA",
+                            f.name, f.pointer
+                        ),
                     ))
                 }
                 Err(got) => {
                     return Err(Rejection::new(
                         name,
                         Reason::WrongType,
-                        format!("field {:?} (at {}): expected {}, got {got}", f.name, f.pointer, type_name(f.kind)),
+                        format!(
+                            "field {:?} (at {}): expected {}, got {got}",
+                            f.name,
+                            f.pointer,
+                            type_name(f.kind)
+                        ),
                     ))
                 }
             }
@@ -165,9 +197,14 @@ fn truncate(s: &str, max: usize) -> String {
 fn read_number(v: Option<&Value>, kind: FieldType) -> Result<Option<f64>, String> {
     let x = match v {
         None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() || s.trim().eq_ignore_ascii_case("na") => return Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() || s.trim().eq_ignore_ascii_case("na") => {
+            return Ok(None)
+        }
         Some(Value::Number(n)) => n.as_f64().ok_or_else(|| format!("the number {n}"))?,
-        Some(Value::String(s)) => s.trim().parse::<f64>().map_err(|_| kind_of(&Value::String(s.clone())))?,
+        Some(Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| kind_of(&Value::String(s.clone())))?,
         Some(other) => return Err(kind_of(other)),
     };
     if !x.is_finite() {
@@ -186,7 +223,10 @@ fn read_time(rule: &TimeRule, payload: &Value) -> Result<i64, String> {
     let number = || -> Result<f64, String> {
         match v {
             Value::Number(n) => n.as_f64().ok_or_else(|| "unreadable number".to_string()),
-            Value::String(s) => s.trim().parse::<f64>().map_err(|_| format!("expected a number, got {}", kind_of(v))),
+            Value::String(s) => s
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| format!("expected a number, got {}", kind_of(v))),
             _ => Err(format!("expected a number, got {}", kind_of(v))),
         }
     };
@@ -194,15 +234,26 @@ fn read_time(rule: &TimeRule, payload: &Value) -> Result<i64, String> {
         TimeFormat::EpochSeconds => number()? * 1000.0,
         TimeFormat::EpochMillis => number()?,
         TimeFormat::Rfc3339 => {
-            let s = v.as_str().ok_or_else(|| format!("expected an RFC 3339 string, got {}", kind_of(v)))?;
+            let s = v
+                .as_str()
+                .ok_or_else(|| format!("expected an RFC 3339 string, got {}", kind_of(v)))?;
             return chrono::DateTime::parse_from_rfc3339(s.trim())
                 .map(|t| t.timestamp_millis())
                 .map_err(|e| format!("{:?} is not RFC 3339 ({e})", truncate(s, 40)));
         }
         TimeFormat::Local { pattern, zone } => {
-            let s = v.as_str().ok_or_else(|| format!("expected a time string like {pattern:?}, got {}", kind_of(v)))?;
-            let naive = NaiveDateTime::parse_from_str(s.trim(), pattern)
-                .map_err(|e| format!("{:?} does not match the time format {pattern:?} ({e})", truncate(s, 40)))?;
+            let s = v.as_str().ok_or_else(|| {
+                format!(
+                    "expected a time string like {pattern:?}, got {}",
+                    kind_of(v)
+                )
+            })?;
+            let naive = NaiveDateTime::parse_from_str(s.trim(), pattern).map_err(|e| {
+                format!(
+                    "{:?} does not match the time format {pattern:?} ({e})",
+                    truncate(s, 40)
+                )
+            })?;
             return match zone.from_local_datetime(&naive) {
                 chrono::LocalResult::Single(t) => Ok(t.timestamp_millis()),
                 chrono::LocalResult::Ambiguous(early, _) => Ok(early.timestamp_millis()),
@@ -249,7 +300,11 @@ required = false
     }
 
     fn msg(topic: &str, payload: &str) -> RawMessage {
-        RawMessage { topic: topic.into(), payload: payload.as_bytes().to_vec(), received_at: 1_000 }
+        RawMessage {
+            topic: topic.into(),
+            payload: payload.as_bytes().to_vec(),
+            received_at: 1_000,
+        }
     }
 
     #[test]
@@ -266,7 +321,13 @@ required = false
         assert_eq!(obs.sensor_id, "158324");
         // 07:50 CEST (UTC+2) is 05:50 UTC.
         assert_eq!(obs.event_time, 1_406_872_200_000);
-        assert_eq!(obs.fields, vec![("avgSpeed".to_string(), 50.0), ("vehicleCount".to_string(), 5.0)]);
+        assert_eq!(
+            obs.fields,
+            vec![
+                ("avgSpeed".to_string(), 50.0),
+                ("vehicleCount".to_string(), 5.0)
+            ]
+        );
         assert!(!obs.time_from_receive);
     }
 
@@ -274,9 +335,15 @@ required = false
     fn dst_edges_are_resolved() {
         let r = registry();
         let at = |ts: &str| {
-            r.decode(&msg("city/traffic/1", &format!(r#"{{"TIMESTAMP":"{ts}","avgSpeed":1,"vehicleCount":1}}"#)), 1 << 16)
-                .unwrap()
-                .event_time
+            r.decode(
+                &msg(
+                    "city/traffic/1",
+                    &format!(r#"{{"TIMESTAMP":"{ts}","avgSpeed":1,"vehicleCount":1}}"#),
+                ),
+                1 << 16,
+            )
+            .unwrap()
+            .event_time
         };
         // 2014-10-26 02:30 happens twice in Copenhagen; the earlier (CEST, UTC+2) is taken.
         assert_eq!(at("2014-10-26T02:30:00"), 1_414_283_400_000);
@@ -293,18 +360,39 @@ required = false
     fn every_rejection_reason_says_why() {
         let ok_time = r#""TIMESTAMP":"2014-08-01T07:50:00""#;
         assert_eq!(reason("city/parking/1", "{}").0, Reason::UnknownTopic);
-        assert_eq!(reason("city/traffic/1", &"x".repeat(201)).0, Reason::Oversized);
-        assert_eq!(reason("city/traffic/1", "{\"avgSpeed\":").0, Reason::MalformedJson);
+        assert_eq!(
+            reason("city/traffic/1", &"x".repeat(201)).0,
+            Reason::Oversized
+        );
+        assert_eq!(
+            reason("city/traffic/1", "{\"avgSpeed\":").0,
+            Reason::MalformedJson
+        );
         assert_eq!(reason("city/traffic/1", "[1,2]").0, Reason::NotAnObject);
-        let (r, d) = reason("city/traffic/1", &format!(r#"{{{ok_time},"vehicleCount":3}}"#));
+        let (r, d) = reason(
+            "city/traffic/1",
+            &format!(r#"{{{ok_time},"vehicleCount":3}}"#),
+        );
         assert_eq!(r, Reason::MissingField);
         assert!(d.contains("avgSpeed"), "{d}");
-        let (r, d) = reason("city/traffic/1", &format!(r#"{{{ok_time},"avgSpeed":"fast","vehicleCount":3}}"#));
+        let (r, d) = reason(
+            "city/traffic/1",
+            &format!(r#"{{{ok_time},"avgSpeed":"fast","vehicleCount":3}}"#),
+        );
         assert_eq!(r, Reason::WrongType);
-        assert!(d.contains("expected a number, got the string \"fast\""), "{d}");
-        let (r, _) = reason("city/traffic/1", &format!(r#"{{{ok_time},"avgSpeed":1,"vehicleCount":2.5}}"#));
+        assert!(
+            d.contains("expected a number, got the string \"fast\""),
+            "{d}"
+        );
+        let (r, _) = reason(
+            "city/traffic/1",
+            &format!(r#"{{{ok_time},"avgSpeed":1,"vehicleCount":2.5}}"#),
+        );
         assert_eq!(r, Reason::WrongType);
-        let (r, d) = reason("city/traffic/1", r#"{"TIMESTAMP":"yesterday","avgSpeed":1,"vehicleCount":2}"#);
+        let (r, d) = reason(
+            "city/traffic/1",
+            r#"{"TIMESTAMP":"yesterday","avgSpeed":1,"vehicleCount":2}"#,
+        );
         assert_eq!(r, Reason::InvalidTimestamp);
         assert!(d.contains("yesterday"), "{d}");
         assert_eq!(reason("city/traffic/a\nb", "{}").0, Reason::InvalidSensorId);
@@ -314,8 +402,18 @@ required = false
     fn optional_fields_may_be_absent_but_not_wrong() {
         let r = registry();
         let base = r#""TIMESTAMP":"2014-08-01T07:50:00","avgSpeed":1,"vehicleCount":2"#;
-        assert!(r.decode(&msg("city/traffic/1", &format!("{{{base},\"extra\":\"NA\"}}")), 1 << 16).is_ok());
-        let e = r.decode(&msg("city/traffic/1", &format!("{{{base},\"extra\":true}}")), 1 << 16).unwrap_err();
+        assert!(r
+            .decode(
+                &msg("city/traffic/1", &format!("{{{base},\"extra\":\"NA\"}}")),
+                1 << 16
+            )
+            .is_ok());
+        let e = r
+            .decode(
+                &msg("city/traffic/1", &format!("{{{base},\"extra\":true}}")),
+                1 << 16,
+            )
+            .unwrap_err();
         assert_eq!(e.reason, Reason::WrongType);
     }
 
@@ -344,7 +442,11 @@ required = false
                     _ => bytes.insert(at, rng.u8(..)),
                 }
             }
-            let m = RawMessage { topic: "city/traffic/x".into(), payload: bytes, received_at: 0 };
+            let m = RawMessage {
+                topic: "city/traffic/x".into(),
+                payload: bytes,
+                received_at: 0,
+            };
             let _ = r.decode(&m, 1 << 16);
         }
     }

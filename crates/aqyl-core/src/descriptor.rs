@@ -113,7 +113,9 @@ impl TopicPattern {
         let mut segments = Vec::new();
         let (mut ids, mut areas) = (0, 0);
         if text.is_empty() {
-            return Err("the topic pattern is empty; write it like \"city/traffic/{sensor_id}\"".into());
+            return Err(
+                "the topic pattern is empty; write it like \"city/traffic/{sensor_id}\"".into(),
+            );
         }
         for seg in text.split('/') {
             match seg {
@@ -139,9 +141,14 @@ impl TopicPattern {
             ));
         }
         if areas > 1 {
-            return Err(format!("the topic pattern {text:?} contains {{area}} more than once"));
+            return Err(format!(
+                "the topic pattern {text:?} contains {{area}} more than once"
+            ));
         }
-        Ok(Self { segments, text: text.to_string() })
+        Ok(Self {
+            segments,
+            text: text.to_string(),
+        })
     }
 
     /// The MQTT subscription filter (`city/traffic/+`).
@@ -173,7 +180,10 @@ impl TopicPattern {
         if parts.next().is_some() {
             return None;
         }
-        Some(Captures { sensor_id: sensor_id?, area })
+        Some(Captures {
+            sensor_id: sensor_id?,
+            area,
+        })
     }
 
     /// The pattern as written.
@@ -190,10 +200,15 @@ pub fn validate_sensor_id(id: &str) -> Result<(), String> {
         return Err("the sensor id is empty".into());
     }
     if id.len() > MAX_SENSOR_ID_BYTES {
-        return Err(format!("the sensor id is {} bytes long; the limit is {MAX_SENSOR_ID_BYTES}", id.len()));
+        return Err(format!(
+            "the sensor id is {} bytes long; the limit is {MAX_SENSOR_ID_BYTES}",
+            id.len()
+        ));
     }
     if let Some(c) = id.chars().find(|c| c.is_control()) {
-        return Err(format!("the sensor id contains the control character {c:?}"));
+        return Err(format!(
+            "the sensor id contains the control character {c:?}"
+        ));
     }
     Ok(())
 }
@@ -212,7 +227,10 @@ struct DescriptorFile {
     #[serde(default = "default_format")]
     format: Spanned<String>,
     /// Expected update interval per sensor.
-    #[serde(default = "default_interval", deserialize_with = "crate::duration::deserialize")]
+    #[serde(
+        default = "default_interval",
+        deserialize_with = "crate::duration::deserialize"
+    )]
     expected_interval: Duration,
     /// Event-time field.
     time: Option<TimeFile>,
@@ -271,19 +289,30 @@ impl SensorType {
         let file: DescriptorFile =
             toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
         let mut errors = Vec::new();
-        let err = |span: std::ops::Range<usize>, msg: String| ConfigError::at(path, text, Some(span.start), msg);
+        let err = |span: std::ops::Range<usize>, msg: String| {
+            ConfigError::at(path, text, Some(span.start), msg)
+        };
 
         let name = file.name.get_ref().clone();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
             errors.push(err(
                 file.name.span(),
-                format!("sensor type name {name:?} must be non-empty ASCII letters, digits, '_' or '-'"),
+                format!(
+                    "sensor type name {name:?} must be non-empty ASCII letters, digits, '_' or '-'"
+                ),
             ));
         }
         if file.format.get_ref() != "json" {
             errors.push(err(
                 file.format.span(),
-                format!("payload format {:?} is not supported yet; use \"json\"", file.format.get_ref()),
+                format!(
+                    "payload format {:?} is not supported yet; use \"json\"",
+                    file.format.get_ref()
+                ),
             ));
         }
         let topic_text = file
@@ -294,7 +323,11 @@ impl SensorType {
         let topic = match TopicPattern::parse(&topic_text) {
             Ok(t) => Some(t),
             Err(msg) => {
-                let span = file.topic.as_ref().map(|t| t.span()).unwrap_or(file.name.span());
+                let span = file
+                    .topic
+                    .as_ref()
+                    .map(|t| t.span())
+                    .unwrap_or(file.name.span());
                 errors.push(err(span, msg));
                 None
             }
@@ -314,25 +347,54 @@ impl SensorType {
             let span = f.name.span();
             let fname = f.name.get_ref();
             if fields.iter().any(|g| &g.name == fname) {
-                errors.push(err(span.clone(), format!("field {:?} is declared twice", fname)));
+                errors.push(err(
+                    span.clone(),
+                    format!("field {:?} is declared twice", fname),
+                ));
             }
             if fname.is_empty() || fname.chars().any(|c| c.is_control()) {
-                errors.push(err(span.clone(), format!("field name {:?} must be non-empty without control characters", fname)));
+                errors.push(err(
+                    span.clone(),
+                    format!(
+                        "field name {:?} must be non-empty without control characters",
+                        fname
+                    ),
+                ));
             }
-            let pointer = f.path.clone().unwrap_or_else(|| format!("/{}", fname.replace('~', "~0").replace('/', "~1")));
+            let pointer = f
+                .path
+                .clone()
+                .unwrap_or_else(|| format!("/{}", fname.replace('~', "~0").replace('/', "~1")));
             if !pointer.is_empty() && !pointer.starts_with('/') {
                 errors.push(err(
                     span.clone(),
-                    format!("path {pointer:?} of field {:?} must be a JSON Pointer starting with '/'", fname),
+                    format!(
+                        "path {pointer:?} of field {:?} must be a JSON Pointer starting with '/'",
+                        fname
+                    ),
                 ));
             }
-            fields.push(Field { name: fname.clone(), pointer, kind: f.kind, unit: f.unit.clone(), required: f.required });
+            fields.push(Field {
+                name: fname.clone(),
+                pointer,
+                kind: f.kind,
+                unit: f.unit.clone(),
+                required: f.required,
+            });
         }
         if fields.is_empty() {
-            errors.push(err(file.name.span(), format!("sensor type {name:?} declares no [[fields]]; add at least one numeric field")));
+            errors.push(err(
+                file.name.span(),
+                format!(
+                    "sensor type {name:?} declares no [[fields]]; add at least one numeric field"
+                ),
+            ));
         }
         if file.expected_interval.is_zero() {
-            errors.push(err(file.name.span(), "expected_interval must be greater than zero".into()));
+            errors.push(err(
+                file.name.span(),
+                "expected_interval must be greater than zero".into(),
+            ));
         }
         match (errors.is_empty(), topic) {
             (true, Some(topic)) => Ok(SensorType {
@@ -351,7 +413,10 @@ impl SensorType {
 fn parse_time(t: &TimeFile) -> Result<TimeRule, (std::ops::Range<usize>, String)> {
     let pointer = t.field.get_ref().clone();
     if !pointer.starts_with('/') {
-        return Err((t.field.span(), format!("time field {pointer:?} must be a JSON Pointer starting with '/'")));
+        return Err((
+            t.field.span(),
+            format!("time field {pointer:?} must be a JSON Pointer starting with '/'"),
+        ));
     }
     let format = match t.format.get_ref().as_str() {
         "rfc3339" => TimeFormat::Rfc3339,
@@ -383,7 +448,10 @@ fn parse_time(t: &TimeFile) -> Result<TimeRule, (std::ops::Range<usize>, String)
 /// and topic filters do not collide.
 pub fn load_dir(dir: &Path) -> Result<Vec<SensorType>, ConfigErrors> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
-        ConfigError::file(dir, format!("cannot read the sensor descriptor directory: {e}"))
+        ConfigError::file(
+            dir,
+            format!("cannot read the sensor descriptor directory: {e}"),
+        )
     })?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -405,9 +473,15 @@ pub fn load_dir(dir: &Path) -> Result<Vec<SensorType>, ConfigErrors> {
                 if let Some(other) = types.iter().find(|o| o.name == t.name) {
                     errors.push(ConfigError::file(
                         &path,
-                        format!("sensor type {:?} is already defined in {}", t.name, other.source.display()),
+                        format!(
+                            "sensor type {:?} is already defined in {}",
+                            t.name,
+                            other.source.display()
+                        ),
                     ));
-                } else if let Some(other) = types.iter().find(|o| o.topic.filter() == t.topic.filter()) {
+                } else if let Some(other) =
+                    types.iter().find(|o| o.topic.filter() == t.topic.filter())
+                {
                     errors.push(ConfigError::file(
                         &path,
                         format!(
@@ -425,7 +499,10 @@ pub fn load_dir(dir: &Path) -> Result<Vec<SensorType>, ConfigErrors> {
         }
     }
     if types.is_empty() && errors.is_empty() {
-        errors.push(ConfigError::file(dir, "no sensor descriptors (*.toml) found; add one, e.g. traffic.toml"));
+        errors.push(ConfigError::file(
+            dir,
+            "no sensor descriptors (*.toml) found; add one, e.g. traffic.toml",
+        ));
     }
     if errors.is_empty() {
         Ok(types)
@@ -469,7 +546,10 @@ type = "integer"
 
     #[test]
     fn unknown_key_names_file_and_line() {
-        let text = TRAFFIC.replace("[[fields]]\nname = \"avgSpeed\"", "[[fields]]\nname = \"avgSpeed\"\nscale = 2");
+        let text = TRAFFIC.replace(
+            "[[fields]]\nname = \"avgSpeed\"",
+            "[[fields]]\nname = \"avgSpeed\"\nscale = 2",
+        );
         let err = SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("traffic.toml:13: "), "{msg}");
@@ -483,7 +563,12 @@ type = "integer"
             .replace("name = \"vehicleCount\"", "name = \"avgSpeed\"");
         let err = SensorType::from_toml(Path::new("t.toml"), &text).unwrap_err();
         assert_eq!(err.0.len(), 2, "{err}");
-        assert!(err.0[0].to_string().starts_with("t.toml:9: unknown time zone"), "{err}");
+        assert!(
+            err.0[0]
+                .to_string()
+                .starts_with("t.toml:9: unknown time zone"),
+            "{err}"
+        );
         assert!(err.0[1].message.contains("declared twice"), "{err}");
     }
 

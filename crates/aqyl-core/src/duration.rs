@@ -11,14 +11,20 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
 
 /// Parses a duration written like `"5m"`; the error says what was expected.
 pub fn parse(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"30s\", \"5m\" or \"4h\""))
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("invalid duration {s:?} ({e}); write it like \"30s\", \"5m\" or \"4h\"")
+    })
 }
 
 /// Formats a duration the way windows are labelled in the store: `5m`, `1h`, `90s`, `250ms`.
 pub fn label(d: Duration) -> String {
     let ms = d.as_millis();
-    const UNITS: [(u128, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
+    const UNITS: [(u128, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
     for (size, unit) in UNITS {
         if ms >= size && ms % size == 0 {
             return format!("{}{unit}", ms / size);

@@ -16,7 +16,12 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// An error at a byte offset of `source` (the file's text).
-    pub fn at(file: &Path, source: &str, offset: Option<usize>, message: impl Into<String>) -> Self {
+    pub fn at(
+        file: &Path,
+        source: &str,
+        offset: Option<usize>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             file: file.to_path_buf(),
             line: offset.map(|o| line_of(source, o)),
@@ -76,7 +81,11 @@ impl From<ConfigError> for ConfigErrors {
 /// 1-based line number of a byte offset.
 pub fn line_of(source: &str, offset: usize) -> usize {
     let end = offset.min(source.len());
-    source.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    source.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 #[cfg(test)]

@@ -65,7 +65,10 @@ fn check(what: &'static str, s: &str) -> Result<(), LineError> {
         return Err(LineError::Empty { what });
     }
     if s.chars().any(char::is_control) {
-        return Err(LineError::ControlCharacter { what, value: s.to_string() });
+        return Err(LineError::ControlCharacter {
+            what,
+            value: s.to_string(),
+        });
     }
     Ok(())
 }
@@ -92,9 +95,16 @@ pub fn encode(point: &Point<'_>, out: &mut String) -> Result<(), LineError> {
     for (k, v) in &point.fields {
         check("field key", k)?;
         match v {
-            FieldValue::Float(x) if !x.is_finite() => return Err(LineError::NonFinite { field: k.to_string() }),
+            FieldValue::Float(x) if !x.is_finite() => {
+                return Err(LineError::NonFinite {
+                    field: k.to_string(),
+                })
+            }
             FieldValue::Str(s) if s.chars().any(char::is_control) => {
-                return Err(LineError::ControlCharacter { what: "string field", value: s.to_string() })
+                return Err(LineError::ControlCharacter {
+                    what: "string field",
+                    value: s.to_string(),
+                })
             }
             _ => {}
         }
@@ -134,7 +144,9 @@ mod tests {
 
     /// A reader of line protocol following InfluxDB's rules (a backslash escapes the next
     /// character), written independently of the encoder to check round-trips.
-    fn parse(line: &str) -> (String, Vec<(String, String)>, Vec<(String, String)>, String) {
+    type Pairs = Vec<(String, String)>;
+
+    fn parse(line: &str) -> (String, Pairs, Pairs, String) {
         let line = line.strip_suffix('\n').expect("one line with a newline");
         assert!(!line.contains('\n'), "a second line was injected: {line:?}");
         let mut parts: Vec<Vec<String>> = vec![vec![String::new()]];
@@ -170,7 +182,11 @@ mod tests {
         Point {
             measurement: "aggregate",
             tags: vec![("sensor_id", id), ("sensor_type", "traffic")],
-            fields: vec![("count", FieldValue::Int(3)), ("mean", FieldValue::Float(1.5)), ("sax", FieldValue::Str("ab\"c\\"))],
+            fields: vec![
+                ("count", FieldValue::Int(3)),
+                ("mean", FieldValue::Float(1.5)),
+                ("sax", FieldValue::Str("ab\"c\\")),
+            ],
             time_ms: 1_406_872_500_000,
         }
     }
@@ -204,7 +220,14 @@ mod tests {
             encode(&point(id), &mut out).unwrap();
             let (m, tags, fields, time) = parse(&out);
             assert_eq!(m, "aggregate");
-            assert_eq!(tags, vec![("sensor_id".into(), id.into()), ("sensor_type".into(), "traffic".into())], "{out}");
+            assert_eq!(
+                tags,
+                vec![
+                    ("sensor_id".into(), id.into()),
+                    ("sensor_type".into(), "traffic".into())
+                ],
+                "{out}"
+            );
             assert_eq!(fields.len(), 3, "{out}");
             assert_eq!(time, "1406872500000");
         }
@@ -215,13 +238,28 @@ mod tests {
         for id in ["a\nb", "a\rb", "x\n", "tab\there", "nul\0"] {
             let mut out = String::new();
             let err = encode(&point(id), &mut out).unwrap_err();
-            assert!(matches!(err, LineError::ControlCharacter { what: "tag value", .. }), "{err}");
+            assert!(
+                matches!(
+                    err,
+                    LineError::ControlCharacter {
+                        what: "tag value",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
             assert!(out.is_empty());
         }
         let mut out = String::new();
-        assert_eq!(encode(&point(""), &mut out), Err(LineError::Empty { what: "tag value" }));
+        assert_eq!(
+            encode(&point(""), &mut out),
+            Err(LineError::Empty { what: "tag value" })
+        );
         let mut p = point("1");
         p.fields = vec![("mean", FieldValue::Float(f64::NAN))];
-        assert!(matches!(encode(&p, &mut out), Err(LineError::NonFinite { .. })));
+        assert!(matches!(
+            encode(&p, &mut out),
+            Err(LineError::NonFinite { .. })
+        ));
     }
 }

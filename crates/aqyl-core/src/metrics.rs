@@ -56,7 +56,11 @@ impl Snapshot {
 
     /// All rejections except `late`.
     pub fn rejected_total(&self) -> u64 {
-        Reason::ALL.iter().filter(|r| **r != Reason::Late).map(|r| self.rejected(*r)).sum()
+        Reason::ALL
+            .iter()
+            .filter(|r| **r != Reason::Late)
+            .map(|r| self.rejected(*r))
+            .sum()
     }
 }
 
@@ -86,20 +90,64 @@ impl Metrics {
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(out, "# HELP aqyl_{name} {help}\n# TYPE aqyl_{name} counter\naqyl_{name} {}", v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP aqyl_{name} {help}\n# TYPE aqyl_{name} counter\naqyl_{name} {}",
+                v.load(Relaxed)
+            );
         };
-        counter("received_total", "MQTT messages received on ingest topics.", &self.received);
-        counter("observations_total", "Observations accepted into the dataflow.", &self.observations);
-        counter("windows_closed_total", "Windows closed.", &self.windows_closed);
-        counter("influx_points_written_total", "Points written to InfluxDB.", &self.influx_points_written);
-        counter("influx_write_failures_total", "Failed InfluxDB write attempts.", &self.influx_write_failures);
-        counter("file_points_written_total", "Points appended to line-protocol files.", &self.file_points_written);
-        counter("points_unencodable_total", "Points that could not be encoded.", &self.points_unencodable);
-        counter("deadletters_published_total", "Dead-letter messages published.", &self.deadletters_published);
-        counter("mqtt_connection_errors_total", "MQTT connection errors.", &self.mqtt_connection_errors);
+        counter(
+            "received_total",
+            "MQTT messages received on ingest topics.",
+            &self.received,
+        );
+        counter(
+            "observations_total",
+            "Observations accepted into the dataflow.",
+            &self.observations,
+        );
+        counter(
+            "windows_closed_total",
+            "Windows closed.",
+            &self.windows_closed,
+        );
+        counter(
+            "influx_points_written_total",
+            "Points written to InfluxDB.",
+            &self.influx_points_written,
+        );
+        counter(
+            "influx_write_failures_total",
+            "Failed InfluxDB write attempts.",
+            &self.influx_write_failures,
+        );
+        counter(
+            "file_points_written_total",
+            "Points appended to line-protocol files.",
+            &self.file_points_written,
+        );
+        counter(
+            "points_unencodable_total",
+            "Points that could not be encoded.",
+            &self.points_unencodable,
+        );
+        counter(
+            "deadletters_published_total",
+            "Dead-letter messages published.",
+            &self.deadletters_published,
+        );
+        counter(
+            "mqtt_connection_errors_total",
+            "MQTT connection errors.",
+            &self.mqtt_connection_errors,
+        );
         let _ = writeln!(out, "# HELP aqyl_rejected_total Rejected inputs by reason.\n# TYPE aqyl_rejected_total counter");
         for r in Reason::ALL {
-            let _ = writeln!(out, "aqyl_rejected_total{{reason=\"{r}\"}} {}", self.rejected[r.index()].load(Relaxed));
+            let _ = writeln!(
+                out,
+                "aqyl_rejected_total{{reason=\"{r}\"}} {}",
+                self.rejected[r.index()].load(Relaxed)
+            );
         }
         out
     }
@@ -119,6 +167,8 @@ mod tests {
         assert_eq!(s.rejected(Reason::WrongType), 2);
         assert_eq!(s.rejected(Reason::Late), 1);
         assert_eq!(s.rejected_total(), 2);
-        assert!(m.render_prometheus().contains("aqyl_rejected_total{reason=\"wrong_type\"} 2\n"));
+        assert!(m
+            .render_prometheus()
+            .contains("aqyl_rejected_total{reason=\"wrong_type\"} 2\n"));
     }
 }

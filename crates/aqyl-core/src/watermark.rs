@@ -19,7 +19,13 @@ impl Watermark {
     /// A tracker allowing `lateness_ms` of disorder; `idle_timeout_ms = None` disables the
     /// wall-clock advance (replays and tests).
     pub fn new(lateness_ms: u64, idle_timeout_ms: Option<u64>) -> Self {
-        Self { lateness_ms, idle_timeout_ms, max_event: None, last_data_wall: 0, current: 0 }
+        Self {
+            lateness_ms,
+            idle_timeout_ms,
+            max_event: None,
+            last_data_wall: 0,
+            current: 0,
+        }
     }
 
     /// Records an event time seen at wall-clock `now_ms`.

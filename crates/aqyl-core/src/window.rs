@@ -11,7 +11,9 @@ pub struct Tumbling {
 impl Tumbling {
     /// Windows of `size_ms` milliseconds (at least 1).
     pub fn new(size_ms: u64) -> Self {
-        Self { size_ms: size_ms.max(1) }
+        Self {
+            size_ms: size_ms.max(1),
+        }
     }
 
     /// Window size in milliseconds.
@@ -73,7 +75,10 @@ mod tests {
         assert_eq!(w.assign(0), (0, 300_000));
         assert_eq!(w.assign(299_999), (0, 300_000));
         assert_eq!(w.assign(300_000), (300_000, 600_000));
-        assert_eq!(w.assign(1_406_872_200_000), (1_406_872_200_000, 1_406_872_500_000));
+        assert_eq!(
+            w.assign(1_406_872_200_000),
+            (1_406_872_200_000, 1_406_872_500_000)
+        );
     }
 
     #[test]

@@ -24,12 +24,23 @@ type Groups = HashMap<(String, String, String), Vec<f64>>;
 /// Windowed statistics of a stream of observations.
 pub trait Aggregate<'scope> {
     /// Tumbling windows of `window`, labelled `label` in the output; counts closed windows.
-    fn aggregate(self, window: Tumbling, label: String, metrics: Arc<Metrics>) -> StreamVec<'scope, u64, AggregateRecord>;
+    fn aggregate(
+        self,
+        window: Tumbling,
+        label: String,
+        metrics: Arc<Metrics>,
+    ) -> StreamVec<'scope, u64, AggregateRecord>;
 }
 
 impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
-    fn aggregate(self, window: Tumbling, label: String, metrics: Arc<Metrics>) -> StreamVec<'scope, u64, AggregateRecord> {
-        let exchange = Exchange::new(|o: &Observation| crate::stable_hash(&[&o.sensor_type, &o.sensor_id]));
+    fn aggregate(
+        self,
+        window: Tumbling,
+        label: String,
+        metrics: Arc<Metrics>,
+    ) -> StreamVec<'scope, u64, AggregateRecord> {
+        let exchange =
+            Exchange::new(|o: &Observation| crate::stable_hash(&[&o.sensor_type, &o.sensor_id]));
         self.unary_frontier::<CapacityContainerBuilder<Vec<AggregateRecord>>, _, _, _>(
             exchange,
             "Aggregate",
@@ -39,9 +50,9 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                     input.for_each(|cap, data| {
                         for obs in data.drain(..) {
                             let (_, end) = window.assign(obs.event_time);
-                            let (_, groups) = open
-                                .entry(end)
-                                .or_insert_with(|| (cap.delayed(&end, output.output_index()), HashMap::new()));
+                            let (_, groups) = open.entry(end).or_insert_with(|| {
+                                (cap.delayed(&end, output.output_index()), HashMap::new())
+                            });
                             for (field, value) in obs.fields {
                                 groups
                                     .entry((obs.sensor_type.clone(), obs.sensor_id.clone(), field))

@@ -13,7 +13,9 @@ pub struct Router {
 
 /// Creates a router and one receiver per worker, each buffering `capacity` messages.
 pub fn channels(workers: usize, capacity: usize) -> (Router, Vec<mpsc::Receiver<RawMessage>>) {
-    let (senders, receivers) = (0..workers.max(1)).map(|_| mpsc::channel(capacity.max(1))).unzip();
+    let (senders, receivers) = (0..workers.max(1))
+        .map(|_| mpsc::channel(capacity.max(1)))
+        .unzip();
     (Router { senders }, receivers)
 }
 

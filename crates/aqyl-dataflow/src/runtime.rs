@@ -74,15 +74,28 @@ fn wall_ms() -> i64 {
 }
 
 /// Starts the workers on their own threads. Messages are fed through the returned router.
-pub fn start(spec: PipelineSpec, capacity: usize, outputs: Outputs, metrics: Arc<Metrics>) -> Result<(input::Router, Running), String> {
+pub fn start(
+    spec: PipelineSpec,
+    capacity: usize,
+    outputs: Outputs,
+    metrics: Arc<Metrics>,
+) -> Result<(input::Router, Running), String> {
     let workers = spec.workers.max(1);
     let (router, receivers) = input::channels(workers, capacity);
-    let receivers = Arc::new(Mutex::new(receivers.into_iter().map(Some).collect::<Vec<_>>()));
+    let receivers = Arc::new(Mutex::new(
+        receivers.into_iter().map(Some).collect::<Vec<_>>(),
+    ));
     let shared_max = Arc::new(AtomicU64::new(0));
-    let config = timely::Config { communication: timely::CommunicationConfig::Process(workers), worker: WorkerConfig::default() };
+    let config = timely::Config {
+        communication: timely::CommunicationConfig::Process(workers),
+        worker: WorkerConfig::default(),
+    };
     let guards = timely::execute(config, move |worker| {
         let index = worker.index();
-        let rx = receivers.lock().ok().and_then(|mut r| r.get_mut(index).and_then(Option::take));
+        let rx = receivers
+            .lock()
+            .ok()
+            .and_then(|mut r| r.get_mut(index).and_then(Option::take));
         let Some(rx) = rx else {
             tracing::error!(index, "worker found no input channel; it will not ingest");
             return;
@@ -139,7 +152,14 @@ fn run_worker(
                                 aqyl_core::deadletter::rfc3339_ms(watermark.current(now) as i64),
                                 aqyl_core::duration::label(spec.allowed_lateness),
                             );
-                            let dl = DeadLetter::new(&obs.sensor_type, Reason::Late, detail, &msg.topic, &msg.payload, msg.received_at);
+                            let dl = DeadLetter::new(
+                                &obs.sensor_type,
+                                Reason::Late,
+                                detail,
+                                &msg.topic,
+                                &msg.payload,
+                                msg.received_at,
+                            );
                             let _ = outputs.deadletters.send(dl);
                         }
                         Ok(obs) => {
@@ -189,11 +209,22 @@ fn run_worker(
 /// Runs a finite list of messages through a fresh dataflow with `spec.workers` workers and
 /// returns the aggregates and dead letters, each sorted. The same code path as the service,
 /// used by tests and replays.
-pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<(Vec<AggregateRecord>, Vec<DeadLetter>), String> {
+pub fn run_batch(
+    spec: PipelineSpec,
+    messages: Vec<RawMessage>,
+) -> Result<(Vec<AggregateRecord>, Vec<DeadLetter>), String> {
     let (agg_tx, mut agg_rx) = mpsc::unbounded_channel();
     let (dl_tx, mut dl_rx) = mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::default());
-    let (router, running) = start(spec, 1024, Outputs { aggregates: agg_tx, deadletters: dl_tx }, metrics)?;
+    let (router, running) = start(
+        spec,
+        1024,
+        Outputs {
+            aggregates: agg_tx,
+            deadletters: dl_tx,
+        },
+        metrics,
+    )?;
     let feeder = std::thread::spawn(move || {
         for m in messages {
             if !router.route_blocking(m) {
@@ -201,7 +232,9 @@ pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<(Vec<A
             }
         }
     });
-    feeder.join().map_err(|_| "the feeder thread panicked".to_string())?;
+    feeder
+        .join()
+        .map_err(|_| "the feeder thread panicked".to_string())?;
     running.join()?;
     let mut aggregates = Vec::new();
     while let Ok(a) = agg_rx.try_recv() {

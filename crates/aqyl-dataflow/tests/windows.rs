@@ -1,6 +1,8 @@
 //! Dataflow tests: real timely workers, deterministic input, results checked against a naive
 //! reference computed here, across worker counts and arrival orders.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use aqyl_core::decode::Registry;
 use aqyl_core::descriptor::SensorType;
 use aqyl_core::{RawMessage, Reason};
@@ -73,8 +75,14 @@ fn reference(rs: &[(String, u64, f64, f64)]) -> BTreeMap<Key, (u64, f64, f64, f6
     let mut groups: BTreeMap<Key, Vec<f64>> = BTreeMap::new();
     for (id, t, speed, count) in rs {
         let start = t - t % 300_000;
-        groups.entry((id.clone(), "avgSpeed".into(), start)).or_default().push(*speed);
-        groups.entry((id.clone(), "vehicleCount".into(), start)).or_default().push(*count);
+        groups
+            .entry((id.clone(), "avgSpeed".into(), start))
+            .or_default()
+            .push(*speed);
+        groups
+            .entry((id.clone(), "vehicleCount".into(), start))
+            .or_default()
+            .push(*count);
     }
     groups
         .into_iter()
@@ -102,8 +110,15 @@ fn windows_match_a_naive_reference() {
     assert_eq!(aggs.len(), expected.len());
     for a in &aggs {
         let (count, mean, min, max) = expected[&(a.sensor_id.clone(), a.field.clone(), a.start)];
-        assert_eq!((a.stats.count, a.stats.min, a.stats.max), (count, min, max), "{a:?}");
-        assert!((a.stats.mean - mean).abs() < 1e-9 * mean.abs().max(1.0), "{a:?} vs {mean}");
+        assert_eq!(
+            (a.stats.count, a.stats.min, a.stats.max),
+            (count, min, max),
+            "{a:?}"
+        );
+        assert!(
+            (a.stats.mean - mean).abs() < 1e-9 * mean.abs().max(1.0),
+            "{a:?} vs {mean}"
+        );
         assert_eq!(a.end - a.start, 300_000);
         assert_eq!(a.window, "5m");
     }
@@ -121,8 +136,10 @@ fn out_of_order_within_lateness_gives_the_same_windows() {
     let in_order = run(3, &rs);
     // Displace each record by up to 8 minutes of event time (lateness is 10 minutes).
     let mut rng = fastrand::Rng::with_seed(9);
-    let mut keyed: Vec<(u64, (String, u64, f64, f64))> =
-        rs.iter().map(|r| (r.1 + rng.u64(0..8 * MINUTE), r.clone())).collect();
+    let mut keyed: Vec<(u64, (String, u64, f64, f64))> = rs
+        .iter()
+        .map(|r| (r.1 + rng.u64(0..8 * MINUTE), r.clone()))
+        .collect();
     keyed.sort_by_key(|k| k.0);
     let shuffled: Vec<_> = keyed.into_iter().map(|k| k.1).collect();
     assert_ne!(shuffled, rs, "the input really is reordered");
@@ -139,15 +156,33 @@ fn records_beyond_the_lateness_are_dead_lettered_as_late() {
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].reason, Reason::Late);
     assert_eq!(dead[0].topic, late.topic);
-    assert!(dead[0].detail.contains("before the watermark"), "{}", dead[0].detail);
+    assert!(
+        dead[0].detail.contains("before the watermark"),
+        "{}",
+        dead[0].detail
+    );
 }
 
 #[test]
 fn bad_payloads_are_dead_lettered_and_the_rest_still_flows() {
     let rs = readings(5);
     let mut msgs: Vec<RawMessage> = rs.iter().map(message).collect();
-    msgs.insert(10, RawMessage { topic: "city/traffic/s1".into(), payload: b"{not json".to_vec(), received_at: 0 });
-    msgs.insert(20, RawMessage { topic: "city/traffic/s2".into(), payload: br#"{"ts":1,"avgSpeed":"fast","vehicleCount":1}"#.to_vec(), received_at: 0 });
+    msgs.insert(
+        10,
+        RawMessage {
+            topic: "city/traffic/s1".into(),
+            payload: b"{not json".to_vec(),
+            received_at: 0,
+        },
+    );
+    msgs.insert(
+        20,
+        RawMessage {
+            topic: "city/traffic/s2".into(),
+            payload: br#"{"ts":1,"avgSpeed":"fast","vehicleCount":1}"#.to_vec(),
+            received_at: 0,
+        },
+    );
     let (aggs, dead) = run_batch(spec(2), msgs).unwrap();
     let reasons: Vec<_> = dead.iter().map(|d| d.reason).collect();
     assert_eq!(reasons, vec![Reason::MalformedJson, Reason::WrongType]);

@@ -1,1 +1,14 @@
-//! placeholder
+//! Aqyl's MQTT edge: one connection that subscribes to the sensor topics and publishes
+//! Aqyl's outputs (dead letters, status).
+//!
+//! One task owns the rumqttc event loop ([`connection`]): it polls, routes each publish into
+//! the dataflow and only then acknowledges it (manual acks), so a message is acknowledged
+//! once Aqyl holds it; on a connection error it logs, counts, waits with exponential backoff
+//! and polls again, which is how rumqttc reconnects. Subscriptions are renewed on every
+//! connect. The broker keeps a persistent session (clean session off) and a retained last
+//! will sets `aqyl/status` to `offline` if Aqyl dies.
+
+pub mod connection;
+pub mod publish;
+
+pub use connection::{connect, MqttEdge, MqttSettings};

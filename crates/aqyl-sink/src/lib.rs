@@ -1,1 +1,117 @@
-//! placeholder
+//! Aqyl's sinks: where closed windows are written.
+//!
+//! [`run`] drains the dataflow's aggregate channel, encodes each aggregate once as line
+//! protocol ([`aqyl_core::line_protocol`]), batches lines and hands each batch to every
+//! configured sink: [`influx`] (InfluxDB v2 write API through the `influxdb2` crate, retried
+//! with backoff) and [`file`] (append-only `.lp` files, the zero-install default). Writes are
+//! idempotent (same series, same timestamp), so retrying after an ambiguous failure is safe.
+
+pub mod file;
+pub mod influx;
+
+use aqyl_core::metrics::Metrics;
+use aqyl_core::Aggregate;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Errors of the sinks.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The InfluxDB client could not be built (bad URL).
+    #[error("cannot use the InfluxDB URL {url:?}: {reason}; set influx.url or AQYL_INFLUX_URL to e.g. http://127.0.0.1:8086")]
+    InfluxUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A line-protocol file could not be opened or written.
+    #[error("cannot write {path}: {source}; check that the directory exists and is writable")]
+    File {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The sinks to write to.
+pub struct Sinks {
+    /// InfluxDB v2, when enabled.
+    pub influx: Option<influx::InfluxSink>,
+    /// Line-protocol files, when enabled.
+    pub file: Option<file::FileSink>,
+    /// Most points per batch.
+    pub batch_size: usize,
+    /// Longest a point waits for its batch.
+    pub flush_interval: Duration,
+}
+
+impl Sinks {
+    async fn write(
+        &mut self,
+        batch: &str,
+        points: usize,
+        metrics: &Metrics,
+    ) -> Result<(), SinkError> {
+        if let Some(f) = &mut self.file {
+            f.append(batch)?;
+            metrics
+                .file_points_written
+                .fetch_add(points as u64, Relaxed);
+        }
+        if let Some(i) = &mut self.influx {
+            i.write(batch, points, metrics).await;
+        }
+        Ok(())
+    }
+}
+
+/// Writes every aggregate received until the channel closes, then flushes and returns.
+pub async fn run(
+    mut sinks: Sinks,
+    mut rx: mpsc::UnboundedReceiver<Aggregate>,
+    metrics: Arc<Metrics>,
+) -> Result<(), SinkError> {
+    let mut batch = String::new();
+    let mut points = 0usize;
+    let mut tick = tokio::time::interval(sinks.flush_interval.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            next = rx.recv() => match next {
+                Some(agg) => {
+                    match agg.write_line(&mut batch) {
+                        Ok(()) => points += 1,
+                        Err(e) => {
+                            metrics.points_unencodable.fetch_add(1, Relaxed);
+                            tracing::warn!(sensor_type = %agg.sensor_type, field = %agg.field, error = %e, "Skipped an aggregate that cannot be encoded.");
+                        }
+                    }
+                    if points >= sinks.batch_size {
+                        sinks.write(&batch, points, &metrics).await?;
+                        batch.clear();
+                        points = 0;
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                if points > 0 {
+                    sinks.write(&batch, points, &metrics).await?;
+                    batch.clear();
+                    points = 0;
+                }
+            }
+        }
+    }
+    if points > 0 {
+        sinks.write(&batch, points, &metrics).await?;
+    }
+    if let Some(f) = &mut sinks.file {
+        f.flush()?;
+    }
+    Ok(())
+}

@@ -1,1 +1,12 @@
-//! placeholder
+//! The `aqyl` service: wiring of the MQTT edge, the timely dataflow and the sinks.
+//!
+//! - [`service`] runs the pipeline for a loaded configuration until told to stop, then
+//!   drains it: stop reading, close every window, flush the sinks, publish `offline`.
+//! - [`demo`] is the zero-install run: embedded broker, synthetic city, file sink.
+//! - [`check`] validates configuration and descriptors for `aqyl check`.
+//! - [`http`] serves `/metrics` and `/health`.
+
+pub mod check;
+pub mod demo;
+pub mod http;
+pub mod service;

@@ -1,1 +1,171 @@
-fn main() {}
+//! The `aqyl` command line.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Aqyl: smart-city sensor streams in, windowed aggregates out.
+///
+/// Subscribes to city sensor topics over MQTT, decodes each payload with a sensor type
+/// descriptor, computes event-time window statistics in a timely dataflow and writes them to
+/// InfluxDB v2 (or line-protocol files). Rejected input goes to aqyl/deadletter/<type>.
+#[derive(Parser)]
+#[command(
+    name = "aqyl",
+    version,
+    propagate_version = true,
+    after_help = "Start with `aqyl demo`: it needs nothing installed.\nEnvironment: AQYL_MQTT_URL, AQYL_MQTT_USERNAME, AQYL_MQTT_PASSWORD, AQYL_INFLUX_URL, AQYL_INFLUX_ORG,\nAQYL_INFLUX_BUCKET, AQYL_INFLUX_TOKEN, AQYL_HTTP_ADDR override the config file; AQYL_LOG sets the log filter."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: MQTT in, windows, InfluxDB out. Stops cleanly on Ctrl-C or SIGTERM.
+    Run {
+        /// Configuration file; sensor descriptors are read from its `sensors_dir`.
+        #[arg(long, short, default_value = "config/aqyl.toml")]
+        config: PathBuf,
+    },
+    /// Zero-install demo: embedded broker, synthetic traffic of ~50 road segments, files under ./data/.
+    Demo {
+        /// Port of the embedded MQTT broker (a free one is used if it is taken).
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        /// Number of simulated road segments.
+        #[arg(long, default_value_t = 50)]
+        sensors: usize,
+        /// Simulated seconds per real second (600: a city day in 2.4 minutes).
+        #[arg(long, default_value_t = 600.0)]
+        speed: f64,
+        /// Stop after this long, e.g. 30s or 2m (default: until Ctrl-C).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Directory for the line-protocol output.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// Timely worker threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Seed of the synthetic city.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Validate the configuration and every sensor descriptor; prints file:line errors.
+    Check {
+        /// Configuration file.
+        #[arg(long, short, default_value = "config/aqyl.toml")]
+        config: PathBuf,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    aqyl_core::duration::parse(s)
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AQYL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    // A second Ctrl-C while draining (e.g. a sink that stays down) exits at once.
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("Second interrupt: exiting without finishing the drain.");
+        std::process::exit(130);
+    });
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => {
+            let (report, ok) = aqyl::check::check(&config);
+            if ok {
+                print!("{report}");
+                ExitCode::SUCCESS
+            } else {
+                eprint!("{report}");
+                ExitCode::FAILURE
+            }
+        }
+        Command::Run { config } => {
+            init_tracing("info");
+            let result = tokio_main(async move {
+                let loaded =
+                    aqyl_core::config::load(&config, |k| std::env::var(k).ok()).map_err(|e| {
+                        anyhow::anyhow!(
+                            "{e}\nFix the configuration (aqyl check --config {}) and start again.",
+                            config.display()
+                        )
+                    })?;
+                let service = aqyl::service::start(loaded, shutdown_signal())?;
+                service.wait().await
+            });
+            report(result)
+        }
+        Command::Demo {
+            port,
+            sensors,
+            speed,
+            duration,
+            data_dir,
+            workers,
+            seed,
+        } => {
+            init_tracing("warn,rumqttd=off,aqyl=info");
+            let opts = aqyl::demo::DemoOptions {
+                port,
+                sensors: sensors.max(1),
+                speed,
+                duration,
+                data_dir,
+                workers: workers.max(1),
+                seed,
+            };
+            report(tokio_main(aqyl::demo::run(opts)))
+        }
+    }
+}
+
+fn tokio_main<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f)
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

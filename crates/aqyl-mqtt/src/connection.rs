@@ -1,0 +1,193 @@
+//! The connection task: poll, route, acknowledge, reconnect with backoff, drain on shutdown.
+
+use aqyl_core::config::MqttUrl;
+use aqyl_core::metrics::Metrics;
+use aqyl_core::RawMessage;
+use aqyl_dataflow::input::Router;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Largest MQTT packet accepted from the broker. Larger packets make rumqttc drop the
+/// connection, and the broker would redeliver the same message forever, so this is far above
+/// any sensible payload; Aqyl's own `ingest.max_payload_bytes` limit dead-letters below it.
+const MAX_PACKET_BYTES: usize = 256 * 1024 * 1024;
+
+/// How to reach the broker and what to subscribe to.
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    /// Broker address.
+    pub url: MqttUrl,
+    /// Client id (unique per instance, stable across restarts).
+    pub client_id: String,
+    /// Credentials.
+    pub credentials: Option<(String, String)>,
+    /// Keep-alive.
+    pub keep_alive: Duration,
+    /// Clean session (off: the broker queues QoS 1 messages while Aqyl is away).
+    pub clean_session: bool,
+    /// Longest reconnect backoff.
+    pub max_backoff: Duration,
+    /// Retained `online`/`offline` topic.
+    pub status_topic: String,
+    /// Subscription filters (QoS 1).
+    pub filters: Vec<String>,
+}
+
+/// Handle on the running connection task.
+pub struct MqttEdge {
+    /// Client for publishing outputs on the same connection.
+    pub client: AsyncClient,
+    stop_ingest: watch::Sender<bool>,
+    finish: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl MqttEdge {
+    /// Stops taking messages from the broker and drops the router, so the dataflow drains.
+    /// Messages that arrive after this are not acknowledged; with a persistent session the
+    /// broker delivers them again on the next start.
+    pub fn stop_ingest(&self) {
+        let _ = self.stop_ingest.send(true);
+    }
+
+    /// Publishes `offline`, disconnects cleanly and waits for the task to end. Call after
+    /// every output has been published.
+    pub async fn close(mut self) {
+        self.stop_ingest();
+        if let Some(f) = self.finish.take() {
+            let _ = f.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+    }
+}
+
+/// Connects (in the background, retrying) and starts the connection task.
+pub fn connect(settings: MqttSettings, router: Router, metrics: Arc<Metrics>) -> MqttEdge {
+    let mut options = MqttOptions::new(&settings.client_id, &settings.url.host, settings.url.port);
+    options
+        .set_keep_alive(settings.keep_alive.max(Duration::from_secs(1)))
+        .set_clean_session(settings.clean_session)
+        .set_manual_acks(true)
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+        .set_request_channel_capacity(4096)
+        .set_inflight(1024)
+        .set_last_will(LastWill::new(
+            &settings.status_topic,
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some((user, pass)) = &settings.credentials {
+        options.set_credentials(user, pass);
+    }
+    let (client, eventloop) = AsyncClient::new(options, 4096);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (finish_tx, finish_rx) = oneshot::channel();
+    let task = tokio::spawn(run(
+        settings,
+        client.clone(),
+        eventloop,
+        router,
+        metrics,
+        stop_rx,
+        finish_rx,
+    ));
+    MqttEdge {
+        client,
+        stop_ingest: stop_tx,
+        finish: Some(finish_tx),
+        task,
+    }
+}
+
+async fn run(
+    settings: MqttSettings,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    router: Router,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+    mut finish: oneshot::Receiver<()>,
+) {
+    let mut router = Some(router);
+    let mut pending_acks: VecDeque<rumqttc::Publish> = VecDeque::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut finishing = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed(), if router.is_some() => {
+                tracing::info!("Stopped taking messages from the broker; draining the dataflow.");
+                router = None;
+            }
+            _ = &mut finish, if !finishing => {
+                finishing = true;
+                let _ = client.try_publish(&settings.status_topic, QoS::AtLeastOnce, true, "offline");
+                let _ = client.try_disconnect();
+            }
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(host = %settings.url.host, port = settings.url.port, session_present = ack.session_present, "Connected to the MQTT broker.");
+                    let subs = settings.filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(subs) {
+                        tracing::error!(error = %e, "Could not queue the subscriptions.");
+                    }
+                    let _ = client.try_publish(&settings.status_topic, QoS::AtLeastOnce, true, "online");
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    for (filter, code) in settings.filters.iter().zip(&ack.return_codes) {
+                        if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
+                            tracing::error!(%filter, "The broker refused the subscription; check its ACLs.");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let Some(r) = &router else { continue };
+                    metrics.received.fetch_add(1, Relaxed);
+                    let msg = RawMessage { topic: p.topic.clone(), payload: p.payload.to_vec(), received_at: now_ms() };
+                    if !r.route(msg).await {
+                        router = None;
+                        continue;
+                    }
+                    pending_acks.push_back(p);
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) if finishing => break,
+                Ok(_) => {}
+                Err(e) => {
+                    if finishing {
+                        break;
+                    }
+                    metrics.mqtt_connection_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, host = %settings.url.host, port = settings.url.port, retry_in_ms = backoff.as_millis() as u64, "MQTT connection failed; reconnecting.");
+                    // Unacknowledged messages will be redelivered by the broker; their acks
+                    // belong to the old connection.
+                    pending_acks.clear();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut finish, if !finishing => break,
+                    }
+                    backoff = (backoff * 2).min(settings.max_backoff);
+                }
+            }
+        }
+        while let Some(p) = pending_acks.front() {
+            if client.try_ack(p).is_err() {
+                break;
+            }
+            pending_acks.pop_front();
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,205 @@
+//! The service: builds the pipeline from a configuration, runs it, drains it on shutdown.
+
+use anyhow::Context;
+use aqyl_core::config::{Loaded, MqttUrl};
+use aqyl_core::decode::Registry;
+use aqyl_core::metrics::Metrics;
+use aqyl_dataflow::{Outputs, PipelineSpec};
+use aqyl_mqtt::MqttSettings;
+use aqyl_sink::{file::FileSink, influx::InfluxSink, Sinks};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A running service.
+pub struct Service {
+    /// Live counters.
+    pub metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    /// Asks the service to drain and stop, and waits until it has.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.context("the service task panicked")?
+    }
+
+    /// Waits until the service stops by itself (it does not, except on error).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the service task panicked")?
+    }
+}
+
+/// The default client id: `aqyl-<hostname>`.
+pub fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into());
+    format!("aqyl-{host}")
+}
+
+/// Starts the service for `loaded`; it runs until [`Service::stop`] or until `shutdown`
+/// completes, whichever comes first.
+pub fn start(
+    loaded: Loaded,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Service> {
+    let metrics = Arc::new(Metrics::default());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let m = metrics.clone();
+    let task = tokio::spawn(async move {
+        let stop = async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop_rx => {}
+            }
+        };
+        run(loaded, m, stop).await
+    });
+    Ok(Service {
+        metrics,
+        stop: Some(stop_tx),
+        task,
+    })
+}
+
+async fn run(
+    loaded: Loaded,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let cfg = &loaded.config;
+    let registry = Arc::new(Registry::new(loaded.sensor_types.clone()));
+    let url = MqttUrl::parse(cfg.mqtt.url.get_ref()).map_err(anyhow::Error::msg)?;
+    if url.tls {
+        anyhow::bail!("mqtts:// is not supported yet: connect over mqtt:// (e.g. through a local TLS-terminating broker bridge)");
+    }
+
+    let sinks = Sinks {
+        influx: if cfg.influx.enabled {
+            Some(InfluxSink::new(
+                &cfg.influx.url,
+                &cfg.influx.org,
+                &cfg.influx.bucket,
+                cfg.influx.token.expose(),
+                cfg.influx.max_backoff,
+            )?)
+        } else {
+            None
+        },
+        file: if cfg.file.enabled {
+            Some(FileSink::open(&cfg.file.dir)?)
+        } else {
+            None
+        },
+        batch_size: cfg.influx.batch_size,
+        flush_interval: cfg.influx.flush_interval,
+    };
+    if sinks.influx.is_none() && sinks.file.is_none() {
+        tracing::warn!("No sink is enabled: aggregates are computed but not stored. Enable [influx] or [file], or set AQYL_INFLUX_URL.");
+    }
+
+    let http = match &cfg.http.addr {
+        Some(addr) => Some(crate::http::serve(addr, metrics.clone()).await?),
+        None => None,
+    };
+
+    let (agg_tx, agg_rx) = mpsc::unbounded_channel();
+    let (dl_tx, dl_rx) = mpsc::unbounded_channel();
+    let spec = PipelineSpec {
+        registry: registry.clone(),
+        workers: *cfg.pipeline.workers.get_ref(),
+        window: *cfg.pipeline.window.get_ref(),
+        allowed_lateness: cfg.pipeline.allowed_lateness,
+        idle_timeout: (!cfg.pipeline.idle_timeout.is_zero()).then_some(cfg.pipeline.idle_timeout),
+        max_payload_bytes: cfg.ingest.max_payload_bytes,
+    };
+    let (router, running) = aqyl_dataflow::start(
+        spec,
+        cfg.ingest.queue_capacity,
+        Outputs {
+            aggregates: agg_tx,
+            deadletters: dl_tx,
+        },
+        metrics.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the dataflow: {e}"))?;
+    let sink_task = tokio::spawn(aqyl_sink::run(sinks, agg_rx, metrics.clone()));
+
+    let prefix = cfg.outputs.topic_prefix.clone();
+    let filters: Vec<String> = registry
+        .filters()
+        .iter()
+        .map(|f| format!("{}{f}", cfg.mqtt.subscription_prefix))
+        .collect();
+    let settings = MqttSettings {
+        url,
+        client_id: cfg.mqtt.client_id.clone().unwrap_or_else(default_client_id),
+        credentials: cfg
+            .mqtt
+            .username
+            .clone()
+            .zip(cfg.mqtt.password.as_ref().map(|p| p.expose().to_string())),
+        keep_alive: cfg.mqtt.keep_alive,
+        clean_session: cfg.mqtt.clean_session,
+        max_backoff: cfg.mqtt.max_reconnect_backoff,
+        status_topic: format!("{prefix}/status"),
+        filters: filters.clone(),
+    };
+    tracing::info!(
+        broker = %cfg.mqtt.url.get_ref(),
+        client_id = %settings.client_id,
+        topics = ?filters,
+        workers = *cfg.pipeline.workers.get_ref(),
+        window = %aqyl_core::duration::label(*cfg.pipeline.window.get_ref()),
+        influx = cfg.influx.enabled,
+        file = cfg.file.enabled,
+        "Aqyl is starting."
+    );
+    let edge = aqyl_mqtt::connect(settings, router, metrics.clone());
+    let dl_task = tokio::spawn(aqyl_mqtt::publish::deadletters(
+        edge.client.clone(),
+        prefix,
+        dl_rx,
+        metrics.clone(),
+    ));
+
+    stop.await;
+    tracing::info!("Shutting down: draining windows and flushing sinks.");
+    edge.stop_ingest();
+    tokio::task::spawn_blocking(move || running.join())
+        .await
+        .context("a dataflow worker panicked")?
+        .map_err(|e| anyhow::anyhow!("the dataflow failed: {e}"))?;
+    sink_task.await.context("the sink task panicked")??;
+    dl_task.await.context("the dead-letter task panicked")?;
+    // Give the connection a moment to hand queued publishes to the broker.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    edge.close().await;
+    if let Some(h) = http {
+        h.abort();
+    }
+    let s = metrics.snapshot();
+    tracing::info!(
+        received = s.received,
+        observations = s.observations,
+        windows = s.windows_closed,
+        rejected = s.rejected_total(),
+        late = s.rejected(aqyl_core::Reason::Late),
+        "Aqyl stopped cleanly."
+    );
+    Ok(())
+}
