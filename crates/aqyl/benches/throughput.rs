@@ -1,0 +1,220 @@
+//! End-to-end throughput through a real Mosquitto at QoS 1: how fast the `aqyl` service
+//! accepts the demo workload, next to how fast a bare rumqttc subscriber that only counts
+//! drains the same broker, measured in the same run (rounds alternate A B A B), plus the
+//! service's peak resident memory.
+//!
+//! ```text
+//! cargo bench -p aqyl --bench throughput -- --messages 200000 --rounds 3
+//! ```
+//! Needs `mosquitto` (the test command installs it). Prints one line per round and a summary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: failing loudly is right
+
+use aqyl_tests::{free_port, Mosquitto};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SENSORS: usize = 50;
+const CONNECTIONS: usize = 4;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The demo workload: 50 road segments, one CityPulse-format row each per simulated 5 minutes.
+fn workload(n: usize) -> Vec<(String, Vec<u8>)> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let start = chrono::NaiveDate::from_ymd_opt(2014, 8, 1).unwrap().and_hms_opt(0, 0, 0).unwrap();
+    (0..n)
+        .map(|i| {
+            let sensor = i % SENSORS;
+            let local = start + chrono::Duration::minutes(5 * (i / SENSORS) as i64);
+            let (speed, count) = aqyl::demo::traffic_reading(&mut rng, 70.0, 30.0, local);
+            let payload = format!(
+                r#"{{"status":"OK","avgMeasuredTime":{t},"avgSpeed":{speed},"extID":{sensor},"medianMeasuredTime":{t},"TIMESTAMP":"{ts}","vehicleCount":{count},"_id":{i},"REPORT_ID":{id}}}"#,
+                t = 40 + sensor,
+                ts = local.format("%Y-%m-%dT%H:%M:%S"),
+                id = 158_324 + sensor,
+            );
+            (format!("city/traffic/{}", 158_324 + sensor), payload.into_bytes())
+        })
+        .collect()
+}
+
+/// Publishes everything at QoS 1 over several connections (a sensor always on the same one,
+/// so per-sensor order holds) and returns when the broker has acknowledged all of it.
+async fn publish(port: u16, msgs: Arc<Vec<(String, Vec<u8>)>>) {
+    let mut tasks = Vec::new();
+    for c in 0..CONNECTIONS {
+        let msgs = msgs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut opts = MqttOptions::new(format!("bench-pub-{c}-{}", free_port()), "127.0.0.1", port);
+            opts.set_inflight(200).set_max_packet_size(1 << 20, 1 << 20);
+            let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+            let mine: Vec<_> = msgs.iter().enumerate().filter(|(i, _)| (i % SENSORS) % CONNECTIONS == c).map(|(_, m)| m.clone()).collect();
+            let total = mine.len();
+            let sender = tokio::spawn(async move {
+                for (topic, payload) in mine {
+                    client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
+                }
+                client
+            });
+            let mut acked = 0;
+            while acked < total {
+                if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.expect("publisher connection") {
+                    acked += 1;
+                }
+            }
+            let client = sender.await.unwrap();
+            let _ = client.disconnect().await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Baseline: a bare rumqttc subscriber that only counts. Returns (seconds, publish seconds).
+async fn bare_round(port: u16, msgs: Arc<Vec<(String, Vec<u8>)>>) -> (f64, f64) {
+    let n = msgs.len() as u64;
+    let mut opts = MqttOptions::new(format!("bench-sub-{}", free_port()), "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    client.subscribe("city/traffic/+", QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await.unwrap() {
+            break;
+        }
+    }
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    let counter = tokio::spawn(async move {
+        while c.load(Relaxed) < n {
+            if let Event::Incoming(Packet::Publish(_)) = eventloop.poll().await.unwrap() {
+                c.fetch_add(1, Relaxed);
+            }
+        }
+    });
+    let start = Instant::now();
+    publish(port, msgs).await;
+    let published = start.elapsed().as_secs_f64();
+    counter.await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let _ = client.disconnect().await;
+    (secs, published)
+}
+
+fn metric(http: &str, name: &str) -> Option<u64> {
+    let body = reqwest::blocking::get(format!("{http}/metrics")).ok()?.text().ok()?;
+    body.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// The service: `aqyl run` (release binary), 2 workers, no sink, as a separate process.
+/// Returns (seconds until every observation was accepted, publish seconds, peak RSS KiB).
+async fn aqyl_round(port: u16, msgs: Arc<Vec<(String, Vec<u8>)>>, workers: usize) -> (f64, f64, u64) {
+    let n = msgs.len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sensors")).unwrap();
+    std::fs::write(dir.path().join("sensors/traffic.toml"), aqyl::demo::TRAFFIC_DESCRIPTOR).unwrap();
+    std::fs::write(
+        dir.path().join("aqyl.toml"),
+        format!("[mqtt]\nclient_id = \"bench-aqyl-{}\"\nclean_session = true\n[pipeline]\nworkers = {workers}\nidle_timeout = \"0s\"\n", free_port()),
+    )
+    .unwrap();
+    let http_port = free_port();
+    let http = format!("http://127.0.0.1:{http_port}");
+    let status = Arc::new(AtomicU64::new(0));
+    // Wait for "online" (published after the subscription) before publishing.
+    let mut opts = MqttOptions::new(format!("bench-status-{}", free_port()), "127.0.0.1", port);
+    opts.set_clean_session(true);
+    let (sclient, mut sloop) = AsyncClient::new(opts, 10);
+    sclient.subscribe("aqyl/status", QoS::AtLeastOnce).await.unwrap();
+    let s2 = status.clone();
+    let watcher = tokio::spawn(async move {
+        while let Ok(ev) = sloop.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                if &p.payload[..] == b"online" {
+                    s2.store(1, Relaxed);
+                }
+            }
+        }
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aqyl"))
+        .args(["run", "--config"])
+        .arg(dir.path().join("aqyl.toml"))
+        .env("AQYL_MQTT_URL", format!("mqtt://127.0.0.1:{port}"))
+        .env("AQYL_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+        .env("AQYL_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    while status.load(Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let start = Instant::now();
+    let publish_task = tokio::spawn(publish(port, msgs));
+    let h = http.clone();
+    tokio::task::spawn_blocking(move || {
+        while metric(&h, "aqyl_observations_total ").unwrap_or(0) < n {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+    .await
+    .unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    publish_task.await.unwrap();
+    let published = start.elapsed().as_secs_f64().min(secs.max(0.0) + 1e9);
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0);
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    watcher.abort();
+    (secs, published, rss)
+}
+
+fn main() {
+    let n = arg("--messages", 200_000);
+    let rounds = arg("--rounds", 3);
+    let workers = arg("--workers", 2);
+    let broker = Mosquitto::start();
+    let msgs = Arc::new(workload(n));
+    let bytes: usize = msgs.iter().map(|m| m.1.len()).sum();
+    println!(
+        "workload: {n} messages ({} bytes avg), {SENSORS} sensors, QoS 1, {CONNECTIONS} publisher connections, mosquitto with max_queued_messages 0; aqyl workers = {workers}",
+        bytes / n.max(1)
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (mut bare, mut svc, mut peak) = (Vec::new(), Vec::new(), 0);
+    for round in 1..=rounds {
+        let (b, bp) = rt.block_on(bare_round(broker.port, msgs.clone()));
+        let (a, ap, rss) = rt.block_on(aqyl_round(broker.port, msgs.clone(), workers));
+        peak = peak.max(rss);
+        println!(
+            "round {round}: bare subscriber {:>8.0} msg/s (publish {:>8.0} msg/s) | aqyl {:>8.0} obs/s (publish {:>8.0} msg/s) | ratio aqyl/bare {:.2} | aqyl peak RSS {} MiB",
+            n as f64 / b,
+            n as f64 / bp,
+            n as f64 / a,
+            n as f64 / ap,
+            b / a,
+            rss / 1024
+        );
+        bare.push(n as f64 / b);
+        svc.push(n as f64 / a);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mb, ms) = (median(&mut bare), median(&mut svc));
+    println!("median: bare {mb:.0} msg/s, aqyl {ms:.0} obs/s, aqyl/bare = {:.2}, aqyl peak RSS {} MiB", ms / mb, peak / 1024);
+}
