@@ -76,8 +76,13 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts a broker on a free port.
     pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts a broker on `port` (e.g. the port of a broker that was stopped, to test
+    /// reconnection).
+    pub fn start_on(port: u16) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -143,8 +148,12 @@ impl Series {
 impl VictoriaMetrics {
     /// Starts VictoriaMetrics on a free port with a 100-year retention (for 2014 data).
     pub fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Starts VictoriaMetrics on `port` (to test a store that comes up late).
+    pub fn start_on(port: u16) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let mut child = Command::new(find_exe("victoria-metrics"))
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg(format!("-storageDataPath={}", dir.path().display()))

@@ -25,6 +25,7 @@ pub mod error;
 pub mod line_protocol;
 pub mod metrics;
 pub mod observation;
+pub mod sax;
 pub mod watermark;
 pub mod window;
 

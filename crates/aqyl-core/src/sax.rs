@@ -1,0 +1,1 @@
+//! SAX and SensorSAX (symbolic aggregate approximation), as DESIGN.md defines them.
