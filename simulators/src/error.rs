@@ -58,6 +58,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The MQTT broker could not be reached or dropped the connection.
+    #[error("MQTT: {0}")]
+    Mqtt(String),
     /// Any other I/O error on a named file.
     #[error("{path}: {source}")]
     Io {

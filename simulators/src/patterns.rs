@@ -7,6 +7,10 @@
 /// Lowest normal `avgSpeed` (km/h) outside incidents. Strictly above the congestion threshold
 /// of 35 km/h, so normal traffic never meets `avgSpeed <= 35 && vehicleCount >= 10`.
 pub const MIN_NORMAL_SPEED: i64 = 37;
+const _: () = assert!(
+    MIN_NORMAL_SPEED > 35,
+    "normal traffic must stay out of congestion"
+);
 /// Highest normal parking occupancy outside incidents, clearly below the 0.85 margin under
 /// the 0.9 "full" rule.
 pub const MAX_NORMAL_OCCUPANCY: f64 = 0.80;
@@ -29,8 +33,15 @@ fn logistic(x: f64, at: f64, steep: f64) -> f64 {
 /// plateau and rush-hour peaks near 08:00 and 17:00 (softer at weekends).
 pub fn traffic_intensity(hour: f64, weekend: bool) -> f64 {
     let daytime = logistic(hour, 6.5, 2.0) * (1.0 - logistic(hour, 21.0, 1.5));
-    let (plateau, morning, evening) = if weekend { (0.45, 0.05, 0.15) } else { (0.40, 0.55, 0.50) };
-    let v = 0.04 + plateau * daytime + morning * gauss(hour, 8.0, 0.9) + evening * gauss(hour, 17.0, 1.2);
+    let (plateau, morning, evening) = if weekend {
+        (0.45, 0.05, 0.15)
+    } else {
+        (0.40, 0.55, 0.50)
+    };
+    let v = 0.04
+        + plateau * daytime
+        + morning * gauss(hour, 8.0, 0.9)
+        + evening * gauss(hour, 17.0, 1.2);
     v.clamp(0.0, 1.0)
 }
 
@@ -100,14 +111,16 @@ mod tests {
             .map(|m| f64::from(m) / 60.0)
             .max_by(|a, b| at(*a).total_cmp(&at(*b)))
             .unwrap_or_default();
-        assert!((7.5..=8.5).contains(&peak_hour) || (16.5..=17.5).contains(&peak_hour), "{peak_hour}");
+        assert!(
+            (7.5..=8.5).contains(&peak_hour) || (16.5..=17.5).contains(&peak_hour),
+            "{peak_hour}"
+        );
     }
 
     #[test]
     fn speed_falls_with_load_but_stays_above_congestion() {
         assert!(traffic_speed(80.0, 1.0, 0.0) < traffic_speed(80.0, 0.1, 0.0));
         assert_eq!(traffic_speed(50.0, 1.3, -20.0), MIN_NORMAL_SPEED);
-        assert!(MIN_NORMAL_SPEED > 35);
     }
 
     #[test]

@@ -158,7 +158,9 @@ pub fn encode(payload: &Payload, trace: Option<Trace>, truncate_at: Option<f64>)
 /// otherwise (empty cells stay empty strings, as they are in the files).
 pub fn csv_value(cell: &str) -> Value {
     let plain = !cell.is_empty()
-        && cell.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+        && cell
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
         && cell.bytes().any(|b| b.is_ascii_digit());
     if plain {
         if let Ok(i) = cell.parse::<i64>() {
@@ -185,7 +187,10 @@ mod tests {
         f.set("TIMESTAMP", "2014-08-01T07:50:00");
         f.set("avgSpeed", 51);
         let text = String::from_utf8(encode(&Payload::Object(f), None, None)).unwrap_or_default();
-        assert_eq!(text, r#"{"status":"OK","avgSpeed":51,"TIMESTAMP":"2014-08-01T07:50:00"}"#);
+        assert_eq!(
+            text,
+            r#"{"status":"OK","avgSpeed":51,"TIMESTAMP":"2014-08-01T07:50:00"}"#
+        );
     }
 
     #[test]
@@ -193,7 +198,14 @@ mod tests {
         let mut f = Fields::new();
         f.set("a", 1);
         let p = Payload::Object(f);
-        let traced = encode(&p, Some(Trace { seq: 7, sent_at: 1000 }), None);
+        let traced = encode(
+            &p,
+            Some(Trace {
+                seq: 7,
+                sent_at: 1000,
+            }),
+            None,
+        );
         assert_eq!(traced, br#"{"a":1,"seq":7,"sent_at":1000}"#);
         for frac in [0.0, 0.3, 0.5, 0.99, 1.0] {
             let cut = encode(&p, None, Some(frac));
@@ -205,8 +217,14 @@ mod tests {
     fn csv_cells_become_numbers_only_when_numeric() {
         assert_eq!(csv_value("74"), Value::from(74));
         assert_eq!(csv_value("18.0"), serde_json::json!(18.0));
-        assert_eq!(csv_value("10.104986076057457"), serde_json::json!(10.104986076057457));
-        assert_eq!(csv_value("2014-08-01T07:50:00"), Value::from("2014-08-01T07:50:00"));
+        assert_eq!(
+            csv_value("10.104986076057457"),
+            serde_json::json!(10.104986076057457)
+        );
+        assert_eq!(
+            csv_value("2014-08-01T07:50:00"),
+            Value::from("2014-08-01T07:50:00")
+        );
         assert_eq!(csv_value("OK"), Value::from("OK"));
         assert_eq!(csv_value(""), Value::from(""));
         assert_eq!(csv_value("NaN"), Value::from("NaN"));

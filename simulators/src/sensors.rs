@@ -54,7 +54,12 @@ impl SensorType {
     /// The measurement fields (what faults tamper with), in payload order.
     pub fn measurement_fields(self) -> &'static [&'static str] {
         match self {
-            SensorType::Traffic => &["avgMeasuredTime", "avgSpeed", "medianMeasuredTime", "vehicleCount"],
+            SensorType::Traffic => &[
+                "avgMeasuredTime",
+                "avgSpeed",
+                "medianMeasuredTime",
+                "vehicleCount",
+            ],
             SensorType::Parking => &["vehiclecount"],
             SensorType::Pollution => &[
                 "ozone",
@@ -135,7 +140,11 @@ pub struct CityConfig {
 
 impl Default for CityConfig {
     fn default() -> Self {
-        Self { sensors: 10, areas: 5, types: SensorType::ALL.to_vec() }
+        Self {
+            sensors: 10,
+            areas: 5,
+            types: SensorType::ALL.to_vec(),
+        }
     }
 }
 
@@ -184,6 +193,8 @@ pub struct Sensor {
     pub index: usize,
     /// Position among the sensors of the same type.
     pub type_index: usize,
+    /// Number of sensors of the same type (keeps `_id` row ids unique).
+    pub type_count: usize,
     /// Its type.
     pub kind: SensorType,
     /// Its id: the last topic level and the id inside the payload.
@@ -212,8 +223,8 @@ const GARAGES: [(&str, i64, ParkingProfile); 8] = [
     ("SCANDCENTER", 1240, ParkingProfile::Shopping),
     ("SKOLEBAKKEN", 512, ParkingProfile::Commuter),
     ("SALLING", 700, ParkingProfile::Shopping),
-    ("BUSGADEHUSET", 120, ParkingProfile::Commuter),
-    ("MAGASIN", 378, ParkingProfile::Shopping),
+    ("BUSGADEHUSET", 130, ParkingProfile::Commuter),
+    ("MAGASIN", 400, ParkingProfile::Shopping),
     ("KALKVAERKSVEJ", 210, ParkingProfile::Commuter),
 ];
 
@@ -257,7 +268,9 @@ pub struct City {
 impl City {
     /// Lays out the city for `cfg`, deterministically for `seed`.
     pub fn generate(cfg: &CityConfig, seed: u64) -> City {
-        let areas: Vec<String> = (1..=cfg.areas.max(1)).map(|i| format!("area-{i}")).collect();
+        let areas: Vec<String> = (1..=cfg.areas.max(1))
+            .map(|i| format!("area-{i}"))
+            .collect();
         // Area centres on a ring around Aarhus centre.
         let centre = |a: usize| {
             let angle = std::f64::consts::TAU * a as f64 / areas.len() as f64;
@@ -271,12 +284,22 @@ impl City {
             for i in 0..cfg.sensors {
                 let area_idx = i % areas.len();
                 // Pollution sits on the traffic segment with the same index.
-                let place_salt = if kind == SensorType::Pollution { SensorType::Traffic } else { kind };
-                let mut place = fastrand::Rng::with_seed(mix(seed, 1_000_000 + place_salt as u64 * 100_000 + i as u64));
+                let place_salt = if kind == SensorType::Pollution {
+                    SensorType::Traffic
+                } else {
+                    kind
+                };
+                let mut place = fastrand::Rng::with_seed(mix(
+                    seed,
+                    1_000_000 + place_salt as u64 * 100_000 + i as u64,
+                ));
                 let (clat, clon) = centre(area_idx);
                 let lat = clat + uniform(&mut place, -0.008, 0.008);
                 let lon = clon + uniform(&mut place, -0.012, 0.012);
-                let mut rng = fastrand::Rng::with_seed(mix(seed, 2_000_000 + kind as u64 * 100_000 + i as u64));
+                let mut rng = fastrand::Rng::with_seed(mix(
+                    seed,
+                    2_000_000 + kind as u64 * 100_000 + i as u64,
+                ));
                 let (id, params) = match kind {
                     SensorType::Traffic => (
                         (FIRST_REPORT_ID + i as u64).to_string(),
@@ -288,29 +311,51 @@ impl City {
                         },
                     ),
                     SensorType::Parking => match GARAGES.get(i) {
-                        Some((code, total, profile)) => {
-                            ((*code).to_owned(), Params::Parking { total: *total, profile: *profile })
-                        }
+                        Some((code, total, profile)) => (
+                            (*code).to_owned(),
+                            Params::Parking {
+                                total: *total,
+                                profile: *profile,
+                            },
+                        ),
                         None => {
-                            let profile =
-                                if rng.bool() { ParkingProfile::Shopping } else { ParkingProfile::Commuter };
-                            (format!("GARAGE{}", i + 1), Params::Parking { total: rng.i64(100..900), profile })
+                            let profile = if rng.bool() {
+                                ParkingProfile::Shopping
+                            } else {
+                                ParkingProfile::Commuter
+                            };
+                            (
+                                format!("GARAGE{}", i + 1),
+                                Params::Parking {
+                                    total: rng.i64(100..900),
+                                    profile,
+                                },
+                            )
                         }
                     },
                     SensorType::Pollution => (
                         (FIRST_REPORT_ID + i as u64).to_string(),
-                        Params::Pollution { base: std::array::from_fn(|_| uniform(&mut rng, 20.0, 60.0)) },
+                        Params::Pollution {
+                            base: std::array::from_fn(|_| uniform(&mut rng, 20.0, 60.0)),
+                        },
                     ),
-                    SensorType::Weather => {
-                        (i.to_string(), Params::Weather { mean_temp: uniform(&mut rng, 14.0, 16.0) })
-                    }
-                    SensorType::Noise => {
-                        (format!("noise-{}", i + 1), Params::Noise { offset: uniform(&mut rng, -3.0, 3.0) })
-                    }
+                    SensorType::Weather => (
+                        i.to_string(),
+                        Params::Weather {
+                            mean_temp: uniform(&mut rng, 14.0, 16.0),
+                        },
+                    ),
+                    SensorType::Noise => (
+                        format!("noise-{}", i + 1),
+                        Params::Noise {
+                            offset: uniform(&mut rng, -3.0, 3.0),
+                        },
+                    ),
                 };
                 sensors.push(Sensor {
                     index: sensors.len(),
                     type_index: i,
+                    type_count: cfg.sensors,
                     kind,
                     id,
                     area: areas[area_idx].clone(),
@@ -329,8 +374,14 @@ impl City {
     }
 
     /// The sensors of type `kind` in `area`.
-    pub fn in_area<'a>(&'a self, kind: SensorType, area: &'a str) -> impl Iterator<Item = &'a Sensor> + 'a {
-        self.sensors.iter().filter(move |s| s.kind == kind && s.area == area)
+    pub fn in_area<'a>(
+        &'a self,
+        kind: SensorType,
+        area: &'a str,
+    ) -> impl Iterator<Item = &'a Sensor> + 'a {
+        self.sensors
+            .iter()
+            .filter(move |s| s.kind == kind && s.area == area)
     }
 
     /// Number of sensors of type `kind`.
@@ -362,7 +413,11 @@ pub struct SensorState {
 impl SensorState {
     /// Initial state for `sensor` in a run seeded with `seed`.
     pub fn new(sensor: &Sensor, seed: u64) -> Self {
-        Self { rng: fastrand::Rng::with_seed(mix(seed, 3_000_000 + sensor.index as u64)), seq: 0, drift: 0.0 }
+        Self {
+            rng: fastrand::Rng::with_seed(mix(seed, 3_000_000 + sensor.index as u64)),
+            seq: 0,
+            drift: 0.0,
+        }
     }
 }
 
@@ -379,7 +434,9 @@ pub fn first_tick(sensor: &Sensor, state: &mut SensorState, start: DateTime<Utc>
 pub fn next_interval(sensor: &Sensor, state: &mut SensorState) -> Duration {
     match sensor.kind {
         SensorType::Traffic | SensorType::Pollution | SensorType::Noise => Duration::minutes(5),
-        SensorType::Parking => Duration::milliseconds(30 * 60 * 1000 + state.rng.i64(-60_000..120_000)),
+        SensorType::Parking => {
+            Duration::milliseconds(30 * 60 * 1000 + state.rng.i64(-60_000..120_000))
+        }
         SensorType::Weather => Duration::minutes(10 * state.rng.i64(1..=3)),
     }
 }
@@ -392,14 +449,25 @@ pub fn nominal_interval(kind: SensorType) -> Duration {
     }
 }
 
-/// Generates `sensor`'s reading at event time `t` under `cond`. `row_id` is the `_id` column.
-pub fn reading(sensor: &Sensor, state: &mut SensorState, t: DateTime<Utc>, cond: Conditions) -> Payload {
+/// Generates `sensor`'s reading at event time `t` under `cond`. Row ids (`_id`) are unique
+/// per type: `seq * type_count + type_index` above a base.
+pub fn reading(
+    sensor: &Sensor,
+    state: &mut SensorState,
+    t: DateTime<Utc>,
+    cond: Conditions,
+) -> Payload {
     let hour = time::local_hour(t);
     let weekend = time::is_weekend(t);
     let intensity = patterns::traffic_intensity(hour, weekend);
     let rng = &mut state.rng;
     match &sensor.params {
-        Params::Traffic { ext_id, distance_m, free_speed, peak_count } => {
+        Params::Traffic {
+            ext_id,
+            distance_m,
+            free_speed,
+            peak_count,
+        } => {
             let (speed, count) = if cond.congested {
                 let (s0, s1) = patterns::CONGESTED_SPEED;
                 let (c0, c1) = patterns::CONGESTED_COUNT;
@@ -407,12 +475,17 @@ pub fn reading(sensor: &Sensor, state: &mut SensorState, t: DateTime<Utc>, cond:
             } else {
                 let mean = peak_count * intensity;
                 let count = (mean + normal(rng) * (mean + 0.5).sqrt()).round().max(0.0) as i64;
-                let speed = patterns::traffic_speed(*free_speed, count as f64 / peak_count, 3.0 * normal(rng));
+                let speed = patterns::traffic_speed(
+                    *free_speed,
+                    count as f64 / peak_count,
+                    3.0 * normal(rng),
+                );
                 (speed, count)
             };
             let travel = (distance_m / (speed.max(1) as f64 / 3.6)).round() as i64;
             let median = (travel + rng.i64(-2..=2)).max(1);
-            let row_id = 20_746_220 + state.seq * 449 + sensor.type_index as u64;
+            let row_id =
+                20_746_220 + state.seq * sensor.type_count as u64 + sensor.type_index as u64;
             let mut f = Fields::with_capacity(11);
             f.set("status", "OK");
             f.set("avgMeasuredTime", travel);
@@ -422,7 +495,14 @@ pub fn reading(sensor: &Sensor, state: &mut SensorState, t: DateTime<Utc>, cond:
             f.set("TIMESTAMP", time::local(t, ISO_LOCAL));
             f.set("vehicleCount", count);
             f.set("_id", row_id);
-            f.set("REPORT_ID", sensor.id.parse::<u64>().map(Value::from).unwrap_or_else(|_| Value::from(sensor.id.clone())));
+            f.set(
+                "REPORT_ID",
+                sensor
+                    .id
+                    .parse::<u64>()
+                    .map(Value::from)
+                    .unwrap_or_else(|_| Value::from(sensor.id.clone())),
+            );
             Payload::Object(f)
         }
         Params::Parking { total, profile } => {
@@ -434,14 +514,21 @@ pub fn reading(sensor: &Sensor, state: &mut SensorState, t: DateTime<Utc>, cond:
             };
             let total_f = *total as f64;
             let count = if cond.full {
-                ((occupancy * total_f).round() as i64).clamp((patterns::MIN_FULL_OCCUPANCY * total_f).ceil() as i64, *total)
+                ((occupancy * total_f).round() as i64).clamp(
+                    (patterns::MIN_FULL_OCCUPANCY * total_f).ceil() as i64,
+                    *total,
+                )
             } else {
-                ((occupancy * total_f).round() as i64).min((patterns::MAX_NORMAL_OCCUPANCY * total_f).floor() as i64)
+                ((occupancy * total_f).round() as i64)
+                    .min((patterns::MAX_NORMAL_OCCUPANCY * total_f).floor() as i64)
             };
             let mut f = Fields::with_capacity(8);
             f.set("vehiclecount", count);
             f.set("updatetime", time::local(t, SPACE_LOCAL_MS));
-            f.set("_id", 1 + state.seq * 8 + sensor.type_index as u64);
+            f.set(
+                "_id",
+                1 + state.seq * sensor.type_count as u64 + sensor.type_index as u64,
+            );
             f.set("totalspaces", *total);
             f.set("garagecode", sensor.id.clone());
             f.set("streamtime", time::local(t, SPACE_LOCAL));
@@ -450,7 +537,8 @@ pub fn reading(sensor: &Sensor, state: &mut SensorState, t: DateTime<Utc>, cond:
         Params::Pollution { base } => {
             let mut f = Fields::with_capacity(10);
             for (name, b) in SensorType::Pollution.measurement_fields().iter().zip(base) {
-                let v = patterns::pollution_index(*b, intensity, cond.congested) + 4.0 * normal(rng);
+                let v =
+                    patterns::pollution_index(*b, intensity, cond.congested) + 4.0 * normal(rng);
                 f.set(name, v.round().max(0.0) as i64);
             }
             f.set("longitude", sensor.lon);
@@ -461,8 +549,12 @@ pub fn reading(sensor: &Sensor, state: &mut SensorState, t: DateTime<Utc>, cond:
         Params::Weather { mean_temp } => {
             state.drift = 0.9 * state.drift + 0.4 * normal(rng);
             let temp = patterns::temperature(*mean_temp, hour) + state.drift;
-            let hum = (patterns::humidity(temp, *mean_temp) + 3.0 * normal(rng)).round().clamp(30.0, 100.0) as i64;
-            let wind = (11.0 + 3.0 * (std::f64::consts::TAU * hour / 24.0).sin() + 2.5 * normal(rng)).max(0.0);
+            let hum = (patterns::humidity(temp, *mean_temp) + 3.0 * normal(rng))
+                .round()
+                .clamp(30.0, 100.0) as i64;
+            let wind =
+                (11.0 + 3.0 * (std::f64::consts::TAU * hour / 24.0).sin() + 2.5 * normal(rng))
+                    .max(0.0);
             let mut f = Fields::with_capacity(6);
             f.set("hum", hum);
             f.set("tempm", round1(temp));
@@ -471,7 +563,10 @@ pub fn reading(sensor: &Sensor, state: &mut SensorState, t: DateTime<Utc>, cond:
             Payload::Object(f)
         }
         Params::Noise { offset } => {
-            let level = patterns::noise_level(intensity) + offset + if cond.congested { 5.0 } else { 0.0 } + 1.5 * normal(rng);
+            let level = patterns::noise_level(intensity)
+                + offset
+                + if cond.congested { 5.0 } else { 0.0 }
+                + 1.5 * normal(rng);
             let mut r = Fields::with_capacity(7);
             r.set("bn", format!("urn:dev:noise:{}:", sensor.id));
             r.set("bt", t.timestamp());
@@ -489,23 +584,48 @@ mod tests {
     use crate::time::parse_time;
 
     fn city() -> City {
-        City::generate(&CityConfig { sensors: 12, areas: 5, types: SensorType::ALL.to_vec() }, 7)
+        City::generate(
+            &CityConfig {
+                sensors: 12,
+                areas: 5,
+                types: SensorType::ALL.to_vec(),
+            },
+            7,
+        )
     }
 
     #[test]
     fn layout_is_deterministic_and_ids_are_unique_per_type() {
         let a = city();
         assert_eq!(a, city());
-        assert_ne!(a, City::generate(&CityConfig { sensors: 12, areas: 5, types: SensorType::ALL.to_vec() }, 8));
+        assert_ne!(
+            a,
+            City::generate(
+                &CityConfig {
+                    sensors: 12,
+                    areas: 5,
+                    types: SensorType::ALL.to_vec()
+                },
+                8
+            )
+        );
         assert_eq!(a.sensors.len(), 60);
         for kind in SensorType::ALL {
-            let mut ids: Vec<_> = a.sensors.iter().filter(|s| s.kind == kind).map(|s| s.id.clone()).collect();
+            let mut ids: Vec<_> = a
+                .sensors
+                .iter()
+                .filter(|s| s.kind == kind)
+                .map(|s| s.id.clone())
+                .collect();
             ids.sort();
             ids.dedup();
             assert_eq!(ids.len(), 12, "{kind}");
         }
         assert_eq!(a.in_area(SensorType::Traffic, "area-2").count(), 3);
-        assert_eq!(a.find(SensorType::Parking, "BRUUNS").map(|s| s.topic()), Some("city/parking/BRUUNS".into()));
+        assert_eq!(
+            a.find(SensorType::Parking, "BRUUNS").map(|s| s.topic()),
+            Some("city/parking/BRUUNS".into())
+        );
     }
 
     #[test]
@@ -513,14 +633,32 @@ mod tests {
         let c = city();
         let s = &c.sensors[0];
         let mut st = SensorState::new(s, 1);
-        let p = reading(s, &mut st, parse_time("2014-08-01T07:50:00")?, Conditions::default());
+        let p = reading(
+            s,
+            &mut st,
+            parse_time("2014-08-01T07:50:00")?,
+            Conditions::default(),
+        );
         let f = p.fields().cloned().unwrap_or_default();
         let keys: Vec<_> = f.keys().collect();
         assert_eq!(
             keys,
-            ["status", "avgMeasuredTime", "avgSpeed", "extID", "medianMeasuredTime", "TIMESTAMP", "vehicleCount", "_id", "REPORT_ID"]
+            [
+                "status",
+                "avgMeasuredTime",
+                "avgSpeed",
+                "extID",
+                "medianMeasuredTime",
+                "TIMESTAMP",
+                "vehicleCount",
+                "_id",
+                "REPORT_ID"
+            ]
         );
-        assert_eq!(f.get("TIMESTAMP"), Some(&Value::from("2014-08-01T07:50:00")));
+        assert_eq!(
+            f.get("TIMESTAMP"),
+            Some(&Value::from("2014-08-01T07:50:00"))
+        );
         assert_eq!(f.get("REPORT_ID"), Some(&Value::from(158_324)));
         Ok(())
     }
@@ -528,13 +666,28 @@ mod tests {
     #[test]
     fn noise_is_senml() -> crate::Result<()> {
         let c = city();
-        let s = c.sensors.iter().find(|s| s.kind == SensorType::Noise).cloned();
-        let Some(s) = s else { panic!("no noise sensor") };
+        let s = c
+            .sensors
+            .iter()
+            .find(|s| s.kind == SensorType::Noise)
+            .cloned();
+        let Some(s) = s else {
+            panic!("no noise sensor")
+        };
         let mut st = SensorState::new(&s, 1);
         let t = parse_time("2014-08-01T00:00:00")?;
-        let text = String::from_utf8(crate::payload::encode(&reading(&s, &mut st, t, Conditions::default()), None, None))
-            .unwrap_or_default();
-        assert!(text.starts_with(r#"[{"bn":"urn:dev:noise:noise-1:","bt":1406844000,"n":"laeq","u":"dB","v":"#), "{text}");
+        let text = String::from_utf8(crate::payload::encode(
+            &reading(&s, &mut st, t, Conditions::default()),
+            None,
+            None,
+        ))
+        .unwrap_or_default();
+        assert!(
+            text.starts_with(
+                r#"[{"bn":"urn:dev:noise:noise-1:","bt":1406844000,"n":"laeq","u":"dB","v":"#
+            ),
+            "{text}"
+        );
         Ok(())
     }
 }

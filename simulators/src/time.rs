@@ -48,12 +48,16 @@ pub fn parse_time(input: &str) -> Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
-    let naive = parse_naive(s).ok_or_else(|| Error::Time { input: input.to_owned() })?;
+    let naive = parse_naive(s).ok_or_else(|| Error::Time {
+        input: input.to_owned(),
+    })?;
     Copenhagen
         .from_local_datetime(&naive)
         .earliest()
         .map(|t| t.with_timezone(&Utc))
-        .ok_or_else(|| Error::Time { input: input.to_owned() })
+        .ok_or_else(|| Error::Time {
+            input: input.to_owned(),
+        })
 }
 
 /// Parses the zone-less timestamp formats found in the CityPulse files.
@@ -77,13 +81,19 @@ pub fn parse_naive(s: &str) -> Option<NaiveDateTime> {
 /// Parses a CityPulse local timestamp into UTC (see [`parse_time`] for the DST rule).
 pub fn parse_local(s: &str) -> Option<DateTime<Utc>> {
     let naive = parse_naive(s)?;
-    Copenhagen.from_local_datetime(&naive).earliest().map(|t| t.with_timezone(&Utc))
+    Copenhagen
+        .from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Parses a duration such as `10m`, `1h 30m` or `1d` (humantime syntax).
 pub fn parse_duration(s: &str) -> Result<chrono::Duration> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|e| Error::Invalid(format!("cannot parse duration {s:?}: {e} (try 10m, 1h, 1d)")))?;
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot parse duration {s:?}: {e} (try 10m, 1h, 1d)"
+        ))
+    })?;
     chrono::Duration::from_std(d).map_err(|_| Error::Invalid(format!("duration {s:?} is too long")))
 }
 

@@ -115,15 +115,24 @@ pub fn write_lines<W: Write>(mut w: W, records: &[TruthRecord]) -> std::io::Resu
 
 /// Reads a ground-truth file; blank lines are skipped, anything else must parse.
 pub fn read_file(path: &Path) -> Result<Vec<TruthRecord>> {
-    let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut out = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| Error::Io { path: path.to_owned(), source })?;
+        let line = line.map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         if line.trim().is_empty() {
             continue;
         }
-        let rec = serde_json::from_str(&line)
-            .map_err(|e| Error::Record { path: path.to_owned(), line: n + 1, message: e.to_string() })?;
+        let rec = serde_json::from_str(&line).map_err(|e| Error::Record {
+            path: path.to_owned(),
+            line: n + 1,
+            message: e.to_string(),
+        })?;
         out.push(rec);
     }
     Ok(out)
@@ -149,7 +158,8 @@ mod tests {
             line,
             r#"{"kind":"incident","type":"congestion","subject":"area-2","sensor_type":"traffic","sensors":["158325"],"start":"2014-08-01T10:00:00Z","end":"2014-08-01T11:00:00Z"}"#
         );
-        let back: TruthRecord = serde_json::from_str(&line).map_err(|e| Error::Invalid(e.to_string()))?;
+        let back: TruthRecord =
+            serde_json::from_str(&line).map_err(|e| Error::Invalid(e.to_string()))?;
         assert_eq!(back, rec);
         Ok(())
     }

@@ -369,7 +369,11 @@ fn demo_runs_with_nothing_installed_and_writes_line_protocol() {
 fn reading(sensor: &str, m: u64, speed: f64) -> (String, Vec<u8>) {
     (
         format!("city/traffic/{sensor}"),
-        format!(r#"{{"avgSpeed":{speed},"vehicleCount":4,"TIMESTAMP":"{}"}}"#, local(m)).into_bytes(),
+        format!(
+            r#"{{"avgSpeed":{speed},"vehicleCount":4,"TIMESTAMP":"{}"}}"#,
+            local(m)
+        )
+        .into_bytes(),
     )
 }
 
@@ -381,15 +385,21 @@ fn broker_restart_is_survived_by_reconnecting() {
     let dir = config_dir(2);
     let status = Subscriber::start(port, "aqyl/status");
     let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
-    wait_until(WAIT, "aqyl/status online", || status.messages().iter().any(|m| m.payload == b"online"));
+    wait_until(WAIT, "aqyl/status online", || {
+        status.messages().iter().any(|m| m.payload == b"online")
+    });
     let first: Vec<_> = (0..10).map(|m| reading("1", m, 50.0)).collect();
     publish(port, &first);
-    wait_until(WAIT, "the first batch", || aqyl.metric("aqyl_observations_total ") == Some(10));
+    wait_until(WAIT, "the first batch", || {
+        aqyl.metric("aqyl_observations_total ") == Some(10)
+    });
 
     drop(status);
     drop(mqtt); // the broker goes away
     wait_until(WAIT, "aqyl to notice the broken connection", || {
-        aqyl.metric("aqyl_mqtt_connection_errors_total ").unwrap_or(0) > 0
+        aqyl.metric("aqyl_mqtt_connection_errors_total ")
+            .unwrap_or(0)
+            > 0
     });
     mqtt = Mosquitto::start_on(port);
     let status = Subscriber::start(port, "aqyl/status");
@@ -398,13 +408,19 @@ fn broker_restart_is_survived_by_reconnecting() {
     });
     let second: Vec<_> = (10..20).map(|m| reading("1", m, 30.0)).collect();
     publish(mqtt.port, &second);
-    wait_until(WAIT, "the second batch", || aqyl.metric("aqyl_observations_total ") == Some(20));
+    wait_until(WAIT, "the second batch", || {
+        aqyl.metric("aqyl_observations_total ") == Some(20)
+    });
     aqyl.stop();
 
     let means = vm.export(r#"{__name__="aggregate_mean",field="avgSpeed"}"#);
     assert_eq!(means.len(), 1);
     let values: Vec<f64> = means[0].samples.iter().map(|s| s.1).collect();
-    assert_eq!(values, vec![50.0, 50.0, 30.0, 30.0], "four 5-minute windows, before and after the restart");
+    assert_eq!(
+        values,
+        vec![50.0, 50.0, 30.0, 30.0],
+        "four 5-minute windows, before and after the restart"
+    );
 }
 
 #[test]
@@ -413,20 +429,35 @@ fn store_outage_is_retried_until_the_store_comes_up() {
     let vm_port = aqyl_tests::free_port();
     let dir = config_dir(1);
     let status = Subscriber::start(mqtt.port, "aqyl/status");
-    let aqyl = Aqyl::start_with(&dir.path().join("aqyl.toml"), &mqtt.url(), &format!("http://127.0.0.1:{vm_port}"));
-    wait_until(WAIT, "aqyl/status online", || status.messages().iter().any(|m| m.payload == b"online"));
+    let aqyl = Aqyl::start_with(
+        &dir.path().join("aqyl.toml"),
+        &mqtt.url(),
+        &format!("http://127.0.0.1:{vm_port}"),
+    );
+    wait_until(WAIT, "aqyl/status online", || {
+        status.messages().iter().any(|m| m.payload == b"online")
+    });
     let msgs: Vec<_> = (0..30).map(|m| reading("store", m, m as f64)).collect();
     publish(mqtt.port, &msgs);
     // Windows up to 07:20 close (watermark 07:19); their writes fail: nothing listens yet.
     wait_until(WAIT, "failed writes to the absent store", || {
-        aqyl.metric("aqyl_influx_write_failures_total ").unwrap_or(0) >= 2
+        aqyl.metric("aqyl_influx_write_failures_total ")
+            .unwrap_or(0)
+            >= 2
     });
     let vm = VictoriaMetrics::start_on(vm_port);
-    wait_until(WAIT, "the retried write to succeed", || aqyl.metric("aqyl_influx_points_written_total ").unwrap_or(0) > 0);
+    wait_until(WAIT, "the retried write to succeed", || {
+        aqyl.metric("aqyl_influx_points_written_total ")
+            .unwrap_or(0)
+            > 0
+    });
     aqyl.stop();
     let counts = vm.export(r#"{__name__="aggregate_count",field="avgSpeed"}"#);
     assert_eq!(counts.len(), 1);
     let samples: Vec<(i64, f64)> = counts[0].samples.clone();
     let expected: Vec<(i64, f64)> = (0..6).map(|w| (utc_ms(5 * w + 5), 5.0)).collect();
-    assert_eq!(samples, expected, "every window, written once the store was up");
+    assert_eq!(
+        samples, expected,
+        "every window, written once the store was up"
+    );
 }

@@ -1,0 +1,356 @@
+//! The MQTT edge: broker addresses, and publisher and subscriber connections, each with one
+//! task that owns the rumqttc event loop.
+//!
+//! An error after the first connection is logged and polling continues with backoff (that is
+//! how rumqttc reconnects); an error before the first ConnAck fails the connect call, so a
+//! wrong address is reported at once instead of retried forever.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// A password that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("**redacted**")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("**redacted**")
+    }
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Broker {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// User name, if the broker wants one.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<Secret>,
+}
+
+impl Broker {
+    /// Parses `mqtt://host[:port]` (or `tcp://`); the default port is 1883.
+    pub fn from_url(
+        url: &str,
+        username: Option<String>,
+        password: Option<Secret>,
+    ) -> Result<Broker> {
+        let bad = |why: &str| Error::Invalid(format!("broker URL {url:?}: {why}"));
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected mqtt://host:port"))?;
+        match scheme {
+            "mqtt" | "tcp" => {}
+            "mqtts" | "ssl" => {
+                return Err(bad(
+                    "TLS is not built into aqyl-sim; use a plain mqtt:// listener",
+                ))
+            }
+            _ => return Err(bad("the scheme must be mqtt://")),
+        }
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        if authority.contains('@') {
+            return Err(bad(
+                "put credentials in --username/--password, not in the URL",
+            ));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h.trim_start_matches('[').trim_end_matches(']'),
+                p.parse().map_err(|_| bad("the port is not a number"))?,
+            ),
+            _ => (authority, 1883),
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        if username.is_some() != password.is_some() {
+            return Err(Error::Invalid(
+                "username and password must both be set or both be absent".into(),
+            ));
+        }
+        Ok(Broker {
+            host: host.to_owned(),
+            port,
+            username,
+            password,
+        })
+    }
+
+    /// rumqttc options for a connection named `client_id`.
+    pub fn options(&self, client_id: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(1 << 20, 1 << 20);
+        o.set_clean_session(true);
+        o.set_inflight(1000);
+        if let (Some(u), Some(p)) = (&self.username, &self.password) {
+            o.set_credentials(u.clone(), p.expose());
+        }
+        o
+    }
+}
+
+/// A client id unique to this process: `aqyl-sim-<role>-<pid>-<n>`.
+pub fn client_id(role: &str, n: usize) -> String {
+    format!("aqyl-sim-{role}-{}-{n}", std::process::id())
+}
+
+/// Parses `0` or `1` into a QoS.
+pub fn qos(level: u8) -> Result<QoS> {
+    match level {
+        0 => Ok(QoS::AtMostOnce),
+        1 => Ok(QoS::AtLeastOnce),
+        2 => Ok(QoS::ExactlyOnce),
+        _ => Err(Error::Invalid(format!(
+            "QoS must be 0, 1 or 2, not {level}"
+        ))),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    acked: AtomicU64,
+    subacks: AtomicU64,
+    closing: AtomicBool,
+}
+
+type Handler = Box<dyn FnMut(Publish) + Send>;
+
+async fn drive(
+    mut el: EventLoop,
+    client: AsyncClient,
+    counters: Arc<Counters>,
+    mut connected: Option<oneshot::Sender<std::result::Result<(), String>>>,
+    subscriptions: Vec<(String, QoS)>,
+    mut handler: Option<Handler>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match el.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if let Some(h) = handler.as_mut() {
+                    h(p);
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                counters.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(100);
+                for (filter, q) in &subscriptions {
+                    // The event loop is this task: never await on the request channel here.
+                    if let Err(e) = client.try_subscribe(filter.clone(), *q) {
+                        tracing::warn!(%filter, error = %e, "Could not subscribe.");
+                    }
+                }
+                if let Some(tx) = connected.take() {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                counters.subacks.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(e) => {
+                if let Some(tx) = connected.take() {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+                if counters.closing.load(Ordering::Relaxed) {
+                    break;
+                }
+                tracing::warn!(error = %e, "MQTT connection failed; retrying.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One connection with its event-loop task.
+#[derive(Debug)]
+pub struct Connection {
+    client: AsyncClient,
+    counters: Arc<Counters>,
+    task: JoinHandle<()>,
+    published: AtomicU64,
+    qos: QoS,
+    subscriptions: u64,
+}
+
+impl Connection {
+    async fn open(
+        broker: &Broker,
+        id: &str,
+        qos: QoS,
+        queue: usize,
+        subscriptions: Vec<(String, QoS)>,
+        handler: Option<Handler>,
+    ) -> Result<Self> {
+        let (client, el) = AsyncClient::new(broker.options(id), queue);
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = oneshot::channel();
+        let n = subscriptions.len() as u64;
+        let task = tokio::spawn(drive(
+            el,
+            client.clone(),
+            counters.clone(),
+            Some(tx),
+            subscriptions,
+            handler,
+        ));
+        let addr = format!("{}:{}", broker.host, broker.port);
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                return Err(Error::Mqtt(format!(
+                    "cannot connect to the broker at {addr}: {e}"
+                )))
+            }
+            Ok(Err(_)) | Err(_) => {
+                task.abort();
+                return Err(Error::Mqtt(format!(
+                    "no answer from the broker at {addr} within 10 s"
+                )));
+            }
+        }
+        Ok(Self {
+            client,
+            counters,
+            task,
+            published: AtomicU64::new(0),
+            qos,
+            subscriptions: n,
+        })
+    }
+
+    /// Connects a publisher that sends at `qos`. `queue` bounds the client's request queue:
+    /// [`Connection::publish`] waits while it is full, so a small queue keeps `sent_at` close
+    /// to the moment a message reaches the socket.
+    pub async fn publisher(broker: &Broker, id: &str, qos: QoS, queue: usize) -> Result<Self> {
+        Self::open(broker, id, qos, queue.max(1), Vec::new(), None).await
+    }
+
+    /// Connects a subscriber to `filters`, handing every message to `handler` on the
+    /// event-loop task; returns once the broker has acknowledged every subscription.
+    pub async fn subscriber(
+        broker: &Broker,
+        id: &str,
+        qos: QoS,
+        filters: &[String],
+        handler: impl FnMut(Publish) + Send + 'static,
+    ) -> Result<Self> {
+        let subs = filters.iter().map(|f| (f.clone(), qos)).collect();
+        let conn = Self::open(broker, id, qos, 64, subs, Some(Box::new(handler))).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while conn.counters.subacks.load(Ordering::Relaxed) < conn.subscriptions {
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Mqtt(
+                    "the broker did not acknowledge the subscriptions within 10 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(conn)
+    }
+
+    /// Queues one message (waits while the request queue is full).
+    pub async fn publish(&self, topic: impl Into<String>, payload: Vec<u8>) -> Result<()> {
+        self.client
+            .publish(topic, self.qos, false, payload)
+            .await
+            .map_err(|e| Error::Mqtt(format!("the connection is gone: {e}")))?;
+        self.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Messages queued so far.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    /// QoS 1 acknowledgements received so far.
+    pub fn acked(&self) -> u64 {
+        self.counters.acked.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every QoS 1 message is acknowledged (up to `timeout`), then disconnects
+    /// cleanly, which also flushes QoS 0 messages still in the queue. Returns the number of
+    /// messages left unacknowledged.
+    pub async fn close(self, timeout: Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let published = self.published();
+        if self.qos != QoS::AtMostOnce {
+            while self.acked() < published && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        self.counters.closing.store(true, Ordering::Relaxed);
+        let _ = self.client.disconnect().await;
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+        if self.qos == QoS::AtMostOnce {
+            0
+        } else {
+            published.saturating_sub(self.counters.acked.load(Ordering::Relaxed))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() -> Result<()> {
+        let b = Broker::from_url("mqtt://127.0.0.1:1884", None, None)?;
+        assert_eq!((b.host.as_str(), b.port), ("127.0.0.1", 1884));
+        assert_eq!(Broker::from_url("mqtt://localhost", None, None)?.port, 1883);
+        assert_eq!(
+            Broker::from_url("mqtt://[::1]:1885", None, None)?.host,
+            "::1"
+        );
+        assert!(Broker::from_url("mqtts://h:8883", None, None).is_err());
+        assert!(Broker::from_url("127.0.0.1:1883", None, None).is_err());
+        assert!(Broker::from_url("mqtt://h", Some("u".into()), None).is_err());
+        let b = Broker::from_url("mqtt://h", Some("u".into()), Some(Secret::new("hunter2")))?;
+        assert!(!format!("{b:?}").contains("hunter2"));
+        Ok(())
+    }
+}
