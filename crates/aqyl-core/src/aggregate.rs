@@ -3,18 +3,19 @@
 use crate::line_protocol::{encode, FieldValue, LineError, Point};
 use crate::window::WindowStats;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The statistics of one window of one field of one sensor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Aggregate {
     /// Sensor type (`traffic`).
-    pub sensor_type: String,
+    pub sensor_type: Arc<str>,
     /// Sensor id.
     pub sensor_id: String,
     /// Field name (`avgSpeed`).
-    pub field: String,
+    pub field: Arc<str>,
     /// Window label (`5m`).
-    pub window: String,
+    pub window: Arc<str>,
     /// Window start, Unix ms (inclusive).
     pub start: u64,
     /// Window end, Unix ms (exclusive); the point's timestamp.

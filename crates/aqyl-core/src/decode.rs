@@ -81,7 +81,7 @@ impl Registry {
                 ),
             });
         };
-        let name = ty.name.as_str();
+        let name = &*ty.name;
         if msg.payload.len() > max_payload {
             return Err(Rejection::new(
                 name,
@@ -129,7 +129,7 @@ impl Registry {
         }
         let mut fields = Vec::with_capacity(ty.fields.len());
         for f in &ty.fields {
-            match read_number(value.pointer(&f.pointer), f.kind) {
+            match read_number(f.pointer.lookup(&value), f.kind) {
                 Ok(Some(v)) => fields.push((f.name.clone(), v)),
                 Ok(None) if !f.required => {}
                 Ok(None) => {
@@ -217,8 +217,9 @@ fn read_number(v: Option<&Value>, kind: FieldType) -> Result<Option<f64>, String
 }
 
 fn read_time(rule: &TimeRule, payload: &Value) -> Result<i64, String> {
-    let v = payload
-        .pointer(&rule.pointer)
+    let v = rule
+        .pointer
+        .lookup(payload)
         .ok_or_else(|| format!("time field {} is missing", rule.pointer))?;
     let number = || -> Result<f64, String> {
         match v {
@@ -241,19 +242,26 @@ fn read_time(rule: &TimeRule, payload: &Value) -> Result<i64, String> {
                 .map(|t| t.timestamp_millis())
                 .map_err(|e| format!("{:?} is not RFC 3339 ({e})", truncate(s, 40)));
         }
-        TimeFormat::Local { pattern, zone } => {
+        TimeFormat::Local {
+            pattern,
+            items,
+            zone,
+        } => {
             let s = v.as_str().ok_or_else(|| {
                 format!(
                     "expected a time string like {pattern:?}, got {}",
                     kind_of(v)
                 )
             })?;
-            let naive = NaiveDateTime::parse_from_str(s.trim(), pattern).map_err(|e| {
-                format!(
-                    "{:?} does not match the time format {pattern:?} ({e})",
-                    truncate(s, 40)
-                )
-            })?;
+            let mut parsed = chrono::format::Parsed::new();
+            let naive: NaiveDateTime = chrono::format::parse(&mut parsed, s.trim(), items.iter())
+                .and_then(|_| parsed.to_naive_datetime_with_offset(0))
+                .map_err(|e| {
+                    format!(
+                        "{:?} does not match the time format {pattern:?} ({e})",
+                        truncate(s, 40)
+                    )
+                })?;
             return match zone.from_local_datetime(&naive) {
                 chrono::LocalResult::Single(t) => Ok(t.timestamp_millis()),
                 chrono::LocalResult::Ambiguous(early, _) => Ok(early.timestamp_millis()),
@@ -323,10 +331,7 @@ required = false
         assert_eq!(obs.event_time, 1_406_872_200_000);
         assert_eq!(
             obs.fields,
-            vec![
-                ("avgSpeed".to_string(), 50.0),
-                ("vehicleCount".to_string(), 5.0)
-            ]
+            vec![("avgSpeed".into(), 50.0), ("vehicleCount".into(), 5.0)]
         );
         assert!(!obs.time_from_receive);
     }

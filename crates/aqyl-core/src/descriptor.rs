@@ -6,6 +6,7 @@ use crate::error::{ConfigError, ConfigErrors};
 use chrono_tz::Tz;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -16,7 +17,7 @@ pub const MAX_SENSOR_ID_BYTES: usize = 256;
 #[derive(Debug, Clone)]
 pub struct SensorType {
     /// Name used in topics, tags and dead-letter topics (`traffic`).
-    pub name: String,
+    pub name: Arc<str>,
     /// Where it publishes.
     pub topic: TopicPattern,
     /// How event time is read; `None` means receive time (flagged on each observation).
@@ -33,15 +34,67 @@ pub struct SensorType {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Field {
     /// Name in the store (`field` tag) and in rules.
-    pub name: String,
+    pub name: Arc<str>,
     /// JSON Pointer (RFC 6901) into the payload, e.g. `/avgSpeed`.
-    pub pointer: String,
+    pub pointer: Pointer,
     /// Value type.
     pub kind: FieldType,
     /// Unit, for documentation and outputs.
     pub unit: Option<String>,
     /// A missing required field rejects the payload; a missing optional field is skipped.
     pub required: bool,
+}
+
+/// A JSON Pointer (RFC 6901) split and unescaped once at load time, so looking a value up
+/// allocates nothing (`serde_json::Value::pointer` unescapes every token on every call).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pointer {
+    text: String,
+    tokens: Vec<String>,
+}
+
+impl Pointer {
+    /// Parses `""` (the whole document) or `/a/b~1c`; `None` unless it starts with `/`.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.is_empty() {
+            return Some(Self {
+                text: String::new(),
+                tokens: Vec::new(),
+            });
+        }
+        let rest = text.strip_prefix('/')?;
+        let tokens = rest
+            .split('/')
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        Some(Self {
+            text: text.to_string(),
+            tokens,
+        })
+    }
+
+    /// The value it points at.
+    pub fn lookup<'a>(&self, mut v: &'a serde_json::Value) -> Option<&'a serde_json::Value> {
+        for token in &self.tokens {
+            v = match v {
+                serde_json::Value::Object(map) => map.get(token.as_str())?,
+                serde_json::Value::Array(items) => items.get(token.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(v)
+    }
+
+    /// The pointer as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for Pointer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// Accepted value types of a field.
@@ -59,7 +112,7 @@ pub enum FieldType {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimeRule {
     /// JSON Pointer to the time value.
-    pub pointer: String,
+    pub pointer: Pointer,
     /// Its encoding.
     pub format: TimeFormat,
 }
@@ -79,6 +132,8 @@ pub enum TimeFormat {
     Local {
         /// chrono format pattern, e.g. `%Y-%m-%dT%H:%M:%S`.
         pattern: String,
+        /// The pattern compiled once, so decoding does not re-parse it for every payload.
+        items: Vec<chrono::format::Item<'static>>,
         /// IANA zone, e.g. `Europe/Copenhagen`.
         zone: Tz,
     },
@@ -346,7 +401,7 @@ impl SensorType {
         for f in &file.fields {
             let span = f.name.span();
             let fname = f.name.get_ref();
-            if fields.iter().any(|g| &g.name == fname) {
+            if fields.iter().any(|g| *g.name == **fname) {
                 errors.push(err(
                     span.clone(),
                     format!("field {:?} is declared twice", fname),
@@ -365,7 +420,7 @@ impl SensorType {
                 .path
                 .clone()
                 .unwrap_or_else(|| format!("/{}", fname.replace('~', "~0").replace('/', "~1")));
-            if !pointer.is_empty() && !pointer.starts_with('/') {
+            let Some(pointer) = Pointer::parse(&pointer) else {
                 errors.push(err(
                     span.clone(),
                     format!(
@@ -373,9 +428,10 @@ impl SensorType {
                         fname
                     ),
                 ));
-            }
+                continue;
+            };
             fields.push(Field {
-                name: fname.clone(),
+                name: Arc::from(fname.as_str()),
                 pointer,
                 kind: f.kind,
                 unit: f.unit.clone(),
@@ -398,7 +454,7 @@ impl SensorType {
         }
         match (errors.is_empty(), topic) {
             (true, Some(topic)) => Ok(SensorType {
-                name,
+                name: Arc::from(name),
                 topic,
                 time,
                 fields,
@@ -411,13 +467,13 @@ impl SensorType {
 }
 
 fn parse_time(t: &TimeFile) -> Result<TimeRule, (std::ops::Range<usize>, String)> {
-    let pointer = t.field.get_ref().clone();
-    if !pointer.starts_with('/') {
+    let text = t.field.get_ref().clone();
+    let Some(pointer) = Pointer::parse(&text).filter(|p| !p.as_str().is_empty()) else {
         return Err((
             t.field.span(),
-            format!("time field {pointer:?} must be a JSON Pointer starting with '/'"),
+            format!("time field {text:?} must be a JSON Pointer starting with '/'"),
         ));
-    }
+    };
     let format = match t.format.get_ref().as_str() {
         "rfc3339" => TimeFormat::Rfc3339,
         "epoch_s" => TimeFormat::EpochSeconds,
@@ -432,7 +488,10 @@ fn parse_time(t: &TimeFile) -> Result<TimeRule, (std::ops::Range<usize>, String)
             let zone: Tz = tz.get_ref().parse().map_err(|_| {
                 (tz.span(), format!("unknown time zone {:?}; use an IANA name such as \"Europe/Copenhagen\"", tz.get_ref()))
             })?;
-            TimeFormat::Local { pattern: pattern.to_string(), zone }
+            let items = chrono::format::StrftimeItems::new(pattern).parse_to_owned().map_err(|_| {
+                (t.format.span(), format!("time format {pattern:?} is not a valid chrono pattern; see https://docs.rs/chrono/latest/chrono/format/strftime/"))
+            })?;
+            TimeFormat::Local { pattern: pattern.to_string(), items, zone }
         }
         other => {
             return Err((
@@ -537,9 +596,9 @@ type = "integer"
     #[test]
     fn parses_a_descriptor() {
         let t = SensorType::from_toml(Path::new("traffic.toml"), TRAFFIC).unwrap();
-        assert_eq!(t.name, "traffic");
+        assert_eq!(&*t.name, "traffic");
         assert_eq!(t.topic.filter(), "city/traffic/+");
-        assert_eq!(t.fields[0].pointer, "/avgSpeed");
+        assert_eq!(t.fields[0].pointer.as_str(), "/avgSpeed");
         assert_eq!(t.fields[1].kind, FieldType::Integer);
         assert!(matches!(t.time.unwrap().format, TimeFormat::Local { .. }));
     }
@@ -592,5 +651,32 @@ type = "integer"
         assert!(validate_sensor_id("a\nb").is_err());
         assert!(validate_sensor_id("").is_err());
         assert!(validate_sensor_id(&"x".repeat(300)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod pointer_tests {
+    use super::Pointer;
+    use serde_json::json;
+
+    #[test]
+    fn pointers_follow_rfc_6901() {
+        let doc = json!({"a": {"b/c": [10, {"m~n": 20}]}, "": 1});
+        let at = |p: &str| Pointer::parse(p).unwrap().lookup(&doc).cloned();
+        assert_eq!(at("/a/b~1c/0"), Some(json!(10)));
+        assert_eq!(at("/a/b~1c/1/m~0n"), Some(json!(20)));
+        assert_eq!(at("/"), Some(json!(1)));
+        assert_eq!(at(""), Some(doc.clone()));
+        assert_eq!(at("/a/missing"), None);
+        assert_eq!(at("/a/b~1c/9"), None);
+        assert!(Pointer::parse("a/b").is_none());
+        // Agrees with serde_json's own implementation.
+        for p in ["/a/b~1c/0", "/a/b~1c/1/m~0n", "/", "", "/x", "/a/b~1c/x"] {
+            assert_eq!(
+                Pointer::parse(p).unwrap().lookup(&doc),
+                doc.pointer(p),
+                "{p}"
+            );
+        }
     }
 }

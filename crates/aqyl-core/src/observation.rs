@@ -1,6 +1,7 @@
 //! What flows through Aqyl: raw MQTT messages in, typed observations after decoding.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// A message as it came off the broker, before decoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,11 +14,12 @@ pub struct RawMessage {
     pub received_at: i64,
 }
 
-/// One decoded reading of one sensor: its event time and numeric fields.
+/// One decoded reading of one sensor: its event time and numeric fields. Names shared by
+/// every observation of a type (type, fields) are reference-counted, not copied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     /// Sensor type name (`traffic`).
-    pub sensor_type: String,
+    pub sensor_type: Arc<str>,
     /// Sensor id (validated: no control characters).
     pub sensor_id: String,
     /// Area captured from the topic, if the pattern has `{area}`.
@@ -29,5 +31,5 @@ pub struct Observation {
     /// True when the payload had no event time and receive time was used instead.
     pub time_from_receive: bool,
     /// Field values in descriptor order; optional fields that were absent are left out.
-    pub fields: Vec<(String, f64)>,
+    pub fields: Vec<(Arc<str>, f64)>,
 }

@@ -18,8 +18,9 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-/// Values of one window, grouped by (sensor type, sensor id, field).
-type Groups = HashMap<(String, String, String), Vec<f64>>;
+/// Values of one window: sensor type → sensor id → (field, values). Nested maps let an
+/// observation be filed by borrowed names, so the hot path clones nothing but `Arc`s.
+type Groups = HashMap<Arc<str>, HashMap<String, Vec<(Arc<str>, Vec<f64>)>>>;
 
 /// Windowed statistics of a stream of observations.
 pub trait Aggregate<'scope> {
@@ -27,7 +28,7 @@ pub trait Aggregate<'scope> {
     fn aggregate(
         self,
         window: Tumbling,
-        label: String,
+        label: Arc<str>,
         metrics: Arc<Metrics>,
     ) -> StreamVec<'scope, u64, AggregateRecord>;
 }
@@ -36,7 +37,7 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
     fn aggregate(
         self,
         window: Tumbling,
-        label: String,
+        label: Arc<str>,
         metrics: Arc<Metrics>,
     ) -> StreamVec<'scope, u64, AggregateRecord> {
         let exchange =
@@ -53,11 +54,19 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                             let (_, groups) = open.entry(end).or_insert_with(|| {
                                 (cap.delayed(&end, output.output_index()), HashMap::new())
                             });
+                            let by_id = match groups.get_mut(&obs.sensor_type) {
+                                Some(m) => m,
+                                None => groups.entry(obs.sensor_type.clone()).or_default(),
+                            };
+                            let fields = match by_id.get_mut(obs.sensor_id.as_str()) {
+                                Some(f) => f,
+                                None => by_id.entry(obs.sensor_id).or_default(),
+                            };
                             for (field, value) in obs.fields {
-                                groups
-                                    .entry((obs.sensor_type.clone(), obs.sensor_id.clone(), field))
-                                    .or_default()
-                                    .push(value);
+                                match fields.iter_mut().find(|(f, _)| *f == field) {
+                                    Some((_, values)) => values.push(value),
+                                    None => fields.push((field, vec![value])),
+                                }
                             }
                         }
                     });
@@ -67,20 +76,22 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                         }
                         let (end, (cap, groups)) = entry.remove_entry();
                         let mut session = output.session(&cap);
-                        let mut closed: Vec<_> = groups.into_iter().collect();
-                        closed.sort_by(|a, b| a.0.cmp(&b.0));
-                        for ((sensor_type, sensor_id, field), mut values) in closed {
-                            if let Some(stats) = WindowStats::compute(&mut values) {
-                                metrics.windows_closed.fetch_add(1, Relaxed);
-                                session.give(AggregateRecord {
-                                    sensor_type,
-                                    sensor_id,
-                                    field,
-                                    window: label.clone(),
-                                    start: end - window.size_ms(),
-                                    end,
-                                    stats,
-                                });
+                        for (sensor_type, by_id) in groups {
+                            for (sensor_id, fields) in by_id {
+                                for (field, mut values) in fields {
+                                    if let Some(stats) = WindowStats::compute(&mut values) {
+                                        metrics.windows_closed.fetch_add(1, Relaxed);
+                                        session.give(AggregateRecord {
+                                            sensor_type: sensor_type.clone(),
+                                            sensor_id: sensor_id.clone(),
+                                            field,
+                                            window: label.clone(),
+                                            start: end - window.size_ms(),
+                                            end,
+                                            stats,
+                                        });
+                                    }
+                                }
                             }
                         }
                     }

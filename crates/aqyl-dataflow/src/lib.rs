@@ -14,7 +14,7 @@ pub mod aggregate;
 pub mod input;
 pub mod runtime;
 
-pub use runtime::{run_batch, start, Outputs, PipelineSpec, Running};
+pub use runtime::{run_batch, start, Batch, Outputs, PipelineSpec, Running};
 
 /// A stable 64-bit FNV-1a hash of key parts (the same on every run, process and machine, so
 /// routing and exchange agree across a cluster).

@@ -114,7 +114,7 @@ fn run_worker(
     shared_max: &AtomicU64,
 ) {
     let window = Tumbling::new(spec.window.as_millis() as u64);
-    let label = aqyl_core::duration::label(spec.window);
+    let label: Arc<str> = aqyl_core::duration::label(spec.window).into();
     let mut input = InputHandleVec::<u64, aqyl_core::Observation>::new();
     let probe = ProbeHandle::new();
     let aggregates = outputs.aggregates.clone();
@@ -135,6 +135,7 @@ fn run_worker(
 
     let lateness = spec.allowed_lateness.as_millis() as u64;
     let mut watermark = Watermark::new(lateness, spec.idle_timeout.map(|d| d.as_millis() as u64));
+    let mut last_message = wall_ms();
     loop {
         let mut taken = 0;
         let mut closed = false;
@@ -182,8 +183,19 @@ fn run_worker(
             }
         }
         let now = wall_ms();
+        if taken > 0 {
+            last_message = now;
+        }
+        // Each worker judges time by what it has seen itself, so a worker that runs ahead in
+        // a fast replay cannot make another worker's records late; the frontier is the
+        // slowest worker's. Live, a worker idle past the idle timeout follows the newest event
+        // time of the others instead of holding every window open. (In a replay a worker
+        // without data holds its windows until the input ends: correct, if memory-hungrier.)
+        let idle = spec
+            .idle_timeout
+            .is_some_and(|t| now - last_message > t.as_millis() as i64);
         let max = shared_max.load(Relaxed);
-        if max > 0 {
+        if max > 0 && idle {
             watermark.observe_max(max, now);
         }
         let w = watermark.current(now);
@@ -206,13 +218,30 @@ fn run_worker(
     }
 }
 
+/// What a batch run produced, in the order the workers emitted it.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Closed windows.
+    pub aggregates: Vec<AggregateRecord>,
+    /// Rejected and late input.
+    pub deadletters: Vec<DeadLetter>,
+}
+
+impl Batch {
+    /// Sorts both lists into a canonical order (for comparisons), and returns them.
+    pub fn sorted(mut self) -> (Vec<AggregateRecord>, Vec<DeadLetter>) {
+        self.aggregates
+            .sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        self.deadletters
+            .sort_by(|a, b| (&a.topic, &a.payload).cmp(&(&b.topic, &b.payload)));
+        (self.aggregates, self.deadletters)
+    }
+}
+
 /// Runs a finite list of messages through a fresh dataflow with `spec.workers` workers and
-/// returns the aggregates and dead letters, each sorted. The same code path as the service,
-/// used by tests and replays.
-pub fn run_batch(
-    spec: PipelineSpec,
-    messages: Vec<RawMessage>,
-) -> Result<(Vec<AggregateRecord>, Vec<DeadLetter>), String> {
+/// returns what it produced. The same code path as the service, used by tests, benchmarks
+/// and replays.
+pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<Batch, String> {
     let (agg_tx, mut agg_rx) = mpsc::unbounded_channel();
     let (dl_tx, mut dl_rx) = mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::default());
@@ -244,7 +273,8 @@ pub fn run_batch(
     while let Ok(d) = dl_rx.try_recv() {
         deadletters.push(d);
     }
-    aggregates.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-    deadletters.sort_by(|a, b| (&a.topic, &a.payload).cmp(&(&b.topic, &b.payload)));
-    Ok((aggregates, deadletters))
+    Ok(Batch {
+        aggregates,
+        deadletters,
+    })
 }

@@ -20,7 +20,7 @@ pub fn check(path: &Path) -> (String, bool) {
                 loaded.sensors_dir.display()
             );
             for t in &loaded.sensor_types {
-                let fields: Vec<&str> = t.fields.iter().map(|f| f.name.as_str()).collect();
+                let fields: Vec<&str> = t.fields.iter().map(|f| &*f.name).collect();
                 out.push_str(&format!(
                     "  {:<12} {:<28} fields: {}\n",
                     t.name,

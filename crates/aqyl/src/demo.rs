@@ -368,6 +368,6 @@ mod tests {
     fn demo_configuration_is_valid() {
         let loaded = demo_config(1883, Path::new("data"), 2).unwrap();
         assert!(loaded.config.file.enabled);
-        assert_eq!(loaded.sensor_types[0].name, "traffic");
+        assert_eq!(&*loaded.sensor_types[0].name, "traffic");
     }
 }
