@@ -29,27 +29,31 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// The demo workload: 50 road segments, one CityPulse-format row each per simulated 5 minutes.
+/// The demo workload: 50 simulated road segments (`aqyl-sim`, no faults), one CityPulse-format
+/// row each per simulated 5 minutes, in event-time order.
 fn workload(n: usize) -> Vec<(String, Vec<u8>)> {
-    let mut rng = fastrand::Rng::with_seed(7);
-    let start = chrono::NaiveDate::from_ymd_opt(2014, 8, 1)
+    use aqyl_sim::sensors::{CityConfig, SensorType};
+    use aqyl_sim::simulation::{SimConfig, Simulation};
+    let start = aqyl_sim::time::parse_time("2014-08-01T00:00:00").unwrap();
+    let city = CityConfig {
+        sensors: SENSORS,
+        areas: 5,
+        types: vec![SensorType::Traffic],
+    };
+    let config = SimConfig::new(city, start, chrono::Duration::days(3650), 7);
+    Simulation::new(config)
         .unwrap()
-        .and_hms_opt(0, 0, 0)
-        .unwrap();
-    (0..n)
-        .map(|i| {
-            let sensor = i % SENSORS;
-            let local = start + chrono::Duration::minutes(5 * (i / SENSORS) as i64);
-            let (speed, count) = aqyl::demo::traffic_reading(&mut rng, 70.0, 30.0, local);
-            let payload = format!(
-                r#"{{"status":"OK","avgMeasuredTime":{t},"avgSpeed":{speed},"extID":{sensor},"medianMeasuredTime":{t},"TIMESTAMP":"{ts}","vehicleCount":{count},"_id":{i},"REPORT_ID":{id}}}"#,
-                t = 40 + sensor,
-                ts = local.format("%Y-%m-%dT%H:%M:%S"),
-                id = 158_324 + sensor,
-            );
-            (format!("city/traffic/{}", 158_324 + sensor), payload.into_bytes())
-        })
+        .take(n)
+        .map(|m| (m.topic.clone(), m.encode(None)))
         .collect()
+}
+
+/// The publisher connection of a topic (so a sensor always uses the same one).
+fn connection_of(topic: &str) -> usize {
+    topic
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+        % CONNECTIONS
 }
 
 /// Publishes everything at QoS 1 over several connections (a sensor always on the same one,
@@ -67,15 +71,11 @@ async fn publish(port: u16, msgs: Arc<Vec<(String, Vec<u8>)>>) {
                 MqttOptions::new(format!("bench-pub-{c}-{}", free_port()), "127.0.0.1", port);
             opts.set_inflight(200).set_max_packet_size(1 << 20, 1 << 20);
             let (client, mut eventloop) = AsyncClient::new(opts, 1000);
-            let total = msgs
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| (i % SENSORS) % CONNECTIONS == c)
-                .count();
+            let total = msgs.iter().filter(|(t, _)| connection_of(t) == c).count();
             let sender = tokio::spawn(async move {
                 for chunk in msgs.chunks(12 * SENSORS) {
-                    for (i, (topic, payload)) in chunk.iter().enumerate() {
-                        if (i % SENSORS) % CONNECTIONS == c {
+                    for (topic, payload) in chunk {
+                        if connection_of(topic) == c {
                             client
                                 .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
                                 .await

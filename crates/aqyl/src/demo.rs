@@ -1,9 +1,9 @@
 //! `aqyl demo`: the whole pipeline on a machine with nothing installed but Rust.
 //!
-//! An embedded rumqttd broker, a built-in publisher of synthetic Aarhus-style traffic for
-//! about 50 road segments with accelerated event time, the real service (same code as
+//! An embedded rumqttd broker, the `aqyl-sim` city simulator publishing Aarhus-style traffic
+//! for about 50 road segments with accelerated event time, the real service (same code as
 //! `aqyl run`) writing line protocol under `./data/`, and a live summary on the terminal.
-//! The publisher deliberately sends a few malformed and late readings, so the summary shows
+//! The simulator injects a few malformed and late readings, so the summary shows
 //! dead-lettering at work.
 
 use anyhow::Context;
@@ -11,7 +11,6 @@ use aqyl_core::config::{Config, Loaded};
 use aqyl_core::descriptor::SensorType;
 use aqyl_core::metrics::Snapshot;
 use aqyl_core::Reason;
-use chrono::{Duration as ChronoDuration, NaiveDate, NaiveDateTime};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -19,6 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use aqyl_sim::faults::parse_fault_spec;
+use aqyl_sim::publish::Pacer;
+use aqyl_sim::sensors::{CityConfig, SensorType as SimSensorType};
+use aqyl_sim::simulation::{SimConfig, Simulation};
 
 /// The shipped traffic descriptor, embedded so the demo runs from any directory.
 pub const TRAFFIC_DESCRIPTOR: &str = include_str!("../../../config/sensors/traffic.toml");
@@ -141,92 +145,44 @@ dir = {dir:?}
     })
 }
 
-/// Synthetic traffic of one road segment at a local time: rush hours at 08:00 and 17:00,
-/// quiet nights, speed falling as counts rise. Pure, for tests and the publisher.
-pub fn traffic_reading(
-    rng: &mut fastrand::Rng,
-    free_speed: f64,
-    capacity: f64,
-    local: NaiveDateTime,
-) -> (f64, u32) {
-    use chrono::Timelike;
-    let h = local.hour() as f64 + local.minute() as f64 / 60.0;
-    let bump = |centre: f64, width: f64| (-((h - centre) / width).powi(2)).exp();
-    let load =
-        (0.08 + 0.25 * bump(13.0, 5.0) + 0.7 * bump(8.0, 1.2) + 0.8 * bump(17.0, 1.5)).min(1.0);
-    let count = (capacity * load * (0.85 + 0.3 * rng.f64()))
-        .round()
-        .max(0.0);
-    let speed = (free_speed * (1.0 - 0.55 * load) + rng.f64() * 6.0 - 3.0).max(3.0);
-    (speed.round(), count as u32)
+/// The simulated city of the demo: `sensors` traffic segments in five areas from
+/// 2014-08-01 (Copenhagen), for ten simulated years, with rare malformed and late readings.
+pub fn demo_city(sensors: usize, seed: u64) -> anyhow::Result<Simulation> {
+    let start =
+        aqyl_sim::time::parse_time("2014-08-01T00:00:00").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let city = CityConfig {
+        sensors,
+        areas: 5,
+        types: vec![SimSensorType::Traffic],
+    };
+    let mut config = SimConfig::new(city, start, chrono::Duration::days(3650), seed);
+    for spec in ["malformed=0.0005", "late=0.0005"] {
+        config
+            .rates
+            .push(parse_fault_spec(spec).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    Simulation::new(config).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// Publishes the synthetic city until the task is aborted. `sim_time` holds the current
-/// simulated Unix time in ms, for the summary.
-async fn publish_city(client: AsyncClient, opts: DemoOptions, sim_time: Arc<AtomicI64>) {
-    let mut rng = fastrand::Rng::with_seed(opts.seed);
-    let ids: Vec<u32> = (0..opts.sensors as u32).map(|i| 158_324 + i * 37).collect();
-    let profiles: Vec<(f64, f64)> = ids
-        .iter()
-        .map(|_| (50.0 + rng.f64() * 40.0, 10.0 + rng.f64() * 40.0))
-        .collect();
-    let mut local = NaiveDate::from_ymd_opt(2014, 8, 1)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .unwrap_or_default();
-    let step = ChronoDuration::minutes(5);
-    let tick = Duration::from_secs_f64((300.0 / opts.speed.max(0.001)).max(0.001));
-    let mut interval = tokio::time::interval(tick);
-    let mut row_id: u64 = 20_746_220;
-    for round in 0u64.. {
-        interval.tick().await;
-        let ts = local.format("%Y-%m-%dT%H:%M:%S").to_string();
-        sim_time.store(local.and_utc().timestamp_millis() - 2 * 3_600_000, Relaxed);
-        for (i, id) in ids.iter().enumerate() {
-            let (speed, count) = traffic_reading(&mut rng, profiles[i].0, profiles[i].1, local);
-            row_id += 1;
-            let payload = format!(
-                r#"{{"status":"OK","avgMeasuredTime":{t},"avgSpeed":{speed},"extID":{ext},"medianMeasuredTime":{t},"TIMESTAMP":"{ts}","vehicleCount":{count},"_id":{row_id},"REPORT_ID":{id}}}"#,
-                t = (60.0 * 1000.0 / speed.max(1.0) / 16.0).round(),
-                ext = 600 + i,
-            );
-            if client
-                .publish(
-                    format!("city/traffic/{id}"),
-                    QoS::AtLeastOnce,
-                    false,
-                    payload,
-                )
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        // Now and then a broken sensor and a straggler, to show dead-lettering.
-        if round % 25 == 7 {
-            let _ = client
-                .publish(
-                    format!("city/traffic/{}", ids[0]),
-                    QoS::AtLeastOnce,
-                    false,
-                    r#"{"avgSpeed": "fast", "TIMESTAMP": "#,
-                )
-                .await;
-        }
-        if round % 40 == 30 {
-            let stale = (local - ChronoDuration::hours(2)).format("%Y-%m-%dT%H:%M:%S");
-            let payload = format!(r#"{{"avgSpeed":40,"vehicleCount":3,"TIMESTAMP":"{stale}"}}"#);
-            let _ = client
-                .publish(
-                    format!("city/traffic/{}", ids[1]),
-                    QoS::AtLeastOnce,
-                    false,
-                    payload,
-                )
-                .await;
-        }
-        local += step;
+/// Publishes the simulated city, paced at `speed`, until the task is aborted. `sim_time`
+/// holds the event time of the latest reading (Unix ms), for the summary.
+async fn publish_city(
+    client: AsyncClient,
+    opts: DemoOptions,
+    sim_time: Arc<AtomicI64>,
+) -> anyhow::Result<()> {
+    let city = demo_city(opts.sensors, opts.seed)?;
+    let start =
+        aqyl_sim::time::parse_time("2014-08-01T00:00:00").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pacer = Pacer::new(start, Some(opts.speed));
+    for m in city {
+        pacer.wait(m.due).await;
+        sim_time.store(m.event_time.timestamp_millis(), Relaxed);
+        client
+            .publish(m.topic.clone(), QoS::AtLeastOnce, false, m.encode(None))
+            .await?;
     }
+    Ok(())
 }
 
 fn summary_line(elapsed: Duration, sim_ms: i64, s: &Snapshot, rate: f64, file: &Path) -> String {
@@ -347,21 +303,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rush_hour_is_busier_and_slower_than_night() {
-        let mut rng = fastrand::Rng::with_seed(1);
-        let at = |h| {
-            NaiveDate::from_ymd_opt(2014, 8, 1)
-                .unwrap()
-                .and_hms_opt(h, 0, 0)
-                .unwrap()
-        };
-        let (night_speed, night_count) = traffic_reading(&mut rng, 70.0, 40.0, at(3));
-        let (rush_speed, rush_count) = traffic_reading(&mut rng, 70.0, 40.0, at(8));
+    fn demo_city_publishes_traffic_the_descriptor_decodes() {
+        let loaded = demo_config(1883, Path::new("data"), 2).unwrap();
+        let registry = aqyl_core::decode::Registry::new(loaded.sensor_types);
+        let messages: Vec<_> = demo_city(50, 42).unwrap().take(5000).collect();
+        let decoded = messages
+            .iter()
+            .filter(|m| {
+                let raw = aqyl_core::RawMessage {
+                    topic: m.topic.clone(),
+                    payload: m.encode(None),
+                    received_at: 0,
+                };
+                registry.decode(&raw, 65536).is_ok()
+            })
+            .count();
+        // All but the rare injected malformed payloads decode.
         assert!(
-            rush_count > 3 * night_count.max(1),
-            "{rush_count} vs {night_count}"
+            (4990..=5000).contains(&decoded),
+            "{decoded} of 5000 decoded"
         );
-        assert!(rush_speed < night_speed, "{rush_speed} vs {night_speed}");
+        assert!(messages
+            .iter()
+            .all(|m| m.topic.starts_with("city/traffic/")));
     }
 
     #[test]
