@@ -253,8 +253,13 @@ fn aggregates_reach_victoria_metrics_exactly_and_bad_input_is_dead_lettered() {
     }
     let series = vm.export(r#"{__name__=~"aggregate_.*"}"#);
     let mut got: BTreeMap<(String, String, String, i64), f64> = BTreeMap::new();
+    let mut four_hour = Vec::new();
     for s in &series {
         assert_eq!(s.label("sensor_type"), "traffic");
+        if s.label("window") == "4h" {
+            four_hour.push(s.clone());
+            continue;
+        }
         assert_eq!(s.label("window"), "5m");
         for (t, v) in &s.samples {
             let stat = s
@@ -274,8 +279,8 @@ fn aggregates_reach_victoria_metrics_exactly_and_bad_input_is_dead_lettered() {
     }
     assert_eq!(
         got.len(),
-        groups.len() * 5,
-        "count, mean, min, max, stddev per window"
+        groups.len() * 7,
+        "count, mean, min, max, stddev, p50, p95 per window"
     );
     for ((sensor, field, end), values) in &groups {
         let n = values.len() as f64;
@@ -290,6 +295,8 @@ fn aggregates_reach_victoria_metrics_exactly_and_bad_input_is_dead_lettered() {
                 values.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
             ),
             ("stddev", var.sqrt()),
+            ("p50", quantile(values, 0.5)),
+            ("p95", quantile(values, 0.95)),
         ];
         for (stat, want) in expected {
             let key = (sensor.clone(), field.clone(), stat.to_string(), *end);
@@ -299,6 +306,19 @@ fn aggregates_reach_victoria_metrics_exactly_and_bad_input_is_dead_lettered() {
                 "{key:?}: stored {have}, expected {want}"
             );
         }
+    }
+}
+
+/// Linear interpolation between closest ranks (NumPy's default), computed independently.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = q * (v.len() - 1) as f64;
+    let (i, frac) = (pos as usize, pos.fract());
+    if i + 1 < v.len() {
+        v[i] * (1.0 - frac) + v[i + 1] * frac
+    } else {
+        v[i]
     }
 }
 
@@ -413,7 +433,7 @@ fn broker_restart_is_survived_by_reconnecting() {
     });
     aqyl.stop();
 
-    let means = vm.export(r#"{__name__="aggregate_mean",field="avgSpeed"}"#);
+    let means = vm.export(r#"{__name__="aggregate_mean",field="avgSpeed",window="5m"}"#);
     assert_eq!(means.len(), 1);
     let values: Vec<f64> = means[0].samples.iter().map(|s| s.1).collect();
     assert_eq!(
@@ -452,7 +472,7 @@ fn store_outage_is_retried_until_the_store_comes_up() {
             > 0
     });
     aqyl.stop();
-    let counts = vm.export(r#"{__name__="aggregate_count",field="avgSpeed"}"#);
+    let counts = vm.export(r#"{__name__="aggregate_count",field="avgSpeed",window="5m"}"#);
     assert_eq!(counts.len(), 1);
     let samples: Vec<(i64, f64)> = counts[0].samples.clone();
     let expected: Vec<(i64, f64)> = (0..6).map(|w| (utc_ms(5 * w + 5), 5.0)).collect();

@@ -22,6 +22,10 @@ pub struct Aggregate {
     pub end: u64,
     /// The statistics.
     pub stats: WindowStats,
+    /// The SAX word of the window's values in time order, when the window has SAX.
+    pub sax: Option<String>,
+    /// The word as a number (base-alphabet, 'a' = 0), for stores that drop strings.
+    pub sax_code: Option<u64>,
 }
 
 impl Aggregate {
@@ -37,13 +41,22 @@ impl Aggregate {
                     ("sensor_type", &self.sensor_type),
                     ("window", &self.window),
                 ],
-                fields: vec![
-                    ("count", FieldValue::Int(s.count as i64)),
-                    ("mean", FieldValue::Float(s.mean)),
-                    ("min", FieldValue::Float(s.min)),
-                    ("max", FieldValue::Float(s.max)),
-                    ("stddev", FieldValue::Float(s.stddev)),
-                ],
+                fields: {
+                    let mut fields = vec![
+                        ("count", FieldValue::Int(s.count as i64)),
+                        ("mean", FieldValue::Float(s.mean)),
+                        ("min", FieldValue::Float(s.min)),
+                        ("max", FieldValue::Float(s.max)),
+                        ("stddev", FieldValue::Float(s.stddev)),
+                        ("p50", FieldValue::Float(s.p50)),
+                        ("p95", FieldValue::Float(s.p95)),
+                    ];
+                    if let (Some(word), Some(code)) = (&self.sax, self.sax_code) {
+                        fields.push(("sax", FieldValue::Str(word)));
+                        fields.push(("sax_code", FieldValue::Int(code as i64)));
+                    }
+                    fields
+                },
                 time_ms: self.end as i64,
             },
             out,

@@ -60,6 +60,11 @@ impl Registry {
         &self.types
     }
 
+    /// The sensor type called `name`.
+    pub fn get(&self, name: &str) -> Option<&SensorType> {
+        self.types.iter().find(|t| &*t.name == name)
+    }
+
     /// The MQTT filters to subscribe to, one per type.
     pub fn filters(&self) -> Vec<String> {
         self.types.iter().map(|t| t.topic.filter()).collect()

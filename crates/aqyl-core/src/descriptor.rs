@@ -3,6 +3,8 @@
 //! `config/sensors/`; adding a sensor type takes a file, never code.
 
 use crate::error::{ConfigError, ConfigErrors};
+use crate::sax::SaxParams;
+use crate::window::WindowSpec;
 use chrono_tz::Tz;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,8 @@ pub struct SensorType {
     pub fields: Vec<Field>,
     /// How often each sensor of this type is expected to report.
     pub expected_interval: Duration,
+    /// Windows to compute; empty means the pipeline's default window for every field.
+    pub windows: Vec<WindowSpec>,
     /// The file this type came from, for messages.
     pub source: PathBuf,
 }
@@ -292,6 +296,41 @@ struct DescriptorFile {
     /// Numeric fields.
     #[serde(default)]
     fields: Vec<FieldFile>,
+    /// Windows (default: the pipeline's window).
+    #[serde(default)]
+    windows: Vec<WindowFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowFile {
+    /// Window size, e.g. `"5m"`.
+    size: Spanned<String>,
+    /// Slide for sliding windows, e.g. `"15m"`; absent for tumbling windows.
+    slide: Option<Spanned<String>>,
+    /// SAX word per window.
+    sax: Option<Spanned<SaxFile>>,
+    /// Fields it applies to (default: all).
+    fields: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SaxFile {
+    /// Alphabet size (CityPulse: 5).
+    #[serde(default = "default_alphabet")]
+    alphabet: usize,
+    /// Word length (CityPulse: 3).
+    #[serde(default = "default_word_length")]
+    word_length: usize,
+}
+
+fn default_alphabet() -> usize {
+    5
+}
+
+fn default_word_length() -> usize {
+    3
 }
 
 fn default_format() -> Spanned<String> {
@@ -446,6 +485,23 @@ impl SensorType {
                 ),
             ));
         }
+        let mut windows: Vec<WindowSpec> = Vec::new();
+        for w in &file.windows {
+            match parse_window(w, &fields) {
+                Ok(spec)
+                    if windows
+                        .iter()
+                        .any(|o| o.label() == spec.label() && o.fields == spec.fields) =>
+                {
+                    errors.push(err(
+                        w.size.span(),
+                        format!("window {} is declared twice", spec.label()),
+                    ));
+                }
+                Ok(spec) => windows.push(spec),
+                Err((span, msg)) => errors.push(err(span, msg)),
+            }
+        }
         if file.expected_interval.is_zero() {
             errors.push(err(
                 file.name.span(),
@@ -459,11 +515,54 @@ impl SensorType {
                 time,
                 fields,
                 expected_interval: file.expected_interval,
+                windows,
                 source: path.to_path_buf(),
             }),
             _ => Err(ConfigErrors(errors)),
         }
     }
+}
+
+fn parse_window(
+    w: &WindowFile,
+    fields: &[Field],
+) -> Result<WindowSpec, (std::ops::Range<usize>, String)> {
+    let size = crate::duration::parse(w.size.get_ref()).map_err(|e| (w.size.span(), e))?;
+    let slide = match &w.slide {
+        Some(s) => Some(crate::duration::parse(s.get_ref()).map_err(|e| (s.span(), e))?),
+        None => None,
+    };
+    WindowSpec::check(size, slide)
+        .map_err(|e| (w.slide.as_ref().map_or(w.size.span(), |s| s.span()), e))?;
+    let mut spec = match slide {
+        Some(slide) => WindowSpec::sliding(size, slide),
+        None => WindowSpec::tumbling(size),
+    };
+    if let Some(sax) = &w.sax {
+        let params = SaxParams::new(sax.get_ref().alphabet, sax.get_ref().word_length)
+            .map_err(|e| (sax.span(), e.to_string()))?;
+        spec.sax = Some(params);
+    }
+    if let Some(names) = &w.fields {
+        let mut chosen = Vec::new();
+        for name in names.get_ref() {
+            match fields.iter().find(|f| &*f.name == name.as_str()) {
+                Some(f) => chosen.push(f.name.clone()),
+                None => {
+                    let known: Vec<&str> = fields.iter().map(|f| &*f.name).collect();
+                    return Err((
+                        names.span(),
+                        format!(
+                            "window field {name:?} is not a declared field; known: {}",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        spec.fields = Some(chosen);
+    }
+    Ok(spec)
 }
 
 fn parse_time(t: &TimeFile) -> Result<TimeRule, (std::ops::Range<usize>, String)> {
@@ -629,6 +728,37 @@ type = "integer"
             "{err}"
         );
         assert!(err.0[1].message.contains("declared twice"), "{err}");
+    }
+
+    #[test]
+    fn windows_are_parsed_and_checked() {
+        let text = format!(
+            "{TRAFFIC}\n[[windows]]\nsize = \"5m\"\n\n[[windows]]\nsize = \"4h\"\nsax = {{ alphabet = 5, word_length = 3 }}\nfields = [\"avgSpeed\"]\n\n[[windows]]\nsize = \"1h\"\nslide = \"15m\"\n"
+        );
+        let t = SensorType::from_toml(Path::new("t.toml"), &text).unwrap();
+        let labels: Vec<&str> = t.windows.iter().map(|w| &**w.label()).collect();
+        assert_eq!(labels, ["5m", "4h", "1h/15m"]);
+        assert!(t.windows[1].sax.is_some());
+        assert!(t.windows[1].applies_to("avgSpeed") && !t.windows[1].applies_to("vehicleCount"));
+
+        let bad = format!("{TRAFFIC}\n[[windows]]\nsize = \"1h\"\nslide = \"2h\"\n");
+        let err = SensorType::from_toml(Path::new("t.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("t.toml:21: slide 2h must be between"), "{err}");
+        let bad = format!("{TRAFFIC}\n[[windows]]\nsize = \"1h\"\nfields = [\"speed\"]\n");
+        let err = SensorType::from_toml(Path::new("t.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("window field \"speed\" is not a declared field"),
+            "{err}"
+        );
+        let bad = format!("{TRAFFIC}\n[[windows]]\nsize = \"1h\"\nsax = {{ alphabet = 40 }}\n");
+        let err = SensorType::from_toml(Path::new("t.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("alphabet size 40 is not supported"), "{err}");
     }
 
     #[test]

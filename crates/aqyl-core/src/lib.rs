@@ -7,10 +7,11 @@
 //! them testable against hand-worked references.
 //!
 //! ```
-//! use aqyl_core::window::{Tumbling, WindowStats};
+//! use aqyl_core::window::{WindowSpec, WindowStats};
+//! use std::time::Duration;
 //!
-//! let w = Tumbling::new(300_000);
-//! assert_eq!(w.assign(1_000), (0, 300_000));
+//! let w = WindowSpec::tumbling(Duration::from_secs(300));
+//! assert_eq!(w.ends(1_000).collect::<Vec<_>>(), [300_000]); // the window [0, 5 min)
 //! let stats = WindowStats::compute(&mut [3.0, 1.0, 2.0]).unwrap();
 //! assert_eq!((stats.count, stats.mean, stats.min, stats.max), (3, 2.0, 1.0, 3.0));
 //! ```

@@ -6,7 +6,7 @@ use crate::input;
 use aqyl_core::decode::Registry;
 use aqyl_core::metrics::Metrics;
 use aqyl_core::watermark::Watermark;
-use aqyl_core::window::Tumbling;
+use aqyl_core::window::WindowSpec;
 use aqyl_core::{Aggregate as AggregateRecord, DeadLetter, RawMessage, Reason};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -31,7 +31,7 @@ pub struct PipelineSpec {
     pub registry: Arc<Registry>,
     /// Number of timely workers.
     pub workers: usize,
-    /// Tumbling window size.
+    /// Default tumbling window, for sensor types that declare no `[[windows]]`.
     pub window: Duration,
     /// Allowed lateness.
     pub allowed_lateness: Duration,
@@ -113,15 +113,14 @@ fn run_worker(
     metrics: &Arc<Metrics>,
     shared_max: &AtomicU64,
 ) {
-    let window = Tumbling::new(spec.window.as_millis() as u64);
-    let label: Arc<str> = aqyl_core::duration::label(spec.window).into();
+    let default_window = WindowSpec::tumbling(spec.window);
     let mut input = InputHandleVec::<u64, aqyl_core::Observation>::new();
     let probe = ProbeHandle::new();
     let aggregates = outputs.aggregates.clone();
     worker.dataflow::<u64, _, _>(|scope| {
         input
             .to_stream(scope)
-            .aggregate(window, label, metrics.clone())
+            .aggregate(spec.registry.clone(), default_window, metrics.clone())
             .probe_with(&probe)
             .sink(Pipeline, "Emit", move |(input, _frontier)| {
                 input.for_each(|_cap, data| {

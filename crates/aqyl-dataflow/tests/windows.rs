@@ -211,3 +211,156 @@ fn a_worker_running_ahead_in_a_replay_makes_no_one_else_late() {
         .iter()
         .any(|&w| route(w, "city/traffic/s0") != route(w, "city/traffic/s1")));
 }
+
+const MULTI: &str = r#"
+name = "traffic"
+[time]
+field = "/ts"
+format = "epoch_ms"
+[[fields]]
+name = "avgSpeed"
+[[fields]]
+name = "vehicleCount"
+[[windows]]
+size = "5m"
+[[windows]]
+size = "1h"
+slide = "15m"
+[[windows]]
+size = "4h"
+sax = { alphabet = 5, word_length = 3 }
+fields = ["avgSpeed"]
+"#;
+
+fn multi_spec(workers: usize) -> PipelineSpec {
+    let t = SensorType::from_toml(Path::new("traffic.toml"), MULTI).unwrap();
+    PipelineSpec {
+        registry: Arc::new(Registry::new(vec![t])),
+        ..spec(workers)
+    }
+}
+
+/// Naive reference for one window kind: every window holding each value, then plain
+/// statistics, percentiles by sorting, and SAX over the values in time order.
+fn naive(
+    rs: &[(String, u64, f64, f64)],
+    size: u64,
+    slide: u64,
+    fields: &[&str],
+    sax: bool,
+) -> BTreeMap<(String, String, u64), Vec<f64>> {
+    let mut groups: BTreeMap<(String, String, u64), Vec<(u64, f64)>> = BTreeMap::new();
+    for (id, t, speed, count) in rs {
+        let mut start = (t / slide) * slide;
+        loop {
+            if start + size > *t {
+                for (field, v) in [("avgSpeed", *speed), ("vehicleCount", *count)] {
+                    if fields.contains(&field) {
+                        groups
+                            .entry((id.clone(), field.into(), start + size))
+                            .or_default()
+                            .push((*t, v));
+                    }
+                }
+            } else {
+                break;
+            }
+            if start < slide {
+                break;
+            }
+            start -= slide;
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+            let values: Vec<f64> = v.iter().map(|x| x.1).collect();
+            let n = values.len() as f64;
+            let mean = values.iter().sum::<f64>() / n;
+            let sd = (values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+            let mut sorted = values.clone();
+            sorted.sort_by(f64::total_cmp);
+            let q = |p: f64| {
+                let r = p * (n - 1.0);
+                let (lo, hi) = (r.floor() as usize, r.ceil() as usize);
+                sorted[lo] + (sorted[hi] - sorted[lo]) * (r - r.floor())
+            };
+            let mut out = vec![
+                n,
+                mean,
+                sorted[0],
+                sorted[sorted.len() - 1],
+                sd,
+                q(0.5),
+                q(0.95),
+            ];
+            if sax {
+                let word = aqyl_core::sax::sax_word(&values, &Default::default()).unwrap();
+                out.push(aqyl_core::sax::sax_code(&word, 5).unwrap() as f64);
+            }
+            (k, out)
+        })
+        .collect()
+}
+
+#[test]
+fn sliding_tumbling_and_sax_windows_match_a_naive_reference_for_1_and_4_workers() {
+    for seed in [11, 12, 13] {
+        let rs = readings(seed);
+        // Random disorder within the lateness, as well as in order.
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut keyed: Vec<_> = rs
+            .iter()
+            .map(|r| (r.1 + rng.u64(0..9 * MINUTE), r.clone()))
+            .collect();
+        keyed.sort_by_key(|k| k.0);
+        let shuffled: Vec<_> = keyed.into_iter().map(|k| k.1).collect();
+        let expected = [
+            (
+                "5m",
+                naive(&rs, 300_000, 300_000, &["avgSpeed", "vehicleCount"], false),
+            ),
+            (
+                "1h/15m",
+                naive(
+                    &rs,
+                    3_600_000,
+                    900_000,
+                    &["avgSpeed", "vehicleCount"],
+                    false,
+                ),
+            ),
+            (
+                "4h",
+                naive(&rs, 14_400_000, 14_400_000, &["avgSpeed"], true),
+            ),
+        ];
+        for (workers, input) in [(1, &rs), (4, &rs), (4, &shuffled)] {
+            let (aggs, dead) = run_batch(multi_spec(workers), input.iter().map(message).collect())
+                .unwrap()
+                .sorted();
+            assert!(dead.is_empty());
+            for (label, reference) in &expected {
+                let got: Vec<_> = aggs.iter().filter(|a| &*a.window == *label).collect();
+                assert_eq!(got.len(), reference.len(), "{label}: number of windows");
+                for a in got {
+                    let want = &reference[&(a.sensor_id.clone(), a.field.to_string(), a.end)];
+                    let s = &a.stats;
+                    let mut have =
+                        vec![s.count as f64, s.mean, s.min, s.max, s.stddev, s.p50, s.p95];
+                    if let Some(code) = a.sax_code {
+                        have.push(code as f64);
+                    }
+                    assert_eq!(have.len(), want.len(), "{label} {a:?}");
+                    for (h, w) in have.iter().zip(want) {
+                        assert!(
+                            (h - w).abs() <= 1e-9 * w.abs().max(1.0),
+                            "{label} {a:?}: {have:?} vs {want:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
