@@ -5,13 +5,35 @@ use crate::window::WindowStats;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// The statistics of one window of one field of one sensor.
+/// What an aggregate summarises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// One sensor (tag `sensor_id`).
+    Sensor,
+    /// Every sensor of the type in one area (tag `area`).
+    Area,
+}
+
+impl Scope {
+    /// The store tag naming the subject.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Scope::Sensor => "sensor_id",
+            Scope::Area => "area",
+        }
+    }
+}
+
+/// The statistics of one window of one field of one sensor (or area).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Aggregate {
     /// Sensor type (`traffic`).
     pub sensor_type: Arc<str>,
-    /// Sensor id.
-    pub sensor_id: String,
+    /// What the window summarises: one sensor, or every sensor of the type in an area.
+    pub scope: Scope,
+    /// The sensor id, or the area name for area roll-ups.
+    pub subject: String,
     /// Field name (`avgSpeed`).
     pub field: Arc<str>,
     /// Window label (`5m`).
@@ -35,12 +57,21 @@ impl Aggregate {
         encode(
             &Point {
                 measurement: "aggregate",
-                tags: vec![
-                    ("field", &self.field),
-                    ("sensor_id", &self.sensor_id),
-                    ("sensor_type", &self.sensor_type),
-                    ("window", &self.window),
-                ],
+                // Sorted by key, as InfluxDB prefers ("area" < "field" < "sensor_id" < ...).
+                tags: match self.scope {
+                    Scope::Sensor => vec![
+                        ("field", &self.field),
+                        ("sensor_id", &self.subject),
+                        ("sensor_type", &self.sensor_type),
+                        ("window", &self.window),
+                    ],
+                    Scope::Area => vec![
+                        ("area", &self.subject),
+                        ("field", &self.field),
+                        ("sensor_type", &self.sensor_type),
+                        ("window", &self.window),
+                    ],
+                },
                 fields: {
                     let mut fields = vec![
                         ("count", FieldValue::Int(s.count as i64)),
@@ -64,10 +95,11 @@ impl Aggregate {
     }
 
     /// A key that orders aggregates deterministically (for tests and comparisons).
-    pub fn sort_key(&self) -> (&str, &str, &str, &str, u64) {
+    pub fn sort_key(&self) -> (&str, Scope, &str, &str, &str, u64) {
         (
             &self.sensor_type,
-            &self.sensor_id,
+            self.scope,
+            &self.subject,
             &self.field,
             &self.window,
             self.start,

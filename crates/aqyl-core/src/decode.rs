@@ -132,6 +132,34 @@ impl Registry {
                 format!("event time {event_time} ms is outside 1970..9999"),
             ));
         }
+        // The area: from the topic's {area}, else from the payload's area_field.
+        let area = match (captures.area, &ty.area_field) {
+            (Some(a), _) => Some(a.to_string()),
+            (None, Some(pointer)) => match pointer.lookup(&value) {
+                None | Some(Value::Null) => None,
+                Some(Value::String(a)) => {
+                    validate_sensor_id(a).map_err(|e| {
+                        Rejection::new(
+                            name,
+                            Reason::InvalidSensorId,
+                            format!("area at {pointer}: {e}"),
+                        )
+                    })?;
+                    Some(a.clone())
+                }
+                Some(other) => {
+                    return Err(Rejection::new(
+                        name,
+                        Reason::WrongType,
+                        format!(
+                            "area at {pointer}: expected a string, got {}",
+                            kind_of(other)
+                        ),
+                    ))
+                }
+            },
+            (None, None) => None,
+        };
         let mut fields = Vec::with_capacity(ty.fields.len());
         for f in &ty.fields {
             match read_number(f.pointer.lookup(&value), f.kind) {
@@ -164,7 +192,7 @@ impl Registry {
         Ok(Observation {
             sensor_type: ty.name.clone(),
             sensor_id: captures.sensor_id.to_string(),
-            area: captures.area.map(str::to_string),
+            area,
             event_time: event_time as u64,
             received_at: msg.received_at,
             time_from_receive,

@@ -30,6 +30,8 @@ pub struct SensorType {
     pub expected_interval: Duration,
     /// Windows to compute; empty means the pipeline's default window for every field.
     pub windows: Vec<WindowSpec>,
+    /// Where a payload names its sensor's area, when the topic has no `{area}`.
+    pub area_field: Option<Pointer>,
     /// The file this type came from, for messages.
     pub source: PathBuf,
 }
@@ -299,6 +301,8 @@ struct DescriptorFile {
     /// Windows (default: the pipeline's window).
     #[serde(default)]
     windows: Vec<WindowFile>,
+    /// JSON Pointer to the area name in the payload.
+    area_field: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -502,6 +506,22 @@ impl SensorType {
                 Err((span, msg)) => errors.push(err(span, msg)),
             }
         }
+        let area_field = match &file.area_field {
+            None => None,
+            Some(text) => match Pointer::parse(text.get_ref()).filter(|p| !p.as_str().is_empty()) {
+                Some(p) => Some(p),
+                None => {
+                    errors.push(err(
+                        text.span(),
+                        format!(
+                            "area_field {:?} must be a JSON Pointer starting with '/'",
+                            text.get_ref()
+                        ),
+                    ));
+                    None
+                }
+            },
+        };
         if file.expected_interval.is_zero() {
             errors.push(err(
                 file.name.span(),
@@ -516,6 +536,7 @@ impl SensorType {
                 fields,
                 expected_interval: file.expected_interval,
                 windows,
+                area_field,
                 source: path.to_path_buf(),
             }),
             _ => Err(ConfigErrors(errors)),

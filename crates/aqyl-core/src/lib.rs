@@ -30,7 +30,7 @@ pub mod sax;
 pub mod watermark;
 pub mod window;
 
-pub use aggregate::Aggregate;
+pub use aggregate::{Aggregate, Scope};
 pub use deadletter::{DeadLetter, Reason};
 pub use error::{ConfigError, ConfigErrors};
 pub use observation::{Observation, RawMessage};

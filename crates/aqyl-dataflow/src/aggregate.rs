@@ -1,7 +1,8 @@
-//! `Aggregate`: per sensor and field, event-time windows (tumbling or sliding, several sizes
-//! per sensor type) closed by the frontier, with statistics and optional SAX words.
+//! `Aggregate`: per sensor (or per area) and field, event-time windows (tumbling or sliding,
+//! several sizes per sensor type) closed by the frontier, with statistics and optional SAX.
 //!
-//! Observations are exchanged by sensor, so all of a sensor's values meet on one worker. A
+//! Observations are exchanged by subject (sensor, or area for roll-ups), so all of a
+//! subject's values meet on one worker. A
 //! window `[start, end)` stays open while the input frontier could still deliver a record
 //! with an earlier event time; records are sent at the watermark, which is never later than
 //! their event time, so once the frontier reaches `end` no record for the window can come.
@@ -11,7 +12,7 @@ use aqyl_core::decode::Registry;
 use aqyl_core::metrics::Metrics;
 use aqyl_core::sax::{sax_code, sax_word};
 use aqyl_core::window::{WindowSpec, WindowStats};
-use aqyl_core::{Aggregate as AggregateRecord, Observation};
+use aqyl_core::{Aggregate as AggregateRecord, Observation, Scope};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -29,7 +30,16 @@ struct Series {
     values: Vec<(u64, f64)>,
 }
 
-/// Values of the windows ending at one instant: sensor type → sensor id → series. Nested maps
+/// The subject an observation is aggregated under in `scope`; `None` leaves it out (an
+/// observation without an area has no area roll-up).
+fn subject(obs: &Observation, scope: Scope) -> Option<&str> {
+    match scope {
+        Scope::Sensor => Some(&obs.sensor_id),
+        Scope::Area => obs.area.as_deref(),
+    }
+}
+
+/// Values of the windows ending at one instant: sensor type → subject → series. Nested maps
 /// let an observation be filed by borrowed names, so the hot path clones nothing but `Arc`s.
 type Groups = HashMap<Arc<str>, HashMap<String, Vec<Series>>>;
 
@@ -64,9 +74,10 @@ fn close(series: &mut Series, spec: &WindowSpec) -> Option<(WindowStats, Option<
 /// Windowed statistics of a stream of observations.
 pub trait Aggregate<'scope> {
     /// Computes every window of each observation's sensor type (`default` for types that
-    /// declare none); counts closed windows in `metrics`.
+    /// declare none) per subject of `scope`; counts closed windows in `metrics`.
     fn aggregate(
         self,
+        scope: Scope,
         registry: Arc<Registry>,
         default: WindowSpec,
         metrics: Arc<Metrics>,
@@ -76,12 +87,14 @@ pub trait Aggregate<'scope> {
 impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
     fn aggregate(
         self,
+        scope: Scope,
         registry: Arc<Registry>,
         default: WindowSpec,
         metrics: Arc<Metrics>,
     ) -> StreamVec<'scope, u64, AggregateRecord> {
-        let exchange =
-            Exchange::new(|o: &Observation| crate::stable_hash(&[&o.sensor_type, &o.sensor_id]));
+        let exchange = Exchange::new(move |o: &Observation| {
+            crate::stable_hash(&[&o.sensor_type, subject(o, scope).unwrap_or("")])
+        });
         let default = vec![default];
         self.unary_frontier::<CapacityContainerBuilder<Vec<AggregateRecord>>, _, _, _>(
             exchange,
@@ -91,6 +104,9 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         for obs in data.drain(..) {
+                            let Some(subject) = subject(&obs, scope) else {
+                                continue;
+                            };
                             let specs = specs_of(&registry, &default, &obs.sensor_type);
                             for (index, spec) in specs.iter().enumerate() {
                                 for end in spec.ends(obs.event_time) {
@@ -101,9 +117,9 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                                         Some(m) => m,
                                         None => groups.entry(obs.sensor_type.clone()).or_default(),
                                     };
-                                    let series = match by_id.get_mut(obs.sensor_id.as_str()) {
+                                    let series = match by_id.get_mut(subject) {
                                         Some(s) => s,
-                                        None => by_id.entry(obs.sensor_id.clone()).or_default(),
+                                        None => by_id.entry(subject.to_string()).or_default(),
                                     };
                                     for (field, value) in &obs.fields {
                                         if !spec.applies_to(field) {
@@ -134,7 +150,7 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                         let mut session = output.session(&cap);
                         for (sensor_type, by_id) in groups {
                             let specs = specs_of(&registry, &default, &sensor_type);
-                            for (sensor_id, all) in by_id {
+                            for (subject, all) in by_id {
                                 for mut series in all {
                                     let Some(spec) = specs.get(series.spec) else {
                                         continue;
@@ -147,7 +163,8 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                                         sax.map_or((None, None), |(w, c)| (Some(w), Some(c)));
                                     session.give(AggregateRecord {
                                         sensor_type: sensor_type.clone(),
-                                        sensor_id: sensor_id.clone(),
+                                        scope,
+                                        subject: subject.clone(),
                                         field: series.field,
                                         window: spec.label().clone(),
                                         start: end - spec.size_ms(),

@@ -7,14 +7,14 @@ use aqyl_core::decode::Registry;
 use aqyl_core::metrics::Metrics;
 use aqyl_core::watermark::Watermark;
 use aqyl_core::window::WindowSpec;
-use aqyl_core::{Aggregate as AggregateRecord, DeadLetter, RawMessage, Reason};
+use aqyl_core::{Aggregate as AggregateRecord, DeadLetter, RawMessage, Reason, Scope};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::{Concat, Probe};
 use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::WorkerConfig;
 use tokio::sync::mpsc::{self, error::TryRecvError};
@@ -118,18 +118,31 @@ fn run_worker(
     let probe = ProbeHandle::new();
     let aggregates = outputs.aggregates.clone();
     worker.dataflow::<u64, _, _>(|scope| {
-        input
-            .to_stream(scope)
-            .aggregate(spec.registry.clone(), default_window, metrics.clone())
-            .probe_with(&probe)
-            .sink(Pipeline, "Emit", move |(input, _frontier)| {
+        let observations = input.to_stream(scope);
+        let per_sensor = observations.clone().aggregate(
+            Scope::Sensor,
+            spec.registry.clone(),
+            default_window.clone(),
+            metrics.clone(),
+        );
+        let per_area = observations.aggregate(
+            Scope::Area,
+            spec.registry.clone(),
+            default_window,
+            metrics.clone(),
+        );
+        per_sensor.concat(per_area).probe_with(&probe).sink(
+            Pipeline,
+            "Emit",
+            move |(input, _frontier)| {
                 input.for_each(|_cap, data| {
                     for a in data.drain(..) {
                         // A closed receiver means shutdown was forced; nothing left to do.
                         let _ = aggregates.send(a);
                     }
                 });
-            });
+            },
+        );
     });
 
     let lateness = spec.allowed_lateness.as_millis() as u64;

@@ -111,8 +111,7 @@ fn windows_match_a_naive_reference() {
     let expected = reference(&rs);
     assert_eq!(aggs.len(), expected.len());
     for a in &aggs {
-        let (count, mean, min, max) =
-            expected[&(a.sensor_id.clone(), a.field.to_string(), a.start)];
+        let (count, mean, min, max) = expected[&(a.subject.clone(), a.field.to_string(), a.start)];
         assert_eq!(
             (a.stats.count, a.stats.min, a.stats.max),
             (count, min, max),
@@ -345,7 +344,7 @@ fn sliding_tumbling_and_sax_windows_match_a_naive_reference_for_1_and_4_workers(
                 let got: Vec<_> = aggs.iter().filter(|a| &*a.window == *label).collect();
                 assert_eq!(got.len(), reference.len(), "{label}: number of windows");
                 for a in got {
-                    let want = &reference[&(a.sensor_id.clone(), a.field.to_string(), a.end)];
+                    let want = &reference[&(a.subject.clone(), a.field.to_string(), a.end)];
                     let s = &a.stats;
                     let mut have =
                         vec![s.count as f64, s.mean, s.min, s.max, s.stddev, s.p50, s.p95];
@@ -363,4 +362,76 @@ fn sliding_tumbling_and_sax_windows_match_a_naive_reference_for_1_and_4_workers(
             }
         }
     }
+}
+
+#[test]
+fn area_roll_ups_combine_the_sensors_of_each_area() {
+    // Areas from the payload (`area_field`); sensor s5 names none and has no roll-up.
+    let text = DESCRIPTOR.replace(
+        "name = \"traffic\"\n",
+        "name = \"traffic\"\narea_field = \"/area\"\n",
+    );
+    let t = SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap();
+    let spec = PipelineSpec {
+        registry: Arc::new(Registry::new(vec![t])),
+        ..spec(3)
+    };
+    let area_of = |id: &str| match id {
+        "s0" | "s1" | "s2" => Some("north"),
+        "s3" | "s4" => Some("south"),
+        _ => None,
+    };
+    let rs: Vec<_> = readings(21)
+        .into_iter()
+        .filter(|r| r.0.as_str() <= "s5" && r.0.len() == 2)
+        .collect();
+    let msgs = rs
+        .iter()
+        .map(|(id, t, speed, count)| {
+            let area = area_of(id).map_or(String::new(), |a| format!(r#","area":"{a}""#));
+            RawMessage {
+                topic: format!("city/traffic/{id}"),
+                payload: format!(r#"{{"ts":{t},"avgSpeed":{speed},"vehicleCount":{count}{area}}}"#)
+                    .into_bytes(),
+                received_at: 0,
+            }
+        })
+        .collect();
+    let (aggs, dead) = run_batch(spec, msgs).unwrap().sorted();
+    assert!(dead.is_empty());
+    // The reference: the readings of each area pooled as if from one sensor named after it.
+    let pooled: Vec<_> = rs
+        .iter()
+        .filter_map(|(id, t, s, c)| area_of(id).map(|a| (a.to_string(), *t, *s, *c)))
+        .collect();
+    let expected = reference(&pooled);
+    let areas: Vec<_> = aggs
+        .iter()
+        .filter(|a| a.scope == aqyl_core::Scope::Area)
+        .collect();
+    assert_eq!(areas.len(), expected.len());
+    for a in areas {
+        let (count, mean, min, max) = expected[&(a.subject.clone(), a.field.to_string(), a.start)];
+        assert_eq!(
+            (a.stats.count, a.stats.min, a.stats.max),
+            (count, min, max),
+            "{a:?}"
+        );
+        assert!((a.stats.mean - mean).abs() < 1e-9 * mean.abs().max(1.0));
+        let mut line = String::new();
+        a.write_line(&mut line).unwrap();
+        assert!(
+            line.starts_with(&format!("aggregate,area={},field=", a.subject)),
+            "{line}"
+        );
+    }
+    let sensors = aggs
+        .iter()
+        .filter(|a| a.scope == aqyl_core::Scope::Sensor)
+        .count();
+    assert_eq!(
+        sensors,
+        reference(&rs).len(),
+        "per-sensor windows are still there, s5 included"
+    );
 }
