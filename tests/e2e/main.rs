@@ -481,3 +481,53 @@ fn store_outage_is_retried_until_the_store_comes_up() {
         "every window, written once the store was up"
     );
 }
+
+#[test]
+fn aggregates_are_published_on_mqtt_when_configured() {
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let dir = config_dir(2);
+    let config = dir.path().join("aqyl.toml");
+    let text = std::fs::read_to_string(&config).unwrap() + "[outputs]\naggregates = true\n";
+    std::fs::write(&config, text).unwrap();
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let live = Subscriber::start(mqtt.port, "aqyl/aggregates/#");
+    let aqyl = Aqyl::start(&config, &mqtt, &vm);
+    wait_until(WAIT, "aqyl/status online", || {
+        status.messages().iter().any(|m| m.payload == b"online")
+    });
+    let msgs: Vec<_> = (0..10)
+        .map(|m| reading("158324", m, (m * 10) as f64))
+        .collect();
+    publish(mqtt.port, &msgs);
+    wait_until(WAIT, "the observations", || {
+        aqyl.metric("aqyl_observations_total ") == Some(10)
+    });
+    aqyl.stop();
+    // 5-minute windows: 2 windows x 2 fields; the 4-hour SAX window: 1 window x 2 fields.
+    let got = live.wait_for(6, WAIT);
+    assert_eq!(got.len(), 6);
+    assert!(got
+        .iter()
+        .all(|m| m.topic == "aqyl/aggregates/traffic/158324"));
+    let first_speed = got
+        .iter()
+        .map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap())
+        .find(|v| {
+            v["field"] == "avgSpeed"
+                && v["window"] == "5m"
+                && v["end"] == "2014-08-01T05:05:00.000Z"
+        })
+        .expect("the first 5-minute window of avgSpeed");
+    assert_eq!(first_speed["count"], 5);
+    assert_eq!(first_speed["mean"], 20.0); // 0, 10, 20, 30, 40
+    assert_eq!(first_speed["p95"], 38.0); // rank 3.8: 30 + 0.8 x 10
+    assert_eq!(first_speed["scope"], "sensor");
+    let sax = got
+        .iter()
+        .map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap())
+        .find(|v| v["field"] == "avgSpeed" && v["window"] == "4h")
+        .expect("the 4-hour window");
+    assert_eq!(sax["sax"], "ace", "a steady ramp reads low, middle, high");
+    assert_eq!(sax["sax_code"], 14);
+}

@@ -50,7 +50,60 @@ pub struct Aggregate {
     pub sax_code: Option<u64>,
 }
 
+/// Makes a subject usable as one MQTT topic level: `/`, `+`, `#` and `%` are
+/// percent-encoded (sensor ids from topics never contain the first three; areas from payloads
+/// might).
+pub fn topic_level(subject: &str) -> std::borrow::Cow<'_, str> {
+    if !subject.contains(['/', '+', '#', '%']) {
+        return std::borrow::Cow::Borrowed(subject);
+    }
+    let mut out = String::with_capacity(subject.len() + 8);
+    for c in subject.chars() {
+        match c {
+            '/' => out.push_str("%2F"),
+            '+' => out.push_str("%2B"),
+            '#' => out.push_str("%23"),
+            '%' => out.push_str("%25"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 impl Aggregate {
+    /// The MQTT topic this aggregate is published on under `prefix`.
+    pub fn topic(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}/aggregates/{}/{}",
+            self.sensor_type,
+            topic_level(&self.subject)
+        )
+    }
+
+    /// The JSON payload published for live consumers.
+    pub fn to_json(&self) -> String {
+        let s = &self.stats;
+        serde_json::json!({
+            "sensor_type": &*self.sensor_type,
+            "scope": self.scope,
+            "subject": self.subject,
+            "field": &*self.field,
+            "window": &*self.window,
+            "start": crate::deadletter::rfc3339_ms(self.start as i64),
+            "end": crate::deadletter::rfc3339_ms(self.end as i64),
+            "count": s.count,
+            "mean": s.mean,
+            "min": s.min,
+            "max": s.max,
+            "stddev": s.stddev,
+            "p50": s.p50,
+            "p95": s.p95,
+            "sax": self.sax,
+            "sax_code": self.sax_code,
+        })
+        .to_string()
+    }
+
     /// Appends the `aggregate` line (DESIGN schema) to `out`, millisecond precision.
     pub fn write_line(&self, out: &mut String) -> Result<(), LineError> {
         let s = &self.stats;
@@ -104,5 +157,46 @@ impl Aggregate {
             &self.window,
             self.start,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_become_single_topic_levels() {
+        assert_eq!(topic_level("158324"), "158324");
+        assert_eq!(topic_level("north/east+#1%"), "north%2Feast%2B%231%25");
+    }
+
+    #[test]
+    fn json_payload_carries_every_statistic() {
+        let a = Aggregate {
+            sensor_type: "traffic".into(),
+            scope: Scope::Area,
+            subject: "a/b".into(),
+            field: "avgSpeed".into(),
+            window: "4h".into(),
+            start: 0,
+            end: 14_400_000,
+            stats: WindowStats {
+                count: 2,
+                mean: 1.5,
+                min: 1.0,
+                max: 2.0,
+                stddev: 0.5,
+                p50: 1.5,
+                p95: 1.95,
+            },
+            sax: Some("ace".into()),
+            sax_code: Some(14),
+        };
+        assert_eq!(a.topic("aqyl"), "aqyl/aggregates/traffic/a%2Fb");
+        let v: serde_json::Value = serde_json::from_str(&a.to_json()).unwrap();
+        assert_eq!(v["scope"], "area");
+        assert_eq!(v["end"], "1970-01-01T04:00:00.000Z");
+        assert_eq!(v["sax"], "ace");
+        assert_eq!(v["p95"], 1.95);
     }
 }

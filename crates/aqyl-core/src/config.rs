@@ -224,6 +224,10 @@ pub struct OutputsConfig {
     /// Prefix of every output topic (`aqyl` → `aqyl/deadletter/traffic`).
     #[serde(default = "default_prefix")]
     pub topic_prefix: String,
+    /// Also publish every closed window as JSON on
+    /// `<prefix>/aggregates/<sensor_type>/<subject>` (QoS 1), for live dashboards.
+    #[serde(default)]
+    pub aggregates: bool,
 }
 
 fn default_prefix() -> String {
@@ -234,6 +238,7 @@ impl Default for OutputsConfig {
     fn default() -> Self {
         Self {
             topic_prefix: default_prefix(),
+            aggregates: false,
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub points_unencodable: AtomicU64,
     /// Dead-letter messages published.
     pub deadletters_published: AtomicU64,
+    /// Aggregates published on MQTT (`outputs.aggregates`).
+    pub aggregates_published: AtomicU64,
     /// MQTT connection errors (each followed by a reconnect attempt).
     pub mqtt_connection_errors: AtomicU64,
 }
@@ -135,6 +137,11 @@ impl Metrics {
             "deadletters_published_total",
             "Dead-letter messages published.",
             &self.deadletters_published,
+        );
+        counter(
+            "aggregates_published_total",
+            "Aggregates published on MQTT.",
+            &self.aggregates_published,
         );
         counter(
             "mqtt_connection_errors_total",

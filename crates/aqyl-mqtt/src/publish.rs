@@ -1,7 +1,7 @@
-//! Publishing Aqyl's outputs on MQTT: dead letters now, events and quality later.
+//! Publishing Aqyl's outputs on MQTT: dead letters and (when configured) aggregates.
 
 use aqyl_core::metrics::Metrics;
-use aqyl_core::DeadLetter;
+use aqyl_core::{Aggregate, DeadLetter};
 use rumqttc::{AsyncClient, QoS};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -28,6 +28,27 @@ pub async fn deadletters(
             Err(e) => {
                 tracing::warn!(error = %e, reason = %d.reason, "Could not publish a dead letter.")
             }
+        }
+    }
+}
+
+/// Publishes each closed window on `<prefix>/aggregates/<sensor_type>/<subject>` (QoS 1)
+/// until the channel closes.
+pub async fn aggregates(
+    client: AsyncClient,
+    prefix: String,
+    mut rx: mpsc::UnboundedReceiver<Aggregate>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(a) = rx.recv().await {
+        match client
+            .publish(a.topic(&prefix), QoS::AtLeastOnce, false, a.to_json())
+            .await
+        {
+            Ok(()) => {
+                metrics.aggregates_published.fetch_add(1, Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "Could not publish an aggregate."),
         }
     }
 }

@@ -137,7 +137,23 @@ async fn run(
         metrics.clone(),
     )
     .map_err(|e| anyhow::anyhow!("cannot start the dataflow: {e}"))?;
-    let sink_task = tokio::spawn(aqyl_sink::run(sinks, agg_rx, metrics.clone()));
+    // With MQTT aggregates on, a small tee hands every aggregate to both the sinks and the
+    // publisher; otherwise the sinks read the dataflow's channel directly.
+    let (sink_rx, live_rx) = if cfg.outputs.aggregates {
+        let (sink_tx, sink_rx) = mpsc::unbounded_channel();
+        let (live_tx, live_rx) = mpsc::unbounded_channel();
+        let mut agg_rx = agg_rx;
+        tokio::spawn(async move {
+            while let Some(a) = agg_rx.recv().await {
+                let _ = live_tx.send(a.clone());
+                let _ = sink_tx.send(a);
+            }
+        });
+        (sink_rx, Some(live_rx))
+    } else {
+        (agg_rx, None)
+    };
+    let sink_task = tokio::spawn(aqyl_sink::run(sinks, sink_rx, metrics.clone()));
 
     let prefix = cfg.outputs.topic_prefix.clone();
     let filters: Vec<String> = registry
@@ -170,6 +186,14 @@ async fn run(
         "Aqyl is starting."
     );
     let edge = aqyl_mqtt::connect(settings, router, metrics.clone());
+    let live_task = live_rx.map(|rx| {
+        tokio::spawn(aqyl_mqtt::publish::aggregates(
+            edge.client.clone(),
+            prefix.clone(),
+            rx,
+            metrics.clone(),
+        ))
+    });
     let dl_task = tokio::spawn(aqyl_mqtt::publish::deadletters(
         edge.client.clone(),
         prefix,
@@ -186,6 +210,9 @@ async fn run(
         .map_err(|e| anyhow::anyhow!("the dataflow failed: {e}"))?;
     sink_task.await.context("the sink task panicked")??;
     dl_task.await.context("the dead-letter task panicked")?;
+    if let Some(t) = live_task {
+        t.await.context("the aggregate publisher panicked")?;
+    }
     // Give the connection a moment to hand queued publishes to the broker.
     tokio::time::sleep(Duration::from_millis(50)).await;
     edge.close().await;
