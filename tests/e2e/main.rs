@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod replay;
+
 const AQYL: &str = env!("CARGO_BIN_EXE_aqyl");
 const WAIT: Duration = Duration::from_secs(60);
 
