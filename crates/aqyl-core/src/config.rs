@@ -183,6 +183,33 @@ pub struct PipelineConfig {
         deserialize_with = "crate::duration::deserialize"
     )]
     pub idle_timeout: Duration,
+    /// What happens to a record older than the watermark: `drop` (count and dead-letter it)
+    /// or `update` (add it to its closed window and emit the corrected window again, which
+    /// overwrites the same series and timestamp in the store).
+    #[serde(default)]
+    pub late: LatePolicy,
+    /// With `late = "update"`: how long after a window closed a late record may still
+    /// correct it; older ones are dropped. Closed windows are kept this long.
+    #[serde(
+        default = "default_update_horizon",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub update_horizon: Duration,
+}
+
+/// The late-data policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatePolicy {
+    /// Count and dead-letter late records (reason `late`).
+    #[default]
+    Drop,
+    /// Correct and re-emit the closed window, within `update_horizon`.
+    Update,
+}
+
+fn default_update_horizon() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn spanned_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Spanned<Duration>, D::Error> {
@@ -213,6 +240,8 @@ impl Default for PipelineConfig {
             window: default_window(),
             allowed_lateness: default_lateness(),
             idle_timeout: default_idle(),
+            late: LatePolicy::Drop,
+            update_horizon: default_update_horizon(),
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub rejected: [AtomicU64; Reason::ALL.len()],
     /// Windows closed (one per sensor, field and window).
     pub windows_closed: AtomicU64,
+    /// Late records that corrected a closed window (`pipeline.late = "update"`).
+    pub late_updates: AtomicU64,
     /// Points written successfully to the InfluxDB sink.
     pub influx_points_written: AtomicU64,
     /// Failed InfluxDB write attempts (each retried).
@@ -112,6 +114,11 @@ impl Metrics {
             "windows_closed_total",
             "Windows closed.",
             &self.windows_closed,
+        );
+        counter(
+            "late_updates_total",
+            "Late records that corrected a closed window.",
+            &self.late_updates,
         );
         counter(
             "influx_points_written_total",

@@ -57,6 +57,7 @@ fn main() {
                 allowed_lateness: Duration::from_secs(3600),
                 idle_timeout: None,
                 max_payload_bytes: 65536,
+                update_horizon: None,
             };
             let start = Instant::now();
             let batch = run_batch(spec, msgs).unwrap();

@@ -71,15 +71,72 @@ fn close(series: &mut Series, spec: &WindowSpec) -> Option<(WindowStats, Option<
     WindowStats::compute(&mut sorted).map(|stats| (stats, sax))
 }
 
+/// Files the fields of `obs` that `spec` (index `index`) covers into `groups`.
+fn file(groups: &mut Groups, obs: &Observation, subject: &str, index: usize, spec: &WindowSpec) {
+    let by_id = match groups.get_mut(&obs.sensor_type) {
+        Some(m) => m,
+        None => groups.entry(obs.sensor_type.clone()).or_default(),
+    };
+    let series = match by_id.get_mut(subject) {
+        Some(s) => s,
+        None => by_id.entry(subject.to_string()).or_default(),
+    };
+    for (field, value) in &obs.fields {
+        if !spec.applies_to(field) {
+            continue;
+        }
+        let point = (obs.event_time, *value);
+        match series
+            .iter_mut()
+            .find(|s| s.spec == index && s.field == *field)
+        {
+            Some(s) => s.values.push(point),
+            None => series.push(Series {
+                field: field.clone(),
+                spec: index,
+                values: vec![point],
+            }),
+        }
+    }
+}
+
+/// The aggregate record of one closed series, or `None` for an empty one.
+fn record(
+    sensor_type: &Arc<str>,
+    scope: Scope,
+    subject: &str,
+    series: &mut Series,
+    spec: &WindowSpec,
+    end: u64,
+) -> Option<AggregateRecord> {
+    let (stats, sax) = close(series, spec)?;
+    let (sax, sax_code) = sax.map_or((None, None), |(w, c)| (Some(w), Some(c)));
+    Some(AggregateRecord {
+        sensor_type: sensor_type.clone(),
+        scope,
+        subject: subject.to_string(),
+        field: series.field.clone(),
+        window: spec.label().clone(),
+        start: end - spec.size_ms(),
+        end,
+        stats,
+        sax,
+        sax_code,
+    })
+}
+
 /// Windowed statistics of a stream of observations.
 pub trait Aggregate<'scope> {
     /// Computes every window of each observation's sensor type (`default` for types that
-    /// declare none) per subject of `scope`; counts closed windows in `metrics`.
+    /// declare none) per subject of `scope`; counts closed windows in `metrics`. With
+    /// `update_horizon_ms`, closed windows are kept that long, and a late record for one of
+    /// them re-emits it corrected (same series and end, so the store overwrites it).
     fn aggregate(
         self,
         scope: Scope,
         registry: Arc<Registry>,
         default: WindowSpec,
+        update_horizon_ms: Option<u64>,
         metrics: Arc<Metrics>,
     ) -> StreamVec<'scope, u64, AggregateRecord>;
 }
@@ -90,6 +147,7 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
         scope: Scope,
         registry: Arc<Registry>,
         default: WindowSpec,
+        update_horizon_ms: Option<u64>,
         metrics: Arc<Metrics>,
     ) -> StreamVec<'scope, u64, AggregateRecord> {
         let exchange = Exchange::new(move |o: &Observation| {
@@ -101,8 +159,12 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
             "Aggregate",
             move |_capability, _info| {
                 let mut open: BTreeMap<u64, (Capability<u64>, Groups)> = BTreeMap::new();
+                // Closed windows kept for late updates (only with an update horizon).
+                let mut closed: BTreeMap<u64, Groups> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
+                        // Records are sent at the watermark: a totally ordered, single time.
+                        let Some(&at) = cap.least() else { return };
                         for obs in data.drain(..) {
                             let Some(subject) = subject(&obs, scope) else {
                                 continue;
@@ -110,32 +172,44 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                             let specs = specs_of(&registry, &default, &obs.sensor_type);
                             for (index, spec) in specs.iter().enumerate() {
                                 for end in spec.ends(obs.event_time) {
-                                    let (_, groups) = open.entry(end).or_insert_with(|| {
-                                        (cap.delayed(&end, output.output_index()), HashMap::new())
-                                    });
-                                    let by_id = match groups.get_mut(&obs.sensor_type) {
-                                        Some(m) => m,
-                                        None => groups.entry(obs.sensor_type.clone()).or_default(),
-                                    };
-                                    let series = match by_id.get_mut(subject) {
-                                        Some(s) => s,
-                                        None => by_id.entry(subject.to_string()).or_default(),
-                                    };
-                                    for (field, value) in &obs.fields {
-                                        if !spec.applies_to(field) {
+                                    if let Some((_, groups)) = open.get_mut(&end) {
+                                        file(groups, &obs, subject, index, spec);
+                                    } else if end > at {
+                                        let groups = &mut open
+                                            .entry(end)
+                                            .or_insert((
+                                                cap.delayed(&end, output.output_index()),
+                                                HashMap::new(),
+                                            ))
+                                            .1;
+                                        file(groups, &obs, subject, index, spec);
+                                    } else if update_horizon_ms.is_some() {
+                                        // A late record for a closed window: correct it and
+                                        // emit it again, now.
+                                        let groups = closed.entry(end).or_default();
+                                        file(groups, &obs, subject, index, spec);
+                                        let Some(series) = groups
+                                            .get_mut(&obs.sensor_type)
+                                            .and_then(|m| m.get_mut(subject))
+                                        else {
                                             continue;
-                                        }
-                                        let point = (obs.event_time, *value);
-                                        match series
-                                            .iter_mut()
-                                            .find(|s| s.spec == index && s.field == *field)
-                                        {
-                                            Some(s) => s.values.push(point),
-                                            None => series.push(Series {
-                                                field: field.clone(),
-                                                spec: index,
-                                                values: vec![point],
-                                            }),
+                                        };
+                                        let now = cap.delayed(&at, output.output_index());
+                                        let mut session = output.session(&now);
+                                        for s in series.iter_mut().filter(|s| {
+                                            s.spec == index
+                                                && obs.fields.iter().any(|f| f.0 == s.field)
+                                        }) {
+                                            if let Some(r) = record(
+                                                &obs.sensor_type,
+                                                scope,
+                                                subject,
+                                                s,
+                                                spec,
+                                                end,
+                                            ) {
+                                                session.give(r);
+                                            }
                                         }
                                     }
                                 }
@@ -146,39 +220,124 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                         if frontier.less_than(entry.key()) {
                             break;
                         }
-                        let (end, (cap, groups)) = entry.remove_entry();
+                        let (end, (cap, mut groups)) = entry.remove_entry();
                         let mut session = output.session(&cap);
-                        for (sensor_type, by_id) in groups {
-                            let specs = specs_of(&registry, &default, &sensor_type);
-                            for (subject, all) in by_id {
-                                for mut series in all {
+                        for (sensor_type, by_id) in groups.iter_mut() {
+                            let specs = specs_of(&registry, &default, sensor_type);
+                            for (subject, all) in by_id.iter_mut() {
+                                for series in all.iter_mut() {
                                     let Some(spec) = specs.get(series.spec) else {
                                         continue;
                                     };
-                                    let Some((stats, sax)) = close(&mut series, spec) else {
-                                        continue;
-                                    };
-                                    metrics.windows_closed.fetch_add(1, Relaxed);
-                                    let (sax, sax_code) =
-                                        sax.map_or((None, None), |(w, c)| (Some(w), Some(c)));
-                                    session.give(AggregateRecord {
-                                        sensor_type: sensor_type.clone(),
-                                        scope,
-                                        subject: subject.clone(),
-                                        field: series.field,
-                                        window: spec.label().clone(),
-                                        start: end - spec.size_ms(),
-                                        end,
-                                        stats,
-                                        sax,
-                                        sax_code,
-                                    });
+                                    if let Some(r) =
+                                        record(sensor_type, scope, subject, series, spec, end)
+                                    {
+                                        metrics.windows_closed.fetch_add(1, Relaxed);
+                                        session.give(r);
+                                    }
                                 }
                             }
+                        }
+                        if update_horizon_ms.is_some() {
+                            closed.insert(end, groups);
+                        }
+                    }
+                    if let Some(horizon) = update_horizon_ms {
+                        while let Some(entry) = closed.first_entry() {
+                            if frontier.less_than(&entry.key().saturating_add(horizon)) {
+                                break;
+                            }
+                            entry.remove();
                         }
                     }
                 }
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::Duration;
+    use timely::dataflow::operators::{Inspect, Probe};
+    use timely::dataflow::{InputHandleVec, ProbeHandle};
+
+    fn obs(t: u64, v: f64) -> Observation {
+        Observation {
+            sensor_type: "traffic".into(),
+            sensor_id: "s1".into(),
+            area: None,
+            event_time: t,
+            received_at: 0,
+            time_from_receive: false,
+            fields: vec![("avgSpeed".into(), v)],
+        }
+    }
+
+    /// Drives the operator by hand: a window closes, then a late record for it arrives.
+    fn run(update_horizon_ms: Option<u64>) -> Vec<(u64, AggregateRecord)> {
+        timely::execute_directly(move |worker| {
+            let seen = Rc::new(RefCell::new(Vec::new()));
+            let mut input = InputHandleVec::<u64, Observation>::new();
+            let probe = ProbeHandle::new();
+            let registry = Arc::new(Registry::default());
+            let default = WindowSpec::tumbling(Duration::from_secs(300));
+            let sink = seen.clone();
+            worker.dataflow::<u64, _, _>(|scope| {
+                input
+                    .to_stream(scope)
+                    .aggregate(
+                        Scope::Sensor,
+                        registry,
+                        default,
+                        update_horizon_ms,
+                        Arc::new(Metrics::default()),
+                    )
+                    .inspect_core(move |event| {
+                        if let Ok((stamp, data)) = event {
+                            let t = stamp.least().copied().unwrap_or_default();
+                            sink.borrow_mut()
+                                .extend(data.iter().map(|a| (t, a.clone())));
+                        }
+                    })
+                    .probe_with(&probe);
+            });
+            input.send(obs(1_000, 10.0));
+            input.send(obs(2_000, 20.0));
+            input.advance_to(400_000); // the window [0, 300 000) closes
+            while probe.less_than(input.time()) {
+                worker.step();
+            }
+            input.send(obs(3_000, 60.0)); // late: its window has closed
+            input.advance_to(500_000);
+            while probe.less_than(input.time()) {
+                worker.step();
+            }
+            let got = seen.borrow().clone();
+            got
+        })
+    }
+
+    #[test]
+    fn a_late_record_re_emits_its_closed_window_corrected() {
+        let got = run(Some(3_600_000));
+        let means: Vec<(u64, u64, f64)> =
+            got.iter().map(|(t, a)| (*t, a.end, a.stats.mean)).collect();
+        // First at the window end, then again (same end, so the store overwrites) at the
+        // time the late record came in, with the late value included: (10 + 20 + 60) / 3.
+        assert_eq!(
+            means,
+            vec![(300_000, 300_000, 15.0), (400_000, 300_000, 30.0)]
+        );
+    }
+
+    #[test]
+    fn without_a_horizon_closed_windows_are_not_kept() {
+        let got = run(None);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1.stats.count, 2);
     }
 }

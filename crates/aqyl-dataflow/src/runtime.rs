@@ -39,6 +39,9 @@ pub struct PipelineSpec {
     pub idle_timeout: Option<Duration>,
     /// Largest payload accepted.
     pub max_payload_bytes: usize,
+    /// With `Some(horizon)`, a late record within `horizon` of the watermark corrects its
+    /// closed window (which is re-emitted) instead of being dropped (`pipeline.late`).
+    pub update_horizon: Option<Duration>,
 }
 
 /// Where results leave the dataflow.
@@ -114,6 +117,7 @@ fn run_worker(
     shared_max: &AtomicU64,
 ) {
     let default_window = WindowSpec::tumbling(spec.window);
+    let horizon = spec.update_horizon.map(|h| h.as_millis() as u64);
     let mut input = InputHandleVec::<u64, aqyl_core::Observation>::new();
     let probe = ProbeHandle::new();
     let aggregates = outputs.aggregates.clone();
@@ -123,12 +127,14 @@ fn run_worker(
             Scope::Sensor,
             spec.registry.clone(),
             default_window.clone(),
+            horizon,
             metrics.clone(),
         );
         let per_area = observations.aggregate(
             Scope::Area,
             spec.registry.clone(),
             default_window,
+            horizon,
             metrics.clone(),
         );
         per_sensor.concat(per_area).probe_with(&probe).sink(
@@ -157,6 +163,18 @@ fn run_worker(
                     taken += 1;
                     let now = wall_ms();
                     match spec.registry.decode(&msg, spec.max_payload_bytes) {
+                        Ok(obs)
+                            if watermark.is_late(obs.event_time)
+                                && spec.update_horizon.is_some_and(|h| {
+                                    obs.event_time + h.as_millis() as u64 >= watermark.current(now)
+                                }) =>
+                        {
+                            // Sent at the current input time; Aggregate files it into its
+                            // closed window and emits the correction.
+                            metrics.late_updates.fetch_add(1, Relaxed);
+                            metrics.observations.fetch_add(1, Relaxed);
+                            input.send(obs);
+                        }
                         Ok(obs) if watermark.is_late(obs.event_time) => {
                             metrics.reject(Reason::Late);
                             let detail = format!(

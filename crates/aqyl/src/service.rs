@@ -126,6 +126,8 @@ async fn run(
         allowed_lateness: cfg.pipeline.allowed_lateness,
         idle_timeout: (!cfg.pipeline.idle_timeout.is_zero()).then_some(cfg.pipeline.idle_timeout),
         max_payload_bytes: cfg.ingest.max_payload_bytes,
+        update_horizon: (cfg.pipeline.late == aqyl_core::config::LatePolicy::Update)
+            .then_some(cfg.pipeline.update_horizon),
     };
     let (router, running) = aqyl_dataflow::start(
         spec,
