@@ -469,8 +469,8 @@ fn late_records_update_their_closed_window_within_the_horizon() {
     let last = batch
         .aggregates
         .iter()
-        .filter(key)
-        .last()
+        .rev()
+        .find(key)
         .expect("the corrected window");
     let mut with_late: Vec<_> = rs.clone();
     with_late.push(correcting);
