@@ -32,6 +32,8 @@ pub struct SensorType {
     pub windows: Vec<WindowSpec>,
     /// Where a payload names its sensor's area, when the topic has no `{area}`.
     pub area_field: Option<Pointer>,
+    /// SensorSAX (adaptive windows), when configured.
+    pub sensor_sax: Option<SensorSaxSpec>,
     /// The file this type came from, for messages.
     pub source: PathBuf,
 }
@@ -49,6 +51,35 @@ pub struct Field {
     pub unit: Option<String>,
     /// A missing required field rejects the payload; a missing optional field is skipped.
     pub required: bool,
+}
+
+/// SensorSAX settings of a sensor type (`[sensor_sax]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SensorSaxSpec {
+    /// Alphabet and word length.
+    pub params: SaxParams,
+    /// A window is not closed for volatility before this much event time.
+    pub min_window_ms: u64,
+    /// A window always closes at this much event time.
+    pub max_window_ms: u64,
+    /// Population standard deviation (in the field's unit) above which a window closes early.
+    pub sensitivity: f64,
+    /// Fields it applies to; `None` means all.
+    pub fields: Option<Vec<Arc<str>>>,
+    /// A sensor silent (in event time) this long has its open window flushed and its state
+    /// released, so memory stays bounded when sensors come and go.
+    pub silence_horizon_ms: u64,
+    /// The `window` tag of its output (`sensorsax`).
+    pub label: Arc<str>,
+}
+
+impl SensorSaxSpec {
+    /// Whether it applies to `field`.
+    pub fn applies_to(&self, field: &str) -> bool {
+        self.fields
+            .as_ref()
+            .is_none_or(|fs| fs.iter().any(|f| &**f == field))
+    }
 }
 
 /// A JSON Pointer (RFC 6901) split and unescaped once at load time, so looking a value up
@@ -303,6 +334,39 @@ struct DescriptorFile {
     windows: Vec<WindowFile>,
     /// JSON Pointer to the area name in the payload.
     area_field: Option<Spanned<String>>,
+    /// SensorSAX.
+    sensor_sax: Option<Spanned<SensorSaxFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SensorSaxFile {
+    /// Minimum window.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    min_window: Duration,
+    /// Maximum window.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    max_window: Duration,
+    /// Standard deviation that closes a window early.
+    sensitivity: f64,
+    /// Alphabet size.
+    #[serde(default = "default_alphabet")]
+    alphabet: usize,
+    /// Word length.
+    #[serde(default = "default_word_length")]
+    word_length: usize,
+    /// Fields (default: all).
+    fields: Option<Vec<String>>,
+    /// State release after this much silence (default: one day).
+    #[serde(
+        default = "default_silence",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    silence_horizon: Duration,
+}
+
+fn default_silence() -> Duration {
+    Duration::from_secs(86_400)
 }
 
 #[derive(Debug, Deserialize)]
@@ -522,6 +586,16 @@ impl SensorType {
                 }
             },
         };
+        let sensor_sax = match &file.sensor_sax {
+            None => None,
+            Some(s) => match parse_sensor_sax(s.get_ref(), &fields) {
+                Ok(spec) => Some(spec),
+                Err(msg) => {
+                    errors.push(err(s.span(), msg));
+                    None
+                }
+            },
+        };
         if file.expected_interval.is_zero() {
             errors.push(err(
                 file.name.span(),
@@ -537,11 +611,54 @@ impl SensorType {
                 expected_interval: file.expected_interval,
                 windows,
                 area_field,
+                sensor_sax,
                 source: path.to_path_buf(),
             }),
             _ => Err(ConfigErrors(errors)),
         }
     }
+}
+
+fn parse_sensor_sax(s: &SensorSaxFile, fields: &[Field]) -> Result<SensorSaxSpec, String> {
+    let params =
+        SaxParams::new(s.alphabet, s.word_length).map_err(|e| format!("sensor_sax: {e}"))?;
+    let (min, max) = (
+        s.min_window.as_millis() as u64,
+        s.max_window.as_millis() as u64,
+    );
+    if max == 0 || min > max {
+        return Err("sensor_sax: max_window must be positive and at least min_window".into());
+    }
+    if !s.sensitivity.is_finite() || s.sensitivity < 0.0 {
+        return Err(format!(
+            "sensor_sax: sensitivity {} must be a non-negative number",
+            s.sensitivity
+        ));
+    }
+    let fields = match &s.fields {
+        None => None,
+        Some(names) => Some(
+            names
+                .iter()
+                .map(|n| {
+                    fields
+                        .iter()
+                        .find(|f| &*f.name == n.as_str())
+                        .map(|f| f.name.clone())
+                        .ok_or_else(|| format!("sensor_sax field {n:?} is not a declared field"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(SensorSaxSpec {
+        params,
+        min_window_ms: min,
+        max_window_ms: max,
+        sensitivity: s.sensitivity,
+        fields,
+        silence_horizon_ms: (s.silence_horizon.as_millis() as u64).max(max),
+        label: Arc::from("sensorsax"),
+    })
 }
 
 fn parse_window(

@@ -481,7 +481,7 @@ pub fn sax_decode(code: u64, alphabet: usize, word_length: usize) -> Result<Stri
 }
 
 /// The word of one SensorSAX window, with its extent in event time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SaxEmission {
     /// Event time of the first value in the window, in Unix milliseconds.
     pub start_ms: u64,
@@ -493,6 +493,8 @@ pub struct SaxEmission {
     pub word: String,
     /// [`sax_code`] of the word.
     pub code: u64,
+    /// Statistics of the window's values.
+    pub stats: crate::window::WindowStats,
 }
 
 /// SensorSAX: SAX over adaptive windows of one sensor's values, as a sans-I/O state machine.
@@ -625,12 +627,15 @@ impl SensorSax {
         let code = word.bytes().fold(0u64, |code, letter| {
             code.wrapping_mul(self.params.alphabet as u64) + u64::from(letter - b'a')
         });
+        let mut sorted = self.buffer.clone();
+        let stats = crate::window::WindowStats::compute(&mut sorted)?;
         let emission = SaxEmission {
             start_ms,
             end_ms: self.end,
             count: self.buffer.len() as u64,
             word,
             code,
+            stats,
         };
         self.buffer.clear();
         self.mean = 0.0;
@@ -1047,8 +1052,11 @@ mod tests {
                 count: 6,
                 word: "ace".to_string(),
                 code: 14,
+                stats: crate::window::WindowStats::compute(&mut [1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+                    .unwrap(),
             }
         );
+        assert_eq!(emitted.stats.mean, 3.5);
         // The 100 opened the next window.
         let rest = s.flush().unwrap();
         assert_eq!(
@@ -1094,6 +1102,7 @@ mod tests {
                 count: 4,
                 word: "bbe".to_string(),
                 code: 34,
+                stats: e.stats,
             }
         );
         // The next value opens a fresh window.
@@ -1134,6 +1143,7 @@ mod tests {
                 count: 3,
                 word: "ace".to_string(),
                 code: 14,
+                stats: e.stats,
             }
         );
         assert_eq!(s.flush(), None);

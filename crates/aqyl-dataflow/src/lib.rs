@@ -13,6 +13,7 @@
 pub mod aggregate;
 pub mod input;
 pub mod runtime;
+pub mod sensor_sax;
 
 pub use runtime::{run_batch, start, Batch, Outputs, PipelineSpec, Running};
 

@@ -3,6 +3,7 @@
 
 use crate::aggregate::Aggregate;
 use crate::input;
+use crate::sensor_sax::AdaptiveSax;
 use aqyl_core::decode::Registry;
 use aqyl_core::metrics::Metrics;
 use aqyl_core::watermark::Watermark;
@@ -123,6 +124,7 @@ fn run_worker(
     let aggregates = outputs.aggregates.clone();
     worker.dataflow::<u64, _, _>(|scope| {
         let observations = input.to_stream(scope);
+        let observations_for_sax = observations.clone();
         let per_sensor = observations.clone().aggregate(
             Scope::Sensor,
             spec.registry.clone(),
@@ -137,18 +139,19 @@ fn run_worker(
             horizon,
             metrics.clone(),
         );
-        per_sensor.concat(per_area).probe_with(&probe).sink(
-            Pipeline,
-            "Emit",
-            move |(input, _frontier)| {
+        let adaptive = observations_for_sax.adaptive_sax(spec.registry.clone(), metrics.clone());
+        per_sensor
+            .concat(per_area)
+            .concat(adaptive)
+            .probe_with(&probe)
+            .sink(Pipeline, "Emit", move |(input, _frontier)| {
                 input.for_each(|_cap, data| {
                     for a in data.drain(..) {
                         // A closed receiver means shutdown was forced; nothing left to do.
                         let _ = aggregates.send(a);
                     }
                 });
-            },
-        );
+            });
     });
 
     let lateness = spec.allowed_lateness.as_millis() as u64;

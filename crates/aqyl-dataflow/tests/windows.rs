@@ -482,3 +482,71 @@ fn late_records_update_their_closed_window_within_the_horizon() {
     );
     assert!((last.stats.mean - mean).abs() < 1e-9 * mean);
 }
+
+#[test]
+fn sensor_sax_matches_the_state_machine_fed_in_time_order() {
+    let text = format!(
+        "{DESCRIPTOR}\n[sensor_sax]\nmin_window = \"20m\"\nmax_window = \"1h\"\nsensitivity = 15.0\nfields = [\"avgSpeed\"]\nsilence_horizon = \"2h\"\n"
+    );
+    let t = SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap();
+    let sax_spec = t.sensor_sax.clone().unwrap();
+    let registry = Arc::new(Registry::new(vec![t]));
+    let rs = readings(41);
+    // Reference: one state machine per sensor, fed in event-time order, flushed at the end.
+    let mut expected: Vec<(String, u64, u64, String)> = Vec::new();
+    let mut by_sensor: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+    for (id, t, speed, _) in &rs {
+        by_sensor.entry(id.clone()).or_default().push((*t, *speed));
+    }
+    for (id, mut values) in by_sensor {
+        values.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        let mut m = aqyl_core::sax::SensorSax::new(
+            sax_spec.params,
+            sax_spec.min_window_ms,
+            sax_spec.max_window_ms,
+            sax_spec.sensitivity,
+        )
+        .unwrap();
+        let mut emit = |e: aqyl_core::sax::SaxEmission| {
+            expected.push((id.clone(), e.start_ms, e.end_ms, e.word))
+        };
+        for (t, v) in values {
+            if let Some(e) = m.push(t, v) {
+                emit(e);
+            }
+        }
+        if let Some(e) = m.flush() {
+            emit(e);
+        }
+    }
+    expected.sort();
+    assert!(
+        expected.len() > 24,
+        "several adaptive windows per sensor: {}",
+        expected.len()
+    );
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut keyed: Vec<_> = rs
+        .iter()
+        .map(|r| (r.1 + rng.u64(0..9 * MINUTE), r.clone()))
+        .collect();
+    keyed.sort_by_key(|k| k.0);
+    let shuffled: Vec<_> = keyed.into_iter().map(|k| k.1).collect();
+    for (workers, input) in [(1, &rs), (4, &rs), (4, &shuffled)] {
+        let spec = PipelineSpec {
+            registry: registry.clone(),
+            ..spec(workers)
+        };
+        let (aggs, dead) = run_batch(spec, input.iter().map(message).collect())
+            .unwrap()
+            .sorted();
+        assert!(dead.is_empty());
+        let mut got: Vec<(String, u64, u64, String)> = aggs
+            .iter()
+            .filter(|a| &*a.window == "sensorsax")
+            .map(|a| (a.subject.clone(), a.start, a.end, a.sax.clone().unwrap()))
+            .collect();
+        got.sort();
+        assert_eq!(got, expected, "{workers} workers");
+    }
+}
