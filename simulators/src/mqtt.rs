@@ -5,7 +5,6 @@
 //! how rumqttc reconnects); an error before the first ConnAck fails the connect call, so a
 //! wrong address is reported at once instead of retried forever.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,33 +15,8 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 
-/// A password that never prints.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("**redacted**")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("**redacted**")
-    }
-}
+/// A password that never prints (shared with the service's configuration).
+pub use aqyl_core::config::Secret;
 
 /// Where and how to connect.
 #[derive(Debug, Clone, PartialEq)]
