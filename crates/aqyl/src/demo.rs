@@ -10,6 +10,7 @@ use anyhow::Context;
 use aqyl_core::config::{Config, Loaded};
 use aqyl_core::descriptor::SensorType;
 use aqyl_core::metrics::Snapshot;
+use aqyl_core::window::WindowSpec;
 use aqyl_core::Reason;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::io::{IsTerminal, Write};
@@ -118,8 +119,6 @@ client_id = "aqyl-demo-{pid}"
 clean_session = true
 [pipeline]
 workers = {workers}
-# Hourly windows: twelve 5-minute readings each, so the statistics mean something.
-window = "1h"
 allowed_lateness = "10m"
 idle_timeout = "2s"
 [influx]
@@ -134,9 +133,18 @@ dir = {dir:?}
     );
     let path = Path::new("<demo>");
     let config = Config::from_toml(path, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let traffic =
+    let mut traffic =
         SensorType::from_toml(Path::new("config/sensors/traffic.toml"), TRAFFIC_DESCRIPTOR)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Readings come every 5 minutes, so the demo shows hourly statistics (twelve readings
+    // each) instead of the shipped 5-minute ones, next to CityPulse's 4-hour SAX words.
+    for w in &mut traffic.windows {
+        if w.sax.is_none() {
+            let fields = w.fields.take();
+            *w = WindowSpec::tumbling(Duration::from_secs(3600));
+            w.fields = fields;
+        }
+    }
     Ok(Loaded {
         config,
         sensor_types: vec![traffic],
@@ -211,7 +219,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let loaded = demo_config(port, &opts.data_dir, opts.workers)?;
     let file = opts.data_dir.join("aggregate.lp");
     eprintln!(
-        "Aqyl demo: embedded MQTT broker on mqtt://127.0.0.1:{port}, {} simulated road segments at {}x speed, 1-hour windows -> {}",
+        "Aqyl demo: embedded MQTT broker on mqtt://127.0.0.1:{port}, {} simulated road segments at {}x speed, hourly statistics and 4-hour SAX words -> {}",
         opts.sensors,
         opts.speed,
         file.display()
@@ -332,6 +340,12 @@ mod tests {
     fn demo_configuration_is_valid() {
         let loaded = demo_config(1883, Path::new("data"), 2).unwrap();
         assert!(loaded.config.file.enabled);
+        let labels: Vec<&str> = loaded.sensor_types[0]
+            .windows
+            .iter()
+            .map(|w| &**w.label())
+            .collect();
+        assert_eq!(labels, ["1h", "4h"]);
         assert_eq!(&*loaded.sensor_types[0].name, "traffic");
     }
 }
