@@ -12,6 +12,10 @@ pub const DEADLETTER_PAYLOAD_BYTES: usize = 1024;
 pub enum Reason {
     /// The payload is not valid JSON (or not UTF-8).
     MalformedJson,
+    /// The payload is not valid SenML (RFC 8428).
+    MalformedSenml,
+    /// The payload is not one CSV line with the declared columns.
+    MalformedCsv,
     /// The payload is JSON but not an object.
     NotAnObject,
     /// A required field is absent, null, empty or "NA".
@@ -32,8 +36,10 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 11] = [
         Reason::MalformedJson,
+        Reason::MalformedSenml,
+        Reason::MalformedCsv,
         Reason::NotAnObject,
         Reason::MissingField,
         Reason::WrongType,
@@ -48,6 +54,8 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::MalformedJson => "malformed_json",
+            Reason::MalformedSenml => "malformed_senml",
+            Reason::MalformedCsv => "malformed_csv",
             Reason::NotAnObject => "not_an_object",
             Reason::MissingField => "missing_field",
             Reason::WrongType => "wrong_type",

@@ -2,7 +2,10 @@
 //! Pure and total: any bytes give one or the other, never a panic.
 
 use crate::deadletter::{DeadLetter, Reason};
-use crate::descriptor::{validate_sensor_id, FieldType, SensorType, TimeFormat, TimeRule};
+use crate::descriptor::{
+    validate_sensor_id, Captures, FieldType, PayloadFormat, SensorType, TimeFormat, TimeRule,
+};
+use crate::formats::{csv_object, senml_objects};
 use crate::observation::{Observation, RawMessage};
 use chrono::{NaiveDateTime, TimeZone};
 use serde_json::Value;
@@ -71,7 +74,26 @@ impl Registry {
     }
 
     /// Decodes one message. `max_payload` bounds the payload size in bytes.
-    pub fn decode(&self, msg: &RawMessage, max_payload: usize) -> Result<Observation, Rejection> {
+    /// Decodes one message into a fresh vector (one observation, or several for a SenML
+    /// pack with several record times).
+    pub fn decode(
+        &self,
+        msg: &RawMessage,
+        max_payload: usize,
+    ) -> Result<Vec<Observation>, Rejection> {
+        let mut out = Vec::with_capacity(1);
+        self.decode_into(msg, max_payload, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decodes one message, appending its observations to `out` (the hot path reuses the
+    /// vector). On error nothing is appended: a payload is accepted or rejected whole.
+    pub fn decode_into(
+        &self,
+        msg: &RawMessage,
+        max_payload: usize,
+        out: &mut Vec<Observation>,
+    ) -> Result<(), Rejection> {
         let Some((ty, captures)) = self
             .types
             .iter()
@@ -103,102 +125,137 @@ impl Registry {
             validate_sensor_id(area)
                 .map_err(|e| Rejection::new(name, Reason::InvalidSensorId, format!("area: {e}")))?;
         }
-        let value: Value = serde_json::from_slice(&msg.payload).map_err(|e| {
-            Rejection::new(
-                name,
-                Reason::MalformedJson,
-                format!("payload is not valid JSON: {e}"),
-            )
-        })?;
-        if !value.is_object() {
-            return Err(Rejection::new(
-                name,
-                Reason::NotAnObject,
-                format!("expected a JSON object, got {}", kind_of(&value)),
-            ));
-        }
-        let (event_time, time_from_receive) = match &ty.time {
-            Some(rule) => (
-                read_time(rule, &value)
-                    .map_err(|e| Rejection::new(name, Reason::InvalidTimestamp, e))?,
-                false,
-            ),
-            None => (msg.received_at, true),
-        };
-        if !(0..=MAX_EVENT_MS).contains(&event_time) {
-            return Err(Rejection::new(
-                name,
-                Reason::InvalidTimestamp,
-                format!("event time {event_time} ms is outside 1970..9999"),
-            ));
-        }
-        // The area: from the topic's {area}, else from the payload's area_field.
-        let area = match (captures.area, &ty.area_field) {
-            (Some(a), _) => Some(a.to_string()),
-            (None, Some(pointer)) => match pointer.lookup(&value) {
-                None | Some(Value::Null) => None,
-                Some(Value::String(a)) => {
-                    validate_sensor_id(a).map_err(|e| {
-                        Rejection::new(
-                            name,
-                            Reason::InvalidSensorId,
-                            format!("area at {pointer}: {e}"),
-                        )
-                    })?;
-                    Some(a.clone())
-                }
-                Some(other) => {
+        match &ty.format {
+            PayloadFormat::Json => {
+                let value: Value = serde_json::from_slice(&msg.payload).map_err(|e| {
+                    Rejection::new(
+                        name,
+                        Reason::MalformedJson,
+                        format!("payload is not valid JSON: {e}"),
+                    )
+                })?;
+                if !value.is_object() {
                     return Err(Rejection::new(
                         name,
-                        Reason::WrongType,
-                        format!(
-                            "area at {pointer}: expected a string, got {}",
-                            kind_of(other)
-                        ),
-                    ))
+                        Reason::NotAnObject,
+                        format!("expected a JSON object, got {}", kind_of(&value)),
+                    ));
                 }
-            },
-            (None, None) => None,
-        };
-        let mut fields = Vec::with_capacity(ty.fields.len());
-        for f in &ty.fields {
-            match read_number(f.pointer.lookup(&value), f.kind) {
-                Ok(Some(v)) => fields.push((f.name.clone(), v)),
-                Ok(None) if !f.required => {}
-                Ok(None) => {
-                    return Err(Rejection::new(
-                        name,
-                        Reason::MissingField,
-                        format!(
-                            "required field {:?} (at {}) is missing, null, empty or NA",
-                            f.name, f.pointer
-                        ),
-                    ))
-                }
-                Err(got) => {
-                    return Err(Rejection::new(
-                        name,
-                        Reason::WrongType,
-                        format!(
-                            "field {:?} (at {}): expected {}, got {got}",
-                            f.name,
-                            f.pointer,
-                            type_name(f.kind)
-                        ),
-                    ))
+                out.push(observe(ty, &captures, msg, &value)?);
+            }
+            PayloadFormat::Csv { columns, delimiter } => {
+                let value = csv_object(&msg.payload, columns, *delimiter)
+                    .map_err(|e| Rejection::new(name, Reason::MalformedCsv, e))?;
+                out.push(observe(ty, &captures, msg, &value)?);
+            }
+            PayloadFormat::Senml => {
+                let groups = senml_objects(&msg.payload, msg.received_at)
+                    .map_err(|e| Rejection::new(name, Reason::MalformedSenml, e))?;
+                let start = out.len();
+                for value in &groups {
+                    match observe(ty, &captures, msg, value) {
+                        Ok(o) => out.push(o),
+                        Err(e) => {
+                            out.truncate(start);
+                            return Err(e);
+                        }
+                    }
                 }
             }
         }
-        Ok(Observation {
-            sensor_type: ty.name.clone(),
-            sensor_id: captures.sensor_id.to_string(),
-            area,
-            event_time: event_time as u64,
-            received_at: msg.received_at,
-            time_from_receive,
-            fields,
-        })
+        Ok(())
     }
+}
+
+/// The observation in one decoded object.
+fn observe(
+    ty: &SensorType,
+    captures: &Captures<'_>,
+    msg: &RawMessage,
+    value: &Value,
+) -> Result<Observation, Rejection> {
+    let name = &*ty.name;
+    let (event_time, time_from_receive) = match &ty.time {
+        Some(rule) => (
+            read_time(rule, value)
+                .map_err(|e| Rejection::new(name, Reason::InvalidTimestamp, e))?,
+            false,
+        ),
+        None => (msg.received_at, true),
+    };
+    if !(0..=MAX_EVENT_MS).contains(&event_time) {
+        return Err(Rejection::new(
+            name,
+            Reason::InvalidTimestamp,
+            format!("event time {event_time} ms is outside 1970..9999"),
+        ));
+    }
+    // The area: from the topic's {area}, else from the payload's area_field.
+    let area = match (captures.area, &ty.area_field) {
+        (Some(a), _) => Some(a.to_string()),
+        (None, Some(pointer)) => match pointer.lookup(value) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(a)) => {
+                validate_sensor_id(a).map_err(|e| {
+                    Rejection::new(
+                        name,
+                        Reason::InvalidSensorId,
+                        format!("area at {pointer}: {e}"),
+                    )
+                })?;
+                Some(a.clone())
+            }
+            Some(other) => {
+                return Err(Rejection::new(
+                    name,
+                    Reason::WrongType,
+                    format!(
+                        "area at {pointer}: expected a string, got {}",
+                        kind_of(other)
+                    ),
+                ))
+            }
+        },
+        (None, None) => None,
+    };
+    let mut fields = Vec::with_capacity(ty.fields.len());
+    for f in &ty.fields {
+        match read_number(f.pointer.lookup(value), f.kind) {
+            Ok(Some(v)) => fields.push((f.name.clone(), v)),
+            Ok(None) if !f.required => {}
+            Ok(None) => {
+                return Err(Rejection::new(
+                    name,
+                    Reason::MissingField,
+                    format!(
+                        "required field {:?} (at {}) is missing, null, empty or NA",
+                        f.name, f.pointer
+                    ),
+                ))
+            }
+            Err(got) => {
+                return Err(Rejection::new(
+                    name,
+                    Reason::WrongType,
+                    format!(
+                        "field {:?} (at {}): expected {}, got {got}",
+                        f.name,
+                        f.pointer,
+                        type_name(f.kind)
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(Observation {
+        sensor_type: ty.name.clone(),
+        sensor_id: captures.sensor_id.to_string(),
+        area,
+        event_time: event_time as u64,
+        received_at: msg.received_at,
+        time_from_receive,
+        fields,
+    })
 }
 
 fn type_name(kind: FieldType) -> &'static str {
@@ -358,7 +415,8 @@ required = false
                 ),
                 65536,
             )
-            .unwrap();
+            .unwrap()
+            .remove(0);
         assert_eq!(obs.sensor_id, "158324");
         // 07:50 CEST (UTC+2) is 05:50 UTC.
         assert_eq!(obs.event_time, 1_406_872_200_000);
@@ -380,8 +438,8 @@ required = false
                 ),
                 1 << 16,
             )
-            .unwrap()
-            .event_time
+            .unwrap()[0]
+                .event_time
         };
         // 2014-10-26 02:30 happens twice in Copenhagen; the earlier (CEST, UTC+2) is taken.
         assert_eq!(at("2014-10-26T02:30:00"), 1_414_283_400_000);
@@ -486,6 +544,155 @@ required = false
                 received_at: 0,
             };
             let _ = r.decode(&m, 1 << 16);
+        }
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+    use std::path::Path;
+
+    fn registry(text: &str) -> Registry {
+        Registry::new(vec![
+            SensorType::from_toml(Path::new("t.toml"), text).unwrap()
+        ])
+    }
+
+    fn raw(topic: &str, payload: &[u8]) -> RawMessage {
+        RawMessage {
+            topic: topic.into(),
+            payload: payload.to_vec(),
+            received_at: 1_406_851_200_000,
+        }
+    }
+
+    const NOISE: &str = "name = \"noise\"\nformat = \"senml\"\n[[fields]]\nname = \"laeq\"\n[[fields]]\nname = \"lmax\"\nrequired = false\n";
+
+    #[test]
+    fn a_senml_pack_gives_one_observation_per_record_time() {
+        let r = registry(NOISE);
+        let pack = br#"[{"bn":"urn:dev:noise:7:","bt":1406851200,"n":"laeq","v":61.5},{"n":"lmax","v":70},{"n":"laeq","t":300,"v":58}]"#;
+        let obs = r.decode(&raw("city/noise/7", pack), 4096).unwrap();
+        assert_eq!(obs.len(), 2);
+        assert_eq!(obs[0].event_time, 1_406_851_200_000);
+        assert_eq!(
+            obs[0].fields,
+            vec![("laeq".into(), 61.5), ("lmax".into(), 70.0)]
+        );
+        assert_eq!(obs[1].event_time, 1_406_851_500_000);
+        assert_eq!(obs[1].fields, vec![("laeq".into(), 58.0)]);
+    }
+
+    #[test]
+    fn senml_rejections_are_whole_and_explained() {
+        let r = registry(NOISE);
+        let e = r
+            .decode(&raw("city/noise/7", br#"{"n":"laeq","v":1}"#), 4096)
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::MalformedSenml);
+        // The second time group lacks the required laeq: nothing of the pack is accepted.
+        let mut out = Vec::new();
+        let pack = br#"[{"bt":1406851200,"n":"laeq","v":1},{"n":"lmax","t":60,"v":2}]"#;
+        let e = r
+            .decode_into(&raw("city/noise/7", pack), 4096, &mut out)
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::MissingField);
+        assert!(out.is_empty());
+        let e = r
+            .decode(&raw("city/noise/7", br#"[{"n":"laeq","vs":"loud"}]"#), 4096)
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::WrongType);
+    }
+
+    const COUNTER: &str = "name = \"counter\"\nformat = \"csv\"\ncolumns = [\"ts\", \"lane\", \"count\"]\n[time]\nfield = \"/ts\"\nformat = \"rfc3339\"\n[[fields]]\nname = \"count\"\ntype = \"integer\"\n";
+
+    #[test]
+    fn csv_lines_are_decoded_by_column() {
+        let r = registry(COUNTER);
+        let obs = r
+            .decode(
+                &raw("city/counter/a", b"2014-08-01T00:05:00Z,left,17"),
+                4096,
+            )
+            .unwrap();
+        assert_eq!(obs[0].event_time, 1_406_851_500_000);
+        assert_eq!(obs[0].fields, vec![("count".into(), 17.0)]);
+        let e = r
+            .decode(&raw("city/counter/a", b"2014-08-01T00:05:00Z,left"), 4096)
+            .unwrap_err();
+        assert_eq!(
+            (e.reason, e.detail.as_str()),
+            (
+                Reason::MalformedCsv,
+                "expected 3 columns (ts, lane, count), got 2"
+            )
+        );
+        let e = r
+            .decode(
+                &raw("city/counter/a", b"2014-08-01T00:05:00Z,left,many"),
+                4096,
+            )
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::WrongType);
+    }
+
+    #[test]
+    fn format_mistakes_in_descriptors_are_reported() {
+        let err = |text: &str| {
+            SensorType::from_toml(Path::new("t.toml"), text)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err("name = \"x\"\nformat = \"csv\"\n[[fields]]\nname = \"a\"\n")
+                .contains("needs columns")
+        );
+        assert!(
+            err("name = \"x\"\nformat = \"xml\"\n[[fields]]\nname = \"a\"\n")
+                .contains("\"xml\" is not known")
+        );
+        let e = err("name = \"x\"\nformat = \"senml\"\n[time]\nfield = \"/t\"\nformat = \"epoch_s\"\n[[fields]]\nname = \"a\"\n");
+        assert!(
+            e.starts_with("t.toml:4: SenML records carry their own time"),
+            "{e}"
+        );
+        let e =
+            err("name = \"x\"\nformat = \"csv\"\ncolumns = [\"a\"]\n[[fields]]\nname = \"b\"\n");
+        assert!(
+            e.contains("field \"b\" reads /b, which is not one of the columns (a)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_in_any_format() {
+        let registries = [registry(NOISE), registry(COUNTER)];
+        let seeds: [&[u8]; 4] = [
+            br#"[{"bn":"x:","bt":1,"n":"laeq","v":1,"t":-3},{"n":"lmax","vb":true}]"#,
+            b"2014-08-01T00:05:00Z,left,17",
+            b"\"a\",\"b\nc\",1e999",
+            b"[{\"bv\":1e308,\"v\":1e308,\"t\":1e300}]",
+        ];
+        let mut rng = fastrand::Rng::with_seed(11);
+        for i in 0..20_000 {
+            let mut bytes = seeds[i % seeds.len()].to_vec();
+            for _ in 0..rng.usize(0..5) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = rng.usize(0..bytes.len());
+                match rng.u8(0..3) {
+                    0 => bytes[at] = rng.u8(..),
+                    1 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.insert(at, rng.u8(..)),
+                }
+            }
+            for (r, topic) in registries.iter().zip(["city/noise/1", "city/counter/1"]) {
+                let _ = r.decode(&raw(topic, &bytes), 1 << 16);
+            }
         }
     }
 }

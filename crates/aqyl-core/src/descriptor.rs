@@ -22,6 +22,8 @@ pub struct SensorType {
     pub name: Arc<str>,
     /// Where it publishes.
     pub topic: TopicPattern,
+    /// How payloads are encoded.
+    pub format: PayloadFormat,
     /// How event time is read; `None` means receive time (flagged on each observation).
     pub time: Option<TimeRule>,
     /// Numeric fields to extract.
@@ -52,6 +54,27 @@ pub struct Field {
     /// A missing required field rejects the payload; a missing optional field is skipped.
     pub required: bool,
 }
+
+/// Payload encodings. Every format is read into JSON objects first, so fields are always
+/// addressed by JSON Pointer: a CSV line becomes `{column: value}`, a SenML pack one object per
+/// distinct record time, `{name: value, "@time": seconds}`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PayloadFormat {
+    /// One JSON object per message.
+    Json,
+    /// SenML (RFC 8428) JSON packs; base name/time/unit/value are resolved.
+    Senml,
+    /// One CSV line per message, columns as declared.
+    Csv {
+        /// Column names in order.
+        columns: Vec<String>,
+        /// Field delimiter (`,` by default).
+        delimiter: u8,
+    },
+}
+
+/// Key under which a SenML record group's resolved time (Unix seconds) is stored.
+pub const SENML_TIME_KEY: &str = "@time";
 
 /// SensorSAX settings of a sensor type (`[sensor_sax]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -108,6 +131,14 @@ impl Pointer {
             text: text.to_string(),
             tokens,
         })
+    }
+
+    /// A pointer to one key of the top-level object (`/<key>`).
+    pub fn key(key: &str) -> Self {
+        Self {
+            text: format!("/{}", key.replace('~', "~0").replace('/', "~1")),
+            tokens: vec![key.to_string()],
+        }
     }
 
     /// The value it points at.
@@ -315,9 +346,13 @@ struct DescriptorFile {
     name: Spanned<String>,
     /// Topic pattern with `{sensor_id}`; default `city/<name>/{sensor_id}`.
     topic: Option<Spanned<String>>,
-    /// Payload format; only `json` for now.
+    /// Payload format: `json` (default), `senml` or `csv`.
     #[serde(default = "default_format")]
     format: Spanned<String>,
+    /// CSV column names, in order (format `csv`).
+    columns: Option<Spanned<Vec<String>>>,
+    /// CSV delimiter, one ASCII character (format `csv`; default `,`).
+    delimiter: Option<Spanned<String>>,
     /// Expected update interval per sensor.
     #[serde(
         default = "default_interval",
@@ -468,14 +503,57 @@ impl SensorType {
                 ),
             ));
         }
-        if file.format.get_ref() != "json" {
-            errors.push(err(
-                file.format.span(),
-                format!(
-                    "payload format {:?} is not supported yet; use \"json\"",
-                    file.format.get_ref()
-                ),
-            ));
+        let format = match file.format.get_ref().as_str() {
+            "json" => Some(PayloadFormat::Json),
+            "senml" => Some(PayloadFormat::Senml),
+            "csv" => match &file.columns {
+                Some(cols) if !cols.get_ref().is_empty() => {
+                    let delimiter = match &file.delimiter {
+                        None => Some(b','),
+                        Some(d) if d.get_ref().len() == 1 && d.get_ref().is_ascii() => {
+                            Some(d.get_ref().as_bytes()[0])
+                        }
+                        Some(d) => {
+                            errors.push(err(
+                                d.span(),
+                                format!(
+                                    "delimiter {:?} must be a single ASCII character",
+                                    d.get_ref()
+                                ),
+                            ));
+                            None
+                        }
+                    };
+                    delimiter.map(|delimiter| PayloadFormat::Csv {
+                        columns: cols.get_ref().clone(),
+                        delimiter,
+                    })
+                }
+                _ => {
+                    errors.push(err(
+                        file.format.span(),
+                        "format \"csv\" needs columns = [\"name\", ...] in payload order".into(),
+                    ));
+                    None
+                }
+            },
+            other => {
+                errors.push(err(
+                    file.format.span(),
+                    format!(
+                        "payload format {other:?} is not known; use \"json\", \"senml\" or \"csv\""
+                    ),
+                ));
+                None
+            }
+        };
+        if !matches!(format, Some(PayloadFormat::Csv { .. })) {
+            if let Some(c) = &file.columns {
+                errors.push(err(
+                    c.span(),
+                    "columns only apply to format = \"csv\"".into(),
+                ));
+            }
         }
         let topic_text = file
             .topic
@@ -494,9 +572,20 @@ impl SensorType {
                 None
             }
         };
-        let time = match &file.time {
-            None => None,
-            Some(t) => match parse_time(t) {
+        let time = match (&file.time, &format) {
+            (Some(t), Some(PayloadFormat::Senml)) => {
+                errors.push(err(
+                    t.field.span(),
+                    "SenML records carry their own time (bt + t); remove [time]".into(),
+                ));
+                None
+            }
+            (None, Some(PayloadFormat::Senml)) => Some(TimeRule {
+                pointer: Pointer::key(SENML_TIME_KEY),
+                format: TimeFormat::EpochSeconds,
+            }),
+            (None, _) => None,
+            (Some(t), _) => match parse_time(t) {
                 Ok(rule) => Some(rule),
                 Err((span, msg)) => {
                     errors.push(err(span, msg));
@@ -504,6 +593,25 @@ impl SensorType {
                 }
             },
         };
+        if let (Some(PayloadFormat::Csv { columns, .. }), Some(rule)) = (&format, &time) {
+            if !columns
+                .iter()
+                .any(|c| rule.pointer.as_str() == format!("/{c}"))
+            {
+                let span = file
+                    .time
+                    .as_ref()
+                    .map_or(file.format.span(), |t| t.field.span());
+                errors.push(err(
+                    span,
+                    format!(
+                        "time field {} is not one of the columns ({})",
+                        rule.pointer,
+                        columns.join(", ")
+                    ),
+                ));
+            }
+        }
         let mut fields: Vec<Field> = Vec::new();
         for f in &file.fields {
             let span = f.name.span();
@@ -537,6 +645,17 @@ impl SensorType {
                 ));
                 continue;
             };
+            if let Some(PayloadFormat::Csv { columns, .. }) = &format {
+                if !columns.iter().any(|c| pointer.as_str() == format!("/{c}")) {
+                    errors.push(err(
+                        span.clone(),
+                        format!(
+                            "field {fname:?} reads {pointer}, which is not one of the columns ({})",
+                            columns.join(", ")
+                        ),
+                    ));
+                }
+            }
             fields.push(Field {
                 name: Arc::from(fname.as_str()),
                 pointer,
@@ -602,10 +721,11 @@ impl SensorType {
                 "expected_interval must be greater than zero".into(),
             ));
         }
-        match (errors.is_empty(), topic) {
-            (true, Some(topic)) => Ok(SensorType {
+        match (errors.is_empty(), topic, format) {
+            (true, Some(topic), Some(format)) => Ok(SensorType {
                 name: Arc::from(name),
                 topic,
+                format,
                 time,
                 fields,
                 expected_interval: file.expected_interval,

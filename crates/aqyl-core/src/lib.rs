@@ -23,6 +23,7 @@ pub mod decode;
 pub mod descriptor;
 pub mod duration;
 pub mod error;
+pub mod formats;
 pub mod line_protocol;
 pub mod metrics;
 pub mod observation;

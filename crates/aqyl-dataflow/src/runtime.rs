@@ -157,6 +157,7 @@ fn run_worker(
     let lateness = spec.allowed_lateness.as_millis() as u64;
     let mut watermark = Watermark::new(lateness, spec.idle_timeout.map(|d| d.as_millis() as u64));
     let mut last_message = wall_ms();
+    let mut decoded = Vec::with_capacity(4);
     loop {
         let mut taken = 0;
         let mut closed = false;
@@ -165,20 +166,30 @@ fn run_worker(
                 Ok(msg) => {
                     taken += 1;
                     let now = wall_ms();
-                    match spec.registry.decode(&msg, spec.max_payload_bytes) {
-                        Ok(obs)
-                            if watermark.is_late(obs.event_time)
-                                && spec.update_horizon.is_some_and(|h| {
-                                    obs.event_time + h.as_millis() as u64 >= watermark.current(now)
-                                }) =>
-                        {
+                    decoded.clear();
+                    if let Err(rejection) =
+                        spec.registry
+                            .decode_into(&msg, spec.max_payload_bytes, &mut decoded)
+                    {
+                        metrics.reject(rejection.reason);
+                        let _ = outputs.deadletters.send(rejection.dead_letter(&msg));
+                        continue;
+                    }
+                    for obs in decoded.drain(..) {
+                        if !watermark.is_late(obs.event_time) {
+                            watermark.observe(obs.event_time, now);
+                            shared_max.fetch_max(obs.event_time, Relaxed);
+                            metrics.observations.fetch_add(1, Relaxed);
+                            input.send(obs);
+                        } else if spec.update_horizon.is_some_and(|h| {
+                            obs.event_time + h.as_millis() as u64 >= watermark.current(now)
+                        }) {
                             // Sent at the current input time; Aggregate files it into its
                             // closed window and emits the correction.
                             metrics.late_updates.fetch_add(1, Relaxed);
                             metrics.observations.fetch_add(1, Relaxed);
                             input.send(obs);
-                        }
-                        Ok(obs) if watermark.is_late(obs.event_time) => {
+                        } else {
                             metrics.reject(Reason::Late);
                             let detail = format!(
                                 "event time {} is before the watermark {} (allowed lateness {}); its window has closed",
@@ -195,16 +206,6 @@ fn run_worker(
                                 msg.received_at,
                             );
                             let _ = outputs.deadletters.send(dl);
-                        }
-                        Ok(obs) => {
-                            watermark.observe(obs.event_time, now);
-                            shared_max.fetch_max(obs.event_time, Relaxed);
-                            metrics.observations.fetch_add(1, Relaxed);
-                            input.send(obs);
-                        }
-                        Err(rejection) => {
-                            metrics.reject(rejection.reason);
-                            let _ = outputs.deadletters.send(rejection.dead_letter(&msg));
                         }
                     }
                 }

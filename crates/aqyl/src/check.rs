@@ -76,3 +76,58 @@ mod tests {
         assert!(report.ends_with("1 problem found.\n"), "{report}");
     }
 }
+
+#[cfg(test)]
+mod shipped_descriptors {
+    use aqyl_core::decode::Registry;
+    use aqyl_core::RawMessage;
+    use aqyl_sim::sensors::{CityConfig, SensorType};
+    use aqyl_sim::simulation::{SimConfig, Simulation};
+    use std::path::Path;
+
+    #[test]
+    fn decode_a_simulated_day_of_every_sensor_type() {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/aqyl.toml");
+        let loaded = aqyl_core::config::load(&config, |_| None).unwrap();
+        let registry = Registry::new(loaded.sensor_types);
+        let start = aqyl_sim::time::parse_time("2014-08-01T00:00:00").unwrap();
+        let types = vec![
+            SensorType::Traffic,
+            SensorType::Parking,
+            SensorType::Pollution,
+            SensorType::Weather,
+            SensorType::Noise,
+        ];
+        let city = CityConfig {
+            sensors: 3,
+            areas: 2,
+            types,
+        };
+        let (messages, _) =
+            Simulation::generate(SimConfig::new(city, start, chrono::Duration::days(1), 9))
+                .unwrap();
+        let mut per_type = std::collections::BTreeMap::new();
+        for m in &messages {
+            let raw = RawMessage {
+                topic: m.topic.clone(),
+                payload: m.encode(None),
+                received_at: 0,
+            };
+            let obs = registry.decode(&raw, 65536).unwrap_or_else(|e| {
+                panic!(
+                    "{} {}: {e:?}",
+                    m.topic,
+                    String::from_utf8_lossy(&raw.payload)
+                )
+            });
+            assert_eq!(
+                obs[0].event_time as i64,
+                m.event_time.timestamp_millis(),
+                "{}",
+                m.topic
+            );
+            *per_type.entry(obs[0].sensor_type.to_string()).or_insert(0) += 1;
+        }
+        assert_eq!(per_type.len(), 5, "{per_type:?}");
+    }
+}
