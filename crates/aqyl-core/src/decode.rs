@@ -221,7 +221,7 @@ fn observe(
     let mut fields = Vec::with_capacity(ty.fields.len());
     for f in &ty.fields {
         match read_number(f.pointer.lookup(value), f.kind) {
-            Ok(Some(v)) => fields.push((f.name.clone(), v)),
+            Ok(Some(v)) => fields.push((f.name.clone(), f.conversion.map_or(v, |c| c.apply(v)))),
             Ok(None) if !f.required => {}
             Ok(None) => {
                 return Err(Rejection::new(

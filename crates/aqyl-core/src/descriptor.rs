@@ -4,6 +4,7 @@
 
 use crate::error::{ConfigError, ConfigErrors};
 use crate::sax::SaxParams;
+use crate::units::Conversion;
 use crate::window::WindowSpec;
 use chrono_tz::Tz;
 use serde::Deserialize;
@@ -49,10 +50,59 @@ pub struct Field {
     pub pointer: Pointer,
     /// Value type.
     pub kind: FieldType,
-    /// Unit, for documentation and outputs.
+    /// Unit of the decoded value (the target unit when converting).
     pub unit: Option<String>,
+    /// Conversion from the payload's unit to `unit`, when `target_unit` is set.
+    pub conversion: Option<Conversion>,
     /// A missing required field rejects the payload; a missing optional field is skipped.
     pub required: bool,
+    /// Smallest valid value (in `unit`), a number or another field of the same reading.
+    pub min: Option<Bound>,
+    /// Largest valid value, e.g. `"@totalspaces"`.
+    pub max: Option<Bound>,
+}
+
+/// A range bound: a constant, or the value of another field of the same observation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bound {
+    /// A constant.
+    Value(f64),
+    /// Another field (`"@totalspaces"`).
+    Field(Arc<str>),
+}
+
+impl Bound {
+    /// The bound's value for an observation's fields; `None` when the named field is absent.
+    pub fn resolve(&self, fields: &[(Arc<str>, f64)]) -> Option<f64> {
+        match self {
+            Bound::Value(v) => Some(*v),
+            Bound::Field(name) => fields.iter().find(|(n, _)| n == name).map(|f| f.1),
+        }
+    }
+}
+
+impl SensorType {
+    /// The fields of `fields` that lie outside their declared range, with a sentence each.
+    /// (Decoding accepts them; quality scoring counts them as incorrect.)
+    pub fn out_of_range(&self, fields: &[(Arc<str>, f64)]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, value) in fields {
+            let Some(f) = self.fields.iter().find(|f| &f.name == name) else {
+                continue;
+            };
+            if let Some(min) = f.min.as_ref().and_then(|b| b.resolve(fields)) {
+                if *value < min {
+                    out.push(format!("{name} = {value} is below its minimum {min}"));
+                }
+            }
+            if let Some(max) = f.max.as_ref().and_then(|b| b.resolve(fields)) {
+                if *value > max {
+                    out.push(format!("{name} = {value} is above its maximum {max}"));
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Payload encodings. Every format is read into JSON objects first, so fields are always
@@ -465,11 +515,24 @@ struct FieldFile {
     /// `number` (default) or `integer`.
     #[serde(default = "default_type", rename = "type")]
     kind: FieldType,
-    /// Unit.
-    unit: Option<String>,
+    /// Unit of the payload's value (see `aqyl_core::units`).
+    unit: Option<Spanned<String>>,
+    /// Convert to this unit while decoding.
+    target_unit: Option<Spanned<String>>,
     /// Required (default true).
     #[serde(default = "default_true")]
     required: bool,
+    /// Smallest valid value: a number, or `"@field"`.
+    min: Option<Spanned<BoundFile>>,
+    /// Largest valid value: a number, or `"@field"`.
+    max: Option<Spanned<BoundFile>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum BoundFile {
+    Number(f64),
+    Field(String),
 }
 
 fn default_type() -> FieldType {
@@ -656,13 +719,81 @@ impl SensorType {
                     ));
                 }
             }
+            let (unit, conversion) = match (&f.unit, &f.target_unit) {
+                (None, None) => (None, None),
+                (None, Some(t)) => {
+                    errors.push(err(
+                        t.span(),
+                        format!("field {fname:?} has target_unit but no unit to convert from"),
+                    ));
+                    (None, None)
+                }
+                (Some(u), None) => {
+                    if crate::units::find(u.get_ref()).is_none() {
+                        errors.push(err(
+                            u.span(),
+                            format!(
+                                "unknown unit {:?}; known units: {}",
+                                u.get_ref(),
+                                crate::units::known()
+                            ),
+                        ));
+                    }
+                    (Some(u.get_ref().clone()), None)
+                }
+                (Some(u), Some(_)) if crate::units::find(u.get_ref()).is_none() => {
+                    errors.push(err(
+                        u.span(),
+                        format!(
+                            "unknown unit {:?}; known units: {}",
+                            u.get_ref(),
+                            crate::units::known()
+                        ),
+                    ));
+                    (None, None)
+                }
+                (Some(u), Some(t)) => match Conversion::new(u.get_ref(), t.get_ref()) {
+                    Ok(c) => (Some(t.get_ref().clone()), Some(c)),
+                    Err(e) => {
+                        errors.push(err(t.span(), e));
+                        (None, None)
+                    }
+                },
+            };
             fields.push(Field {
                 name: Arc::from(fname.as_str()),
                 pointer,
                 kind: f.kind,
-                unit: f.unit.clone(),
+                unit,
+                conversion,
                 required: f.required,
+                min: None,
+                max: None,
             });
+        }
+        for (f, spec) in fields.iter_mut().zip(&file.fields) {
+            for (slot, bound) in [(&mut f.min, &spec.min), (&mut f.max, &spec.max)] {
+                let Some(b) = bound else { continue };
+                *slot = match b.get_ref() {
+                    BoundFile::Number(v) => Some(Bound::Value(*v)),
+                    BoundFile::Field(text) => match text.strip_prefix('@') {
+                        Some(other) if file.fields.iter().any(|g| g.name.get_ref() == other) => {
+                            Some(Bound::Field(Arc::from(other)))
+                        }
+                        Some(other) => {
+                            errors.push(err(b.span(), format!("bound {text:?} names the field {other:?}, which is not declared")));
+                            None
+                        }
+                        None => {
+                            errors.push(err(
+                                b.span(),
+                                format!("bound {text:?} must be a number or \"@field\""),
+                            ));
+                            None
+                        }
+                    },
+                };
+            }
         }
         if fields.is_empty() {
             errors.push(err(
@@ -1066,5 +1197,91 @@ mod pointer_tests {
                 "{p}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod unit_and_bound_tests {
+    use super::*;
+
+    const GARAGE: &str = r#"
+name = "garage"
+[time]
+field = "/t"
+format = "epoch_s"
+[[fields]]
+name = "cars"
+min = 0
+max = "@spaces"
+[[fields]]
+name = "spaces"
+[[fields]]
+name = "speed"
+unit = "mph"
+target_unit = "km/h"
+required = false
+"#;
+
+    #[test]
+    fn bounds_may_name_another_field_and_units_convert() {
+        let t = SensorType::from_toml(Path::new("g.toml"), GARAGE).unwrap();
+        let fields: Vec<(Arc<str>, f64)> = vec![("cars".into(), 960.0), ("spaces".into(), 953.0)];
+        assert_eq!(
+            t.out_of_range(&fields),
+            vec!["cars = 960 is above its maximum 953".to_string()]
+        );
+        let fields: Vec<(Arc<str>, f64)> = vec![("cars".into(), -1.0), ("spaces".into(), 953.0)];
+        assert_eq!(
+            t.out_of_range(&fields),
+            vec!["cars = -1 is below its minimum 0".to_string()]
+        );
+        assert_eq!(t.fields[2].unit.as_deref(), Some("km/h"));
+        let registry = crate::decode::Registry::new(vec![t]);
+        let msg = crate::RawMessage {
+            topic: "city/garage/g".into(),
+            payload: br#"{"t":1,"cars":1,"spaces":2,"speed":60}"#.to_vec(),
+            received_at: 0,
+        };
+        let obs = registry.decode(&msg, 1024).unwrap();
+        assert!(
+            (obs[0].fields[2].1 - 96.56064).abs() < 1e-9,
+            "60 mph in km/h"
+        );
+    }
+
+    #[test]
+    fn bad_units_and_bounds_name_the_line() {
+        let e = SensorType::from_toml(
+            Path::new("g.toml"),
+            &GARAGE.replace("\"@spaces\"", "\"@capacity\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(
+                "g.toml:9: bound \"@capacity\" names the field \"capacity\", which is not declared"
+            ),
+            "{e}"
+        );
+        let e = SensorType::from_toml(
+            Path::new("g.toml"),
+            &GARAGE.replace("\"mph\"", "\"furlong/fortnight\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("g.toml:14: unknown unit \"furlong/fortnight\""),
+            "{e}"
+        );
+        let e = SensorType::from_toml(
+            Path::new("g.toml"),
+            &GARAGE.replace("target_unit = \"km/h\"", "target_unit = \"°C\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("g.toml:15: cannot convert mph (speed) to °C (temperature)"),
+            "{e}"
+        );
     }
 }

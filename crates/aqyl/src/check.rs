@@ -1,4 +1,5 @@
-//! `aqyl check`: load the configuration and every descriptor, report all problems.
+//! `aqyl check` (load the configuration and every descriptor, report all problems) and
+//! `aqyl sensors test` (decode one payload with one sensor type and explain the result).
 
 use aqyl_core::config;
 use std::path::Path;
@@ -45,9 +46,137 @@ pub fn check(path: &Path) -> (String, bool) {
     }
 }
 
+/// Decodes the payload in `payload_file` as sensor type `type_name` (topic
+/// `city/<type>/<sensor_id>` unless given) and explains the outcome. Returns the report and
+/// whether the payload was accepted.
+pub fn sensors_test(
+    config: &Path,
+    type_name: &str,
+    payload_file: &Path,
+    topic: Option<&str>,
+) -> (String, bool) {
+    let loaded = match config::load(config, |k| std::env::var(k).ok()) {
+        Ok(l) => l,
+        Err(e) => return (format!("{e}\n"), false),
+    };
+    let Some(ty) = loaded.sensor_types.iter().find(|t| &*t.name == type_name) else {
+        let names: Vec<&str> = loaded.sensor_types.iter().map(|t| &*t.name).collect();
+        return (
+            format!(
+                "no sensor type {type_name:?} in {}; known: {}\n",
+                loaded.sensors_dir.display(),
+                names.join(", ")
+            ),
+            false,
+        );
+    };
+    let payload = match std::fs::read(payload_file) {
+        Ok(p) => p,
+        Err(e) => {
+            return (
+                format!("{}: cannot read the payload: {e}\n", payload_file.display()),
+                false,
+            )
+        }
+    };
+    let topic = topic.map(str::to_string).unwrap_or_else(|| {
+        ty.topic
+            .as_str()
+            .replace("{sensor_id}", "test-sensor")
+            .replace("{area}", "test-area")
+    });
+    let registry = aqyl_core::decode::Registry::new(vec![ty.clone()]);
+    let received_at = chrono::Utc::now().timestamp_millis();
+    let msg = aqyl_core::RawMessage {
+        topic: topic.clone(),
+        payload,
+        received_at,
+    };
+    match registry.decode(&msg, loaded.config.ingest.max_payload_bytes) {
+        Ok(observations) => {
+            let mut out = format!(
+                "accepted: {} observation{} of {type_name} on {topic}\n",
+                observations.len(),
+                if observations.len() == 1 { "" } else { "s" }
+            );
+            for o in &observations {
+                out.push_str(&format!(
+                    "  sensor {} at {}{}{}\n",
+                    o.sensor_id,
+                    aqyl_core::deadletter::rfc3339_ms(o.event_time as i64),
+                    if o.time_from_receive {
+                        " (receive time: the payload has no event time)"
+                    } else {
+                        ""
+                    },
+                    o.area
+                        .as_ref()
+                        .map(|a| format!(", area {a}"))
+                        .unwrap_or_default()
+                ));
+                for (name, value) in &o.fields {
+                    let unit = ty
+                        .fields
+                        .iter()
+                        .find(|f| &f.name == name)
+                        .and_then(|f| f.unit.clone())
+                        .unwrap_or_default();
+                    out.push_str(&format!("    {name:<20} {value} {unit}\n"));
+                }
+                for warning in ty.out_of_range(&o.fields) {
+                    out.push_str(&format!(
+                        "  warning: {warning} (kept; counted as incorrect by quality scoring)\n"
+                    ));
+                }
+            }
+            (out, true)
+        }
+        Err(r) => (
+            format!(
+                "rejected ({}): {}\n  it would go to aqyl/deadletter/{type_name}\n",
+                r.reason, r.detail
+            ),
+            false,
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sensors_test_explains_acceptance_and_rejection() {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/aqyl.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.json");
+        std::fs::write(
+            &good,
+            r#"{"vehiclecount":960,"totalspaces":953,"updatetime":"2014-08-01 08:00:00.5"}"#,
+        )
+        .unwrap();
+        let (report, ok) = sensors_test(&config, "parking", &good, None);
+        assert!(ok, "{report}");
+        assert!(
+            report.contains("sensor test-sensor at 2014-08-01T06:00:00.500Z"),
+            "{report}"
+        );
+        assert!(
+            report.contains("warning: vehiclecount = 960 is above its maximum 953"),
+            "{report}"
+        );
+        let bad = dir.path().join("bad.json");
+        std::fs::write(
+            &bad,
+            r#"{"vehiclecount":"full","totalspaces":953,"updatetime":"2014-08-01 08:00:00"}"#,
+        )
+        .unwrap();
+        let (report, ok) = sensors_test(&config, "parking", &bad, None);
+        assert!(!ok);
+        assert!(report.starts_with("rejected (wrong_type): field \"vehiclecount\" (at /vehiclecount): expected an integer, got the string \"full\""), "{report}");
+        let (report, ok) = sensors_test(&config, "trafic", &bad, None);
+        assert!(!ok && report.contains("known: noise, parking"), "{report}");
+    }
 
     #[test]
     fn shipped_configuration_is_valid() {

@@ -55,8 +55,30 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Work with sensor types: `aqyl sensors test <type> <payload-file>`.
+    Sensors {
+        #[command(subcommand)]
+        command: SensorsCommand,
+    },
     /// Validate the configuration and every sensor descriptor; prints file:line errors.
     Check {
+        /// Configuration file.
+        #[arg(long, short, default_value = "config/aqyl.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SensorsCommand {
+    /// Decode one payload with a sensor type and show the observation, or exactly why it is rejected.
+    Test {
+        /// Sensor type name (a descriptor's `name`).
+        sensor_type: String,
+        /// File holding one payload, as a sensor would publish it.
+        payload_file: PathBuf,
+        /// Topic it arrives on (default: the type's pattern with sensor id `test-sensor`).
+        #[arg(long)]
+        topic: Option<String>,
         /// Configuration file.
         #[arg(long, short, default_value = "config/aqyl.toml")]
         config: PathBuf,
@@ -109,6 +131,24 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 eprint!("{report}");
+                ExitCode::FAILURE
+            }
+        }
+        Command::Sensors {
+            command:
+                SensorsCommand::Test {
+                    sensor_type,
+                    payload_file,
+                    topic,
+                    config,
+                },
+        } => {
+            let (report, ok) =
+                aqyl::check::sensors_test(&config, &sensor_type, &payload_file, topic.as_deref());
+            print!("{report}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
                 ExitCode::FAILURE
             }
         }
