@@ -32,6 +32,7 @@ fn config_dir(workers: usize) -> tempfile::TempDir {
         dir.path().join("aqyl.toml"),
         format!(
             r#"
+reload_interval = "100ms"
 [mqtt]
 url = "mqtt://127.0.0.1:9"
 client_id = "aqyl-e2e-{pid}"
@@ -532,4 +533,74 @@ fn aggregates_are_published_on_mqtt_when_configured() {
         .expect("the 4-hour window");
     assert_eq!(sax["sax"], "ace", "a steady ramp reads low, middle, high");
     assert_eq!(sax["sax_code"], 14);
+}
+
+#[test]
+fn a_new_sensor_type_is_plugged_in_at_run_time_and_a_broken_one_is_refused() {
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let dir = config_dir(2);
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
+    wait_until(WAIT, "aqyl/status online", || {
+        status.messages().iter().any(|m| m.payload == b"online")
+    });
+    wait_until(WAIT, "the traffic subscription", || {
+        aqyl.metric("aqyl_subscriptions ") == Some(1)
+    });
+
+    // A broken descriptor is refused; traffic keeps flowing.
+    std::fs::write(
+        dir.path().join("sensors/noise.toml"),
+        "name = \"noise\"\nformat = \"senml\"\n[[fields]]\nname = \"laeq\"\nunit = \"decibels\"\n",
+    )
+    .unwrap();
+    wait_until(WAIT, "the broken descriptor to be refused", || {
+        aqyl.metric("aqyl_descriptor_reload_failures_total ")
+            .unwrap_or(0)
+            >= 1
+    });
+    publish(mqtt.port, &[reading("158324", 0, 50.0)]);
+    wait_until(WAIT, "traffic after the refused change", || {
+        aqyl.metric("aqyl_observations_total ") == Some(1)
+    });
+
+    // Fixed: the noise sensor type is plugged in without a restart.
+    std::fs::write(
+        dir.path().join("sensors/noise.toml"),
+        "name = \"noise\"\nformat = \"senml\"\n[[fields]]\nname = \"laeq\"\nunit = \"dB\"\n[[windows]]\nsize = \"15m\"\n",
+    )
+    .unwrap();
+    wait_until(WAIT, "the reload", || {
+        aqyl.metric("aqyl_descriptor_reloads_total ").unwrap_or(0) >= 1
+    });
+    wait_until(WAIT, "the noise subscription", || {
+        aqyl.metric("aqyl_subscriptions ") == Some(2)
+    });
+    // Three SenML packs, 5 minutes apart, for one street: 60, 62, 70 dB.
+    let packs: Vec<(String, Vec<u8>)> = [(0, 60.0), (300, 62.0), (600, 70.0)]
+        .iter()
+        .map(|(t, v)| {
+            let pack = format!(
+                r#"[{{"bn":"urn:dev:noise:n1:","bt":{},"n":"laeq","u":"dB","v":{v}}}]"#,
+                1_406_851_200 + t
+            );
+            ("city/noise/n1".to_string(), pack.into_bytes())
+        })
+        .collect();
+    publish(mqtt.port, &packs);
+    wait_until(WAIT, "the noise observations", || {
+        aqyl.metric("aqyl_observations_total ") == Some(4)
+    });
+    aqyl.stop();
+
+    let means = vm.export(r#"{__name__="aggregate_mean",sensor_type="noise"}"#);
+    assert_eq!(means.len(), 1, "{means:?}");
+    assert_eq!(means[0].label("window"), "15m");
+    assert_eq!(means[0].label("sensor_id"), "n1");
+    assert_eq!(
+        means[0].samples,
+        vec![(1_406_852_100_000, 64.0)],
+        "one 15-minute window, mean of 60, 62, 70"
+    );
 }

@@ -9,7 +9,6 @@ use aqyl_dataflow::{run_batch, PipelineSpec};
 use aqyl_sim::replay::{discover, Replay, ReplayOptions};
 use aqyl_sim::sensors::SensorType as SimType;
 use std::fmt::Write;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[test]
@@ -53,7 +52,7 @@ fn replayed_citypulse_rows_give_the_hand_worked_sax_words() {
     .unwrap();
     let traffic = SensorType::from_toml(std::path::Path::new("traffic.toml"), &descriptor).unwrap();
     let spec = PipelineSpec {
-        registry: Arc::new(Registry::new(vec![traffic])),
+        registry: aqyl_dataflow::shared(Registry::new(vec![traffic])),
         workers: 2,
         window: Duration::from_secs(300),
         allowed_lateness: Duration::from_secs(600),

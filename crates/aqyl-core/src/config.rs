@@ -44,6 +44,12 @@ pub struct Config {
     /// Directory of sensor type descriptors, relative to the config file.
     #[serde(default = "default_sensors_dir")]
     pub sensors_dir: PathBuf,
+    /// How often `aqyl run` looks for changed descriptors and reloads them (`"0s"`: never).
+    #[serde(
+        default = "default_reload",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub reload_interval: Duration,
     /// Broker connection.
     #[serde(default)]
     pub mqtt: MqttConfig,
@@ -65,6 +71,10 @@ pub struct Config {
     /// HTTP endpoint for `/metrics` and `/health`.
     #[serde(default)]
     pub http: HttpConfig,
+}
+
+fn default_reload() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn default_sensors_dir() -> PathBuf {

@@ -33,6 +33,12 @@ pub struct Metrics {
     pub aggregates_published: AtomicU64,
     /// MQTT connection errors (each followed by a reconnect attempt).
     pub mqtt_connection_errors: AtomicU64,
+    /// Subscription filters in force (set when the broker acknowledges a subscription).
+    pub subscriptions: AtomicU64,
+    /// Successful reloads of the sensor descriptors.
+    pub descriptor_reloads: AtomicU64,
+    /// Descriptor changes rejected as invalid (the previous descriptors stay in force).
+    pub descriptor_reload_failures: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -154,6 +160,21 @@ impl Metrics {
             "mqtt_connection_errors_total",
             "MQTT connection errors.",
             &self.mqtt_connection_errors,
+        );
+        counter(
+            "descriptor_reloads_total",
+            "Successful reloads of the sensor descriptors.",
+            &self.descriptor_reloads,
+        );
+        counter(
+            "descriptor_reload_failures_total",
+            "Invalid descriptor changes that were rejected.",
+            &self.descriptor_reload_failures,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP aqyl_subscriptions Subscription filters in force.\n# TYPE aqyl_subscriptions gauge\naqyl_subscriptions {}",
+            self.subscriptions.load(Relaxed)
         );
         let _ = writeln!(out, "# HELP aqyl_rejected_total Rejected inputs by reason.\n# TYPE aqyl_rejected_total counter");
         for r in Reason::ALL {

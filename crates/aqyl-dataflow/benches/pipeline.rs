@@ -49,7 +49,7 @@ fn main() {
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(50);
     let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
-    let registry = Arc::new(Registry::new(types));
+    let registry = aqyl_dataflow::shared(Registry::new(types));
     println!(
         "workload: {n} CityPulse traffic messages, {sensors} sensors, the shipped traffic windows (5m; 4h with SAX)"
     );
@@ -96,7 +96,7 @@ fn rss_kib() -> u64 {
 /// 5 minutes for 4 hours (48 rows), so each holds a full 4-hour SAX window of two fields plus
 /// its open 5-minute windows. Messages are generated as they are sent and closed windows are
 /// dropped as they come out, so the growth in resident memory is the open state.
-fn state_per_sensor(registry: &Arc<Registry>, sensors: usize) {
+fn state_per_sensor(registry: &aqyl_dataflow::SharedRegistry, sensors: usize) {
     use aqyl_core::metrics::Metrics;
     use aqyl_dataflow::{start, Outputs};
     let (agg_tx, mut agg_rx) = tokio::sync::mpsc::unbounded_channel();

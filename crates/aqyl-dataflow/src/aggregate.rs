@@ -8,6 +8,7 @@
 //! their event time, so once the frontier reaches `end` no record for the window can come.
 //! The operator holds one capability per open window end and emits there.
 
+use crate::SharedRegistry;
 use aqyl_core::decode::Registry;
 use aqyl_core::metrics::Metrics;
 use aqyl_core::sax::{sax_code, sax_word};
@@ -25,8 +26,8 @@ use timely::dataflow::StreamVec;
 /// The values of one field of one sensor in one window: (event time, value).
 struct Series {
     field: Arc<str>,
-    /// Index of the window spec among the sensor type's windows.
-    spec: usize,
+    /// The window it belongs to (kept, so a descriptor reload cannot relabel open windows).
+    spec: WindowSpec,
     values: Vec<(u64, f64)>,
 }
 
@@ -56,12 +57,13 @@ fn specs_of<'a>(
 }
 
 /// The statistics (and SAX word) of one closed series.
-fn close(series: &mut Series, spec: &WindowSpec) -> Option<(WindowStats, Option<(String, u64)>)> {
+fn close(
+    values: &mut [(u64, f64)],
+    spec: &WindowSpec,
+) -> Option<(WindowStats, Option<(String, u64)>)> {
     // Time order (ties by value) makes SAX well defined and the output order-independent.
-    series
-        .values
-        .sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-    let in_time_order: Vec<f64> = series.values.iter().map(|v| v.1).collect();
+    values.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    let in_time_order: Vec<f64> = values.iter().map(|v| v.1).collect();
     let sax = spec.sax.as_ref().and_then(|params| {
         let word = sax_word(&in_time_order, params)?;
         let code = sax_code(&word, params.alphabet()).ok()?;
@@ -71,8 +73,8 @@ fn close(series: &mut Series, spec: &WindowSpec) -> Option<(WindowStats, Option<
     WindowStats::compute(&mut sorted).map(|stats| (stats, sax))
 }
 
-/// Files the fields of `obs` that `spec` (index `index`) covers into `groups`.
-fn file(groups: &mut Groups, obs: &Observation, subject: &str, index: usize, spec: &WindowSpec) {
+/// Files the fields of `obs` that `spec` covers into `groups`.
+fn file(groups: &mut Groups, obs: &Observation, subject: &str, spec: &WindowSpec) {
     let by_id = match groups.get_mut(&obs.sensor_type) {
         Some(m) => m,
         None => groups.entry(obs.sensor_type.clone()).or_default(),
@@ -88,12 +90,12 @@ fn file(groups: &mut Groups, obs: &Observation, subject: &str, index: usize, spe
         let point = (obs.event_time, *value);
         match series
             .iter_mut()
-            .find(|s| s.spec == index && s.field == *field)
+            .find(|s| s.field == *field && s.spec == *spec)
         {
             Some(s) => s.values.push(point),
             None => series.push(Series {
                 field: field.clone(),
-                spec: index,
+                spec: spec.clone(),
                 values: vec![point],
             }),
         }
@@ -106,16 +108,20 @@ fn record(
     scope: Scope,
     subject: &str,
     series: &mut Series,
-    spec: &WindowSpec,
     end: u64,
 ) -> Option<AggregateRecord> {
-    let (stats, sax) = close(series, spec)?;
+    let Series {
+        field,
+        spec,
+        values,
+    } = series;
+    let (stats, sax) = close(values, spec)?;
     let (sax, sax_code) = sax.map_or((None, None), |(w, c)| (Some(w), Some(c)));
     Some(AggregateRecord {
         sensor_type: sensor_type.clone(),
         scope,
         subject: subject.to_string(),
-        field: series.field.clone(),
+        field: field.clone(),
         window: spec.label().clone(),
         start: end - spec.size_ms(),
         end,
@@ -134,7 +140,7 @@ pub trait Aggregate<'scope> {
     fn aggregate(
         self,
         scope: Scope,
-        registry: Arc<Registry>,
+        registry: SharedRegistry,
         default: WindowSpec,
         update_horizon_ms: Option<u64>,
         metrics: Arc<Metrics>,
@@ -145,7 +151,7 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
     fn aggregate(
         self,
         scope: Scope,
-        registry: Arc<Registry>,
+        shared_registry: SharedRegistry,
         default: WindowSpec,
         update_horizon_ms: Option<u64>,
         metrics: Arc<Metrics>,
@@ -162,6 +168,8 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                 // Closed windows kept for late updates (only with an update horizon).
                 let mut closed: BTreeMap<u64, Groups> = BTreeMap::new();
                 move |(input, frontier), output| {
+                    // The current sensor types (descriptors may be reloaded while running).
+                    let registry = shared_registry.load();
                     input.for_each(|cap, data| {
                         // Records are sent at the watermark: a totally ordered, single time.
                         let Some(&at) = cap.least() else { return };
@@ -170,10 +178,10 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                                 continue;
                             };
                             let specs = specs_of(&registry, &default, &obs.sensor_type);
-                            for (index, spec) in specs.iter().enumerate() {
+                            for spec in specs {
                                 for end in spec.ends(obs.event_time) {
                                     if let Some((_, groups)) = open.get_mut(&end) {
-                                        file(groups, &obs, subject, index, spec);
+                                        file(groups, &obs, subject, spec);
                                     } else if end > at {
                                         let groups = &mut open
                                             .entry(end)
@@ -182,12 +190,12 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                                                 HashMap::new(),
                                             ))
                                             .1;
-                                        file(groups, &obs, subject, index, spec);
+                                        file(groups, &obs, subject, spec);
                                     } else if update_horizon_ms.is_some() {
                                         // A late record for a closed window: correct it and
                                         // emit it again, now.
                                         let groups = closed.entry(end).or_default();
-                                        file(groups, &obs, subject, index, spec);
+                                        file(groups, &obs, subject, spec);
                                         let Some(series) = groups
                                             .get_mut(&obs.sensor_type)
                                             .and_then(|m| m.get_mut(subject))
@@ -197,17 +205,12 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                                         let now = cap.delayed(&at, output.output_index());
                                         let mut session = output.session(&now);
                                         for s in series.iter_mut().filter(|s| {
-                                            s.spec == index
+                                            s.spec == *spec
                                                 && obs.fields.iter().any(|f| f.0 == s.field)
                                         }) {
-                                            if let Some(r) = record(
-                                                &obs.sensor_type,
-                                                scope,
-                                                subject,
-                                                s,
-                                                spec,
-                                                end,
-                                            ) {
+                                            if let Some(r) =
+                                                record(&obs.sensor_type, scope, subject, s, end)
+                                            {
                                                 session.give(r);
                                             }
                                         }
@@ -223,14 +226,10 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                         let (end, (cap, mut groups)) = entry.remove_entry();
                         let mut session = output.session(&cap);
                         for (sensor_type, by_id) in groups.iter_mut() {
-                            let specs = specs_of(&registry, &default, sensor_type);
                             for (subject, all) in by_id.iter_mut() {
                                 for series in all.iter_mut() {
-                                    let Some(spec) = specs.get(series.spec) else {
-                                        continue;
-                                    };
                                     if let Some(r) =
-                                        record(sensor_type, scope, subject, series, spec, end)
+                                        record(sensor_type, scope, subject, series, end)
                                     {
                                         metrics.windows_closed.fetch_add(1, Relaxed);
                                         session.give(r);
@@ -283,7 +282,7 @@ mod tests {
             let seen = Rc::new(RefCell::new(Vec::new()));
             let mut input = InputHandleVec::<u64, Observation>::new();
             let probe = ProbeHandle::new();
-            let registry = Arc::new(Registry::default());
+            let registry = crate::shared(Registry::default());
             let default = WindowSpec::tumbling(Duration::from_secs(300));
             let sink = seen.clone();
             worker.dataflow::<u64, _, _>(|scope| {

@@ -15,6 +15,15 @@ pub mod input;
 pub mod runtime;
 pub mod sensor_sax;
 
+/// The sensor types, swappable while the dataflow runs (hot reload): workers and operators
+/// load the current registry at each step.
+pub type SharedRegistry = std::sync::Arc<arc_swap::ArcSwap<aqyl_core::decode::Registry>>;
+
+/// Wraps a registry for [`PipelineSpec::registry`].
+pub fn shared(registry: aqyl_core::decode::Registry) -> SharedRegistry {
+    std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(registry))
+}
+
 pub use runtime::{run_batch, start, Batch, Outputs, PipelineSpec, Running};
 
 /// A stable 64-bit FNV-1a hash of key parts (the same on every run, process and machine, so

@@ -4,7 +4,6 @@
 use crate::aggregate::Aggregate;
 use crate::input;
 use crate::sensor_sax::AdaptiveSax;
-use aqyl_core::decode::Registry;
 use aqyl_core::metrics::Metrics;
 use aqyl_core::watermark::Watermark;
 use aqyl_core::window::WindowSpec;
@@ -29,7 +28,7 @@ const PARK: Duration = Duration::from_millis(5);
 #[derive(Debug, Clone)]
 pub struct PipelineSpec {
     /// Sensor types, for decoding.
-    pub registry: Arc<Registry>,
+    pub registry: crate::SharedRegistry,
     /// Number of timely workers.
     pub workers: usize,
     /// Default tumbling window, for sensor types that declare no `[[windows]]`.
@@ -159,6 +158,8 @@ fn run_worker(
     let mut last_message = wall_ms();
     let mut decoded = Vec::with_capacity(4);
     loop {
+        // The current sensor types: a descriptor reload takes effect from the next batch.
+        let registry = spec.registry.load();
         let mut taken = 0;
         let mut closed = false;
         while taken < BATCH {
@@ -168,8 +169,7 @@ fn run_worker(
                     let now = wall_ms();
                     decoded.clear();
                     if let Err(rejection) =
-                        spec.registry
-                            .decode_into(&msg, spec.max_payload_bytes, &mut decoded)
+                        registry.decode_into(&msg, spec.max_payload_bytes, &mut decoded)
                     {
                         metrics.reject(rejection.reason);
                         let _ = outputs.deadletters.send(rejection.dead_letter(&msg));

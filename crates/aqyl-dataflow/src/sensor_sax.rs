@@ -7,7 +7,7 @@
 //! `silence_horizon` has its open window flushed and its state released, which bounds memory
 //! when sensors come and go; the end of input flushes everything.
 
-use aqyl_core::decode::Registry;
+use crate::SharedRegistry;
 use aqyl_core::descriptor::SensorSaxSpec;
 use aqyl_core::metrics::Metrics;
 use aqyl_core::sax::{SaxEmission, SensorSax};
@@ -49,7 +49,7 @@ pub trait AdaptiveSax<'scope> {
     /// time, statistics, `sax`, `sax_code`) per adaptive window.
     fn adaptive_sax(
         self,
-        registry: Arc<Registry>,
+        registry: SharedRegistry,
         metrics: Arc<Metrics>,
     ) -> StreamVec<'scope, u64, AggregateRecord>;
 }
@@ -57,7 +57,7 @@ pub trait AdaptiveSax<'scope> {
 impl<'scope> AdaptiveSax<'scope> for StreamVec<'scope, u64, Observation> {
     fn adaptive_sax(
         self,
-        registry: Arc<Registry>,
+        registry: SharedRegistry,
         metrics: Arc<Metrics>,
     ) -> StreamVec<'scope, u64, AggregateRecord> {
         let exchange =
@@ -70,6 +70,8 @@ impl<'scope> AdaptiveSax<'scope> for StreamVec<'scope, u64, Observation> {
                 let mut pending: BTreeMap<u64, Vec<Observation>> = BTreeMap::new();
                 let mut machines: HashMap<Key, Machine> = HashMap::new();
                 move |(input, frontier), output| {
+                    let current = registry.load();
+                    let registry = &**current;
                     input.for_each(|_cap, data| {
                         for obs in data.drain(..) {
                             if registry

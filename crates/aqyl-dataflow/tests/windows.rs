@@ -9,7 +9,6 @@ use aqyl_core::{RawMessage, Reason};
 use aqyl_dataflow::{run_batch, PipelineSpec};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 const DESCRIPTOR: &str = r#"
@@ -29,7 +28,7 @@ const MINUTE: u64 = 60_000;
 fn spec(workers: usize) -> PipelineSpec {
     let t = SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap();
     PipelineSpec {
-        registry: Arc::new(Registry::new(vec![t])),
+        registry: aqyl_dataflow::shared(Registry::new(vec![t])),
         workers,
         window: Duration::from_secs(300),
         allowed_lateness: Duration::from_secs(600),
@@ -235,7 +234,7 @@ fields = ["avgSpeed"]
 fn multi_spec(workers: usize) -> PipelineSpec {
     let t = SensorType::from_toml(Path::new("traffic.toml"), MULTI).unwrap();
     PipelineSpec {
-        registry: Arc::new(Registry::new(vec![t])),
+        registry: aqyl_dataflow::shared(Registry::new(vec![t])),
         ..spec(workers)
     }
 }
@@ -374,7 +373,7 @@ fn area_roll_ups_combine_the_sensors_of_each_area() {
     );
     let t = SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap();
     let spec = PipelineSpec {
-        registry: Arc::new(Registry::new(vec![t])),
+        registry: aqyl_dataflow::shared(Registry::new(vec![t])),
         ..spec(3)
     };
     let area_of = |id: &str| match id {
@@ -490,7 +489,7 @@ fn sensor_sax_matches_the_state_machine_fed_in_time_order() {
     );
     let t = SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap();
     let sax_spec = t.sensor_sax.clone().unwrap();
-    let registry = Arc::new(Registry::new(vec![t]));
+    let registry = aqyl_dataflow::shared(Registry::new(vec![t]));
     let rs = readings(41);
     // Reference: one state machine per sensor, fed in event-time order, flushed at the end.
     let mut expected: Vec<(String, u64, u64, String)> = Vec::new();

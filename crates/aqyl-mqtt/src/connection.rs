@@ -43,6 +43,7 @@ pub struct MqttEdge {
     /// Client for publishing outputs on the same connection.
     pub client: AsyncClient,
     stop_ingest: watch::Sender<bool>,
+    filters: Arc<watch::Sender<Vec<String>>>,
     finish: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -53,6 +54,17 @@ impl MqttEdge {
     /// broker delivers them again on the next start.
     pub fn stop_ingest(&self) {
         let _ = self.stop_ingest.send(true);
+    }
+
+    /// Replaces the subscriptions (after a descriptor reload): new filters are subscribed,
+    /// dropped ones unsubscribed, and reconnects use the new set.
+    pub fn set_filters(&self, filters: Vec<String>) {
+        let _ = self.filters.send(filters);
+    }
+
+    /// A handle for changing the subscriptions from another task.
+    pub fn filters_handle(&self) -> Arc<watch::Sender<Vec<String>>> {
+        self.filters.clone()
     }
 
     /// Publishes `offline`, disconnects cleanly and waits for the task to end. Call after
@@ -88,21 +100,37 @@ pub fn connect(settings: MqttSettings, router: Router, metrics: Arc<Metrics>) ->
     let (client, eventloop) = AsyncClient::new(options, 4096);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (finish_tx, finish_rx) = oneshot::channel();
+    let (filters_tx, filters_rx) = watch::channel(settings.filters.clone());
+    let controls = Controls {
+        filters: filters_rx,
+        stop: stop_rx,
+        finish: finish_rx,
+    };
     let task = tokio::spawn(run(
         settings,
         client.clone(),
         eventloop,
         router,
         metrics,
-        stop_rx,
-        finish_rx,
+        controls,
     ));
     MqttEdge {
         client,
         stop_ingest: stop_tx,
+        filters: Arc::new(filters_tx),
         finish: Some(finish_tx),
         task,
     }
+}
+
+/// How the service steers the connection task.
+struct Controls {
+    /// New subscription filters (descriptor reloads).
+    filters: watch::Receiver<Vec<String>>,
+    /// Stop taking messages (drain).
+    stop: watch::Receiver<bool>,
+    /// Say `offline` and disconnect.
+    finish: oneshot::Receiver<()>,
 }
 
 async fn run(
@@ -111,16 +139,33 @@ async fn run(
     mut eventloop: EventLoop,
     router: Router,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-    mut finish: oneshot::Receiver<()>,
+    controls: Controls,
 ) {
+    let Controls {
+        filters: mut filters_rx,
+        mut stop,
+        mut finish,
+    } = controls;
     let mut router = Some(router);
     let mut pending_acks: VecDeque<rumqttc::Publish> = VecDeque::new();
     let mut backoff = Duration::from_millis(100);
     let mut finishing = false;
+    let mut filters = settings.filters.clone();
     loop {
         tokio::select! {
             biased;
+            _ = filters_rx.changed() => {
+                let new = filters_rx.borrow_and_update().clone();
+                for f in new.iter().filter(|f| !filters.contains(f)) {
+                    tracing::info!(filter = %f, "Subscribing to a new sensor topic.");
+                    let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                }
+                for f in filters.iter().filter(|f| !new.contains(f)) {
+                    tracing::info!(filter = %f, "Unsubscribing from a removed sensor topic.");
+                    let _ = client.try_unsubscribe(f.clone());
+                }
+                filters = new;
+            }
             _ = stop.changed(), if router.is_some() => {
                 tracing::info!("Stopped taking messages from the broker; draining the dataflow.");
                 router = None;
@@ -134,14 +179,15 @@ async fn run(
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = Duration::from_millis(100);
                     tracing::info!(host = %settings.url.host, port = settings.url.port, session_present = ack.session_present, "Connected to the MQTT broker.");
-                    let subs = settings.filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
+                    let subs = filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
                     if let Err(e) = client.try_subscribe_many(subs) {
                         tracing::error!(error = %e, "Could not queue the subscriptions.");
                     }
                     let _ = client.try_publish(&settings.status_topic, QoS::AtLeastOnce, true, "online");
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    for (filter, code) in settings.filters.iter().zip(&ack.return_codes) {
+                    metrics.subscriptions.store(filters.len() as u64, Relaxed);
+                    for (filter, code) in filters.iter().zip(&ack.return_codes) {
                         if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
                             tracing::error!(%filter, "The broker refused the subscription; check its ACLs.");
                         }

@@ -5,8 +5,10 @@
 //! - [`demo`] is the zero-install run: embedded broker, synthetic city, file sink.
 //! - [`check`] validates configuration and descriptors for `aqyl check`.
 //! - [`http`] serves `/metrics` and `/health`.
+//! - [`reload`] reloads changed sensor descriptors while running.
 
 pub mod check;
 pub mod demo;
 pub mod http;
+pub mod reload;
 pub mod service;

@@ -82,7 +82,7 @@ async fn run(
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let cfg = &loaded.config;
-    let registry = Arc::new(Registry::new(loaded.sensor_types.clone()));
+    let registry = aqyl_dataflow::shared(Registry::new(loaded.sensor_types.clone()));
     let url = MqttUrl::parse(cfg.mqtt.url.get_ref()).map_err(anyhow::Error::msg)?;
     if url.tls {
         anyhow::bail!("mqtts:// is not supported yet: connect over mqtt:// (e.g. through a local TLS-terminating broker bridge)");
@@ -159,6 +159,7 @@ async fn run(
 
     let prefix = cfg.outputs.topic_prefix.clone();
     let filters: Vec<String> = registry
+        .load()
         .filters()
         .iter()
         .map(|f| format!("{}{f}", cfg.mqtt.subscription_prefix))
@@ -196,6 +197,16 @@ async fn run(
             metrics.clone(),
         ))
     });
+    let reload_task = (!loaded.config.reload_interval.is_zero()).then(|| {
+        tokio::spawn(crate::reload::watch(
+            loaded.sensors_dir.clone(),
+            loaded.config.reload_interval,
+            registry.clone(),
+            edge.filters_handle(),
+            cfg.mqtt.subscription_prefix.clone(),
+            metrics.clone(),
+        ))
+    });
     let dl_task = tokio::spawn(aqyl_mqtt::publish::deadletters(
         edge.client.clone(),
         prefix,
@@ -204,6 +215,9 @@ async fn run(
     ));
 
     stop.await;
+    if let Some(t) = reload_task {
+        t.abort();
+    }
     tracing::info!("Shutting down: draining windows and flushing sinks.");
     edge.stop_ingest();
     tokio::task::spawn_blocking(move || running.join())
