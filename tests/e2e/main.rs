@@ -604,3 +604,115 @@ fn a_new_sensor_type_is_plugged_in_at_run_time_and_a_broken_one_is_refused() {
         "one 15-minute window, mean of 60, 62, 70"
     );
 }
+
+#[test]
+fn every_rejection_reason_is_dead_lettered_counted_and_the_next_message_still_flows() {
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let dir = config_dir(2);
+    let config = dir.path().join("aqyl.toml");
+    let text = std::fs::read_to_string(&config).unwrap() + "[ingest]\nmax_payload_bytes = 2048\n";
+    std::fs::write(&config, text).unwrap();
+    std::fs::copy(
+        repo().join("config/sensors/noise.toml"),
+        dir.path().join("sensors/noise.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("sensors/counter.toml"),
+        "name = \"counter\"\nformat = \"csv\"\ncolumns = [\"ts\", \"count\"]\n[time]\nfield = \"/ts\"\nformat = \"rfc3339\"\n[[fields]]\nname = \"count\"\ntype = \"integer\"\n",
+    )
+    .unwrap();
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let dead = Subscriber::start(mqtt.port, "aqyl/deadletter/#");
+    let aqyl = Aqyl::start(&config, &mqtt, &vm);
+    wait_until(WAIT, "aqyl/status online", || {
+        status.messages().iter().any(|m| m.payload == b"online")
+    });
+    wait_until(WAIT, "three subscriptions", || {
+        aqyl.metric("aqyl_subscriptions ") == Some(3)
+    });
+
+    let traffic_ok = |m: u64| reading("158324", m, 40.0);
+    let noise_ok = |m: u64| {
+        let pack = format!(r#"[{{"bt":{},"n":"laeq","v":55}}]"#, 1_406_869_200 + m * 60);
+        ("city/noise/n1".to_string(), pack.into_bytes())
+    };
+    let counter_ok = |m: u64| {
+        (
+            "city/counter/c1".to_string(),
+            format!("2014-08-01T05:{m:02}:00Z,7").into_bytes(),
+        )
+    };
+    let bad = |topic: &str, payload: &[u8]| (topic.to_string(), payload.to_vec());
+    let cases: Vec<(&str, (String, Vec<u8>), (String, Vec<u8>))> = vec![
+        (
+            "malformed_json",
+            bad("city/traffic/158324", b"{\"avgSpeed\": 5, "),
+            traffic_ok(1),
+        ),
+        (
+            "malformed_senml",
+            bad("city/noise/n1", br#"{"n":"laeq","v":1}"#),
+            noise_ok(2),
+        ),
+        (
+            "malformed_csv",
+            bad("city/counter/c1", b"2014-08-01T05:03:00Z"),
+            counter_ok(3),
+        ),
+        (
+            "missing_field",
+            bad(
+                "city/traffic/158324",
+                br#"{"vehicleCount":3,"TIMESTAMP":"2014-08-01T07:04:00"}"#,
+            ),
+            traffic_ok(5),
+        ),
+        (
+            "wrong_type",
+            bad(
+                "city/traffic/158324",
+                br#"{"avgSpeed":[1],"vehicleCount":3,"TIMESTAMP":"2014-08-01T07:06:00"}"#,
+            ),
+            traffic_ok(7),
+        ),
+        (
+            "invalid_timestamp",
+            bad(
+                "city/traffic/158324",
+                br#"{"avgSpeed":1,"vehicleCount":3,"TIMESTAMP":"soon"}"#,
+            ),
+            traffic_ok(8),
+        ),
+        (
+            "oversized",
+            (String::from("city/traffic/158324"), vec![b' '; 3000]),
+            traffic_ok(9),
+        ),
+    ];
+    for (i, (reason, bad, good)) in cases.iter().enumerate() {
+        publish(mqtt.port, &[bad.clone(), good.clone()]);
+        let n = i as u64 + 1;
+        wait_until(WAIT, &format!("the message after the {reason} one"), || {
+            aqyl.metric("aqyl_observations_total ") == Some(n)
+        });
+        let letters = dead.wait_for(i + 1, WAIT);
+        let v: serde_json::Value = serde_json::from_slice(&letters[i].payload).unwrap();
+        assert_eq!(v["reason"], *reason, "{v}");
+        assert_eq!(v["topic"], bad.0.as_str());
+        let sensor_type = bad.0.split('/').nth(1).unwrap();
+        assert_eq!(letters[i].topic, format!("aqyl/deadletter/{sensor_type}"));
+        assert!(
+            v["payload"].as_str().unwrap().len() <= 1024,
+            "payload copy is bounded"
+        );
+        assert!(!v["detail"].as_str().unwrap().is_empty());
+        assert_eq!(
+            aqyl.metric(&format!("aqyl_rejected_total{{reason=\"{reason}\"}} ")),
+            Some(1),
+            "{reason}"
+        );
+    }
+    aqyl.stop();
+}

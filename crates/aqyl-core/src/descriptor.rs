@@ -359,6 +359,20 @@ impl TopicPattern {
         })
     }
 
+    /// Whether some topic matches both patterns (then a message could not be attributed to
+    /// one sensor type): same number of levels, and at every level equal literals or a capture.
+    pub fn overlaps(&self, other: &TopicPattern) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(a, b)| match (a, b) {
+                    (Segment::Literal(x), Segment::Literal(y)) => x == y,
+                    _ => true,
+                })
+    }
+
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.text
@@ -1026,9 +1040,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<SensorType>, ConfigErrors> {
                             other.source.display()
                         ),
                     ));
-                } else if let Some(other) =
-                    types.iter().find(|o| o.topic.filter() == t.topic.filter())
-                {
+                } else if let Some(other) = types.iter().find(|o| o.topic.overlaps(&t.topic)) {
                     errors.push(ConfigError::file(
                         &path,
                         format!(
@@ -1160,6 +1172,16 @@ type = "integer"
         assert!(p.matches("city/north/parking/a/b").is_none());
         assert!(p.matches("town/north/parking/a").is_none());
         assert!(TopicPattern::parse("city/traffic").is_err());
+        let traffic = TopicPattern::parse("city/traffic/{sensor_id}").unwrap();
+        assert!(TopicPattern::parse("city/{area}/{sensor_id}")
+            .unwrap()
+            .overlaps(&traffic));
+        assert!(!TopicPattern::parse("city/parking/{sensor_id}")
+            .unwrap()
+            .overlaps(&traffic));
+        assert!(!TopicPattern::parse("city/traffic/{area}/{sensor_id}")
+            .unwrap()
+            .overlaps(&traffic));
         assert!(TopicPattern::parse("city/+/{sensor_id}").is_err());
     }
 
