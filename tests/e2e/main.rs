@@ -645,7 +645,8 @@ fn every_rejection_reason_is_dead_lettered_counted_and_the_next_message_still_fl
         )
     };
     let bad = |topic: &str, payload: &[u8]| (topic.to_string(), payload.to_vec());
-    let cases: Vec<(&str, (String, Vec<u8>), (String, Vec<u8>))> = vec![
+    type Message = (String, Vec<u8>);
+    let cases: Vec<(&str, Message, Message)> = vec![
         (
             "malformed_json",
             bad("city/traffic/158324", b"{\"avgSpeed\": 5, "),
