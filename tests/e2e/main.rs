@@ -28,6 +28,12 @@ fn config_dir(workers: usize) -> tempfile::TempDir {
         dir.path().join("sensors/traffic.toml"),
     )
     .unwrap();
+    std::fs::create_dir(dir.path().join("sensors/registry")).unwrap();
+    std::fs::copy(
+        repo().join("config/sensors/registry/aarhus-traffic.csv"),
+        dir.path().join("sensors/registry/aarhus-traffic.csv"),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("aqyl.toml"),
         format!(
@@ -257,6 +263,10 @@ fn aggregates_reach_victoria_metrics_exactly_and_bad_input_is_dead_lettered() {
     let series = vm.export(r#"{__name__=~"aggregate_.*"}"#);
     let mut got: BTreeMap<(String, String, String, i64), f64> = BTreeMap::new();
     let mut four_hour = Vec::new();
+    // Sensor 158324 is in the registry's area grid-11-03: its area roll-ups are checked below.
+    let (per_area, series): (Vec<_>, Vec<_>) = series
+        .into_iter()
+        .partition(|s| !s.label("area").is_empty());
     for s in &series {
         assert_eq!(s.label("sensor_type"), "traffic");
         if s.label("window") == "4h" {
@@ -309,6 +319,61 @@ fn aggregates_reach_victoria_metrics_exactly_and_bad_input_is_dead_lettered() {
                 "{key:?}: stored {have}, expected {want}"
             );
         }
+    }
+
+    // The area roll-up of grid-11-03 holds only 158324 (the other test ids are not in the
+    // registry), so its 5-minute means equal that sensor's.
+    let area_means: Vec<_> = per_area
+        .iter()
+        .filter(|s| {
+            s.label("__name__") == "aggregate_mean"
+                && s.label("field") == "avgSpeed"
+                && s.label("window") == "5m"
+        })
+        .collect();
+    assert_eq!(area_means.len(), 1);
+    assert_eq!(area_means[0].label("area"), "grid-11-03");
+    assert_eq!(area_means[0].samples.len(), 8);
+    for (t, v) in &area_means[0].samples {
+        let key = (
+            "158324".to_string(),
+            "avgSpeed".to_string(),
+            "mean".to_string(),
+            *t,
+        );
+        assert_eq!(got.get(&key), Some(v), "area mean at {t}");
+    }
+
+    // CityPulse's SAX: one 4-hour window [04:00, 08:00) UTC per sensor for speed and count,
+    // its word coded as a number (the string itself becomes a 0-valued series here).
+    let codes: Vec<_> = four_hour
+        .iter()
+        .filter(|s| s.label("__name__") == "aggregate_sax_code")
+        .collect();
+    assert_eq!(
+        codes.len(),
+        sensors.len() * 2,
+        "sax_code for avgSpeed and vehicleCount of each sensor"
+    );
+    for s in codes {
+        let speed = s.label("field") == "avgSpeed";
+        let mut in_time: Vec<(u64, f64)> = readings
+            .iter()
+            .filter(|r| r.0 == s.label("sensor_id"))
+            .map(|r| (r.1, if speed { r.2 } else { r.3 as f64 }))
+            .collect();
+        in_time.sort_by_key(|a| a.0);
+        let values: Vec<f64> = in_time.iter().map(|v| v.1).collect();
+        let word =
+            aqyl_core::sax::sax_word(&values, &aqyl_core::sax::SaxParams::default()).unwrap();
+        let code = aqyl_core::sax::sax_code(&word, 5).unwrap() as f64;
+        assert_eq!(
+            s.samples,
+            vec![(utc_ms(180), code)],
+            "{} {} word {word}",
+            s.label("sensor_id"),
+            s.label("field")
+        );
     }
 }
 
@@ -507,12 +572,22 @@ fn aggregates_are_published_on_mqtt_when_configured() {
         aqyl.metric("aqyl_observations_total ") == Some(10)
     });
     aqyl.stop();
-    // 5-minute windows: 2 windows x 2 fields; the 4-hour SAX window: 1 window x 2 fields.
-    let got = live.wait_for(6, WAIT);
-    assert_eq!(got.len(), 6);
-    assert!(got
-        .iter()
-        .all(|m| m.topic == "aqyl/aggregates/traffic/158324"));
+    // 5-minute windows: 2 windows x 2 fields; the 4-hour SAX window: 1 window x 2 fields;
+    // all of it once for the sensor and once for its area (grid-11-03 in the registry).
+    let got = live.wait_for(12, WAIT);
+    assert_eq!(got.len(), 12);
+    let topics: std::collections::BTreeSet<&str> = got.iter().map(|m| m.topic.as_str()).collect();
+    assert_eq!(
+        topics.into_iter().collect::<Vec<_>>(),
+        [
+            "aqyl/aggregates/traffic/158324",
+            "aqyl/aggregates/traffic/grid-11-03"
+        ]
+    );
+    let got: Vec<_> = got
+        .into_iter()
+        .filter(|m| m.topic.ends_with("/158324"))
+        .collect();
     let first_speed = got
         .iter()
         .map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap())

@@ -218,6 +218,15 @@ fn observe(
         },
         (None, None) => None,
     };
+    // Last, the sensor registry's area for this sensor.
+    let area = area.or_else(|| {
+        ty.registry
+            .as_ref()?
+            .get(captures.sensor_id)?
+            .area
+            .as_deref()
+            .map(str::to_string)
+    });
     let mut fields = Vec::with_capacity(ty.fields.len());
     for f in &ty.fields {
         match read_number(f.pointer.lookup(value), f.kind) {

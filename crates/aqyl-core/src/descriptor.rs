@@ -4,6 +4,7 @@
 
 use crate::error::{ConfigError, ConfigErrors};
 use crate::sax::SaxParams;
+use crate::sensor_registry::SensorRegistry;
 use crate::units::Conversion;
 use crate::window::WindowSpec;
 use chrono_tz::Tz;
@@ -37,6 +38,10 @@ pub struct SensorType {
     pub area_field: Option<Pointer>,
     /// SensorSAX (adaptive windows), when configured.
     pub sensor_sax: Option<SensorSaxSpec>,
+    /// The sensor registry file named by `registry`, relative to the descriptor's directory.
+    pub registry_file: Option<PathBuf>,
+    /// Its contents, once [`load_dir`] has read it.
+    pub registry: Option<Arc<SensorRegistry>>,
     /// The file this type came from, for messages.
     pub source: PathBuf,
 }
@@ -435,6 +440,8 @@ struct DescriptorFile {
     area_field: Option<Spanned<String>>,
     /// SensorSAX.
     sensor_sax: Option<Spanned<SensorSaxFile>>,
+    /// Sensor registry CSV (`sensor_id,lat,lon,area`), relative to this file.
+    registry: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -877,6 +884,8 @@ impl SensorType {
                 windows,
                 area_field,
                 sensor_sax,
+                registry_file: file.registry.as_ref().map(PathBuf::from),
+                registry: None,
                 source: path.to_path_buf(),
             }),
             _ => Err(ConfigErrors(errors)),
@@ -1030,7 +1039,20 @@ pub fn load_dir(dir: &Path) -> Result<Vec<SensorType>, ConfigErrors> {
             }
         };
         match SensorType::from_toml(&path, &text) {
-            Ok(t) => {
+            Ok(mut t) => {
+                if let Some(file) = &t.registry_file {
+                    match SensorRegistry::load(&dir.join(file)) {
+                        Ok(r) => t.registry = Some(Arc::new(r)),
+                        Err(e) => {
+                            errors.push(ConfigError::file(
+                                &path,
+                                format!("its registry {} is not usable:", file.display()),
+                            ));
+                            errors.extend(e.0);
+                            continue;
+                        }
+                    }
+                }
                 if let Some(other) = types.iter().find(|o| o.name == t.name) {
                     errors.push(ConfigError::file(
                         &path,

@@ -28,6 +28,7 @@ pub mod line_protocol;
 pub mod metrics;
 pub mod observation;
 pub mod sax;
+pub mod sensor_registry;
 pub mod units;
 pub mod watermark;
 pub mod window;

@@ -136,6 +136,13 @@ dir = {dir:?}
     let mut traffic =
         SensorType::from_toml(Path::new("config/sensors/traffic.toml"), TRAFFIC_DESCRIPTOR)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The Aarhus segment registry gives the simulated segments their areas (area roll-ups).
+    let registry = aqyl_core::sensor_registry::SensorRegistry::parse(
+        Path::new("config/sensors/registry/aarhus-traffic.csv"),
+        include_str!("../../../config/sensors/registry/aarhus-traffic.csv"),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    traffic.registry = Some(std::sync::Arc::new(registry));
     // Readings come every 5 minutes, so the demo shows hourly statistics (twelve readings
     // each) instead of the shipped 5-minute ones, next to CityPulse's 4-hour SAX words.
     for w in &mut traffic.windows {

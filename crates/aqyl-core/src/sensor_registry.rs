@@ -1,0 +1,175 @@
+//! The sensor registry of a sensor type: fixed facts about each sensor that its payloads do
+//! not carry, read from a CSV file (`sensor_id,lat,lon,area`; `#` starts a comment line).
+//! Decoding takes a sensor's area from it when neither the topic nor the payload names one.
+
+use crate::descriptor::validate_sensor_id;
+use crate::error::{ConfigError, ConfigErrors};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// What the registry knows of one sensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SensorInfo {
+    /// Latitude (WGS 84).
+    pub lat: f64,
+    /// Longitude (WGS 84).
+    pub lon: f64,
+    /// Area name, when given.
+    pub area: Option<Arc<str>>,
+}
+
+/// Sensors by id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SensorRegistry {
+    sensors: HashMap<String, SensorInfo>,
+}
+
+impl SensorRegistry {
+    /// Parses the CSV text of `path`, reporting every bad line.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut sensors = HashMap::new();
+        let mut header_seen = false;
+        for (i, line) in text.lines().enumerate() {
+            let at = |msg: String| ConfigError {
+                file: path.to_path_buf(),
+                line: Some(i + 1),
+                message: msg,
+            };
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+            if !header_seen {
+                header_seen = true;
+                if cells.first() == Some(&"sensor_id") {
+                    if cells[..] != ["sensor_id", "lat", "lon", "area"]
+                        && cells[..] != ["sensor_id", "lat", "lon"]
+                    {
+                        errors.push(at(format!(
+                            "the header must be sensor_id,lat,lon[,area]; got {line:?}"
+                        )));
+                    }
+                    continue;
+                }
+            }
+            if !(3..=4).contains(&cells.len()) {
+                errors.push(at(format!(
+                    "expected sensor_id,lat,lon[,area]; got {} cells",
+                    cells.len()
+                )));
+                continue;
+            }
+            let id = cells[0];
+            if let Err(e) = validate_sensor_id(id) {
+                errors.push(at(e));
+                continue;
+            }
+            let coord = |s: &str, what: &str, limit: f64| -> Result<f64, String> {
+                match s.parse::<f64>() {
+                    Ok(v) if v.is_finite() && v.abs() <= limit => Ok(v),
+                    _ => Err(format!(
+                        "{what} {s:?} of sensor {id:?} is not a number within ±{limit}"
+                    )),
+                }
+            };
+            let (lat, lon) = match (
+                coord(cells[1], "latitude", 90.0),
+                coord(cells[2], "longitude", 180.0),
+            ) {
+                (Ok(lat), Ok(lon)) => (lat, lon),
+                (Err(e), _) | (_, Err(e)) => {
+                    errors.push(at(e));
+                    continue;
+                }
+            };
+            let area = cells
+                .get(3)
+                .filter(|a| !a.is_empty())
+                .map(|a| Arc::from(*a));
+            if sensors
+                .insert(id.to_string(), SensorInfo { lat, lon, area })
+                .is_some()
+            {
+                errors.push(at(format!("sensor {id:?} is listed twice")));
+            }
+        }
+        if errors.is_empty() {
+            Ok(Self { sensors })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Reads and parses a registry file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::file(path, format!("cannot read the sensor registry: {e}"))
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// A sensor's facts.
+    pub fn get(&self, sensor_id: &str) -> Option<&SensorInfo> {
+        self.sensors.get(sensor_id)
+    }
+
+    /// Number of sensors.
+    pub fn len(&self) -> usize {
+        self.sensors.len()
+    }
+
+    /// Whether it lists no sensor.
+    pub fn is_empty(&self) -> bool {
+        self.sensors.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_reports_bad_lines_with_their_number() {
+        let r = SensorRegistry::parse(
+            Path::new("r.csv"),
+            "# c\nsensor_id,lat,lon,area\n158324,56.2,10.1,grid-11-03\nx,1,2\n",
+        )
+        .unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.get("158324").unwrap().area.as_deref(), Some("grid-11-03"));
+        assert_eq!(r.get("x").unwrap().area, None);
+        let e = SensorRegistry::parse(
+            Path::new("r.csv"),
+            "sensor_id,lat,lon,area\na,91,0,z\na,1,1,z\nb,1\n",
+        )
+        .unwrap_err();
+        let lines: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("r.csv:2: latitude \"91\""),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("r.csv:4: expected sensor_id,lat,lon[,area]"),
+            "{lines:?}"
+        );
+        let e = SensorRegistry::parse(Path::new("r.csv"), "a,1,1\na,2,2\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "r.csv:2: sensor \"a\" is listed twice");
+    }
+
+    #[test]
+    fn the_shipped_aarhus_registry_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../config/sensors/registry/aarhus-traffic.csv");
+        let r = SensorRegistry::load(&path).unwrap();
+        assert_eq!(r.len(), 449);
+        let s = r.get("158324").unwrap();
+        assert!((56.0..56.4).contains(&s.lat) && (10.0..10.4).contains(&s.lon));
+        assert!(s.area.as_deref().is_some_and(|a| a.starts_with("grid-")));
+    }
+}
