@@ -227,6 +227,24 @@ fn observe(
             .as_deref()
             .map(str::to_string)
     });
+    // Position: the payload's location fields (mobile sensors), else the registry's.
+    let location = match &ty.location {
+        Some((lat, lon)) => match (lat.lookup(value), lon.lookup(value)) {
+            (Some(a), Some(b)) => match (read_number(Some(a), FieldType::Number), read_number(Some(b), FieldType::Number)) {
+                (Ok(Some(a)), Ok(Some(b))) if a.abs() <= 90.0 && b.abs() <= 180.0 => Some((a, b)),
+                _ => {
+                    return Err(Rejection::new(
+                        name,
+                        Reason::WrongType,
+                        format!("location at {lat}, {lon}: expected latitude and longitude in degrees, got {} and {}", kind_of(a), kind_of(b)),
+                    ))
+                }
+            },
+            _ => None,
+        },
+        None => None,
+    }
+    .or_else(|| ty.registry.as_ref()?.get(captures.sensor_id).map(|s| (s.lat, s.lon)));
     let mut fields = Vec::with_capacity(ty.fields.len());
     for f in &ty.fields {
         match read_number(f.pointer.lookup(value), f.kind) {
@@ -263,6 +281,7 @@ fn observe(
         event_time: event_time as u64,
         received_at: msg.received_at,
         time_from_receive,
+        location,
         fields,
     })
 }
@@ -615,6 +634,24 @@ mod format_tests {
     }
 
     const COUNTER: &str = "name = \"counter\"\nformat = \"csv\"\ncolumns = [\"ts\", \"lane\", \"count\"]\n[time]\nfield = \"/ts\"\nformat = \"rfc3339\"\n[[fields]]\nname = \"count\"\ntype = \"integer\"\n";
+
+    #[test]
+    fn location_comes_from_the_payload_or_is_refused_when_wrong() {
+        let r = registry("name = \"air\"\nlocation = { lat = \"/la\", lon = \"/lo\" }\n[[fields]]\nname = \"o3\"\n");
+        let obs = r
+            .decode(
+                &raw("city/air/1", br#"{"o3":1,"la":56.2,"lo":"10.1"}"#),
+                4096,
+            )
+            .unwrap();
+        assert_eq!(obs[0].location, Some((56.2, 10.1)));
+        let obs = r.decode(&raw("city/air/1", br#"{"o3":1}"#), 4096).unwrap();
+        assert_eq!(obs[0].location, None);
+        let e = r
+            .decode(&raw("city/air/1", br#"{"o3":1,"la":560,"lo":10}"#), 4096)
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::WrongType);
+    }
 
     #[test]
     fn csv_lines_are_decoded_by_column() {

@@ -38,6 +38,8 @@ pub struct SensorType {
     pub area_field: Option<Pointer>,
     /// SensorSAX (adaptive windows), when configured.
     pub sensor_sax: Option<SensorSaxSpec>,
+    /// JSON Pointers to latitude and longitude in the payload, for sensors that move.
+    pub location: Option<(Pointer, Pointer)>,
     /// The sensor registry file named by `registry`, relative to the descriptor's directory.
     pub registry_file: Option<PathBuf>,
     /// Its contents, once [`load_dir`] has read it.
@@ -442,6 +444,17 @@ struct DescriptorFile {
     sensor_sax: Option<Spanned<SensorSaxFile>>,
     /// Sensor registry CSV (`sensor_id,lat,lon,area`), relative to this file.
     registry: Option<String>,
+    /// Location fields in the payload.
+    location: Option<Spanned<LocationFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocationFile {
+    /// JSON Pointer to the latitude.
+    lat: String,
+    /// JSON Pointer to the longitude.
+    lon: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -857,6 +870,22 @@ impl SensorType {
                 }
             },
         };
+        let location = match &file.location {
+            None => None,
+            Some(l) => match (
+                Pointer::parse(&l.get_ref().lat),
+                Pointer::parse(&l.get_ref().lon),
+            ) {
+                (Some(a), Some(b)) => Some((a, b)),
+                _ => {
+                    errors.push(err(
+                        l.span(),
+                        "location lat and lon must be JSON Pointers starting with '/'".into(),
+                    ));
+                    None
+                }
+            },
+        };
         let sensor_sax = match &file.sensor_sax {
             None => None,
             Some(s) => match parse_sensor_sax(s.get_ref(), &fields) {
@@ -884,6 +913,7 @@ impl SensorType {
                 windows,
                 area_field,
                 sensor_sax,
+                location,
                 registry_file: file.registry.as_ref().map(PathBuf::from),
                 registry: None,
                 source: path.to_path_buf(),

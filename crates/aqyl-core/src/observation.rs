@@ -30,6 +30,8 @@ pub struct Observation {
     pub received_at: i64,
     /// True when the payload had no event time and receive time was used instead.
     pub time_from_receive: bool,
+    /// Position (latitude, longitude), from the payload's location fields or the registry.
+    pub location: Option<(f64, f64)>,
     /// Field values in descriptor order; optional fields that were absent are left out.
     pub fields: Vec<(Arc<str>, f64)>,
 }

@@ -272,6 +272,7 @@ mod tests {
             event_time: t,
             received_at: 0,
             time_from_receive: false,
+            location: None,
             fields: vec![("avgSpeed".into(), v)],
         }
     }

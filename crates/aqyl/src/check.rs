@@ -256,6 +256,15 @@ mod shipped_descriptors {
                 m.topic
             );
             *per_type.entry(obs[0].sensor_type.to_string()).or_insert(0) += 1;
+            if &*obs[0].sensor_type == "pollution" {
+                let (lat, lon) = obs[0]
+                    .location
+                    .expect("pollution rows carry their position");
+                assert!(
+                    (55.0..58.0).contains(&lat) && (9.0..11.5).contains(&lon),
+                    "{lat} {lon}"
+                );
+            }
         }
         assert_eq!(per_type.len(), 5, "{per_type:?}");
     }
