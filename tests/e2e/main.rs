@@ -686,7 +686,8 @@ fn every_rejection_reason_is_dead_lettered_counted_and_the_next_message_still_fl
     let vm = VictoriaMetrics::start();
     let dir = config_dir(2);
     let config = dir.path().join("aqyl.toml");
-    let text = std::fs::read_to_string(&config).unwrap() + "[ingest]\nmax_payload_bytes = 2048\n";
+    let text = std::fs::read_to_string(&config).unwrap()
+        + "[ingest]\nmax_payload_bytes = 2048\ncatch_all = \"city/#\"\n";
     std::fs::write(&config, text).unwrap();
     std::fs::copy(
         repo().join("config/sensors/noise.toml"),
@@ -704,8 +705,8 @@ fn every_rejection_reason_is_dead_lettered_counted_and_the_next_message_still_fl
     wait_until(WAIT, "aqyl/status online", || {
         status.messages().iter().any(|m| m.payload == b"online")
     });
-    wait_until(WAIT, "three subscriptions", || {
-        aqyl.metric("aqyl_subscriptions ") == Some(3)
+    wait_until(WAIT, "four subscriptions", || {
+        aqyl.metric("aqyl_subscriptions ") == Some(4)
     });
 
     let traffic_ok = |m: u64| reading("158324", m, 40.0);
@@ -766,6 +767,11 @@ fn every_rejection_reason_is_dead_lettered_counted_and_the_next_message_still_fl
             (String::from("city/traffic/158324"), vec![b' '; 3000]),
             traffic_ok(9),
         ),
+        (
+            "unknown_topic",
+            bad("city/bikes/7", br#"{"docked":3}"#),
+            traffic_ok(11),
+        ),
     ];
     for (i, (reason, bad, good)) in cases.iter().enumerate() {
         publish(mqtt.port, &[bad.clone(), good.clone()]);
@@ -777,7 +783,10 @@ fn every_rejection_reason_is_dead_lettered_counted_and_the_next_message_still_fl
         let v: serde_json::Value = serde_json::from_slice(&letters[i].payload).unwrap();
         assert_eq!(v["reason"], *reason, "{v}");
         assert_eq!(v["topic"], bad.0.as_str());
-        let sensor_type = bad.0.split('/').nth(1).unwrap();
+        let sensor_type = match *reason {
+            "unknown_topic" => "unknown",
+            _ => bad.0.split('/').nth(1).unwrap(),
+        };
         assert_eq!(letters[i].topic, format!("aqyl/deadletter/{sensor_type}"));
         assert!(
             v["payload"].as_str().unwrap().len() <= 1024,

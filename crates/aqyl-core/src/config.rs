@@ -152,6 +152,10 @@ pub struct IngestConfig {
     /// MQTT task waits (back-pressure to the broker) instead of dropping.
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
+    /// An extra subscription such as `"city/#"`: messages on topics no descriptor matches are
+    /// dead-lettered as `unknown_topic` on `aqyl/deadletter/unknown`, so sensors that publish
+    /// before they are configured show up instead of going unnoticed. Off by default.
+    pub catch_all: Option<String>,
 }
 
 fn default_max_payload() -> usize {
@@ -166,6 +170,7 @@ impl Default for IngestConfig {
         Self {
             max_payload_bytes: default_max_payload(),
             queue_capacity: default_queue(),
+            catch_all: None,
         }
     }
 }

@@ -39,6 +39,20 @@ pub fn fingerprint(dir: &Path) -> Fingerprint {
     out
 }
 
+/// The MQTT filters for a registry: each type's, behind the subscription prefix, plus the
+/// catch-all when configured.
+pub fn subscriptions(registry: &Registry, prefix: &str, catch_all: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = registry
+        .filters()
+        .iter()
+        .map(|f| format!("{prefix}{f}"))
+        .collect();
+    if let Some(c) = catch_all {
+        out.push(format!("{prefix}{c}"));
+    }
+    out
+}
+
 /// Watches `dir` every `interval` until the task is aborted.
 pub async fn watch(
     dir: PathBuf,
@@ -46,6 +60,7 @@ pub async fn watch(
     registry: SharedRegistry,
     filters: Arc<watch::Sender<Vec<String>>>,
     subscription_prefix: String,
+    catch_all: Option<String>,
     metrics: Arc<Metrics>,
 ) {
     let mut last = fingerprint(&dir);
@@ -62,11 +77,7 @@ pub async fn watch(
             Ok(types) => {
                 let names: Vec<String> = types.iter().map(|t| t.name.to_string()).collect();
                 let next = Registry::new(types);
-                let topics: Vec<String> = next
-                    .filters()
-                    .iter()
-                    .map(|f| format!("{subscription_prefix}{f}"))
-                    .collect();
+                let topics = subscriptions(&next, &subscription_prefix, catch_all.as_deref());
                 registry.store(Arc::new(next));
                 let _ = filters.send(topics);
                 metrics.descriptor_reloads.fetch_add(1, Relaxed);

@@ -158,12 +158,11 @@ async fn run(
     let sink_task = tokio::spawn(aqyl_sink::run(sinks, sink_rx, metrics.clone()));
 
     let prefix = cfg.outputs.topic_prefix.clone();
-    let filters: Vec<String> = registry
-        .load()
-        .filters()
-        .iter()
-        .map(|f| format!("{}{f}", cfg.mqtt.subscription_prefix))
-        .collect();
+    let filters = crate::reload::subscriptions(
+        &registry.load(),
+        &cfg.mqtt.subscription_prefix,
+        cfg.ingest.catch_all.as_deref(),
+    );
     let settings = MqttSettings {
         url,
         client_id: cfg.mqtt.client_id.clone().unwrap_or_else(default_client_id),
@@ -204,6 +203,7 @@ async fn run(
             registry.clone(),
             edge.filters_handle(),
             cfg.mqtt.subscription_prefix.clone(),
+            cfg.ingest.catch_all.clone(),
             metrics.clone(),
         ))
     });
