@@ -402,6 +402,36 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    /// Byte strings derived from `seeds` by up to `max_edits` random byte flips, deletions and
+    /// insertions each: a small mutation fuzzer, deterministic per `seed`.
+    pub(super) fn mutations(
+        seeds: &[&[u8]],
+        count: usize,
+        max_edits: usize,
+        seed: u64,
+    ) -> Vec<Vec<u8>> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        (0..count)
+            .map(|i| {
+                let mut bytes = seeds[i % seeds.len()].to_vec();
+                for _ in 0..rng.usize(0..max_edits) {
+                    if bytes.is_empty() {
+                        break;
+                    }
+                    let at = rng.usize(0..bytes.len());
+                    match rng.u8(0..3) {
+                        0 => bytes[at] = rng.u8(..),
+                        1 => {
+                            bytes.remove(at);
+                        }
+                        _ => bytes.insert(at, rng.u8(..)),
+                    }
+                }
+                bytes
+            })
+            .collect()
+    }
+
     fn registry() -> Registry {
         let t = SensorType::from_toml(
             Path::new("traffic.toml"),
@@ -544,28 +574,13 @@ required = false
     #[test]
     fn arbitrary_bytes_never_panic() {
         let r = registry();
-        let mut rng = fastrand::Rng::with_seed(7);
         let seeds: [&[u8]; 4] = [
             br#"{"TIMESTAMP":"2014-08-01T07:50:00","avgSpeed":1,"vehicleCount":2}"#,
             b"[{\"n\":1}]",
             b"\xff\xfe\x00",
             b"{\"TIMESTAMP\":1e308,\"avgSpeed\":1e999}",
         ];
-        for i in 0..20_000 {
-            let mut bytes = seeds[i % seeds.len()].to_vec();
-            for _ in 0..rng.usize(0..4) {
-                if bytes.is_empty() {
-                    break;
-                }
-                let at = rng.usize(0..bytes.len());
-                match rng.u8(0..3) {
-                    0 => bytes[at] = rng.u8(..),
-                    1 => {
-                        bytes.remove(at);
-                    }
-                    _ => bytes.insert(at, rng.u8(..)),
-                }
-            }
+        for bytes in mutations(&seeds, 20_000, 4, 7) {
             let m = RawMessage {
                 topic: "city/traffic/x".into(),
                 payload: bytes,
@@ -720,22 +735,7 @@ mod format_tests {
             b"\"a\",\"b\nc\",1e999",
             b"[{\"bv\":1e308,\"v\":1e308,\"t\":1e300}]",
         ];
-        let mut rng = fastrand::Rng::with_seed(11);
-        for i in 0..20_000 {
-            let mut bytes = seeds[i % seeds.len()].to_vec();
-            for _ in 0..rng.usize(0..5) {
-                if bytes.is_empty() {
-                    break;
-                }
-                let at = rng.usize(0..bytes.len());
-                match rng.u8(0..3) {
-                    0 => bytes[at] = rng.u8(..),
-                    1 => {
-                        bytes.remove(at);
-                    }
-                    _ => bytes.insert(at, rng.u8(..)),
-                }
-            }
+        for bytes in super::tests::mutations(&seeds, 20_000, 5, 11) {
             for (r, topic) in registries.iter().zip(["city/noise/1", "city/counter/1"]) {
                 let _ = r.decode(&raw(topic, &bytes), 1 << 16);
             }
