@@ -27,6 +27,7 @@ pub mod formats;
 pub mod line_protocol;
 pub mod metrics;
 pub mod observation;
+pub mod quality;
 pub mod sax;
 pub mod sensor_registry;
 pub mod units;
