@@ -65,6 +65,89 @@ impl Rating {
     }
 }
 
+/// Flat-line detection: a sensor whose value has not changed for `n` consecutive readings
+/// is probably stuck (a frozen firmware, a cut wire reading a constant).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlatLine {
+    n: usize,
+    last: Option<f64>,
+    run: usize,
+}
+
+impl FlatLine {
+    /// Flags after `n` (at least 2) identical readings in a row.
+    pub fn new(n: usize) -> Self {
+        Self {
+            n: n.max(2),
+            last: None,
+            run: 0,
+        }
+    }
+
+    /// Adds a reading; true while the last `n` readings are identical.
+    pub fn push(&mut self, value: f64) -> bool {
+        if self.last == Some(value) {
+            self.run += 1;
+        } else {
+            self.last = Some(value);
+            self.run = 1;
+        }
+        self.run >= self.n
+    }
+}
+
+/// Spike detection by robust z-score: how far a reading lies from the median of the previous
+/// `window` readings, in units of their median absolute deviation (MAD), scaled so that it
+/// matches a standard z-score for normal data (`0.6745·(x − median)/MAD`). Robust because a
+/// few earlier spikes move neither the median nor the MAD.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spike {
+    window: usize,
+    threshold: f64,
+    history: VecDeque<f64>,
+}
+
+impl Spike {
+    /// A detector over the last `window` readings (at least 4) flagging |z| > `threshold`.
+    pub fn new(window: usize, threshold: f64) -> Self {
+        let window = window.max(4);
+        Self {
+            window,
+            threshold,
+            history: VecDeque::with_capacity(window),
+        }
+    }
+
+    /// Adds a reading and returns its robust z-score against the readings before it (`None`
+    /// until half the window is filled), and whether it is a spike.
+    pub fn push(&mut self, value: f64) -> (Option<f64>, bool) {
+        let z = (self.history.len() >= self.window / 2).then(|| {
+            let mut sorted: Vec<f64> = self.history.iter().copied().collect();
+            sorted.sort_by(f64::total_cmp);
+            let median = median_sorted(&sorted);
+            let mut deviations: Vec<f64> = sorted.iter().map(|v| (v - median).abs()).collect();
+            deviations.sort_by(f64::total_cmp);
+            // A perfectly constant history has MAD 0; a floor keeps z finite.
+            let mad = median_sorted(&deviations).max(1e-9 * median.abs().max(1.0));
+            0.6745 * (value - median) / mad
+        });
+        if self.history.len() == self.window {
+            self.history.pop_front();
+        }
+        self.history.push_back(value);
+        (z, z.is_some_and(|z| z.abs() > self.threshold))
+    }
+}
+
+fn median_sorted(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +187,39 @@ mod tests {
     fn a_single_failure_among_passes_costs_less_with_a_longer_window() {
         let (mut short, mut long) = (Rating::new(SHORT_WINDOW), Rating::new(LONG_WINDOW));
         assert!(short.update(false) < long.update(false));
+    }
+
+    #[test]
+    fn flat_lines_are_flagged_after_n_identical_readings() {
+        let mut f = FlatLine::new(3);
+        let got: Vec<bool> = [5.0, 5.0, 5.0, 5.0, 6.0, 6.0]
+            .iter()
+            .map(|v| f.push(*v))
+            .collect();
+        assert_eq!(got, [false, false, true, true, false, false]);
+    }
+
+    #[test]
+    fn spikes_stand_out_from_the_median_and_mad() {
+        let mut s = Spike::new(8, 5.0);
+        // History 10, 11, 9, 10, 12, 10, 11, 9: median 10, MAD 1.
+        for v in [10.0, 11.0, 9.0, 10.0, 12.0, 10.0, 11.0, 9.0] {
+            assert!(!s.push(v).1);
+        }
+        // 0.6745 · (50 − 10) / 1 = 26.98: a spike. 12 is 1.35: not.
+        let (z, spike) = s.push(50.0);
+        assert!(spike && (z.unwrap() - 26.98).abs() < 1e-9);
+        let (z, spike) = s.push(12.0);
+        assert!(!spike, "{z:?}");
+    }
+
+    #[test]
+    fn no_verdict_before_half_a_window() {
+        let mut s = Spike::new(10, 3.0);
+        // Half of 10 is 5: the first five readings get no verdict.
+        for v in [1.0, 2.0, 3.0, 4.0, 5.0] {
+            assert_eq!(s.push(v), (None, false));
+        }
+        assert!(s.push(1000.0).1);
     }
 }
