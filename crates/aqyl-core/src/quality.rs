@@ -148,6 +148,201 @@ fn median_sorted(sorted: &[f64]) -> f64 {
     }
 }
 
+/// One metric's value in a quality report.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Metric {
+    /// The measured value, in `unit`.
+    pub absolute: f64,
+    /// The reward-and-punishment rating, 0..=1.
+    pub rated: f64,
+    /// Unit of `absolute`.
+    pub unit: &'static str,
+}
+
+/// What the quality of one reading is judged on; the dataflow fills it from an observation
+/// (or from a rejected payload, for completeness and correctness).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// Event time, Unix ms.
+    pub event_time: u64,
+    /// Wall-clock receive time, Unix ms.
+    pub received_at: i64,
+    /// Wall-clock time Aqyl finished processing it, Unix ms.
+    pub processed_at: i64,
+    /// Required fields expected.
+    pub required: usize,
+    /// Required fields present and not null/""/NA.
+    pub present: usize,
+    /// Fields checked for type and range.
+    pub checked: usize,
+    /// Of those, wrong (type error, or outside [min, max]).
+    pub wrong: usize,
+}
+
+/// Settings of the five metrics of one stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QualitySettings {
+    /// The stream's expected update interval, ms.
+    pub expected_interval_ms: u64,
+    /// Largest acceptable processing delay inside Aqyl, ms.
+    pub max_latency_ms: u64,
+    /// Rating window of frequency and correctness (CityPulse: 20).
+    pub long_window: usize,
+    /// Rating window of age, latency and completeness (CityPulse: 5).
+    pub short_window: usize,
+}
+
+/// The five atomic metrics of one reading.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Metrics5 {
+    /// 1/Δt between consecutive event times (Hz); passes when 0 < Δt ≤ expected interval.
+    pub frequency: Metric,
+    /// Receive time − event time (s); passes when ≤ expected interval.
+    pub age: Metric,
+    /// Processing delay inside Aqyl (ms); passes when below the configured maximum.
+    pub latency: Metric,
+    /// Share of required fields present (0..1); passes when all are.
+    pub completeness: Metric,
+    /// 1 − wrong/checked (0..1); passes when nothing is wrong.
+    pub correctness: Metric,
+}
+
+/// The five metrics of one stream (one sensor), as a sans-I/O state machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamQuality {
+    settings: QualitySettings,
+    frequency: Rating,
+    age: Rating,
+    latency: Rating,
+    completeness: Rating,
+    correctness: Rating,
+    last_event: Option<u64>,
+    last_frequency: f64,
+}
+
+impl StreamQuality {
+    /// A stream that has not reported yet (every rating starts at 1).
+    pub fn new(settings: QualitySettings) -> Self {
+        Self {
+            settings,
+            frequency: Rating::new(settings.long_window),
+            age: Rating::new(settings.short_window),
+            latency: Rating::new(settings.short_window),
+            completeness: Rating::new(settings.short_window),
+            correctness: Rating::new(settings.long_window),
+            last_event: None,
+            last_frequency: 0.0,
+        }
+    }
+
+    /// Scores one reading (readings must come in event-time order per stream).
+    pub fn observe(&mut self, r: &Reading) -> Metrics5 {
+        let expected = self.settings.expected_interval_ms;
+        let (freq_abs, freq_pass) = match self.last_event {
+            // The first reading has nothing to compare with: no verdict, count it as a pass.
+            None => (0.0, true),
+            Some(last) => {
+                let dt = r.event_time.saturating_sub(last);
+                let hz = if dt == 0 { 0.0 } else { 1000.0 / dt as f64 };
+                (hz, dt > 0 && dt <= expected)
+            }
+        };
+        self.last_event = Some(r.event_time.max(self.last_event.unwrap_or(0)));
+        self.last_frequency = freq_abs;
+        let age_ms = (r.received_at - r.event_time as i64).max(0) as u64;
+        let latency_ms = (r.processed_at - r.received_at).max(0) as u64;
+        let completeness = if r.required == 0 {
+            1.0
+        } else {
+            r.present as f64 / r.required as f64
+        };
+        let correctness = if r.checked == 0 {
+            1.0
+        } else {
+            1.0 - r.wrong as f64 / r.checked as f64
+        };
+        Metrics5 {
+            frequency: Metric {
+                absolute: freq_abs,
+                rated: self.frequency.update(freq_pass),
+                unit: "Hz",
+            },
+            age: Metric {
+                absolute: age_ms as f64 / 1000.0,
+                rated: self.age.update(age_ms <= expected),
+                unit: "s",
+            },
+            latency: Metric {
+                absolute: latency_ms as f64,
+                rated: self
+                    .latency
+                    .update(latency_ms < self.settings.max_latency_ms),
+                unit: "ms",
+            },
+            completeness: Metric {
+                absolute: completeness,
+                rated: self.completeness.update(r.present >= r.required),
+                unit: "1",
+            },
+            correctness: Metric {
+                absolute: correctness,
+                rated: self.correctness.update(r.wrong == 0),
+                unit: "1",
+            },
+        }
+    }
+
+    /// The watchdog: when the stream has been silent for 1.05 × its expected interval since
+    /// `since` (the last reading, or the last watchdog failure), counts a frequency failure and
+    /// returns the new rating and the time of the next check. `None` while not overdue.
+    pub fn watchdog(&mut self, since: u64, now: u64) -> Option<(f64, u64)> {
+        let grace = self.settings.expected_interval_ms + self.settings.expected_interval_ms / 20;
+        if now < since.saturating_add(grace) {
+            return None;
+        }
+        Some((self.frequency.update(false), since + grace))
+    }
+
+    /// Event time of the latest reading.
+    pub fn last_event(&self) -> Option<u64> {
+        self.last_event
+    }
+}
+
+/// Weights of the overall score (they sum to 1). Correctness and completeness weigh most,
+/// because wrong or missing values mislead city services; frequency next, because gaps hide
+/// events; age and latency least, because late data is still right.
+pub const WEIGHTS: [(&str, f64); 5] = [
+    ("frequency", 0.2),
+    ("age", 0.1),
+    ("latency", 0.1),
+    ("completeness", 0.25),
+    ("correctness", 0.35),
+];
+
+/// The overall score of a report: the weighted mean of the rated metrics, halved while the
+/// stream is flat-lining or spiking (a stuck or erratic sensor is not trustworthy even when
+/// every reading is on time and in range).
+pub fn score(m: &Metrics5, flat_line: bool, spike: bool) -> f64 {
+    let rated = [
+        m.frequency.rated,
+        m.age.rated,
+        m.latency.rated,
+        m.completeness.rated,
+        m.correctness.rated,
+    ];
+    let base: f64 = rated
+        .iter()
+        .zip(WEIGHTS.iter())
+        .map(|(r, (_, w))| r * w)
+        .sum();
+    if flat_line || spike {
+        base * 0.5
+    } else {
+        base
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,5 +416,80 @@ mod tests {
             assert_eq!(s.push(v), (None, false));
         }
         assert!(s.push(1000.0).1);
+    }
+
+    fn settings() -> QualitySettings {
+        QualitySettings {
+            expected_interval_ms: 300_000,
+            max_latency_ms: 1_000,
+            long_window: 20,
+            short_window: 5,
+        }
+    }
+
+    fn reading(t: u64) -> Reading {
+        Reading {
+            event_time: t,
+            received_at: t as i64 + 2_000,
+            processed_at: t as i64 + 2_010,
+            required: 2,
+            present: 2,
+            checked: 4,
+            wrong: 0,
+        }
+    }
+
+    #[test]
+    fn a_healthy_stream_scores_one() {
+        let mut q = StreamQuality::new(settings());
+        let mut last = None;
+        for i in 0..30 {
+            last = Some(q.observe(&reading(i * 300_000)));
+        }
+        let m = last.unwrap();
+        assert_eq!(m.frequency.absolute, 1000.0 / 300_000.0);
+        assert_eq!((m.age.absolute, m.latency.absolute), (2.0, 10.0));
+        assert_eq!(score(&m, false, false), 1.0);
+        assert_eq!(score(&m, true, false), 0.5);
+    }
+
+    #[test]
+    fn each_metric_fails_on_its_own_cause() {
+        let mut q = StreamQuality::new(settings());
+        q.observe(&reading(0));
+        // 10 minutes after the previous reading: frequency fails; an hour old: age fails;
+        // 5 s inside Aqyl: latency fails; one required field missing; one of four wrong.
+        let bad = Reading {
+            event_time: 600_000,
+            received_at: 4_200_000,
+            processed_at: 4_205_000,
+            required: 2,
+            present: 1,
+            checked: 4,
+            wrong: 1,
+        };
+        let m = q.observe(&bad);
+        assert_eq!(round3(m.frequency.rated), 0.9);
+        assert_eq!(round3(m.age.rated), 0.6);
+        assert_eq!(round3(m.latency.rated), 0.6);
+        assert_eq!(
+            (m.completeness.absolute, round3(m.completeness.rated)),
+            (0.5, 0.6)
+        );
+        assert_eq!(
+            (m.correctness.absolute, round3(m.correctness.rated)),
+            (0.75, 0.9)
+        );
+    }
+
+    #[test]
+    fn the_watchdog_counts_silence_after_1_05_intervals() {
+        let mut q = StreamQuality::new(settings());
+        q.observe(&reading(0));
+        assert_eq!(q.watchdog(0, 314_999), None, "5% grace");
+        let (rated, next) = q.watchdog(0, 315_000).unwrap();
+        assert_eq!((round3(rated), next), (0.9, 315_000));
+        let (rated, _) = q.watchdog(next, 630_000).unwrap();
+        assert_eq!(round3(rated), 0.805);
     }
 }
