@@ -801,3 +801,54 @@ fn every_rejection_reason_is_dead_lettered_counted_and_the_next_message_still_fl
     }
     aqyl.stop();
 }
+
+#[test]
+fn batches_spilled_during_an_outage_survive_a_restart() {
+    let mqtt = Mosquitto::start();
+    let vm_port = aqyl_tests::free_port();
+    let vm_url = format!("http://127.0.0.1:{vm_port}");
+    let dir = config_dir(1);
+    let config = dir.path().join("aqyl.toml");
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let aqyl = Aqyl::start_with(&config, &mqtt.url(), &vm_url);
+    wait_until(WAIT, "aqyl/status online", || {
+        status.messages().iter().any(|m| m.payload == b"online")
+    });
+    let msgs: Vec<_> = (0..20)
+        .map(|m| reading("spill", m, 10.0 + m as f64))
+        .collect();
+    publish(mqtt.port, &msgs);
+    wait_until(WAIT, "the observations", || {
+        aqyl.metric("aqyl_observations_total ") == Some(20)
+    });
+    // The store is down: stopping drains the windows into the spill, and does not hang.
+    aqyl.stop();
+    let spilled = std::fs::read_dir(dir.path().join("spill/influx"))
+        .unwrap()
+        .count();
+    assert!(spilled > 0, "batches wait on disk");
+
+    let vm = VictoriaMetrics::start_on(vm_port);
+    let aqyl = Aqyl::start_with(&config, &mqtt.url(), &vm_url);
+    wait_until(WAIT, "the spilled batches to be written", || {
+        aqyl.metric("aqyl_influx_points_written_total ")
+            .unwrap_or(0)
+            > 0
+    });
+    aqyl.stop();
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("spill/influx"))
+            .unwrap()
+            .count(),
+        0,
+        "the spill is emptied"
+    );
+    let counts =
+        vm.export(r#"{__name__="aggregate_count",field="avgSpeed",window="5m",sensor_id="spill"}"#);
+    assert_eq!(counts.len(), 1);
+    let expected: Vec<(i64, f64)> = (0..4).map(|w| (utc_ms(5 * w + 5), 5.0)).collect();
+    assert_eq!(
+        counts[0].samples, expected,
+        "all four windows, written after the restart"
+    );
+}

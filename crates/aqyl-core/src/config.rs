@@ -309,6 +309,10 @@ pub struct InfluxConfig {
     /// Most points per write request.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Where batches wait during an outage, relative to the config file; replayed when the
+    /// store is back, also after a restart.
+    #[serde(default = "default_spill")]
+    pub spill_dir: PathBuf,
     /// Longest a point waits before its batch is sent.
     #[serde(
         default = "default_flush",
@@ -329,6 +333,9 @@ fn default_influx_url() -> String {
 fn default_org() -> String {
     "aqyl".into()
 }
+fn default_spill() -> PathBuf {
+    PathBuf::from("spill/influx")
+}
 fn default_batch() -> usize {
     5000
 }
@@ -345,6 +352,7 @@ impl Default for InfluxConfig {
             bucket: default_org(),
             token: Secret::default(),
             batch_size: default_batch(),
+            spill_dir: default_spill(),
             flush_interval: default_flush(),
             max_backoff: default_max_backoff(),
         }

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub influx_points_written: AtomicU64,
     /// Failed InfluxDB write attempts (each retried).
     pub influx_write_failures: AtomicU64,
+    /// Points spilled to disk during an InfluxDB outage (replayed later).
+    pub influx_points_spilled: AtomicU64,
     /// Points appended to line-protocol files.
     pub file_points_written: AtomicU64,
     /// Points that could not be encoded (e.g. a control character in a tag).
@@ -135,6 +137,11 @@ impl Metrics {
             "influx_write_failures_total",
             "Failed InfluxDB write attempts.",
             &self.influx_write_failures,
+        );
+        counter(
+            "influx_points_spilled_total",
+            "Points spilled to disk during an InfluxDB outage.",
+            &self.influx_points_spilled,
         );
         counter(
             "file_points_written_total",

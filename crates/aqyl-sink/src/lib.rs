@@ -63,7 +63,7 @@ impl Sinks {
                 .fetch_add(points as u64, Relaxed);
         }
         if let Some(i) = &mut self.influx {
-            i.write(batch, points, metrics).await;
+            i.write(batch, points, metrics).await?;
         }
         Ok(())
     }
@@ -77,6 +77,10 @@ pub async fn run(
 ) -> Result<(), SinkError> {
     let mut batch = String::new();
     let mut points = 0usize;
+    // Batches spilled before a restart are written first.
+    if let Some(i) = &mut sinks.influx {
+        i.replay(&metrics, true).await;
+    }
     let mut tick = tokio::time::interval(sinks.flush_interval.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -104,11 +108,20 @@ pub async fn run(
                     batch.clear();
                     points = 0;
                 }
+                if let Some(i) = &mut sinks.influx {
+                    i.replay(&metrics, false).await;
+                }
             }
         }
     }
     if points > 0 {
         sinks.write(&batch, points, &metrics).await?;
+    }
+    if let Some(i) = &mut sinks.influx {
+        let waiting = i.replay(&metrics, true).await;
+        if waiting > 0 {
+            tracing::warn!(files = waiting, "InfluxDB is unavailable at shutdown; the spilled batches are kept on disk and written at the next start.");
+        }
     }
     if let Some(f) = &mut sinks.file {
         f.flush()?;
