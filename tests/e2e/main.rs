@@ -60,7 +60,7 @@ flush_interval = "100ms"
 }
 
 struct Aqyl {
-    child: Child,
+    child: std::sync::Mutex<Child>,
     http: String,
 }
 
@@ -86,13 +86,29 @@ impl Aqyl {
             .spawn()
             .expect("start aqyl");
         Self {
-            child,
+            child: std::sync::Mutex::new(child),
             http: format!("http://127.0.0.1:{http_port}"),
         }
     }
 
+    /// Waits for `online` on `aqyl/status` (published after the subscriptions, on the same
+    /// connection, so the service is then listening), failing at once if it exits.
+    fn wait_online(&self, status: &Subscriber) {
+        wait_until(WAIT, "aqyl/status online", || {
+            if let Ok(Some(code)) = self.child.lock().unwrap().try_wait() {
+                panic!("aqyl exited early with {code}; its log is above");
+            }
+            status.messages().iter().any(|m| m.payload == b"online")
+        });
+    }
+
     /// A counter from `/metrics`.
+    /// A counter from `/metrics`. Panics if the service has exited, so a test whose service
+    /// failed to start says so at once instead of waiting for a metric that never comes.
     fn metric(&self, line_prefix: &str) -> Option<u64> {
+        if let Ok(Some(status)) = self.child.lock().unwrap().try_wait() {
+            panic!("aqyl exited early with {status}; its log is above");
+        }
         let body = reqwest::blocking::get(format!("{}/metrics", self.http))
             .ok()?
             .text()
@@ -102,15 +118,15 @@ impl Aqyl {
     }
 
     /// SIGTERM, then wait for a clean exit (the service drains and flushes first).
-    fn stop(mut self) {
+    fn stop(self) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.child.lock().unwrap().id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
         let mut exit = None;
         wait_until(WAIT, "aqyl to exit after SIGTERM", || {
-            exit = self.child.try_wait().unwrap();
+            exit = self.child.lock().unwrap().try_wait().unwrap();
             exit.is_some()
         });
         assert!(exit.unwrap().success(), "aqyl exited with {exit:?}");
@@ -119,8 +135,10 @@ impl Aqyl {
 
 impl Drop for Aqyl {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Ok(child) = self.child.get_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -143,9 +161,7 @@ fn aggregates_reach_victoria_metrics_exactly_and_bad_input_is_dead_lettered() {
     let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
     // "online" is published after the subscription on the same connection, so once it is
     // seen, Aqyl's subscription is in place.
-    wait_until(WAIT, "aqyl/status online", || {
-        status.messages().iter().any(|m| m.payload == b"online")
-    });
+    aqyl.wait_online(&status);
 
     // Three sensors, one hostile id; 40 minutes of one reading a minute, out of order within
     // each 10-minute block; plus two bad payloads and one late record in the stream.
@@ -473,9 +489,7 @@ fn broker_restart_is_survived_by_reconnecting() {
     let dir = config_dir(2);
     let status = Subscriber::start(port, "aqyl/status");
     let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
-    wait_until(WAIT, "aqyl/status online", || {
-        status.messages().iter().any(|m| m.payload == b"online")
-    });
+    aqyl.wait_online(&status);
     let first: Vec<_> = (0..10).map(|m| reading("1", m, 50.0)).collect();
     publish(port, &first);
     wait_until(WAIT, "the first batch", || {
@@ -522,9 +536,7 @@ fn store_outage_is_retried_until_the_store_comes_up() {
         &mqtt.url(),
         &format!("http://127.0.0.1:{vm_port}"),
     );
-    wait_until(WAIT, "aqyl/status online", || {
-        status.messages().iter().any(|m| m.payload == b"online")
-    });
+    aqyl.wait_online(&status);
     let msgs: Vec<_> = (0..30).map(|m| reading("store", m, m as f64)).collect();
     publish(mqtt.port, &msgs);
     // Windows up to 07:20 close (watermark 07:19); their writes fail: nothing listens yet.
@@ -561,9 +573,7 @@ fn aggregates_are_published_on_mqtt_when_configured() {
     let status = Subscriber::start(mqtt.port, "aqyl/status");
     let live = Subscriber::start(mqtt.port, "aqyl/aggregates/#");
     let aqyl = Aqyl::start(&config, &mqtt, &vm);
-    wait_until(WAIT, "aqyl/status online", || {
-        status.messages().iter().any(|m| m.payload == b"online")
-    });
+    aqyl.wait_online(&status);
     let msgs: Vec<_> = (0..10)
         .map(|m| reading("158324", m, (m * 10) as f64))
         .collect();
@@ -617,9 +627,7 @@ fn a_new_sensor_type_is_plugged_in_at_run_time_and_a_broken_one_is_refused() {
     let dir = config_dir(2);
     let status = Subscriber::start(mqtt.port, "aqyl/status");
     let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
-    wait_until(WAIT, "aqyl/status online", || {
-        status.messages().iter().any(|m| m.payload == b"online")
-    });
+    aqyl.wait_online(&status);
     wait_until(WAIT, "the traffic subscription", || {
         aqyl.metric("aqyl_subscriptions ") == Some(1)
     });
@@ -702,9 +710,7 @@ fn every_rejection_reason_is_dead_lettered_counted_and_the_next_message_still_fl
     let status = Subscriber::start(mqtt.port, "aqyl/status");
     let dead = Subscriber::start(mqtt.port, "aqyl/deadletter/#");
     let aqyl = Aqyl::start(&config, &mqtt, &vm);
-    wait_until(WAIT, "aqyl/status online", || {
-        status.messages().iter().any(|m| m.payload == b"online")
-    });
+    aqyl.wait_online(&status);
     wait_until(WAIT, "four subscriptions", || {
         aqyl.metric("aqyl_subscriptions ") == Some(4)
     });
@@ -811,9 +817,7 @@ fn batches_spilled_during_an_outage_survive_a_restart() {
     let config = dir.path().join("aqyl.toml");
     let status = Subscriber::start(mqtt.port, "aqyl/status");
     let aqyl = Aqyl::start_with(&config, &mqtt.url(), &vm_url);
-    wait_until(WAIT, "aqyl/status online", || {
-        status.messages().iter().any(|m| m.payload == b"online")
-    });
+    aqyl.wait_online(&status);
     let msgs: Vec<_> = (0..20)
         .map(|m| reading("spill", m, 10.0 + m as f64))
         .collect();
