@@ -5,7 +5,7 @@ use crate::deadletter::{DeadLetter, Reason};
 use crate::descriptor::{
     validate_sensor_id, Captures, FieldType, PayloadFormat, SensorType, TimeFormat, TimeRule,
 };
-use crate::formats::{csv_object, senml_objects};
+use crate::formats::{csv_object, json_projected, senml_objects};
 use crate::observation::{Observation, RawMessage};
 use chrono::{NaiveDateTime, TimeZone};
 use serde_json::Value;
@@ -126,6 +126,19 @@ impl Registry {
                 .map_err(|e| Rejection::new(name, Reason::InvalidSensorId, format!("area: {e}")))?;
         }
         match &ty.format {
+            PayloadFormat::Json if ty.json_keys.is_some() => {
+                let keys = ty.json_keys.as_deref().unwrap_or_default();
+                match json_projected(&msg.payload, keys) {
+                    Ok(value) => out.push(observe(ty, &captures, msg, &value)?),
+                    // Rare: classify the error (malformed, not an object) with a full parse.
+                    Err(_) => out.push(observe(
+                        ty,
+                        &captures,
+                        msg,
+                        &full_json(name, &msg.payload)?,
+                    )?),
+                }
+            }
             PayloadFormat::Json => {
                 let value: Value = serde_json::from_slice(&msg.payload).map_err(|e| {
                     Rejection::new(
@@ -165,6 +178,25 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// A full JSON parse that must give an object (the error path of the projected parse).
+fn full_json(name: &str, payload: &[u8]) -> Result<Value, Rejection> {
+    let value: Value = serde_json::from_slice(payload).map_err(|e| {
+        Rejection::new(
+            name,
+            Reason::MalformedJson,
+            format!("payload is not valid JSON: {e}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(Rejection::new(
+            name,
+            Reason::NotAnObject,
+            format!("expected a JSON object, got {}", kind_of(&value)),
+        ));
+    }
+    Ok(value)
 }
 
 /// The observation in one decoded object.

@@ -44,6 +44,9 @@ pub struct SensorType {
     pub registry_file: Option<PathBuf>,
     /// Its contents, once [`load_dir`] has read it.
     pub registry: Option<Arc<SensorRegistry>>,
+    /// For JSON payloads whose every pointer is one level deep: the top-level keys decoding
+    /// reads, so the rest of a payload can be skipped unparsed.
+    pub json_keys: Option<Vec<String>>,
     /// The file this type came from, for messages.
     pub source: PathBuf,
 }
@@ -89,6 +92,24 @@ impl Bound {
 }
 
 impl SensorType {
+    /// Fills [`SensorType::json_keys`] when every pointer of a JSON type is one level deep.
+    fn with_json_keys(mut self) -> Self {
+        if self.format != PayloadFormat::Json {
+            return self;
+        }
+        let mut pointers: Vec<&Pointer> = self.fields.iter().map(|f| &f.pointer).collect();
+        pointers.extend(self.time.as_ref().map(|t| &t.pointer));
+        pointers.extend(self.area_field.as_ref());
+        if let Some((lat, lon)) = &self.location {
+            pointers.extend([lat, lon]);
+        }
+        self.json_keys = pointers
+            .iter()
+            .map(|p| p.top_level_key().map(str::to_string))
+            .collect();
+        self
+    }
+
     /// The fields of `fields` that lie outside their declared range, with a sentence each.
     /// (Decoding accepts them; quality scoring counts them as incorrect.)
     pub fn out_of_range(&self, fields: &[(Arc<str>, f64)]) -> Vec<String> {
@@ -188,6 +209,14 @@ impl Pointer {
             text: text.to_string(),
             tokens,
         })
+    }
+
+    /// The top-level key, when the pointer is exactly one level deep.
+    pub fn top_level_key(&self) -> Option<&str> {
+        match self.tokens.as_slice() {
+            [key] => Some(key),
+            _ => None,
+        }
     }
 
     /// A pointer to one key of the top-level object (`/<key>`).
@@ -903,7 +932,7 @@ impl SensorType {
             ));
         }
         match (errors.is_empty(), topic, format) {
-            (true, Some(topic), Some(format)) => Ok(SensorType {
+            (true, Some(topic), Some(format)) => Ok(SensorType::with_json_keys(SensorType {
                 name: Arc::from(name),
                 topic,
                 format,
@@ -916,8 +945,9 @@ impl SensorType {
                 location,
                 registry_file: file.registry.as_ref().map(PathBuf::from),
                 registry: None,
+                json_keys: None,
                 source: path.to_path_buf(),
-            }),
+            })),
             _ => Err(ConfigErrors(errors)),
         }
     }

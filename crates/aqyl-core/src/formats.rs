@@ -10,10 +10,57 @@
 //!   the receive time.
 
 use crate::descriptor::SENML_TIME_KEY;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
+use std::fmt;
 
 /// RFC 8428 §4.5.3: times below this are relative to "now".
 const SENML_RELATIVE_LIMIT: f64 = 268_435_456.0;
+
+/// Parses a JSON object keeping only the top-level `keys` a descriptor reads; every other
+/// member is skipped without being built. Sensor payloads carry many columns a type ignores
+/// (ids, status strings), and skipping them halves the cost of decoding a CityPulse row.
+/// Errors (including "not an object") are left for the caller to classify with a full parse.
+pub fn json_projected(payload: &[u8], keys: &[String]) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let value = Projection { keys }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+struct Projection<'k> {
+    keys: &'k [String],
+}
+
+impl<'de> DeserializeSeed<'de> for Projection<'_> {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Projection<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if self.keys.iter().any(|k| *k == key) {
+                let value: Value = map.next_value()?;
+                out.insert(key.into_owned(), value);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
 
 /// Reads one CSV line into `{column: value}`.
 pub fn csv_object(payload: &[u8], columns: &[String], delimiter: u8) -> Result<Value, String> {
@@ -150,6 +197,26 @@ mod tests {
 
     fn cols(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn projection_keeps_only_the_wanted_keys_and_agrees_with_a_full_parse() {
+        let payload = br#"{"status":"OK","avgSpeed":50,"nested":{"a":[1,2]},"TIMESTAMP":"2014-08-01T07:50:00","esc\u0061ped":1}"#;
+        let keys = vec![
+            "avgSpeed".to_string(),
+            "TIMESTAMP".to_string(),
+            "escaped".to_string(),
+            "absent".to_string(),
+        ];
+        let v = json_projected(payload, &keys).unwrap();
+        let full: Value = serde_json::from_slice(payload).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 3);
+        for k in ["avgSpeed", "TIMESTAMP", "escaped"] {
+            assert_eq!(v[k], full[k], "{k}");
+        }
+        assert!(json_projected(b"[1,2]", &keys).is_err());
+        assert!(json_projected(b"{\"a\":1} trailing", &keys).is_err());
+        assert!(json_projected(b"{\"a\":", &keys).is_err());
     }
 
     #[test]
