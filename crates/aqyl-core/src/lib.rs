@@ -28,6 +28,7 @@ pub mod line_protocol;
 pub mod metrics;
 pub mod observation;
 pub mod quality;
+pub mod rules;
 pub mod sax;
 pub mod sensor_registry;
 pub mod units;
