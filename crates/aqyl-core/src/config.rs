@@ -44,6 +44,9 @@ pub struct Config {
     /// Directory of sensor type descriptors, relative to the config file.
     #[serde(default = "default_sensors_dir")]
     pub sensors_dir: PathBuf,
+    /// Directory of event rules (`*.toml`), relative to the config file.
+    #[serde(default = "default_rules_dir")]
+    pub rules_dir: PathBuf,
     /// How often `aqyl run` looks for changed descriptors and reloads them (`"0s"`: never).
     #[serde(
         default = "default_reload",
@@ -71,6 +74,10 @@ pub struct Config {
     /// HTTP endpoint for `/metrics` and `/health`.
     #[serde(default)]
     pub http: HttpConfig,
+}
+
+fn default_rules_dir() -> PathBuf {
+    PathBuf::from("rules")
 }
 
 fn default_reload() -> Duration {
@@ -454,6 +461,8 @@ pub struct Loaded {
     pub path: PathBuf,
     /// `sensors_dir` resolved against the file's directory.
     pub sensors_dir: PathBuf,
+    /// The event rules from `rules_dir`.
+    pub rules: Vec<crate::rules::Rule>,
 }
 
 impl Config {
@@ -551,9 +560,11 @@ pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Loaded,
     let base = path.parent().unwrap_or(Path::new("."));
     let sensors_dir = base.join(&config.sensors_dir);
     let sensor_types = descriptor::load_dir(&sensors_dir)?;
+    let rules = crate::rules::load_rules(&base.join(&config.rules_dir), &sensor_types)?;
     Ok(Loaded {
         config,
         sensor_types,
+        rules,
         path: path.to_path_buf(),
         sensors_dir,
     })

@@ -29,6 +29,12 @@ pub fn check(path: &Path) -> (String, bool) {
                     fields.join(", ")
                 ));
             }
+            for r in &loaded.rules {
+                out.push_str(&format!(
+                    "  rule {:<14} on {:<10} when {}\n",
+                    r.name, r.sensor_type, r.enter_text
+                ));
+            }
             (out, true)
         }
         Err(errors) => {

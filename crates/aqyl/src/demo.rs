@@ -152,11 +152,19 @@ dir = {dir:?}
             w.fields = fields;
         }
     }
+    let sensor_types = vec![traffic];
+    let rules = aqyl_core::rules::parse_rules(
+        Path::new("config/rules/traffic.toml"),
+        include_str!("../../../config/rules/traffic.toml"),
+        &sensor_types,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Loaded {
         config,
-        sensor_types: vec![traffic],
+        sensor_types,
         path: path.into(),
         sensors_dir: "<embedded>".into(),
+        rules,
     })
 }
 
