@@ -33,6 +33,8 @@ pub struct Metrics {
     pub deadletters_published: AtomicU64,
     /// Aggregates published on MQTT (`outputs.aggregates`).
     pub aggregates_published: AtomicU64,
+    /// Incident lifecycle messages published.
+    pub events_published: AtomicU64,
     /// MQTT connection errors (each followed by a reconnect attempt).
     pub mqtt_connection_errors: AtomicU64,
     /// Subscription filters in force (set when the broker acknowledges a subscription).
@@ -162,6 +164,11 @@ impl Metrics {
             "aggregates_published_total",
             "Aggregates published on MQTT.",
             &self.aggregates_published,
+        );
+        counter(
+            "events_published_total",
+            "Incident lifecycle messages published.",
+            &self.events_published,
         );
         counter(
             "mqtt_connection_errors_total",

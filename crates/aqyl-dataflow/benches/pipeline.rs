@@ -65,6 +65,7 @@ fn main() {
                 idle_timeout: None,
                 max_payload_bytes: 65536,
                 update_horizon: None,
+                rules: Default::default(),
             };
             let start = Instant::now();
             let batch = run_batch(spec, msgs).unwrap();
@@ -111,6 +112,7 @@ fn state_per_sensor(registry: &aqyl_dataflow::SharedRegistry, sensors: usize) {
         idle_timeout: None,
         max_payload_bytes: 65536,
         update_horizon: None,
+        rules: Default::default(),
     };
     let (router, running) = start(
         spec,
@@ -118,6 +120,7 @@ fn state_per_sensor(registry: &aqyl_dataflow::SharedRegistry, sensors: usize) {
         Outputs {
             aggregates: agg_tx,
             deadletters: dl_tx,
+            events: tokio::sync::mpsc::unbounded_channel().0,
         },
         metrics.clone(),
     )

@@ -11,6 +11,7 @@
 //! the number of workers and whatever their arrival order within the allowed lateness.
 
 pub mod aggregate;
+pub mod events;
 pub mod input;
 pub mod runtime;
 pub mod sensor_sax;

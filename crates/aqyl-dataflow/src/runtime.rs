@@ -2,6 +2,7 @@
 //! of messages, keeping the watermark and stepping the dataflow without ever blocking.
 
 use crate::aggregate::Aggregate;
+use crate::events::DetectEvents;
 use crate::input;
 use crate::sensor_sax::AdaptiveSax;
 use aqyl_core::metrics::Metrics;
@@ -39,6 +40,8 @@ pub struct PipelineSpec {
     pub idle_timeout: Option<Duration>,
     /// Largest payload accepted.
     pub max_payload_bytes: usize,
+    /// Event rules evaluated per sensor.
+    pub rules: Arc<Vec<aqyl_core::rules::Rule>>,
     /// With `Some(horizon)`, a late record within `horizon` of the watermark corrects its
     /// closed window (which is re-emitted) instead of being dropped (`pipeline.late`).
     pub update_horizon: Option<Duration>,
@@ -51,6 +54,8 @@ pub struct Outputs {
     pub aggregates: mpsc::UnboundedSender<AggregateRecord>,
     /// Rejected and late input.
     pub deadletters: mpsc::UnboundedSender<DeadLetter>,
+    /// Incident lifecycle messages.
+    pub events: mpsc::UnboundedSender<aqyl_core::Event>,
 }
 
 /// A running dataflow; [`Running::join`] waits until every worker has drained and stopped,
@@ -124,6 +129,18 @@ fn run_worker(
     worker.dataflow::<u64, _, _>(|scope| {
         let observations = input.to_stream(scope);
         let observations_for_sax = observations.clone();
+        let events = outputs.events.clone();
+        observations.clone().detect_events(spec.rules.clone()).sink(
+            Pipeline,
+            "EmitEvents",
+            move |(input, _)| {
+                input.for_each(|_cap, data| {
+                    for e in data.drain(..) {
+                        let _ = events.send(e);
+                    }
+                });
+            },
+        );
         let per_sensor = observations.clone().aggregate(
             Scope::Sensor,
             spec.registry.clone(),
@@ -259,6 +276,8 @@ pub struct Batch {
     pub aggregates: Vec<AggregateRecord>,
     /// Rejected and late input.
     pub deadletters: Vec<DeadLetter>,
+    /// Incident lifecycle messages.
+    pub events: Vec<aqyl_core::Event>,
 }
 
 impl Batch {
@@ -278,16 +297,14 @@ impl Batch {
 pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<Batch, String> {
     let (agg_tx, mut agg_rx) = mpsc::unbounded_channel();
     let (dl_tx, mut dl_rx) = mpsc::unbounded_channel();
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::default());
-    let (router, running) = start(
-        spec,
-        1024,
-        Outputs {
-            aggregates: agg_tx,
-            deadletters: dl_tx,
-        },
-        metrics,
-    )?;
+    let outputs = Outputs {
+        aggregates: agg_tx,
+        deadletters: dl_tx,
+        events: ev_tx,
+    };
+    let (router, running) = start(spec, 1024, outputs, metrics)?;
     let feeder = std::thread::spawn(move || {
         for m in messages {
             if !router.route_blocking(m) {
@@ -307,8 +324,13 @@ pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<Batch,
     while let Ok(d) = dl_rx.try_recv() {
         deadletters.push(d);
     }
+    let mut events = Vec::new();
+    while let Ok(e) = ev_rx.try_recv() {
+        events.push(e);
+    }
     Ok(Batch {
         aggregates,
         deadletters,
+        events,
     })
 }

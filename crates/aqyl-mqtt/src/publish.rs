@@ -1,7 +1,7 @@
 //! Publishing Aqyl's outputs on MQTT: dead letters and (when configured) aggregates.
 
 use aqyl_core::metrics::Metrics;
-use aqyl_core::{Aggregate, DeadLetter};
+use aqyl_core::{Aggregate, DeadLetter, Event, EventState};
 use rumqttc::{AsyncClient, QoS};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -50,5 +50,39 @@ pub async fn aggregates(
             }
             Err(e) => tracing::warn!(error = %e, "Could not publish an aggregate."),
         }
+    }
+}
+
+/// Publishes incident lifecycle messages on `<prefix>/events/<event_type>/<subject>` (QoS 1),
+/// keeps the ongoing incident retained on `<prefix>/active/<event_type>/<subject>` (cleared
+/// with an empty retained message when it ends), and forwards each message to `sink`.
+pub async fn events(
+    client: AsyncClient,
+    prefix: String,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    sink: mpsc::UnboundedSender<Event>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(e) = rx.recv().await {
+        tracing::info!(event_type = %e.event_type, subject = %e.subject, state = e.state.as_str(), "{}", e.message);
+        let json = e.to_json();
+        let active = match e.state {
+            EventState::End => String::new(),
+            _ => json.clone(),
+        };
+        let published = client
+            .publish(e.topic(&prefix), QoS::AtLeastOnce, false, json)
+            .await
+            .is_ok()
+            && client
+                .publish(e.active_topic(&prefix), QoS::AtLeastOnce, true, active)
+                .await
+                .is_ok();
+        if published {
+            metrics.events_published.fetch_add(1, Relaxed);
+        } else {
+            tracing::warn!(event_type = %e.event_type, subject = %e.subject, "Could not publish an event.");
+        }
+        let _ = sink.send(e);
     }
 }

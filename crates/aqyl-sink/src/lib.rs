@@ -10,7 +10,7 @@ pub mod file;
 pub mod influx;
 
 use aqyl_core::metrics::Metrics;
-use aqyl_core::Aggregate;
+use aqyl_core::{Aggregate, Event};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,12 +69,15 @@ impl Sinks {
     }
 }
 
-/// Writes every aggregate received until the channel closes, then flushes and returns.
+/// Writes every aggregate and event received until both channels close, then flushes and
+/// returns.
 pub async fn run(
     mut sinks: Sinks,
     mut rx: mpsc::UnboundedReceiver<Aggregate>,
+    mut events: mpsc::UnboundedReceiver<Event>,
     metrics: Arc<Metrics>,
 ) -> Result<(), SinkError> {
+    let (mut aggregates_open, mut events_open) = (true, true);
     let mut batch = String::new();
     let mut points = 0usize;
     // Batches spilled before a restart are written first.
@@ -83,9 +86,21 @@ pub async fn run(
     }
     let mut tick = tokio::time::interval(sinks.flush_interval.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    while aggregates_open || events_open {
         tokio::select! {
-            next = rx.recv() => match next {
+            next = events.recv(), if events_open => match next {
+                Some(e) => {
+                    match e.write_line(&mut batch) {
+                        Ok(()) => points += 1,
+                        Err(err) => {
+                            metrics.points_unencodable.fetch_add(1, Relaxed);
+                            tracing::warn!(event_type = %e.event_type, error = %err, "Skipped an event that cannot be encoded.");
+                        }
+                    }
+                }
+                None => events_open = false,
+            },
+            next = rx.recv(), if aggregates_open => match next {
                 Some(agg) => {
                     match agg.write_line(&mut batch) {
                         Ok(()) => points += 1,
@@ -100,7 +115,7 @@ pub async fn run(
                         points = 0;
                     }
                 }
-                None => break,
+                None => aggregates_open = false,
             },
             _ = tick.tick() => {
                 if points > 0 {

@@ -124,6 +124,8 @@ async fn run(
 
     let (agg_tx, agg_rx) = mpsc::unbounded_channel();
     let (dl_tx, dl_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (ev_sink_tx, ev_sink_rx) = mpsc::unbounded_channel();
     let spec = PipelineSpec {
         registry: registry.clone(),
         workers: *cfg.pipeline.workers.get_ref(),
@@ -131,6 +133,7 @@ async fn run(
         allowed_lateness: cfg.pipeline.allowed_lateness,
         idle_timeout: (!cfg.pipeline.idle_timeout.is_zero()).then_some(cfg.pipeline.idle_timeout),
         max_payload_bytes: cfg.ingest.max_payload_bytes,
+        rules: Arc::new(loaded.rules.clone()),
         update_horizon: (cfg.pipeline.late == aqyl_core::config::LatePolicy::Update)
             .then_some(cfg.pipeline.update_horizon),
     };
@@ -140,6 +143,7 @@ async fn run(
         Outputs {
             aggregates: agg_tx,
             deadletters: dl_tx,
+            events: ev_tx,
         },
         metrics.clone(),
     )
@@ -160,7 +164,7 @@ async fn run(
     } else {
         (agg_rx, None)
     };
-    let sink_task = tokio::spawn(aqyl_sink::run(sinks, sink_rx, metrics.clone()));
+    let sink_task = tokio::spawn(aqyl_sink::run(sinks, sink_rx, ev_sink_rx, metrics.clone()));
 
     let prefix = cfg.outputs.topic_prefix.clone();
     let filters = crate::reload::subscriptions(
@@ -212,6 +216,13 @@ async fn run(
             metrics.clone(),
         ))
     });
+    let ev_task = tokio::spawn(aqyl_mqtt::publish::events(
+        edge.client.clone(),
+        prefix.clone(),
+        ev_rx,
+        ev_sink_tx,
+        metrics.clone(),
+    ));
     let dl_task = tokio::spawn(aqyl_mqtt::publish::deadletters(
         edge.client.clone(),
         prefix,
@@ -231,6 +242,7 @@ async fn run(
         .map_err(|e| anyhow::anyhow!("the dataflow failed: {e}"))?;
     sink_task.await.context("the sink task panicked")??;
     dl_task.await.context("the dead-letter task panicked")?;
+    ev_task.await.context("the event task panicked")?;
     if let Some(t) = live_task {
         t.await.context("the aggregate publisher panicked")?;
     }

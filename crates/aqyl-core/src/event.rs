@@ -1,0 +1,156 @@
+//! Incident lifecycle messages: what operators receive on `aqyl/events/...`, what stays
+//! retained on `aqyl/active/...`, and the `event` line in the store.
+
+use crate::line_protocol::{encode, FieldValue, LineError, Point};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Lifecycle state of an incident message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventState {
+    /// The incident began.
+    Start,
+    /// Its level changed.
+    Update,
+    /// It is over.
+    End,
+}
+
+impl EventState {
+    /// As written in payloads and tags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventState::Start => "start",
+            EventState::Update => "update",
+            EventState::End => "end",
+        }
+    }
+}
+
+/// One lifecycle message of one incident.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Stable per incident (rule, subject, start), so re-deliveries give the same id.
+    pub id: String,
+    /// Event type (`congestion`).
+    pub event_type: String,
+    /// What it is about: a sensor id (or an area).
+    pub subject: String,
+    /// Sensor type of the subject.
+    pub sensor_type: Arc<str>,
+    /// `start`, `update` or `end`.
+    pub state: EventState,
+    /// Severity (`warning`, `critical`).
+    pub level: String,
+    /// Event time the incident started, Unix ms.
+    pub started_at: u64,
+    /// Event time of this message, Unix ms.
+    pub time: u64,
+    /// The rule that produced it.
+    pub rule: String,
+    /// For a human.
+    pub message: String,
+    /// The reading's values that triggered this message.
+    pub values: Vec<(Arc<str>, f64)>,
+}
+
+impl Event {
+    /// The QoS 1 lifecycle topic, `<prefix>/events/<event_type>/<subject>`.
+    pub fn topic(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}/events/{}/{}",
+            self.event_type,
+            crate::aggregate::topic_level(&self.subject)
+        )
+    }
+
+    /// The retained topic of the ongoing incident, `<prefix>/active/<event_type>/<subject>`.
+    pub fn active_topic(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}/active/{}/{}",
+            self.event_type,
+            crate::aggregate::topic_level(&self.subject)
+        )
+    }
+
+    /// The JSON payload (DESIGN's event fields; times as RFC 3339).
+    pub fn to_json(&self) -> String {
+        let values: serde_json::Map<String, serde_json::Value> = self
+            .values
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect();
+        serde_json::json!({
+            "id": self.id,
+            "event_type": self.event_type,
+            "subject": self.subject,
+            "sensor_type": &*self.sensor_type,
+            "state": self.state.as_str(),
+            "level": self.level,
+            "started_at": crate::deadletter::rfc3339_ms(self.started_at as i64),
+            "time": crate::deadletter::rfc3339_ms(self.time as i64),
+            "rule": self.rule,
+            "message": self.message,
+            "values": values,
+        })
+        .to_string()
+    }
+
+    /// The `event` line (tags `event_type`, `state`, `subject`; fields `level`, `value`,
+    /// `duration_s`), millisecond precision, at the message's event time.
+    pub fn write_line(&self, out: &mut String) -> Result<(), LineError> {
+        let value = self.values.first().map_or(0.0, |v| v.1);
+        let duration_s = self.time.saturating_sub(self.started_at) as f64 / 1000.0;
+        encode(
+            &Point {
+                measurement: "event",
+                tags: vec![
+                    ("event_type", &self.event_type),
+                    ("state", self.state.as_str()),
+                    ("subject", &self.subject),
+                ],
+                fields: vec![
+                    ("level", FieldValue::Str(&self.level)),
+                    ("value", FieldValue::Float(value)),
+                    ("duration_s", FieldValue::Float(duration_s)),
+                ],
+                time_ms: self.time as i64,
+            },
+            out,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_topics_and_line() {
+        let e = Event {
+            id: "abc".into(),
+            event_type: "congestion".into(),
+            subject: "158324".into(),
+            sensor_type: "traffic".into(),
+            state: EventState::End,
+            level: "warning".into(),
+            started_at: 1_406_872_200_000,
+            time: 1_406_872_800_000,
+            rule: "congestion".into(),
+            message: "Congestion over".into(),
+            values: vec![("avgSpeed".into(), 50.0)],
+        };
+        assert_eq!(e.topic("aqyl"), "aqyl/events/congestion/158324");
+        assert_eq!(e.active_topic("aqyl"), "aqyl/active/congestion/158324");
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(
+            (v["state"].as_str(), v["started_at"].as_str()),
+            (Some("end"), Some("2014-08-01T05:50:00.000Z"))
+        );
+        assert_eq!(v["values"]["avgSpeed"], 50.0);
+        let mut line = String::new();
+        e.write_line(&mut line).unwrap();
+        assert_eq!(line, "event,event_type=congestion,state=end,subject=158324 level=\"warning\",value=50,duration_s=600 1406872800000\n");
+    }
+}
