@@ -856,3 +856,97 @@ fn batches_spilled_during_an_outage_survive_a_restart() {
         "all four windows, written after the restart"
     );
 }
+
+#[test]
+fn incidents_are_published_kept_for_late_subscribers_and_cleared_when_over() {
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let dir = config_dir(1);
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::copy(
+        repo().join("config/rules/traffic.toml"),
+        dir.path().join("rules/traffic.toml"),
+    )
+    .unwrap();
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let events = Subscriber::start(mqtt.port, "aqyl/events/#");
+    let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
+    aqyl.wait_online(&status);
+
+    // Segment 158324 is congested from minute 0 to 14 and then silent; 158355 flows freely
+    // up to minute 40, moving event time (and so the watermark) on.
+    let congested = |m: u64| {
+        let p = format!(
+            r#"{{"avgSpeed":20,"vehicleCount":25,"TIMESTAMP":"{}"}}"#,
+            local(m)
+        );
+        ("city/traffic/158324".to_string(), p.into_bytes())
+    };
+    let mut msgs: Vec<_> = (0..15).map(congested).collect();
+    msgs.extend((0..=40).map(|m| reading("158355", m, 60.0)));
+    publish(mqtt.port, &msgs);
+    wait_until(WAIT, "congestion and jam to start", || {
+        aqyl.metric("aqyl_events_published_total ") == Some(2)
+    });
+
+    // An operator connecting now sees both ongoing incidents.
+    let late = Subscriber::start(mqtt.port, "aqyl/active/#");
+    let active = late.wait_for(2, WAIT);
+    let mut types: Vec<String> = active
+        .iter()
+        .map(|m| {
+            assert!(m.retain, "delivered from the retained store");
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            assert_eq!(
+                (v["state"].as_str(), v["subject"].as_str()),
+                (Some("start"), Some("158324"))
+            );
+            assert!(v["message"].as_str().unwrap().contains("158324"), "{v}");
+            v["event_type"].as_str().unwrap().to_string()
+        })
+        .collect();
+    types.sort();
+    assert_eq!(types, ["congestion", "traffic_jam"]);
+
+    // Traffic flows again at minute 41: both end, and the retained incidents are cleared.
+    let mut msgs: Vec<_> = (41..=45).map(|m| reading("158324", m, 60.0)).collect();
+    msgs.extend((41..=60).map(|m| reading("158355", m, 60.0)));
+    publish(mqtt.port, &msgs);
+    wait_until(WAIT, "both incidents to end", || {
+        aqyl.metric("aqyl_events_published_total ") == Some(4)
+    });
+    let cleared = late.wait_for(4, WAIT);
+    assert!(
+        cleared[2..].iter().all(|m| m.payload.is_empty()),
+        "empty messages clear the retained incidents"
+    );
+    aqyl.stop();
+
+    let lifecycle: Vec<(String, String, String)> = events
+        .wait_for(4, WAIT)
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            (
+                m.topic.clone(),
+                v["state"].as_str().unwrap().to_string(),
+                v["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(lifecycle.len(), 4);
+    let congestion: Vec<_> = lifecycle
+        .iter()
+        .filter(|l| l.0 == "aqyl/events/congestion/158324")
+        .collect();
+    assert_eq!(
+        congestion.iter().map(|l| l.1.as_str()).collect::<Vec<_>>(),
+        ["start", "end"]
+    );
+    assert_eq!(congestion[0].2, congestion[1].2, "one id per incident");
+    // The store has the congestion's duration: from minute 0 to minute 41.
+    let durations =
+        vm.export(r#"{__name__="event_duration_s",event_type="congestion",state="end"}"#);
+    assert_eq!(durations.len(), 1);
+    assert_eq!(durations[0].samples, vec![(utc_ms(41), 41.0 * 60.0)]);
+}
