@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod detection;
 mod replay;
 
 const AQYL: &str = env!("CARGO_BIN_EXE_aqyl");
