@@ -871,6 +871,23 @@ fn incidents_are_published_kept_for_late_subscribers_and_cleared_when_over() {
     .unwrap();
     let status = Subscriber::start(mqtt.port, "aqyl/status");
     let events = Subscriber::start(mqtt.port, "aqyl/events/#");
+    // An operator's terminal: `aqyl events tail --type congestion`.
+    let mut tail = Command::new(AQYL)
+        .args(["events", "tail", "--type", "congestion", "--config"])
+        .arg(dir.path().join("aqyl.toml"))
+        .env("AQYL_MQTT_URL", mqtt.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It says "Listening" once subscribed.
+    let mut tail_stderr = std::io::BufReader::new(tail.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut tail_stderr, &mut first).unwrap();
+    assert!(
+        first.starts_with("Listening on aqyl/events/congestion/#"),
+        "{first}"
+    );
     let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
     aqyl.wait_online(&status);
 
@@ -922,6 +939,23 @@ fn incidents_are_published_kept_for_late_subscribers_and_cleared_when_over() {
         "empty messages clear the retained incidents"
     );
     aqyl.stop();
+    Command::new("kill")
+        .args(["-INT", &tail.id().to_string()])
+        .status()
+        .unwrap();
+    let out = tail.wait_with_output().unwrap();
+    drop(tail_stderr);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 2, "only congestion, start and end: {printed}");
+    assert!(
+        lines[0].starts_with("2014-08-01 05:00:00  START  congestion       158324"),
+        "{printed}"
+    );
+    assert!(
+        lines[1].contains("END") && lines[1].contains("congestion ended"),
+        "{printed}"
+    );
 
     let lifecycle: Vec<(String, String, String)> = events
         .wait_for(4, WAIT)

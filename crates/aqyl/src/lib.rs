@@ -6,9 +6,11 @@
 //! - [`check`] validates configuration and descriptors for `aqyl check`.
 //! - [`http`] serves `/metrics` and `/health`.
 //! - [`reload`] reloads changed sensor descriptors while running.
+//! - [`tail`] prints incidents for `aqyl events tail`.
 
 pub mod check;
 pub mod demo;
 pub mod http;
 pub mod reload;
 pub mod service;
+pub mod tail;

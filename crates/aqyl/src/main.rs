@@ -60,9 +60,30 @@ enum Command {
         #[command(subcommand)]
         command: SensorsCommand,
     },
+    /// Follow incidents: `aqyl events tail [--type congestion]`.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Validate the configuration and every sensor descriptor; prints file:line errors.
     Check {
         /// Configuration file.
+        #[arg(long, short, default_value = "config/aqyl.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print incidents (start, end) live, one line each, until Ctrl-C.
+    Tail {
+        /// Only this event type (e.g. congestion).
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Print the raw JSON payloads.
+        #[arg(long)]
+        json: bool,
+        /// Configuration file (for the broker and topic prefix; AQYL_MQTT_URL wins).
         #[arg(long, short, default_value = "config/aqyl.toml")]
         config: PathBuf,
     },
@@ -151,6 +172,30 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+        Command::Events {
+            command:
+                EventsCommand::Tail {
+                    event_type,
+                    json,
+                    config,
+                },
+        } => {
+            let result = tokio_main(async move {
+                let text = std::fs::read_to_string(&config).unwrap_or_default();
+                let mut cfg = aqyl_core::config::Config::from_toml(&config, &text)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                cfg.apply_env(|k| std::env::var(k).ok())
+                    .map_err(anyhow::Error::msg)?;
+                aqyl::tail::run(
+                    cfg.mqtt.url.get_ref(),
+                    &cfg.outputs.topic_prefix,
+                    event_type.as_deref(),
+                    json,
+                )
+                .await
+            });
+            report(result)
         }
         Command::Run { config } => {
             init_tracing("info");
