@@ -1,5 +1,5 @@
 //! Detection quality: the simulator's default scenario (a day in Aarhus with two area
-//! congestions and a full garage, ground truth known) through the dataflow with the shipped
+//! congestions, a full garage and a sensor outage, ground truth known) through the dataflow with the shipped
 //! descriptors and rules, scored by `aqyl-sim`'s scorer.
 
 use aqyl_core::decode::Registry;
@@ -67,7 +67,7 @@ fn the_default_scenario_is_detected_with_full_precision_and_recall() {
                 .find(|s| s.incident_type == t)
                 .unwrap_or_else(|| panic!("{t} scored"))
         };
-        for t in ["congestion", "parking_full"] {
+        for t in ["congestion", "parking_full", "outage"] {
             let s = by_type(t);
             println!(
                 "{workers} workers, {t}: precision {:.3}, recall {:.3}, mean delay {:?} s ({} incidents, {} events)",

@@ -891,8 +891,7 @@ fn incidents_are_published_kept_for_late_subscribers_and_cleared_when_over() {
     let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
     aqyl.wait_online(&status);
 
-    // Segment 158324 is congested from minute 0 to 14 and then silent; 158355 flows freely
-    // up to minute 40, moving event time (and so the watermark) on.
+    // Segment 158324 is congested from minute 0 to 40; 158355 flows freely alongside.
     let congested = |m: u64| {
         let p = format!(
             r#"{{"avgSpeed":20,"vehicleCount":25,"TIMESTAMP":"{}"}}"#,
@@ -900,7 +899,7 @@ fn incidents_are_published_kept_for_late_subscribers_and_cleared_when_over() {
         );
         ("city/traffic/158324".to_string(), p.into_bytes())
     };
-    let mut msgs: Vec<_> = (0..15).map(congested).collect();
+    let mut msgs: Vec<_> = (0..=40).map(congested).collect();
     msgs.extend((0..=40).map(|m| reading("158355", m, 60.0)));
     publish(mqtt.port, &msgs);
     wait_until(WAIT, "congestion and jam to start", || {

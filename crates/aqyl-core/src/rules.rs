@@ -626,6 +626,8 @@ pub struct Rule {
     pub event_type: String,
     /// The sensor type it watches.
     pub sensor_type: String,
+    /// What starts an incident.
+    pub kind: RuleKind,
     /// When an incident starts.
     pub enter: Expr,
     /// `enter` as written.
@@ -640,6 +642,16 @@ pub struct Rule {
     pub message: String,
     /// The file it came from.
     pub source: std::path::PathBuf,
+}
+
+/// Kinds of rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    /// `enter` holding for `for` starts an incident; `exit` ends it.
+    Threshold,
+    /// No reading from a sensor for `for` (of event time) starts an incident; its next
+    /// reading ends it. Only sensors that have reported at least once are watched.
+    Absence,
 }
 
 impl Rule {
@@ -666,7 +678,9 @@ struct RuleFile {
     name: String,
     event_type: Option<String>,
     sensor_type: String,
-    enter: toml::Spanned<String>,
+    #[serde(default)]
+    kind: Option<toml::Spanned<String>>,
+    enter: Option<toml::Spanned<String>>,
     exit: Option<toml::Spanned<String>>,
     #[serde(default, rename = "for")]
     for_: Option<toml::Spanned<String>>,
@@ -726,11 +740,62 @@ pub fn parse_rules(
                 }
             }
         };
-        let enter = parse(&r.enter, "enter");
-        let exit = match &r.exit {
-            Some(x) => parse(x, "exit"),
-            None => enter.clone().map(|e| Expr::Not(Box::new(e))),
+        let kind = match r.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
+            None | Some(("threshold", _)) => RuleKind::Threshold,
+            Some(("absence", _)) => RuleKind::Absence,
+            Some((other, span)) => {
+                errors.push(at(
+                    span.start,
+                    format!("rule kind {other:?} is not known; use \"threshold\" or \"absence\""),
+                ));
+                continue;
+            }
         };
+        let never = || {
+            Expr::Compare(
+                Box::new(Expr::Number(0.0)),
+                CmpOp::Lt,
+                Box::new(Expr::Number(0.0)),
+            )
+        };
+        let (enter, exit) = match (kind, &r.enter) {
+            (RuleKind::Absence, None) => (Some(never()), Some(never())),
+            (RuleKind::Absence, Some(e)) => {
+                errors.push(at(
+                    e.span().start,
+                    format!(
+                        "rule {:?} is an absence rule: it takes no enter/exit, only `for`",
+                        r.name
+                    ),
+                ));
+                continue;
+            }
+            (RuleKind::Threshold, None) => {
+                errors.push(at(
+                    spanned.span().start,
+                    format!("rule {:?} needs enter = \"<condition>\"", r.name),
+                ));
+                continue;
+            }
+            (RuleKind::Threshold, Some(e)) => {
+                let enter = parse(e, "enter");
+                let exit = match &r.exit {
+                    Some(x) => parse(x, "exit"),
+                    None => enter.clone().map(|e| Expr::Not(Box::new(e))),
+                };
+                (enter, exit)
+            }
+        };
+        if kind == RuleKind::Absence && r.for_.is_none() {
+            errors.push(at(
+                spanned.span().start,
+                format!(
+                    "absence rule {:?} needs for = \"<duration>\" (how long a silence counts)",
+                    r.name
+                ),
+            ));
+            continue;
+        }
         let for_ms = match &r.for_ {
             None => Some(0),
             Some(d) => match crate::duration::parse(d.get_ref()) {
@@ -768,8 +833,12 @@ pub fn parse_rules(
                 event_type: r.event_type.clone().unwrap_or_else(|| r.name.clone()),
                 name: r.name.clone(),
                 sensor_type: r.sensor_type.clone(),
+                kind,
                 enter,
-                enter_text: r.enter.get_ref().clone(),
+                enter_text: r
+                    .enter
+                    .as_ref()
+                    .map_or_else(|| "no reading".to_string(), |e| e.get_ref().clone()),
                 exit,
                 for_ms,
                 level: r.level.clone(),

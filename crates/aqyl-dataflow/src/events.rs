@@ -6,7 +6,7 @@
 //! does not depend on arrival order or on the number of workers, and a re-delivered reading
 //! (same time, same values) changes nothing, so incidents are not duplicated.
 
-use aqyl_core::rules::{incident_id, Rule, Threshold, Transition};
+use aqyl_core::rules::{incident_id, Rule, RuleKind, Threshold, Transition};
 use aqyl_core::{Event, EventState, Observation};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,6 +14,42 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
+
+/// Absence state: (rule index, sensor id) → (sensor type, last reading, ongoing since).
+type Silences = HashMap<(usize, String), (Arc<str>, u64, Option<u64>)>;
+
+/// Starts an absence incident for every watched sensor silent for its rule's `for` before
+/// event time `now`; the incident starts when the silence reached `for`.
+fn start_silences(now: u64, silences: &mut Silences, rules: &[Rule], out: &mut Vec<Event>) {
+    let mut started: Vec<_> = silences
+        .iter_mut()
+        .filter(|(key, state)| {
+            state.2.is_none() && state.1.saturating_add(rules[key.0].for_ms) < now
+        })
+        .map(|(key, state)| {
+            let started_at = state.1 + rules[key.0].for_ms;
+            state.2 = Some(started_at);
+            (key.clone(), state.0.clone(), started_at)
+        })
+        .collect();
+    started.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
+    for ((index, sensor), sensor_type, started_at) in started {
+        let rule = &rules[index];
+        out.push(Event {
+            id: incident_id(&rule.name, &sensor, started_at),
+            event_type: rule.event_type.clone(),
+            subject: sensor.clone(),
+            sensor_type,
+            state: EventState::Start,
+            level: rule.level.clone(),
+            started_at,
+            time: started_at,
+            rule: rule.name.clone(),
+            message: rule.render(&sensor, &[]),
+            values: Vec::new(),
+        });
+    }
+}
 
 /// Incidents detected by event rules.
 pub trait DetectEvents<'scope> {
@@ -33,6 +69,8 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                 let mut pending: BTreeMap<u64, Vec<Observation>> = BTreeMap::new();
                 // (rule index, sensor id) → state machine.
                 let mut machines: HashMap<(usize, String), Threshold> = HashMap::new();
+                // Absence rules: (rule index, sensor id) → (sensor type, last reading, ongoing since).
+                let mut silences: Silences = HashMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|_cap, data| {
                         for obs in data.drain(..) {
@@ -48,6 +86,9 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                         if now.is_some_and(|n| *entry.key() >= n) {
                             break;
                         }
+                        // Silences that began before this instant come first, so the result
+                        // does not depend on how input was batched.
+                        start_silences(*entry.key(), &mut silences, &rules, &mut out);
                         let mut same_time = entry.remove();
                         same_time.sort_by(|a, b| {
                             (&a.sensor_id, &a.fields)
@@ -59,6 +100,33 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                                 |f: &str| obs.fields.iter().find(|(n, _)| &**n == f).map(|v| v.1);
                             for (index, rule) in rules.iter().enumerate() {
                                 if *rule.sensor_type != *obs.sensor_type {
+                                    continue;
+                                }
+                                if rule.kind == RuleKind::Absence {
+                                    let entry = silences
+                                        .entry((index, obs.sensor_id.clone()))
+                                        .or_insert_with(|| {
+                                            (obs.sensor_type.clone(), obs.event_time, None)
+                                        });
+                                    entry.1 = entry.1.max(obs.event_time);
+                                    if let Some(started_at) = entry.2.take() {
+                                        out.push(Event {
+                                            id: incident_id(&rule.name, &obs.sensor_id, started_at),
+                                            event_type: rule.event_type.clone(),
+                                            subject: obs.sensor_id.clone(),
+                                            sensor_type: obs.sensor_type.clone(),
+                                            state: EventState::End,
+                                            level: rule.level.clone(),
+                                            started_at,
+                                            time: obs.event_time,
+                                            rule: rule.name.clone(),
+                                            message: format!(
+                                                "{} ended: {} reports again",
+                                                rule.name, obs.sensor_id
+                                            ),
+                                            values: obs.fields.clone(),
+                                        });
+                                    }
                                     continue;
                                 }
                                 let (enter, exit) = (rule.enter.holds(&get), rule.exit.holds(&get));
@@ -97,6 +165,10 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                                 });
                             }
                         }
+                    }
+                    // Silences up to the frontier.
+                    if let Some(now) = now {
+                        start_silences(now, &mut silences, &rules, &mut out);
                     }
                     if !out.is_empty() {
                         output.session(&*held).give_iterator(out.into_iter());

@@ -668,3 +668,59 @@ fn congestion_incidents_are_the_same_whatever_the_workers_and_arrival_order() {
         "re-delivered readings add no incident"
     );
 }
+
+#[test]
+fn a_silent_sensor_starts_an_absence_incident_and_its_return_ends_it() {
+    let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
+    let text = "[[rule]]\nname = \"outage\"\nsensor_type = \"traffic\"\nkind = \"absence\"\nfor = \"15m\"\n";
+    let rules = std::sync::Arc::new(
+        aqyl_core::rules::parse_rules(Path::new("r.toml"), text, &types).unwrap(),
+    );
+    // Two sensors every 5 minutes for 3 hours; s1 is silent from 60 to 90 minutes.
+    let mut rs = Vec::new();
+    for minute in (0..180u64).step_by(5) {
+        rs.push(("s0".to_string(), T0 + minute * MINUTE, 50.0, 5.0));
+        if !(60..90).contains(&minute) {
+            rs.push(("s1".to_string(), T0 + minute * MINUTE, 50.0, 5.0));
+        }
+    }
+    for workers in [1, 2] {
+        let spec = PipelineSpec {
+            rules: rules.clone(),
+            ..spec(workers)
+        };
+        let batch = run_batch(spec, rs.iter().map(message).collect()).unwrap();
+        let mut got: Vec<(String, String, u64, u64)> = batch
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.subject.clone(),
+                    e.state.as_str().to_string(),
+                    e.started_at,
+                    e.time,
+                )
+            })
+            .collect();
+        got.sort();
+        // Last reading 55, silent for 15 minutes by 70: the outage starts at 70, ends at 90.
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "s1".to_string(),
+                    "end".to_string(),
+                    T0 + 70 * MINUTE,
+                    T0 + 90 * MINUTE
+                ),
+                (
+                    "s1".to_string(),
+                    "start".to_string(),
+                    T0 + 70 * MINUTE,
+                    T0 + 70 * MINUTE
+                ),
+            ],
+            "{workers} workers"
+        );
+    }
+}
