@@ -160,6 +160,24 @@ async fn aqyl_round(
         aqyl::demo::TRAFFIC_DESCRIPTOR,
     )
     .unwrap();
+    std::fs::create_dir(dir.path().join("sensors/registry")).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/sensors/registry/aarhus-traffic.csv"
+        ),
+        dir.path().join("sensors/registry/aarhus-traffic.csv"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/rules/traffic.toml"
+        ),
+        dir.path().join("rules/traffic.toml"),
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("aqyl.toml"),
         format!("[mqtt]\nclient_id = \"bench-aqyl-{}\"\nclean_session = true\n[pipeline]\nworkers = {workers}\nidle_timeout = \"0s\"\n# The publishers run on 4 connections at full speed, so event time is skewed between\n# sensors by far more than live traffic ever is; the lateness must cover that skew.\nallowed_lateness = \"1d\"\n", free_port()),
