@@ -8,7 +8,7 @@
 
 use aqyl_core::rules::{incident_id, Rule, RuleKind, Threshold, Transition};
 use aqyl_core::{Event, EventState, Observation};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -66,7 +66,7 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
             "DetectEvents",
             move |capability, _info| {
                 let mut cap = Some(capability);
-                let mut pending: BTreeMap<u64, Vec<Observation>> = BTreeMap::new();
+                let mut pending = crate::ordered::EventTimeBuffer::default();
                 // (rule index, sensor id) → state machine.
                 let mut machines: HashMap<(usize, String), Threshold> = HashMap::new();
                 // Absence rules: (rule index, sensor id) → (sensor type, last reading, ongoing since).
@@ -75,26 +75,17 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                     input.for_each(|_cap, data| {
                         for obs in data.drain(..) {
                             if rules.iter().any(|r| *r.sensor_type == *obs.sensor_type) {
-                                pending.entry(obs.event_time).or_default().push(obs);
+                                pending.push(obs);
                             }
                         }
                     });
                     let Some(held) = cap.as_mut() else { return };
                     let now = frontier.frontier().iter().min().copied();
                     let mut out = Vec::new();
-                    while let Some(entry) = pending.first_entry() {
-                        if now.is_some_and(|n| *entry.key() >= n) {
-                            break;
-                        }
+                    while let Some((t, same_time)) = pending.next_ready(now) {
                         // Silences that began before this instant come first, so the result
                         // does not depend on how input was batched.
-                        start_silences(*entry.key(), &mut silences, &rules, &mut out);
-                        let mut same_time = entry.remove();
-                        same_time.sort_by(|a, b| {
-                            (&a.sensor_id, &a.fields)
-                                .partial_cmp(&(&b.sensor_id, &b.fields))
-                                .unwrap_or(std::cmp::Ordering::Equal)
-                        });
+                        start_silences(t, &mut silences, &rules, &mut out);
                         for obs in same_time {
                             let get =
                                 |f: &str| obs.fields.iter().find(|(n, _)| &**n == f).map(|v| v.1);

@@ -13,6 +13,7 @@
 pub mod aggregate;
 pub mod events;
 pub mod input;
+pub mod ordered;
 pub mod runtime;
 pub mod sensor_sax;
 

@@ -12,7 +12,7 @@ use aqyl_core::descriptor::SensorSaxSpec;
 use aqyl_core::metrics::Metrics;
 use aqyl_core::sax::{SaxEmission, SensorSax};
 use aqyl_core::{Aggregate as AggregateRecord, Observation, Scope};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
@@ -67,7 +67,7 @@ impl<'scope> AdaptiveSax<'scope> for StreamVec<'scope, u64, Observation> {
             "AdaptiveSax",
             move |capability, _info| {
                 let mut cap = Some(capability);
-                let mut pending: BTreeMap<u64, Vec<Observation>> = BTreeMap::new();
+                let mut pending = crate::ordered::EventTimeBuffer::default();
                 let mut machines: HashMap<Key, Machine> = HashMap::new();
                 move |(input, frontier), output| {
                     let current = registry.load();
@@ -78,7 +78,7 @@ impl<'scope> AdaptiveSax<'scope> for StreamVec<'scope, u64, Observation> {
                                 .get(&obs.sensor_type)
                                 .is_some_and(|t| t.sensor_sax.is_some())
                             {
-                                pending.entry(obs.event_time).or_default().push(obs);
+                                pending.push(obs);
                             }
                         }
                     });
@@ -86,17 +86,7 @@ impl<'scope> AdaptiveSax<'scope> for StreamVec<'scope, u64, Observation> {
                     let now = frontier.frontier().iter().min().copied();
                     let mut out = Vec::new();
                     // Feed, in event-time order, everything the frontier has passed.
-                    while let Some(entry) = pending.first_entry() {
-                        if now.is_some_and(|n| *entry.key() >= n) {
-                            break;
-                        }
-                        let mut same_time = entry.remove();
-                        // Ties in event time are fed in a fixed order, not arrival order.
-                        same_time.sort_by(|a, b| {
-                            (&a.sensor_id, &a.fields)
-                                .partial_cmp(&(&b.sensor_id, &b.fields))
-                                .unwrap_or(std::cmp::Ordering::Equal)
-                        });
+                    while let Some((_, same_time)) = pending.next_ready(now) {
                         for obs in same_time {
                             let Some(spec) = registry
                                 .get(&obs.sensor_type)

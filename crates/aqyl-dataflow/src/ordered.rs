@@ -1,0 +1,36 @@
+//! Event-time order for per-sensor state machines (SensorSAX, event rules): observations are
+//! held by event time and released once the frontier has passed them, when no earlier one can
+//! still come. Ties in event time are released in a fixed order (sensor, then values), not in
+//! arrival order, so results do not depend on scheduling.
+
+use aqyl_core::Observation;
+use std::collections::BTreeMap;
+
+/// Observations waiting for the frontier.
+#[derive(Debug, Default)]
+pub struct EventTimeBuffer {
+    pending: BTreeMap<u64, Vec<Observation>>,
+}
+
+impl EventTimeBuffer {
+    /// Holds an observation until the frontier passes its event time.
+    pub fn push(&mut self, obs: Observation) {
+        self.pending.entry(obs.event_time).or_default().push(obs);
+    }
+
+    /// The earliest instant's observations, if the frontier `now` has passed it (`None`: the
+    /// input has ended, everything is ready).
+    pub fn next_ready(&mut self, now: Option<u64>) -> Option<(u64, Vec<Observation>)> {
+        let entry = self.pending.first_entry()?;
+        if now.is_some_and(|n| *entry.key() >= n) {
+            return None;
+        }
+        let (t, mut same_time) = entry.remove_entry();
+        same_time.sort_by(|a, b| {
+            (&a.sensor_id, &a.fields)
+                .partial_cmp(&(&b.sensor_id, &b.fields))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        Some((t, same_time))
+    }
+}
