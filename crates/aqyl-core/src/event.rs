@@ -39,6 +39,8 @@ pub struct Event {
     pub subject: String,
     /// Sensor type of the subject.
     pub sensor_type: Arc<str>,
+    /// The sensor's area, when known (area rules count incidents per area).
+    pub area: Option<String>,
     /// `start`, `update` or `end`.
     pub state: EventState,
     /// Severity (`warning`, `critical`).
@@ -86,6 +88,7 @@ impl Event {
             "event_type": self.event_type,
             "subject": self.subject,
             "sensor_type": &*self.sensor_type,
+            "area": self.area,
             "state": self.state.as_str(),
             "level": self.level,
             "started_at": crate::deadletter::rfc3339_ms(self.started_at as i64),
@@ -133,6 +136,7 @@ mod tests {
             event_type: "congestion".into(),
             subject: "158324".into(),
             sensor_type: "traffic".into(),
+            area: None,
             state: EventState::End,
             level: "warning".into(),
             started_at: 1_406_872_200_000,

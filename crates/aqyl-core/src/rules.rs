@@ -652,6 +652,14 @@ pub enum RuleKind {
     /// No reading from a sensor for `for` (of event time) starts an incident; its next
     /// reading ends it. Only sensors that have reported at least once are watched.
     Absence,
+    /// An area incident while at least `at_least` of the area's sensors have an ongoing
+    /// incident of rule `of` (a sensor rule of the same file).
+    Area {
+        /// Index of the counted rule among all loaded rules.
+        of: usize,
+        /// How many sensors must be in the state.
+        at_least: usize,
+    },
 }
 
 impl Rule {
@@ -680,6 +688,10 @@ struct RuleFile {
     sensor_type: String,
     #[serde(default)]
     kind: Option<toml::Spanned<String>>,
+    /// Area rules: the sensor rule whose incidents are counted.
+    of: Option<String>,
+    /// Area rules: how many of the area's sensors.
+    at_least: Option<usize>,
     enter: Option<toml::Spanned<String>>,
     exit: Option<toml::Spanned<String>>,
     #[serde(default, rename = "for")]
@@ -743,10 +755,27 @@ pub fn parse_rules(
         let kind = match r.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
             None | Some(("threshold", _)) => RuleKind::Threshold,
             Some(("absence", _)) => RuleKind::Absence,
+            Some(("area", span)) => {
+                let of = r.of.as_deref().and_then(|name| {
+                    rules.iter().position(|o: &Rule| {
+                        o.name == name && !matches!(o.kind, RuleKind::Area { .. })
+                    })
+                });
+                match (of, r.at_least) {
+                    (Some(of), Some(at_least)) if at_least >= 1 => RuleKind::Area { of, at_least },
+                    _ => {
+                        errors.push(at(
+                            span.start,
+                            format!("area rule {:?} needs of = \"<a sensor rule defined above in this file>\" and at_least = <n ≥ 1>", r.name),
+                        ));
+                        continue;
+                    }
+                }
+            }
             Some((other, span)) => {
                 errors.push(at(
                     span.start,
-                    format!("rule kind {other:?} is not known; use \"threshold\" or \"absence\""),
+                    format!("rule kind {other:?} is not known; use \"threshold\", \"absence\" or \"area\""),
                 ));
                 continue;
             }
@@ -759,8 +788,8 @@ pub fn parse_rules(
             )
         };
         let (enter, exit) = match (kind, &r.enter) {
-            (RuleKind::Absence, None) => (Some(never()), Some(never())),
-            (RuleKind::Absence, Some(e)) => {
+            (RuleKind::Absence | RuleKind::Area { .. }, None) => (Some(never()), Some(never())),
+            (RuleKind::Absence | RuleKind::Area { .. }, Some(e)) => {
                 errors.push(at(
                     e.span().start,
                     format!(
@@ -835,10 +864,16 @@ pub fn parse_rules(
                 sensor_type: r.sensor_type.clone(),
                 kind,
                 enter,
-                enter_text: r
-                    .enter
-                    .as_ref()
-                    .map_or_else(|| "no reading".to_string(), |e| e.get_ref().clone()),
+                enter_text: match (kind, &r.enter) {
+                    (_, Some(e)) => e.get_ref().clone(),
+                    (RuleKind::Area { at_least, .. }, None) => {
+                        format!(
+                            "at least {at_least} of an area's sensors in {}",
+                            r.of.as_deref().unwrap_or("")
+                        )
+                    }
+                    _ => "no reading".to_string(),
+                },
                 exit,
                 for_ms,
                 level: r.level.clone(),
@@ -881,6 +916,13 @@ pub fn load_rules(
         };
         match parse_rules(&path, &text, types) {
             Ok(mut r) => {
+                // Area rules point at rules of their file; re-base onto the combined list.
+                let base = rules.len();
+                for rule in &mut r {
+                    if let RuleKind::Area { of, .. } = &mut rule.kind {
+                        *of += base;
+                    }
+                }
                 for rule in &r {
                     if let Some(other) = rules.iter().find(|o: &&Rule| o.name == rule.name) {
                         errors.push(crate::ConfigError::file(

@@ -15,8 +15,8 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
-/// Absence state: (rule index, sensor id) → (sensor type, last reading, ongoing since).
-type Silences = HashMap<(usize, String), (Arc<str>, u64, Option<u64>)>;
+/// Absence state: (rule index, sensor id) → (sensor type, last reading, ongoing since, area).
+type Silences = HashMap<(usize, String), (Arc<str>, u64, Option<u64>, Option<String>)>;
 
 /// Starts an absence incident for every watched sensor silent for its rule's `for` before
 /// event time `now`; the incident starts when the silence reached `for`.
@@ -29,17 +29,18 @@ fn start_silences(now: u64, silences: &mut Silences, rules: &[Rule], out: &mut V
         .map(|(key, state)| {
             let started_at = state.1 + rules[key.0].for_ms;
             state.2 = Some(started_at);
-            (key.clone(), state.0.clone(), started_at)
+            (key.clone(), state.0.clone(), started_at, state.3.clone())
         })
         .collect();
     started.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
-    for ((index, sensor), sensor_type, started_at) in started {
+    for ((index, sensor), sensor_type, started_at, area) in started {
         let rule = &rules[index];
         out.push(Event {
             id: incident_id(&rule.name, &sensor, started_at),
             event_type: rule.event_type.clone(),
             subject: sensor.clone(),
             sensor_type,
+            area,
             state: EventState::Start,
             level: rule.level.clone(),
             started_at,
@@ -93,11 +94,19 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                                 if *rule.sensor_type != *obs.sensor_type {
                                     continue;
                                 }
+                                if matches!(rule.kind, RuleKind::Area { .. }) {
+                                    continue;
+                                }
                                 if rule.kind == RuleKind::Absence {
                                     let entry = silences
                                         .entry((index, obs.sensor_id.clone()))
                                         .or_insert_with(|| {
-                                            (obs.sensor_type.clone(), obs.event_time, None)
+                                            (
+                                                obs.sensor_type.clone(),
+                                                obs.event_time,
+                                                None,
+                                                obs.area.clone(),
+                                            )
                                         });
                                     entry.1 = entry.1.max(obs.event_time);
                                     if let Some(started_at) = entry.2.take() {
@@ -106,6 +115,7 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                                             event_type: rule.event_type.clone(),
                                             subject: obs.sensor_id.clone(),
                                             sensor_type: obs.sensor_type.clone(),
+                                            area: obs.area.clone(),
                                             state: EventState::End,
                                             level: rule.level.clone(),
                                             started_at,
@@ -139,6 +149,7 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                                     event_type: rule.event_type.clone(),
                                     subject: obs.sensor_id.clone(),
                                     sensor_type: obs.sensor_type.clone(),
+                                    area: obs.area.clone(),
                                     state,
                                     level: rule.level.clone(),
                                     started_at,
@@ -160,6 +171,126 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                     // Silences up to the frontier.
                     if let Some(now) = now {
                         start_silences(now, &mut silences, &rules, &mut out);
+                    }
+                    if !out.is_empty() {
+                        output.session(&*held).give_iterator(out.into_iter());
+                    }
+                    match now {
+                        Some(n) => held.downgrade(&n),
+                        None => cap = None,
+                    }
+                }
+            },
+        )
+    }
+}
+
+/// Area incidents: at least k of an area's sensors in an incident of a sensor rule.
+pub trait AreaEvents<'scope> {
+    /// Counts, per area and in event time, the sensors with an ongoing incident of each area
+    /// rule's `of` rule, and emits the area's own lifecycle messages.
+    fn area_events(self, rules: Arc<Vec<Rule>>) -> StreamVec<'scope, u64, Event>;
+}
+
+impl<'scope> AreaEvents<'scope> for StreamVec<'scope, u64, Event> {
+    fn area_events(self, rules: Arc<Vec<Rule>>) -> StreamVec<'scope, u64, Event> {
+        // Sensor incidents are emitted no later (in timely time) than their event time, so
+        // once the frontier passes an instant, every sensor incident up to it has arrived.
+        let exchange = Exchange::new(|e: &Event| {
+            crate::stable_hash(&[&e.sensor_type, e.area.as_deref().unwrap_or("")])
+        });
+        self.unary_frontier::<CapacityContainerBuilder<Vec<Event>>, _, _, _>(
+            exchange,
+            "AreaEvents",
+            move |capability, _info| {
+                let mut cap = Some(capability);
+                let mut pending: std::collections::BTreeMap<u64, Vec<Event>> =
+                    std::collections::BTreeMap::new();
+                // (area rule index, area) → (sensors in the state, ongoing since).
+                let mut areas: HashMap<
+                    (usize, String),
+                    (std::collections::BTreeSet<String>, Option<u64>),
+                > = HashMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|_cap, data| {
+                        for e in data.drain(..) {
+                            if e.area.is_some() {
+                                pending.entry(e.time).or_default().push(e);
+                            }
+                        }
+                    });
+                    let Some(held) = cap.as_mut() else { return };
+                    let now = frontier.frontier().iter().min().copied();
+                    let mut out = Vec::new();
+                    while let Some(entry) = pending.first_entry() {
+                        if now.is_some_and(|n| *entry.key() >= n) {
+                            break;
+                        }
+                        let mut same_time = entry.remove();
+                        same_time.sort_by(|a, b| {
+                            (&a.subject, a.state.as_str()).cmp(&(&b.subject, b.state.as_str()))
+                        });
+                        for e in same_time {
+                            let Some(area) = e.area.clone() else { continue };
+                            for (index, rule) in rules.iter().enumerate() {
+                                let RuleKind::Area { of, at_least } = rule.kind else {
+                                    continue;
+                                };
+                                if rules.get(of).is_none_or(|o| o.name != e.rule) {
+                                    continue;
+                                }
+                                let (members, since) =
+                                    areas.entry((index, area.clone())).or_default();
+                                match e.state {
+                                    EventState::End => {
+                                        members.remove(&e.subject);
+                                    }
+                                    _ => {
+                                        members.insert(e.subject.clone());
+                                    }
+                                }
+                                let count = members.len();
+                                let transition = match *since {
+                                    None if count >= at_least => {
+                                        *since = Some(e.time);
+                                        Some((EventState::Start, e.time))
+                                    }
+                                    Some(started_at) if count < at_least => {
+                                        *since = None;
+                                        Some((EventState::End, started_at))
+                                    }
+                                    _ => None,
+                                };
+                                if let Some((state, started_at)) = transition {
+                                    let sensors: Vec<&str> =
+                                        members.iter().map(String::as_str).collect();
+                                    out.push(Event {
+                                        id: incident_id(&rule.name, &area, started_at),
+                                        event_type: rule.event_type.clone(),
+                                        subject: area.clone(),
+                                        sensor_type: e.sensor_type.clone(),
+                                        area: Some(area.clone()),
+                                        state,
+                                        level: rule.level.clone(),
+                                        started_at,
+                                        time: e.time,
+                                        rule: rule.name.clone(),
+                                        message: match state {
+                                            EventState::End => format!(
+                                                "{} ended in {area}: {count} sensor(s) left",
+                                                rule.name
+                                            ),
+                                            _ => format!(
+                                                "{} in {area}: {count} sensors ({})",
+                                                rule.render(&area, &[]),
+                                                sensors.join(", ")
+                                            ),
+                                        },
+                                        values: vec![("sensors".into(), count as f64)],
+                                    });
+                                }
+                            }
+                        }
                     }
                     if !out.is_empty() {
                         output.session(&*held).give_iterator(out.into_iter());

@@ -2,7 +2,7 @@
 //! of messages, keeping the watermark and stepping the dataflow without ever blocking.
 
 use crate::aggregate::Aggregate;
-use crate::events::DetectEvents;
+use crate::events::{AreaEvents, DetectEvents};
 use crate::input;
 use crate::sensor_sax::AdaptiveSax;
 use aqyl_core::metrics::Metrics;
@@ -130,17 +130,18 @@ fn run_worker(
         let observations = input.to_stream(scope);
         let observations_for_sax = observations.clone();
         let events = outputs.events.clone();
-        observations.clone().detect_events(spec.rules.clone()).sink(
-            Pipeline,
-            "EmitEvents",
-            move |(input, _)| {
-                input.for_each(|_cap, data| {
-                    for e in data.drain(..) {
-                        let _ = events.send(e);
-                    }
-                });
-            },
-        );
+        {
+            let sensor_events = observations.clone().detect_events(spec.rules.clone());
+            let area_events = sensor_events.clone().area_events(spec.rules.clone());
+            sensor_events.concat(area_events)
+        }
+        .sink(Pipeline, "EmitEvents", move |(input, _)| {
+            input.for_each(|_cap, data| {
+                for e in data.drain(..) {
+                    let _ = events.send(e);
+                }
+            });
+        });
         let per_sensor = observations.clone().aggregate(
             Scope::Sensor,
             spec.registry.clone(),

@@ -724,3 +724,84 @@ fn a_silent_sensor_starts_an_absence_incident_and_its_return_ends_it() {
         );
     }
 }
+
+#[test]
+fn an_area_incident_needs_k_of_its_sensors() {
+    let text = DESCRIPTOR.replace(
+        "name = \"traffic\"\n",
+        "name = \"traffic\"\narea_field = \"/area\"\n",
+    );
+    let types = vec![SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap()];
+    let rules_text = "[[rule]]\nname = \"congestion\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed <= 35 and vehicleCount >= 10\"\nexit = \"avgSpeed > 35 and vehicleCount < 10\"\n[[rule]]\nname = \"area_congestion\"\nsensor_type = \"traffic\"\nkind = \"area\"\nof = \"congestion\"\nat_least = 2\n";
+    let rules = std::sync::Arc::new(
+        aqyl_core::rules::parse_rules(Path::new("r.toml"), rules_text, &types).unwrap(),
+    );
+    // north: s0 congested 10..40, s1 20..50, s2 never; south: s3 congested 10..60, alone.
+    let congested = |id: &str, m: u64| match id {
+        "s0" => (10..=40).contains(&m),
+        "s1" => (20..=50).contains(&m),
+        "s3" => (10..=60).contains(&m),
+        _ => false,
+    };
+    let mut msgs = Vec::new();
+    for m in 0..90u64 {
+        for (id, area) in [
+            ("s0", "north"),
+            ("s1", "north"),
+            ("s2", "north"),
+            ("s3", "south"),
+        ] {
+            let (speed, count) = if congested(id, m) { (20, 30) } else { (60, 3) };
+            msgs.push(RawMessage {
+                topic: format!("city/traffic/{id}"),
+                payload: format!(
+                    r#"{{"ts":{},"avgSpeed":{speed},"vehicleCount":{count},"area":"{area}"}}"#,
+                    T0 + m * MINUTE
+                )
+                .into_bytes(),
+                received_at: 0,
+            });
+        }
+    }
+    for workers in [1, 3] {
+        let types = vec![SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap()];
+        let spec = PipelineSpec {
+            registry: aqyl_dataflow::shared(Registry::new(types)),
+            rules: rules.clone(),
+            ..spec(workers)
+        };
+        let batch = run_batch(spec, msgs.clone()).unwrap();
+        let mut area: Vec<(String, String, u64, u64)> = batch
+            .events
+            .iter()
+            .filter(|e| e.rule == "area_congestion")
+            .map(|e| {
+                (
+                    e.subject.clone(),
+                    e.state.as_str().to_string(),
+                    e.started_at,
+                    e.time,
+                )
+            })
+            .collect();
+        area.sort();
+        assert_eq!(
+            area,
+            vec![
+                (
+                    "north".to_string(),
+                    "end".to_string(),
+                    T0 + 20 * MINUTE,
+                    T0 + 41 * MINUTE
+                ),
+                (
+                    "north".to_string(),
+                    "start".to_string(),
+                    T0 + 20 * MINUTE,
+                    T0 + 20 * MINUTE
+                ),
+            ],
+            "{workers} workers"
+        );
+    }
+}
