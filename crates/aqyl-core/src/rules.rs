@@ -380,6 +380,24 @@ impl Expr {
     }
 }
 
+/// Suffix of a derived field: `<field>_rate` is the field's change per minute of event time
+/// since the sensor's previous reading (absent for its first reading), so rules can watch
+/// rates of change: `avgSpeed_rate <= -5` (speed falling by 5 km/h a minute or faster).
+pub const RATE_SUFFIX: &str = "_rate";
+
+/// The change per minute of each field between two readings `(time ms, fields)`.
+pub fn rate(
+    previous: (u64, &[(std::sync::Arc<str>, f64)]),
+    current: (u64, &[(std::sync::Arc<str>, f64)]),
+    field: &str,
+) -> Option<f64> {
+    let dt = current.0.checked_sub(previous.0).filter(|dt| *dt > 0)? as f64 / 60_000.0;
+    let value = |fields: &[(std::sync::Arc<str>, f64)]| {
+        fields.iter().find(|(n, _)| &**n == field).map(|f| f.1)
+    };
+    Some((value(current.1)? - value(previous.1)?) / dt)
+}
+
 /// A lifecycle change of a threshold rule's incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
@@ -517,6 +535,15 @@ mod tests {
             Expr::parse(congestion).unwrap().fields(),
             ["avgSpeed", "vehicleCount"]
         );
+    }
+
+    #[test]
+    fn rates_are_per_minute_of_event_time() {
+        let a: Vec<(std::sync::Arc<str>, f64)> = vec![("speed".into(), 60.0)];
+        let b: Vec<(std::sync::Arc<str>, f64)> = vec![("speed".into(), 40.0)];
+        assert_eq!(rate((0, &a), (300_000, &b), "speed"), Some(-4.0));
+        assert_eq!(rate((0, &a), (0, &b), "speed"), None, "no time passed");
+        assert_eq!(rate((0, &a), (60_000, &b), "count"), None);
     }
 
     #[test]
@@ -736,7 +763,8 @@ pub fn parse_rules(
             match Expr::parse(src.get_ref()) {
                 Ok(e) => {
                     for f in e.fields() {
-                        if !ty.fields.iter().any(|g| &*g.name == f) {
+                        let base = f.strip_suffix(RATE_SUFFIX).unwrap_or(f);
+                        if !ty.fields.iter().any(|g| &*g.name == base) {
                             errors.push(at(src.span().start, format!("{what} of rule {:?} reads {f:?}, which sensor type {:?} does not declare", r.name, ty.name)));
                             return None;
                         }

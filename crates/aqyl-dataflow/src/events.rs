@@ -6,7 +6,7 @@
 //! does not depend on arrival order or on the number of workers, and a re-delivered reading
 //! (same time, same values) changes nothing, so incidents are not duplicated.
 
-use aqyl_core::rules::{incident_id, Rule, RuleKind, Threshold, Transition};
+use aqyl_core::rules::{incident_id, rate, Rule, RuleKind, Threshold, Transition, RATE_SUFFIX};
 use aqyl_core::{Event, EventState, Observation};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +52,9 @@ fn start_silences(now: u64, silences: &mut Silences, rules: &[Rule], out: &mut V
     }
 }
 
+/// Each sensor's previous reading, (type, id) → (event time, fields), for `_rate` fields.
+type LastReadings = HashMap<(Arc<str>, String), (u64, Vec<(Arc<str>, f64)>)>;
+
 /// Incidents detected by event rules.
 pub trait DetectEvents<'scope> {
     /// Evaluates `rules` over each sensor's readings and emits lifecycle messages.
@@ -72,6 +75,8 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                 let mut machines: HashMap<(usize, String), Threshold> = HashMap::new();
                 // Absence rules: (rule index, sensor id) → (sensor type, last reading, ongoing since).
                 let mut silences: Silences = HashMap::new();
+                // Each sensor's previous reading, for `_rate` fields.
+                let mut last_reading: LastReadings = HashMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|_cap, data| {
                         for obs in data.drain(..) {
@@ -88,8 +93,16 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                         // does not depend on how input was batched.
                         start_silences(t, &mut silences, &rules, &mut out);
                         for obs in same_time {
-                            let get =
-                                |f: &str| obs.fields.iter().find(|(n, _)| &**n == f).map(|v| v.1);
+                            // Fields, and `<field>_rate`: change per minute since this sensor's last reading.
+                            let key = (obs.sensor_type.clone(), obs.sensor_id.clone());
+                            let previous = last_reading
+                                .get(&key)
+                                .map(|(t, f): &(u64, Vec<_>)| (*t, f.as_slice()));
+                            let get = |f: &str| match f.strip_suffix(RATE_SUFFIX) {
+                                Some(base) => previous
+                                    .and_then(|p| rate(p, (obs.event_time, &obs.fields), base)),
+                                None => obs.fields.iter().find(|(n, _)| &**n == f).map(|v| v.1),
+                            };
                             for (index, rule) in rules.iter().enumerate() {
                                 if *rule.sensor_type != *obs.sensor_type {
                                     continue;
@@ -166,6 +179,7 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                                     values: obs.fields.clone(),
                                 });
                             }
+                            last_reading.insert(key, (obs.event_time, obs.fields.clone()));
                         }
                     }
                     // Silences up to the frontier.

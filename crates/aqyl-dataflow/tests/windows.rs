@@ -805,3 +805,50 @@ fn an_area_incident_needs_k_of_its_sensors() {
         );
     }
 }
+
+#[test]
+fn rate_of_change_rules_watch_derived_rate_fields() {
+    let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
+    let text = "[[rule]]\nname = \"sudden_slowdown\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed_rate <= -5\"\nexit = \"avgSpeed_rate > -1\"\n";
+    let rules = std::sync::Arc::new(
+        aqyl_core::rules::parse_rules(Path::new("r.toml"), text, &types).unwrap(),
+    );
+    assert!(aqyl_core::rules::parse_rules(
+        Path::new("r.toml"),
+        &text.replace("avgSpeed_rate <=", "speed_rate <="),
+        &types
+    )
+    .is_err());
+    // A reading a minute: 60 km/h, then 30 km/h from minute 30 (-30 km/h per minute once).
+    let rs: Vec<_> = (0..60u64)
+        .map(|m| {
+            (
+                "s0".to_string(),
+                T0 + m * MINUTE,
+                if m < 30 { 60.0 } else { 30.0 },
+                5.0,
+            )
+        })
+        .collect();
+    for workers in [1, 2] {
+        let spec = PipelineSpec {
+            rules: rules.clone(),
+            ..spec(workers)
+        };
+        let batch = run_batch(spec, rs.iter().map(message).collect()).unwrap();
+        let mut got: Vec<(String, u64, u64)> = batch
+            .events
+            .iter()
+            .map(|e| (e.state.as_str().to_string(), e.started_at, e.time))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("end".to_string(), T0 + 30 * MINUTE, T0 + 31 * MINUTE),
+                ("start".to_string(), T0 + 30 * MINUTE, T0 + 30 * MINUTE)
+            ],
+            "{workers} workers"
+        );
+    }
+}
