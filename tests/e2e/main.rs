@@ -891,10 +891,11 @@ fn incidents_are_published_kept_for_late_subscribers_and_cleared_when_over() {
     let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
     aqyl.wait_online(&status);
 
-    // Segment 158324 is congested from minute 0 to 40; 158355 flows freely alongside.
+    // Segment 158324 is congested from minute 0 to 40 (10 vehicles: congestion, but a low
+    // traffic-derived pollution level); 158355 flows freely alongside.
     let congested = |m: u64| {
         let p = format!(
-            r#"{{"avgSpeed":20,"vehicleCount":25,"TIMESTAMP":"{}"}}"#,
+            r#"{{"avgSpeed":20,"vehicleCount":10,"TIMESTAMP":"{}"}}"#,
             local(m)
         );
         ("city/traffic/158324".to_string(), p.into_bytes())

@@ -665,8 +665,12 @@ pub struct Rule {
     pub for_ms: u64,
     /// Severity written with each message (`info`, `warning`, `critical`).
     pub level: String,
-    /// Message template; `{subject}` and `{<field>}` are filled in.
+    /// Message template; `{subject}`, `{level}` and `{<field>}` are filled in.
     pub message: String,
+    /// Level rules: (name, condition) in order.
+    pub levels: Vec<(String, Expr)>,
+    /// Level rules: the level at which no incident is ongoing.
+    pub quiet: Option<String>,
     /// The file it came from.
     pub source: std::path::PathBuf,
 }
@@ -687,12 +691,28 @@ pub enum RuleKind {
         /// How many sensors must be in the state.
         at_least: usize,
     },
+    /// The reading falls into one of `levels` (the first whose condition holds); an incident
+    /// is ongoing while the level is not `quiet`, with an `update` on every level change.
+    Level,
 }
 
 impl Rule {
     /// Fills the message template for a subject and its values.
     pub fn render(&self, subject: &str, values: &[(std::sync::Arc<str>, f64)]) -> String {
-        let mut out = self.message.replace("{subject}", subject);
+        self.render_level(subject, "", values)
+    }
+
+    /// Fills the message template, `{level}` included.
+    pub fn render_level(
+        &self,
+        subject: &str,
+        level: &str,
+        values: &[(std::sync::Arc<str>, f64)],
+    ) -> String {
+        let mut out = self
+            .message
+            .replace("{subject}", subject)
+            .replace("{level}", level);
         for (name, v) in values {
             out = out.replace(&format!("{{{name}}}"), &format!("{v}"));
         }
@@ -719,6 +739,10 @@ struct RuleFile {
     of: Option<String>,
     /// Area rules: how many of the area's sensors.
     at_least: Option<usize>,
+    /// Level rules: `[{ name, when }]` in order.
+    levels: Option<Vec<LevelFile>>,
+    /// Level rules: the level that means "nothing going on".
+    quiet: Option<String>,
     enter: Option<toml::Spanned<String>>,
     exit: Option<toml::Spanned<String>>,
     #[serde(default, rename = "for")]
@@ -726,6 +750,13 @@ struct RuleFile {
     #[serde(default = "default_level")]
     level: String,
     message: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LevelFile {
+    name: String,
+    when: toml::Spanned<String>,
 }
 
 fn default_level() -> String {
@@ -783,6 +814,13 @@ pub fn parse_rules(
         let kind = match r.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
             None | Some(("threshold", _)) => RuleKind::Threshold,
             Some(("absence", _)) => RuleKind::Absence,
+            Some(("level", span)) => {
+                if r.levels.as_ref().is_none_or(|l| l.len() < 2) {
+                    errors.push(at(span.start, format!("level rule {:?} needs levels = [{{ name = \"low\", when = \"...\" }}, ...] with at least two levels", r.name)));
+                    continue;
+                }
+                RuleKind::Level
+            }
             Some(("area", span)) => {
                 let of = r.of.as_deref().and_then(|name| {
                     rules.iter().position(|o: &Rule| {
@@ -816,8 +854,10 @@ pub fn parse_rules(
             )
         };
         let (enter, exit) = match (kind, &r.enter) {
-            (RuleKind::Absence | RuleKind::Area { .. }, None) => (Some(never()), Some(never())),
-            (RuleKind::Absence | RuleKind::Area { .. }, Some(e)) => {
+            (RuleKind::Absence | RuleKind::Area { .. } | RuleKind::Level, None) => {
+                (Some(never()), Some(never()))
+            }
+            (RuleKind::Absence | RuleKind::Area { .. } | RuleKind::Level, Some(e)) => {
                 errors.push(at(
                     e.span().start,
                     format!(
@@ -843,6 +883,15 @@ pub fn parse_rules(
                 (enter, exit)
             }
         };
+        let mut levels = Vec::new();
+        for l in r.levels.iter().flatten() {
+            if let Some(e) = parse(&l.when, "a level condition") {
+                levels.push((l.name.clone(), e));
+            }
+        }
+        if kind == RuleKind::Level && levels.len() != r.levels.as_ref().map_or(0, Vec::len) {
+            continue;
+        }
         if kind == RuleKind::Absence && r.for_.is_none() {
             errors.push(at(
                 spanned.span().start,
@@ -863,6 +912,18 @@ pub fn parse_rules(
                 }
             },
         };
+        if let Some(q) = &r.quiet {
+            if !levels.iter().any(|(n, _)| n == q) {
+                errors.push(at(
+                    spanned.span().start,
+                    format!(
+                        "quiet level {q:?} of rule {:?} is not one of its levels",
+                        r.name
+                    ),
+                ));
+                continue;
+            }
+        }
         if rules.iter().any(|o: &Rule| o.name == r.name) {
             errors.push(at(
                 spanned.span().start,
@@ -909,6 +970,8 @@ pub fn parse_rules(
                     .message
                     .clone()
                     .unwrap_or_else(|| format!("{} on {{subject}}", r.name)),
+                levels,
+                quiet: r.quiet.clone(),
                 source: path.to_path_buf(),
             });
         }

@@ -77,6 +77,8 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                 let mut silences: Silences = HashMap::new();
                 // Each sensor's previous reading, for `_rate` fields.
                 let mut last_reading: LastReadings = HashMap::new();
+                // Level rules: (rule index, sensor id) → (current non-quiet level, started at).
+                let mut levels: HashMap<(usize, String), (Option<String>, u64)> = HashMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|_cap, data| {
                         for obs in data.drain(..) {
@@ -108,6 +110,57 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                                     continue;
                                 }
                                 if matches!(rule.kind, RuleKind::Area { .. }) {
+                                    continue;
+                                }
+                                if rule.kind == RuleKind::Level {
+                                    let Some(level) = rule
+                                        .levels
+                                        .iter()
+                                        .find(|(_, when)| when.holds(&get))
+                                        .map(|l| l.0.clone())
+                                    else {
+                                        continue;
+                                    };
+                                    let quiet = rule.quiet.as_deref() == Some(level.as_str());
+                                    let state = levels
+                                        .entry((index, obs.sensor_id.clone()))
+                                        .or_insert((None, 0));
+                                    let transition = match (&state.0, quiet) {
+                                        (None, false) => {
+                                            *state = (Some(level.clone()), obs.event_time);
+                                            Some(EventState::Start)
+                                        }
+                                        (Some(_), true) => {
+                                            state.0 = None;
+                                            Some(EventState::End)
+                                        }
+                                        (Some(current), false) if *current != level => {
+                                            state.0 = Some(level.clone());
+                                            Some(EventState::Update)
+                                        }
+                                        _ => None,
+                                    };
+                                    if let Some(event_state) = transition {
+                                        let started_at = state.1;
+                                        out.push(Event {
+                                            id: incident_id(&rule.name, &obs.sensor_id, started_at),
+                                            event_type: rule.event_type.clone(),
+                                            subject: obs.sensor_id.clone(),
+                                            sensor_type: obs.sensor_type.clone(),
+                                            area: obs.area.clone(),
+                                            state: event_state,
+                                            level: level.clone(),
+                                            started_at,
+                                            time: obs.event_time,
+                                            rule: rule.name.clone(),
+                                            message: rule.render_level(
+                                                &obs.sensor_id,
+                                                &level,
+                                                &obs.fields,
+                                            ),
+                                            values: obs.fields.clone(),
+                                        });
+                                    }
                                     continue;
                                 }
                                 if rule.kind == RuleKind::Absence {

@@ -852,3 +852,53 @@ fn rate_of_change_rules_watch_derived_rate_fields() {
         );
     }
 }
+
+#[test]
+fn level_rules_start_update_and_end_with_the_level() {
+    let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
+    let text = "[[rule]]\nname = \"pollution_level\"\nsensor_type = \"traffic\"\nkind = \"level\"\nlevels = [{ name = \"low\", when = \"vehicleCount <= 10\" }, { name = \"medium\", when = \"vehicleCount > 10 and vehicleCount <= 25\" }, { name = \"high\", when = \"vehicleCount > 25\" }]\nquiet = \"low\"\n";
+    let rules = std::sync::Arc::new(
+        aqyl_core::rules::parse_rules(Path::new("r.toml"), text, &types).unwrap(),
+    );
+    let bad = text.replace("quiet = \"low\"", "quiet = \"none\"");
+    assert!(
+        aqyl_core::rules::parse_rules(Path::new("r.toml"), &bad, &types)
+            .unwrap_err()
+            .to_string()
+            .contains("quiet level \"none\"")
+    );
+    // Counts: 5 (low) until 10, 20 (medium) 10..20, 40 (high) 20..30, 5 (low) after.
+    let count = |m: u64| match m {
+        10..=19 => 20.0,
+        20..=29 => 40.0,
+        _ => 5.0,
+    };
+    let rs: Vec<_> = (0..40u64)
+        .map(|m| ("s0".to_string(), T0 + m * MINUTE, 50.0, count(m)))
+        .collect();
+    for workers in [1, 2] {
+        let spec = PipelineSpec {
+            rules: rules.clone(),
+            ..spec(workers)
+        };
+        let batch = run_batch(spec, rs.iter().map(message).collect()).unwrap();
+        let mut got: Vec<(u64, String, String)> = batch
+            .events
+            .iter()
+            .map(|e| (e.time, e.state.as_str().to_string(), e.level.clone()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (T0 + 10 * MINUTE, "start".to_string(), "medium".to_string()),
+                (T0 + 20 * MINUTE, "update".to_string(), "high".to_string()),
+                (T0 + 30 * MINUTE, "end".to_string(), "low".to_string()),
+            ],
+            "{workers} workers"
+        );
+        let ids: std::collections::BTreeSet<&str> =
+            batch.events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids.len(), 1, "one incident throughout");
+    }
+}
