@@ -385,6 +385,50 @@ impl Expr {
 /// rates of change: `avgSpeed_rate <= -5` (speed falling by 5 km/h a minute or faster).
 pub const RATE_SUFFIX: &str = "_rate";
 
+/// Suffix of a derived field: `<field>_z` is how unusual the reading is for this sensor, the
+/// z-score of the value against an exponentially weighted baseline of the sensor's own past
+/// readings ([`Baseline`]), so rules can flag anomalies: `avgSpeed_z <= -3`.
+pub const Z_SUFFIX: &str = "_z";
+
+/// A learned per-sensor baseline of one field: exponentially weighted mean and variance
+/// (weight `alpha` per reading, about the last 1/alpha readings). Its z-score is absent until
+/// `min_samples` readings were seen or while the variance is zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Baseline {
+    mean: f64,
+    var: f64,
+    n: u64,
+}
+
+impl Baseline {
+    /// The weight of each new reading (about the last 20 readings).
+    pub const ALPHA: f64 = 0.05;
+    /// Readings needed before a z-score is given.
+    pub const MIN_SAMPLES: u64 = 12;
+
+    /// A baseline starting at `first`.
+    pub fn new(first: f64) -> Self {
+        Self {
+            mean: first,
+            var: 0.0,
+            n: 1,
+        }
+    }
+
+    /// The z-score of `x` against the baseline as it stands.
+    pub fn z(&self, x: f64) -> Option<f64> {
+        (self.n >= Self::MIN_SAMPLES && self.var > 1e-12).then(|| (x - self.mean) / self.var.sqrt())
+    }
+
+    /// Learns a reading.
+    pub fn learn(&mut self, x: f64) {
+        let delta = x - self.mean;
+        self.mean += Self::ALPHA * delta;
+        self.var = (1.0 - Self::ALPHA) * (self.var + Self::ALPHA * delta * delta);
+        self.n += 1;
+    }
+}
+
 /// The change per minute of each field between two readings `(time ms, fields)`.
 pub fn rate(
     previous: (u64, &[(std::sync::Arc<str>, f64)]),
@@ -535,6 +579,18 @@ mod tests {
             Expr::parse(congestion).unwrap().fields(),
             ["avgSpeed", "vehicleCount"]
         );
+    }
+
+    #[test]
+    fn a_baseline_learns_normal_and_flags_the_unusual() {
+        let mut b = Baseline::new(50.0);
+        assert_eq!(b.z(80.0), None, "no verdict before MIN_SAMPLES");
+        let mut rng = fastrand::Rng::with_seed(2);
+        for _ in 0..100 {
+            b.learn(50.0 + rng.f64() * 4.0 - 2.0);
+        }
+        assert!(b.z(51.0).unwrap().abs() < 2.0);
+        assert!(b.z(20.0).unwrap() < -10.0);
     }
 
     #[test]
@@ -794,7 +850,10 @@ pub fn parse_rules(
             match Expr::parse(src.get_ref()) {
                 Ok(e) => {
                     for f in e.fields() {
-                        let base = f.strip_suffix(RATE_SUFFIX).unwrap_or(f);
+                        let base = f
+                            .strip_suffix(RATE_SUFFIX)
+                            .or_else(|| f.strip_suffix(Z_SUFFIX))
+                            .unwrap_or(f);
                         if !ty.fields.iter().any(|g| &*g.name == base) {
                             errors.push(at(src.span().start, format!("{what} of rule {:?} reads {f:?}, which sensor type {:?} does not declare", r.name, ty.name)));
                             return None;

@@ -6,7 +6,9 @@
 //! does not depend on arrival order or on the number of workers, and a re-delivered reading
 //! (same time, same values) changes nothing, so incidents are not duplicated.
 
-use aqyl_core::rules::{incident_id, rate, Rule, RuleKind, Threshold, Transition, RATE_SUFFIX};
+use aqyl_core::rules::{
+    incident_id, rate, Baseline, Rule, RuleKind, Threshold, Transition, RATE_SUFFIX, Z_SUFFIX,
+};
 use aqyl_core::{Event, EventState, Observation};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +57,9 @@ fn start_silences(now: u64, silences: &mut Silences, rules: &[Rule], out: &mut V
 /// Each sensor's previous reading, (type, id) → (event time, fields), for `_rate` fields.
 type LastReadings = HashMap<(Arc<str>, String), (u64, Vec<(Arc<str>, f64)>)>;
 
+/// Per sensor (type, id) and field: the learned baseline behind `<field>_z`.
+type Baselines = HashMap<((Arc<str>, String), Arc<str>), Baseline>;
+
 /// Incidents detected by event rules.
 pub trait DetectEvents<'scope> {
     /// Evaluates `rules` over each sensor's readings and emits lifecycle messages.
@@ -77,6 +82,8 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                 let mut silences: Silences = HashMap::new();
                 // Each sensor's previous reading, for `_rate` fields.
                 let mut last_reading: LastReadings = HashMap::new();
+                // Per sensor and field: the learned baseline behind `<field>_z`.
+                let mut baselines: Baselines = HashMap::new();
                 // Level rules: (rule index, sensor id) → (current non-quiet level, started at).
                 let mut levels: HashMap<(usize, String), (Option<String>, u64)> = HashMap::new();
                 move |(input, frontier), output| {
@@ -100,10 +107,18 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                             let previous = last_reading
                                 .get(&key)
                                 .map(|(t, f): &(u64, Vec<_>)| (*t, f.as_slice()));
-                            let get = |f: &str| match f.strip_suffix(RATE_SUFFIX) {
-                                Some(base) => previous
-                                    .and_then(|p| rate(p, (obs.event_time, &obs.fields), base)),
-                                None => obs.fields.iter().find(|(n, _)| &**n == f).map(|v| v.1),
+                            let value =
+                                |f: &str| obs.fields.iter().find(|(n, _)| &**n == f).map(|v| v.1);
+                            let get = |f: &str| {
+                                if let Some(base) = f.strip_suffix(RATE_SUFFIX) {
+                                    previous
+                                        .and_then(|p| rate(p, (obs.event_time, &obs.fields), base))
+                                } else if let Some(base) = f.strip_suffix(Z_SUFFIX) {
+                                    let b = baselines.get(&(key.clone(), Arc::from(base)))?;
+                                    b.z(value(base)?)
+                                } else {
+                                    value(f)
+                                }
                             };
                             for (index, rule) in rules.iter().enumerate() {
                                 if *rule.sensor_type != *obs.sensor_type {
@@ -231,6 +246,13 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                                     },
                                     values: obs.fields.clone(),
                                 });
+                            }
+                            // The baselines learn the reading after the rules have judged it.
+                            for (field, v) in &obs.fields {
+                                baselines
+                                    .entry((key.clone(), field.clone()))
+                                    .and_modify(|b| b.learn(*v))
+                                    .or_insert_with(|| Baseline::new(*v));
                             }
                             last_reading.insert(key, (obs.event_time, obs.fields.clone()));
                         }

@@ -902,3 +902,45 @@ fn level_rules_start_update_and_end_with_the_level() {
         assert_eq!(ids.len(), 1, "one incident throughout");
     }
 }
+
+#[test]
+fn anomaly_rules_judge_readings_against_a_learned_baseline() {
+    let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
+    let text = "[[rule]]\nname = \"unusual_slowdown\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed_z <= -4\"\nexit = \"avgSpeed_z > -1\"\n";
+    let rules = std::sync::Arc::new(
+        aqyl_core::rules::parse_rules(Path::new("r.toml"), text, &types).unwrap(),
+    );
+    // Speed 48..52 km/h for an hour, 15 km/h for five minutes, then normal again.
+    let mut rng = fastrand::Rng::with_seed(4);
+    let rs: Vec<_> = (0..90u64)
+        .map(|m| {
+            let speed = if (60..65).contains(&m) {
+                15.0
+            } else {
+                48.0 + rng.f64() * 4.0
+            };
+            ("s0".to_string(), T0 + m * MINUTE, speed, 5.0)
+        })
+        .collect();
+    for workers in [1, 2] {
+        let spec = PipelineSpec {
+            rules: rules.clone(),
+            ..spec(workers)
+        };
+        let batch = run_batch(spec, rs.iter().map(message).collect()).unwrap();
+        let mut got: Vec<(u64, String)> = batch
+            .events
+            .iter()
+            .map(|e| (e.time, e.state.as_str().to_string()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (T0 + 60 * MINUTE, "start".to_string()),
+                (T0 + 65 * MINUTE, "end".to_string())
+            ],
+            "{workers} workers"
+        );
+    }
+}
