@@ -140,20 +140,7 @@ impl Registry {
                 }
             }
             PayloadFormat::Json => {
-                let value: Value = serde_json::from_slice(&msg.payload).map_err(|e| {
-                    Rejection::new(
-                        name,
-                        Reason::MalformedJson,
-                        format!("payload is not valid JSON: {e}"),
-                    )
-                })?;
-                if !value.is_object() {
-                    return Err(Rejection::new(
-                        name,
-                        Reason::NotAnObject,
-                        format!("expected a JSON object, got {}", kind_of(&value)),
-                    ));
-                }
+                let value = full_json(name, &msg.payload)?;
                 out.push(observe(ty, &captures, msg, &value)?);
             }
             PayloadFormat::Csv { columns, delimiter } => {

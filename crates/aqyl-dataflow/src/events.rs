@@ -60,6 +60,31 @@ type LastReadings = HashMap<(Arc<str>, String), (u64, Vec<(Arc<str>, f64)>)>;
 /// Per sensor (type, id) and field: the learned baseline behind `<field>_z`.
 type Baselines = HashMap<((Arc<str>, String), Arc<str>), Baseline>;
 
+/// A lifecycle message of `rule` about the sensor that sent `obs`, at its event time.
+fn sensor_event(
+    rule: &Rule,
+    obs: &Observation,
+    state: EventState,
+    level: &str,
+    started_at: u64,
+    message: String,
+) -> Event {
+    Event {
+        id: incident_id(&rule.name, &obs.sensor_id, started_at),
+        event_type: rule.event_type.clone(),
+        subject: obs.sensor_id.clone(),
+        sensor_type: obs.sensor_type.clone(),
+        area: obs.area.clone(),
+        state,
+        level: level.to_string(),
+        started_at,
+        time: obs.event_time,
+        rule: rule.name.clone(),
+        message,
+        values: obs.fields.clone(),
+    }
+}
+
 /// Incidents detected by event rules.
 pub trait DetectEvents<'scope> {
     /// Evaluates `rules` over each sensor's readings and emits lifecycle messages.
@@ -157,24 +182,16 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                                     };
                                     if let Some(event_state) = transition {
                                         let started_at = state.1;
-                                        out.push(Event {
-                                            id: incident_id(&rule.name, &obs.sensor_id, started_at),
-                                            event_type: rule.event_type.clone(),
-                                            subject: obs.sensor_id.clone(),
-                                            sensor_type: obs.sensor_type.clone(),
-                                            area: obs.area.clone(),
-                                            state: event_state,
-                                            level: level.clone(),
+                                        let message =
+                                            rule.render_level(&obs.sensor_id, &level, &obs.fields);
+                                        out.push(sensor_event(
+                                            rule,
+                                            &obs,
+                                            event_state,
+                                            &level,
                                             started_at,
-                                            time: obs.event_time,
-                                            rule: rule.name.clone(),
-                                            message: rule.render_level(
-                                                &obs.sensor_id,
-                                                &level,
-                                                &obs.fields,
-                                            ),
-                                            values: obs.fields.clone(),
-                                        });
+                                            message,
+                                        ));
                                     }
                                     continue;
                                 }
@@ -191,23 +208,18 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                                         });
                                     entry.1 = entry.1.max(obs.event_time);
                                     if let Some(started_at) = entry.2.take() {
-                                        out.push(Event {
-                                            id: incident_id(&rule.name, &obs.sensor_id, started_at),
-                                            event_type: rule.event_type.clone(),
-                                            subject: obs.sensor_id.clone(),
-                                            sensor_type: obs.sensor_type.clone(),
-                                            area: obs.area.clone(),
-                                            state: EventState::End,
-                                            level: rule.level.clone(),
+                                        let message = format!(
+                                            "{} ended: {} reports again",
+                                            rule.name, obs.sensor_id
+                                        );
+                                        out.push(sensor_event(
+                                            rule,
+                                            &obs,
+                                            EventState::End,
+                                            &rule.level,
                                             started_at,
-                                            time: obs.event_time,
-                                            rule: rule.name.clone(),
-                                            message: format!(
-                                                "{} ended: {} reports again",
-                                                rule.name, obs.sensor_id
-                                            ),
-                                            values: obs.fields.clone(),
-                                        });
+                                            message,
+                                        ));
                                     }
                                     continue;
                                 }
@@ -225,27 +237,22 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                                         }
                                         None => continue,
                                     };
-                                out.push(Event {
-                                    id: incident_id(&rule.name, &obs.sensor_id, started_at),
-                                    event_type: rule.event_type.clone(),
-                                    subject: obs.sensor_id.clone(),
-                                    sensor_type: obs.sensor_type.clone(),
-                                    area: obs.area.clone(),
+                                let message = match state {
+                                    EventState::End => format!(
+                                        "{} ended: {}",
+                                        rule.name,
+                                        rule.render(&obs.sensor_id, &obs.fields)
+                                    ),
+                                    _ => rule.render(&obs.sensor_id, &obs.fields),
+                                };
+                                out.push(sensor_event(
+                                    rule,
+                                    &obs,
                                     state,
-                                    level: rule.level.clone(),
+                                    &rule.level,
                                     started_at,
-                                    time: obs.event_time,
-                                    rule: rule.name.clone(),
-                                    message: match state {
-                                        EventState::End => format!(
-                                            "{} ended: {}",
-                                            rule.name,
-                                            rule.render(&obs.sensor_id, &obs.fields)
-                                        ),
-                                        _ => rule.render(&obs.sensor_id, &obs.fields),
-                                    },
-                                    values: obs.fields.clone(),
-                                });
+                                    message,
+                                ));
                             }
                             // The baselines learn the reading after the rules have judged it.
                             for (field, v) in &obs.fields {
