@@ -555,9 +555,7 @@ fn sensor_sax_matches_the_state_machine_fed_in_time_order() {
 fn congestion_incidents_are_the_same_whatever_the_workers_and_arrival_order() {
     let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
     let rules_text = "[[rule]]\nname = \"congestion\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed <= 35 and vehicleCount >= 10\"\nexit = \"avgSpeed > 35 and vehicleCount < 10\"\n[[rule]]\nname = \"jam\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed <= 35 and vehicleCount >= 10\"\nexit = \"avgSpeed > 35 and vehicleCount < 10\"\nfor = \"10m\"\n";
-    let rules = std::sync::Arc::new(
-        aqyl_core::rules::parse_rules(Path::new("r.toml"), rules_text, &types).unwrap(),
-    );
+    let rules = rules_for(rules_text, &types);
     // Three sensors, a reading a minute for two hours: s0 congested 20..50 min, with a
     // hysteresis wobble (speed 40, count 12: neither enter nor exit) at 30; s1 congested for
     // 5 minutes only (no jam); s2 never.
@@ -673,9 +671,7 @@ fn congestion_incidents_are_the_same_whatever_the_workers_and_arrival_order() {
 fn a_silent_sensor_starts_an_absence_incident_and_its_return_ends_it() {
     let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
     let text = "[[rule]]\nname = \"outage\"\nsensor_type = \"traffic\"\nkind = \"absence\"\nfor = \"15m\"\n";
-    let rules = std::sync::Arc::new(
-        aqyl_core::rules::parse_rules(Path::new("r.toml"), text, &types).unwrap(),
-    );
+    let rules = rules_for(text, &types);
     // Two sensors every 5 minutes for 3 hours; s1 is silent from 60 to 90 minutes.
     let mut rs = Vec::new();
     for minute in (0..180u64).step_by(5) {
@@ -685,11 +681,7 @@ fn a_silent_sensor_starts_an_absence_incident_and_its_return_ends_it() {
         }
     }
     for workers in [1, 2] {
-        let spec = PipelineSpec {
-            rules: rules.clone(),
-            ..spec(workers)
-        };
-        let batch = run_batch(spec, rs.iter().map(message).collect()).unwrap();
+        let batch = run_rules(&rules, workers, &rs);
         let mut got: Vec<(String, String, u64, u64)> = batch
             .events
             .iter()
@@ -733,9 +725,7 @@ fn an_area_incident_needs_k_of_its_sensors() {
     );
     let types = vec![SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap()];
     let rules_text = "[[rule]]\nname = \"congestion\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed <= 35 and vehicleCount >= 10\"\nexit = \"avgSpeed > 35 and vehicleCount < 10\"\n[[rule]]\nname = \"area_congestion\"\nsensor_type = \"traffic\"\nkind = \"area\"\nof = \"congestion\"\nat_least = 2\n";
-    let rules = std::sync::Arc::new(
-        aqyl_core::rules::parse_rules(Path::new("r.toml"), rules_text, &types).unwrap(),
-    );
+    let rules = rules_for(rules_text, &types);
     // north: s0 congested 10..40, s1 20..50, s2 never; south: s3 congested 10..60, alone.
     let congested = |id: &str, m: u64| match id {
         "s0" => (10..=40).contains(&m),
@@ -810,9 +800,7 @@ fn an_area_incident_needs_k_of_its_sensors() {
 fn rate_of_change_rules_watch_derived_rate_fields() {
     let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
     let text = "[[rule]]\nname = \"sudden_slowdown\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed_rate <= -5\"\nexit = \"avgSpeed_rate > -1\"\n";
-    let rules = std::sync::Arc::new(
-        aqyl_core::rules::parse_rules(Path::new("r.toml"), text, &types).unwrap(),
-    );
+    let rules = rules_for(text, &types);
     assert!(aqyl_core::rules::parse_rules(
         Path::new("r.toml"),
         &text.replace("avgSpeed_rate <=", "speed_rate <="),
@@ -831,11 +819,7 @@ fn rate_of_change_rules_watch_derived_rate_fields() {
         })
         .collect();
     for workers in [1, 2] {
-        let spec = PipelineSpec {
-            rules: rules.clone(),
-            ..spec(workers)
-        };
-        let batch = run_batch(spec, rs.iter().map(message).collect()).unwrap();
+        let batch = run_rules(&rules, workers, &rs);
         let mut got: Vec<(String, u64, u64)> = batch
             .events
             .iter()
@@ -857,9 +841,7 @@ fn rate_of_change_rules_watch_derived_rate_fields() {
 fn level_rules_start_update_and_end_with_the_level() {
     let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
     let text = "[[rule]]\nname = \"pollution_level\"\nsensor_type = \"traffic\"\nkind = \"level\"\nlevels = [{ name = \"low\", when = \"vehicleCount <= 10\" }, { name = \"medium\", when = \"vehicleCount > 10 and vehicleCount <= 25\" }, { name = \"high\", when = \"vehicleCount > 25\" }]\nquiet = \"low\"\n";
-    let rules = std::sync::Arc::new(
-        aqyl_core::rules::parse_rules(Path::new("r.toml"), text, &types).unwrap(),
-    );
+    let rules = rules_for(text, &types);
     let bad = text.replace("quiet = \"low\"", "quiet = \"none\"");
     assert!(
         aqyl_core::rules::parse_rules(Path::new("r.toml"), &bad, &types)
@@ -877,11 +859,7 @@ fn level_rules_start_update_and_end_with_the_level() {
         .map(|m| ("s0".to_string(), T0 + m * MINUTE, 50.0, count(m)))
         .collect();
     for workers in [1, 2] {
-        let spec = PipelineSpec {
-            rules: rules.clone(),
-            ..spec(workers)
-        };
-        let batch = run_batch(spec, rs.iter().map(message).collect()).unwrap();
+        let batch = run_rules(&rules, workers, &rs);
         let mut got: Vec<(u64, String, String)> = batch
             .events
             .iter()
@@ -907,9 +885,7 @@ fn level_rules_start_update_and_end_with_the_level() {
 fn anomaly_rules_judge_readings_against_a_learned_baseline() {
     let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
     let text = "[[rule]]\nname = \"unusual_slowdown\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed_z <= -4\"\nexit = \"avgSpeed_z > -1\"\n";
-    let rules = std::sync::Arc::new(
-        aqyl_core::rules::parse_rules(Path::new("r.toml"), text, &types).unwrap(),
-    );
+    let rules = rules_for(text, &types);
     // Speed 48..52 km/h for an hour, 15 km/h for five minutes, then normal again.
     let mut rng = fastrand::Rng::with_seed(4);
     let rs: Vec<_> = (0..90u64)
@@ -923,11 +899,7 @@ fn anomaly_rules_judge_readings_against_a_learned_baseline() {
         })
         .collect();
     for workers in [1, 2] {
-        let spec = PipelineSpec {
-            rules: rules.clone(),
-            ..spec(workers)
-        };
-        let batch = run_batch(spec, rs.iter().map(message).collect()).unwrap();
+        let batch = run_rules(&rules, workers, &rs);
         let mut got: Vec<(u64, String)> = batch
             .events
             .iter()
@@ -943,4 +915,22 @@ fn anomaly_rules_judge_readings_against_a_learned_baseline() {
             "{workers} workers"
         );
     }
+}
+
+/// Parses a rules file for `types`.
+fn rules_for(text: &str, types: &[SensorType]) -> std::sync::Arc<Vec<aqyl_core::rules::Rule>> {
+    std::sync::Arc::new(aqyl_core::rules::parse_rules(Path::new("r.toml"), text, types).unwrap())
+}
+
+/// Runs readings through the dataflow with `rules`.
+fn run_rules(
+    rules: &std::sync::Arc<Vec<aqyl_core::rules::Rule>>,
+    workers: usize,
+    rs: &[(String, u64, f64, f64)],
+) -> aqyl_dataflow::Batch {
+    let spec = PipelineSpec {
+        rules: rules.clone(),
+        ..spec(workers)
+    };
+    run_batch(spec, rs.iter().map(message).collect()).unwrap()
 }
