@@ -1,0 +1,446 @@
+//! Rule files: `config/rules/*.toml`, parsed and checked against the sensor types.
+
+use super::expr::{CmpOp, Expr};
+use super::state::{RATE_SUFFIX, Z_SUFFIX};
+
+/// A threshold rule, loaded from `config/rules/*.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Rule name (unique).
+    pub name: String,
+    /// Event type, used in topics (`aqyl/events/<event_type>/<subject>`).
+    pub event_type: String,
+    /// The sensor type it watches.
+    pub sensor_type: String,
+    /// What starts an incident.
+    pub kind: RuleKind,
+    /// When an incident starts.
+    pub enter: Expr,
+    /// `enter` as written.
+    pub enter_text: String,
+    /// When it ends (hysteresis: default `not enter`).
+    pub exit: Expr,
+    /// How long `enter` must hold, in event time, before the incident starts.
+    pub for_ms: u64,
+    /// Severity written with each message (`info`, `warning`, `critical`).
+    pub level: String,
+    /// Message template; `{subject}`, `{level}` and `{<field>}` are filled in.
+    pub message: String,
+    /// Level rules: (name, condition) in order.
+    pub levels: Vec<(String, Expr)>,
+    /// Level rules: the level at which no incident is ongoing.
+    pub quiet: Option<String>,
+    /// The file it came from.
+    pub source: std::path::PathBuf,
+}
+
+/// Kinds of rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    /// `enter` holding for `for` starts an incident; `exit` ends it.
+    Threshold,
+    /// No reading from a sensor for `for` (of event time) starts an incident; its next
+    /// reading ends it. Only sensors that have reported at least once are watched.
+    Absence,
+    /// An area incident while at least `at_least` of the area's sensors have an ongoing
+    /// incident of rule `of` (a sensor rule of the same file).
+    Area {
+        /// Index of the counted rule among all loaded rules.
+        of: usize,
+        /// How many sensors must be in the state.
+        at_least: usize,
+    },
+    /// The reading falls into one of `levels` (the first whose condition holds); an incident
+    /// is ongoing while the level is not `quiet`, with an `update` on every level change.
+    Level,
+}
+
+impl Rule {
+    /// Fills the message template for a subject and its values.
+    pub fn render(&self, subject: &str, values: &[(std::sync::Arc<str>, f64)]) -> String {
+        self.render_level(subject, "", values)
+    }
+
+    /// Fills the message template, `{level}` included.
+    pub fn render_level(
+        &self,
+        subject: &str,
+        level: &str,
+        values: &[(std::sync::Arc<str>, f64)],
+    ) -> String {
+        let mut out = self
+            .message
+            .replace("{subject}", subject)
+            .replace("{level}", level);
+        for (name, v) in values {
+            out = out.replace(&format!("{{{name}}}"), &format!("{v}"));
+        }
+        out
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    #[serde(default)]
+    rule: Vec<toml::Spanned<RuleFile>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    name: String,
+    event_type: Option<String>,
+    sensor_type: String,
+    #[serde(default)]
+    kind: Option<toml::Spanned<String>>,
+    /// Area rules: the sensor rule whose incidents are counted.
+    of: Option<String>,
+    /// Area rules: how many of the area's sensors.
+    at_least: Option<usize>,
+    /// Level rules: `[{ name, when }]` in order.
+    levels: Option<Vec<LevelFile>>,
+    /// Level rules: the level that means "nothing going on".
+    quiet: Option<String>,
+    enter: Option<toml::Spanned<String>>,
+    exit: Option<toml::Spanned<String>>,
+    #[serde(default, rename = "for")]
+    for_: Option<toml::Spanned<String>>,
+    #[serde(default = "default_level")]
+    level: String,
+    message: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LevelFile {
+    name: String,
+    when: toml::Spanned<String>,
+}
+
+fn default_level() -> String {
+    "warning".into()
+}
+
+/// Parses one rules file, checking each rule against the sensor types (their fields).
+pub fn parse_rules(
+    path: &std::path::Path,
+    text: &str,
+    types: &[crate::descriptor::SensorType],
+) -> Result<Vec<Rule>, crate::ConfigErrors> {
+    use crate::ConfigError;
+    let file: RulesFile =
+        toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+    let mut errors = Vec::new();
+    let mut rules = Vec::new();
+    for spanned in &file.rule {
+        let at = |offset: usize, msg: String| ConfigError::at(path, text, Some(offset), msg);
+        let r = spanned.get_ref();
+        let Some(ty) = types.iter().find(|t| *t.name == r.sensor_type) else {
+            let known: Vec<&str> = types.iter().map(|t| &*t.name).collect();
+            errors.push(at(
+                spanned.span().start,
+                format!(
+                    "rule {:?} watches sensor type {:?}, which is not configured; known: {}",
+                    r.name,
+                    r.sensor_type,
+                    known.join(", ")
+                ),
+            ));
+            continue;
+        };
+        let mut parse = |src: &toml::Spanned<String>, what: &str| -> Option<Expr> {
+            match Expr::parse(src.get_ref()) {
+                Ok(e) => {
+                    for f in e.fields() {
+                        let base = f
+                            .strip_suffix(RATE_SUFFIX)
+                            .or_else(|| f.strip_suffix(Z_SUFFIX))
+                            .unwrap_or(f);
+                        if !ty.fields.iter().any(|g| &*g.name == base) {
+                            errors.push(at(src.span().start, format!("{what} of rule {:?} reads {f:?}, which sensor type {:?} does not declare", r.name, ty.name)));
+                            return None;
+                        }
+                    }
+                    Some(e)
+                }
+                Err(e) => {
+                    errors.push(at(
+                        src.span().start,
+                        format!("{what} of rule {:?}: {e}", r.name),
+                    ));
+                    None
+                }
+            }
+        };
+        let kind = match r.kind.as_ref().map(|k| (k.get_ref().as_str(), k.span())) {
+            None | Some(("threshold", _)) => RuleKind::Threshold,
+            Some(("absence", _)) => RuleKind::Absence,
+            Some(("level", span)) => {
+                if r.levels.as_ref().is_none_or(|l| l.len() < 2) {
+                    errors.push(at(span.start, format!("level rule {:?} needs levels = [{{ name = \"low\", when = \"...\" }}, ...] with at least two levels", r.name)));
+                    continue;
+                }
+                RuleKind::Level
+            }
+            Some(("area", span)) => {
+                let of = r.of.as_deref().and_then(|name| {
+                    rules.iter().position(|o: &Rule| {
+                        o.name == name && !matches!(o.kind, RuleKind::Area { .. })
+                    })
+                });
+                match (of, r.at_least) {
+                    (Some(of), Some(at_least)) if at_least >= 1 => RuleKind::Area { of, at_least },
+                    _ => {
+                        errors.push(at(
+                            span.start,
+                            format!("area rule {:?} needs of = \"<a sensor rule defined above in this file>\" and at_least = <n ≥ 1>", r.name),
+                        ));
+                        continue;
+                    }
+                }
+            }
+            Some((other, span)) => {
+                errors.push(at(
+                    span.start,
+                    format!("rule kind {other:?} is not known; use \"threshold\", \"absence\" or \"area\""),
+                ));
+                continue;
+            }
+        };
+        let never = || {
+            Expr::Compare(
+                Box::new(Expr::Number(0.0)),
+                CmpOp::Lt,
+                Box::new(Expr::Number(0.0)),
+            )
+        };
+        let (enter, exit) = match (kind, &r.enter) {
+            (RuleKind::Absence | RuleKind::Area { .. } | RuleKind::Level, None) => {
+                (Some(never()), Some(never()))
+            }
+            (RuleKind::Absence | RuleKind::Area { .. } | RuleKind::Level, Some(e)) => {
+                errors.push(at(
+                    e.span().start,
+                    format!(
+                        "rule {:?} is an absence rule: it takes no enter/exit, only `for`",
+                        r.name
+                    ),
+                ));
+                continue;
+            }
+            (RuleKind::Threshold, None) => {
+                errors.push(at(
+                    spanned.span().start,
+                    format!("rule {:?} needs enter = \"<condition>\"", r.name),
+                ));
+                continue;
+            }
+            (RuleKind::Threshold, Some(e)) => {
+                let enter = parse(e, "enter");
+                let exit = match &r.exit {
+                    Some(x) => parse(x, "exit"),
+                    None => enter.clone().map(|e| Expr::Not(Box::new(e))),
+                };
+                (enter, exit)
+            }
+        };
+        let mut levels = Vec::new();
+        for l in r.levels.iter().flatten() {
+            if let Some(e) = parse(&l.when, "a level condition") {
+                levels.push((l.name.clone(), e));
+            }
+        }
+        if kind == RuleKind::Level && levels.len() != r.levels.as_ref().map_or(0, Vec::len) {
+            continue;
+        }
+        if kind == RuleKind::Absence && r.for_.is_none() {
+            errors.push(at(
+                spanned.span().start,
+                format!(
+                    "absence rule {:?} needs for = \"<duration>\" (how long a silence counts)",
+                    r.name
+                ),
+            ));
+            continue;
+        }
+        let for_ms = match &r.for_ {
+            None => Some(0),
+            Some(d) => match crate::duration::parse(d.get_ref()) {
+                Ok(d) => Some(d.as_millis() as u64),
+                Err(e) => {
+                    errors.push(at(d.span().start, e));
+                    None
+                }
+            },
+        };
+        if let Some(q) = &r.quiet {
+            if !levels.iter().any(|(n, _)| n == q) {
+                errors.push(at(
+                    spanned.span().start,
+                    format!(
+                        "quiet level {q:?} of rule {:?} is not one of its levels",
+                        r.name
+                    ),
+                ));
+                continue;
+            }
+        }
+        if rules.iter().any(|o: &Rule| o.name == r.name) {
+            errors.push(at(
+                spanned.span().start,
+                format!("rule {:?} is defined twice", r.name),
+            ));
+            continue;
+        }
+        if r.name.is_empty()
+            || !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            errors.push(at(
+                spanned.span().start,
+                format!(
+                    "rule name {:?} must be ASCII letters, digits, '_' or '-'",
+                    r.name
+                ),
+            ));
+            continue;
+        }
+        if let (Some(enter), Some(exit), Some(for_ms)) = (enter, exit, for_ms) {
+            rules.push(Rule {
+                event_type: r.event_type.clone().unwrap_or_else(|| r.name.clone()),
+                name: r.name.clone(),
+                sensor_type: r.sensor_type.clone(),
+                kind,
+                enter,
+                enter_text: match (kind, &r.enter) {
+                    (_, Some(e)) => e.get_ref().clone(),
+                    (RuleKind::Area { at_least, .. }, None) => {
+                        format!(
+                            "at least {at_least} of an area's sensors in {}",
+                            r.of.as_deref().unwrap_or("")
+                        )
+                    }
+                    _ => "no reading".to_string(),
+                },
+                exit,
+                for_ms,
+                level: r.level.clone(),
+                message: r
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("{} on {{subject}}", r.name)),
+                levels,
+                quiet: r.quiet.clone(),
+                source: path.to_path_buf(),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(rules)
+    } else {
+        Err(crate::ConfigErrors(errors))
+    }
+}
+
+/// Loads every `*.toml` rules file of `dir` (a missing directory means no rules).
+pub fn load_rules(
+    dir: &std::path::Path,
+    types: &[crate::descriptor::SensorType],
+) -> Result<Vec<Rule>, crate::ConfigErrors> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut paths: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    let (mut rules, mut errors) = (Vec::new(), Vec::new());
+    for path in paths {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(crate::ConfigError::file(&path, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        match parse_rules(&path, &text, types) {
+            Ok(mut r) => {
+                // Area rules point at rules of their file; re-base onto the combined list.
+                let base = rules.len();
+                for rule in &mut r {
+                    if let RuleKind::Area { of, .. } = &mut rule.kind {
+                        *of += base;
+                    }
+                }
+                for rule in &r {
+                    if let Some(other) = rules.iter().find(|o: &&Rule| o.name == rule.name) {
+                        errors.push(crate::ConfigError::file(
+                            &path,
+                            format!(
+                                "rule {:?} is already defined in {}",
+                                rule.name,
+                                other.source.display()
+                            ),
+                        ));
+                    }
+                }
+                rules.append(&mut r);
+            }
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    if errors.is_empty() {
+        Ok(rules)
+    } else {
+        Err(crate::ConfigErrors(errors))
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+    use std::path::Path;
+
+    fn traffic() -> Vec<crate::descriptor::SensorType> {
+        let text = "name = \"traffic\"\n[[fields]]\nname = \"avgSpeed\"\n[[fields]]\nname = \"vehicleCount\"\n";
+        vec![crate::descriptor::SensorType::from_toml(Path::new("t.toml"), text).unwrap()]
+    }
+
+    #[test]
+    fn rules_parse_with_defaults() {
+        let text = "[[rule]]\nname = \"congestion\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed <= 35 and vehicleCount >= 10\"\nexit = \"avgSpeed > 35 and vehicleCount < 10\"\nfor = \"10m\"\nmessage = \"Congestion on {subject}: {avgSpeed} km/h\"\n";
+        let rules = parse_rules(Path::new("r.toml"), text, &traffic()).unwrap();
+        assert_eq!(rules[0].event_type, "congestion");
+        assert_eq!(rules[0].for_ms, 600_000);
+        assert_eq!(rules[0].level, "warning");
+        let values: Vec<(std::sync::Arc<str>, f64)> = vec![("avgSpeed".into(), 20.0)];
+        assert_eq!(
+            rules[0].render("158324", &values),
+            "Congestion on 158324: 20 km/h"
+        );
+    }
+
+    #[test]
+    fn rule_mistakes_name_the_line() {
+        let err = |text: &str| {
+            parse_rules(Path::new("r.toml"), text, &traffic())
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[[rule]]\nname = \"x\"\nsensor_type = \"traffic\"\nenter = \"speed < 3\"\n");
+        assert_eq!(e, "r.toml:4: enter of rule \"x\" reads \"speed\", which sensor type \"traffic\" does not declare");
+        let e = err("[[rule]]\nname = \"x\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed <\"\n");
+        assert!(
+            e.starts_with("r.toml:4: enter of rule \"x\": at character 11"),
+            "{e}"
+        );
+        let e = err("[[rule]]\nname = \"x\"\nsensor_type = \"parking\"\nenter = \"a < 1\"\n");
+        assert!(e.contains("not configured; known: traffic"), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed < 1\"\nfor = \"ever\"\n");
+        assert!(e.starts_with("r.toml:5: invalid duration"), "{e}");
+    }
+}
