@@ -133,6 +133,24 @@ pub struct WindowStats {
     pub p95: f64,
 }
 
+/// The statistics of a window by name, as rules read them (`<field>_<name>`).
+pub const STATISTICS: [&str; 7] = ["count", "mean", "min", "max", "stddev", "p50", "p95"];
+
+impl WindowStats {
+    /// Each statistic with its name, in [`STATISTICS`] order.
+    pub fn named(&self) -> [(&'static str, f64); 7] {
+        [
+            ("count", self.count as f64),
+            ("mean", self.mean),
+            ("min", self.min),
+            ("max", self.max),
+            ("stddev", self.stddev),
+            ("p50", self.p50),
+            ("p95", self.p95),
+        ]
+    }
+}
+
 /// The `q` quantile (0..=1) of sorted values by linear interpolation between the closest
 /// ranks (rank `q·(n−1)`, the common "type 7" definition used by NumPy and R). Windows keep
 /// every value, so percentiles are exact, not sketched.

@@ -2,7 +2,7 @@
 //! of messages, keeping the watermark and stepping the dataflow without ever blocking.
 
 use crate::aggregate::Aggregate;
-use crate::events::{AreaEvents, DetectEvents};
+use crate::events::{AreaEvents, DetectEvents, WindowEvents};
 use crate::input;
 use crate::sensor_sax::AdaptiveSax;
 use aqyl_core::metrics::Metrics;
@@ -130,8 +130,26 @@ fn run_worker(
         let observations = input.to_stream(scope);
         let observations_for_sax = observations.clone();
         let events = outputs.events.clone();
+        let per_sensor = observations.clone().aggregate(
+            Scope::Sensor,
+            spec.registry.clone(),
+            default_window.clone(),
+            horizon,
+            metrics.clone(),
+        );
+        let per_area = observations.clone().aggregate(
+            Scope::Area,
+            spec.registry.clone(),
+            default_window,
+            horizon,
+            metrics.clone(),
+        );
         {
-            let sensor_events = observations.clone().detect_events(spec.rules.clone());
+            let mut sensor_events = observations.detect_events(spec.rules.clone());
+            if spec.rules.iter().any(|r| r.window.is_some()) {
+                let window_events = per_sensor.clone().window_events(spec.rules.clone());
+                sensor_events = sensor_events.concat(window_events);
+            }
             let area_events = sensor_events.clone().area_events(spec.rules.clone());
             sensor_events.concat(area_events)
         }
@@ -142,20 +160,6 @@ fn run_worker(
                 }
             });
         });
-        let per_sensor = observations.clone().aggregate(
-            Scope::Sensor,
-            spec.registry.clone(),
-            default_window.clone(),
-            horizon,
-            metrics.clone(),
-        );
-        let per_area = observations.aggregate(
-            Scope::Area,
-            spec.registry.clone(),
-            default_window,
-            horizon,
-            metrics.clone(),
-        );
         let adaptive = observations_for_sax.adaptive_sax(spec.registry.clone(), metrics.clone());
         per_sensor
             .concat(per_area)

@@ -934,3 +934,136 @@ fn run_rules(
     };
     run_batch(spec, rs.iter().map(message).collect()).unwrap()
 }
+
+#[test]
+fn sequence_rules_need_both_steps_in_time_and_nothing_in_between() {
+    let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
+    let text = "[[rule]]\nname = \"breakdown\"\nsensor_type = \"traffic\"\nkind = \"sequence\"\nfirst = \"avgSpeed >= 50\"\nthen = \"avgSpeed <= 20\"\nwithin = \"10m\"\nunless = \"vehicleCount == 0\"\nexit = \"avgSpeed > 40\"\n";
+    let rules = rules_for(text, &types);
+    // One reading a minute. s0: fast until minute 20, 30 km/h for 5 minutes, 10 km/h from
+    // minute 25 (5 minutes after the last fast reading), fast again from minute 40.
+    // s1: the same with the slow part 15 minutes after the last fast reading (too late).
+    // s2: as s0, but an empty road (vehicleCount 0) at minute 22 cancels the sequence.
+    let speed = |s: u64, m: u64| {
+        let gap = if s == 1 { 15 } else { 5 };
+        match m {
+            0..20 => 60.0,
+            m if m >= 40 => 60.0,
+            m if m < 20 + gap => 30.0,
+            _ => 10.0,
+        }
+    };
+    let rs: Vec<_> = (0..60u64)
+        .flat_map(|m| {
+            (0..3u64).map(move |s| {
+                let count = if s == 2 && m == 22 { 0.0 } else { 8.0 };
+                (format!("s{s}"), T0 + m * MINUTE, speed(s, m), count)
+            })
+        })
+        .collect();
+    for workers in [1, 3] {
+        let batch = run_rules(&rules, workers, &rs);
+        let mut got: Vec<(String, String, u64, u64)> = batch
+            .events
+            .iter()
+            .map(|e| {
+                let state = e.state.as_str().to_string();
+                (e.subject.clone(), state, e.started_at, e.time)
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "s0".into(),
+                    "end".into(),
+                    T0 + 25 * MINUTE,
+                    T0 + 40 * MINUTE
+                ),
+                (
+                    "s0".into(),
+                    "start".into(),
+                    T0 + 25 * MINUTE,
+                    T0 + 25 * MINUTE
+                ),
+            ],
+            "{workers} workers"
+        );
+        assert!(
+            batch.events[0].message.contains("breakdown"),
+            "{:?}",
+            batch.events[0].message
+        );
+    }
+    let bad = text.replace("within = \"10m\"\n", "");
+    let e = aqyl_core::rules::parse_rules(Path::new("r.toml"), &bad, &types)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("r.toml:4: sequence rule \"breakdown\" needs first"),
+        "{e}"
+    );
+    let bad = text.replace("kind = \"sequence\"\n", "");
+    let e = aqyl_core::rules::parse_rules(Path::new("r.toml"), &bad, &types)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("belong to sequence rules"), "{e}");
+}
+
+#[test]
+fn window_rules_judge_each_closed_window_statistics() {
+    let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
+    let text = "[[rule]]\nname = \"slow_window\"\nsensor_type = \"traffic\"\nwindow = \"5m\"\nenter = \"avgSpeed_mean <= 30 and vehicleCount_max >= 10\"\nexit = \"avgSpeed_mean > 35\"\nmessage = \"{subject}: mean speed {avgSpeed_mean} km/h over 5 minutes\"\n";
+    let rules = rules_for(text, &types);
+    // A reading a minute. Minutes 10..20 alternate 10 and 40 km/h (mean 25 or 28 per
+    // window), with one reading of 12 vehicles in each window; the rest 60 km/h, 2 vehicles.
+    // Single readings below 30 km/h occur elsewhere too (minute 35), which a reading rule
+    // would flag and the window rule must not.
+    let rs: Vec<_> = (0..40u64)
+        .map(|m| {
+            let speed = match m {
+                10..20 if m % 2 == 0 => 10.0,
+                10..20 => 40.0,
+                35 => 5.0,
+                _ => 60.0,
+            };
+            let count = if (10..20).contains(&m) && m % 5 == 0 {
+                12.0
+            } else {
+                2.0
+            };
+            ("s0".to_string(), T0 + m * MINUTE, speed, count)
+        })
+        .collect();
+    for workers in [1, 2] {
+        let batch = run_rules(&rules, workers, &rs);
+        let mut got: Vec<(String, u64, u64)> = batch
+            .events
+            .iter()
+            .map(|e| (e.state.as_str().to_string(), e.started_at, e.time))
+            .collect();
+        got.sort();
+        // Windows end at minutes 15 and 20 (covering 10..15 and 15..20); the one ending at
+        // 25 has mean 60.
+        assert_eq!(
+            got,
+            vec![
+                ("end".into(), T0 + 15 * MINUTE, T0 + 25 * MINUTE),
+                ("start".into(), T0 + 15 * MINUTE, T0 + 15 * MINUTE),
+            ],
+            "{workers} workers"
+        );
+        let start = batch
+            .events
+            .iter()
+            .find(|e| e.state.as_str() == "start")
+            .unwrap();
+        assert_eq!(start.message, "s0: mean speed 22 km/h over 5 minutes");
+    }
+    let bad = text.replace("avgSpeed_mean <= 30", "avgSpeed <= 30");
+    let e = aqyl_core::rules::parse_rules(Path::new("r.toml"), &bad, &types)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("reads <field>_<statistic>"), "{e}");
+}

@@ -29,10 +29,15 @@ pub fn check(path: &Path) -> (String, bool) {
                     fields.join(", ")
                 ));
             }
+            let width = loaded.rules.iter().map(|r| r.name.len()).max().unwrap_or(0);
             for r in &loaded.rules {
+                let on = match &r.window {
+                    Some(w) => format!("{} {w} windows", r.sensor_type),
+                    None => r.sensor_type.clone(),
+                };
                 out.push_str(&format!(
-                    "  rule {:<14} on {:<10} when {}\n",
-                    r.name, r.sensor_type, r.enter_text
+                    "  rule {:<width$} on {:<10} when {}\n",
+                    r.name, on, r.enter_text
                 ));
             }
             (out, true)

@@ -30,6 +30,11 @@ pub struct Rule {
     pub levels: Vec<(String, Expr)>,
     /// Level rules: the level at which no incident is ongoing.
     pub quiet: Option<String>,
+    /// Sequence rules: the first step and what must not happen in between.
+    pub sequence: Option<SequenceSteps>,
+    /// `None`: the rule reads each reading. `Some(label)`: it reads each closed window of that
+    /// label of each sensor, with fields `<field>_<statistic>` (`avgSpeed_mean`).
+    pub window: Option<String>,
     /// The file it came from.
     pub source: std::path::PathBuf,
 }
@@ -53,6 +58,21 @@ pub enum RuleKind {
     /// The reading falls into one of `levels` (the first whose condition holds); an incident
     /// is ongoing while the level is not `quiet`, with an `update` on every level change.
     Level,
+    /// `first`, then `then` (kept in `enter`) within `within_ms`, without `unless` in
+    /// between, starts an incident; `exit` ends it.
+    Sequence {
+        /// Longest time between the two steps.
+        within_ms: u64,
+    },
+}
+
+/// The steps of a sequence rule besides the last one (`then`, kept in [`Rule::enter`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceSteps {
+    /// The first step.
+    pub first: Expr,
+    /// What cancels a started sequence.
+    pub unless: Option<Expr>,
 }
 
 impl Rule {
@@ -102,6 +122,13 @@ struct RuleFile {
     levels: Option<Vec<LevelFile>>,
     /// Level rules: the level that means "nothing going on".
     quiet: Option<String>,
+    /// Sequence rules: the first step, the second, the time between, what cancels.
+    first: Option<toml::Spanned<String>>,
+    then: Option<toml::Spanned<String>>,
+    within: Option<toml::Spanned<String>>,
+    unless: Option<toml::Spanned<String>>,
+    /// Rules over closed windows: the window label.
+    window: Option<toml::Spanned<String>>,
     enter: Option<toml::Spanned<String>>,
     exit: Option<toml::Spanned<String>>,
     #[serde(default, rename = "for")]
@@ -116,6 +143,16 @@ struct RuleFile {
 struct LevelFile {
     name: String,
     when: toml::Spanned<String>,
+}
+
+/// A level's condition as written.
+fn when_text(r: &RuleFile, level: &str) -> String {
+    r.levels
+        .iter()
+        .flatten()
+        .find(|l| l.name == level)
+        .map(|l| l.when.get_ref().clone())
+        .unwrap_or_default()
 }
 
 fn default_level() -> String {
@@ -149,6 +186,23 @@ pub fn parse_rules(
             ));
             continue;
         };
+        if let Some(w) = &r.window {
+            let labels: Vec<&str> = ty.windows.iter().map(|s| &**s.label()).collect();
+            if !labels.is_empty() && !labels.contains(&w.get_ref().as_str()) {
+                errors.push(at(
+                    w.span().start,
+                    format!(
+                        "rule {:?} reads window {:?}, which sensor type {:?} does not compute; its windows: {}",
+                        r.name,
+                        w.get_ref(),
+                        ty.name,
+                        labels.join(", ")
+                    ),
+                ));
+                continue;
+            }
+        }
+        let window = r.window.as_ref().map(|w| w.get_ref().as_str());
         let mut parse = |src: &toml::Spanned<String>, what: &str| -> Option<Expr> {
             match Expr::parse(src.get_ref()) {
                 Ok(e) => {
@@ -157,8 +211,21 @@ pub fn parse_rules(
                             .strip_suffix(RATE_SUFFIX)
                             .or_else(|| f.strip_suffix(Z_SUFFIX))
                             .unwrap_or(f);
-                        if !ty.fields.iter().any(|g| &*g.name == base) {
-                            errors.push(at(src.span().start, format!("{what} of rule {:?} reads {f:?}, which sensor type {:?} does not declare", r.name, ty.name)));
+                        let declared = |name: &str| ty.fields.iter().any(|g| &*g.name == name);
+                        let known = match window {
+                            None => declared(base),
+                            Some(_) => crate::window::STATISTICS.iter().any(|stat| {
+                                base.strip_suffix(stat)
+                                    .and_then(|b| b.strip_suffix('_'))
+                                    .is_some_and(declared)
+                            }),
+                        };
+                        if !known {
+                            let hint = match window {
+                                None => String::new(),
+                                Some(w) => format!(" (a rule over {w} windows reads <field>_<statistic>, statistic one of {})", crate::window::STATISTICS.join(", ")),
+                            };
+                            errors.push(at(src.span().start, format!("{what} of rule {:?} reads {f:?}, which sensor type {:?} does not declare{hint}", r.name, ty.name)));
                             return None;
                         }
                     }
@@ -200,14 +267,60 @@ pub fn parse_rules(
                     }
                 }
             }
+            Some(("sequence", span)) => {
+                let within = r
+                    .within
+                    .as_ref()
+                    .map(|w| crate::duration::parse(w.get_ref()));
+                match (&r.first, &r.then, within) {
+                    (Some(_), Some(_), Some(Ok(d))) => RuleKind::Sequence {
+                        within_ms: d.as_millis() as u64,
+                    },
+                    (_, _, Some(Err(e))) => {
+                        let w = r.within.as_ref().map_or(span.start, |w| w.span().start);
+                        errors.push(at(w, e));
+                        continue;
+                    }
+                    _ => {
+                        errors.push(at(
+                            span.start,
+                            format!("sequence rule {:?} needs first = \"<condition>\", then = \"<condition>\" and within = \"<duration>\" (unless = \"<condition>\" is optional)", r.name),
+                        ));
+                        continue;
+                    }
+                }
+            }
             Some((other, span)) => {
                 errors.push(at(
                     span.start,
-                    format!("rule kind {other:?} is not known; use \"threshold\", \"absence\" or \"area\""),
+                    format!("rule kind {other:?} is not known; use \"threshold\", \"absence\", \"level\", \"sequence\" or \"area\""),
                 ));
                 continue;
             }
         };
+        if !matches!(kind, RuleKind::Sequence { .. }) {
+            if let Some(extra) = [&r.first, &r.then, &r.within, &r.unless]
+                .into_iter()
+                .flatten()
+                .next()
+            {
+                errors.push(at(
+                    extra.span().start,
+                    format!("rule {:?}: first/then/within/unless belong to sequence rules (kind = \"sequence\")", r.name),
+                ));
+                continue;
+            }
+        }
+        if let (Some(w), RuleKind::Absence | RuleKind::Area { .. }) = (&r.window, kind) {
+            errors.push(at(
+                w.span().start,
+                format!(
+                    "rule {:?}: window = ... applies to threshold, level and sequence rules only",
+                    r.name
+                ),
+            ));
+            continue;
+        }
         let never = || {
             Expr::Compare(
                 Box::new(Expr::Number(0.0)),
@@ -236,6 +349,21 @@ pub fn parse_rules(
                 ));
                 continue;
             }
+            (RuleKind::Sequence { .. }, Some(e)) => {
+                errors.push(at(
+                    e.span().start,
+                    format!("sequence rule {:?} takes first/then, not enter", r.name),
+                ));
+                continue;
+            }
+            (RuleKind::Sequence { .. }, None) => {
+                let then = r.then.as_ref().and_then(|t| parse(t, "then"));
+                let exit = match &r.exit {
+                    Some(x) => parse(x, "exit"),
+                    None => then.clone().map(|e| Expr::Not(Box::new(e))),
+                };
+                (then, exit)
+            }
             (RuleKind::Threshold, Some(e)) => {
                 let enter = parse(e, "enter");
                 let exit = match &r.exit {
@@ -244,6 +372,23 @@ pub fn parse_rules(
                 };
                 (enter, exit)
             }
+        };
+        let sequence = match (&r.first, kind) {
+            (Some(first), RuleKind::Sequence { .. }) => {
+                let unless = r.unless.as_ref().map(|u| parse(u, "unless"));
+                match (parse(first, "first"), unless) {
+                    (Some(first), None) => Some(SequenceSteps {
+                        first,
+                        unless: None,
+                    }),
+                    (Some(first), Some(Some(u))) => Some(SequenceSteps {
+                        first,
+                        unless: Some(u),
+                    }),
+                    _ => continue,
+                }
+            }
+            _ => None,
         };
         let mut levels = Vec::new();
         for l in r.levels.iter().flatten() {
@@ -323,7 +468,24 @@ pub fn parse_rules(
                             r.of.as_deref().unwrap_or("")
                         )
                     }
-                    _ => "no reading".to_string(),
+                    (RuleKind::Sequence { within_ms }, None) => format!(
+                        "{} then {} within {}{}",
+                        r.first.as_ref().map_or("", |f| f.get_ref()),
+                        r.then.as_ref().map_or("", |t| t.get_ref()),
+                        crate::duration::label(std::time::Duration::from_millis(within_ms)),
+                        r.unless
+                            .as_ref()
+                            .map_or(String::new(), |u| format!(" unless {}", u.get_ref()))
+                    ),
+                    (RuleKind::Level, None) => levels
+                        .iter()
+                        .map(|(name, when)| format!("{name} if {}", when_text(r, name)))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    _ => format!(
+                        "no reading for {}",
+                        crate::duration::label(std::time::Duration::from_millis(for_ms))
+                    ),
                 },
                 exit,
                 for_ms,
@@ -334,6 +496,8 @@ pub fn parse_rules(
                     .unwrap_or_else(|| format!("{} on {{subject}}", r.name)),
                 levels,
                 quiet: r.quiet.clone(),
+                sequence,
+                window: r.window.as_ref().map(|w| w.get_ref().clone()),
                 source: path.to_path_buf(),
             });
         }

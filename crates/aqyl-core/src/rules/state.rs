@@ -129,6 +129,75 @@ impl Threshold {
     }
 }
 
+/// A sequence rule on one subject: `first`, then `then` within `within_ms` of event time,
+/// with no `unless` in between. The incident starts at the reading where `then` completes the
+/// sequence and ends when `exit` holds. Readings must come in event-time order.
+///
+/// On each reading the completion is checked first (against the latest earlier `first`), then
+/// `unless` cancels a pending `first`, then `first` (re)arms: so one reading cannot be both
+/// the first and the last step, and an `unless` on the completing reading does not count as
+/// "in between".
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sequence {
+    within_ms: u64,
+    /// Event time of the latest reading where `first` held, while the sequence is armed.
+    first_at: Option<u64>,
+    /// Start time of the ongoing incident.
+    active_since: Option<u64>,
+}
+
+impl Sequence {
+    /// A sequence whose second step must follow the first within `within_ms`.
+    pub fn new(within_ms: u64) -> Self {
+        Self {
+            within_ms,
+            first_at: None,
+            active_since: None,
+        }
+    }
+
+    /// Feeds one reading: which of the conditions hold at event time `t`.
+    pub fn step(
+        &mut self,
+        t: u64,
+        first: bool,
+        then: bool,
+        unless: bool,
+        exit: bool,
+    ) -> Option<Transition> {
+        if let Some(started_at) = self.active_since {
+            if exit {
+                self.active_since = None;
+                return Some(Transition::End { started_at });
+            }
+            return None;
+        }
+        if self
+            .first_at
+            .is_some_and(|a| t < a || t - a > self.within_ms)
+        {
+            self.first_at = None;
+        }
+        if then && self.first_at.is_some_and(|a| a < t) {
+            self.first_at = None;
+            self.active_since = Some(t);
+            return Some(Transition::Start { started_at: t });
+        }
+        if unless {
+            self.first_at = None;
+        }
+        if first {
+            self.first_at = Some(t);
+        }
+        None
+    }
+
+    /// Whether an incident is ongoing.
+    pub fn is_active(&self) -> bool {
+        self.active_since.is_some()
+    }
+}
+
 /// A stable incident id: the same rule, subject and start always give the same id, so a
 /// replay or a re-delivery yields the same incidents (FNV-1a, hex).
 pub fn incident_id(rule: &str, subject: &str, started_at: u64) -> String {
@@ -214,5 +283,49 @@ mod tests {
             incident_id("congestion", "15832", 4)
         );
         assert_eq!(incident_id("a", "b", 0).len(), 16);
+    }
+
+    #[test]
+    fn sequences_need_both_steps_in_order_within_the_time_and_nothing_between() {
+        const MIN: u64 = 60_000;
+        let mut s = Sequence::new(10 * MIN);
+        // then without first: nothing.
+        assert_eq!(s.step(0, false, true, false, false), None);
+        // first, then `then` 5 minutes later: start.
+        assert_eq!(s.step(5 * MIN, true, false, false, false), None);
+        assert_eq!(
+            s.step(10 * MIN, false, true, false, false),
+            Some(Transition::Start {
+                started_at: 10 * MIN
+            })
+        );
+        assert!(s.is_active());
+        assert_eq!(
+            s.step(15 * MIN, true, true, false, false),
+            None,
+            "no restart while on"
+        );
+        assert_eq!(
+            s.step(20 * MIN, false, false, false, true),
+            Some(Transition::End {
+                started_at: 10 * MIN
+            })
+        );
+        // Too slow: `then` 11 minutes after `first`.
+        assert_eq!(s.step(30 * MIN, true, false, false, false), None);
+        assert_eq!(s.step(41 * MIN, false, true, false, false), None);
+        // `unless` in between cancels.
+        assert_eq!(s.step(50 * MIN, true, false, false, false), None);
+        assert_eq!(s.step(52 * MIN, false, false, true, false), None);
+        assert_eq!(s.step(55 * MIN, false, true, false, false), None);
+        // One reading is not both steps; the latest `first` counts.
+        assert_eq!(s.step(60 * MIN, true, true, false, false), None);
+        assert_eq!(
+            s.step(61 * MIN, false, true, true, false),
+            Some(Transition::Start {
+                started_at: 61 * MIN
+            }),
+            "an unless on the completing reading is not in between"
+        );
     }
 }
