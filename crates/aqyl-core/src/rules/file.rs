@@ -479,7 +479,7 @@ pub fn parse_rules(
                     ),
                     (RuleKind::Level, None) => levels
                         .iter()
-                        .map(|(name, when)| format!("{name} if {}", when_text(r, name)))
+                        .map(|(name, _)| format!("{name} if {}", when_text(r, name)))
                         .collect::<Vec<_>>()
                         .join("; "),
                     _ => format!(
