@@ -6,7 +6,7 @@
 //! does not depend on arrival order or on the number of workers, and a re-delivered reading
 //! (same time, same values) changes nothing, so incidents are not duplicated.
 
-use aqyl_core::rules::{incident_id, Detector, Rule, RuleKind};
+use aqyl_core::rules::{incident_id, Detector, Input, Rule, RuleKind};
 use aqyl_core::{Aggregate as AggregateRecord, Event, EventState, Observation, Scope};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,13 +20,38 @@ pub trait DetectEvents<'scope> {
     /// Evaluates the reading rules (those without `window`) over each sensor's readings and
     /// emits lifecycle messages.
     fn detect_events(self, rules: Arc<Vec<Rule>>) -> StreamVec<'scope, u64, Event>;
+
+    /// Evaluates the `per = "area"` rules over each area's readings (those of all its
+    /// sensors, after an exchange by area), with the area as subject.
+    fn detect_area_events(self, rules: Arc<Vec<Rule>>) -> StreamVec<'scope, u64, Event>;
 }
 
 impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
     fn detect_events(self, rules: Arc<Vec<Rule>>) -> StreamVec<'scope, u64, Event> {
-        let exchange =
-            Exchange::new(|o: &Observation| crate::stable_hash(&[&o.sensor_type, &o.sensor_id]));
-        self.unary_frontier::<CapacityContainerBuilder<Vec<Event>>, _, _, _>(
+        detect(self, rules, Input::Readings)
+    }
+
+    fn detect_area_events(self, rules: Arc<Vec<Rule>>) -> StreamVec<'scope, u64, Event> {
+        detect(self, rules, Input::Area)
+    }
+}
+
+fn detect<'scope>(
+    stream: StreamVec<'scope, u64, Observation>,
+    rules: Arc<Vec<Rule>>,
+    input_kind: Input<'static>,
+) -> StreamVec<'scope, u64, Event> {
+    let by_area = input_kind == Input::Area;
+    let exchange = Exchange::new(move |o: &Observation| {
+        let subject = if by_area {
+            o.area.as_deref().unwrap_or("")
+        } else {
+            &o.sensor_id
+        };
+        crate::stable_hash(&[&o.sensor_type, subject])
+    });
+    {
+        stream.unary_frontier::<CapacityContainerBuilder<Vec<Event>>, _, _, _>(
             exchange,
             "DetectEvents",
             move |capability, _info| {
@@ -35,10 +60,18 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                 let mut detector = Detector::new(rules);
                 move |(input, frontier), output| {
                     input.for_each(|_cap, data| {
-                        for obs in data.drain(..) {
-                            if detector.watches(&obs.sensor_type, None) {
-                                pending.push(obs);
+                        for mut obs in data.drain(..) {
+                            if !detector.watches(&obs.sensor_type, input_kind) {
+                                continue;
                             }
+                            if by_area {
+                                // The area is the subject.
+                                let Some(area) = obs.area.clone() else {
+                                    continue;
+                                };
+                                obs.sensor_id = area;
+                            }
+                            pending.push(obs);
                         }
                     });
                     let Some(held) = cap.as_mut() else { return };
@@ -49,7 +82,7 @@ impl<'scope> DetectEvents<'scope> for StreamVec<'scope, u64, Observation> {
                         // does not depend on how input was batched.
                         detector.advance(t, &mut out);
                         for obs in &same_time {
-                            detector.observe(obs, None, &mut out);
+                            detector.observe(obs, input_kind, &mut out);
                         }
                     }
                     if let Some(now) = now {
@@ -97,7 +130,7 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                             // Closed windows arrive at their end time; corrections later.
                             if a.scope != Scope::Sensor
                                 || a.end != at
-                                || !detector.watches(&a.sensor_type, Some(&a.window))
+                                || !detector.watches(&a.sensor_type, Input::Window(&a.window))
                             {
                                 continue;
                             }
@@ -133,7 +166,7 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                                 location: None,
                                 fields,
                             };
-                            detector.observe(&reading, Some(&window), &mut out);
+                            detector.observe(&reading, Input::Window(&window), &mut out);
                         }
                     }
                     if !out.is_empty() {

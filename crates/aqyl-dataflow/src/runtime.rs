@@ -145,7 +145,11 @@ fn run_worker(
             metrics.clone(),
         );
         {
-            let mut sensor_events = observations.detect_events(spec.rules.clone());
+            let mut sensor_events = observations.clone().detect_events(spec.rules.clone());
+            if spec.rules.iter().any(|r| r.per_area) {
+                let area_silences = observations.detect_area_events(spec.rules.clone());
+                sensor_events = sensor_events.concat(area_silences);
+            }
             if spec.rules.iter().any(|r| r.window.is_some()) {
                 let window_events = per_sensor.clone().window_events(spec.rules.clone());
                 sensor_events = sensor_events.concat(window_events);

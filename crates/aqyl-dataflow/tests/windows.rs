@@ -1067,3 +1067,84 @@ fn window_rules_judge_each_closed_window_statistics() {
         .to_string();
     assert!(e.contains("reads <field>_<statistic>"), "{e}");
 }
+
+#[test]
+fn an_area_goes_silent_only_when_all_its_sensors_do() {
+    let text = DESCRIPTOR.replace(
+        "name = \"traffic\"\n",
+        "name = \"traffic\"\narea_field = \"/area\"\n",
+    );
+    let types = vec![SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap()];
+    let rules_text = "[[rule]]\nname = \"area_blackout\"\nsensor_type = \"traffic\"\nkind = \"absence\"\nper = \"area\"\nfor = \"15m\"\n";
+    let rules = rules_for(rules_text, &types);
+    assert!(rules[0].per_area);
+    let bad = rules_text.replace("per = \"area\"", "per = \"city\"");
+    assert!(
+        aqyl_core::rules::parse_rules(Path::new("r.toml"), &bad, &types)
+            .unwrap_err()
+            .to_string()
+            .contains("per = \"city\" is not possible")
+    );
+    // Every 5 minutes for 3 hours. north: s0 silent 30..120, s1 silent 60..90 (so north is
+    // silent 60..90); south: s2 silent 100..110 (shorter than 15 minutes).
+    let silent = |id: &str, m: u64| match id {
+        "s0" => (30..120).contains(&m),
+        "s1" => (60..90).contains(&m),
+        "s2" => (100..110).contains(&m),
+        _ => false,
+    };
+    let mut msgs = Vec::new();
+    for m in (0..180u64).step_by(5) {
+        for (id, area) in [("s0", "north"), ("s1", "north"), ("s2", "south")] {
+            if silent(id, m) {
+                continue;
+            }
+            msgs.push(RawMessage {
+                topic: format!("city/traffic/{id}"),
+                payload: format!(
+                    r#"{{"ts":{},"avgSpeed":50,"vehicleCount":5,"area":"{area}"}}"#,
+                    T0 + m * MINUTE
+                )
+                .into_bytes(),
+                received_at: 0,
+            });
+        }
+    }
+    for workers in [1, 3] {
+        let types = vec![SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap()];
+        let spec = PipelineSpec {
+            registry: aqyl_dataflow::shared(Registry::new(types)),
+            rules: rules.clone(),
+            ..spec(workers)
+        };
+        let batch = run_batch(spec, msgs.clone()).unwrap();
+        let mut got: Vec<(String, String, u64, u64)> = batch
+            .events
+            .iter()
+            .map(|e| {
+                let state = e.state.as_str().to_string();
+                (e.subject.clone(), state, e.started_at, e.time)
+            })
+            .collect();
+        got.sort();
+        // North's last reading at 55 (s1): silent for 15 minutes at 70, back at 90.
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "north".into(),
+                    "end".into(),
+                    T0 + 70 * MINUTE,
+                    T0 + 90 * MINUTE
+                ),
+                (
+                    "north".into(),
+                    "start".into(),
+                    T0 + 70 * MINUTE,
+                    T0 + 70 * MINUTE
+                ),
+            ],
+            "{workers} workers"
+        );
+    }
+}

@@ -5,7 +5,7 @@
 //! [`Detector::advance`] (absence rules) and [`Detector::observe`] for each instant. The same
 //! readings in the same order always give the same events, so replays are deterministic.
 
-use super::file::{Rule, RuleKind};
+use super::file::{Input, Rule, RuleKind};
 use super::state::{
     incident_id, rate, Baseline, Sequence, Threshold, Transition, RATE_SUFFIX, Z_SUFFIX,
 };
@@ -59,11 +59,11 @@ impl Detector {
         }
     }
 
-    /// Whether any rule reads this sensor type's readings (`window: None`) or its windows.
-    pub fn watches(&self, sensor_type: &str, window: Option<&str>) -> bool {
+    /// Whether any rule reads this input of this sensor type.
+    pub fn watches(&self, sensor_type: &str, input: Input<'_>) -> bool {
         self.rules
             .iter()
-            .any(|r| r.sensor_type == sensor_type && r.window.as_deref() == window)
+            .any(|r| r.sensor_type == sensor_type && r.input() == input)
     }
 
     /// Starts an absence incident for every watched sensor silent for its rule's `for`
@@ -108,10 +108,10 @@ impl Detector {
         }
     }
 
-    /// Judges one reading: of a sensor (`window: None`), or a closed window of one (`window:
-    /// Some(label)`, fields named `<field>_<statistic>`). Readings of one subject must come
-    /// in event-time order.
-    pub fn observe(&mut self, obs: &Observation, window: Option<&str>, out: &mut Vec<Event>) {
+    /// Judges one reading of `input`: of a sensor, a closed window of one (fields named
+    /// `<field>_<statistic>`), or of an area (`sensor_id` holding the area). Readings of one
+    /// subject must come in event-time order.
+    pub fn observe(&mut self, obs: &Observation, input: Input<'_>, out: &mut Vec<Event>) {
         let key = (obs.sensor_type.clone(), obs.sensor_id.clone());
         let rules = self.rules.clone();
         {
@@ -129,7 +129,7 @@ impl Detector {
                 }
             };
             for (index, rule) in rules.iter().enumerate() {
-                if *rule.sensor_type != *obs.sensor_type || rule.window.as_deref() != window {
+                if *rule.sensor_type != *obs.sensor_type || rule.input() != input {
                     continue;
                 }
                 let slot = (index, obs.sensor_id.clone());

@@ -35,6 +35,9 @@ pub struct Rule {
     /// `None`: the rule reads each reading. `Some(label)`: it reads each closed window of that
     /// label of each sensor, with fields `<field>_<statistic>` (`avgSpeed_mean`).
     pub window: Option<String>,
+    /// Absence rules with `per = "area"`: silence of a whole area (no reading from any of
+    /// its sensors), with the area as subject.
+    pub per_area: bool,
     /// The file it came from.
     pub source: std::path::PathBuf,
 }
@@ -64,6 +67,28 @@ pub enum RuleKind {
         /// Longest time between the two steps.
         within_ms: u64,
     },
+}
+
+/// What a rule reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// Each sensor's readings.
+    Readings,
+    /// Each sensor's closed windows of this label.
+    Window(&'a str),
+    /// Each area's readings (the readings of all its sensors), for area silences.
+    Area,
+}
+
+impl Rule {
+    /// What the rule reads.
+    pub fn input(&self) -> Input<'_> {
+        match (&self.window, self.per_area) {
+            (_, true) => Input::Area,
+            (Some(w), false) => Input::Window(w),
+            (None, false) => Input::Readings,
+        }
+    }
 }
 
 /// The steps of a sequence rule besides the last one (`then`, kept in [`Rule::enter`]).
@@ -129,6 +154,8 @@ struct RuleFile {
     unless: Option<toml::Spanned<String>>,
     /// Rules over closed windows: the window label.
     window: Option<toml::Spanned<String>>,
+    /// Absence rules: `"sensor"` (default) or `"area"`.
+    per: Option<toml::Spanned<String>>,
     enter: Option<toml::Spanned<String>>,
     exit: Option<toml::Spanned<String>>,
     #[serde(default, rename = "for")]
@@ -253,7 +280,7 @@ pub fn parse_rules(
             Some(("area", span)) => {
                 let of = r.of.as_deref().and_then(|name| {
                     rules.iter().position(|o: &Rule| {
-                        o.name == name && !matches!(o.kind, RuleKind::Area { .. })
+                        o.name == name && !o.per_area && !matches!(o.kind, RuleKind::Area { .. })
                     })
                 });
                 match (of, r.at_least) {
@@ -311,6 +338,20 @@ pub fn parse_rules(
                 continue;
             }
         }
+        let per_area = match (
+            r.per.as_ref().map(|p| (p.get_ref().as_str(), p.span())),
+            kind,
+        ) {
+            (None | Some(("sensor", _)), _) => false,
+            (Some(("area", _)), RuleKind::Absence) => true,
+            (Some((other, span)), _) => {
+                errors.push(at(
+                    span.start,
+                    format!("rule {:?}: per = {other:?} is not possible; absence rules take per = \"sensor\" (default) or per = \"area\"", r.name),
+                ));
+                continue;
+            }
+        };
         if let (Some(w), RuleKind::Absence | RuleKind::Area { .. }) = (&r.window, kind) {
             errors.push(at(
                 w.span().start,
@@ -483,7 +524,12 @@ pub fn parse_rules(
                         .collect::<Vec<_>>()
                         .join("; "),
                     _ => format!(
-                        "no reading for {}",
+                        "no reading{} for {}",
+                        if per_area {
+                            " from any sensor of an area"
+                        } else {
+                            ""
+                        },
                         crate::duration::label(std::time::Duration::from_millis(for_ms))
                     ),
                 },
@@ -498,6 +544,7 @@ pub fn parse_rules(
                 quiet: r.quiet.clone(),
                 sequence,
                 window: r.window.as_ref().map(|w| w.get_ref().clone()),
+                per_area,
                 source: path.to_path_buf(),
             });
         }

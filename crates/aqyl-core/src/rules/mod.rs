@@ -11,7 +11,7 @@ pub mod state;
 
 pub use engine::Detector;
 pub use expr::{ArithOp, CmpOp, Expr, ParseError};
-pub use file::{load_rules, parse_rules, Rule, RuleKind, SequenceSteps};
+pub use file::{load_rules, parse_rules, Input, Rule, RuleKind, SequenceSteps};
 pub use state::{
     incident_id, rate, Baseline, Sequence, Threshold, Transition, RATE_SUFFIX, Z_SUFFIX,
 };
