@@ -67,16 +67,21 @@ struct Aqyl {
 
 impl Aqyl {
     fn start(config: &Path, mqtt: &Mosquitto, vm: &VictoriaMetrics) -> Self {
-        Self::start_with(config, &mqtt.url(), &vm.url())
+        Self::start_with(config, &mqtt.url(), Some(&vm.url()))
     }
 
-    fn start_with(config: &Path, mqtt_url: &str, influx_url: &str) -> Self {
+    /// With `influx_url` `None`, the store stays as the config file says (setting
+    /// `AQYL_INFLUX_URL` would enable it).
+    fn start_with(config: &Path, mqtt_url: &str, influx_url: Option<&str>) -> Self {
         let http_port = aqyl_tests::free_port();
-        let child = Command::new(AQYL)
+        let mut command = Command::new(AQYL);
+        if let Some(url) = influx_url {
+            command.env("AQYL_INFLUX_URL", url);
+        }
+        let child = command
             .args(["run", "--config"])
             .arg(config)
             .env("AQYL_MQTT_URL", mqtt_url)
-            .env("AQYL_INFLUX_URL", influx_url)
             .env("AQYL_INFLUX_ORG", "city")
             .env("AQYL_INFLUX_BUCKET", "aarhus")
             .env("AQYL_INFLUX_TOKEN", "test-token")
@@ -535,7 +540,7 @@ fn store_outage_is_retried_until_the_store_comes_up() {
     let aqyl = Aqyl::start_with(
         &dir.path().join("aqyl.toml"),
         &mqtt.url(),
-        &format!("http://127.0.0.1:{vm_port}"),
+        Some(&format!("http://127.0.0.1:{vm_port}")),
     );
     aqyl.wait_online(&status);
     let msgs: Vec<_> = (0..30).map(|m| reading("store", m, m as f64)).collect();
@@ -817,7 +822,7 @@ fn batches_spilled_during_an_outage_survive_a_restart() {
     let dir = config_dir(1);
     let config = dir.path().join("aqyl.toml");
     let status = Subscriber::start(mqtt.port, "aqyl/status");
-    let aqyl = Aqyl::start_with(&config, &mqtt.url(), &vm_url);
+    let aqyl = Aqyl::start_with(&config, &mqtt.url(), Some(&vm_url));
     aqyl.wait_online(&status);
     let msgs: Vec<_> = (0..20)
         .map(|m| reading("spill", m, 10.0 + m as f64))
@@ -834,7 +839,7 @@ fn batches_spilled_during_an_outage_survive_a_restart() {
     assert!(spilled > 0, "batches wait on disk");
 
     let vm = VictoriaMetrics::start_on(vm_port);
-    let aqyl = Aqyl::start_with(&config, &mqtt.url(), &vm_url);
+    let aqyl = Aqyl::start_with(&config, &mqtt.url(), Some(&vm_url));
     wait_until(WAIT, "the spilled batches to be written", || {
         aqyl.metric("aqyl_influx_points_written_total ")
             .unwrap_or(0)
