@@ -100,13 +100,19 @@ fn encoded(messages: &[Message]) -> Vec<(String, Vec<u8>)> {
 fn the_default_scenario_is_detected_with_full_precision_and_recall() {
     let (messages, truth) = default_scenario();
     let messages = encoded(&messages);
-    for workers in [1, 3] {
-        let events: Vec<serde_json::Value> = in_process(&messages, workers)
+    let mut runs = Vec::new();
+    for workers in [1, 4] {
+        let mut json = in_process(&messages, workers);
+        let events: Vec<serde_json::Value> = json
             .iter()
             .map(|e| serde_json::from_str(e).unwrap())
             .collect();
         assert_detected(&format!("{workers} workers"), &events, &truth);
+        json.sort();
+        runs.push(json);
     }
+    assert!(!runs[0].is_empty());
+    assert_eq!(runs[0], runs[1], "the same incidents with 1 and 4 workers");
 }
 
 /// A traffic segment outside the simulated city, used to check the shutdown drain.
