@@ -1,4 +1,5 @@
-//! Quality of Information (QoI) cores, as CityPulse rates them.
+//! The five atomic metrics of a stream, rated as CityPulse does, and the detectors beyond
+//! CityPulse (flat-line, spike).
 //!
 //! [`Rating`] is CityPulse's reward-and-punishment update of one metric: a ring buffer of
 //! the last `w` pass/fail outcomes (pre-filled with passes) and a rated value that falls with
@@ -8,16 +9,9 @@
 //! ```text
 //! r ← r − 2·(A/(w−1) − (A+α)/w),   rated = min(|r|, 1)
 //! ```
-//!
-//! ```
-//! use aqyl_core::quality::Rating;
-//!
-//! let mut age = Rating::new(5);
-//! let rated: Vec<f64> = (0..4).map(|_| age.update(false)).collect();
-//! assert_eq!(rated.iter().map(|r| (r * 1000.0).round() / 1000.0).collect::<Vec<_>>(), [0.6, 0.3, 0.1, 0.0]);
-//! ```
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// CityPulse's window for frequency and correctness.
 pub const LONG_WINDOW: usize = 20;
@@ -65,13 +59,15 @@ impl Rating {
     }
 }
 
-/// Flat-line detection: a sensor whose value has not changed for `n` consecutive readings
-/// is probably stuck (a frozen firmware, a cut wire reading a constant).
+/// Flat-line detection: a sensor whose values have not changed for `n` consecutive readings
+/// is probably stuck (frozen firmware, a cut wire reading a constant). Judged over the
+/// fields that have varied at least once, so a field that is constant by nature
+/// (`totalspaces`) neither triggers nor masks it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlatLine {
     n: usize,
-    last: Option<f64>,
-    run: usize,
+    /// Per field: last value, run length, whether it ever changed.
+    fields: Vec<(Arc<str>, f64, usize, bool)>,
 }
 
 impl FlatLine {
@@ -79,27 +75,36 @@ impl FlatLine {
     pub fn new(n: usize) -> Self {
         Self {
             n: n.max(2),
-            last: None,
-            run: 0,
+            fields: Vec::new(),
         }
     }
 
-    /// Adds a reading; true while the last `n` readings are identical.
-    pub fn push(&mut self, value: f64) -> bool {
-        if self.last == Some(value) {
-            self.run += 1;
-        } else {
-            self.last = Some(value);
-            self.run = 1;
+    /// Adds a reading; true while every field that ever varied has repeated its value for
+    /// the last `n` readings.
+    pub fn push(&mut self, values: &[(Arc<str>, f64)]) -> bool {
+        for (name, v) in values {
+            match self.fields.iter_mut().find(|f| f.0 == *name) {
+                Some(f) if f.1 == *v => f.2 += 1,
+                Some(f) => {
+                    f.1 = *v;
+                    f.2 = 1;
+                    f.3 = true;
+                }
+                None => self.fields.push((name.clone(), *v, 1, false)),
+            }
         }
-        self.run >= self.n
+        let varying = || self.fields.iter().filter(|f| f.3);
+        varying().next().is_some() && varying().all(|f| f.2 >= self.n)
     }
 }
 
 /// Spike detection by robust z-score: how far a reading lies from the median of the previous
-/// `window` readings, in units of their median absolute deviation (MAD), scaled so that it
-/// matches a standard z-score for normal data (`0.6745·(x − median)/MAD`). Robust because a
-/// few earlier spikes move neither the median nor the MAD.
+/// `window` readings, in units of their median absolute deviation (MAD), scaled to match a
+/// standard z-score for normal data: `0.6745·(x − median)/MAD` (Iglewicz and Hoaglin's
+/// modified z-score). When more than half the history is identical the MAD is 0, and the mean
+/// absolute deviation stands in (`(x − median)/(1.2533·meanAD)`, the usual fallback); a
+/// history of identical values gives no verdict. Robust because a few earlier spikes move
+/// neither the median nor the MAD.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spike {
     window: usize,
@@ -118,24 +123,39 @@ impl Spike {
         }
     }
 
-    /// Adds a reading and returns its robust z-score against the readings before it (`None`
-    /// until half the window is filled), and whether it is a spike.
+    /// The robust z-score of `value` against the history (`None` until half the window is
+    /// filled, or while the history is constant).
+    pub fn z(&self, value: f64) -> Option<f64> {
+        if self.history.len() < self.window / 2 {
+            return None;
+        }
+        let mut sorted: Vec<f64> = self.history.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        let median = median_sorted(&sorted);
+        let mut deviations: Vec<f64> = sorted.iter().map(|v| (v - median).abs()).collect();
+        deviations.sort_by(f64::total_cmp);
+        let mad = median_sorted(&deviations);
+        if mad > 0.0 {
+            return Some(0.6745 * (value - median) / mad);
+        }
+        let mean_ad = deviations.iter().sum::<f64>() / deviations.len() as f64;
+        (mean_ad > 0.0).then(|| (value - median) / (1.2533 * mean_ad))
+    }
+
+    /// Adds a reading and returns its robust z-score against the readings before it, and
+    /// whether it is a spike.
     pub fn push(&mut self, value: f64) -> (Option<f64>, bool) {
-        let z = (self.history.len() >= self.window / 2).then(|| {
-            let mut sorted: Vec<f64> = self.history.iter().copied().collect();
-            sorted.sort_by(f64::total_cmp);
-            let median = median_sorted(&sorted);
-            let mut deviations: Vec<f64> = sorted.iter().map(|v| (v - median).abs()).collect();
-            deviations.sort_by(f64::total_cmp);
-            // A perfectly constant history has MAD 0; a floor keeps z finite.
-            let mad = median_sorted(&deviations).max(1e-9 * median.abs().max(1.0));
-            0.6745 * (value - median) / mad
-        });
+        let z = self.z(value);
         if self.history.len() == self.window {
             self.history.pop_front();
         }
         self.history.push_back(value);
         (z, z.is_some_and(|z| z.abs() > self.threshold))
+    }
+
+    /// The threshold |z| above which a reading is a spike.
+    pub fn threshold(&self) -> f64 {
+        self.threshold
     }
 }
 
@@ -159,16 +179,17 @@ pub struct Metric {
     pub unit: &'static str,
 }
 
-/// What the quality of one reading is judged on; the dataflow fills it from an observation
-/// (or from a rejected payload, for completeness and correctness).
+/// What one reading (or one unusable message) of a stream is judged on. A metric that cannot
+/// be judged (`None`) keeps its rating.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reading {
-    /// Event time, Unix ms.
-    pub event_time: u64,
-    /// Wall-clock receive time, Unix ms.
-    pub received_at: i64,
-    /// Wall-clock time Aqyl finished processing it, Unix ms.
-    pub processed_at: i64,
+    /// Event time, Unix ms, for a reading taken in event-time order (frequency is judged on
+    /// the gap to the previous one).
+    pub event_time: Option<u64>,
+    /// How old the reading was when it arrived, ms.
+    pub age_ms: Option<u64>,
+    /// Processing delay inside Aqyl, ms.
+    pub latency_ms: Option<u64>,
     /// Required fields expected.
     pub required: usize,
     /// Required fields present and not null/""/NA.
@@ -207,6 +228,27 @@ pub struct Metrics5 {
     pub correctness: Metric,
 }
 
+impl Metrics5 {
+    /// The five metrics by name, in DESIGN order.
+    pub fn named(&self) -> [(&'static str, &Metric); 5] {
+        [
+            ("frequency", &self.frequency),
+            ("age", &self.age),
+            ("latency", &self.latency),
+            ("completeness", &self.completeness),
+            ("correctness", &self.correctness),
+        ]
+    }
+}
+
+fn metric(absolute: f64, rated: f64, unit: &'static str) -> Metric {
+    Metric {
+        absolute,
+        rated,
+        unit,
+    }
+}
+
 /// The five metrics of one stream (one sensor), as a sans-I/O state machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamQuality {
@@ -217,7 +259,7 @@ pub struct StreamQuality {
     completeness: Rating,
     correctness: Rating,
     last_event: Option<u64>,
-    last_frequency: f64,
+    last: Metrics5,
 }
 
 impl StreamQuality {
@@ -231,115 +273,81 @@ impl StreamQuality {
             completeness: Rating::new(settings.short_window),
             correctness: Rating::new(settings.long_window),
             last_event: None,
-            last_frequency: 0.0,
+            last: Metrics5 {
+                frequency: metric(0.0, 1.0, "Hz"),
+                age: metric(0.0, 1.0, "s"),
+                latency: metric(0.0, 1.0, "ms"),
+                completeness: metric(1.0, 1.0, "1"),
+                correctness: metric(1.0, 1.0, "1"),
+            },
         }
     }
 
-    /// Scores one reading (readings must come in event-time order per stream).
+    /// Scores one reading (readings with an event time must come in event-time order).
     pub fn observe(&mut self, r: &Reading) -> Metrics5 {
         let expected = self.settings.expected_interval_ms;
-        let (freq_abs, freq_pass) = match self.last_event {
-            // The first reading has nothing to compare with: no verdict, count it as a pass.
-            None => (0.0, true),
-            Some(last) => {
-                let dt = r.event_time.saturating_sub(last);
+        if let Some(t) = r.event_time {
+            // The first reading has nothing to compare with: no verdict.
+            if let Some(last) = self.last_event {
+                let dt = t.saturating_sub(last);
                 let hz = if dt == 0 { 0.0 } else { 1000.0 / dt as f64 };
-                (hz, dt > 0 && dt <= expected)
+                let rated = self.frequency.update(dt > 0 && dt <= expected);
+                self.last.frequency = metric(hz, rated, "Hz");
             }
-        };
-        self.last_event = Some(r.event_time.max(self.last_event.unwrap_or(0)));
-        self.last_frequency = freq_abs;
-        let age_ms = (r.received_at - r.event_time as i64).max(0) as u64;
-        let latency_ms = (r.processed_at - r.received_at).max(0) as u64;
+            self.last_event = Some(t.max(self.last_event.unwrap_or(0)));
+        }
+        if let Some(age) = r.age_ms {
+            let rated = self.age.update(age <= expected);
+            self.last.age = metric(age as f64 / 1000.0, rated, "s");
+        }
+        if let Some(latency) = r.latency_ms {
+            let rated = self.latency.update(latency < self.settings.max_latency_ms);
+            self.last.latency = metric(latency as f64, rated, "ms");
+        }
         let completeness = if r.required == 0 {
             1.0
         } else {
             r.present as f64 / r.required as f64
         };
+        let rated = self.completeness.update(r.present >= r.required);
+        self.last.completeness = metric(completeness, rated, "1");
         let correctness = if r.checked == 0 {
             1.0
         } else {
             1.0 - r.wrong as f64 / r.checked as f64
         };
-        Metrics5 {
-            frequency: Metric {
-                absolute: freq_abs,
-                rated: self.frequency.update(freq_pass),
-                unit: "Hz",
-            },
-            age: Metric {
-                absolute: age_ms as f64 / 1000.0,
-                rated: self.age.update(age_ms <= expected),
-                unit: "s",
-            },
-            latency: Metric {
-                absolute: latency_ms as f64,
-                rated: self
-                    .latency
-                    .update(latency_ms < self.settings.max_latency_ms),
-                unit: "ms",
-            },
-            completeness: Metric {
-                absolute: completeness,
-                rated: self.completeness.update(r.present >= r.required),
-                unit: "1",
-            },
-            correctness: Metric {
-                absolute: correctness,
-                rated: self.correctness.update(r.wrong == 0),
-                unit: "1",
-            },
-        }
+        let rated = self.correctness.update(r.wrong == 0);
+        self.last.correctness = metric(correctness, rated, "1");
+        self.last
     }
 
     /// The watchdog: when the stream has been silent for 1.05 × its expected interval since
     /// `since` (the last reading, or the last watchdog failure), counts a frequency failure and
-    /// returns the new rating and the time of the next check. `None` while not overdue.
-    pub fn watchdog(&mut self, since: u64, now: u64) -> Option<(f64, u64)> {
-        let grace = self.settings.expected_interval_ms + self.settings.expected_interval_ms / 20;
-        if now < since.saturating_add(grace) {
+    /// returns the metrics and the time of the failure. `None` while not overdue.
+    pub fn watchdog(&mut self, since: u64, now: u64) -> Option<(Metrics5, u64)> {
+        let at = since.saturating_add(self.grace_ms());
+        if now < at {
             return None;
         }
-        Some((self.frequency.update(false), since + grace))
+        let rated = self.frequency.update(false);
+        let silent_for = at.saturating_sub(self.last_event.unwrap_or(since));
+        self.last.frequency = metric(1000.0 / silent_for.max(1) as f64, rated, "Hz");
+        Some((self.last, at))
+    }
+
+    /// 1.05 × the expected interval, ms: how long a silence passes before the watchdog bites.
+    pub fn grace_ms(&self) -> u64 {
+        self.settings.expected_interval_ms + self.settings.expected_interval_ms / 20
     }
 
     /// Event time of the latest reading.
     pub fn last_event(&self) -> Option<u64> {
         self.last_event
     }
-}
 
-/// Weights of the overall score (they sum to 1). Correctness and completeness weigh most,
-/// because wrong or missing values mislead city services; frequency next, because gaps hide
-/// events; age and latency least, because late data is still right.
-pub const WEIGHTS: [(&str, f64); 5] = [
-    ("frequency", 0.2),
-    ("age", 0.1),
-    ("latency", 0.1),
-    ("completeness", 0.25),
-    ("correctness", 0.35),
-];
-
-/// The overall score of a report: the weighted mean of the rated metrics, halved while the
-/// stream is flat-lining or spiking (a stuck or erratic sensor is not trustworthy even when
-/// every reading is on time and in range).
-pub fn score(m: &Metrics5, flat_line: bool, spike: bool) -> f64 {
-    let rated = [
-        m.frequency.rated,
-        m.age.rated,
-        m.latency.rated,
-        m.completeness.rated,
-        m.correctness.rated,
-    ];
-    let base: f64 = rated
-        .iter()
-        .zip(WEIGHTS.iter())
-        .map(|(r, (_, w))| r * w)
-        .sum();
-    if flat_line || spike {
-        base * 0.5
-    } else {
-        base
+    /// The metrics as they stand.
+    pub fn current(&self) -> Metrics5 {
+        self.last
     }
 }
 
@@ -387,11 +395,16 @@ mod tests {
     #[test]
     fn flat_lines_are_flagged_after_n_identical_readings() {
         let mut f = FlatLine::new(3);
-        let got: Vec<bool> = [5.0, 5.0, 5.0, 5.0, 6.0, 6.0]
+        let reading = |count: f64| -> Vec<(Arc<str>, f64)> {
+            vec![("count".into(), count), ("total".into(), 953.0)]
+        };
+        // `total` never varies: it neither flags nor masks. Nothing is flagged before a
+        // field has varied at all.
+        let got: Vec<bool> = [5.0, 5.0, 5.0, 6.0, 6.0, 6.0, 6.0, 7.0]
             .iter()
-            .map(|v| f.push(*v))
+            .map(|v| f.push(&reading(*v)))
             .collect();
-        assert_eq!(got, [false, false, true, true, false, false]);
+        assert_eq!(got, [false, false, false, false, false, true, true, false]);
     }
 
     #[test]
@@ -406,6 +419,22 @@ mod tests {
         assert!(spike && (z.unwrap() - 26.98).abs() < 1e-9);
         let (z, spike) = s.push(12.0);
         assert!(!spike, "{z:?}");
+    }
+
+    #[test]
+    fn a_mostly_constant_history_falls_back_to_the_mean_absolute_deviation() {
+        let mut s = Spike::new(8, 6.0);
+        // Seven zeros and a 2 (a quiet night): MAD is 0, mean AD 0.25.
+        for v in [0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0] {
+            s.push(v);
+        }
+        assert!(!s.push(1.0).1, "one car at night is no spike");
+        assert!(s.push(300.0).1);
+        let mut constant = Spike::new(4, 6.0);
+        for _ in 0..4 {
+            constant.push(953.0);
+        }
+        assert_eq!(constant.z(0.0), None, "no verdict from a constant history");
     }
 
     #[test]
@@ -429,9 +458,9 @@ mod tests {
 
     fn reading(t: u64) -> Reading {
         Reading {
-            event_time: t,
-            received_at: t as i64 + 2_000,
-            processed_at: t as i64 + 2_010,
+            event_time: Some(t),
+            age_ms: Some(2_000),
+            latency_ms: Some(10),
             required: 2,
             present: 2,
             checked: 4,
@@ -449,8 +478,7 @@ mod tests {
         let m = last.unwrap();
         assert_eq!(m.frequency.absolute, 1000.0 / 300_000.0);
         assert_eq!((m.age.absolute, m.latency.absolute), (2.0, 10.0));
-        assert_eq!(score(&m, false, false), 1.0);
-        assert_eq!(score(&m, true, false), 0.5);
+        assert!(m.named().iter().all(|(_, m)| m.rated == 1.0));
     }
 
     #[test]
@@ -460,9 +488,9 @@ mod tests {
         // 10 minutes after the previous reading: frequency fails; an hour old: age fails;
         // 5 s inside Aqyl: latency fails; one required field missing; one of four wrong.
         let bad = Reading {
-            event_time: 600_000,
-            received_at: 4_200_000,
-            processed_at: 4_205_000,
+            event_time: Some(600_000),
+            age_ms: Some(3_600_000),
+            latency_ms: Some(5_000),
             required: 2,
             present: 1,
             checked: 4,
@@ -487,9 +515,17 @@ mod tests {
         let mut q = StreamQuality::new(settings());
         q.observe(&reading(0));
         assert_eq!(q.watchdog(0, 314_999), None, "5% grace");
-        let (rated, next) = q.watchdog(0, 315_000).unwrap();
-        assert_eq!((round3(rated), next), (0.9, 315_000));
-        let (rated, _) = q.watchdog(next, 630_000).unwrap();
-        assert_eq!(round3(rated), 0.805);
+        let (m, next) = q.watchdog(0, 315_000).unwrap();
+        assert_eq!((round3(m.frequency.rated), next), (0.9, 315_000));
+        let (m, _) = q.watchdog(next, 630_000).unwrap();
+        assert_eq!(round3(m.frequency.rated), 0.805);
+        // A metric that cannot be judged keeps its rating.
+        let unknown = Reading {
+            event_time: None,
+            age_ms: None,
+            latency_ms: None,
+            ..reading(0)
+        };
+        assert_eq!(round3(q.observe(&unknown).frequency.rated), 0.805);
     }
 }

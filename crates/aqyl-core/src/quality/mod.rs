@@ -1,0 +1,35 @@
+//! Quality of Information (QoI): how far to trust each sensor.
+//!
+//! - [`metrics`]: CityPulse's five atomic metrics (frequency, age, latency, completeness,
+//!   correctness) with the reward-and-punishment [`Rating`], and the flat-line and spike
+//!   detectors.
+//! - [`sensor`]: one sensor's state, giving an [`Assessment`] per reading, per unusable
+//!   message and per missed reading (the watchdog).
+//! - [`neighbours`]: plausibility against the other sensors of the area.
+//! - [`score`]: the overall score and its documented weights.
+//! - [`report`]: what goes out (reports, roll-ups, threshold incidents).
+//!
+//! All pure: the dataflow's `ScoreQuality` operator feeds them in event-time order.
+//!
+//! ```
+//! use aqyl_core::quality::Rating;
+//!
+//! let mut age = Rating::new(5);
+//! let rated: Vec<f64> = (0..4).map(|_| age.update(false)).collect();
+//! assert_eq!(rated.iter().map(|r| (r * 1000.0).round() / 1000.0).collect::<Vec<_>>(), [0.6, 0.3, 0.1, 0.0]);
+//! ```
+
+pub mod metrics;
+pub mod neighbours;
+pub mod report;
+pub mod score;
+pub mod sensor;
+
+pub use metrics::{
+    FlatLine, Metric, Metrics5, QualitySettings, Rating, Reading, Spike, StreamQuality,
+    LONG_WINDOW, SHORT_WINDOW,
+};
+pub use neighbours::{agreement, Neighbourhood};
+pub use report::{Alarm, QualityReport, QualityRollup, Rollups, QUALITY_EVENT};
+pub use score::{score, Findings, Neighbours, PENALTY, WEIGHTS};
+pub use sensor::{Assessment, Input, SensorQuality, SensorSettings};

@@ -1,0 +1,213 @@
+//! Plausibility against neighbours: a sudden change in one sensor's values is a fault when it
+//! alone shows it, and a real event when the other sensors of its type in its area show it
+//! too (a congestion slows every segment of a district; a broken detector only its own).
+//!
+//! The assessments of one area are held until every neighbour's reading near the same time
+//! (within `window`, half the expected interval) can have arrived, i.e. until the frontier
+//! has passed `time + window`.
+
+use super::score::Neighbours;
+use super::sensor::Assessment;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A reading's robust z-score per field.
+type ZScores = [(Arc<str>, f64)];
+
+/// Whether the neighbours' z-scores share a sensor's jumps: for each jumping field, at least
+/// half of the neighbours (and at least one) moved the same way by at least half the
+/// threshold. `neighbours` holds each neighbour's z-scores near the same time.
+pub fn agreement(spikes: &[(String, f64)], neighbours: &[&ZScores], threshold: f64) -> Neighbours {
+    if spikes.is_empty() || neighbours.is_empty() {
+        return Neighbours::Unchecked;
+    }
+    let shared = spikes.iter().all(|(field, z)| {
+        let agreeing = neighbours
+            .iter()
+            .filter(|n| {
+                n.iter().any(|(f, nz)| {
+                    **f == **field && nz.signum() == z.signum() && nz.abs() >= threshold / 2.0
+                })
+            })
+            .count();
+        agreeing >= 1 && 2 * agreeing >= neighbours.len()
+    });
+    if shared {
+        Neighbours::Agree
+    } else {
+        Neighbours::Disagree
+    }
+}
+
+/// The assessments of one area's sensors of one type, waiting for their neighbours.
+#[derive(Debug, Default)]
+pub struct Neighbourhood {
+    /// Time → (sensor id, assessment, already released).
+    by_time: BTreeMap<u64, Vec<(String, Assessment, bool)>>,
+}
+
+impl Neighbourhood {
+    /// Holds an assessment.
+    pub fn push(&mut self, sensor: String, a: Assessment) {
+        self.by_time
+            .entry(a.time)
+            .or_default()
+            .push((sensor, a, false));
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.by_time.is_empty()
+    }
+
+    /// Releases, in time order, every assessment whose neighbours are all in (the frontier
+    /// `now` has passed `time + window`; `None`: the input has ended), with its neighbour
+    /// verdict; forgets what can no longer be anyone's neighbour.
+    pub fn ready(
+        &mut self,
+        now: Option<u64>,
+        window: u64,
+        threshold: f64,
+    ) -> Vec<(String, Assessment)> {
+        let done = |t: u64| now.is_none_or(|n| t.saturating_add(window) < n);
+        let mut out = Vec::new();
+        let times: Vec<u64> = self
+            .by_time
+            .keys()
+            .copied()
+            .take_while(|t| done(*t))
+            .collect();
+        for t in times {
+            let Some(entries) = self.by_time.get(&t) else {
+                continue;
+            };
+            let mut verdicts = Vec::new();
+            for (i, (sensor, a, released)) in entries.iter().enumerate() {
+                if *released {
+                    continue;
+                }
+                // Each other sensor's reading nearest in time within the window.
+                let mut nearest: BTreeMap<&str, (u64, &ZScores)> = BTreeMap::new();
+                for (nt, others) in self
+                    .by_time
+                    .range(t.saturating_sub(window)..=t.saturating_add(window))
+                {
+                    for (other, oa, _) in others {
+                        if other == sensor || oa.z.is_empty() {
+                            continue;
+                        }
+                        let d = nt.abs_diff(t);
+                        let e = nearest.entry(other).or_insert((d, &oa.z));
+                        if d < e.0 {
+                            *e = (d, &oa.z);
+                        }
+                    }
+                }
+                let zs: Vec<&ZScores> = nearest.values().map(|v| v.1).collect();
+                verdicts.push((i, agreement(&a.findings.spikes, &zs, threshold)));
+            }
+            if let Some(entries) = self.by_time.get_mut(&t) {
+                for (i, verdict) in verdicts {
+                    let (sensor, a, released) = &mut entries[i];
+                    *released = true;
+                    let mut a = a.clone();
+                    a.findings.neighbours = verdict;
+                    out.push((sensor.clone(), a));
+                }
+            }
+        }
+        // An entry is a neighbour of entries up to `window` later, released once the
+        // frontier passes `time + 2·window`.
+        while let Some(entry) = self.by_time.first_entry() {
+            let t = *entry.key();
+            let needed = now.is_some_and(|n| t.saturating_add(2 * window) >= n);
+            if needed || entry.get().iter().any(|e| !e.2) {
+                break;
+            }
+            entry.remove();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::score::Findings;
+    use super::*;
+
+    fn assessment(t: u64, z: f64, threshold: f64) -> Assessment {
+        let spikes = if z.abs() > threshold {
+            vec![("avgSpeed".to_string(), z)]
+        } else {
+            Vec::new()
+        };
+        Assessment {
+            time: t,
+            metrics: super::super::metrics::StreamQuality::new(
+                super::super::metrics::QualitySettings {
+                    expected_interval_ms: 300_000,
+                    max_latency_ms: 1000,
+                    long_window: 20,
+                    short_window: 5,
+                },
+            )
+            .current(),
+            findings: Findings {
+                spikes,
+                ..Findings::default()
+            },
+            z: vec![(Arc::from("avgSpeed"), z)],
+        }
+    }
+
+    #[test]
+    fn a_jump_shared_by_the_area_is_an_event_one_alone_is_a_fault() {
+        let mut n = Neighbourhood::default();
+        // At t = 1000: all three sensors drop hard (a real congestion).
+        for s in ["a", "b", "c"] {
+            n.push(s.into(), assessment(1000, -9.0, 6.0));
+        }
+        // At t = 5000: only "b" jumps; "a" and "c" are calm.
+        n.push("a".into(), assessment(5000, 0.3, 6.0));
+        n.push("b".into(), assessment(5000, 12.0, 6.0));
+        n.push("c".into(), assessment(5050, -0.2, 6.0));
+        assert!(
+            n.ready(Some(1100), 100, 6.0).is_empty(),
+            "neighbours may still come"
+        );
+        let first = n.ready(Some(1101), 100, 6.0);
+        assert_eq!(first.len(), 3);
+        assert!(first
+            .iter()
+            .all(|(_, a)| a.findings.neighbours == Neighbours::Agree));
+        let rest = n.ready(None, 100, 6.0);
+        let b = rest.iter().find(|(s, _)| s == "b").unwrap();
+        assert_eq!(b.1.findings.neighbours, Neighbours::Disagree);
+        let a = rest.iter().find(|(s, _)| s == "a").unwrap();
+        assert_eq!(
+            a.1.findings.neighbours,
+            Neighbours::Unchecked,
+            "no jump, no check"
+        );
+        assert!(n.is_empty());
+    }
+
+    #[test]
+    fn without_neighbours_nothing_can_be_told() {
+        assert_eq!(
+            agreement(&[("x".into(), 9.0)], &[], 6.0),
+            Neighbours::Unchecked
+        );
+        let up: Vec<(Arc<str>, f64)> = vec![("x".into(), 4.0)];
+        let down: Vec<(Arc<str>, f64)> = vec![("x".into(), -4.0)];
+        assert_eq!(
+            agreement(&[("x".into(), 9.0)], &[&up, &down], 6.0),
+            Neighbours::Agree,
+            "half the neighbours agree"
+        );
+        assert_eq!(
+            agreement(&[("x".into(), 9.0)], &[&down, &down, &up], 6.0),
+            Neighbours::Disagree
+        );
+    }
+}

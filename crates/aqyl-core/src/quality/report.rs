@@ -1,0 +1,393 @@
+//! What quality scoring gives out: a report per assessment (retained on
+//! `aqyl/quality/<sensor_id>`, the `quality` measurement), hourly and daily roll-ups (the
+//! `quality_rollup` measurement), and a `quality` incident while a sensor's score is below
+//! the threshold.
+
+use super::metrics::Metrics5;
+use super::score::Findings;
+use super::sensor::Assessment;
+use crate::line_protocol::{encode, FieldValue, LineError, Point};
+use crate::{Event, EventState};
+use std::sync::Arc;
+
+/// The quality of one sensor as of one reading (or silence).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityReport {
+    /// Sensor type.
+    pub sensor_type: Arc<str>,
+    /// Sensor id.
+    pub sensor_id: String,
+    /// Its area, when known.
+    pub area: Option<String>,
+    /// Event time it is about, Unix ms.
+    pub time: u64,
+    /// The overall score, 0..=1.
+    pub score: f64,
+    /// The five metrics.
+    pub metrics: Metrics5,
+    /// What was wrong.
+    pub findings: Findings,
+}
+
+impl QualityReport {
+    /// A report from an assessment (its neighbour verdict settled).
+    pub fn new(
+        sensor_type: Arc<str>,
+        sensor_id: String,
+        area: Option<String>,
+        a: Assessment,
+    ) -> Self {
+        Self {
+            score: super::score::score(&a.metrics, &a.findings),
+            sensor_type,
+            sensor_id,
+            area,
+            time: a.time,
+            metrics: a.metrics,
+            findings: a.findings,
+        }
+    }
+
+    /// The retained topic, `<prefix>/quality/<sensor_id>`.
+    pub fn topic(&self, prefix: &str) -> String {
+        format!(
+            "{prefix}/quality/{}",
+            crate::aggregate::topic_level(&self.sensor_id)
+        )
+    }
+
+    /// The JSON payload: DESIGN's fields (`sensor_id`, `sensor_type`, `time`, `score`, and
+    /// `{absolute, rated, unit}` under each metric's name), plus `area`, `problems` (why the
+    /// score is low, for a human) and the detectors' findings.
+    pub fn to_json(&self) -> String {
+        let mut v = serde_json::json!({
+            "sensor_id": self.sensor_id,
+            "sensor_type": &*self.sensor_type,
+            "area": self.area,
+            "time": crate::deadletter::rfc3339_ms(self.time as i64),
+            "score": round(self.score),
+            "problems": self.findings.problems(),
+            "silent": self.findings.silent,
+            "flat_line": self.findings.flat_line,
+            "spikes": self.findings.spikes.iter().map(|(f, z)| serde_json::json!({"field": f, "z": round(*z)})).collect::<Vec<_>>(),
+            "neighbours": self.findings.neighbours,
+        });
+        for (name, m) in self.metrics.named() {
+            v[name] = serde_json::json!({
+                "absolute": round(m.absolute),
+                "rated": round(m.rated),
+                "unit": m.unit,
+            });
+        }
+        v.to_string()
+    }
+
+    /// The `quality` line: tags `sensor_type`, `sensor_id`; fields the rated metrics under
+    /// their names, `score`, and the absolute values as `<metric>_absolute`.
+    pub fn write_line(&self, out: &mut String) -> Result<(), LineError> {
+        let named = self.metrics.named();
+        let mut fields: Vec<(&str, FieldValue<'_>)> = Vec::with_capacity(11);
+        for (name, m) in named {
+            fields.push((name, FieldValue::Float(m.rated)));
+        }
+        fields.push(("score", FieldValue::Float(self.score)));
+        const ABSOLUTE: [&str; 5] = [
+            "frequency_absolute",
+            "age_absolute",
+            "latency_absolute",
+            "completeness_absolute",
+            "correctness_absolute",
+        ];
+        for (name, (_, m)) in ABSOLUTE.iter().zip(named) {
+            fields.push((name, FieldValue::Float(m.absolute)));
+        }
+        encode(
+            &Point {
+                measurement: "quality",
+                tags: vec![
+                    ("sensor_id", &self.sensor_id),
+                    ("sensor_type", &self.sensor_type),
+                ],
+                fields,
+                time_ms: self.time as i64,
+            },
+            out,
+        )
+    }
+}
+
+fn round(v: f64) -> f64 {
+    (v * 1e6).round() / 1e6
+}
+
+/// Mean, min and max of each rated metric and the score over an hour or a day.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityRollup {
+    /// Sensor type.
+    pub sensor_type: Arc<str>,
+    /// Sensor id.
+    pub sensor_id: String,
+    /// `1h` or `1d`.
+    pub window: &'static str,
+    /// Window end, Unix ms (the point's time).
+    pub end: u64,
+    /// Reports summarised.
+    pub count: u64,
+    /// Per metric (five rated metrics, then `score`): (sum, min, max).
+    stats: [(f64, f64, f64); 6],
+}
+
+/// Names of the rolled-up values.
+const ROLLED: [&str; 6] = [
+    "frequency",
+    "age",
+    "latency",
+    "completeness",
+    "correctness",
+    "score",
+];
+
+impl QualityRollup {
+    /// `(name, mean, min, max)` of each rolled-up value.
+    pub fn stats(&self) -> impl Iterator<Item = (&'static str, f64, f64, f64)> + '_ {
+        ROLLED
+            .iter()
+            .zip(self.stats.iter())
+            .map(|(n, s)| (*n, s.0 / self.count.max(1) as f64, s.1, s.2))
+    }
+
+    /// The `quality_rollup` line: tags `sensor_type`, `sensor_id`, `window`; fields
+    /// `<metric>_mean`, `<metric>_min`, `<metric>_max` and `count`, at the window end.
+    pub fn write_line(&self, out: &mut String) -> Result<(), LineError> {
+        let names: Vec<[String; 3]> = ROLLED
+            .iter()
+            .map(|n| [format!("{n}_mean"), format!("{n}_min"), format!("{n}_max")])
+            .collect();
+        let mut fields: Vec<(&str, FieldValue<'_>)> =
+            vec![("count", FieldValue::Int(self.count as i64))];
+        for ((_, mean, min, max), n) in self.stats().zip(names.iter()) {
+            fields.push((&n[0], FieldValue::Float(mean)));
+            fields.push((&n[1], FieldValue::Float(min)));
+            fields.push((&n[2], FieldValue::Float(max)));
+        }
+        encode(
+            &Point {
+                measurement: "quality_rollup",
+                tags: vec![
+                    ("sensor_id", &self.sensor_id),
+                    ("sensor_type", &self.sensor_type),
+                    ("window", self.window),
+                ],
+                fields,
+                time_ms: self.end as i64,
+            },
+            out,
+        )
+    }
+}
+
+/// Hourly and daily roll-ups of one sensor's reports, aligned to UTC, in event time.
+#[derive(Debug, Clone, Default)]
+pub struct Rollups {
+    open: Vec<QualityRollup>,
+}
+
+/// The roll-up windows: label and length in ms.
+pub const ROLLUP_WINDOWS: [(&str, u64); 2] = [("1h", 3_600_000), ("1d", 86_400_000)];
+
+impl Rollups {
+    /// Adds a report; returns the roll-ups it closed (a report past their end).
+    pub fn add(&mut self, r: &QualityReport, out: &mut Vec<QualityRollup>) {
+        self.close(r.time, out);
+        let values = [
+            r.metrics.frequency.rated,
+            r.metrics.age.rated,
+            r.metrics.latency.rated,
+            r.metrics.completeness.rated,
+            r.metrics.correctness.rated,
+            r.score,
+        ];
+        for (label, len) in ROLLUP_WINDOWS {
+            let end = (r.time / len + 1) * len;
+            match self.open.iter_mut().find(|o| o.window == label) {
+                Some(o) => {
+                    o.count += 1;
+                    for (s, v) in o.stats.iter_mut().zip(values) {
+                        *s = (s.0 + v, s.1.min(v), s.2.max(v));
+                    }
+                }
+                None => self.open.push(QualityRollup {
+                    sensor_type: r.sensor_type.clone(),
+                    sensor_id: r.sensor_id.clone(),
+                    window: label,
+                    end,
+                    count: 1,
+                    stats: values.map(|v| (v, v, v)),
+                }),
+            }
+        }
+    }
+
+    /// Closes the roll-ups whose end is at or before `now`.
+    pub fn close(&mut self, now: u64, out: &mut Vec<QualityRollup>) {
+        let (done, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.open)
+            .into_iter()
+            .partition(|o| o.end <= now);
+        self.open = open;
+        out.extend(done);
+    }
+
+    /// Whether nothing is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
+/// The `quality` incident of one sensor: starts when its score falls below the threshold,
+/// ends at the first report back at or above it.
+#[derive(Debug, Clone, Default)]
+pub struct Alarm {
+    since: Option<u64>,
+}
+
+/// Event type and rule name of quality incidents.
+pub const QUALITY_EVENT: &str = "quality";
+
+impl Alarm {
+    /// Judges a report against `threshold`; the lifecycle message when it crosses.
+    pub fn check(&mut self, r: &QualityReport, threshold: f64) -> Option<Event> {
+        let below = r.score < threshold;
+        let (state, started_at, message) = match (self.since, below) {
+            (None, true) => {
+                self.since = Some(r.time);
+                let problems = r.findings.problems();
+                let why = if problems.is_empty() {
+                    "its ratings fell".to_string()
+                } else {
+                    problems.join("; ")
+                };
+                (
+                    EventState::Start,
+                    r.time,
+                    format!(
+                        "Quality of {} sensor {} fell to {:.2} (threshold {threshold}): {why}",
+                        r.sensor_type, r.sensor_id, r.score
+                    ),
+                )
+            }
+            (Some(since), false) => {
+                self.since = None;
+                (
+                    EventState::End,
+                    since,
+                    format!(
+                        "Quality of {} sensor {} recovered to {:.2}",
+                        r.sensor_type, r.sensor_id, r.score
+                    ),
+                )
+            }
+            _ => return None,
+        };
+        Some(Event {
+            id: crate::rules::incident_id(QUALITY_EVENT, &r.sensor_id, started_at),
+            event_type: QUALITY_EVENT.into(),
+            subject: r.sensor_id.clone(),
+            sensor_type: r.sensor_type.clone(),
+            area: r.area.clone(),
+            state,
+            level: "warning".into(),
+            started_at,
+            time: r.time,
+            rule: QUALITY_EVENT.into(),
+            message,
+            values: vec![("score".into(), r.score)],
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::metrics::{QualitySettings, StreamQuality};
+    use super::*;
+
+    fn report(t: u64, flat: bool) -> QualityReport {
+        let metrics = StreamQuality::new(QualitySettings {
+            expected_interval_ms: 300_000,
+            max_latency_ms: 1000,
+            long_window: 20,
+            short_window: 5,
+        })
+        .current();
+        QualityReport::new(
+            "parking".into(),
+            "BRUUNS".into(),
+            Some("area-1".into()),
+            Assessment {
+                time: t,
+                metrics,
+                findings: Findings {
+                    flat_line: flat,
+                    ..Findings::default()
+                },
+                z: Vec::new(),
+            },
+        )
+    }
+
+    #[test]
+    fn payload_topic_and_line_follow_the_design() {
+        let r = report(1_406_872_800_000, true);
+        assert_eq!(r.topic("aqyl"), "aqyl/quality/BRUUNS");
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(v["sensor_id"], "BRUUNS");
+        assert_eq!(v["sensor_type"], "parking");
+        assert_eq!(v["time"], "2014-08-01T06:00:00.000Z");
+        assert_eq!(v["score"], 0.5);
+        assert_eq!(v["correctness"]["rated"], 1.0);
+        assert_eq!(v["frequency"]["unit"], "Hz");
+        assert_eq!(v["problems"][0], "values stuck");
+        let mut line = String::new();
+        r.write_line(&mut line).unwrap();
+        assert!(line.starts_with("quality,sensor_id=BRUUNS,sensor_type=parking frequency=1,age=1,latency=1,completeness=1,correctness=1,score=0.5,frequency_absolute=0,"), "{line}");
+        assert!(line.ends_with(" 1406872800000\n"));
+    }
+
+    #[test]
+    fn rollups_close_with_the_hour_and_the_day() {
+        let mut r = Rollups::default();
+        let mut out = Vec::new();
+        let h = 3_600_000;
+        r.add(&report(10, false), &mut out);
+        r.add(&report(20, true), &mut out);
+        assert!(out.is_empty());
+        r.add(&report(h + 5, false), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].window, out[0].end, out[0].count), ("1h", h, 2));
+        let score = out[0].stats().find(|s| s.0 == "score").unwrap();
+        assert_eq!(score, ("score", 0.75, 0.5, 1.0));
+        let mut line = String::new();
+        out[0].write_line(&mut line).unwrap();
+        assert!(line.starts_with("quality_rollup,sensor_id=BRUUNS,sensor_type=parking,window=1h count=2i,frequency_mean=1,"), "{line}");
+        r.close(86_400_000, &mut out);
+        assert_eq!(out.len(), 3);
+        let day = out.iter().find(|o| o.window == "1d").unwrap();
+        assert_eq!((day.end, day.count), (86_400_000, 3));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn the_alarm_starts_below_the_threshold_and_ends_on_recovery() {
+        let mut a = Alarm::default();
+        assert_eq!(a.check(&report(0, false), 0.6), None);
+        let start = a.check(&report(300_000, true), 0.6).unwrap();
+        assert_eq!(start.state, EventState::Start);
+        assert!(start.message.contains("values stuck"), "{}", start.message);
+        assert_eq!(a.check(&report(600_000, true), 0.6), None);
+        let end = a.check(&report(900_000, false), 0.6).unwrap();
+        assert_eq!(
+            (end.state, end.id.as_str()),
+            (EventState::End, start.id.as_str())
+        );
+        assert_eq!(end.topic("aqyl"), "aqyl/events/quality/BRUUNS");
+    }
+}

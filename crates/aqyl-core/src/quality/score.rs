@@ -1,0 +1,168 @@
+//! The overall score of a reading: how far a city service should trust it.
+
+use super::metrics::Metrics5;
+
+/// Weights of the rated metrics in the overall score (they sum to 1). Correctness and
+/// completeness weigh most, because wrong or missing values mislead city services; frequency
+/// next, because gaps hide events; age and latency least, because late data is still right.
+pub const WEIGHTS: [(&str, f64); 5] = [
+    ("frequency", 0.2),
+    ("age", 0.1),
+    ("latency", 0.1),
+    ("completeness", 0.25),
+    ("correctness", 0.35),
+];
+
+/// Each finding about the current reading halves the score.
+pub const PENALTY: f64 = 0.5;
+
+/// Whether the sensor's latest reading agrees with its neighbours (same type, same area).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Neighbours {
+    /// Nothing to check: no sudden change, or no neighbours reporting.
+    #[default]
+    Unchecked,
+    /// A sudden change that the neighbours share: a real event, not a fault.
+    Agree,
+    /// A sudden change that no neighbour shares: the sensor alone deviates.
+    Disagree,
+}
+
+/// What was found wrong with the current reading (or silence) beyond the rated metrics.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Findings {
+    /// No reading for 1.05 × the expected interval (the watchdog).
+    pub silent: bool,
+    /// The message came after its window had closed.
+    pub late: bool,
+    /// Fields outside their range, or of the wrong type, one sentence each.
+    pub incorrect: Vec<String>,
+    /// Why the reading was incomplete (missing field, unreadable payload).
+    pub incomplete: Option<String>,
+    /// The values have not changed for the configured number of readings.
+    pub flat_line: bool,
+    /// Fields whose value jumped (robust z-score beyond the threshold), with the z-score.
+    pub spikes: Vec<(String, f64)>,
+    /// The neighbour check of the spikes.
+    pub neighbours: Neighbours,
+}
+
+impl Findings {
+    /// The findings that cost trust, each as a short phrase for messages.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.silent {
+            out.push("silent for more than 1.05 expected intervals".to_string());
+        }
+        if self.late {
+            out.push("arrived after its window closed".to_string());
+        }
+        out.extend(self.incorrect.iter().cloned());
+        if let Some(why) = &self.incomplete {
+            out.push(why.clone());
+        }
+        if self.flat_line {
+            out.push("values stuck".to_string());
+        }
+        if !self.spikes.is_empty() && self.neighbours != Neighbours::Agree {
+            let fields: Vec<String> = self
+                .spikes
+                .iter()
+                .map(|(f, z)| format!("{f} (z = {z:.1})"))
+                .collect();
+            let alone = if self.neighbours == Neighbours::Disagree {
+                " that its neighbours do not show"
+            } else {
+                ""
+            };
+            out.push(format!("sudden jump in {}{alone}", fields.join(", ")));
+        }
+        out
+    }
+}
+
+/// The overall score: the weighted mean of the rated metrics, halved for each finding about
+/// the current reading (silent, late, incorrect, incomplete, stuck, a jump its neighbours do
+/// not share). The rated metrics are CityPulse's slow-moving reputation of the stream; the
+/// findings make one bad reading show at once, so a consumer can drop that reading.
+pub fn score(m: &Metrics5, findings: &Findings) -> f64 {
+    let rated = [
+        m.frequency.rated,
+        m.age.rated,
+        m.latency.rated,
+        m.completeness.rated,
+        m.correctness.rated,
+    ];
+    let base: f64 = rated
+        .iter()
+        .zip(WEIGHTS.iter())
+        .map(|(r, (_, w))| r * w)
+        .sum();
+    let spike_counts = !findings.spikes.is_empty() && findings.neighbours != Neighbours::Agree;
+    let count = [
+        findings.silent,
+        findings.late,
+        !findings.incorrect.is_empty(),
+        findings.incomplete.is_some(),
+        findings.flat_line,
+        spike_counts,
+    ]
+    .iter()
+    .filter(|f| **f)
+    .count();
+    base * PENALTY.powi(count as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::metrics::{Metric, Metrics5};
+    use super::*;
+
+    fn all(rated: f64) -> Metrics5 {
+        let m = Metric {
+            absolute: 0.0,
+            rated,
+            unit: "1",
+        };
+        Metrics5 {
+            frequency: m,
+            age: m,
+            latency: m,
+            completeness: m,
+            correctness: m,
+        }
+    }
+
+    #[test]
+    fn weights_sum_to_one_and_findings_halve_the_score() {
+        assert!((WEIGHTS.iter().map(|w| w.1).sum::<f64>() - 1.0).abs() < 1e-12);
+        assert_eq!(score(&all(1.0), &Findings::default()), 1.0);
+        let stuck = Findings {
+            flat_line: true,
+            ..Findings::default()
+        };
+        assert_eq!(score(&all(1.0), &stuck), 0.5);
+        let both = Findings {
+            flat_line: true,
+            silent: true,
+            ..Findings::default()
+        };
+        assert_eq!(score(&all(0.8), &both), 0.2);
+        assert_eq!(both.problems().len(), 2);
+    }
+
+    #[test]
+    fn a_jump_the_neighbours_share_costs_nothing() {
+        let jump = |neighbours| Findings {
+            spikes: vec![("avgSpeed".into(), -9.0)],
+            neighbours,
+            ..Findings::default()
+        };
+        assert_eq!(score(&all(1.0), &jump(Neighbours::Agree)), 1.0);
+        assert_eq!(score(&all(1.0), &jump(Neighbours::Disagree)), 0.5);
+        assert_eq!(score(&all(1.0), &jump(Neighbours::Unchecked)), 0.5);
+        assert!(jump(Neighbours::Disagree).problems()[0].contains("neighbours do not show"));
+        assert!(jump(Neighbours::Agree).problems().is_empty());
+    }
+}

@@ -1,0 +1,362 @@
+//! The quality state of one sensor: its five rated metrics, the watchdog, and the flat-line
+//! and spike detectors over its values. Fed in event-time order; gives one [`Assessment`]
+//! per reading, per unusable message and per missed reading.
+
+use super::metrics::{FlatLine, Metrics5, QualitySettings, Reading, Spike, StreamQuality};
+use super::score::Findings;
+use crate::Reason;
+use std::sync::Arc;
+
+/// Settings of a sensor's quality scoring.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SensorSettings {
+    /// The five metrics.
+    pub metrics: QualitySettings,
+    /// Identical readings in a row that count as stuck.
+    pub flat_line: usize,
+    /// Readings of history for the spike detector.
+    pub spike_window: usize,
+    /// Robust z-score beyond which a value is a spike.
+    pub spike_threshold: f64,
+}
+
+/// What came in for a sensor.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// A decoded reading, taken in event-time order.
+    Reading {
+        /// How old it was when it arrived, ms.
+        age_ms: u64,
+        /// Processing delay inside Aqyl, ms.
+        latency_ms: u64,
+        /// Its values.
+        fields: &'a [(Arc<str>, f64)],
+        /// Required fields of the sensor type (all present, or decoding would have failed).
+        required: usize,
+        /// Fields outside their range, one sentence each.
+        incorrect: &'a [String],
+    },
+    /// A message of this sensor that could not be decoded.
+    Rejected {
+        /// Why.
+        reason: Reason,
+        /// Which field, what was expected, what came.
+        detail: &'a str,
+        /// Fields the sensor type declares.
+        declared: usize,
+        /// Processing delay inside Aqyl, ms.
+        latency_ms: u64,
+    },
+    /// A reading that came after its window had closed.
+    Late {
+        /// How old it was when it arrived, ms.
+        age_ms: u64,
+        /// Processing delay inside Aqyl, ms.
+        latency_ms: u64,
+    },
+}
+
+/// The verdict on one reading (or message, or silence) of one sensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assessment {
+    /// Event time it is about, Unix ms.
+    pub time: u64,
+    /// The five metrics after this input.
+    pub metrics: Metrics5,
+    /// What was wrong with it.
+    pub findings: Findings,
+    /// Robust z-score of each field against the sensor's own history, for the neighbour
+    /// check (empty when there is no verdict).
+    pub z: Vec<(Arc<str>, f64)>,
+}
+
+/// One sensor's quality state.
+#[derive(Debug, Clone)]
+pub struct SensorQuality {
+    settings: SensorSettings,
+    stream: StreamQuality,
+    flat: FlatLine,
+    spikes: Vec<(Arc<str>, Spike)>,
+    /// Since when the watchdog counts: the last reading or the last watchdog failure.
+    silence_since: Option<u64>,
+    /// Watchdog failures in a row.
+    silent_ticks: usize,
+}
+
+impl SensorQuality {
+    /// A sensor not heard from yet.
+    pub fn new(settings: SensorSettings) -> Self {
+        Self {
+            settings,
+            stream: StreamQuality::new(settings.metrics),
+            flat: FlatLine::new(settings.flat_line),
+            spikes: Vec::new(),
+            silence_since: None,
+            silent_ticks: 0,
+        }
+    }
+
+    /// Judges one input at event time `time` (for a rejected or late message: the time it
+    /// is filed under, the stream's current time).
+    pub fn judge(&mut self, time: u64, input: Input<'_>) -> Assessment {
+        let mut findings = Findings::default();
+        let mut z = Vec::new();
+        let reading = match input {
+            Input::Reading {
+                age_ms,
+                latency_ms,
+                fields,
+                required,
+                incorrect,
+            } => {
+                self.silence_since = Some(time);
+                self.silent_ticks = 0;
+                findings.incorrect = incorrect.to_vec();
+                // An incorrect reading stays out of the value histories.
+                if incorrect.is_empty() {
+                    findings.flat_line = self.flat.push(fields);
+                    for (name, v) in fields {
+                        let index = match self.spikes.iter().position(|s| s.0 == *name) {
+                            Some(i) => i,
+                            None => {
+                                let spike = Spike::new(
+                                    self.settings.spike_window,
+                                    self.settings.spike_threshold,
+                                );
+                                self.spikes.push((name.clone(), spike));
+                                self.spikes.len() - 1
+                            }
+                        };
+                        let (score, spike) = self.spikes[index].1.push(*v);
+                        if let Some(s) = score {
+                            z.push((name.clone(), s));
+                            if spike {
+                                findings.spikes.push((name.to_string(), s));
+                            }
+                        }
+                    }
+                }
+                Reading {
+                    event_time: Some(time),
+                    age_ms: Some(age_ms),
+                    latency_ms: Some(latency_ms),
+                    required,
+                    present: required,
+                    checked: fields.len(),
+                    wrong: incorrect.len(),
+                }
+            }
+            Input::Rejected {
+                reason,
+                detail,
+                declared,
+                latency_ms,
+            } => {
+                let declared = declared.max(1);
+                let (present, wrong) = match reason {
+                    Reason::WrongType => {
+                        findings.incorrect.push(detail.to_string());
+                        (declared, 1)
+                    }
+                    Reason::MissingField => {
+                        findings.incomplete = Some(detail.to_string());
+                        (declared - 1, 0)
+                    }
+                    _ => {
+                        findings.incomplete = Some(format!("unusable message: {detail}"));
+                        (0, 0)
+                    }
+                };
+                Reading {
+                    event_time: None,
+                    age_ms: None,
+                    latency_ms: Some(latency_ms),
+                    required: declared,
+                    present,
+                    checked: declared,
+                    wrong,
+                }
+            }
+            Input::Late { age_ms, latency_ms } => {
+                findings.late = true;
+                Reading {
+                    event_time: None,
+                    age_ms: Some(age_ms),
+                    latency_ms: Some(latency_ms),
+                    required: 0,
+                    present: 0,
+                    checked: 0,
+                    wrong: 0,
+                }
+            }
+        };
+        Assessment {
+            time,
+            metrics: self.stream.observe(&reading),
+            findings,
+            z,
+        }
+    }
+
+    /// The watchdog at event time (or wall-clock time) `now`: an assessment for the next
+    /// missed reading, if the sensor is overdue; call until `None`. It stops counting after
+    /// a frequency window of failures in a row (the rating is at its floor by then), until the
+    /// sensor reports again.
+    pub fn watchdog(&mut self, now: u64) -> Option<Assessment> {
+        let since = self.silence_since?;
+        if self.silent_ticks >= self.settings.metrics.long_window {
+            return None;
+        }
+        let (metrics, at) = self.stream.watchdog(since, now)?;
+        self.silence_since = Some(at);
+        self.silent_ticks += 1;
+        Some(Assessment {
+            time: at,
+            metrics,
+            findings: Findings {
+                silent: true,
+                ..Findings::default()
+            },
+            z: Vec::new(),
+        })
+    }
+
+    /// When the watchdog would bite next, if the sensor has reported.
+    pub fn next_check(&self) -> Option<u64> {
+        (self.silent_ticks < self.settings.metrics.long_window)
+            .then_some(self.silence_since?.saturating_add(self.stream.grace_ms()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60_000;
+
+    fn settings() -> SensorSettings {
+        SensorSettings {
+            metrics: QualitySettings {
+                expected_interval_ms: 5 * MIN,
+                max_latency_ms: 1_000,
+                long_window: 20,
+                short_window: 5,
+            },
+            flat_line: 3,
+            spike_window: 12,
+            spike_threshold: 6.0,
+        }
+    }
+
+    fn fields(speed: f64, count: f64) -> Vec<(Arc<str>, f64)> {
+        vec![("avgSpeed".into(), speed), ("vehicleCount".into(), count)]
+    }
+
+    fn read(q: &mut SensorQuality, t: u64, f: &[(Arc<str>, f64)], bad: &[String]) -> Assessment {
+        q.judge(
+            t,
+            Input::Reading {
+                age_ms: 1_000,
+                latency_ms: 5,
+                fields: f,
+                required: 2,
+                incorrect: bad,
+            },
+        )
+    }
+
+    fn healthy(q: &mut SensorQuality, from: u64, n: u64) {
+        for i in 0..n {
+            let f = fields(50.0 + (i % 5) as f64, 10.0 + (i % 3) as f64);
+            let a = read(q, from + i * 5 * MIN, &f, &[]);
+            assert_eq!(super::super::score(&a.metrics, &a.findings), 1.0, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn stuck_values_jumps_and_range_errors_are_findings() {
+        let mut q = SensorQuality::new(settings());
+        healthy(&mut q, 0, 20);
+        let t = 20 * 5 * MIN;
+        // Stuck: the third identical reading in a row.
+        let stuck = fields(53.0, 11.0);
+        assert!(!read(&mut q, t, &stuck, &[]).findings.flat_line);
+        assert!(!read(&mut q, t + 5 * MIN, &stuck, &[]).findings.flat_line);
+        assert!(read(&mut q, t + 10 * MIN, &stuck, &[]).findings.flat_line);
+        // A jump.
+        let a = read(&mut q, t + 15 * MIN, &fields(280.0, 12.0), &[]);
+        assert_eq!(a.findings.spikes.len(), 1, "{:?}", a.findings);
+        assert_eq!(a.findings.spikes[0].0, "avgSpeed");
+        // Out of range: counted as incorrect, kept out of the histories.
+        let bad = vec!["avgSpeed = -5 is below its minimum 0".to_string()];
+        let a = read(&mut q, t + 20 * MIN, &fields(-5.0, 12.0), &bad);
+        assert_eq!(a.findings.incorrect, bad);
+        assert_eq!(a.metrics.correctness.absolute, 0.5);
+        assert!(a.z.is_empty());
+    }
+
+    #[test]
+    fn rejected_and_late_messages_cost_completeness_correctness_and_age() {
+        let mut q = SensorQuality::new(settings());
+        healthy(&mut q, 0, 10);
+        let missing = q.judge(
+            50 * MIN,
+            Input::Rejected {
+                reason: Reason::MissingField,
+                detail: "field vehicleCount is missing",
+                declared: 4,
+                latency_ms: 3,
+            },
+        );
+        assert_eq!(missing.metrics.completeness.absolute, 0.75);
+        assert!((missing.metrics.completeness.rated - 0.6).abs() < 1e-9);
+        assert!(missing.findings.incomplete.is_some());
+        let wrong = q.judge(
+            50 * MIN,
+            Input::Rejected {
+                reason: Reason::WrongType,
+                detail: "field avgSpeed: expected a number, got \"fast\"",
+                declared: 4,
+                latency_ms: 3,
+            },
+        );
+        assert_eq!(wrong.metrics.correctness.absolute, 0.75);
+        assert!((wrong.metrics.correctness.rated - 0.9).abs() < 1e-9);
+        let late = q.judge(
+            50 * MIN,
+            Input::Late {
+                age_ms: 20 * MIN,
+                latency_ms: 3,
+            },
+        );
+        assert!(late.findings.late);
+        assert!((late.metrics.age.rated - 0.6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_watchdog_reports_each_missed_reading_then_rests() {
+        let mut q = SensorQuality::new(settings());
+        assert_eq!(
+            q.watchdog(u64::MAX),
+            None,
+            "a sensor never heard from is not watched"
+        );
+        healthy(&mut q, 0, 3); // last reading at 10 minutes
+        assert_eq!(q.next_check(), Some(10 * MIN + 315_000));
+        assert_eq!(q.watchdog(10 * MIN + 314_999), None);
+        let a = q.watchdog(10 * MIN + 315_000).unwrap();
+        assert!(a.findings.silent);
+        assert_eq!(a.time, 10 * MIN + 315_000);
+        assert!((a.metrics.frequency.rated - 0.9).abs() < 1e-9);
+        // A day of silence: a frequency window of failures, then rest.
+        let mut n = 1;
+        while q.watchdog(10 * MIN + 24 * 60 * MIN).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 20);
+        assert_eq!(q.next_check(), None);
+        // Back: the watchdog watches again.
+        read(&mut q, 2 * 24 * 60 * MIN, &fields(50.0, 10.0), &[]);
+        assert!(q.next_check().is_some());
+    }
+}
