@@ -468,11 +468,24 @@ fn demo_runs_with_nothing_installed_and_writes_line_protocol() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("windows closed"), "{stderr}");
     let lines = std::fs::read_to_string(dir.path().join("data/aggregate.lp")).unwrap();
-    let first = lines.lines().next().expect("at least one aggregate");
-    assert!(first.starts_with("aggregate,field="), "{first}");
-    assert!(lines
+    let aggregates: Vec<&str> = lines
         .lines()
+        .filter(|l| l.starts_with("aggregate,"))
+        .collect();
+    assert!(!aggregates.is_empty(), "no aggregate in {lines}");
+    assert!(aggregates
+        .iter()
         .all(|l| l.contains(",sensor_type=traffic,window=")));
+    // Every simulated segment is scored too.
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.starts_with("quality,sensor_id=") && l.contains(",score=")),
+        "no quality point"
+    );
+    assert!(lines.lines().all(|l| l.starts_with("aggregate,")
+        || l.starts_with("quality")
+        || l.starts_with("event,")));
 }
 
 /// One traffic message for `sensor` at minute `m`.
@@ -874,6 +887,11 @@ fn incidents_are_published_kept_for_late_subscribers_and_cleared_when_over() {
         dir.path().join("rules/traffic.toml"),
     )
     .unwrap();
+    // The readings below repeat the same values, which quality scoring rightly calls stuck;
+    // this test counts the rule incidents only (quality incidents have their own test).
+    let config = dir.path().join("aqyl.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}[quality]\nenabled = false\n")).unwrap();
     let status = Subscriber::start(mqtt.port, "aqyl/status");
     let events = Subscriber::start(mqtt.port, "aqyl/events/#");
     // An operator's terminal: `aqyl events tail --type congestion`.

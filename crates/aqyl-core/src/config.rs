@@ -74,6 +74,9 @@ pub struct Config {
     /// HTTP endpoint for `/metrics` and `/health`.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Quality of Information scoring.
+    #[serde(default)]
+    pub quality: QualityConfig,
 }
 
 fn default_rules_dir() -> PathBuf {
@@ -366,6 +369,67 @@ impl Default for InfluxConfig {
     }
 }
 
+/// `[quality]`: Quality of Information scoring of every sensor stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QualityConfig {
+    /// Score every stream (reports, roll-ups, quality incidents).
+    pub enabled: bool,
+    /// A sensor whose score falls below this starts a `quality` incident; it ends when the
+    /// score is back at or above it.
+    pub threshold: f64,
+    /// Processing delay inside Aqyl above which latency fails.
+    #[serde(deserialize_with = "crate::duration::deserialize")]
+    pub max_latency: Duration,
+    /// Rating window of frequency and correctness (CityPulse: 20).
+    pub long_window: usize,
+    /// Rating window of age, latency and completeness (CityPulse: 5).
+    pub short_window: usize,
+    /// Identical readings in a row that count as a stuck sensor.
+    pub flat_line: usize,
+    /// Readings of history the spike detector compares against.
+    pub spike_window: usize,
+    /// Robust z-score beyond which a value is a spike.
+    pub spike_threshold: f64,
+    /// Keep readings that fail correctness (a value outside its range) out of aggregates and
+    /// event rules; they are still scored and counted (`aqyl_quality_excluded_total`).
+    pub exclude_incorrect: bool,
+    /// Which clock the watchdog and the age metric follow: `auto` (wall clock when the
+    /// pipeline runs live, i.e. `pipeline.idle_timeout` is set; event time for replays),
+    /// `wall` or `event`.
+    pub clock: QualityClock,
+}
+
+/// The clock of the watchdog and the age metric.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QualityClock {
+    /// Wall clock live, event time in replays.
+    #[default]
+    Auto,
+    /// The wall clock.
+    Wall,
+    /// Event time.
+    Event,
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: 0.6,
+            max_latency: Duration::from_secs(1),
+            long_window: crate::quality::LONG_WINDOW,
+            short_window: crate::quality::SHORT_WINDOW,
+            flat_line: 3,
+            spike_window: 12,
+            spike_threshold: 8.0,
+            exclude_incorrect: true,
+            clock: QualityClock::Auto,
+        }
+    }
+}
+
 /// `[file]`: line-protocol files, the zero-install sink.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -500,6 +564,20 @@ impl Config {
             errors.push(ConfigError::file(
                 path,
                 "ingest.queue_capacity and influx.batch_size must be at least 1",
+            ));
+        }
+        let q = &config.quality;
+        if !(0.0..=1.0).contains(&q.threshold)
+            || q.long_window < 2
+            || q.short_window < 2
+            || q.flat_line < 2
+            || q.spike_window < 4
+            || q.spike_threshold.is_nan()
+            || q.spike_threshold <= 0.0
+        {
+            errors.push(ConfigError::file(
+                path,
+                "[quality]: threshold must be within 0..1, long_window and short_window at least 2, flat_line at least 2, spike_window at least 4 and spike_threshold above 0",
             ));
         }
         if errors.is_empty() {

@@ -7,7 +7,7 @@ use std::fmt;
 pub const DEADLETTER_PAYLOAD_BYTES: usize = 1024;
 
 /// Why an input was not accepted. Each reason has its own counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// The payload is not valid JSON (or not UTF-8).

@@ -24,6 +24,9 @@ pub struct Registry {
 pub struct Rejection {
     /// The sensor type the topic matched; `None` for an unknown topic.
     pub sensor_type: Option<String>,
+    /// The sensor id from the topic, when it is a valid one (quality scoring counts the
+    /// rejection against that sensor).
+    pub sensor_id: Option<String>,
     /// Machine-readable reason.
     pub reason: Reason,
     /// Which field, what was expected, what came.
@@ -34,6 +37,7 @@ impl Rejection {
     fn new(sensor_type: &str, reason: Reason, detail: String) -> Self {
         Self {
             sensor_type: Some(sensor_type.to_string()),
+            sensor_id: None,
             reason,
             detail,
         }
@@ -101,6 +105,7 @@ impl Registry {
         else {
             return Err(Rejection {
                 sensor_type: None,
+                sensor_id: None,
                 reason: Reason::UnknownTopic,
                 detail: format!(
                     "no sensor type has a topic pattern matching {:?}",
@@ -109,31 +114,47 @@ impl Registry {
             });
         };
         let name = &*ty.name;
-        if msg.payload.len() > max_payload {
-            return Err(Rejection::new(
-                name,
-                Reason::Oversized,
-                format!(
-                    "payload is {} bytes; the limit is {max_payload} (ingest.max_payload_bytes)",
-                    msg.payload.len()
-                ),
-            ));
-        }
         validate_sensor_id(captures.sensor_id)
             .map_err(|e| Rejection::new(name, Reason::InvalidSensorId, e))?;
         if let Some(area) = captures.area {
             validate_sensor_id(area)
                 .map_err(|e| Rejection::new(name, Reason::InvalidSensorId, format!("area: {e}")))?;
         }
+        let with_id = |mut r: Rejection| {
+            r.sensor_id = Some(captures.sensor_id.to_string());
+            r
+        };
+        if msg.payload.len() > max_payload {
+            return Err(with_id(Rejection::new(
+                name,
+                Reason::Oversized,
+                format!(
+                    "payload is {} bytes; the limit is {max_payload} (ingest.max_payload_bytes)",
+                    msg.payload.len()
+                ),
+            )));
+        }
+        self.decode_matched(ty, &captures, msg, out)
+            .map_err(with_id)
+    }
+
+    fn decode_matched(
+        &self,
+        ty: &SensorType,
+        captures: &crate::descriptor::Captures<'_>,
+        msg: &RawMessage,
+        out: &mut Vec<Observation>,
+    ) -> Result<(), Rejection> {
+        let name = &*ty.name;
         match &ty.format {
             PayloadFormat::Json if ty.json_keys.is_some() => {
                 let keys = ty.json_keys.as_deref().unwrap_or_default();
                 match json_projected(&msg.payload, keys) {
-                    Ok(value) => out.push(observe(ty, &captures, msg, &value)?),
+                    Ok(value) => out.push(observe(ty, captures, msg, &value)?),
                     // Rare: classify the error (malformed, not an object) with a full parse.
                     Err(_) => out.push(observe(
                         ty,
-                        &captures,
+                        captures,
                         msg,
                         &full_json(name, &msg.payload)?,
                     )?),
@@ -141,19 +162,19 @@ impl Registry {
             }
             PayloadFormat::Json => {
                 let value = full_json(name, &msg.payload)?;
-                out.push(observe(ty, &captures, msg, &value)?);
+                out.push(observe(ty, captures, msg, &value)?);
             }
             PayloadFormat::Csv { columns, delimiter } => {
                 let value = csv_object(&msg.payload, columns, *delimiter)
                     .map_err(|e| Rejection::new(name, Reason::MalformedCsv, e))?;
-                out.push(observe(ty, &captures, msg, &value)?);
+                out.push(observe(ty, captures, msg, &value)?);
             }
             PayloadFormat::Senml => {
                 let groups = senml_objects(&msg.payload, msg.received_at)
                     .map_err(|e| Rejection::new(name, Reason::MalformedSenml, e))?;
                 let start = out.len();
                 for value in &groups {
-                    match observe(ty, &captures, msg, value) {
+                    match observe(ty, captures, msg, value) {
                         Ok(o) => out.push(o),
                         Err(e) => {
                             out.truncate(start);
@@ -302,6 +323,7 @@ fn observe(
         time_from_receive,
         location,
         fields,
+        arrival: Default::default(),
     })
 }
 
@@ -527,6 +549,21 @@ required = false
     fn reason(topic: &str, payload: &str) -> (Reason, String) {
         let r = registry().decode(&msg(topic, payload), 200).unwrap_err();
         (r.reason, r.detail)
+    }
+
+    #[test]
+    fn rejections_of_a_known_sensor_name_it() {
+        let r = registry()
+            .decode(&msg("city/traffic/158324", r#"{"avgSpeed":"#), 200)
+            .unwrap_err();
+        assert_eq!(
+            (r.sensor_type.as_deref(), r.sensor_id.as_deref()),
+            (Some("traffic"), Some("158324"))
+        );
+        let r = registry()
+            .decode(&msg("city/traffic/bad\u{7}id", "{}"), 200)
+            .unwrap_err();
+        assert_eq!((r.reason, r.sensor_id), (Reason::InvalidSensorId, None));
     }
 
     #[test]

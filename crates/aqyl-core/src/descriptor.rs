@@ -32,6 +32,9 @@ pub struct SensorType {
     pub fields: Vec<Field>,
     /// How often each sensor of this type is expected to report.
     pub expected_interval: Duration,
+    /// Identical readings in a row that count as stuck, for this type (overrides
+    /// `quality.flat_line`; a garage's count may rightly stand still all night).
+    pub flat_line: Option<usize>,
     /// Windows to compute; empty means the pipeline's default window for every field.
     pub windows: Vec<WindowSpec>,
     /// Where a payload names its sensor's area, when the topic has no `{area}`.
@@ -108,6 +111,29 @@ impl SensorType {
             .map(|p| p.top_level_key().map(str::to_string))
             .collect();
         self
+    }
+
+    /// How many of `fields` lie outside their declared range (the hot path: no allocation).
+    pub fn out_of_range_count(&self, fields: &[(Arc<str>, f64)]) -> usize {
+        fields
+            .iter()
+            .filter(|(name, value)| {
+                let Some(f) = self.fields.iter().find(|f| &f.name == name) else {
+                    return false;
+                };
+                let below = f
+                    .min
+                    .as_ref()
+                    .and_then(|b| b.resolve(fields))
+                    .is_some_and(|min| *value < min);
+                let above = f
+                    .max
+                    .as_ref()
+                    .and_then(|b| b.resolve(fields))
+                    .is_some_and(|max| *value > max);
+                below || above
+            })
+            .count()
     }
 
     /// The fields of `fields` that lie outside their declared range, with a sentence each.
@@ -459,6 +485,8 @@ struct DescriptorFile {
         deserialize_with = "crate::duration::deserialize"
     )]
     expected_interval: Duration,
+    /// Identical readings in a row that count as a stuck sensor (quality scoring).
+    flat_line: Option<Spanned<usize>>,
     /// Event-time field.
     time: Option<TimeFile>,
     /// Numeric fields.
@@ -925,6 +953,12 @@ impl SensorType {
                 }
             },
         };
+        if let Some(n) = file.flat_line.as_ref().filter(|n| *n.get_ref() < 2) {
+            errors.push(err(
+                n.span(),
+                format!("flat_line is {}; use at least 2 readings", n.get_ref()),
+            ));
+        }
         if file.expected_interval.is_zero() {
             errors.push(err(
                 file.name.span(),
@@ -939,6 +973,7 @@ impl SensorType {
                 time,
                 fields,
                 expected_interval: file.expected_interval,
+                flat_line: file.flat_line.as_ref().map(|n| *n.get_ref()),
                 windows,
                 area_field,
                 sensor_sax,

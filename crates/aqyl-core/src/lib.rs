@@ -40,4 +40,4 @@ pub use aggregate::{Aggregate, Scope};
 pub use deadletter::{DeadLetter, Reason};
 pub use error::{ConfigError, ConfigErrors};
 pub use event::{Event, EventState};
-pub use observation::{Observation, RawMessage};
+pub use observation::{Arrival, Observation, RawMessage};

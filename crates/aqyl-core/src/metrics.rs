@@ -35,6 +35,10 @@ pub struct Metrics {
     pub aggregates_published: AtomicU64,
     /// Incident lifecycle messages published.
     pub events_published: AtomicU64,
+    /// Quality reports published (retained, `aqyl/quality/<sensor_id>`).
+    pub quality_reports_published: AtomicU64,
+    /// Readings kept out of aggregates and rules because they failed correctness.
+    pub quality_excluded: AtomicU64,
     /// MQTT connection errors (each followed by a reconnect attempt).
     pub mqtt_connection_errors: AtomicU64,
     /// Subscription filters in force (set when the broker acknowledges a subscription).
@@ -169,6 +173,16 @@ impl Metrics {
             "events_published_total",
             "Incident lifecycle messages published.",
             &self.events_published,
+        );
+        counter(
+            "quality_reports_published_total",
+            "Quality reports published on MQTT.",
+            &self.quality_reports_published,
+        );
+        counter(
+            "quality_excluded_total",
+            "Readings kept out of aggregates and rules because a value is outside its range.",
+            &self.quality_excluded,
         );
         counter(
             "mqtt_connection_errors_total",

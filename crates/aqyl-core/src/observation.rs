@@ -34,4 +34,19 @@ pub struct Observation {
     pub location: Option<(f64, f64)>,
     /// Field values in descriptor order; optional fields that were absent are left out.
     pub fields: Vec<(Arc<str>, f64)>,
+    /// How it arrived, for quality scoring (filled in when it enters the dataflow).
+    #[serde(default)]
+    pub arrival: Arrival,
+}
+
+/// How a reading arrived, for quality scoring.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arrival {
+    /// Wall-clock time it entered the dataflow, Unix ms.
+    pub ingested_at: i64,
+    /// The newest event time its worker had seen when it arrived, Unix ms: the stream's own
+    /// clock, against which age is measured in replays.
+    pub stream_time: u64,
+    /// How many of its fields lie outside their declared range.
+    pub out_of_range: u16,
 }

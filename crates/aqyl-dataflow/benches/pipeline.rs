@@ -65,6 +65,7 @@ fn main() {
                 idle_timeout: None,
                 max_payload_bytes: 65536,
                 update_horizon: None,
+                quality: None,
                 rules: Default::default(),
             };
             let start = Instant::now();
@@ -112,6 +113,7 @@ fn state_per_sensor(registry: &aqyl_dataflow::SharedRegistry, sensors: usize) {
         idle_timeout: None,
         max_payload_bytes: 65536,
         update_horizon: None,
+        quality: None,
         rules: Default::default(),
     };
     let (router, running) = start(
@@ -121,6 +123,7 @@ fn state_per_sensor(registry: &aqyl_dataflow::SharedRegistry, sensors: usize) {
             aggregates: agg_tx,
             deadletters: dl_tx,
             events: tokio::sync::mpsc::unbounded_channel().0,
+            quality: tokio::sync::mpsc::unbounded_channel().0,
         },
         metrics.clone(),
     )

@@ -274,6 +274,7 @@ mod tests {
             time_from_receive: false,
             location: None,
             fields: vec![("avgSpeed".into(), v)],
+            arrival: Default::default(),
         }
     }
 

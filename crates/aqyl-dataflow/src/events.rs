@@ -165,6 +165,7 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                                 time_from_receive: false,
                                 location: None,
                                 fields,
+                                arrival: Default::default(),
                             };
                             detector.observe(&reading, Input::Window(&window), &mut out);
                         }

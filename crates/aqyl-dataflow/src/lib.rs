@@ -14,6 +14,7 @@ pub mod aggregate;
 pub mod events;
 pub mod input;
 pub mod ordered;
+pub mod quality;
 pub mod runtime;
 pub mod sensor_sax;
 

@@ -4,8 +4,10 @@
 use crate::aggregate::Aggregate;
 use crate::events::{AreaEvents, DetectEvents, WindowEvents};
 use crate::input;
+use crate::quality::{QualitySpec, ScoreQuality, Side};
 use crate::sensor_sax::AdaptiveSax;
 use aqyl_core::metrics::Metrics;
+use aqyl_core::quality::QualityRecord;
 use aqyl_core::watermark::Watermark;
 use aqyl_core::window::WindowSpec;
 use aqyl_core::{Aggregate as AggregateRecord, DeadLetter, RawMessage, Reason, Scope};
@@ -45,6 +47,8 @@ pub struct PipelineSpec {
     /// With `Some(horizon)`, a late record within `horizon` of the watermark corrects its
     /// closed window (which is re-emitted) instead of being dropped (`pipeline.late`).
     pub update_horizon: Option<Duration>,
+    /// Quality scoring (`[quality]`), when enabled.
+    pub quality: Option<QualitySpec>,
 }
 
 /// Where results leave the dataflow.
@@ -54,8 +58,10 @@ pub struct Outputs {
     pub aggregates: mpsc::UnboundedSender<AggregateRecord>,
     /// Rejected and late input.
     pub deadletters: mpsc::UnboundedSender<DeadLetter>,
-    /// Incident lifecycle messages.
+    /// Incident lifecycle messages (quality incidents included).
     pub events: mpsc::UnboundedSender<aqyl_core::Event>,
+    /// Quality reports and roll-ups.
+    pub quality: mpsc::UnboundedSender<QualityRecord>,
 }
 
 /// A running dataflow; [`Running::join`] waits until every worker has drained and stopped,
@@ -124,10 +130,20 @@ fn run_worker(
     let default_window = WindowSpec::tumbling(spec.window);
     let horizon = spec.update_horizon.map(|h| h.as_millis() as u64);
     let mut input = InputHandleVec::<u64, aqyl_core::Observation>::new();
+    // Input only quality scoring sees: readings kept out for failing correctness, rejected
+    // and late messages of known sensors.
+    let mut side = InputHandleVec::<u64, Side>::new();
     let probe = ProbeHandle::new();
     let aggregates = outputs.aggregates.clone();
     worker.dataflow::<u64, _, _>(|scope| {
         let observations = input.to_stream(scope);
+        let side = side.to_stream(scope);
+        if let Some(q) = spec.quality {
+            let scored = observations
+                .clone()
+                .score_quality(side, spec.registry.clone(), q);
+            crate::quality::emit(scored, outputs.quality.clone(), outputs.events.clone());
+        }
         let observations_for_sax = observations.clone();
         let events = outputs.events.clone();
         let per_sensor = observations.clone().aggregate(
@@ -199,14 +215,49 @@ fn run_worker(
                     {
                         metrics.reject(rejection.reason);
                         let _ = outputs.deadletters.send(rejection.dead_letter(&msg));
+                        // A known sensor's unusable message counts against its quality.
+                        if let (Some(_), Some(ty), Some(id)) = (
+                            spec.quality,
+                            rejection
+                                .sensor_type
+                                .as_deref()
+                                .and_then(|t| registry.get(t)),
+                            rejection.sensor_id,
+                        ) {
+                            side.send(Side::Rejected {
+                                sensor_type: ty.name.clone(),
+                                sensor_id: id,
+                                reason: rejection.reason,
+                                detail: rejection.detail,
+                                latency_ms: (now - msg.received_at).max(0) as u64,
+                            });
+                        }
                         continue;
                     }
-                    for obs in decoded.drain(..) {
+                    for mut obs in decoded.drain(..) {
+                        obs.arrival = aqyl_core::Arrival {
+                            ingested_at: now,
+                            stream_time: watermark.max_event().unwrap_or(0).max(obs.event_time),
+                            out_of_range: match (spec.quality, registry.get(&obs.sensor_type)) {
+                                (Some(_), Some(ty)) => {
+                                    ty.out_of_range_count(&obs.fields).min(u16::MAX as usize) as u16
+                                }
+                                _ => 0,
+                            },
+                        };
                         if !watermark.is_late(obs.event_time) {
                             watermark.observe(obs.event_time, now);
                             shared_max.fetch_max(obs.event_time, Relaxed);
                             metrics.observations.fetch_add(1, Relaxed);
-                            input.send(obs);
+                            if obs.arrival.out_of_range > 0
+                                && spec.quality.is_some_and(|q| q.exclude_incorrect)
+                            {
+                                // Scored, but kept out of aggregates and rules.
+                                metrics.quality_excluded.fetch_add(1, Relaxed);
+                                side.send(Side::Incorrect(obs));
+                            } else {
+                                input.send(obs);
+                            }
                         } else if spec.update_horizon.is_some_and(|h| {
                             obs.event_time + h.as_millis() as u64 >= watermark.current(now)
                         }) {
@@ -232,6 +283,14 @@ fn run_worker(
                                 msg.received_at,
                             );
                             let _ = outputs.deadletters.send(dl);
+                            if spec.quality.is_some() {
+                                side.send(Side::Late {
+                                    sensor_type: obs.sensor_type.clone(),
+                                    sensor_id: obs.sensor_id.clone(),
+                                    age_ms: obs.arrival.stream_time.saturating_sub(obs.event_time),
+                                    latency_ms: (now - msg.received_at).max(0) as u64,
+                                });
+                            }
                         }
                     }
                 }
@@ -261,6 +320,7 @@ fn run_worker(
         let w = watermark.current(now);
         if w > *input.time() {
             input.advance_to(w);
+            side.advance_to(w);
         }
         if closed {
             break;
@@ -273,6 +333,7 @@ fn run_worker(
     }
     // Closing the input lets the frontier run out: every open window closes and is emitted.
     drop(input);
+    drop(side);
     while !probe.done() {
         worker.step_or_park(Some(PARK));
     }
@@ -287,6 +348,8 @@ pub struct Batch {
     pub deadletters: Vec<DeadLetter>,
     /// Incident lifecycle messages.
     pub events: Vec<aqyl_core::Event>,
+    /// Quality reports and roll-ups.
+    pub quality: Vec<QualityRecord>,
 }
 
 impl Batch {
@@ -307,11 +370,13 @@ pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<Batch,
     let (agg_tx, mut agg_rx) = mpsc::unbounded_channel();
     let (dl_tx, mut dl_rx) = mpsc::unbounded_channel();
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    let (q_tx, mut q_rx) = mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::default());
     let outputs = Outputs {
         aggregates: agg_tx,
         deadletters: dl_tx,
         events: ev_tx,
+        quality: q_tx,
     };
     let (router, running) = start(spec, 1024, outputs, metrics)?;
     let feeder = std::thread::spawn(move || {
@@ -337,9 +402,14 @@ pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<Batch,
     while let Ok(e) = ev_rx.try_recv() {
         events.push(e);
     }
+    let mut quality = Vec::new();
+    while let Ok(q) = q_rx.try_recv() {
+        quality.push(q);
+    }
     Ok(Batch {
         aggregates,
         deadletters,
         events,
+        quality,
     })
 }

@@ -35,6 +35,7 @@ fn spec(workers: usize) -> PipelineSpec {
         idle_timeout: None,
         max_payload_bytes: 4096,
         update_horizon: None,
+        quality: None,
         rules: Default::default(),
     }
 }
@@ -441,6 +442,7 @@ fn area_roll_ups_combine_the_sensors_of_each_area() {
 fn late_records_update_their_closed_window_within_the_horizon() {
     let spec = PipelineSpec {
         update_horizon: Some(Duration::from_secs(3600)),
+        quality: None,
         ..spec(2)
     };
     let mut rs = readings(31);

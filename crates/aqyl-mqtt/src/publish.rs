@@ -1,6 +1,8 @@
-//! Publishing Aqyl's outputs on MQTT: dead letters and (when configured) aggregates.
+//! Publishing Aqyl's outputs on MQTT: dead letters, incidents, quality reports and (when
+//! configured) aggregates.
 
 use aqyl_core::metrics::Metrics;
+use aqyl_core::quality::QualityRecord;
 use aqyl_core::{Aggregate, DeadLetter, Event, EventState};
 use rumqttc::{AsyncClient, QoS};
 use std::sync::atomic::Ordering::Relaxed;
@@ -84,5 +86,33 @@ pub async fn events(
             tracing::warn!(event_type = %e.event_type, subject = %e.subject, "Could not publish an event.");
         }
         let _ = sink.send(e);
+    }
+}
+
+/// Publishes each quality report retained on `<prefix>/quality/<sensor_id>` and forwards
+/// every record (reports and roll-ups) to `sink`. QoS 0: the retained message is the latest
+/// state, and the next report replaces a lost one; each sensor reports on every reading.
+pub async fn quality(
+    client: AsyncClient,
+    prefix: String,
+    mut rx: mpsc::UnboundedReceiver<QualityRecord>,
+    sink: mpsc::UnboundedSender<QualityRecord>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(q) = rx.recv().await {
+        if let QualityRecord::Report(r) = &q {
+            match client
+                .publish(r.topic(&prefix), QoS::AtMostOnce, true, r.to_json())
+                .await
+            {
+                Ok(()) => {
+                    metrics.quality_reports_published.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, sensor = %r.sensor_id, "Could not publish a quality report.")
+                }
+            }
+        }
+        let _ = sink.send(q);
     }
 }

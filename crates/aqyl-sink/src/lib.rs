@@ -10,6 +10,7 @@ pub mod file;
 pub mod influx;
 
 use aqyl_core::metrics::Metrics;
+use aqyl_core::quality::QualityRecord;
 use aqyl_core::{Aggregate, Event};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -69,15 +70,32 @@ impl Sinks {
     }
 }
 
-/// Writes every aggregate and event received until both channels close, then flushes and
-/// returns.
+/// Encodes one point into the batch, or counts and logs it when it cannot be encoded.
+fn counted(
+    points: &mut usize,
+    metrics: &Metrics,
+    encoded: Result<(), aqyl_core::line_protocol::LineError>,
+    what: std::fmt::Arguments<'_>,
+) {
+    match encoded {
+        Ok(()) => *points += 1,
+        Err(err) => {
+            metrics.points_unencodable.fetch_add(1, Relaxed);
+            tracing::warn!(error = %err, "Skipped {what}: it cannot be encoded as line protocol.");
+        }
+    }
+}
+
+/// Writes every aggregate, event and quality record received until all channels close,
+/// then flushes and returns.
 pub async fn run(
     mut sinks: Sinks,
     mut rx: mpsc::UnboundedReceiver<Aggregate>,
     mut events: mpsc::UnboundedReceiver<Event>,
+    mut quality: mpsc::UnboundedReceiver<QualityRecord>,
     metrics: Arc<Metrics>,
 ) -> Result<(), SinkError> {
-    let (mut aggregates_open, mut events_open) = (true, true);
+    let (mut aggregates_open, mut events_open, mut quality_open) = (true, true, true);
     let mut batch = String::new();
     let mut points = 0usize;
     // Batches spilled before a restart are written first.
@@ -86,29 +104,19 @@ pub async fn run(
     }
     let mut tick = tokio::time::interval(sinks.flush_interval.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while aggregates_open || events_open {
+    while aggregates_open || events_open || quality_open {
         tokio::select! {
             next = events.recv(), if events_open => match next {
-                Some(e) => {
-                    match e.write_line(&mut batch) {
-                        Ok(()) => points += 1,
-                        Err(err) => {
-                            metrics.points_unencodable.fetch_add(1, Relaxed);
-                            tracing::warn!(event_type = %e.event_type, error = %err, "Skipped an event that cannot be encoded.");
-                        }
-                    }
-                }
+                Some(e) => counted(&mut points, &metrics, e.write_line(&mut batch), format_args!("a {} event", e.event_type)),
                 None => events_open = false,
+            },
+            next = quality.recv(), if quality_open => match next {
+                Some(q) => counted(&mut points, &metrics, q.write_line(&mut batch), format_args!("a quality record")),
+                None => quality_open = false,
             },
             next = rx.recv(), if aggregates_open => match next {
                 Some(agg) => {
-                    match agg.write_line(&mut batch) {
-                        Ok(()) => points += 1,
-                        Err(e) => {
-                            metrics.points_unencodable.fetch_add(1, Relaxed);
-                            tracing::warn!(sensor_type = %agg.sensor_type, field = %agg.field, error = %e, "Skipped an aggregate that cannot be encoded.");
-                        }
-                    }
+                    counted(&mut points, &metrics, agg.write_line(&mut batch), format_args!("a {} {} aggregate", agg.sensor_type, agg.field));
                     if points >= sinks.batch_size {
                         sinks.write(&batch, points, &metrics).await?;
                         batch.clear();

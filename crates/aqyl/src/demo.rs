@@ -127,6 +127,10 @@ flush_interval = "500ms"
 [file]
 enabled = true
 dir = {dir:?}
+[quality]
+# The simulated city runs hundreds of times faster than the wall clock: its silences and
+# ages are judged in event time.
+clock = "event"
 "#,
         pid = std::process::id(),
         dir = data_dir.display().to_string(),

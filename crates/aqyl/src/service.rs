@@ -126,6 +126,8 @@ async fn run(
     let (dl_tx, dl_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (ev_sink_tx, ev_sink_rx) = mpsc::unbounded_channel();
+    let (q_tx, q_rx) = mpsc::unbounded_channel();
+    let (q_sink_tx, q_sink_rx) = mpsc::unbounded_channel();
     let spec = PipelineSpec {
         registry: registry.clone(),
         workers: *cfg.pipeline.workers.get_ref(),
@@ -136,6 +138,7 @@ async fn run(
         rules: Arc::new(loaded.rules.clone()),
         update_horizon: (cfg.pipeline.late == aqyl_core::config::LatePolicy::Update)
             .then_some(cfg.pipeline.update_horizon),
+        quality: quality_spec(cfg),
     };
     let (router, running) = aqyl_dataflow::start(
         spec,
@@ -144,6 +147,7 @@ async fn run(
             aggregates: agg_tx,
             deadletters: dl_tx,
             events: ev_tx,
+            quality: q_tx,
         },
         metrics.clone(),
     )
@@ -164,7 +168,13 @@ async fn run(
     } else {
         (agg_rx, None)
     };
-    let sink_task = tokio::spawn(aqyl_sink::run(sinks, sink_rx, ev_sink_rx, metrics.clone()));
+    let sink_task = tokio::spawn(aqyl_sink::run(
+        sinks,
+        sink_rx,
+        ev_sink_rx,
+        q_sink_rx,
+        metrics.clone(),
+    ));
 
     let prefix = cfg.outputs.topic_prefix.clone();
     let filters = crate::reload::subscriptions(
@@ -223,6 +233,13 @@ async fn run(
         ev_sink_tx,
         metrics.clone(),
     ));
+    let q_task = tokio::spawn(aqyl_mqtt::publish::quality(
+        edge.client.clone(),
+        prefix.clone(),
+        q_rx,
+        q_sink_tx,
+        metrics.clone(),
+    ));
     let dl_task = tokio::spawn(aqyl_mqtt::publish::deadletters(
         edge.client.clone(),
         prefix,
@@ -243,6 +260,7 @@ async fn run(
     sink_task.await.context("the sink task panicked")??;
     dl_task.await.context("the dead-letter task panicked")?;
     ev_task.await.context("the event task panicked")?;
+    q_task.await.context("the quality task panicked")?;
     if let Some(t) = live_task {
         t.await.context("the aggregate publisher panicked")?;
     }
@@ -262,4 +280,29 @@ async fn run(
         "Aqyl stopped cleanly."
     );
     Ok(())
+}
+
+/// The dataflow's quality settings from `[quality]` (`None` when disabled). The `auto` clock
+/// is the wall clock when the pipeline runs live (an idle timeout is set) and event time for
+/// replays.
+pub fn quality_spec(
+    cfg: &aqyl_core::config::Config,
+) -> Option<aqyl_dataflow::quality::QualitySpec> {
+    use aqyl_core::config::QualityClock;
+    let q = &cfg.quality;
+    q.enabled.then(|| aqyl_dataflow::quality::QualitySpec {
+        threshold: q.threshold,
+        max_latency_ms: q.max_latency.as_millis() as u64,
+        long_window: q.long_window,
+        short_window: q.short_window,
+        flat_line: q.flat_line,
+        spike_window: q.spike_window,
+        spike_threshold: q.spike_threshold,
+        exclude_incorrect: q.exclude_incorrect,
+        wall_clock: match q.clock {
+            QualityClock::Wall => true,
+            QualityClock::Event => false,
+            QualityClock::Auto => !cfg.pipeline.idle_timeout.is_zero(),
+        },
+    })
 }

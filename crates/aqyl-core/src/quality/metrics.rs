@@ -101,15 +101,65 @@ impl FlatLine {
 /// Spike detection by robust z-score: how far a reading lies from the median of the previous
 /// `window` readings, in units of their median absolute deviation (MAD), scaled to match a
 /// standard z-score for normal data: `0.6745·(x − median)/MAD` (Iglewicz and Hoaglin's
-/// modified z-score). When more than half the history is identical the MAD is 0, and the mean
-/// absolute deviation stands in (`(x − median)/(1.2533·meanAD)`, the usual fallback); a
-/// history of identical values gives no verdict. Robust because a few earlier spikes move
-/// neither the median nor the MAD.
+/// modified z-score). Robust because a few earlier spikes move neither the median nor the MAD.
+///
+/// A sensor's noise and level do not vanish when its signal goes quiet (a road at night, when
+/// a handful of cars make the window's MAD tiny), so two floors keep small wobbles of a quiet
+/// signal from counting:
+/// - the deviation unit is at least half the sensor's typical MAD (the largest window MAD
+///   seen, fading by 0.5% a reading, i.e. over a few hundred readings);
+/// - a spike must also move the value by at least half the sensor's typical level (the
+///   largest window median magnitude seen, fading the same way).
+///
+/// An absurd value (a speed of 250 km/h on a 50 km/h road) clears both by far.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spike {
     window: usize,
     threshold: f64,
     history: VecDeque<f64>,
+    /// Typical MAD and typical level (fading maxima).
+    typical_mad: f64,
+    typical_level: f64,
+}
+
+/// How much of the typical MAD and level fades with each reading.
+const FADE: f64 = 0.005;
+
+/// The verdict on one reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpikeVerdict {
+    /// Robust z-score against the history (`None` before a full window, or while the
+    /// history has no spread at all).
+    pub z: Option<f64>,
+    /// Whether the reading jumps away from the history (|z| beyond the threshold and a move
+    /// of at least half the typical level). Whether the jump is a spike (it comes back) or a
+    /// shift (it stays) shows at the next reading: see [`Jump`].
+    pub spike: bool,
+    /// The jump, when the reading is one.
+    pub jump: Option<Jump>,
+}
+
+/// A jump seen at one reading, judged at the next: a **spike** when the next reading is back
+/// in the normal range before the jump (its own z-score against the same median and unit
+/// within half the threshold), a **shift** when it is not (the signal moved: a congestion, or a
+/// broken sensor; the neighbours tell which).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Jump {
+    /// The median before the jump.
+    pub median: f64,
+    /// The deviation unit before the jump.
+    pub unit: f64,
+    /// The threshold.
+    pub threshold: f64,
+    /// The jump's z-score.
+    pub z: f64,
+}
+
+impl Jump {
+    /// Whether `next` came back (the jump was a spike).
+    pub fn came_back(&self, next: f64) -> bool {
+        self.unit > 0.0 && (0.6745 * (next - self.median) / self.unit).abs() <= self.threshold / 2.0
+    }
 }
 
 impl Spike {
@@ -120,13 +170,14 @@ impl Spike {
             window,
             threshold,
             history: VecDeque::with_capacity(window),
+            typical_mad: 0.0,
+            typical_level: 0.0,
         }
     }
 
-    /// The robust z-score of `value` against the history (`None` until half the window is
-    /// filled, or while the history is constant).
-    pub fn z(&self, value: f64) -> Option<f64> {
-        if self.history.len() < self.window / 2 {
+    /// The window's median and MAD (`None` before a full window).
+    fn stats(&self) -> Option<(f64, f64)> {
+        if self.history.len() < self.window {
             return None;
         }
         let mut sorted: Vec<f64> = self.history.iter().copied().collect();
@@ -134,23 +185,47 @@ impl Spike {
         let median = median_sorted(&sorted);
         let mut deviations: Vec<f64> = sorted.iter().map(|v| (v - median).abs()).collect();
         deviations.sort_by(f64::total_cmp);
-        let mad = median_sorted(&deviations);
-        if mad > 0.0 {
-            return Some(0.6745 * (value - median) / mad);
-        }
-        let mean_ad = deviations.iter().sum::<f64>() / deviations.len() as f64;
-        (mean_ad > 0.0).then(|| (value - median) / (1.2533 * mean_ad))
+        Some((median, median_sorted(&deviations)))
     }
 
-    /// Adds a reading and returns its robust z-score against the readings before it, and
-    /// whether it is a spike.
-    pub fn push(&mut self, value: f64) -> (Option<f64>, bool) {
-        let z = self.z(value);
+    /// Judges `value` against the history without adding it.
+    pub fn judge(&self, value: f64) -> SpikeVerdict {
+        let Some((median, mad)) = self.stats() else {
+            return SpikeVerdict {
+                z: None,
+                spike: false,
+                jump: None,
+            };
+        };
+        let unit = mad.max(self.typical_mad / 2.0);
+        let z = (unit > 0.0).then(|| 0.6745 * (value - median) / unit);
+        let level = median.abs().max(self.typical_level);
+        let moved = (value - median).abs() >= level / 2.0;
+        let spike = moved && z.is_some_and(|z| z.abs() > self.threshold);
+        SpikeVerdict {
+            z,
+            spike,
+            jump: z.filter(|_| spike).map(|z| Jump {
+                median,
+                unit,
+                threshold: self.threshold,
+                z,
+            }),
+        }
+    }
+
+    /// Judges a reading against the readings before it, then adds it to the history.
+    pub fn push(&mut self, value: f64) -> SpikeVerdict {
+        let verdict = self.judge(value);
+        if let Some((median, mad)) = self.stats() {
+            self.typical_mad = mad.max(self.typical_mad * (1.0 - FADE));
+            self.typical_level = median.abs().max(self.typical_level * (1.0 - FADE));
+        }
         if self.history.len() == self.window {
             self.history.pop_front();
         }
         self.history.push_back(value);
-        (z, z.is_some_and(|z| z.abs() > self.threshold))
+        verdict
     }
 
     /// The threshold |z| above which a reading is a spike.
@@ -169,14 +244,43 @@ fn median_sorted(sorted: &[f64]) -> f64 {
 }
 
 /// One metric's value in a quality report.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Metric {
     /// The measured value, in `unit`.
     pub absolute: f64,
     /// The reward-and-punishment rating, 0..=1.
     pub rated: f64,
     /// Unit of `absolute`.
-    pub unit: &'static str,
+    pub unit: Unit,
+}
+
+/// Units of the absolute values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Unit {
+    /// Per second (frequency).
+    #[serde(rename = "Hz")]
+    Hertz,
+    /// Seconds (age).
+    #[serde(rename = "s")]
+    Seconds,
+    /// Milliseconds (latency).
+    #[serde(rename = "ms")]
+    Milliseconds,
+    /// A share, 0..1 (completeness, correctness).
+    #[serde(rename = "1")]
+    Ratio,
+}
+
+impl Unit {
+    /// As written in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Hertz => "Hz",
+            Unit::Seconds => "s",
+            Unit::Milliseconds => "ms",
+            Unit::Ratio => "1",
+        }
+    }
 }
 
 /// What one reading (or one unusable message) of a stream is judged on. A metric that cannot
@@ -214,7 +318,7 @@ pub struct QualitySettings {
 }
 
 /// The five atomic metrics of one reading.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Metrics5 {
     /// 1/Δt between consecutive event times (Hz); passes when 0 < Δt ≤ expected interval.
     pub frequency: Metric,
@@ -241,7 +345,7 @@ impl Metrics5 {
     }
 }
 
-fn metric(absolute: f64, rated: f64, unit: &'static str) -> Metric {
+fn metric(absolute: f64, rated: f64, unit: Unit) -> Metric {
     Metric {
         absolute,
         rated,
@@ -274,11 +378,11 @@ impl StreamQuality {
             correctness: Rating::new(settings.long_window),
             last_event: None,
             last: Metrics5 {
-                frequency: metric(0.0, 1.0, "Hz"),
-                age: metric(0.0, 1.0, "s"),
-                latency: metric(0.0, 1.0, "ms"),
-                completeness: metric(1.0, 1.0, "1"),
-                correctness: metric(1.0, 1.0, "1"),
+                frequency: metric(0.0, 1.0, Unit::Hertz),
+                age: metric(0.0, 1.0, Unit::Seconds),
+                latency: metric(0.0, 1.0, Unit::Milliseconds),
+                completeness: metric(1.0, 1.0, Unit::Ratio),
+                correctness: metric(1.0, 1.0, Unit::Ratio),
             },
         }
     }
@@ -292,17 +396,17 @@ impl StreamQuality {
                 let dt = t.saturating_sub(last);
                 let hz = if dt == 0 { 0.0 } else { 1000.0 / dt as f64 };
                 let rated = self.frequency.update(dt > 0 && dt <= expected);
-                self.last.frequency = metric(hz, rated, "Hz");
+                self.last.frequency = metric(hz, rated, Unit::Hertz);
             }
             self.last_event = Some(t.max(self.last_event.unwrap_or(0)));
         }
         if let Some(age) = r.age_ms {
             let rated = self.age.update(age <= expected);
-            self.last.age = metric(age as f64 / 1000.0, rated, "s");
+            self.last.age = metric(age as f64 / 1000.0, rated, Unit::Seconds);
         }
         if let Some(latency) = r.latency_ms {
             let rated = self.latency.update(latency < self.settings.max_latency_ms);
-            self.last.latency = metric(latency as f64, rated, "ms");
+            self.last.latency = metric(latency as f64, rated, Unit::Milliseconds);
         }
         let completeness = if r.required == 0 {
             1.0
@@ -310,14 +414,14 @@ impl StreamQuality {
             r.present as f64 / r.required as f64
         };
         let rated = self.completeness.update(r.present >= r.required);
-        self.last.completeness = metric(completeness, rated, "1");
+        self.last.completeness = metric(completeness, rated, Unit::Ratio);
         let correctness = if r.checked == 0 {
             1.0
         } else {
             1.0 - r.wrong as f64 / r.checked as f64
         };
         let rated = self.correctness.update(r.wrong == 0);
-        self.last.correctness = metric(correctness, rated, "1");
+        self.last.correctness = metric(correctness, rated, Unit::Ratio);
         self.last
     }
 
@@ -331,7 +435,7 @@ impl StreamQuality {
         }
         let rated = self.frequency.update(false);
         let silent_for = at.saturating_sub(self.last_event.unwrap_or(since));
-        self.last.frequency = metric(1000.0 / silent_for.max(1) as f64, rated, "Hz");
+        self.last.frequency = metric(1000.0 / silent_for.max(1) as f64, rated, Unit::Hertz);
         Some((self.last, at))
     }
 
@@ -412,39 +516,46 @@ mod tests {
         let mut s = Spike::new(8, 5.0);
         // History 10, 11, 9, 10, 12, 10, 11, 9: median 10, MAD 1.
         for v in [10.0, 11.0, 9.0, 10.0, 12.0, 10.0, 11.0, 9.0] {
-            assert!(!s.push(v).1);
+            assert!(!s.push(v).spike);
         }
         // 0.6745 · (50 − 10) / 1 = 26.98: a spike. 12 is 1.35: not.
-        let (z, spike) = s.push(50.0);
-        assert!(spike && (z.unwrap() - 26.98).abs() < 1e-9);
-        let (z, spike) = s.push(12.0);
-        assert!(!spike, "{z:?}");
+        let v = s.push(50.0);
+        assert!(v.spike && (v.z.unwrap() - 26.98).abs() < 1e-9);
+        let v = s.push(12.0);
+        assert!(!v.spike, "{v:?}");
     }
 
     #[test]
-    fn a_mostly_constant_history_falls_back_to_the_mean_absolute_deviation() {
+    fn a_quiet_signal_keeps_its_daytime_noise_and_level() {
         let mut s = Spike::new(8, 6.0);
-        // Seven zeros and a 2 (a quiet night): MAD is 0, mean AD 0.25.
-        for v in [0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0] {
+        // Daytime: counts around 20, spread 4.
+        for v in [16.0, 24.0, 20.0, 18.0, 22.0, 20.0, 16.0, 24.0, 20.0, 21.0] {
             s.push(v);
         }
-        assert!(!s.push(1.0).1, "one car at night is no spike");
-        assert!(s.push(300.0).1);
+        // Night: almost nothing, MAD 0 or 1.
+        for v in [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0] {
+            s.push(v);
+        }
+        assert!(!s.push(6.0).spike, "six cars at night are no spike");
+        assert!(s.push(300.0).spike, "three hundred are");
         let mut constant = Spike::new(4, 6.0);
         for _ in 0..4 {
             constant.push(953.0);
         }
-        assert_eq!(constant.z(0.0), None, "no verdict from a constant history");
+        assert_eq!(
+            constant.judge(0.0).z,
+            None,
+            "no verdict from a constant history"
+        );
     }
 
     #[test]
-    fn no_verdict_before_half_a_window() {
+    fn no_verdict_before_a_full_window() {
         let mut s = Spike::new(10, 3.0);
-        // Half of 10 is 5: the first five readings get no verdict.
-        for v in [1.0, 2.0, 3.0, 4.0, 5.0] {
-            assert_eq!(s.push(v), (None, false));
+        for v in [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0] {
+            assert_eq!(s.push(v).z, None);
         }
-        assert!(s.push(1000.0).1);
+        assert!(s.push(1000.0).spike);
     }
 
     fn settings() -> QualitySettings {

@@ -26,10 +26,10 @@ pub mod score;
 pub mod sensor;
 
 pub use metrics::{
-    FlatLine, Metric, Metrics5, QualitySettings, Rating, Reading, Spike, StreamQuality,
-    LONG_WINDOW, SHORT_WINDOW,
+    FlatLine, Jump, Metric, Metrics5, QualitySettings, Rating, Reading, Spike, SpikeVerdict,
+    StreamQuality, Unit, LONG_WINDOW, SHORT_WINDOW,
 };
 pub use neighbours::{agreement, Neighbourhood};
-pub use report::{Alarm, QualityReport, QualityRollup, Rollups, QUALITY_EVENT};
+pub use report::{Alarm, QualityRecord, QualityReport, QualityRollup, Rollups, QUALITY_EVENT};
 pub use score::{score, Findings, Neighbours, PENALTY, WEIGHTS};
 pub use sensor::{Assessment, Input, SensorQuality, SensorSettings};

@@ -14,14 +14,14 @@ use std::sync::Arc;
 /// A reading's robust z-score per field.
 type ZScores = [(Arc<str>, f64)];
 
-/// Whether the neighbours' z-scores share a sensor's jumps: for each jumping field, at least
+/// Whether the neighbours' z-scores share a sensor's shifts: for each shifted field, at least
 /// half of the neighbours (and at least one) moved the same way by at least half the
 /// threshold. `neighbours` holds each neighbour's z-scores near the same time.
-pub fn agreement(spikes: &[(String, f64)], neighbours: &[&ZScores], threshold: f64) -> Neighbours {
-    if spikes.is_empty() || neighbours.is_empty() {
+pub fn agreement(shifts: &[(String, f64)], neighbours: &[&ZScores], threshold: f64) -> Neighbours {
+    if shifts.is_empty() || neighbours.is_empty() {
         return Neighbours::Unchecked;
     }
-    let shared = spikes.iter().all(|(field, z)| {
+    let shared = shifts.iter().all(|(field, z)| {
         let agreeing = neighbours
             .iter()
             .filter(|n| {
@@ -104,7 +104,7 @@ impl Neighbourhood {
                     }
                 }
                 let zs: Vec<&ZScores> = nearest.values().map(|v| v.1).collect();
-                verdicts.push((i, agreement(&a.findings.spikes, &zs, threshold)));
+                verdicts.push((i, agreement(&a.findings.shifts, &zs, threshold)));
             }
             if let Some(entries) = self.by_time.get_mut(&t) {
                 for (i, verdict) in verdicts {
@@ -136,7 +136,7 @@ mod tests {
     use super::*;
 
     fn assessment(t: u64, z: f64, threshold: f64) -> Assessment {
-        let spikes = if z.abs() > threshold {
+        let shifts = if z.abs() > threshold {
             vec![("avgSpeed".to_string(), z)]
         } else {
             Vec::new()
@@ -153,7 +153,7 @@ mod tests {
             )
             .current(),
             findings: Findings {
-                spikes,
+                shifts,
                 ..Findings::default()
             },
             z: vec![(Arc::from("avgSpeed"), z)],

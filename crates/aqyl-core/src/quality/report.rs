@@ -69,14 +69,15 @@ impl QualityReport {
             "problems": self.findings.problems(),
             "silent": self.findings.silent,
             "flat_line": self.findings.flat_line,
-            "spikes": self.findings.spikes.iter().map(|(f, z)| serde_json::json!({"field": f, "z": round(*z)})).collect::<Vec<_>>(),
+            "spikes": jumps(&self.findings.spikes),
+            "shifts": jumps(&self.findings.shifts),
             "neighbours": self.findings.neighbours,
         });
         for (name, m) in self.metrics.named() {
             v[name] = serde_json::json!({
                 "absolute": round(m.absolute),
                 "rated": round(m.rated),
-                "unit": m.unit,
+                "unit": m.unit.as_str(),
             });
         }
         v.to_string()
@@ -116,8 +117,33 @@ impl QualityReport {
     }
 }
 
+fn jumps(list: &[(String, f64)]) -> Vec<serde_json::Value> {
+    list.iter()
+        .map(|(f, z)| serde_json::json!({"field": f, "z": round(*z)}))
+        .collect()
+}
+
 fn round(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
+}
+
+/// What quality scoring gives to the sinks (quality incidents go with the other events).
+#[derive(Debug, Clone, PartialEq)]
+pub enum QualityRecord {
+    /// A report: retained on MQTT, a `quality` point in the store.
+    Report(QualityReport),
+    /// An hourly or daily roll-up: a `quality_rollup` point in the store.
+    Rollup(QualityRollup),
+}
+
+impl QualityRecord {
+    /// The record's line-protocol line.
+    pub fn write_line(&self, out: &mut String) -> Result<(), LineError> {
+        match self {
+            QualityRecord::Report(r) => r.write_line(out),
+            QualityRecord::Rollup(r) => r.write_line(out),
+        }
+    }
 }
 
 /// Mean, min and max of each rated metric and the score over an hour or a day.

@@ -16,21 +16,23 @@ pub const WEIGHTS: [(&str, f64); 5] = [
 /// Each finding about the current reading halves the score.
 pub const PENALTY: f64 = 0.5;
 
-/// Whether the sensor's latest reading agrees with its neighbours (same type, same area).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+/// Whether a sudden shift of the sensor's values is shared by its neighbours (same type,
+/// same area).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Neighbours {
-    /// Nothing to check: no sudden change, or no neighbours reporting.
+    /// Nothing to check: no sudden shift, or no neighbours reporting (the shift is given
+    /// the benefit of the doubt).
     #[default]
     Unchecked,
-    /// A sudden change that the neighbours share: a real event, not a fault.
+    /// A sudden shift that the neighbours share: a real event, not a fault.
     Agree,
-    /// A sudden change that no neighbour shares: the sensor alone deviates.
+    /// A sudden shift that the neighbours do not share: the sensor alone deviates.
     Disagree,
 }
 
 /// What was found wrong with the current reading (or silence) beyond the rated metrics.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Findings {
     /// No reading for 1.05 × the expected interval (the watchdog).
     pub silent: bool,
@@ -42,9 +44,13 @@ pub struct Findings {
     pub incomplete: Option<String>,
     /// The values have not changed for the configured number of readings.
     pub flat_line: bool,
-    /// Fields whose value jumped (robust z-score beyond the threshold), with the z-score.
+    /// Fields whose previous value jumped and came back (robust z-score beyond the threshold,
+    /// then back at least halfway), with the jump's z-score: a spike is a fault.
     pub spikes: Vec<(String, f64)>,
-    /// The neighbour check of the spikes.
+    /// Fields whose previous value jumped and stayed, with the jump's z-score: a real change
+    /// or a fault, which the neighbours tell.
+    pub shifts: Vec<(String, f64)>,
+    /// The neighbour check of the shifts.
     pub neighbours: Neighbours,
 }
 
@@ -65,26 +71,28 @@ impl Findings {
         if self.flat_line {
             out.push("values stuck".to_string());
         }
-        if !self.spikes.is_empty() && self.neighbours != Neighbours::Agree {
-            let fields: Vec<String> = self
-                .spikes
-                .iter()
+        let fields = |list: &[(String, f64)]| {
+            list.iter()
                 .map(|(f, z)| format!("{f} (z = {z:.1})"))
-                .collect();
-            let alone = if self.neighbours == Neighbours::Disagree {
-                " that its neighbours do not show"
-            } else {
-                ""
-            };
-            out.push(format!("sudden jump in {}{alone}", fields.join(", ")));
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !self.spikes.is_empty() {
+            out.push(format!("spike in {}", fields(&self.spikes)));
+        }
+        if !self.shifts.is_empty() && self.neighbours == Neighbours::Disagree {
+            out.push(format!(
+                "sudden shift in {} that its neighbours do not show",
+                fields(&self.shifts)
+            ));
         }
         out
     }
 }
 
 /// The overall score: the weighted mean of the rated metrics, halved for each finding about
-/// the current reading (silent, late, incorrect, incomplete, stuck, a jump its neighbours do
-/// not share). The rated metrics are CityPulse's slow-moving reputation of the stream; the
+/// the current reading (silent, late, incorrect, incomplete, stuck, a spike, a shift its
+/// neighbours do not share). The rated metrics are CityPulse's slow-moving reputation of the stream; the
 /// findings make one bad reading show at once, so a consumer can drop that reading.
 pub fn score(m: &Metrics5, findings: &Findings) -> f64 {
     let rated = [
@@ -99,14 +107,15 @@ pub fn score(m: &Metrics5, findings: &Findings) -> f64 {
         .zip(WEIGHTS.iter())
         .map(|(r, (_, w))| r * w)
         .sum();
-    let spike_counts = !findings.spikes.is_empty() && findings.neighbours != Neighbours::Agree;
+    let lone_shift = !findings.shifts.is_empty() && findings.neighbours == Neighbours::Disagree;
     let count = [
         findings.silent,
         findings.late,
         !findings.incorrect.is_empty(),
         findings.incomplete.is_some(),
         findings.flat_line,
-        spike_counts,
+        !findings.spikes.is_empty(),
+        lone_shift,
     ]
     .iter()
     .filter(|f| **f)
@@ -123,7 +132,7 @@ mod tests {
         let m = Metric {
             absolute: 0.0,
             rated,
-            unit: "1",
+            unit: super::super::metrics::Unit::Ratio,
         };
         Metrics5 {
             frequency: m,
@@ -153,16 +162,21 @@ mod tests {
     }
 
     #[test]
-    fn a_jump_the_neighbours_share_costs_nothing() {
-        let jump = |neighbours| Findings {
-            spikes: vec![("avgSpeed".into(), -9.0)],
+    fn a_shift_costs_only_when_the_neighbours_do_not_share_it() {
+        let shift = |neighbours| Findings {
+            shifts: vec![("avgSpeed".into(), -9.0)],
             neighbours,
             ..Findings::default()
         };
-        assert_eq!(score(&all(1.0), &jump(Neighbours::Agree)), 1.0);
-        assert_eq!(score(&all(1.0), &jump(Neighbours::Disagree)), 0.5);
-        assert_eq!(score(&all(1.0), &jump(Neighbours::Unchecked)), 0.5);
-        assert!(jump(Neighbours::Disagree).problems()[0].contains("neighbours do not show"));
-        assert!(jump(Neighbours::Agree).problems().is_empty());
+        assert_eq!(score(&all(1.0), &shift(Neighbours::Agree)), 1.0);
+        assert_eq!(score(&all(1.0), &shift(Neighbours::Unchecked)), 1.0);
+        assert_eq!(score(&all(1.0), &shift(Neighbours::Disagree)), 0.5);
+        assert!(shift(Neighbours::Disagree).problems()[0].contains("neighbours do not show"));
+        assert!(shift(Neighbours::Agree).problems().is_empty());
+        let spike = Findings {
+            spikes: vec![("avgSpeed".into(), 30.0)],
+            ..Findings::default()
+        };
+        assert_eq!(score(&all(1.0), &spike), 0.5);
     }
 }

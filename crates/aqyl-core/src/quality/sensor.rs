@@ -2,7 +2,7 @@
 //! and spike detectors over its values. Fed in event-time order; gives one [`Assessment`]
 //! per reading, per unusable message and per missed reading.
 
-use super::metrics::{FlatLine, Metrics5, QualitySettings, Reading, Spike, StreamQuality};
+use super::metrics::{FlatLine, Jump, Metrics5, QualitySettings, Reading, Spike, StreamQuality};
 use super::score::Findings;
 use crate::Reason;
 use std::sync::Arc;
@@ -57,7 +57,7 @@ pub enum Input<'a> {
 }
 
 /// The verdict on one reading (or message, or silence) of one sensor.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Assessment {
     /// Event time it is about, Unix ms.
     pub time: u64,
@@ -76,7 +76,8 @@ pub struct SensorQuality {
     settings: SensorSettings,
     stream: StreamQuality,
     flat: FlatLine,
-    spikes: Vec<(Arc<str>, Spike)>,
+    /// Per field: the spike detector and a jump of the previous reading awaiting its verdict.
+    spikes: Vec<(Arc<str>, Spike, Option<Jump>)>,
     /// Since when the watchdog counts: the last reading or the last watchdog failure.
     silence_since: Option<u64>,
     /// Watchdog failures in a row.
@@ -123,17 +124,25 @@ impl SensorQuality {
                                     self.settings.spike_window,
                                     self.settings.spike_threshold,
                                 );
-                                self.spikes.push((name.clone(), spike));
+                                self.spikes.push((name.clone(), spike, None));
                                 self.spikes.len() - 1
                             }
                         };
-                        let (score, spike) = self.spikes[index].1.push(*v);
-                        if let Some(s) = score {
-                            z.push((name.clone(), s));
-                            if spike {
-                                findings.spikes.push((name.to_string(), s));
-                            }
+                        let (_, detector, pending) = &mut self.spikes[index];
+                        // The previous reading's jump: back again (a spike) or kept (a shift).
+                        if let Some(jump) = pending.take() {
+                            let list = if jump.came_back(*v) {
+                                &mut findings.spikes
+                            } else {
+                                &mut findings.shifts
+                            };
+                            list.push((name.to_string(), jump.z));
                         }
+                        let verdict = detector.push(*v);
+                        if let Some(s) = verdict.z {
+                            z.push((name.clone(), s));
+                        }
+                        *pending = verdict.jump;
                     }
                 }
                 Reading {
@@ -283,13 +292,16 @@ mod tests {
         assert!(!read(&mut q, t, &stuck, &[]).findings.flat_line);
         assert!(!read(&mut q, t + 5 * MIN, &stuck, &[]).findings.flat_line);
         assert!(read(&mut q, t + 10 * MIN, &stuck, &[]).findings.flat_line);
-        // A jump.
+        // A jump that comes back at the next reading: a spike, told at that reading.
         let a = read(&mut q, t + 15 * MIN, &fields(280.0, 12.0), &[]);
+        assert!(a.findings.spikes.is_empty());
+        let a = read(&mut q, t + 20 * MIN, &fields(52.0, 11.0), &[]);
         assert_eq!(a.findings.spikes.len(), 1, "{:?}", a.findings);
         assert_eq!(a.findings.spikes[0].0, "avgSpeed");
+        assert!(a.findings.shifts.is_empty());
         // Out of range: counted as incorrect, kept out of the histories.
         let bad = vec!["avgSpeed = -5 is below its minimum 0".to_string()];
-        let a = read(&mut q, t + 20 * MIN, &fields(-5.0, 12.0), &bad);
+        let a = read(&mut q, t + 25 * MIN, &fields(-5.0, 12.0), &bad);
         assert_eq!(a.findings.incorrect, bad);
         assert_eq!(a.metrics.correctness.absolute, 0.5);
         assert!(a.z.is_empty());

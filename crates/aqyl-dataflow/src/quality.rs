@@ -1,0 +1,579 @@
+//! Quality of Information in the dataflow: `ScoreQuality` rates every sensor stream, then
+//! `JudgeQuality` checks sudden changes against the sensor's neighbours, scores, raises
+//! `quality` incidents and rolls reports up by hour and day.
+//!
+//! `ScoreQuality` is exchanged by sensor and takes each sensor's input in event-time order
+//! (readings, readings kept out of the aggregates for failing correctness, rejected and late
+//! messages), as the rules do, so its verdicts do not depend on arrival order or on the number
+//! of workers. Its watchdog counts a missed reading when a sensor has been silent for 1.05 ×
+//! its expected interval: in event time (as the frontier passes) for replays, where the wall
+//! clock says nothing about the data, and by the wall clock when running live, where event
+//! time only moves when data (or the idle timeout) moves it and a silent city must still be
+//! noticed. `JudgeQuality` is exchanged by (sensor type, area) and holds each assessment until
+//! the frontier has passed it by half an expected interval, so that the neighbours' readings
+//! around the same time are in.
+
+use aqyl_core::quality::{
+    Alarm, Assessment, Input, Neighbourhood, QualityRecord, QualityReport, QualitySettings,
+    Rollups, SensorQuality, SensorSettings,
+};
+use aqyl_core::{Event, Observation, Reason};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::StreamVec;
+
+/// Quality settings of a pipeline (`[quality]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QualitySpec {
+    /// A score below this starts a `quality` incident.
+    pub threshold: f64,
+    /// Processing delay inside Aqyl above which latency fails, ms.
+    pub max_latency_ms: u64,
+    /// Rating window of frequency and correctness.
+    pub long_window: usize,
+    /// Rating window of age, latency and completeness.
+    pub short_window: usize,
+    /// Identical readings in a row that count as stuck.
+    pub flat_line: usize,
+    /// Readings of history for the spike detector.
+    pub spike_window: usize,
+    /// Robust z-score beyond which a value is a spike.
+    pub spike_threshold: f64,
+    /// Readings failing correctness stay out of aggregates and rules.
+    pub exclude_incorrect: bool,
+    /// The watchdog and the age metric follow the wall clock (live) instead of event time.
+    pub wall_clock: bool,
+}
+
+impl QualitySpec {
+    fn sensor(&self, expected_interval_ms: u64, flat_line: Option<usize>) -> SensorSettings {
+        SensorSettings {
+            metrics: QualitySettings {
+                expected_interval_ms: expected_interval_ms.max(1),
+                max_latency_ms: self.max_latency_ms,
+                long_window: self.long_window,
+                short_window: self.short_window,
+            },
+            flat_line: flat_line.unwrap_or(self.flat_line),
+            spike_window: self.spike_window,
+            spike_threshold: self.spike_threshold,
+        }
+    }
+}
+
+/// Input only quality scoring sees, sent at the worker's input time.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum Side {
+    /// A reading kept out of aggregates and rules because a value is outside its range.
+    Incorrect(Observation),
+    /// A message of a known sensor that could not be decoded.
+    Rejected {
+        /// Sensor type.
+        sensor_type: Arc<str>,
+        /// Sensor id (from the topic).
+        sensor_id: String,
+        /// Why.
+        reason: Reason,
+        /// What was wrong.
+        detail: String,
+        /// Processing delay inside Aqyl, ms.
+        latency_ms: u64,
+    },
+    /// A reading that came after its window closed.
+    Late {
+        /// Sensor type.
+        sensor_type: Arc<str>,
+        /// Sensor id.
+        sensor_id: String,
+        /// How old it was on arrival, ms.
+        age_ms: u64,
+        /// Processing delay inside Aqyl, ms.
+        latency_ms: u64,
+    },
+}
+
+impl Side {
+    fn key(&self) -> (&str, &str) {
+        match self {
+            Side::Incorrect(o) => (&o.sensor_type, &o.sensor_id),
+            Side::Rejected {
+                sensor_type,
+                sensor_id,
+                ..
+            }
+            | Side::Late {
+                sensor_type,
+                sensor_id,
+                ..
+            } => (sensor_type, sensor_id),
+        }
+    }
+}
+
+/// One sensor's assessment, on its way to the neighbour check.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Scored {
+    /// Sensor type.
+    pub sensor_type: Arc<str>,
+    /// Sensor id.
+    pub sensor_id: String,
+    /// Its area, when known.
+    pub area: Option<String>,
+    /// How near in time a neighbour's reading must be (half the expected interval), ms.
+    pub window_ms: u64,
+    /// The verdict.
+    pub assessment: Assessment,
+}
+
+/// What leaves quality scoring.
+#[derive(Debug, Clone)]
+pub enum QualityOut {
+    /// A report or a roll-up.
+    Record(QualityRecord),
+    /// A `quality` incident message.
+    Event(Event),
+}
+
+/// An input item of one sensor, in the order buffer.
+enum Item {
+    Reading(Observation),
+    Side(Side),
+}
+
+impl Item {
+    fn order(&self) -> (&str, &str, u8) {
+        match self {
+            Item::Reading(o) => (&o.sensor_type, &o.sensor_id, 0),
+            Item::Side(s) => {
+                let (t, id) = s.key();
+                let rank = match s {
+                    Side::Incorrect(_) => 0,
+                    Side::Rejected { .. } => 1,
+                    Side::Late { .. } => 2,
+                };
+                (t, id, rank)
+            }
+        }
+    }
+}
+
+/// A sensor's state in `ScoreQuality`.
+struct Sensor {
+    quality: SensorQuality,
+    area: Option<String>,
+    window_ms: u64,
+    /// Wall-clock arrival and event time of the latest reading (wall-clock watchdog).
+    last_wall: i64,
+    last_event: u64,
+    /// The event-time watchdog's scheduled check.
+    scheduled: Option<u64>,
+}
+
+type Key = (Arc<str>, String);
+
+/// Quality scoring of sensor streams.
+pub trait ScoreQuality<'scope> {
+    /// Rates each sensor's readings (this stream: the readings that pass into aggregates
+    /// and rules) together with `side` (readings kept out, rejected and late messages).
+    fn score_quality(
+        self,
+        side: StreamVec<'scope, u64, Side>,
+        registry: crate::SharedRegistry,
+        spec: QualitySpec,
+    ) -> StreamVec<'scope, u64, QualityOut>;
+}
+
+impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
+    fn score_quality(
+        self,
+        side: StreamVec<'scope, u64, Side>,
+        registry: crate::SharedRegistry,
+        spec: QualitySpec,
+    ) -> StreamVec<'scope, u64, QualityOut> {
+        let scope = self.scope();
+        let by_sensor =
+            Exchange::new(|o: &Observation| crate::stable_hash(&[&o.sensor_type, &o.sensor_id]));
+        let side_by_sensor = Exchange::new(|s: &Side| {
+            let (t, id) = s.key();
+            crate::stable_hash(&[t, id])
+        });
+        let scored = self.binary_frontier::<_, CapacityContainerBuilder<Vec<Scored>>, _, _, _, _>(
+            side,
+            by_sensor,
+            side_by_sensor,
+            "ScoreQuality",
+            move |capability, info| {
+                let activator = scope.activator_for(info.address.clone());
+                let mut cap = Some(capability);
+                let mut pending: BTreeMap<u64, Vec<Item>> = BTreeMap::new();
+                let mut sensors: HashMap<Key, Sensor> = HashMap::new();
+                // Event-time watchdog: (check time, sensor).
+                let mut checks: BTreeSet<(u64, Key)> = BTreeSet::new();
+                move |(readings, f1), (side, f2), output| {
+                    readings.for_each(|cap, data| {
+                        let at = cap.least().copied().unwrap_or(0);
+                        for obs in data.drain(..) {
+                            if obs.event_time < at {
+                                // A late record let in to correct its window
+                                // (`pipeline.late = "update"`): late, for quality.
+                                let late = Side::Late {
+                                    age_ms: obs.arrival.stream_time.saturating_sub(obs.event_time),
+                                    latency_ms: (obs.arrival.ingested_at - obs.received_at).max(0)
+                                        as u64,
+                                    sensor_type: obs.sensor_type,
+                                    sensor_id: obs.sensor_id,
+                                };
+                                pending.entry(at).or_default().push(Item::Side(late));
+                                continue;
+                            }
+                            pending
+                                .entry(obs.event_time)
+                                .or_default()
+                                .push(Item::Reading(obs));
+                        }
+                    });
+                    side.for_each(|cap, data| {
+                        let at = cap.least().copied().unwrap_or(0);
+                        for s in data.drain(..) {
+                            match s {
+                                Side::Incorrect(obs) => pending
+                                    .entry(obs.event_time.max(at))
+                                    .or_default()
+                                    .push(Item::Reading(obs)),
+                                other => pending.entry(at).or_default().push(Item::Side(other)),
+                            }
+                        }
+                    });
+                    let Some(held) = cap.as_mut() else { return };
+                    let now = [f1.frontier().first(), f2.frontier().first()]
+                        .into_iter()
+                        .flatten()
+                        .min()
+                        .copied();
+                    let registry = registry.load();
+                    let mut out = Vec::new();
+                    while let Some(entry) = pending.first_entry() {
+                        if now.is_some_and(|n| *entry.key() >= n) {
+                            break;
+                        }
+                        let (t, mut items) = entry.remove_entry();
+                        if !spec.wall_clock {
+                            fire_checks(t, &mut checks, &mut sensors, &mut out);
+                        }
+                        items.sort_by(|a, b| a.order().cmp(&b.order()));
+                        for item in items {
+                            judge(
+                                t,
+                                item,
+                                &registry,
+                                &spec,
+                                &mut sensors,
+                                &mut checks,
+                                &mut out,
+                            );
+                        }
+                    }
+                    if spec.wall_clock {
+                        let wall = wall_ms();
+                        let mut keys: Vec<&Key> = sensors.keys().collect();
+                        keys.sort();
+                        let keys: Vec<Key> = keys.into_iter().cloned().collect();
+                        for key in keys {
+                            let Some(s) = sensors.get_mut(&key) else {
+                                continue;
+                            };
+                            // The sensor's own event clock, advanced by the wall clock.
+                            let elapsed = (wall - s.last_wall).max(0) as u64;
+                            let event_now = s.last_event.saturating_add(elapsed);
+                            while let Some(a) = s.quality.watchdog(event_now) {
+                                out.push(scored(&key, s, a));
+                            }
+                        }
+                        if now.is_some() && !sensors.is_empty() {
+                            activator.activate_after(Duration::from_secs(1));
+                        }
+                    } else if let Some(n) = now {
+                        fire_checks(n, &mut checks, &mut sensors, &mut out);
+                    }
+                    if !out.is_empty() {
+                        output.session(&*held).give_iterator(out.into_iter());
+                    }
+                    match now {
+                        Some(n) => held.downgrade(&n),
+                        None => cap = None,
+                    }
+                }
+            },
+        );
+        judge_quality(scored, spec.threshold, spec.spike_threshold)
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn scored(key: &Key, s: &Sensor, assessment: Assessment) -> Scored {
+    Scored {
+        sensor_type: key.0.clone(),
+        sensor_id: key.1.clone(),
+        area: s.area.clone(),
+        window_ms: s.window_ms,
+        assessment,
+    }
+}
+
+/// Runs the event-time watchdog of every sensor due before `until`.
+fn fire_checks(
+    until: u64,
+    checks: &mut BTreeSet<(u64, Key)>,
+    sensors: &mut HashMap<Key, Sensor>,
+    out: &mut Vec<Scored>,
+) {
+    while let Some(first) = checks.first() {
+        if first.0 >= until {
+            break;
+        }
+        let Some((at, key)) = checks.pop_first() else {
+            break;
+        };
+        let Some(s) = sensors.get_mut(&key) else {
+            continue;
+        };
+        s.scheduled = None;
+        if let Some(a) = s.quality.watchdog(at) {
+            out.push(scored(&key, s, a));
+        }
+        if let Some(next) = s.quality.next_check() {
+            s.scheduled = Some(next);
+            checks.insert((next, key));
+        }
+    }
+}
+
+/// Judges one input of one sensor at event time `t`.
+fn judge(
+    t: u64,
+    item: Item,
+    registry: &aqyl_core::decode::Registry,
+    spec: &QualitySpec,
+    sensors: &mut HashMap<Key, Sensor>,
+    checks: &mut BTreeSet<(u64, Key)>,
+    out: &mut Vec<Scored>,
+) {
+    let (sensor_type, sensor_id, area) = match &item {
+        Item::Reading(o) => (o.sensor_type.clone(), o.sensor_id.clone(), o.area.clone()),
+        Item::Side(s) => {
+            let (ty, id) = s.key();
+            (Arc::from(ty), id.to_string(), None)
+        }
+    };
+    let Some(ty) = registry.get(&sensor_type) else {
+        return; // a type removed by a reload
+    };
+    let interval = ty.expected_interval.as_millis() as u64;
+    let key: Key = (sensor_type, sensor_id);
+    let s = sensors.entry(key.clone()).or_insert_with(|| Sensor {
+        quality: SensorQuality::new(spec.sensor(interval, ty.flat_line)),
+        area: None,
+        window_ms: interval / 2,
+        last_wall: 0,
+        last_event: 0,
+        scheduled: None,
+    });
+    if area.is_some() {
+        s.area = area;
+    }
+    let declared = ty.fields.len();
+    let assessment = match &item {
+        Item::Reading(o) => {
+            let incorrect = if o.arrival.out_of_range > 0 {
+                ty.out_of_range(&o.fields)
+            } else {
+                Vec::new()
+            };
+            let arrived = if spec.wall_clock {
+                o.received_at.max(0) as u64
+            } else {
+                o.arrival.stream_time
+            };
+            s.last_wall = o.arrival.ingested_at;
+            s.last_event = o.event_time;
+            s.quality.judge(
+                t,
+                Input::Reading {
+                    age_ms: arrived.saturating_sub(o.event_time),
+                    latency_ms: (o.arrival.ingested_at - o.received_at).max(0) as u64,
+                    fields: &o.fields,
+                    required: ty.fields.iter().filter(|f| f.required).count(),
+                    incorrect: &incorrect,
+                },
+            )
+        }
+        Item::Side(Side::Rejected {
+            reason,
+            detail,
+            latency_ms,
+            ..
+        }) => s.quality.judge(
+            t,
+            Input::Rejected {
+                reason: *reason,
+                detail,
+                declared,
+                latency_ms: *latency_ms,
+            },
+        ),
+        Item::Side(Side::Late {
+            age_ms, latency_ms, ..
+        }) => s.quality.judge(
+            t,
+            Input::Late {
+                age_ms: *age_ms,
+                latency_ms: *latency_ms,
+            },
+        ),
+        Item::Side(Side::Incorrect(_)) => return, // filed as Item::Reading
+    };
+    out.push(scored(&key, s, assessment));
+    // Reschedule the event-time watchdog.
+    if !spec.wall_clock {
+        let next = s.quality.next_check();
+        if next != s.scheduled {
+            if let Some(old) = s.scheduled.take() {
+                checks.remove(&(old, key.clone()));
+            }
+            if let Some(next) = next {
+                s.scheduled = Some(next);
+                checks.insert((next, key));
+            }
+        }
+    }
+}
+
+/// The neighbour check, the score, `quality` incidents and roll-ups.
+fn judge_quality<'scope>(
+    scored: StreamVec<'scope, u64, Scored>,
+    threshold: f64,
+    spike_threshold: f64,
+) -> StreamVec<'scope, u64, QualityOut> {
+    // Sensors with an area meet their neighbours; the others are judged alone.
+    let by_area = Exchange::new(|s: &Scored| match &s.area {
+        Some(area) => crate::stable_hash(&[&s.sensor_type, "area", area]),
+        None => crate::stable_hash(&[&s.sensor_type, "sensor", &s.sensor_id]),
+    });
+    scored.unary_frontier::<CapacityContainerBuilder<Vec<QualityOut>>, _, _, _>(
+        by_area,
+        "JudgeQuality",
+        move |capability, _info| {
+            let mut cap = Some(capability);
+            // (type, area) → (neighbourhood, window); sensors without an area use their id.
+            let mut hoods: BTreeMap<(Arc<str>, String), (Neighbourhood, u64)> = BTreeMap::new();
+            let mut alone: Vec<Scored> = Vec::new();
+            let mut trackers: HashMap<Key, (Alarm, Rollups, Option<String>)> = HashMap::new();
+            let mut rolled_up_to = 0u64;
+            move |(input, frontier), output| {
+                input.for_each(|_cap, data| {
+                    for s in data.drain(..) {
+                        let Some(area) = s.area.clone() else {
+                            alone.push(s);
+                            continue;
+                        };
+                        let entry = hoods
+                            .entry((s.sensor_type.clone(), area))
+                            .or_insert_with(|| (Neighbourhood::default(), s.window_ms));
+                        entry.1 = s.window_ms;
+                        entry.0.push(s.sensor_id, s.assessment);
+                    }
+                });
+                let Some(held) = cap.as_mut() else { return };
+                let now = frontier.frontier().first().copied();
+                let mut ready: Vec<(Arc<str>, String, Option<String>, Assessment)> = Vec::new();
+                for ((ty, area), (hood, window)) in hoods.iter_mut() {
+                    for (sensor, a) in hood.ready(now, *window, spike_threshold) {
+                        ready.push((ty.clone(), sensor, Some(area.clone()), a));
+                    }
+                }
+                hoods.retain(|_, (h, _)| !h.is_empty());
+                for s in alone.drain(..) {
+                    ready.push((s.sensor_type, s.sensor_id, None, s.assessment));
+                }
+                let mut out = Vec::new();
+                for (ty, sensor, area, a) in ready {
+                    let key: Key = (ty.clone(), sensor.clone());
+                    let tracker = trackers.entry(key).or_default();
+                    tracker.2 = area.clone();
+                    let report = QualityReport::new(ty, sensor, area, a);
+                    if let Some(e) = tracker.0.check(&report, threshold) {
+                        out.push(QualityOut::Event(e));
+                    }
+                    let mut closed = Vec::new();
+                    tracker.1.add(&report, &mut closed);
+                    out.extend(
+                        closed
+                            .into_iter()
+                            .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
+                    );
+                    out.push(QualityOut::Record(QualityRecord::Report(report)));
+                }
+                // Roll-ups close as the frontier passes each hour.
+                let hour = now.map_or(u64::MAX, |n| n / 3_600_000);
+                if hour > rolled_up_to {
+                    rolled_up_to = hour;
+                    let until = now.unwrap_or(u64::MAX);
+                    let mut keys: Vec<&Key> = trackers.keys().collect();
+                    keys.sort();
+                    let keys: Vec<Key> = keys.into_iter().cloned().collect();
+                    for key in keys {
+                        if let Some(t) = trackers.get_mut(&key) {
+                            let mut closed = Vec::new();
+                            t.1.close(until, &mut closed);
+                            out.extend(
+                                closed
+                                    .into_iter()
+                                    .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
+                            );
+                        }
+                    }
+                }
+                if !out.is_empty() {
+                    output.session(&*held).give_iterator(out.into_iter());
+                }
+                match now {
+                    Some(n) => held.downgrade(&n),
+                    None => cap = None,
+                }
+            }
+        },
+    )
+}
+
+/// Emits quality records and incidents into their channels.
+pub fn emit<'scope>(
+    stream: StreamVec<'scope, u64, QualityOut>,
+    records: tokio::sync::mpsc::UnboundedSender<QualityRecord>,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+) {
+    stream.sink(Pipeline, "EmitQuality", move |(input, _)| {
+        input.for_each(|_cap, data| {
+            for q in data.drain(..) {
+                // A closed receiver means shutdown was forced; nothing left to do.
+                match q {
+                    QualityOut::Record(r) => {
+                        let _ = records.send(r);
+                    }
+                    QualityOut::Event(e) => {
+                        let _ = events.send(e);
+                    }
+                }
+            }
+        });
+    });
+}
