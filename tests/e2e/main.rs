@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 mod detection;
+mod quality;
 mod replay;
 
 const AQYL: &str = env!("CARGO_BIN_EXE_aqyl");

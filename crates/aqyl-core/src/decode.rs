@@ -152,12 +152,9 @@ impl Registry {
                 match json_projected(&msg.payload, keys) {
                     Ok(value) => out.push(observe(ty, captures, msg, &value)?),
                     // Rare: classify the error (malformed, not an object) with a full parse.
-                    Err(_) => out.push(observe(
-                        ty,
-                        captures,
-                        msg,
-                        &full_json(name, &msg.payload)?,
-                    )?),
+                    Err(_) => {
+                        out.push(observe(ty, captures, msg, &full_json(name, &msg.payload)?)?)
+                    }
                 }
             }
             PayloadFormat::Json => {

@@ -72,6 +72,9 @@ pub enum Side {
     Incorrect(Observation),
     /// A message of a known sensor that could not be decoded.
     Rejected {
+        /// Event time it is filed under: the worker's watermark when it arrived (an unusable
+        /// message has no event time to trust).
+        at: u64,
         /// Sensor type.
         sensor_type: Arc<str>,
         /// Sensor id (from the topic).
@@ -85,6 +88,8 @@ pub enum Side {
     },
     /// A reading that came after its window closed.
     Late {
+        /// Event time it is filed under: the worker's watermark when it arrived.
+        at: u64,
         /// Sensor type.
         sensor_type: Arc<str>,
         /// Sensor id.
@@ -221,6 +226,7 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                                 // A late record let in to correct its window
                                 // (`pipeline.late = "update"`): late, for quality.
                                 let late = Side::Late {
+                                    at,
                                     age_ms: obs.arrival.stream_time.saturating_sub(obs.event_time),
                                     latency_ms: (obs.arrival.ingested_at - obs.received_at).max(0)
                                         as u64,
@@ -239,13 +245,15 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                     side.for_each(|cap, data| {
                         let at = cap.least().copied().unwrap_or(0);
                         for s in data.drain(..) {
-                            match s {
-                                Side::Incorrect(obs) => pending
-                                    .entry(obs.event_time.max(at))
-                                    .or_default()
-                                    .push(Item::Reading(obs)),
-                                other => pending.entry(at).or_default().push(Item::Side(other)),
-                            }
+                            let filed = match &s {
+                                Side::Incorrect(obs) => obs.event_time,
+                                Side::Rejected { at, .. } | Side::Late { at, .. } => *at,
+                            };
+                            let item = match s {
+                                Side::Incorrect(obs) => Item::Reading(obs),
+                                other => Item::Side(other),
+                            };
+                            pending.entry(filed.max(at)).or_default().push(item);
                         }
                     });
                     let Some(held) = cap.as_mut() else { return };
@@ -410,7 +418,10 @@ fn judge(
                 t,
                 Input::Reading {
                     age_ms: arrived.saturating_sub(o.event_time),
-                    latency_ms: (o.arrival.ingested_at - o.received_at).max(0) as u64,
+                    // A message that came from no broker (a replay from a file) has
+                    // no receive time.
+                    latency_ms: (o.received_at > 0)
+                        .then(|| (o.arrival.ingested_at - o.received_at).max(0) as u64),
                     fields: &o.fields,
                     required: ty.fields.iter().filter(|f| f.required).count(),
                     incorrect: &incorrect,

@@ -225,6 +225,7 @@ fn run_worker(
                             rejection.sensor_id,
                         ) {
                             side.send(Side::Rejected {
+                                at: watermark.current(now),
                                 sensor_type: ty.name.clone(),
                                 sensor_id: id,
                                 reason: rejection.reason,
@@ -285,6 +286,7 @@ fn run_worker(
                             let _ = outputs.deadletters.send(dl);
                             if spec.quality.is_some() {
                                 side.send(Side::Late {
+                                    at: watermark.current(now),
                                     sensor_type: obs.sensor_type.clone(),
                                     sensor_id: obs.sensor_id.clone(),
                                     age_ms: obs.arrival.stream_time.saturating_sub(obs.event_time),

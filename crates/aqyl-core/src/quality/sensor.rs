@@ -27,8 +27,8 @@ pub enum Input<'a> {
     Reading {
         /// How old it was when it arrived, ms.
         age_ms: u64,
-        /// Processing delay inside Aqyl, ms.
-        latency_ms: u64,
+        /// Processing delay inside Aqyl, ms (`None` when unknown: a replay from a file).
+        latency_ms: Option<u64>,
         /// Its values.
         fields: &'a [(Arc<str>, f64)],
         /// Required fields of the sensor type (all present, or decoding would have failed).
@@ -148,7 +148,7 @@ impl SensorQuality {
                 Reading {
                     event_time: Some(time),
                     age_ms: Some(age_ms),
-                    latency_ms: Some(latency_ms),
+                    latency_ms,
                     required,
                     present: required,
                     checked: fields.len(),
@@ -266,7 +266,7 @@ mod tests {
             t,
             Input::Reading {
                 age_ms: 1_000,
-                latency_ms: 5,
+                latency_ms: Some(5),
                 fields: f,
                 required: 2,
                 incorrect: bad,
