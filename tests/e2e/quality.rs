@@ -22,6 +22,33 @@ struct Scored {
     intervals: BTreeMap<String, u64>,
 }
 
+/// As [`score`] with 2 workers, also returning the scripted outages (sensor, start, end).
+fn score_with_outages(config: SimConfig) -> (Scored, Vec<FaultRecord>, Vec<(String, u64, u64)>) {
+    let outages = Simulation::generate(config.clone())
+        .unwrap()
+        .1
+        .into_iter()
+        .filter_map(|t| match t {
+            TruthRecord::Incident(i) if i.kind == "outage" => Some(
+                i.sensors
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.clone(),
+                            i.start.timestamp_millis() as u64,
+                            i.end.timestamp_millis() as u64,
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let (scored, faults) = score(config, 2);
+    (scored, faults, outages)
+}
+
 /// Runs a simulation through the dataflow with the shipped configuration.
 fn score(config: SimConfig, workers: usize) -> (Scored, Vec<FaultRecord>) {
     let loaded =
@@ -101,20 +128,36 @@ impl Scored {
             .find(|r| r.time >= start && r.time <= start + 2 * interval && r.score < self.threshold)
     }
 
-    /// Quality incidents that start away from every fault of their sensor (more than two
-    /// expected intervals before its start or after its end).
-    fn false_alarms(&self, faults: &[FaultRecord]) -> Vec<&aqyl_core::Event> {
+    /// Quality incidents that no fault or outage of their sensor explains: starting more than
+    /// two expected intervals (plus the allowed lateness, since an unusable message is filed
+    /// at the watermark, and plus its hold-back for a late one) away from every episode.
+    fn false_alarms(
+        &self,
+        faults: &[FaultRecord],
+        outages: &[(String, u64, u64)],
+    ) -> Vec<&aqyl_core::Event> {
+        const LATENESS: u64 = 600_000;
         self.incidents
             .iter()
             .filter(|e| e.state == aqyl_core::EventState::Start)
             .filter(|e| {
-                let interval = self.intervals[&*e.sensor_type];
-                !faults.iter().any(|f| {
+                let slack = 2 * self.intervals[&*e.sensor_type] + LATENESS;
+                let near = |start: u64, end: u64| {
+                    e.started_at + slack >= start && e.started_at <= end + slack
+                };
+                let fault = faults.iter().any(|f| {
+                    let delay = f.delay_s.unwrap_or(0).max(0) as u64 * 1000;
                     f.sensor == e.subject
                         && f.sensor_type == *e.sensor_type
-                        && e.started_at + 2 * interval >= f.start.timestamp_millis() as u64
-                        && e.started_at <= f.end.timestamp_millis() as u64 + 2 * interval
-                })
+                        && near(
+                            f.start.timestamp_millis() as u64,
+                            f.end.timestamp_millis() as u64 + delay,
+                        )
+                });
+                let outage = outages
+                    .iter()
+                    .any(|(id, start, end)| *id == e.subject && near(*start, *end));
+                !(fault || outage)
             })
             .collect()
     }
@@ -202,7 +245,7 @@ fn each_injected_fault_drops_its_sensor_below_the_threshold_and_healthy_ones_sta
         }
     }
     assert_eq!(healthy, 45, "50 sensors, 5 faulty");
-    assert!(scored.false_alarms(&faults).is_empty());
+    assert!(scored.false_alarms(&faults, &[]).is_empty());
 }
 
 /// Every sensor's reports are the same with 1 and 4 workers. A message that comes after its
@@ -226,4 +269,90 @@ fn quality_is_the_same_whatever_the_number_of_workers() {
     let first_difference = one.iter().zip(&four).find(|(a, b)| a != b);
     assert_eq!(first_difference, None);
     assert_eq!(one.len(), four.len());
+}
+
+/// Detection rate and false alarms over three simulated days of random faults (the rates of
+/// `simulators/scenarios/faults.toml`, 10 sensors of each type) with the default scenario's
+/// congestions, full garage and outage on top. Prints the figures; asserts that the five
+/// kinds of the acceptance are caught at least 90% of the time and that false alarms stay
+/// rare.
+#[test]
+fn detection_rate_and_false_alarms_over_three_days_of_random_faults() {
+    let faults = Scenario::load(&super::repo().join("simulators/scenarios/faults.toml")).unwrap();
+    let incidents =
+        Scenario::load(&super::repo().join("simulators/scenarios/default.toml")).unwrap();
+    let city = CityConfig {
+        sensors: 10,
+        areas: 5,
+        types: SensorType::ALL.to_vec(),
+    };
+    let start = aqyl_sim::time::parse_time("2014-08-01T00:00:00").unwrap();
+    let mut config = SimConfig::new(city, start, chrono::Duration::days(3), 5);
+    config.rates = faults.rates.clone();
+    let config = config.with_scenario(&Scenario {
+        rates: Vec::new(),
+        faults: Vec::new(),
+        ..incidents
+    });
+    let (scored, faults, outages) = score_with_outages(config);
+    // (kind, sensor type) → (episodes, caught within two intervals).
+    let mut by_kind: BTreeMap<(&str, &str), (usize, usize)> = BTreeMap::new();
+    for f in &faults {
+        let e = by_kind
+            .entry((f.kind.as_str(), f.sensor_type.as_str()))
+            .or_default();
+        e.0 += 1;
+        if scored.caught(f).is_some() {
+            e.1 += 1;
+        }
+    }
+    let total = |kind: &str, types: &[&str]| {
+        by_kind
+            .iter()
+            .filter(|((k, t), _)| *k == kind && (types.is_empty() || types.contains(t)))
+            .fold((0, 0), |acc, (_, v)| (acc.0 + v.0, acc.1 + v.1))
+    };
+    let kinds: BTreeSet<&str> = by_kind.keys().map(|k| k.0).collect();
+    for kind in kinds {
+        let (n, caught) = total(kind, &[]);
+        let per_type: Vec<String> = by_kind
+            .iter()
+            .filter(|((k, _), _)| *k == kind)
+            .map(|((_, t), (n, c))| format!("{t} {c}/{n}"))
+            .collect();
+        println!(
+            "{kind:>13}: {caught}/{n} caught within two intervals ({:.0}%): {}",
+            100.0 * caught as f64 / n as f64,
+            per_type.join(", ")
+        );
+    }
+    let false_alarms = scored.false_alarms(&faults, &outages);
+    let sensor_days = scored.reports.len() as f64 * 3.0;
+    println!(
+        "false alarms: {} quality incidents away from any fault over {sensor_days} sensor-days ({:.3} per sensor-day)",
+        false_alarms.len(),
+        false_alarms.len() as f64 / sensor_days
+    );
+    for e in false_alarms.iter().take(10) {
+        println!("  {} {}: {}", e.sensor_type, e.subject, e.message);
+    }
+    // Stuck within two intervals needs three equal readings, which is the default only for
+    // traffic and pollution; noise, weather and parking wait longer on purpose (their
+    // `flat_line`), and an hour-long episode may end first.
+    for (kind, types) in [
+        ("stuck", &["traffic", "pollution"][..]),
+        ("spike", &[]),
+        ("out_of_range", &[]),
+        ("dropout", &[]),
+        ("late", &[]),
+    ] {
+        let (n, caught) = total(kind, types);
+        assert!(n > 0, "no {kind} episode drawn");
+        assert!(caught * 10 >= n * 9, "{kind}: {caught} of {n}");
+    }
+    assert!(
+        (false_alarms.len() as f64) < 0.1 * sensor_days,
+        "{} false alarms",
+        false_alarms.len()
+    );
 }

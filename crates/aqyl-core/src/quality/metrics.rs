@@ -106,10 +106,11 @@ impl FlatLine {
 /// A sensor's noise and level do not vanish when its signal goes quiet (a road at night, when
 /// a handful of cars make the window's MAD tiny), so two floors keep small wobbles of a quiet
 /// signal from counting:
-/// - the deviation unit is at least half the sensor's typical MAD (the largest window MAD
-///   seen, fading by 0.5% a reading, i.e. over a few hundred readings);
+/// - the deviation unit is at least the sensor's typical MAD (an exponentially weighted mean
+///   of the window MADs, weight 2% a reading, so about the last 50 readings), because the MAD
+///   of a dozen readings is itself noisy and now and then comes out far too small;
 /// - a spike must also move the value by at least half the sensor's typical level (the
-///   largest window median magnitude seen, fading the same way).
+///   largest window median magnitude seen, fading by 0.5% a reading).
 ///
 /// An absurd value (a speed of 250 km/h on a 50 km/h road) clears both by far.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,8 +123,10 @@ pub struct Spike {
     typical_level: f64,
 }
 
-/// How much of the typical MAD and level fades with each reading.
+/// How much of the typical level fades with each reading.
 const FADE: f64 = 0.005;
+/// Weight of each window MAD in the typical MAD.
+const MAD_WEIGHT: f64 = 0.02;
 
 /// The verdict on one reading.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -145,6 +148,8 @@ pub struct SpikeVerdict {
 /// broken sensor; the neighbours tell which).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Jump {
+    /// The jumping value.
+    pub value: f64,
     /// The median before the jump.
     pub median: f64,
     /// The deviation unit before the jump.
@@ -197,7 +202,7 @@ impl Spike {
                 jump: None,
             };
         };
-        let unit = mad.max(self.typical_mad / 2.0);
+        let unit = mad.max(self.typical_mad);
         let z = (unit > 0.0).then(|| 0.6745 * (value - median) / unit);
         let level = median.abs().max(self.typical_level);
         let moved = (value - median).abs() >= level / 2.0;
@@ -206,6 +211,7 @@ impl Spike {
             z,
             spike,
             jump: z.filter(|_| spike).map(|z| Jump {
+                value,
                 median,
                 unit,
                 threshold: self.threshold,
@@ -218,7 +224,11 @@ impl Spike {
     pub fn push(&mut self, value: f64) -> SpikeVerdict {
         let verdict = self.judge(value);
         if let Some((median, mad)) = self.stats() {
-            self.typical_mad = mad.max(self.typical_mad * (1.0 - FADE));
+            self.typical_mad = if self.typical_mad == 0.0 {
+                mad
+            } else {
+                self.typical_mad + MAD_WEIGHT * (mad - self.typical_mad)
+            };
             self.typical_level = median.abs().max(self.typical_level * (1.0 - FADE));
         }
         if self.history.len() == self.window {
@@ -226,6 +236,14 @@ impl Spike {
         }
         self.history.push_back(value);
         verdict
+    }
+
+    /// Starts the history again from `values` (after a shift: the old level says nothing
+    /// about the new one, and would make every reading at the new level look like a jump
+    /// until the window has turned over). Verdicts resume once the window is full again.
+    pub fn rebase(&mut self, values: &[f64]) {
+        self.history.clear();
+        self.history.extend(values.iter().copied());
     }
 
     /// The threshold |z| above which a reading is a spike.

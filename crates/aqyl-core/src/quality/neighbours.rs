@@ -2,14 +2,19 @@
 //! alone shows it, and a real event when the other sensors of its type in its area show it
 //! too (a congestion slows every segment of a district; a broken detector only its own).
 //!
-//! The assessments of one area are held until every neighbour's reading near the same time
-//! (within `window`, half the expected interval) can have arrived, i.e. until the frontier
-//! has passed `time + window`.
+//! A shift is confirmed one reading after its jump, and the neighbours' own jumps may come a
+//! reading earlier or later, so the evidence is every neighbour reading from two expected
+//! intervals before to half an interval after (`window` is half the expected interval): its
+//! z-scores and the shifts it confirmed. The assessments of one area are held until the
+//! frontier has passed `time + window`, when every neighbour reading of that span is in.
 
 use super::score::Neighbours;
 use super::sensor::Assessment;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// How far back (in `window`s, half expected intervals) neighbour evidence counts.
+const LOOKBACK: u64 = 4;
 
 /// A reading's robust z-score per field.
 type ZScores = [(Arc<str>, f64)];
@@ -86,24 +91,27 @@ impl Neighbourhood {
                 if *released {
                     continue;
                 }
-                // Each other sensor's reading nearest in time within the window.
-                let mut nearest: BTreeMap<&str, (u64, &ZScores)> = BTreeMap::new();
-                for (nt, others) in self
+                // Each other sensor's evidence over the span: z-scores and confirmed shifts.
+                let mut evidence: BTreeMap<&str, Vec<(Arc<str>, f64)>> = BTreeMap::new();
+                for (_, others) in self
                     .by_time
-                    .range(t.saturating_sub(window)..=t.saturating_add(window))
+                    .range(t.saturating_sub(LOOKBACK * window)..=t.saturating_add(window))
                 {
                     for (other, oa, _) in others {
-                        if other == sensor || oa.z.is_empty() {
+                        if other == sensor || (oa.z.is_empty() && oa.findings.shifts.is_empty()) {
                             continue;
                         }
-                        let d = nt.abs_diff(t);
-                        let e = nearest.entry(other).or_insert((d, &oa.z));
-                        if d < e.0 {
-                            *e = (d, &oa.z);
-                        }
+                        let e = evidence.entry(other).or_default();
+                        e.extend(oa.z.iter().cloned());
+                        e.extend(
+                            oa.findings
+                                .shifts
+                                .iter()
+                                .map(|(f, z)| (Arc::from(f.as_str()), *z)),
+                        );
                     }
                 }
-                let zs: Vec<&ZScores> = nearest.values().map(|v| v.1).collect();
+                let zs: Vec<&ZScores> = evidence.values().map(Vec::as_slice).collect();
                 verdicts.push((i, agreement(&a.findings.shifts, &zs, threshold)));
             }
             if let Some(entries) = self.by_time.get_mut(&t) {
@@ -116,11 +124,11 @@ impl Neighbourhood {
                 }
             }
         }
-        // An entry is a neighbour of entries up to `window` later, released once the
-        // frontier passes `time + 2·window`.
+        // An entry is evidence for entries up to `LOOKBACK·window` later, released once the
+        // frontier passes their time + `window`.
         while let Some(entry) = self.by_time.first_entry() {
             let t = *entry.key();
-            let needed = now.is_some_and(|n| t.saturating_add(2 * window) >= n);
+            let needed = now.is_some_and(|n| t.saturating_add((LOOKBACK + 1) * window) >= n);
             if needed || entry.get().iter().any(|e| !e.2) {
                 break;
             }

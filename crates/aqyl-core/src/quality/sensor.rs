@@ -130,19 +130,25 @@ impl SensorQuality {
                         };
                         let (_, detector, pending) = &mut self.spikes[index];
                         // The previous reading's jump: back again (a spike) or kept (a shift).
+                        let mut shifted = None;
                         if let Some(jump) = pending.take() {
-                            let list = if jump.came_back(*v) {
-                                &mut findings.spikes
+                            if jump.came_back(*v) {
+                                findings.spikes.push((name.to_string(), jump.z));
                             } else {
-                                &mut findings.shifts
-                            };
-                            list.push((name.to_string(), jump.z));
+                                findings.shifts.push((name.to_string(), jump.z));
+                                shifted = Some(jump.value);
+                            }
                         }
                         let verdict = detector.push(*v);
                         if let Some(s) = verdict.z {
                             z.push((name.clone(), s));
                         }
                         *pending = verdict.jump;
+                        if let Some(before) = shifted {
+                            // The new level is the history from now on.
+                            detector.rebase(&[before, *v]);
+                            *pending = None;
+                        }
                     }
                 }
                 Reading {

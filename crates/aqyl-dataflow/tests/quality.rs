@@ -1,0 +1,230 @@
+//! Quality scoring in the dataflow: the neighbour check, and readings that fail correctness
+//! kept out of aggregates and rules.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use aqyl_core::decode::Registry;
+use aqyl_core::descriptor::SensorType;
+use aqyl_core::quality::{Neighbours, QualityRecord, QualityReport};
+use aqyl_core::RawMessage;
+use aqyl_dataflow::quality::QualitySpec;
+use aqyl_dataflow::{run_batch, Batch, PipelineSpec};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const DESCRIPTOR: &str = r#"
+name = "traffic"
+area_field = "/area"
+expected_interval = "5m"
+[time]
+field = "/ts"
+format = "epoch_ms"
+[[fields]]
+name = "avgSpeed"
+min = 0
+max = 250
+[[fields]]
+name = "vehicleCount"
+min = 0
+"#;
+
+const T0: u64 = 1_406_851_200_000; // 2014-08-01T00:00:00Z
+const MINUTE: u64 = 60_000;
+
+fn quality(exclude_incorrect: bool) -> QualitySpec {
+    QualitySpec {
+        threshold: 0.6,
+        max_latency_ms: 1_000,
+        long_window: 20,
+        short_window: 5,
+        flat_line: 3,
+        spike_window: 12,
+        spike_threshold: 8.0,
+        exclude_incorrect,
+        wall_clock: false,
+    }
+}
+
+fn run(messages: Vec<RawMessage>, workers: usize, q: QualitySpec, rules: &str) -> Batch {
+    let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
+    let rules = aqyl_core::rules::parse_rules(Path::new("r.toml"), rules, &types).unwrap();
+    let spec = PipelineSpec {
+        registry: aqyl_dataflow::shared(Registry::new(types)),
+        workers,
+        window: Duration::from_secs(3600),
+        allowed_lateness: Duration::from_secs(600),
+        idle_timeout: None,
+        max_payload_bytes: 4096,
+        update_horizon: None,
+        rules: Arc::new(rules),
+        quality: Some(q),
+    };
+    run_batch(spec, messages).unwrap()
+}
+
+fn reading(id: &str, area: &str, minute: u64, speed: f64, count: f64) -> RawMessage {
+    RawMessage {
+        topic: format!("city/traffic/{id}"),
+        payload: format!(
+            r#"{{"ts":{},"avgSpeed":{speed},"vehicleCount":{count},"area":"{area}"}}"#,
+            T0 + minute * MINUTE
+        )
+        .into_bytes(),
+        received_at: 0,
+    }
+}
+
+fn reports(batch: &Batch, sensor: &str) -> Vec<QualityReport> {
+    let mut out: Vec<QualityReport> = batch
+        .quality
+        .iter()
+        .filter_map(|q| match q {
+            QualityRecord::Report(r) if r.sensor_id == sensor => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    out.sort_by_key(|r| r.time);
+    out
+}
+
+/// Three segments of one area, a reading every 5 minutes for 5 hours. From minute 120 to 180
+/// all three crawl (a real congestion); from minute 240, s2 alone reads 5 km/h (a broken
+/// detector) while the others flow freely.
+fn area_day() -> Vec<RawMessage> {
+    let mut rng = fastrand::Rng::with_seed(21);
+    let mut out = Vec::new();
+    for minute in (0..300u64).step_by(5) {
+        for id in ["s0", "s1", "s2"] {
+            let normal = 55.0 + rng.f64() * 10.0;
+            let speed = match minute {
+                120..180 => 15.0 + rng.f64() * 10.0,
+                240.. if id == "s2" => 5.0 + rng.f64() * 0.5,
+                _ => normal,
+            };
+            let count = 10.0 + rng.u32(0..10) as f64;
+            out.push(reading(id, "north", minute, speed, count));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_neighbour_check_tells_a_broken_sensor_from_an_area_wide_change() {
+    for workers in [1, 3] {
+        let batch = run(area_day(), workers, quality(true), "");
+        let incidents: Vec<(String, u64)> = batch
+            .events
+            .iter()
+            .filter(|e| e.event_type == "quality" && e.state == aqyl_core::EventState::Start)
+            .map(|e| (e.subject.clone(), (e.started_at - T0) / MINUTE))
+            .collect();
+        // Only the broken detector, at its second reading (a jump that stays is a shift).
+        assert_eq!(
+            incidents,
+            vec![("s2".to_string(), 245)],
+            "{workers} workers"
+        );
+        // The congestion's shifts were seen and found shared by the neighbours.
+        for id in ["s0", "s1", "s2"] {
+            let r = reports(&batch, id);
+            let congestion = r.iter().find(|r| r.time == T0 + 125 * MINUTE).unwrap();
+            assert_eq!(
+                congestion.findings.neighbours,
+                Neighbours::Agree,
+                "{id}: {:?}",
+                congestion.findings
+            );
+            assert!(congestion.score >= 0.6);
+        }
+        let broken = reports(&batch, "s2")
+            .into_iter()
+            .find(|r| r.time == T0 + 245 * MINUTE)
+            .unwrap();
+        assert_eq!(broken.findings.neighbours, Neighbours::Disagree);
+        assert!(
+            broken.findings.problems()[0].contains("neighbours do not show"),
+            "{:?}",
+            broken.findings.problems()
+        );
+    }
+}
+
+#[test]
+fn readings_that_fail_correctness_stay_out_of_aggregates_and_rules() {
+    // One sensor, a reading a minute for an hour; minute 30 reads -40 km/h (below min 0).
+    let messages: Vec<RawMessage> = (0..60u64)
+        .map(|m| {
+            let speed = if m == 30 { -40.0 } else { 50.0 };
+            reading("s0", "north", m, speed, 10.0)
+        })
+        .collect();
+    let rule = "[[rule]]\nname = \"crawl\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed < 10\"\n";
+    let mean = |batch: &Batch| {
+        batch
+            .aggregates
+            .iter()
+            .find(|a| &*a.field == "avgSpeed" && a.scope == aqyl_core::Scope::Sensor)
+            .map(|a| (a.stats.count, a.stats.mean))
+            .unwrap()
+    };
+    let kept_out = run(messages.clone(), 2, quality(true), rule);
+    assert_eq!(mean(&kept_out), (59, 50.0));
+    assert!(
+        kept_out.events.iter().all(|e| e.rule != "crawl"),
+        "the rule never saw it"
+    );
+    let report = reports(&kept_out, "s0")
+        .into_iter()
+        .find(|r| r.time == T0 + 30 * MINUTE)
+        .unwrap();
+    assert_eq!(
+        report.findings.incorrect,
+        ["avgSpeed = -40 is below its minimum 0"]
+    );
+    assert!(report.score < 0.6);
+    assert!(kept_out
+        .events
+        .iter()
+        .any(|e| e.event_type == "quality" && e.message.contains("below its minimum")));
+
+    let let_in = run(messages, 2, quality(false), rule);
+    assert_eq!(mean(&let_in), (60, (59.0 * 50.0 - 40.0) / 60.0));
+    assert!(let_in.events.iter().any(|e| e.rule == "crawl"));
+}
+
+#[test]
+fn a_rejected_message_of_a_known_sensor_costs_it_completeness() {
+    let mut messages: Vec<RawMessage> = (0..30u64)
+        .map(|m| {
+            reading(
+                "s0",
+                "north",
+                m * 5,
+                50.0 + (m % 3) as f64,
+                10.0 + (m % 4) as f64,
+            )
+        })
+        .collect();
+    // Minute 152: vehicleCount missing.
+    messages.push(RawMessage {
+        topic: "city/traffic/s0".into(),
+        payload: format!(
+            r#"{{"ts":{},"avgSpeed":50,"area":"north"}}"#,
+            T0 + 152 * MINUTE
+        )
+        .into_bytes(),
+        received_at: 0,
+    });
+    messages
+        .extend((31..40u64).map(|m| reading("s0", "north", m * 5, 51.0, 10.0 + (m % 4) as f64)));
+    let batch = run(messages, 1, quality(true), "");
+    assert_eq!(batch.deadletters.len(), 1);
+    let incomplete = reports(&batch, "s0")
+        .into_iter()
+        .find(|r| r.findings.incomplete.is_some())
+        .unwrap();
+    assert_eq!(incomplete.metrics.completeness.absolute, 0.5);
+    assert!((incomplete.metrics.completeness.rated - 0.6).abs() < 1e-9);
+    assert!(incomplete.score < 0.6);
+}
