@@ -356,3 +356,108 @@ fn detection_rate_and_false_alarms_over_three_days_of_random_faults() {
         false_alarms.len()
     );
 }
+
+/// The real service over a real Mosquitto and VictoriaMetrics: a segment reads a negative
+/// speed; its score falls, a `quality` incident starts and ends on MQTT, an operator who
+/// connects later finds the latest report retained on `aqyl/quality/<sensor_id>`, the store
+/// gets `quality` points, and the bad reading stays out of the aggregates.
+#[test]
+fn quality_reports_incidents_and_points_leave_the_service() {
+    use aqyl_tests::{publish, wait_until, Mosquitto, Subscriber, VictoriaMetrics};
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let dir = super::config_dir(1);
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let incidents = Subscriber::start(mqtt.port, "aqyl/events/quality/#");
+    let aqyl = super::Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
+    aqyl.wait_online(&status);
+
+    // A reading every 5 minutes for 80 minutes; minute 40 reads -5 km/h.
+    let msgs: Vec<(String, Vec<u8>)> = (0..=80u64)
+        .step_by(5)
+        .map(|m| {
+            let speed = if m == 40 { -5.0 } else { 48.0 + (m % 7) as f64 };
+            let payload = format!(
+                r#"{{"avgSpeed":{speed},"vehicleCount":{},"TIMESTAMP":"{}"}}"#,
+                10 + m % 4,
+                super::local(m)
+            );
+            ("city/traffic/158324".to_string(), payload.into_bytes())
+        })
+        .collect();
+    publish(mqtt.port, &msgs);
+    wait_until(super::WAIT, "the reading to be kept out", || {
+        aqyl.metric("aqyl_quality_excluded_total ") == Some(1)
+    });
+    let lifecycle = incidents.wait_for(2, super::WAIT);
+    let states: Vec<(String, String)> = lifecycle
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            assert_eq!(m.topic, "aqyl/events/quality/158324");
+            (
+                v["state"].as_str().unwrap().to_string(),
+                v["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(states[0].0, "start");
+    assert!(
+        states[0].1.contains("avgSpeed = -5 is below its minimum 0"),
+        "{}",
+        states[0].1
+    );
+    assert_eq!(states[1].0, "end");
+
+    // An operator connecting now gets the latest report, retained.
+    let late = Subscriber::start(mqtt.port, "aqyl/quality/#");
+    let report = late.wait_for(1, super::WAIT).remove(0);
+    assert!(report.retain);
+    assert_eq!(report.topic, "aqyl/quality/158324");
+    let v: serde_json::Value = serde_json::from_slice(&report.payload).unwrap();
+    println!("retained: {v}");
+    println!(
+        "incident: {}",
+        String::from_utf8_lossy(&lifecycle[0].payload)
+    );
+    assert_eq!(
+        (v["sensor_id"].as_str(), v["sensor_type"].as_str()),
+        (Some("158324"), Some("traffic"))
+    );
+    for metric in ["frequency", "age", "latency", "completeness", "correctness"] {
+        let m = &v[metric];
+        assert!(
+            m["absolute"].is_number() && m["unit"].is_string(),
+            "{metric}: {v}"
+        );
+        let rated = m["rated"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&rated), "{metric}: {v}");
+    }
+    assert!(v["score"].as_f64().unwrap() >= 0.6, "recovered: {v}");
+    aqyl.stop();
+
+    // The store: one `quality` point per reading, the dip at minute 40, and an aggregate
+    // mean over the correct readings only.
+    let scores = vm.export(r#"{__name__="quality_score",sensor_id="158324"}"#);
+    assert_eq!(scores.len(), 1);
+    assert_eq!(scores[0].label("sensor_type"), "traffic");
+    let dip = scores[0]
+        .samples
+        .iter()
+        .find(|(t, _)| *t == super::utc_ms(40))
+        .unwrap();
+    assert!(dip.1 < 0.6, "{:?}", scores[0].samples);
+    assert_eq!(scores[0].samples.len(), msgs.len());
+    let counts = vm
+        .export(r#"{__name__="aggregate_count",field="avgSpeed",window="5m",sensor_id="158324"}"#);
+    let total: f64 = counts
+        .iter()
+        .flat_map(|s| s.samples.iter())
+        .map(|s| s.1)
+        .sum();
+    assert_eq!(
+        total as usize,
+        msgs.len() - 1,
+        "the bad reading is in no window"
+    );
+}
