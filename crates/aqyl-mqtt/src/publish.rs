@@ -89,9 +89,11 @@ pub async fn events(
     }
 }
 
-/// Publishes each quality report retained on `<prefix>/quality/<sensor_id>` and forwards
-/// every record (reports and roll-ups) to `sink`. QoS 0: the retained message is the latest
-/// state, and the next report replaces a lost one; each sensor reports on every reading.
+/// Publishes quality reports retained on `<prefix>/quality/<sensor_id>` and forwards every
+/// record (reports and roll-ups) to `sink`. QoS 0: the retained message is the latest state,
+/// and the next report replaces a lost one. Reports that queue up while the broker is busy
+/// are conflated: only each sensor's latest one is published, so a burst of readings neither
+/// doubles the broker's load nor piles up in memory (the store still gets every report).
 pub async fn quality(
     client: AsyncClient,
     prefix: String,
@@ -99,8 +101,33 @@ pub async fn quality(
     sink: mpsc::UnboundedSender<QualityRecord>,
     metrics: Arc<Metrics>,
 ) {
-    while let Some(q) = rx.recv().await {
-        if let QualityRecord::Report(r) = &q {
+    /// Most records taken from the channel per round of publishing.
+    const ROUND: usize = 4096;
+    // Each sensor's latest report of the round, in first-seen order.
+    let mut latest: Vec<aqyl_core::quality::QualityReport> = Vec::new();
+    let mut index: std::collections::HashMap<(Arc<str>, String), usize> =
+        std::collections::HashMap::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(q) = next.take() {
+            taken += 1;
+            if let QualityRecord::Report(r) = &q {
+                let key = (r.sensor_type.clone(), r.sensor_id.clone());
+                match index.get(&key) {
+                    Some(&i) => latest[i] = r.clone(),
+                    None => {
+                        index.insert(key, latest.len());
+                        latest.push(r.clone());
+                    }
+                }
+            }
+            let _ = sink.send(q);
+            if taken < ROUND {
+                next = rx.try_recv().ok();
+            }
+        }
+        for r in latest.drain(..) {
             match client
                 .publish(r.topic(&prefix), QoS::AtMostOnce, true, r.to_json())
                 .await
@@ -108,11 +135,9 @@ pub async fn quality(
                 Ok(()) => {
                     metrics.quality_reports_published.fetch_add(1, Relaxed);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, sensor = %r.sensor_id, "Could not publish a quality report.")
-                }
+                Err(e) => tracing::warn!(error = %e, "Could not publish a quality report."),
             }
         }
-        let _ = sink.send(q);
+        index.clear();
     }
 }

@@ -105,6 +105,12 @@ pub async fn run(
     let mut tick = tokio::time::interval(sinks.flush_interval.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while aggregates_open || events_open || quality_open {
+        // A full batch goes out at once, whichever channel filled it.
+        if points >= sinks.batch_size {
+            sinks.write(&batch, points, &metrics).await?;
+            batch.clear();
+            points = 0;
+        }
         tokio::select! {
             next = events.recv(), if events_open => match next {
                 Some(e) => counted(&mut points, &metrics, e.write_line(&mut batch), format_args!("a {} event", e.event_type)),
@@ -115,14 +121,7 @@ pub async fn run(
                 None => quality_open = false,
             },
             next = rx.recv(), if aggregates_open => match next {
-                Some(agg) => {
-                    counted(&mut points, &metrics, agg.write_line(&mut batch), format_args!("a {} {} aggregate", agg.sensor_type, agg.field));
-                    if points >= sinks.batch_size {
-                        sinks.write(&batch, points, &metrics).await?;
-                        batch.clear();
-                        points = 0;
-                    }
-                }
+                Some(agg) => counted(&mut points, &metrics, agg.write_line(&mut batch), format_args!("a {} {} aggregate", agg.sensor_type, agg.field)),
                 None => aggregates_open = false,
             },
             _ = tick.tick() => {

@@ -5,7 +5,10 @@
 //!
 //! ```text
 //! cargo bench -p aqyl --bench throughput -- --messages 200000 --rounds 3
+//! cargo bench -p aqyl --bench throughput -- --messages 200000 --rounds 3 --quality 2
 //! ```
+//! `--quality 0` turns quality scoring off; `--quality 2` also runs the service without it in
+//! each round, to pair the two. `--rules 0` runs without the traffic rules.
 //! Needs `mosquitto` (the test command installs it). Prints one line per round and a summary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: failing loudly is right
@@ -151,6 +154,8 @@ async fn aqyl_round(
     port: u16,
     msgs: Arc<Vec<(String, Vec<u8>)>>,
     workers: usize,
+    quality: bool,
+    rules: bool,
 ) -> (f64, f64, u64) {
     let n = msgs.len() as u64;
     let dir = tempfile::tempdir().unwrap();
@@ -178,9 +183,12 @@ async fn aqyl_round(
         dir.path().join("rules/traffic.toml"),
     )
     .unwrap();
+    if !rules {
+        std::fs::remove_file(dir.path().join("rules/traffic.toml")).unwrap();
+    }
     std::fs::write(
         dir.path().join("aqyl.toml"),
-        format!("[mqtt]\nclient_id = \"bench-aqyl-{}\"\nclean_session = true\n[pipeline]\nworkers = {workers}\nidle_timeout = \"0s\"\n# The publishers run on 4 connections at full speed, so event time is skewed between\n# sensors by far more than live traffic ever is; the lateness must cover that skew.\nallowed_lateness = \"1d\"\n", free_port()),
+        format!("[mqtt]\nclient_id = \"bench-aqyl-{}\"\nclean_session = true\n[pipeline]\nworkers = {workers}\nidle_timeout = \"0s\"\n# The publishers run on 4 connections at full speed, so event time is skewed between\n# sensors by far more than live traffic ever is; the lateness must cover that skew.\nallowed_lateness = \"1d\"\n[quality]\nenabled = {quality}\n", free_port()),
     )
     .unwrap();
     let http_port = free_port();
@@ -259,6 +267,10 @@ fn main() {
     let n = arg("--messages", 200_000);
     let rounds = arg("--rounds", 3);
     let workers = arg("--workers", 2);
+    // 1: quality scoring on, as shipped; 0: off; 2: both, alternating, to pair them.
+    let quality = arg("--quality", 1);
+    // 1: the shipped traffic rules, as the demo runs them; 0: none.
+    let rules = arg("--rules", 1) != 0;
     let broker = Mosquitto::start();
     let msgs = Arc::new(workload(n));
     let bytes: usize = msgs.iter().map(|m| m.1.len()).sum();
@@ -272,9 +284,25 @@ fn main() {
         .build()
         .unwrap();
     let (mut bare, mut svc, mut peak) = (Vec::new(), Vec::new(), 0);
+    let mut unscored = Vec::new();
     for round in 1..=rounds {
+        if quality == 2 {
+            let (a, _, _) =
+                rt.block_on(aqyl_round(broker.port, msgs.clone(), workers, false, rules));
+            println!(
+                "round {round}: aqyl without quality scoring {:>8.0} obs/s",
+                n as f64 / a
+            );
+            unscored.push(n as f64 / a);
+        }
         let (b, bp) = rt.block_on(bare_round(broker.port, msgs.clone()));
-        let (a, ap, rss) = rt.block_on(aqyl_round(broker.port, msgs.clone(), workers));
+        let (a, ap, rss) = rt.block_on(aqyl_round(
+            broker.port,
+            msgs.clone(),
+            workers,
+            quality != 0,
+            rules,
+        ));
         peak = peak.max(rss);
         println!(
             "round {round}: bare subscriber {:>8.0} msg/s (publish {:>8.0} msg/s) | aqyl {:>8.0} obs/s (publish {:>8.0} msg/s) | ratio aqyl/bare {:.2} | aqyl peak RSS {} MiB",
@@ -293,6 +321,13 @@ fn main() {
         v[v.len() / 2]
     };
     let (mb, ms) = (median(&mut bare), median(&mut svc));
+    if !unscored.is_empty() {
+        let mu = median(&mut unscored);
+        println!(
+            "median: aqyl without quality {mu:.0} obs/s, with quality {ms:.0} obs/s, with/without = {:.2}",
+            ms / mu
+        );
+    }
     println!(
         "median: bare {mb:.0} msg/s, aqyl {ms:.0} obs/s, aqyl/bare = {:.2}, aqyl peak RSS {} MiB",
         ms / mb,
