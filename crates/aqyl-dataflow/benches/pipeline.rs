@@ -123,7 +123,7 @@ fn state_per_sensor(registry: &aqyl_dataflow::SharedRegistry, sensors: usize) {
             aggregates: agg_tx,
             deadletters: dl_tx,
             events: tokio::sync::mpsc::unbounded_channel().0,
-            quality: tokio::sync::mpsc::unbounded_channel().0,
+            quality: tokio::sync::mpsc::channel(1).0,
         },
         metrics.clone(),
     )

@@ -566,25 +566,29 @@ fn judge_quality<'scope>(
     )
 }
 
-/// Emits quality records and incidents into their channels.
+/// Emits quality records (one batch per activation, waiting while the channel is full, so a
+/// slow sink holds the workers back instead of filling memory) and incidents.
 pub fn emit<'scope>(
     stream: StreamVec<'scope, u64, QualityOut>,
-    records: tokio::sync::mpsc::UnboundedSender<QualityRecord>,
+    records: tokio::sync::mpsc::Sender<Vec<QualityRecord>>,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
 ) {
     stream.sink(Pipeline, "EmitQuality", move |(input, _)| {
+        let mut batch = Vec::new();
         input.for_each(|_cap, data| {
             for q in data.drain(..) {
-                // A closed receiver means shutdown was forced; nothing left to do.
                 match q {
-                    QualityOut::Record(r) => {
-                        let _ = records.send(r);
-                    }
+                    QualityOut::Record(r) => batch.push(r),
                     QualityOut::Event(e) => {
+                        // A closed receiver means shutdown was forced; nothing left to do.
                         let _ = events.send(e);
                     }
                 }
             }
         });
+        if !batch.is_empty() {
+            // Timely workers are plain threads, never a runtime's: blocking is allowed.
+            let _ = records.blocking_send(batch);
+        }
     });
 }

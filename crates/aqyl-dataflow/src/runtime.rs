@@ -22,6 +22,9 @@ use timely::dataflow::{InputHandleVec, ProbeHandle};
 use timely::WorkerConfig;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
+/// Batches of quality records that may wait for the sinks before the workers wait.
+pub const QUALITY_BATCHES: usize = 64;
+
 /// Most messages a worker takes from its channel before stepping the dataflow.
 const BATCH: usize = 1024;
 /// How long an idle worker parks before looking at its channel and the clock again.
@@ -60,8 +63,9 @@ pub struct Outputs {
     pub deadletters: mpsc::UnboundedSender<DeadLetter>,
     /// Incident lifecycle messages (quality incidents included).
     pub events: mpsc::UnboundedSender<aqyl_core::Event>,
-    /// Quality reports and roll-ups.
-    pub quality: mpsc::UnboundedSender<QualityRecord>,
+    /// Quality reports and roll-ups, in batches (one per operator activation). Bounded: when
+    /// the sinks fall behind, the workers wait, and the broker holds the backlog.
+    pub quality: mpsc::Sender<Vec<QualityRecord>>,
 }
 
 /// A running dataflow; [`Running::join`] waits until every worker has drained and stopped,
@@ -372,7 +376,15 @@ pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<Batch,
     let (agg_tx, mut agg_rx) = mpsc::unbounded_channel();
     let (dl_tx, mut dl_rx) = mpsc::unbounded_channel();
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-    let (q_tx, mut q_rx) = mpsc::unbounded_channel();
+    let (q_tx, mut q_rx) = mpsc::channel::<Vec<QualityRecord>>(QUALITY_BATCHES);
+    // The bounded quality channel is drained while the workers run.
+    let quality_drain = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        while let Some(batch) = q_rx.blocking_recv() {
+            all.extend(batch);
+        }
+        all
+    });
     let metrics = Arc::new(Metrics::default());
     let outputs = Outputs {
         aggregates: agg_tx,
@@ -404,10 +416,9 @@ pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<Batch,
     while let Ok(e) = ev_rx.try_recv() {
         events.push(e);
     }
-    let mut quality = Vec::new();
-    while let Ok(q) = q_rx.try_recv() {
-        quality.push(q);
-    }
+    let quality = quality_drain
+        .join()
+        .map_err(|_| "the quality drain panicked".to_string())?;
     Ok(Batch {
         aggregates,
         deadletters,

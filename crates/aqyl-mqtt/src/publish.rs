@@ -90,44 +90,32 @@ pub async fn events(
 }
 
 /// Publishes quality reports retained on `<prefix>/quality/<sensor_id>` and forwards every
-/// record (reports and roll-ups) to `sink`. QoS 0: the retained message is the latest state,
-/// and the next report replaces a lost one. Reports that queue up while the broker is busy
-/// are conflated: only each sensor's latest one is published, so a burst of readings neither
-/// doubles the broker's load nor piles up in memory (the store still gets every report).
+/// batch of records (reports and roll-ups) to `sink`, waiting while the sink is behind. QoS
+/// 0: the retained message is the latest state, and the next report replaces a lost one.
+/// Within a batch only each sensor's latest report is published, so a burst of readings
+/// neither doubles the broker's load nor piles up (the store still gets every report).
 pub async fn quality(
     client: AsyncClient,
     prefix: String,
-    mut rx: mpsc::UnboundedReceiver<QualityRecord>,
-    sink: mpsc::UnboundedSender<QualityRecord>,
+    mut rx: mpsc::Receiver<Vec<QualityRecord>>,
+    sink: mpsc::Sender<Vec<QualityRecord>>,
     metrics: Arc<Metrics>,
 ) {
-    /// Most records taken from the channel per round of publishing.
-    const ROUND: usize = 4096;
-    // Each sensor's latest report of the round, in first-seen order.
-    let mut latest: Vec<aqyl_core::quality::QualityReport> = Vec::new();
-    let mut index: std::collections::HashMap<(Arc<str>, String), usize> =
-        std::collections::HashMap::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(q) = next.take() {
-            taken += 1;
-            if let QualityRecord::Report(r) = &q {
-                let key = (r.sensor_type.clone(), r.sensor_id.clone());
-                match index.get(&key) {
-                    Some(&i) => latest[i] = r.clone(),
-                    None => {
-                        index.insert(key, latest.len());
-                        latest.push(r.clone());
-                    }
-                }
-            }
-            let _ = sink.send(q);
-            if taken < ROUND {
-                next = rx.try_recv().ok();
+    while let Some(batch) = rx.recv().await {
+        // Each sensor's last report in the batch.
+        let mut last: std::collections::HashMap<(&str, &str), usize> =
+            std::collections::HashMap::new();
+        for (i, q) in batch.iter().enumerate() {
+            if let QualityRecord::Report(r) = q {
+                last.insert((&r.sensor_type, &r.sensor_id), i);
             }
         }
-        for r in latest.drain(..) {
+        let mut picked: Vec<usize> = last.into_values().collect();
+        picked.sort_unstable();
+        for i in picked {
+            let Some(QualityRecord::Report(r)) = batch.get(i) else {
+                continue;
+            };
             match client
                 .publish(r.topic(&prefix), QoS::AtMostOnce, true, r.to_json())
                 .await
@@ -138,6 +126,6 @@ pub async fn quality(
                 Err(e) => tracing::warn!(error = %e, "Could not publish a quality report."),
             }
         }
-        index.clear();
+        let _ = sink.send(batch).await;
     }
 }

@@ -92,7 +92,7 @@ pub async fn run(
     mut sinks: Sinks,
     mut rx: mpsc::UnboundedReceiver<Aggregate>,
     mut events: mpsc::UnboundedReceiver<Event>,
-    mut quality: mpsc::UnboundedReceiver<QualityRecord>,
+    mut quality: mpsc::Receiver<Vec<QualityRecord>>,
     metrics: Arc<Metrics>,
 ) -> Result<(), SinkError> {
     let (mut aggregates_open, mut events_open, mut quality_open) = (true, true, true);
@@ -117,7 +117,11 @@ pub async fn run(
                 None => events_open = false,
             },
             next = quality.recv(), if quality_open => match next {
-                Some(q) => counted(&mut points, &metrics, q.write_line(&mut batch), format_args!("a quality record")),
+                Some(records) => {
+                    for q in &records {
+                        counted(&mut points, &metrics, q.write_line(&mut batch), format_args!("a quality record"));
+                    }
+                }
                 None => quality_open = false,
             },
             next = rx.recv(), if aggregates_open => match next {

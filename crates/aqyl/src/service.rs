@@ -126,8 +126,8 @@ async fn run(
     let (dl_tx, dl_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (ev_sink_tx, ev_sink_rx) = mpsc::unbounded_channel();
-    let (q_tx, q_rx) = mpsc::unbounded_channel();
-    let (q_sink_tx, q_sink_rx) = mpsc::unbounded_channel();
+    let (q_tx, q_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
+    let (q_sink_tx, q_sink_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
     let spec = PipelineSpec {
         registry: registry.clone(),
         workers: *cfg.pipeline.workers.get_ref(),
