@@ -37,6 +37,9 @@ pub struct Metrics {
     pub events_published: AtomicU64,
     /// Quality reports published (retained, `aqyl/quality/<sensor_id>`).
     pub quality_reports_published: AtomicU64,
+    /// Quality reports not published because the connection's queue was full (the next
+    /// report of the sensor replaces them; the store gets every report).
+    pub quality_reports_skipped: AtomicU64,
     /// Readings kept out of aggregates and rules because they failed correctness.
     pub quality_excluded: AtomicU64,
     /// MQTT connection errors (each followed by a reconnect attempt).
@@ -178,6 +181,11 @@ impl Metrics {
             "quality_reports_published_total",
             "Quality reports published on MQTT.",
             &self.quality_reports_published,
+        );
+        counter(
+            "quality_reports_skipped_total",
+            "Quality reports skipped because the MQTT connection's queue was full.",
+            &self.quality_reports_skipped,
         );
         counter(
             "quality_excluded_total",

@@ -93,7 +93,8 @@ pub async fn events(
 /// batch of records (reports and roll-ups) to `sink`, waiting while the sink is behind. QoS
 /// 0: the retained message is the latest state, and the next report replaces a lost one.
 /// Within a batch only each sensor's latest report is published, so a burst of readings
-/// neither doubles the broker's load nor piles up (the store still gets every report).
+/// neither doubles the broker's load nor piles up (the store still gets every report); a
+/// report that finds the connection's queue full is skipped and counted.
 pub async fn quality(
     client: AsyncClient,
     prefix: String,
@@ -116,14 +117,16 @@ pub async fn quality(
             let Some(QualityRecord::Report(r)) = batch.get(i) else {
                 continue;
             };
-            match client
-                .publish(r.topic(&prefix), QoS::AtMostOnce, true, r.to_json())
-                .await
-            {
+            // Never wait on the connection here: while the workers wait for this task, the
+            // connection may be waiting for the workers (ingest back-pressure), so a full
+            // request queue skips the report; the sensor's next one replaces it.
+            match client.try_publish(r.topic(&prefix), QoS::AtMostOnce, true, r.to_json()) {
                 Ok(()) => {
                     metrics.quality_reports_published.fetch_add(1, Relaxed);
                 }
-                Err(e) => tracing::warn!(error = %e, "Could not publish a quality report."),
+                Err(_) => {
+                    metrics.quality_reports_skipped.fetch_add(1, Relaxed);
+                }
             }
         }
         let _ = sink.send(batch).await;
