@@ -4,17 +4,14 @@
 //! once through the real service over a real Mosquitto.
 
 use super::{repo, Aqyl, WAIT};
-use aqyl_core::decode::Registry;
 use aqyl_core::RawMessage;
-use aqyl_dataflow::{run_batch, PipelineSpec};
+use aqyl_dataflow::run_batch;
 use aqyl_sim::scenario::Scenario;
 use aqyl_sim::sensors::{CityConfig, SensorType};
 use aqyl_sim::simulation::{Message, SimConfig, Simulation};
 use aqyl_sim::truth::TruthRecord;
 use aqyl_tests::{publish, wait_until, Mosquitto, Subscriber};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::Duration;
 
 /// The default scenario's messages in publish order, and its ground truth.
 fn default_scenario() -> (Vec<Message>, Vec<TruthRecord>) {
@@ -60,23 +57,7 @@ fn assert_detected(label: &str, events: &[serde_json::Value], truth: &[TruthReco
 /// The event messages (JSON) of the dataflow run in process over `(topic, payload)` pairs,
 /// with the shipped descriptors, rules and settings, the watermark in event time only.
 fn in_process(messages: &[(String, Vec<u8>)], workers: usize) -> Vec<String> {
-    let loaded = aqyl_core::config::load(&repo().join("config/aqyl.toml"), |_| None).unwrap();
-    let spec = PipelineSpec {
-        registry: aqyl_dataflow::shared(Registry::new(loaded.sensor_types.clone())),
-        workers,
-        window: Duration::from_secs(300),
-        allowed_lateness: Duration::from_secs(600),
-        idle_timeout: None,
-        max_payload_bytes: 65536,
-        update_horizon: None,
-        // As the service runs the replay (idle timeout 0s: quality in event time).
-        quality: aqyl::service::quality_spec(&{
-            let mut c = loaded.config.clone();
-            c.pipeline.idle_timeout = Duration::ZERO;
-            c
-        }),
-        rules: Arc::new(loaded.rules.clone()),
-    };
+    let (_, spec) = super::shipped_replay(workers, true);
     let raw = messages
         .iter()
         .map(|(topic, payload)| RawMessage {

@@ -20,6 +20,36 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The shipped configuration, and the dataflow as `aqyl run` sets it up to replay data with
+/// it: the watermark in event time only, quality scoring in event time, `workers` workers,
+/// the shipped rules or none.
+fn shipped_replay(
+    workers: usize,
+    rules: bool,
+) -> (aqyl_core::config::Loaded, aqyl_dataflow::PipelineSpec) {
+    let loaded = aqyl_core::config::load(&repo().join("config/aqyl.toml"), |_| None).unwrap();
+    let mut config = loaded.config.clone();
+    config.pipeline.idle_timeout = Duration::ZERO;
+    let spec = aqyl_dataflow::PipelineSpec {
+        registry: aqyl_dataflow::shared(aqyl_core::decode::Registry::new(
+            loaded.sensor_types.clone(),
+        )),
+        workers,
+        window: Duration::from_secs(300),
+        allowed_lateness: Duration::from_secs(600),
+        idle_timeout: None,
+        max_payload_bytes: 65536,
+        update_horizon: None,
+        rules: std::sync::Arc::new(if rules {
+            loaded.rules.clone()
+        } else {
+            Vec::new()
+        }),
+        quality: aqyl::service::quality_spec(&config),
+    };
+    (loaded, spec)
+}
+
 /// A config directory whose file points at unreachable services: the test passes the real
 /// addresses through the environment, which must win.
 fn config_dir(workers: usize) -> tempfile::TempDir {

@@ -2,17 +2,14 @@
 //! `[quality]` defaults, the dataflow in process (event-time clock, as in a replay), and the
 //! ground truth of each fault episode.
 
-use aqyl_core::decode::Registry;
 use aqyl_core::quality::{QualityRecord, QualityReport};
 use aqyl_core::RawMessage;
-use aqyl_dataflow::{run_batch, PipelineSpec};
+use aqyl_dataflow::run_batch;
 use aqyl_sim::scenario::Scenario;
 use aqyl_sim::sensors::{CityConfig, SensorType};
 use aqyl_sim::simulation::{SimConfig, Simulation};
 use aqyl_sim::truth::{FaultRecord, TruthRecord};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::Duration;
 
 /// What a run gave: each sensor's reports in time order, and the quality incidents.
 struct Scored {
@@ -51,8 +48,7 @@ fn score_with_outages(config: SimConfig) -> (Scored, Vec<FaultRecord>, Vec<(Stri
 
 /// Runs a simulation through the dataflow with the shipped configuration.
 fn score(config: SimConfig, workers: usize) -> (Scored, Vec<FaultRecord>) {
-    let loaded =
-        aqyl_core::config::load(&super::repo().join("config/aqyl.toml"), |_| None).unwrap();
+    let (loaded, spec) = super::shipped_replay(workers, false);
     let (messages, truth) = Simulation::generate(config).unwrap();
     let raw: Vec<RawMessage> = messages
         .iter()
@@ -62,20 +58,6 @@ fn score(config: SimConfig, workers: usize) -> (Scored, Vec<FaultRecord>) {
             received_at: 0,
         })
         .collect();
-    let mut config = loaded.config.clone();
-    config.pipeline.idle_timeout = Duration::ZERO; // a replay: quality in event time
-    let quality = aqyl::service::quality_spec(&config);
-    let spec = PipelineSpec {
-        registry: aqyl_dataflow::shared(Registry::new(loaded.sensor_types.clone())),
-        workers,
-        window: Duration::from_secs(300),
-        allowed_lateness: Duration::from_secs(600),
-        idle_timeout: None,
-        max_payload_bytes: 65536,
-        update_horizon: None,
-        rules: Arc::new(Vec::new()),
-        quality,
-    };
     let batch = run_batch(spec, raw).unwrap();
     let mut reports: BTreeMap<(String, String), Vec<QualityReport>> = BTreeMap::new();
     for q in batch.quality {

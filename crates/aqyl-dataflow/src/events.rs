@@ -74,7 +74,9 @@ fn detect<'scope>(
                             pending.push(obs);
                         }
                     });
-                    let Some(held) = cap.as_mut() else { return };
+                    if cap.is_none() {
+                        return;
+                    }
                     let now = frontier.frontier().iter().min().copied();
                     let mut out = Vec::new();
                     while let Some((t, same_time)) = pending.next_ready(now) {
@@ -88,13 +90,7 @@ fn detect<'scope>(
                     if let Some(now) = now {
                         detector.advance(now, &mut out);
                     }
-                    if !out.is_empty() {
-                        output.session(&*held).give_iterator(out.into_iter());
-                    }
-                    match now {
-                        Some(n) => held.downgrade(&n),
-                        None => cap = None,
-                    }
+                    crate::ordered::emit_and_follow(&mut cap, now, out, output);
                 }
             },
         )
@@ -144,7 +140,9 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                             }
                         }
                     });
-                    let Some(held) = cap.as_mut() else { return };
+                    if cap.is_none() {
+                        return;
+                    }
                     let now = frontier.frontier().iter().min().copied();
                     let mut out = Vec::new();
                     while let Some(entry) = pending.first_entry() {
@@ -170,13 +168,7 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                             detector.observe(&reading, Input::Window(&window), &mut out);
                         }
                     }
-                    if !out.is_empty() {
-                        output.session(&*held).give_iterator(out.into_iter());
-                    }
-                    match now {
-                        Some(n) => held.downgrade(&n),
-                        None => cap = None,
-                    }
+                    crate::ordered::emit_and_follow(&mut cap, now, out, output);
                 }
             },
         )
@@ -216,7 +208,9 @@ impl<'scope> AreaEvents<'scope> for StreamVec<'scope, u64, Event> {
                             }
                         }
                     });
-                    let Some(held) = cap.as_mut() else { return };
+                    if cap.is_none() {
+                        return;
+                    }
                     let now = frontier.frontier().iter().min().copied();
                     let mut out = Vec::new();
                     while let Some(entry) = pending.first_entry() {
@@ -289,13 +283,7 @@ impl<'scope> AreaEvents<'scope> for StreamVec<'scope, u64, Event> {
                             }
                         }
                     }
-                    if !out.is_empty() {
-                        output.session(&*held).give_iterator(out.into_iter());
-                    }
-                    match now {
-                        Some(n) => held.downgrade(&n),
-                        None => cap = None,
-                    }
+                    crate::ordered::emit_and_follow(&mut cap, now, out, output);
                 }
             },
         )

@@ -34,3 +34,26 @@ impl EventTimeBuffer {
         Some((t, same_time))
     }
 }
+
+/// The usual end of an event-time operator's activation: gives `out` at the held capability,
+/// then moves the capability up to the input frontier `now`, or drops it once the input has
+/// ended (`None`), which lets the frontier downstream run out.
+pub fn emit_and_follow<T: Clone + 'static>(
+    cap: &mut Option<timely::dataflow::operators::Capability<u64>>,
+    now: Option<u64>,
+    out: Vec<T>,
+    output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
+        '_,
+        u64,
+        timely::container::CapacityContainerBuilder<Vec<T>>,
+    >,
+) {
+    let Some(held) = cap.as_mut() else { return };
+    if !out.is_empty() {
+        output.session(&*held).give_iterator(out.into_iter());
+    }
+    match now {
+        Some(n) => held.downgrade(&n),
+        None => *cap = None,
+    }
+}

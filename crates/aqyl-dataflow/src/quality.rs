@@ -256,7 +256,9 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                             pending.entry(filed.max(at)).or_default().push(item);
                         }
                     });
-                    let Some(held) = cap.as_mut() else { return };
+                    if cap.is_none() {
+                        return;
+                    }
                     let now = [f1.frontier().first(), f2.frontier().first()]
                         .into_iter()
                         .flatten()
@@ -307,13 +309,7 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                     } else if let Some(n) = now {
                         fire_checks(n, &mut checks, &mut sensors, &mut out);
                     }
-                    if !out.is_empty() {
-                        output.session(&*held).give_iterator(out.into_iter());
-                    }
-                    match now {
-                        Some(n) => held.downgrade(&n),
-                        None => cap = None,
-                    }
+                    crate::ordered::emit_and_follow(&mut cap, now, out, output);
                 }
             },
         );
@@ -504,7 +500,9 @@ fn judge_quality<'scope>(
                         entry.0.push(s.sensor_id, s.assessment);
                     }
                 });
-                let Some(held) = cap.as_mut() else { return };
+                if cap.is_none() {
+                    return;
+                }
                 let now = frontier.frontier().first().copied();
                 let mut ready: Vec<(Arc<str>, String, Option<String>, Assessment)> = Vec::new();
                 for ((ty, area), (hood, window)) in hoods.iter_mut() {
@@ -554,13 +552,7 @@ fn judge_quality<'scope>(
                         }
                     }
                 }
-                if !out.is_empty() {
-                    output.session(&*held).give_iterator(out.into_iter());
-                }
-                match now {
-                    Some(n) => held.downgrade(&n),
-                    None => cap = None,
-                }
+                crate::ordered::emit_and_follow(&mut cap, now, out, output);
             }
         },
     )
