@@ -42,6 +42,8 @@ pub struct Metrics {
     pub quality_reports_skipped: AtomicU64,
     /// Readings kept out of aggregates and rules because they failed correctness.
     pub quality_excluded: AtomicU64,
+    /// Quality incidents started (a sensor's score fell below the threshold).
+    pub quality_incidents: AtomicU64,
     /// MQTT connection errors (each followed by a reconnect attempt).
     pub mqtt_connection_errors: AtomicU64,
     /// Subscription filters in force (set when the broker acknowledges a subscription).
@@ -67,6 +69,10 @@ pub struct Snapshot {
     pub influx_points_written: u64,
     /// See [`Metrics::file_points_written`].
     pub file_points_written: u64,
+    /// See [`Metrics::events_published`].
+    pub events_published: u64,
+    /// See [`Metrics::quality_incidents`].
+    pub quality_incidents: u64,
 }
 
 impl Snapshot {
@@ -104,6 +110,8 @@ impl Metrics {
             windows_closed: self.windows_closed.load(Relaxed),
             influx_points_written: self.influx_points_written.load(Relaxed),
             file_points_written: self.file_points_written.load(Relaxed),
+            events_published: self.events_published.load(Relaxed),
+            quality_incidents: self.quality_incidents.load(Relaxed),
         }
     }
 
@@ -186,6 +194,11 @@ impl Metrics {
             "quality_reports_skipped_total",
             "Quality reports skipped because the MQTT connection's queue was full.",
             &self.quality_reports_skipped,
+        );
+        counter(
+            "quality_incidents_total",
+            "Quality incidents started (a score fell below quality.threshold).",
+            &self.quality_incidents,
         );
         counter(
             "quality_excluded_total",

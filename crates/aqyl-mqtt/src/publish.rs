@@ -80,6 +80,9 @@ pub async fn events(
                 .publish(e.active_topic(&prefix), QoS::AtLeastOnce, true, active)
                 .await
                 .is_ok();
+        if e.event_type == aqyl_core::quality::QUALITY_EVENT && e.state == EventState::Start {
+            metrics.quality_incidents.fetch_add(1, Relaxed);
+        }
         if published {
             metrics.events_published.fetch_add(1, Relaxed);
         } else {

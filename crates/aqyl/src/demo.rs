@@ -221,12 +221,14 @@ fn summary_line(elapsed: Duration, sim_ms: i64, s: &Snapshot, rate: f64, file: &
         })
         .unwrap_or_default();
     format!(
-        "[{:>4}s] city time {sim} | {} observations ({rate:.0}/s) | {} windows closed | late {} | rejected {} | {} points -> {}",
+        "[{:>4}s] city time {sim} | {} observations ({rate:.0}/s) | {} windows closed | late {} | rejected {} | {} incident messages, {} quality alerts | {} points -> {}",
         elapsed.as_secs(),
         s.observations,
         s.windows_closed,
         s.rejected(Reason::Late),
         s.rejected_total(),
+        s.events_published,
+        s.quality_incidents,
         s.file_points_written,
         file.display(),
     )
@@ -244,6 +246,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         file.display()
     );
     eprintln!("Watch the raw stream with: mosquitto_sub -p {port} -t 'city/traffic/#' -v   (Ctrl-C stops the demo)");
+    eprintln!("Incidents: mosquitto_sub -p {port} -t 'aqyl/events/#' -v; each segment's quality: -t 'aqyl/quality/#'");
     let service = crate::service::start(loaded, std::future::pending())?;
 
     let mut mqtt = MqttOptions::new(
@@ -318,7 +321,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         )
     );
     eprintln!(
-        "Done. {} aggregates in {} (line protocol, ms precision). Dead letters went to aqyl/deadletter/traffic.",
+        "Done. {} points (aggregates, events, quality) in {} (line protocol, ms precision). Dead letters went to aqyl/deadletter/traffic.",
         s.file_points_written,
         file.display()
     );
