@@ -228,3 +228,85 @@ fn a_rejected_message_of_a_known_sensor_costs_it_completeness() {
     assert!((incomplete.metrics.completeness.rated - 0.6).abs() < 1e-9);
     assert!(incomplete.score < 0.6);
 }
+
+/// Live, the watchdog follows the wall clock: a sensor that stops reporting is reported
+/// silent although no later reading moves event time.
+#[test]
+fn live_the_watchdog_notices_silence_by_the_wall_clock() {
+    let descriptor = DESCRIPTOR.replace(
+        "expected_interval = \"5m\"",
+        "expected_interval = \"200ms\"",
+    );
+    let types = vec![SensorType::from_toml(Path::new("traffic.toml"), &descriptor).unwrap()];
+    let spec = PipelineSpec {
+        registry: aqyl_dataflow::shared(Registry::new(types)),
+        workers: 2,
+        window: Duration::from_secs(60),
+        allowed_lateness: Duration::from_secs(1),
+        idle_timeout: Some(Duration::from_millis(100)),
+        max_payload_bytes: 4096,
+        update_horizon: None,
+        rules: Arc::new(Vec::new()),
+        quality: Some(QualitySpec {
+            wall_clock: true,
+            ..quality(true)
+        }),
+    };
+    let (agg, _agg_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (dl, _dl_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ev, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (q, mut q_rx) = tokio::sync::mpsc::channel(64);
+    let outputs = aqyl_dataflow::Outputs {
+        aggregates: agg,
+        deadletters: dl,
+        events: ev,
+        quality: q,
+    };
+    let (router, running) =
+        aqyl_dataflow::start(spec, 64, outputs, Arc::new(Default::default())).unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    // Three readings 100 ms apart, as they happen, then nothing.
+    for i in 0..3 {
+        let ts = now();
+        assert!(router.route_blocking(RawMessage {
+            topic: "city/traffic/s0".into(),
+            payload: format!(
+                r#"{{"ts":{ts},"avgSpeed":{},"vehicleCount":5,"area":"north"}}"#,
+                50 + i
+            )
+            .into_bytes(),
+            received_at: ts as i64,
+        }));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The silence is reported (and a quality incident starts) while nothing else arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut silent = None;
+    while silent.is_none() && std::time::Instant::now() < deadline {
+        while let Ok(batch) = q_rx.try_recv() {
+            silent = silent.or(batch.into_iter().find_map(|r| match r {
+                QualityRecord::Report(r) if r.findings.silent => Some(r),
+                _ => None,
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let silent = silent.expect("a silent report within 30 s");
+    assert_eq!(silent.sensor_id, "s0");
+    assert!(silent.findings.problems()[0].starts_with("silent"));
+    let mut incident = false;
+    while let Ok(e) = ev_rx.try_recv() {
+        incident |= e.event_type == "quality" && e.subject == "s0";
+    }
+    assert!(incident, "a quality incident");
+    drop(router);
+    // Drain so the workers can finish.
+    let drain = std::thread::spawn(move || while q_rx.blocking_recv().is_some() {});
+    running.join().unwrap();
+    drain.join().unwrap();
+}
