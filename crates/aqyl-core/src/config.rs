@@ -575,8 +575,10 @@ impl Config {
             || q.spike_threshold.is_nan()
             || q.spike_threshold <= 0.0
         {
-            errors.push(ConfigError::file(
+            errors.push(ConfigError::at(
                 path,
+                text,
+                text.find("[quality]"),
                 "[quality]: threshold must be within 0..1, long_window and short_window at least 2, flat_line at least 2, spike_window at least 4 and spike_threshold above 0",
             ));
         }
@@ -659,6 +661,25 @@ mod tests {
         assert_eq!(*c.pipeline.window.get_ref(), Duration::from_secs(300));
         assert_eq!(c.outputs.topic_prefix, "aqyl");
         assert!(!c.influx.enabled);
+    }
+
+    #[test]
+    fn quality_settings_are_checked() {
+        let ok = Config::from_toml(Path::new("aqyl.toml"), "").unwrap();
+        assert!(ok.quality.enabled && ok.quality.exclude_incorrect);
+        assert_eq!(ok.quality.clock, QualityClock::Auto);
+        let text = "[pipeline]\nworkers = 2\n\n[quality]\nthreshold = 1.5\n";
+        let err = Config::from_toml(Path::new("aqyl.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("aqyl.toml:4: [quality]: threshold must be within 0..1"),
+            "{err}"
+        );
+        let err = Config::from_toml(Path::new("aqyl.toml"), "[quality]\nclock = \"sundial\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("aqyl.toml:2:"), "{err}");
     }
 
     #[test]
