@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo bench -p aqyl-dataflow --bench pipeline -- --messages 500000
+//! cargo bench -p aqyl-dataflow --bench pipeline -- --messages 500000 --quality
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver
@@ -10,6 +11,7 @@
 use aqyl_core::decode::Registry;
 use aqyl_core::descriptor::SensorType;
 use aqyl_core::RawMessage;
+use aqyl_dataflow::quality::QualitySpec;
 use aqyl_dataflow::{run_batch, PipelineSpec};
 use std::path::Path;
 use std::sync::Arc;
@@ -48,10 +50,26 @@ fn main() {
         .position(|a| a == "--sensors")
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(50);
+    // `--quality` scores every stream as `aqyl run` does by default.
+    let quality = args
+        .iter()
+        .any(|a| a == "--quality")
+        .then_some(QualitySpec {
+            threshold: 0.6,
+            max_latency_ms: 1_000,
+            long_window: 20,
+            short_window: 5,
+            flat_line: 3,
+            spike_window: 12,
+            spike_threshold: 8.0,
+            exclude_incorrect: true,
+            wall_clock: false,
+        });
     let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
     let registry = aqyl_dataflow::shared(Registry::new(types));
     println!(
-        "workload: {n} CityPulse traffic messages, {sensors} sensors, the shipped traffic windows (5m; 4h with SAX)"
+        "workload: {n} CityPulse traffic messages, {sensors} sensors, the shipped traffic windows (5m; 4h with SAX){}",
+        if quality.is_some() { ", quality scoring" } else { "" }
     );
     for workers in [1, 2] {
         let mut rates = Vec::new();
@@ -65,7 +83,7 @@ fn main() {
                 idle_timeout: None,
                 max_payload_bytes: 65536,
                 update_horizon: None,
-                quality: None,
+                quality,
                 rules: Default::default(),
             };
             let start = Instant::now();

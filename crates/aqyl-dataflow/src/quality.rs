@@ -168,6 +168,7 @@ impl Item {
 
 /// A sensor's state in `ScoreQuality`.
 struct Sensor {
+    key: Key,
     quality: SensorQuality,
     area: Option<String>,
     window_ms: u64,
@@ -179,6 +180,29 @@ struct Sensor {
 }
 
 type Key = (Arc<str>, String);
+
+/// The sensors one worker scores, found by (type, id) without allocating.
+#[derive(Default)]
+struct Sensors {
+    index: HashMap<Arc<str>, HashMap<String, usize>>,
+    all: Vec<Sensor>,
+}
+
+impl Sensors {
+    /// The sensor's slot, made by `make` on first sight.
+    fn slot(&mut self, ty: &Arc<str>, id: &str, make: impl FnOnce() -> Sensor) -> usize {
+        if let Some(&i) = self.index.get(&**ty).and_then(|m| m.get(id)) {
+            return i;
+        }
+        let i = self.all.len();
+        self.all.push(make());
+        self.index
+            .entry(ty.clone())
+            .or_default()
+            .insert(id.to_string(), i);
+        i
+    }
+}
 
 /// Quality scoring of sensor streams.
 pub trait ScoreQuality<'scope> {
@@ -215,9 +239,9 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                 let activator = scope.activator_for(info.address.clone());
                 let mut cap = Some(capability);
                 let mut pending: BTreeMap<u64, Vec<Item>> = BTreeMap::new();
-                let mut sensors: HashMap<Key, Sensor> = HashMap::new();
-                // Event-time watchdog: (check time, sensor).
-                let mut checks: BTreeSet<(u64, Key)> = BTreeSet::new();
+                let mut sensors = Sensors::default();
+                // Event-time watchdog: (check time, sensor slot).
+                let mut checks: BTreeSet<(u64, usize)> = BTreeSet::new();
                 move |(readings, f1), (side, f2), output| {
                     readings.for_each(|cap, data| {
                         let at = cap.least().copied().unwrap_or(0);
@@ -289,21 +313,15 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                     }
                     if spec.wall_clock {
                         let wall = wall_ms();
-                        let mut keys: Vec<&Key> = sensors.keys().collect();
-                        keys.sort();
-                        let keys: Vec<Key> = keys.into_iter().cloned().collect();
-                        for key in keys {
-                            let Some(s) = sensors.get_mut(&key) else {
-                                continue;
-                            };
+                        for s in &mut sensors.all {
                             // The sensor's own event clock, advanced by the wall clock.
                             let elapsed = (wall - s.last_wall).max(0) as u64;
                             let event_now = s.last_event.saturating_add(elapsed);
                             while let Some(a) = s.quality.watchdog(event_now) {
-                                out.push(scored(&key, s, a));
+                                out.push(scored(s, a));
                             }
                         }
-                        if now.is_some() && !sensors.is_empty() {
+                        if now.is_some() && !sensors.all.is_empty() {
                             activator.activate_after(Duration::from_secs(1));
                         }
                     } else if let Some(n) = now {
@@ -324,10 +342,10 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn scored(key: &Key, s: &Sensor, assessment: Assessment) -> Scored {
+fn scored(s: &Sensor, assessment: Assessment) -> Scored {
     Scored {
-        sensor_type: key.0.clone(),
-        sensor_id: key.1.clone(),
+        sensor_type: s.key.0.clone(),
+        sensor_id: s.key.1.clone(),
         area: s.area.clone(),
         window_ms: s.window_ms,
         assessment,
@@ -337,27 +355,27 @@ fn scored(key: &Key, s: &Sensor, assessment: Assessment) -> Scored {
 /// Runs the event-time watchdog of every sensor due before `until`.
 fn fire_checks(
     until: u64,
-    checks: &mut BTreeSet<(u64, Key)>,
-    sensors: &mut HashMap<Key, Sensor>,
+    checks: &mut BTreeSet<(u64, usize)>,
+    sensors: &mut Sensors,
     out: &mut Vec<Scored>,
 ) {
     while let Some(first) = checks.first() {
         if first.0 >= until {
             break;
         }
-        let Some((at, key)) = checks.pop_first() else {
+        let Some((at, slot)) = checks.pop_first() else {
             break;
         };
-        let Some(s) = sensors.get_mut(&key) else {
+        let Some(s) = sensors.all.get_mut(slot) else {
             continue;
         };
         s.scheduled = None;
         if let Some(a) = s.quality.watchdog(at) {
-            out.push(scored(&key, s, a));
+            out.push(scored(s, a));
         }
         if let Some(next) = s.quality.next_check() {
             s.scheduled = Some(next);
-            checks.insert((next, key));
+            checks.insert((next, slot));
         }
     }
 }
@@ -368,23 +386,23 @@ fn judge(
     item: Item,
     registry: &aqyl_core::decode::Registry,
     spec: &QualitySpec,
-    sensors: &mut HashMap<Key, Sensor>,
-    checks: &mut BTreeSet<(u64, Key)>,
+    sensors: &mut Sensors,
+    checks: &mut BTreeSet<(u64, usize)>,
     out: &mut Vec<Scored>,
 ) {
     let (sensor_type, sensor_id, area) = match &item {
-        Item::Reading(o) => (o.sensor_type.clone(), o.sensor_id.clone(), o.area.clone()),
+        Item::Reading(o) => (o.sensor_type.clone(), o.sensor_id.as_str(), o.area.as_ref()),
         Item::Side(s) => {
             let (ty, id) = s.key();
-            (Arc::from(ty), id.to_string(), None)
+            (Arc::from(ty), id, None)
         }
     };
     let Some(ty) = registry.get(&sensor_type) else {
         return; // a type removed by a reload
     };
     let interval = ty.expected_interval.as_millis() as u64;
-    let key: Key = (sensor_type, sensor_id);
-    let s = sensors.entry(key.clone()).or_insert_with(|| Sensor {
+    let slot = sensors.slot(&sensor_type, sensor_id, || Sensor {
+        key: (sensor_type.clone(), sensor_id.to_string()),
         quality: SensorQuality::new(spec.sensor(interval, ty.flat_line)),
         area: None,
         window_ms: interval / 2,
@@ -392,8 +410,11 @@ fn judge(
         last_event: 0,
         scheduled: None,
     });
-    if area.is_some() {
-        s.area = area;
+    let s = &mut sensors.all[slot];
+    if let Some(area) = area {
+        if s.area.as_ref() != Some(area) {
+            s.area = Some(area.clone());
+        }
     }
     let declared = ty.fields.len();
     let assessment = match &item {
@@ -449,17 +470,17 @@ fn judge(
         ),
         Item::Side(Side::Incorrect(_)) => return, // filed as Item::Reading
     };
-    out.push(scored(&key, s, assessment));
+    out.push(scored(s, assessment));
     // Reschedule the event-time watchdog.
     if !spec.wall_clock {
         let next = s.quality.next_check();
         if next != s.scheduled {
             if let Some(old) = s.scheduled.take() {
-                checks.remove(&(old, key.clone()));
+                checks.remove(&(old, slot));
             }
             if let Some(next) = next {
                 s.scheduled = Some(next);
-                checks.insert((next, key));
+                checks.insert((next, slot));
             }
         }
     }
@@ -482,20 +503,30 @@ fn judge_quality<'scope>(
         move |capability, _info| {
             let mut cap = Some(capability);
             // (type, area) → (neighbourhood, window); sensors without an area use their id.
-            let mut hoods: BTreeMap<(Arc<str>, String), (Neighbourhood, u64)> = BTreeMap::new();
+            let mut hoods: BTreeMap<Arc<str>, BTreeMap<String, (Neighbourhood, u64)>> =
+                BTreeMap::new();
             let mut alone: Vec<Scored> = Vec::new();
-            let mut trackers: HashMap<Key, (Alarm, Rollups, Option<String>)> = HashMap::new();
+            // type → sensor → (threshold alarm, roll-ups).
+            let mut trackers: BTreeMap<Arc<str>, BTreeMap<String, (Alarm, Rollups)>> =
+                BTreeMap::new();
             let mut rolled_up_to = 0u64;
             move |(input, frontier), output| {
                 input.for_each(|_cap, data| {
                     for s in data.drain(..) {
-                        let Some(area) = s.area.clone() else {
+                        let Some(area) = s.area.as_deref() else {
                             alone.push(s);
                             continue;
                         };
-                        let entry = hoods
-                            .entry((s.sensor_type.clone(), area))
-                            .or_insert_with(|| (Neighbourhood::default(), s.window_ms));
+                        let by_area = match hoods.get_mut(&*s.sensor_type) {
+                            Some(m) => m,
+                            None => hoods.entry(s.sensor_type.clone()).or_default(),
+                        };
+                        let entry = match by_area.get_mut(area) {
+                            Some(e) => e,
+                            None => by_area
+                                .entry(area.to_string())
+                                .or_insert_with(|| (Neighbourhood::default(), s.window_ms)),
+                        };
                         entry.1 = s.window_ms;
                         entry.0.push(s.sensor_id, s.assessment);
                     }
@@ -505,20 +536,27 @@ fn judge_quality<'scope>(
                 }
                 let now = frontier.frontier().first().copied();
                 let mut ready: Vec<(Arc<str>, String, Option<String>, Assessment)> = Vec::new();
-                for ((ty, area), (hood, window)) in hoods.iter_mut() {
-                    for (sensor, a) in hood.ready(now, *window, spike_threshold) {
-                        ready.push((ty.clone(), sensor, Some(area.clone()), a));
+                for (ty, by_area) in hoods.iter_mut() {
+                    for (area, (hood, window)) in by_area.iter_mut() {
+                        for (sensor, a) in hood.ready(now, *window, spike_threshold) {
+                            ready.push((ty.clone(), sensor, Some(area.clone()), a));
+                        }
                     }
+                    by_area.retain(|_, (h, _)| !h.is_empty());
                 }
-                hoods.retain(|_, (h, _)| !h.is_empty());
                 for s in alone.drain(..) {
                     ready.push((s.sensor_type, s.sensor_id, None, s.assessment));
                 }
                 let mut out = Vec::new();
                 for (ty, sensor, area, a) in ready {
-                    let key: Key = (ty.clone(), sensor.clone());
-                    let tracker = trackers.entry(key).or_default();
-                    tracker.2 = area.clone();
+                    let by_sensor = match trackers.get_mut(&*ty) {
+                        Some(m) => m,
+                        None => trackers.entry(ty.clone()).or_default(),
+                    };
+                    let tracker = match by_sensor.get_mut(sensor.as_str()) {
+                        Some(t) => t,
+                        None => by_sensor.entry(sensor.clone()).or_default(),
+                    };
                     let report = QualityReport::new(ty, sensor, area, a);
                     if let Some(e) = tracker.0.check(&report, threshold) {
                         out.push(QualityOut::Event(e));
@@ -537,19 +575,14 @@ fn judge_quality<'scope>(
                 if hour > rolled_up_to {
                     rolled_up_to = hour;
                     let until = now.unwrap_or(u64::MAX);
-                    let mut keys: Vec<&Key> = trackers.keys().collect();
-                    keys.sort();
-                    let keys: Vec<Key> = keys.into_iter().cloned().collect();
-                    for key in keys {
-                        if let Some(t) = trackers.get_mut(&key) {
-                            let mut closed = Vec::new();
-                            t.1.close(until, &mut closed);
-                            out.extend(
-                                closed
-                                    .into_iter()
-                                    .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
-                            );
-                        }
+                    for t in trackers.values_mut().flat_map(|m| m.values_mut()) {
+                        let mut closed = Vec::new();
+                        t.1.close(until, &mut closed);
+                        out.extend(
+                            closed
+                                .into_iter()
+                                .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
+                        );
                     }
                 }
                 crate::ordered::emit_and_follow(&mut cap, now, out, output);

@@ -121,6 +121,8 @@ pub struct Spike {
     /// Typical MAD and typical level (fading maxima).
     typical_mad: f64,
     typical_level: f64,
+    /// Scratch space for the sorts (kept to spare an allocation per reading).
+    scratch: Vec<f64>,
 }
 
 /// How much of the typical level fades with each reading.
@@ -177,25 +179,34 @@ impl Spike {
             history: VecDeque::with_capacity(window),
             typical_mad: 0.0,
             typical_level: 0.0,
+            scratch: Vec::with_capacity(window),
         }
     }
 
-    /// The window's median and MAD (`None` before a full window).
-    fn stats(&self) -> Option<(f64, f64)> {
-        if self.history.len() < self.window {
+    /// The window's median and MAD (`None` before a full window), sorting in `scratch`.
+    fn stats(history: &VecDeque<f64>, window: usize, scratch: &mut Vec<f64>) -> Option<(f64, f64)> {
+        if history.len() < window {
             return None;
         }
-        let mut sorted: Vec<f64> = self.history.iter().copied().collect();
-        sorted.sort_by(f64::total_cmp);
-        let median = median_sorted(&sorted);
-        let mut deviations: Vec<f64> = sorted.iter().map(|v| (v - median).abs()).collect();
-        deviations.sort_by(f64::total_cmp);
-        Some((median, median_sorted(&deviations)))
+        scratch.clear();
+        scratch.extend(history.iter().copied());
+        scratch.sort_unstable_by(f64::total_cmp);
+        let median = median_sorted(scratch);
+        for v in scratch.iter_mut() {
+            *v = (*v - median).abs();
+        }
+        scratch.sort_unstable_by(f64::total_cmp);
+        Some((median, median_sorted(scratch)))
     }
 
     /// Judges `value` against the history without adding it.
     pub fn judge(&self, value: f64) -> SpikeVerdict {
-        let Some((median, mad)) = self.stats() else {
+        let stats = Self::stats(&self.history, self.window, &mut Vec::new());
+        self.verdict(value, stats)
+    }
+
+    fn verdict(&self, value: f64, stats: Option<(f64, f64)>) -> SpikeVerdict {
+        let Some((median, mad)) = stats else {
             return SpikeVerdict {
                 z: None,
                 spike: false,
@@ -222,8 +233,9 @@ impl Spike {
 
     /// Judges a reading against the readings before it, then adds it to the history.
     pub fn push(&mut self, value: f64) -> SpikeVerdict {
-        let verdict = self.judge(value);
-        if let Some((median, mad)) = self.stats() {
+        let stats = Self::stats(&self.history, self.window, &mut self.scratch);
+        let verdict = self.verdict(value, stats);
+        if let Some((median, mad)) = stats {
             self.typical_mad = if self.typical_mad == 0.0 {
                 mad
             } else {

@@ -47,17 +47,34 @@ pub fn agreement(shifts: &[(String, f64)], neighbours: &[&ZScores], threshold: f
 /// The assessments of one area's sensors of one type, waiting for their neighbours.
 #[derive(Debug, Default)]
 pub struct Neighbourhood {
-    /// Time → (sensor id, assessment, already released).
-    by_time: BTreeMap<u64, Vec<(String, Assessment, bool)>>,
+    /// Time → (sensor id, the assessment until released, its evidence for the others: its
+    /// z-scores and confirmed shifts).
+    by_time: BTreeMap<u64, Vec<Held>>,
+}
+
+/// One held assessment.
+#[derive(Debug)]
+struct Held {
+    sensor: String,
+    assessment: Option<Assessment>,
+    evidence: Vec<(Arc<str>, f64)>,
 }
 
 impl Neighbourhood {
     /// Holds an assessment.
     pub fn push(&mut self, sensor: String, a: Assessment) {
-        self.by_time
-            .entry(a.time)
-            .or_default()
-            .push((sensor, a, false));
+        let mut evidence = a.z.clone();
+        evidence.extend(
+            a.findings
+                .shifts
+                .iter()
+                .map(|(f, z)| (Arc::from(f.as_str()), *z)),
+        );
+        self.by_time.entry(a.time).or_default().push(Held {
+            sensor,
+            assessment: Some(a),
+            evidence,
+        });
     }
 
     /// Whether nothing is held.
@@ -87,28 +104,28 @@ impl Neighbourhood {
                 continue;
             };
             let mut verdicts = Vec::new();
-            for (i, (sensor, a, released)) in entries.iter().enumerate() {
-                if *released {
+            for (i, held) in entries.iter().enumerate() {
+                let Some(a) = &held.assessment else {
+                    continue;
+                };
+                if a.findings.shifts.is_empty() {
+                    verdicts.push((i, Neighbours::Unchecked));
                     continue;
                 }
-                // Each other sensor's evidence over the span: z-scores and confirmed shifts.
+                // Each other sensor's evidence over the span.
                 let mut evidence: BTreeMap<&str, Vec<(Arc<str>, f64)>> = BTreeMap::new();
                 for (_, others) in self
                     .by_time
                     .range(t.saturating_sub(LOOKBACK * window)..=t.saturating_add(window))
                 {
-                    for (other, oa, _) in others {
-                        if other == sensor || (oa.z.is_empty() && oa.findings.shifts.is_empty()) {
+                    for other in others {
+                        if other.sensor == held.sensor || other.evidence.is_empty() {
                             continue;
                         }
-                        let e = evidence.entry(other).or_default();
-                        e.extend(oa.z.iter().cloned());
-                        e.extend(
-                            oa.findings
-                                .shifts
-                                .iter()
-                                .map(|(f, z)| (Arc::from(f.as_str()), *z)),
-                        );
+                        evidence
+                            .entry(&other.sensor)
+                            .or_default()
+                            .extend(other.evidence.iter().cloned());
                     }
                 }
                 let zs: Vec<&ZScores> = evidence.values().map(Vec::as_slice).collect();
@@ -116,11 +133,11 @@ impl Neighbourhood {
             }
             if let Some(entries) = self.by_time.get_mut(&t) {
                 for (i, verdict) in verdicts {
-                    let (sensor, a, released) = &mut entries[i];
-                    *released = true;
-                    let mut a = a.clone();
-                    a.findings.neighbours = verdict;
-                    out.push((sensor.clone(), a));
+                    let held = &mut entries[i];
+                    if let Some(mut a) = held.assessment.take() {
+                        a.findings.neighbours = verdict;
+                        out.push((held.sensor.clone(), a));
+                    }
                 }
             }
         }
@@ -129,7 +146,7 @@ impl Neighbourhood {
         while let Some(entry) = self.by_time.first_entry() {
             let t = *entry.key();
             let needed = now.is_some_and(|n| t.saturating_add((LOOKBACK + 1) * window) >= n);
-            if needed || entry.get().iter().any(|e| !e.2) {
+            if needed || entry.get().iter().any(|e| e.assessment.is_some()) {
                 break;
             }
             entry.remove();
