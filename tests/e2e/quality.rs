@@ -416,6 +416,25 @@ fn quality_reports_incidents_and_points_leave_the_service() {
         assert!((0.0..=1.0).contains(&rated), "{metric}: {v}");
     }
     assert!(v["score"].as_f64().unwrap() >= 0.6, "recovered: {v}");
+    // An operator's terminal: every sensor's latest report, worst first.
+    let out = std::process::Command::new(super::AQYL)
+        .args(["quality", "--config"])
+        .arg(dir.path().join("aqyl.toml"))
+        .env("AQYL_MQTT_URL", mqtt.url())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{table}");
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.contains("traffic") && row.contains("158324") && row.ends_with(" ok"),
+        "{table}"
+    );
     aqyl.stop();
 
     // The store: one `quality` point per reading, the dip at minute 40, and an aggregate

@@ -11,6 +11,7 @@
 pub mod check;
 pub mod demo;
 pub mod http;
+pub mod quality_view;
 pub mod reload;
 pub mod service;
 pub mod tail;

@@ -65,6 +65,18 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Show every sensor's latest quality report, worst first: `aqyl quality [--below 0.6]`.
+    Quality {
+        /// Only sensors scoring below this.
+        #[arg(long)]
+        below: Option<f64>,
+        /// Print the raw JSON reports, one per line.
+        #[arg(long)]
+        json: bool,
+        /// Configuration file (for the broker and topic prefix; AQYL_MQTT_URL wins).
+        #[arg(long, short, default_value = "config/aqyl.toml")]
+        config: PathBuf,
+    },
     /// Validate the configuration and every sensor descriptor; prints file:line errors.
     Check {
         /// Configuration file.
@@ -182,15 +194,28 @@ fn main() -> ExitCode {
                 },
         } => {
             let result = tokio_main(async move {
-                let text = std::fs::read_to_string(&config).unwrap_or_default();
-                let mut cfg = aqyl_core::config::Config::from_toml(&config, &text)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                cfg.apply_env(|k| std::env::var(k).ok())
-                    .map_err(anyhow::Error::msg)?;
+                let cfg = client_config(&config)?;
                 aqyl::tail::run(
                     cfg.mqtt.url.get_ref(),
                     &cfg.outputs.topic_prefix,
                     event_type.as_deref(),
+                    json,
+                )
+                .await
+            });
+            report(result)
+        }
+        Command::Quality {
+            below,
+            json,
+            config,
+        } => {
+            let result = tokio_main(async move {
+                let cfg = client_config(&config)?;
+                aqyl::quality_view::show(
+                    cfg.mqtt.url.get_ref(),
+                    &cfg.outputs.topic_prefix,
+                    below,
                     json,
                 )
                 .await
@@ -253,4 +278,15 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The settings a client command needs (broker, topic prefix): the file if it exists, else
+/// the defaults, with the `AQYL_*` overrides applied.
+fn client_config(path: &std::path::Path) -> anyhow::Result<aqyl_core::config::Config> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut cfg =
+        aqyl_core::config::Config::from_toml(path, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    cfg.apply_env(|k| std::env::var(k).ok())
+        .map_err(anyhow::Error::msg)?;
+    Ok(cfg)
 }
