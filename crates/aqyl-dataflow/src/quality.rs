@@ -243,6 +243,7 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                 // Event-time watchdog: (check time, sensor slot).
                 let mut checks: BTreeSet<(u64, usize)> = BTreeSet::new();
                 move |(readings, f1), (side, f2), output| {
+                    let registry = registry.load();
                     readings.for_each(|cap, data| {
                         let at = cap.least().copied().unwrap_or(0);
                         for obs in data.drain(..) {
@@ -259,6 +260,24 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                                 };
                                 pending.entry(at).or_default().push(Item::Side(late));
                                 continue;
+                            }
+                            if spec.wall_clock {
+                                // Live, a reading proves its sensor alive when it arrives,
+                                // not when the watermark lets it be judged.
+                                if let Some(slot) = sensor_slot(
+                                    &mut sensors,
+                                    &registry,
+                                    &spec,
+                                    &obs.sensor_type,
+                                    &obs.sensor_id,
+                                ) {
+                                    let s = &mut sensors.all[slot];
+                                    if obs.event_time >= s.last_event {
+                                        s.last_event = obs.event_time;
+                                        s.last_wall = obs.arrival.ingested_at;
+                                    }
+                                    s.quality.arrived(obs.event_time);
+                                }
                             }
                             pending
                                 .entry(obs.event_time)
@@ -288,7 +307,6 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                         .flatten()
                         .min()
                         .copied();
-                    let registry = registry.load();
                     let mut out = Vec::new();
                     while let Some(entry) = pending.first_entry() {
                         if now.is_some_and(|n| *entry.key() >= n) {
@@ -380,6 +398,27 @@ fn fire_checks(
     }
 }
 
+/// The sensor's slot, made on first sight (`None` for a type no longer configured).
+fn sensor_slot(
+    sensors: &mut Sensors,
+    registry: &aqyl_core::decode::Registry,
+    spec: &QualitySpec,
+    sensor_type: &Arc<str>,
+    sensor_id: &str,
+) -> Option<usize> {
+    let ty = registry.get(sensor_type)?;
+    let interval = ty.expected_interval.as_millis() as u64;
+    Some(sensors.slot(sensor_type, sensor_id, || Sensor {
+        key: (sensor_type.clone(), sensor_id.to_string()),
+        quality: SensorQuality::new(spec.sensor(interval, ty.flat_line)),
+        area: None,
+        window_ms: interval / 2,
+        last_wall: 0,
+        last_event: 0,
+        scheduled: None,
+    }))
+}
+
 /// Judges one input of one sensor at event time `t`.
 fn judge(
     t: u64,
@@ -400,16 +439,9 @@ fn judge(
     let Some(ty) = registry.get(&sensor_type) else {
         return; // a type removed by a reload
     };
-    let interval = ty.expected_interval.as_millis() as u64;
-    let slot = sensors.slot(&sensor_type, sensor_id, || Sensor {
-        key: (sensor_type.clone(), sensor_id.to_string()),
-        quality: SensorQuality::new(spec.sensor(interval, ty.flat_line)),
-        area: None,
-        window_ms: interval / 2,
-        last_wall: 0,
-        last_event: 0,
-        scheduled: None,
-    });
+    let Some(slot) = sensor_slot(sensors, registry, spec, &sensor_type, sensor_id) else {
+        return;
+    };
     let s = &mut sensors.all[slot];
     if let Some(area) = area {
         if s.area.as_ref() != Some(area) {
@@ -419,6 +451,9 @@ fn judge(
     let declared = ty.fields.len();
     let assessment = match &item {
         Item::Reading(o) => {
+            if s.quality.is_repeat(t, &o.fields) {
+                return; // a re-delivery says nothing new
+            }
             let incorrect = if o.arrival.out_of_range > 0 {
                 ty.out_of_range(&o.fields)
             } else {
@@ -429,8 +464,10 @@ fn judge(
             } else {
                 o.arrival.stream_time
             };
-            s.last_wall = o.arrival.ingested_at;
-            s.last_event = o.event_time;
+            if o.event_time >= s.last_event {
+                s.last_wall = o.arrival.ingested_at;
+                s.last_event = o.event_time;
+            }
             s.quality.judge(
                 t,
                 Input::Reading {

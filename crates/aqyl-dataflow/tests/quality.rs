@@ -270,8 +270,11 @@ fn live_the_watchdog_notices_silence_by_the_wall_clock() {
             .unwrap()
             .as_millis() as u64
     };
-    // Three readings 100 ms apart, as they happen, then nothing.
-    for i in 0..3 {
+    // Fifteen readings 100 ms apart, as they happen, then nothing. The allowed lateness (1 s)
+    // is five expected intervals: readings wait that long to be judged, yet while they keep
+    // coming the sensor must not be called silent.
+    let mut early_silence = Vec::new();
+    for i in 0..15 {
         let ts = now();
         assert!(router.route_blocking(RawMessage {
             topic: "city/traffic/s0".into(),
@@ -283,7 +286,17 @@ fn live_the_watchdog_notices_silence_by_the_wall_clock() {
             received_at: ts as i64,
         }));
         std::thread::sleep(Duration::from_millis(100));
+        while let Ok(batch) = q_rx.try_recv() {
+            early_silence.extend(batch.into_iter().filter_map(|r| match r {
+                QualityRecord::Report(r) if r.findings.silent => Some(r.time),
+                _ => None,
+            }));
+        }
     }
+    assert!(
+        early_silence.is_empty(),
+        "called silent while reporting: {early_silence:?}"
+    );
     // The silence is reported (and a quality incident starts) while nothing else arrives.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut silent = None;

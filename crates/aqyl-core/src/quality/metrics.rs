@@ -79,6 +79,15 @@ impl FlatLine {
         }
     }
 
+    /// Whether `values` are exactly the last reading's.
+    pub fn repeats(&self, values: &[(Arc<str>, f64)]) -> bool {
+        !values.is_empty()
+            && values.len() == self.fields.len()
+            && values
+                .iter()
+                .all(|(n, v)| self.fields.iter().any(|f| f.0 == *n && f.1 == *v))
+    }
+
     /// Adds a reading; true while every field that ever varied has repeated its value for
     /// the last `n` readings.
     pub fn push(&mut self, values: &[(Arc<str>, f64)]) -> bool {

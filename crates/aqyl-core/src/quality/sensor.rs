@@ -110,8 +110,7 @@ impl SensorQuality {
                 required,
                 incorrect,
             } => {
-                self.silence_since = Some(time);
-                self.silent_ticks = 0;
+                self.arrived(time);
                 findings.incorrect = incorrect.to_vec();
                 // An incorrect reading stays out of the value histories.
                 if incorrect.is_empty() {
@@ -234,6 +233,22 @@ impl SensorQuality {
             },
             z: Vec::new(),
         })
+    }
+
+    /// Notes that a reading of event time `time` has arrived, before it is judged (live, a
+    /// reading waits for the watermark before it is judged, but it proves the sensor alive at
+    /// once): the watchdog counts silence from the newest reading.
+    pub fn arrived(&mut self, time: u64) {
+        if self.silence_since.is_none_or(|s| time > s) {
+            self.silence_since = Some(time);
+            self.silent_ticks = 0;
+        }
+    }
+
+    /// Whether a reading repeats the previous one exactly (same event time, same values): a
+    /// re-delivery, which says nothing new about the sensor.
+    pub fn is_repeat(&self, time: u64, fields: &[(Arc<str>, f64)]) -> bool {
+        self.stream.last_event() == Some(time) && self.flat.repeats(fields)
     }
 
     /// When the watchdog would bite next, if the sensor has reported.
