@@ -118,7 +118,10 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                 // Window end → (sensor type, sensor id, window label) → statistics.
                 type Readings = HashMap<(Arc<str>, String, Arc<str>), Vec<(Arc<str>, f64)>>;
                 let mut pending: BTreeMap<u64, Readings> = BTreeMap::new();
-                let mut detector = Detector::new(rules);
+                // One detector per window label, so `_rate` and `_z` compare a window with
+                // the previous window of the same label.
+                let mut detectors: HashMap<Arc<str>, Detector> = HashMap::new();
+                let watcher = Detector::new(rules.clone());
                 move |(input, frontier), output| {
                     input.for_each(|time, data| {
                         let Some(&at) = time.least() else { return };
@@ -126,7 +129,7 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                             // Closed windows arrive at their end time; corrections later.
                             if a.scope != Scope::Sensor
                                 || a.end != at
-                                || !detector.watches(&a.sensor_type, Input::Window(&a.window))
+                                || !watcher.watches(&a.sensor_type, Input::Window(&a.window))
                             {
                                 continue;
                             }
@@ -165,7 +168,10 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                                 fields,
                                 arrival: Default::default(),
                             };
-                            detector.observe(&reading, Input::Window(&window), &mut out);
+                            detectors
+                                .entry(window.clone())
+                                .or_insert_with(|| Detector::new(rules.clone()))
+                                .observe(&reading, Input::Window(&window), &mut out);
                         }
                     }
                     crate::ordered::emit_and_follow(&mut cap, now, out, output);

@@ -83,8 +83,8 @@ pub enum Side {
         reason: Reason,
         /// What was wrong.
         detail: String,
-        /// Processing delay inside Aqyl, ms.
-        latency_ms: u64,
+        /// Processing delay inside Aqyl, ms (`None` for a message from no broker).
+        latency_ms: Option<u64>,
     },
     /// A reading that came after its window closed.
     Late {
@@ -96,8 +96,8 @@ pub enum Side {
         sensor_id: String,
         /// How old it was on arrival, ms.
         age_ms: u64,
-        /// Processing delay inside Aqyl, ms.
-        latency_ms: u64,
+        /// Processing delay inside Aqyl, ms (`None` for a message from no broker).
+        latency_ms: Option<u64>,
     },
 }
 
@@ -253,8 +253,7 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                                 let late = Side::Late {
                                     at,
                                     age_ms: obs.arrival.stream_time.saturating_sub(obs.event_time),
-                                    latency_ms: (obs.arrival.ingested_at - obs.received_at).max(0)
-                                        as u64,
+                                    latency_ms: latency(obs.received_at, obs.arrival.ingested_at),
                                     sensor_type: obs.sensor_type,
                                     sensor_id: obs.sensor_id,
                                 };
@@ -351,6 +350,12 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
         );
         judge_quality(scored, spec.threshold, spec.spike_threshold)
     }
+}
+
+/// Aqyl's own delay for a message received at `received_at` and handed on at `at` (wall
+/// ms); `None` for a message that came from no broker (a replay from a file).
+pub fn latency(received_at: i64, at: i64) -> Option<u64> {
+    (received_at > 0).then(|| (at - received_at).max(0) as u64)
 }
 
 fn wall_ms() -> i64 {
@@ -474,8 +479,7 @@ fn judge(
                     age_ms: arrived.saturating_sub(o.event_time),
                     // A message that came from no broker (a replay from a file) has
                     // no receive time.
-                    latency_ms: (o.received_at > 0)
-                        .then(|| (o.arrival.ingested_at - o.received_at).max(0) as u64),
+                    latency_ms: latency(o.received_at, o.arrival.ingested_at),
                     fields: &o.fields,
                     required: ty.fields.iter().filter(|f| f.required).count(),
                     incorrect: &incorrect,

@@ -234,7 +234,7 @@ fn run_worker(
                                 sensor_id: id,
                                 reason: rejection.reason,
                                 detail: rejection.detail,
-                                latency_ms: (now - msg.received_at).max(0) as u64,
+                                latency_ms: crate::quality::latency(msg.received_at, now),
                             });
                         }
                         continue;
@@ -294,7 +294,7 @@ fn run_worker(
                                     sensor_type: obs.sensor_type.clone(),
                                     sensor_id: obs.sensor_id.clone(),
                                     age_ms: obs.arrival.stream_time.saturating_sub(obs.event_time),
-                                    latency_ms: (now - msg.received_at).max(0) as u64,
+                                    latency_ms: crate::quality::latency(msg.received_at, now),
                                 });
                             }
                         }

@@ -1063,6 +1063,12 @@ fn window_rules_judge_each_closed_window_statistics() {
             .unwrap();
         assert_eq!(start.message, "s0: mean speed 22 km/h over 5 minutes");
     }
+    // An area rule cannot count a window rule's incidents (window readings carry no area).
+    let area = format!("{text}[[rule]]\nname = \"slow_area\"\nsensor_type = \"traffic\"\nkind = \"area\"\nof = \"slow_window\"\nat_least = 2\n");
+    let e = aqyl_core::rules::parse_rules(Path::new("r.toml"), &area, &types)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a rule over sensor readings"), "{e}");
     let bad = text.replace("avgSpeed_mean <= 30", "avgSpeed <= 30");
     let e = aqyl_core::rules::parse_rules(Path::new("r.toml"), &bad, &types)
         .unwrap_err()

@@ -315,7 +315,12 @@ impl Alarm {
             _ => return None,
         };
         Some(Event {
-            id: crate::rules::incident_id(QUALITY_EVENT, &r.sensor_id, started_at),
+            // The type is part of the id: two types may share sensor ids.
+            id: crate::rules::incident_id(
+                QUALITY_EVENT,
+                &format!("{}/{}", r.sensor_type, r.sensor_id),
+                started_at,
+            ),
             event_type: QUALITY_EVENT.into(),
             subject: r.sensor_id.clone(),
             sensor_type: r.sensor_type.clone(),

@@ -44,15 +44,15 @@ pub enum Input<'a> {
         detail: &'a str,
         /// Fields the sensor type declares.
         declared: usize,
-        /// Processing delay inside Aqyl, ms.
-        latency_ms: u64,
+        /// Processing delay inside Aqyl, ms (`None` when unknown).
+        latency_ms: Option<u64>,
     },
     /// A reading that came after its window had closed.
     Late {
         /// How old it was when it arrived, ms.
         age_ms: u64,
-        /// Processing delay inside Aqyl, ms.
-        latency_ms: u64,
+        /// Processing delay inside Aqyl, ms (`None` when unknown).
+        latency_ms: Option<u64>,
     },
 }
 
@@ -184,7 +184,7 @@ impl SensorQuality {
                 Reading {
                     event_time: None,
                     age_ms: None,
-                    latency_ms: Some(latency_ms),
+                    latency_ms,
                     required: declared,
                     present,
                     checked: declared,
@@ -196,7 +196,7 @@ impl SensorQuality {
                 Reading {
                     event_time: None,
                     age_ms: Some(age_ms),
-                    latency_ms: Some(latency_ms),
+                    latency_ms,
                     required: 0,
                     present: 0,
                     checked: 0,
@@ -338,7 +338,7 @@ mod tests {
                 reason: Reason::MissingField,
                 detail: "field vehicleCount is missing",
                 declared: 4,
-                latency_ms: 3,
+                latency_ms: Some(3),
             },
         );
         assert_eq!(missing.metrics.completeness.absolute, 0.75);
@@ -350,7 +350,7 @@ mod tests {
                 reason: Reason::WrongType,
                 detail: "field avgSpeed: expected a number, got \"fast\"",
                 declared: 4,
-                latency_ms: 3,
+                latency_ms: Some(3),
             },
         );
         assert_eq!(wrong.metrics.correctness.absolute, 0.75);
@@ -359,7 +359,7 @@ mod tests {
             50 * MIN,
             Input::Late {
                 age_ms: 20 * MIN,
-                latency_ms: 3,
+                latency_ms: Some(3),
             },
         );
         assert!(late.findings.late);

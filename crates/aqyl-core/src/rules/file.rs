@@ -280,7 +280,10 @@ pub fn parse_rules(
             Some(("area", span)) => {
                 let of = r.of.as_deref().and_then(|name| {
                     rules.iter().position(|o: &Rule| {
-                        o.name == name && !o.per_area && !matches!(o.kind, RuleKind::Area { .. })
+                        o.name == name
+                            && !o.per_area
+                            && o.window.is_none()
+                            && !matches!(o.kind, RuleKind::Area { .. })
                     })
                 });
                 match (of, r.at_least) {
@@ -288,7 +291,7 @@ pub fn parse_rules(
                     _ => {
                         errors.push(at(
                             span.start,
-                            format!("area rule {:?} needs of = \"<a sensor rule defined above in this file>\" and at_least = <n ≥ 1>", r.name),
+                            format!("area rule {:?} needs of = \"<a rule over sensor readings defined above in this file>\" and at_least = <n ≥ 1>", r.name),
                         ));
                         continue;
                     }

@@ -168,6 +168,10 @@ impl Sequence {
         if let Some(started_at) = self.active_since {
             if exit {
                 self.active_since = None;
+                // The ending reading may itself be the first step of the next sequence.
+                if first && !unless {
+                    self.first_at = Some(t);
+                }
                 return Some(Transition::End { started_at });
             }
             return None;
@@ -306,9 +310,22 @@ mod tests {
             "no restart while on"
         );
         assert_eq!(
-            s.step(20 * MIN, false, false, false, true),
+            s.step(20 * MIN, true, false, false, true),
             Some(Transition::End {
                 started_at: 10 * MIN
+            })
+        );
+        // The ending reading armed the next sequence.
+        assert_eq!(
+            s.step(25 * MIN, false, true, false, false),
+            Some(Transition::Start {
+                started_at: 25 * MIN
+            })
+        );
+        assert_eq!(
+            s.step(26 * MIN, false, false, false, true),
+            Some(Transition::End {
+                started_at: 25 * MIN
             })
         );
         // Too slow: `then` 11 minutes after `first`.
