@@ -527,35 +527,40 @@ fn judge(
     }
 }
 
-/// The neighbour check, the score, `quality` incidents and roll-ups.
+/// The neighbour check (by area), then the score, `quality` incidents and roll-ups (by
+/// sensor, so that all of one sensor's assessments meet, whichever way they came).
 fn judge_quality<'scope>(
     scored: StreamVec<'scope, u64, Scored>,
     threshold: f64,
     spike_threshold: f64,
 ) -> StreamVec<'scope, u64, QualityOut> {
-    // Sensors with an area meet their neighbours; the others are judged alone.
+    track(neighbour_check(scored, spike_threshold), threshold)
+}
+
+/// Holds each assessment of a sensor with an area until its neighbours' readings around the
+/// same time are in, and settles its neighbour verdict; the others pass straight through.
+fn neighbour_check<'scope>(
+    scored: StreamVec<'scope, u64, Scored>,
+    spike_threshold: f64,
+) -> StreamVec<'scope, u64, Scored> {
     let by_area = Exchange::new(|s: &Scored| match &s.area {
         Some(area) => crate::stable_hash(&[&s.sensor_type, "area", area]),
         None => crate::stable_hash(&[&s.sensor_type, "sensor", &s.sensor_id]),
     });
-    scored.unary_frontier::<CapacityContainerBuilder<Vec<QualityOut>>, _, _, _>(
+    scored.unary_frontier::<CapacityContainerBuilder<Vec<Scored>>, _, _, _>(
         by_area,
-        "JudgeQuality",
+        "NeighbourCheck",
         move |capability, _info| {
             let mut cap = Some(capability);
-            // (type, area) → (neighbourhood, window); sensors without an area use their id.
+            // type → area → (neighbourhood, window).
             let mut hoods: BTreeMap<Arc<str>, BTreeMap<String, (Neighbourhood, u64)>> =
                 BTreeMap::new();
-            let mut alone: Vec<Scored> = Vec::new();
-            // type → sensor → (threshold alarm, roll-ups).
-            let mut trackers: BTreeMap<Arc<str>, BTreeMap<String, (Alarm, Rollups)>> =
-                BTreeMap::new();
-            let mut rolled_up_to = 0u64;
+            let mut out: Vec<Scored> = Vec::new();
             move |(input, frontier), output| {
                 input.for_each(|_cap, data| {
                     for s in data.drain(..) {
                         let Some(area) = s.area.as_deref() else {
-                            alone.push(s);
+                            out.push(s);
                             continue;
                         };
                         let by_area = match hoods.get_mut(&*s.sensor_type) {
@@ -576,49 +581,103 @@ fn judge_quality<'scope>(
                     return;
                 }
                 let now = frontier.frontier().first().copied();
-                let mut ready: Vec<(Arc<str>, String, Option<String>, Assessment)> = Vec::new();
                 for (ty, by_area) in hoods.iter_mut() {
                     for (area, (hood, window)) in by_area.iter_mut() {
-                        for (sensor, a) in hood.ready(now, *window, spike_threshold) {
-                            ready.push((ty.clone(), sensor, Some(area.clone()), a));
+                        for (sensor, assessment) in hood.ready(now, *window, spike_threshold) {
+                            out.push(Scored {
+                                sensor_type: ty.clone(),
+                                sensor_id: sensor,
+                                area: Some(area.clone()),
+                                window_ms: *window,
+                                assessment,
+                            });
                         }
                     }
                     by_area.retain(|_, (h, _)| !h.is_empty());
                 }
-                for s in alone.drain(..) {
-                    ready.push((s.sensor_type, s.sensor_id, None, s.assessment));
+                crate::ordered::emit_and_follow(&mut cap, now, std::mem::take(&mut out), output);
+            }
+        },
+    )
+}
+
+/// Per sensor: the report (score), the threshold alarm and the hourly and daily roll-ups.
+fn track<'scope>(
+    checked: StreamVec<'scope, u64, Scored>,
+    threshold: f64,
+) -> StreamVec<'scope, u64, QualityOut> {
+    let by_sensor = Exchange::new(|s: &Scored| crate::stable_hash(&[&s.sensor_type, &s.sensor_id]));
+    checked.unary_frontier::<CapacityContainerBuilder<Vec<QualityOut>>, _, _, _>(
+        by_sensor,
+        "TrackQuality",
+        move |capability, _info| {
+            let mut cap = Some(capability);
+            // type → sensor → (threshold alarm, roll-ups).
+            let mut trackers: BTreeMap<Arc<str>, BTreeMap<String, (Alarm, Rollups)>> =
+                BTreeMap::new();
+            // The longest hold of the neighbour check: an hour is complete once the frontier
+            // has passed its end by that much.
+            let mut held_back = 0u64;
+            let mut rolled_up_to = 0u64;
+            let mut out = Vec::new();
+            // Assessments by the logical time they were sent at: one sensor's may come from
+            // two workers (before and after its area was known), and are taken in that order
+            // once the frontier has passed them.
+            let mut pending: BTreeMap<u64, Vec<Scored>> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    let at = cap.least().copied().unwrap_or(0);
+                    pending.entry(at).or_default().append(data);
+                });
+                if cap.is_none() {
+                    return;
                 }
-                let mut out = Vec::new();
-                for (ty, sensor, area, a) in ready {
-                    let by_sensor = match trackers.get_mut(&*ty) {
-                        Some(m) => m,
-                        None => trackers.entry(ty.clone()).or_default(),
-                    };
-                    let tracker = match by_sensor.get_mut(sensor.as_str()) {
-                        Some(t) => t,
-                        None => by_sensor.entry(sensor.clone()).or_default(),
-                    };
-                    let report = QualityReport::new(ty, sensor, area, a);
-                    if let Some(e) = tracker.0.check(&report, threshold) {
-                        out.push(QualityOut::Event(e));
+                let now = frontier.frontier().first().copied();
+                while let Some(entry) = pending.first_entry() {
+                    if now.is_some_and(|n| *entry.key() >= n) {
+                        break;
                     }
-                    let mut closed = Vec::new();
-                    tracker.1.add(&report, &mut closed);
-                    out.extend(
-                        closed
-                            .into_iter()
-                            .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
-                    );
-                    out.push(QualityOut::Record(QualityRecord::Report(report)));
+                    let mut ready = entry.remove();
+                    ready.sort_by(|a, b| {
+                        (a.assessment.time, &a.sensor_type, &a.sensor_id).cmp(&(
+                            b.assessment.time,
+                            &b.sensor_type,
+                            &b.sensor_id,
+                        ))
+                    });
+                    for s in ready {
+                        held_back = held_back.max(s.window_ms);
+                        let by_sensor = match trackers.get_mut(&*s.sensor_type) {
+                            Some(m) => m,
+                            None => trackers.entry(s.sensor_type.clone()).or_default(),
+                        };
+                        let tracker = match by_sensor.get_mut(s.sensor_id.as_str()) {
+                            Some(t) => t,
+                            None => by_sensor.entry(s.sensor_id.clone()).or_default(),
+                        };
+                        let report =
+                            QualityReport::new(s.sensor_type, s.sensor_id, s.area, s.assessment);
+                        if let Some(e) = tracker.0.check(&report, threshold) {
+                            out.push(QualityOut::Event(e));
+                        }
+                        let mut closed = Vec::new();
+                        tracker.1.add(&report, &mut closed);
+                        out.extend(
+                            closed
+                                .into_iter()
+                                .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
+                        );
+                        out.push(QualityOut::Record(QualityRecord::Report(report)));
+                    }
                 }
-                // Roll-ups close as the frontier passes each hour.
-                let hour = now.map_or(u64::MAX, |n| n / 3_600_000);
+                // Roll-ups close once every report of their span has come through.
+                let complete = now.map_or(u64::MAX, |n| n.saturating_sub(held_back + 1));
+                let hour = complete / 3_600_000;
                 if hour > rolled_up_to {
                     rolled_up_to = hour;
-                    let until = now.unwrap_or(u64::MAX);
                     for t in trackers.values_mut().flat_map(|m| m.values_mut()) {
                         let mut closed = Vec::new();
-                        t.1.close(until, &mut closed);
+                        t.1.close(complete, &mut closed);
                         out.extend(
                             closed
                                 .into_iter()
@@ -626,7 +685,7 @@ fn judge_quality<'scope>(
                         );
                     }
                 }
-                crate::ordered::emit_and_follow(&mut cap, now, out, output);
+                crate::ordered::emit_and_follow(&mut cap, now, std::mem::take(&mut out), output);
             }
         },
     )

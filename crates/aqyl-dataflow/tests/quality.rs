@@ -323,3 +323,30 @@ fn live_the_watchdog_notices_silence_by_the_wall_clock() {
     running.join().unwrap();
     drain.join().unwrap();
 }
+
+/// A sensor whose very first message is unusable (its area not known yet) and whose later
+/// readings are fine: its quality incident starts and ends on the same tracker, whatever the
+/// number of workers, so no incident is left open.
+#[test]
+fn an_incident_opened_before_the_sensor_area_is_known_still_closes() {
+    for workers in [1, 3] {
+        for sensor in ["s0", "s1", "s2", "s3", "s4", "s5"] {
+            let mut messages = vec![RawMessage {
+                topic: format!("city/traffic/{sensor}"),
+                payload: format!(r#"{{"ts":{T0},"avgSpeed":50,"area":"north"}}"#).into_bytes(),
+                received_at: 0,
+            }];
+            messages.extend(
+                (1..30u64).map(|m| reading(sensor, "north", m * 5, 50.0 + (m % 3) as f64, 12.0)),
+            );
+            let batch = run(messages, workers, quality(true), "");
+            let states: Vec<&str> = batch
+                .events
+                .iter()
+                .filter(|e| e.event_type == "quality")
+                .map(|e| e.state.as_str())
+                .collect();
+            assert_eq!(states, ["start", "end"], "{sensor}, {workers} workers");
+        }
+    }
+}
