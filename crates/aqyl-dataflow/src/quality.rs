@@ -1,6 +1,6 @@
-//! Quality of Information in the dataflow: `ScoreQuality` rates every sensor stream, then
-//! `JudgeQuality` checks sudden changes against the sensor's neighbours, scores, raises
-//! `quality` incidents and rolls reports up by hour and day.
+//! Quality of Information in the dataflow: `ScoreQuality` rates every sensor stream,
+//! `NeighbourCheck` checks sudden shifts against the sensor's neighbours, and `TrackQuality`
+//! scores, raises `quality` incidents and rolls reports up by hour and day.
 //!
 //! `ScoreQuality` is exchanged by sensor and takes each sensor's input in event-time order
 //! (readings, readings kept out of the aggregates for failing correctness, rejected and late
@@ -9,9 +9,11 @@
 //! its expected interval: in event time (as the frontier passes) for replays, where the wall
 //! clock says nothing about the data, and by the wall clock when running live, where event
 //! time only moves when data (or the idle timeout) moves it and a silent city must still be
-//! noticed. `JudgeQuality` is exchanged by (sensor type, area) and holds each assessment until
-//! the frontier has passed it by half an expected interval, so that the neighbours' readings
-//! around the same time are in.
+//! noticed; live, a reading proves its sensor alive when it arrives, not when the watermark
+//! lets it be judged. `NeighbourCheck` is exchanged by (sensor type, area) and holds each
+//! assessment until the frontier has passed it by half an expected interval, so that the
+//! neighbours' readings around the same time are in. `TrackQuality` is exchanged by sensor,
+//! so one sensor's assessments always meet the same alarm and roll-ups.
 
 use aqyl_core::quality::{
     Alarm, Assessment, Input, Neighbourhood, QualityRecord, QualityReport, QualitySettings,
