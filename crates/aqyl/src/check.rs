@@ -40,6 +40,25 @@ pub fn check(path: &Path) -> (String, bool) {
                     r.name, on, r.enter_text
                 ));
             }
+            let q = &loaded.config.quality;
+            if q.enabled {
+                let clock = match (q.clock, loaded.config.pipeline.idle_timeout.is_zero()) {
+                    (aqyl_core::config::QualityClock::Wall, _)
+                    | (aqyl_core::config::QualityClock::Auto, false) => "by the wall clock",
+                    _ => "in event time",
+                };
+                out.push_str(&format!(
+                    "  quality: threshold {}, watchdog {clock}, readings out of range {}\n",
+                    q.threshold,
+                    if q.exclude_incorrect {
+                        "kept out of aggregates and rules"
+                    } else {
+                        "kept in"
+                    }
+                ));
+            } else {
+                out.push_str("  quality: off\n");
+            }
             (out, true)
         }
         Err(errors) => {
@@ -155,6 +174,19 @@ pub fn sensors_test(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shipped_configuration_checks_ok_and_lists_rules_and_quality() {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/aqyl.toml");
+        let (out, ok) = check(&config);
+        assert!(ok, "{out}");
+        assert!(out.contains("rule sudden_slowdown"), "{out}");
+        assert!(out.contains("on pollution 1h windows"), "{out}");
+        assert!(
+            out.contains("quality: threshold 0.6, watchdog by the wall clock"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn sensors_test_explains_acceptance_and_rejection() {
