@@ -148,11 +148,7 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                     }
                     let now = frontier.frontier().iter().min().copied();
                     let mut out = Vec::new();
-                    while let Some(entry) = pending.first_entry() {
-                        if now.is_some_and(|n| *entry.key() >= n) {
-                            break;
-                        }
-                        let (end, readings) = entry.remove_entry();
+                    while let Some((end, readings)) = crate::ordered::pop_ready(&mut pending, now) {
                         let mut readings: Vec<_> = readings.into_iter().collect();
                         readings.sort_by(|a, b| a.0.cmp(&b.0));
                         for ((sensor_type, sensor_id, window), mut fields) in readings {
@@ -219,11 +215,9 @@ impl<'scope> AreaEvents<'scope> for StreamVec<'scope, u64, Event> {
                     }
                     let now = frontier.frontier().iter().min().copied();
                     let mut out = Vec::new();
-                    while let Some(entry) = pending.first_entry() {
-                        if now.is_some_and(|n| *entry.key() >= n) {
-                            break;
-                        }
-                        let mut same_time = entry.remove();
+                    while let Some((_, mut same_time)) =
+                        crate::ordered::pop_ready(&mut pending, now)
+                    {
                         same_time.sort_by(|a, b| {
                             (&a.subject, a.state.as_str()).cmp(&(&b.subject, b.state.as_str()))
                         });

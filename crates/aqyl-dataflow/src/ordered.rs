@@ -21,11 +21,7 @@ impl EventTimeBuffer {
     /// The earliest instant's observations, if the frontier `now` has passed it (`None`: the
     /// input has ended, everything is ready).
     pub fn next_ready(&mut self, now: Option<u64>) -> Option<(u64, Vec<Observation>)> {
-        let entry = self.pending.first_entry()?;
-        if now.is_some_and(|n| *entry.key() >= n) {
-            return None;
-        }
-        let (t, mut same_time) = entry.remove_entry();
+        let (t, mut same_time) = pop_ready(&mut self.pending, now)?;
         same_time.sort_by(|a, b| {
             (&a.sensor_id, &a.fields)
                 .partial_cmp(&(&b.sensor_id, &b.fields))
@@ -33,6 +29,17 @@ impl EventTimeBuffer {
         });
         Some((t, same_time))
     }
+}
+
+/// Takes the earliest entry of a buffer keyed by time, if the frontier `now` has passed it
+/// (`None`: the input has ended, everything is ready). Event-time operators drain their
+/// buffers with it, in time order.
+pub fn pop_ready<V>(pending: &mut BTreeMap<u64, V>, now: Option<u64>) -> Option<(u64, V)> {
+    let entry = pending.first_entry()?;
+    if now.is_some_and(|n| *entry.key() >= n) {
+        return None;
+    }
+    Some(entry.remove_entry())
 }
 
 /// The usual end of an event-time operator's activation: gives `out` at the held capability,

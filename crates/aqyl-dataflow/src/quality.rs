@@ -309,11 +309,7 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                         .min()
                         .copied();
                     let mut out = Vec::new();
-                    while let Some(entry) = pending.first_entry() {
-                        if now.is_some_and(|n| *entry.key() >= n) {
-                            break;
-                        }
-                        let (t, mut items) = entry.remove_entry();
+                    while let Some((t, mut items)) = crate::ordered::pop_ready(&mut pending, now) {
                         if !spec.wall_clock {
                             fire_checks(t, &mut checks, &mut sensors, &mut out);
                         }
@@ -635,11 +631,7 @@ fn track<'scope>(
                     return;
                 }
                 let now = frontier.frontier().first().copied();
-                while let Some(entry) = pending.first_entry() {
-                    if now.is_some_and(|n| *entry.key() >= n) {
-                        break;
-                    }
-                    let mut ready = entry.remove();
+                while let Some((_, mut ready)) = crate::ordered::pop_ready(&mut pending, now) {
                     ready.sort_by(|a, b| {
                         (a.assessment.time, &a.sensor_type, &a.sensor_id).cmp(&(
                             b.assessment.time,
