@@ -413,6 +413,18 @@ pub enum QualityClock {
     Event,
 }
 
+impl QualityConfig {
+    /// Whether the watchdog and age follow the wall clock, for a pipeline that runs `live`
+    /// (an idle timeout is set) or replays.
+    pub fn wall_clock(&self, live: bool) -> bool {
+        match self.clock {
+            QualityClock::Wall => true,
+            QualityClock::Event => false,
+            QualityClock::Auto => live,
+        }
+    }
+}
+
 impl Default for QualityConfig {
     fn default() -> Self {
         Self {

@@ -54,17 +54,7 @@ fn main() {
     let quality = args
         .iter()
         .any(|a| a == "--quality")
-        .then_some(QualitySpec {
-            threshold: 0.6,
-            max_latency_ms: 1_000,
-            long_window: 20,
-            short_window: 5,
-            flat_line: 3,
-            spike_window: 12,
-            spike_threshold: 8.0,
-            exclude_incorrect: true,
-            wall_clock: false,
-        });
+        .then(|| QualitySpec::from_config(&Default::default(), false));
     let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
     let registry = aqyl_dataflow::shared(Registry::new(types));
     println!(

@@ -52,6 +52,22 @@ pub struct QualitySpec {
 }
 
 impl QualitySpec {
+    /// The settings of `[quality]`, for a pipeline that runs `live` (an idle timeout is set)
+    /// or replays (which decides the `auto` clock).
+    pub fn from_config(q: &aqyl_core::config::QualityConfig, live: bool) -> Self {
+        Self {
+            threshold: q.threshold,
+            max_latency_ms: q.max_latency.as_millis() as u64,
+            long_window: q.long_window,
+            short_window: q.short_window,
+            flat_line: q.flat_line,
+            spike_window: q.spike_window,
+            spike_threshold: q.spike_threshold,
+            exclude_incorrect: q.exclude_incorrect,
+            wall_clock: q.wall_clock(live),
+        }
+    }
+
     fn sensor(&self, expected_interval_ms: u64, flat_line: Option<usize>) -> SensorSettings {
         SensorSettings {
             metrics: QualitySettings {

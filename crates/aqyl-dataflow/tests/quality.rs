@@ -32,17 +32,11 @@ min = 0
 const T0: u64 = 1_406_851_200_000; // 2014-08-01T00:00:00Z
 const MINUTE: u64 = 60_000;
 
+/// The default `[quality]` settings, replayed, with or without excluding incorrect readings.
 fn quality(exclude_incorrect: bool) -> QualitySpec {
     QualitySpec {
-        threshold: 0.6,
-        max_latency_ms: 1_000,
-        long_window: 20,
-        short_window: 5,
-        flat_line: 3,
-        spike_window: 12,
-        spike_threshold: 8.0,
         exclude_incorrect,
-        wall_clock: false,
+        ..QualitySpec::from_config(&Default::default(), false)
     }
 }
 

@@ -42,10 +42,11 @@ pub fn check(path: &Path) -> (String, bool) {
             }
             let q = &loaded.config.quality;
             if q.enabled {
-                let clock = match (q.clock, loaded.config.pipeline.idle_timeout.is_zero()) {
-                    (aqyl_core::config::QualityClock::Wall, _)
-                    | (aqyl_core::config::QualityClock::Auto, false) => "by the wall clock",
-                    _ => "in event time",
+                let live = !loaded.config.pipeline.idle_timeout.is_zero();
+                let clock = if q.wall_clock(live) {
+                    "by the wall clock"
+                } else {
+                    "in event time"
                 };
                 out.push_str(&format!(
                     "  quality: threshold {}, watchdog {clock}, readings out of range {}\n",

@@ -288,21 +288,10 @@ async fn run(
 pub fn quality_spec(
     cfg: &aqyl_core::config::Config,
 ) -> Option<aqyl_dataflow::quality::QualitySpec> {
-    use aqyl_core::config::QualityClock;
-    let q = &cfg.quality;
-    q.enabled.then(|| aqyl_dataflow::quality::QualitySpec {
-        threshold: q.threshold,
-        max_latency_ms: q.max_latency.as_millis() as u64,
-        long_window: q.long_window,
-        short_window: q.short_window,
-        flat_line: q.flat_line,
-        spike_window: q.spike_window,
-        spike_threshold: q.spike_threshold,
-        exclude_incorrect: q.exclude_incorrect,
-        wall_clock: match q.clock {
-            QualityClock::Wall => true,
-            QualityClock::Event => false,
-            QualityClock::Auto => !cfg.pipeline.idle_timeout.is_zero(),
-        },
+    cfg.quality.enabled.then(|| {
+        aqyl_dataflow::quality::QualitySpec::from_config(
+            &cfg.quality,
+            !cfg.pipeline.idle_timeout.is_zero(),
+        )
     })
 }
