@@ -1,8 +1,7 @@
 //! `aqyl quality`: every sensor's latest quality report (retained on `<prefix>/quality/#`),
 //! worst first, for an operator's terminal.
 
-use aqyl_core::config::MqttUrl;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -48,24 +47,9 @@ pub fn table(reports: &[serde_json::Value], below: Option<f64>) -> String {
 /// Collects the retained reports (until the broker has sent nothing for half a second, at
 /// most 10 s) and prints them as a table, or as JSON lines with `json`.
 pub async fn show(url: &str, prefix: &str, below: Option<f64>, json: bool) -> anyhow::Result<()> {
-    let url = MqttUrl::parse(url).map_err(anyhow::Error::msg)?;
-    let mut opts = MqttOptions::new(
-        format!("aqyl-quality-{}", std::process::id()),
-        &url.host,
-        url.port,
-    );
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let filter = format!("{prefix}/quality/#");
-    client.subscribe(&filter, QoS::AtMostOnce).await?;
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::SubAck(_))) => break,
-            Ok(_) => {}
-            Err(e) => anyhow::bail!("cannot reach the broker at {}:{}: {e}", url.host, url.port),
-        }
-    }
+    let (client, mut eventloop, _) =
+        crate::tail::subscribe(url, "quality", &filter, QoS::AtMostOnce).await?;
     let mut latest: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -22,6 +22,33 @@ pub fn format_event(payload: &[u8]) -> Option<String> {
     ))
 }
 
+/// A client subscribed to `filter` on the broker at `url` (the subscription acknowledged),
+/// for the operator commands. `name` goes into the client id.
+pub async fn subscribe(
+    url: &str,
+    name: &str,
+    filter: &str,
+    qos: QoS,
+) -> anyhow::Result<(AsyncClient, rumqttc::EventLoop, MqttUrl)> {
+    let url = MqttUrl::parse(url).map_err(anyhow::Error::msg)?;
+    let mut opts = MqttOptions::new(
+        format!("aqyl-{name}-{}", std::process::id()),
+        &url.host,
+        url.port,
+    );
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    client.subscribe(filter, qos).await?;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::SubAck(_))) => return Ok((client, eventloop, url)),
+            Ok(_) => {}
+            Err(e) => anyhow::bail!("cannot reach the broker at {}:{}: {e}", url.host, url.port),
+        }
+    }
+}
+
 /// Prints incidents until Ctrl-C. `event_type` narrows to one type; `json` prints payloads.
 pub async fn run(
     url: &str,
@@ -29,25 +56,9 @@ pub async fn run(
     event_type: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let url = MqttUrl::parse(url).map_err(anyhow::Error::msg)?;
-    let mut opts = MqttOptions::new(
-        format!("aqyl-tail-{}", std::process::id()),
-        &url.host,
-        url.port,
-    );
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let filter = format!("{prefix}/events/{}/#", event_type.unwrap_or("+"));
-    client.subscribe(&filter, QoS::AtLeastOnce).await?;
     // Say "listening" only once the broker has the subscription.
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::SubAck(_))) => break,
-            Ok(_) => {}
-            Err(e) => anyhow::bail!("cannot reach the broker at {}:{}: {e}", url.host, url.port),
-        }
-    }
+    let (_client, mut eventloop, url) = subscribe(url, "tail", &filter, QoS::AtLeastOnce).await?;
     eprintln!(
         "Listening on {filter} at {}:{} (Ctrl-C stops).",
         url.host, url.port
