@@ -121,7 +121,6 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                 // One detector per window label, so `_rate` and `_z` compare a window with
                 // the previous window of the same label.
                 let mut detectors: HashMap<Arc<str>, Detector> = HashMap::new();
-                let watcher = Detector::new(rules.clone());
                 move |(input, frontier), output| {
                     input.for_each(|time, data| {
                         let Some(&at) = time.least() else { return };
@@ -129,7 +128,11 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                             // Closed windows arrive at their end time; corrections later.
                             if a.scope != Scope::Sensor
                                 || a.end != at
-                                || !watcher.watches(&a.sensor_type, Input::Window(&a.window))
+                                || !aqyl_core::rules::engine::watches(
+                                    &rules,
+                                    &a.sensor_type,
+                                    Input::Window(&a.window),
+                                )
                             {
                                 continue;
                             }

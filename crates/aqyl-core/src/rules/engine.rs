@@ -27,6 +27,13 @@ type Subject = (Arc<str>, String);
 /// A reading's fields.
 type Fields = Vec<(Arc<str>, f64)>;
 
+/// Whether any of `rules` reads this input of this sensor type.
+pub fn watches(rules: &[Rule], sensor_type: &str, input: Input<'_>) -> bool {
+    rules
+        .iter()
+        .any(|r| r.sensor_type == sensor_type && r.input() == input)
+}
+
 /// Every rule's state, per subject.
 #[derive(Debug)]
 pub struct Detector {
@@ -61,9 +68,7 @@ impl Detector {
 
     /// Whether any rule reads this input of this sensor type.
     pub fn watches(&self, sensor_type: &str, input: Input<'_>) -> bool {
-        self.rules
-            .iter()
-            .any(|r| r.sensor_type == sensor_type && r.input() == input)
+        watches(&self.rules, sensor_type, input)
     }
 
     /// Starts an absence incident for every watched sensor silent for its rule's `for`
