@@ -541,6 +541,22 @@ fn judge(
     }
 }
 
+/// Runs `f` on the value for (sensor type, key) of a two-level map, made with
+/// `V::default()` on first sight; finding an existing one allocates nothing.
+fn with_nested<V: Default, R>(
+    map: &mut BTreeMap<Arc<str>, BTreeMap<String, V>>,
+    ty: &Arc<str>,
+    key: &str,
+    f: impl FnOnce(&mut V) -> R,
+) -> R {
+    // An `Arc` clone allocates nothing; only a new key is copied.
+    let inner = map.entry(ty.clone()).or_default();
+    if let Some(v) = inner.get_mut(key) {
+        return f(v);
+    }
+    f(inner.entry(key.to_string()).or_default())
+}
+
 /// The neighbour check (by area), then the score, `quality` incidents and roll-ups (by
 /// sensor, so that all of one sensor's assessments meet, whichever way they came).
 fn judge_quality<'scope>(
@@ -577,18 +593,10 @@ fn neighbour_check<'scope>(
                             out.push(s);
                             continue;
                         };
-                        let by_area = match hoods.get_mut(&*s.sensor_type) {
-                            Some(m) => m,
-                            None => hoods.entry(s.sensor_type.clone()).or_default(),
-                        };
-                        let entry = match by_area.get_mut(area) {
-                            Some(e) => e,
-                            None => by_area
-                                .entry(area.to_string())
-                                .or_insert_with(|| (Neighbourhood::default(), s.window_ms)),
-                        };
-                        entry.1 = s.window_ms;
-                        entry.0.push(s.sensor_id, s.assessment);
+                        with_nested(&mut hoods, &s.sensor_type, area, |entry| {
+                            entry.1 = s.window_ms;
+                            entry.0.push(s.sensor_id, s.assessment);
+                        });
                     }
                 });
                 if cap.is_none() {
@@ -657,26 +665,21 @@ fn track<'scope>(
                     });
                     for s in ready {
                         held_back = held_back.max(s.window_ms);
-                        let by_sensor = match trackers.get_mut(&*s.sensor_type) {
-                            Some(m) => m,
-                            None => trackers.entry(s.sensor_type.clone()).or_default(),
-                        };
-                        let tracker = match by_sensor.get_mut(s.sensor_id.as_str()) {
-                            Some(t) => t,
-                            None => by_sensor.entry(s.sensor_id.clone()).or_default(),
-                        };
                         let report =
                             QualityReport::new(s.sensor_type, s.sensor_id, s.area, s.assessment);
-                        if let Some(e) = tracker.0.check(&report, threshold) {
-                            out.push(QualityOut::Event(e));
-                        }
-                        let mut closed = Vec::new();
-                        tracker.1.add(&report, &mut closed);
-                        out.extend(
-                            closed
-                                .into_iter()
-                                .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
-                        );
+                        let (ty, id) = (&report.sensor_type, report.sensor_id.as_str());
+                        with_nested(&mut trackers, ty, id, |(alarm, rollups)| {
+                            if let Some(e) = alarm.check(&report, threshold) {
+                                out.push(QualityOut::Event(e));
+                            }
+                            let mut closed = Vec::new();
+                            rollups.add(&report, &mut closed);
+                            out.extend(
+                                closed
+                                    .into_iter()
+                                    .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
+                            );
+                        });
                         out.push(QualityOut::Record(QualityRecord::Report(report)));
                     }
                 }
