@@ -82,7 +82,9 @@ impl<'scope> AdaptiveSax<'scope> for StreamVec<'scope, u64, Observation> {
                             }
                         }
                     });
-                    let Some(held) = cap.as_mut() else { return };
+                    if cap.is_none() {
+                        return;
+                    }
                     let now = frontier.frontier().iter().min().copied();
                     let mut out = Vec::new();
                     // Feed, in event-time order, everything the frontier has passed.
@@ -142,14 +144,8 @@ impl<'scope> AdaptiveSax<'scope> for StreamVec<'scope, u64, Observation> {
                         }
                         !silent
                     });
-                    if !out.is_empty() {
-                        metrics.windows_closed.fetch_add(out.len() as u64, Relaxed);
-                        output.session(&*held).give_iterator(out.into_iter());
-                    }
-                    match now {
-                        Some(n) => held.downgrade(&n),
-                        None => cap = None,
-                    }
+                    metrics.windows_closed.fetch_add(out.len() as u64, Relaxed);
+                    crate::ordered::emit_and_follow(&mut cap, now, out, output);
                 }
             },
         )
