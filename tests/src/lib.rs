@@ -6,6 +6,7 @@
 //! - [`VictoriaMetrics`]: Debian's `victoria-metrics`, which accepts InfluxDB v2 writes on
 //!   `/api/v2/write`; read back with [`VictoriaMetrics::export`].
 //! - [`Subscriber`] and [`publish`]: plain rumqttc clients for the test's side of MQTT.
+//! - [`shipped_config`]: a private copy of the shipped `config/`, for `aqyl run` as shipped.
 //!
 //! Each process is killed when its handle drops. Waits are bounded and fail with a message
 //! that says what did not happen; nothing asserts on timing.
@@ -37,6 +38,31 @@ fn find_exe(name: &str) -> PathBuf {
         }
     }
     panic!("`{name}` is not installed: run the test command from the README (tests/run), which installs mosquitto and victoria-metrics with apt-get")
+}
+
+/// A private copy of the shipped configuration (`config/aqyl.toml`, `config/sensors/`,
+/// `config/rules/`) in a temporary directory: `aqyl run --config <dir>/aqyl.toml` then runs
+/// exactly as shipped, while its spill directory (relative to the file) stays private.
+pub fn shipped_config() -> tempfile::TempDir {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in ["aqyl.toml", "sensors", "rules"] {
+        copy_tree(&from.join(entry), &dir.path().join(entry));
+    }
+    dir
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).expect("create a config directory");
+        for entry in std::fs::read_dir(from).expect("read the shipped config") {
+            let entry = entry.expect("read the shipped config");
+            copy_tree(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::copy(from, to)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+    }
 }
 
 /// Waits until `cond` holds, checking every 20 ms, for at most `limit`; panics with `what`.
