@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 mod detection;
+mod live;
 mod quality;
 mod replay;
 
