@@ -3,9 +3,9 @@
 
 use crate::aggregate::Aggregate;
 use crate::events::{AreaEvents, DetectEvents, WindowEvents};
-use crate::input;
 use crate::quality::{QualitySpec, ScoreQuality, Side};
 use crate::sensor_sax::AdaptiveSax;
+use crate::{input, wall_ms};
 use aqyl_core::metrics::Metrics;
 use aqyl_core::quality::QualityRecord;
 use aqyl_core::watermark::Watermark;
@@ -52,6 +52,16 @@ pub struct PipelineSpec {
     pub update_horizon: Option<Duration>,
     /// Quality scoring (`[quality]`), when enabled.
     pub quality: Option<QualitySpec>,
+    /// When reading rules judge a reading (`pipeline.rule_timing`).
+    pub rule_timing: aqyl_core::config::RuleTiming,
+}
+
+impl PipelineSpec {
+    /// Whether the pipeline runs live (an idle timeout is set): absence rules and area
+    /// rules then follow the wall clock and arrival order instead of the watermark.
+    pub fn live(&self) -> bool {
+        self.idle_timeout.is_some()
+    }
 }
 
 /// Where results leave the dataflow.
@@ -82,13 +92,6 @@ impl Running {
         }
         Ok(())
     }
-}
-
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Starts the workers on their own threads. Messages are fed through the returned router.
@@ -165,16 +168,22 @@ fn run_worker(
             metrics.clone(),
         );
         {
-            let mut sensor_events = observations.clone().detect_events(spec.rules.clone());
+            let timing = crate::events::Timing::of(spec);
+            let mut sensor_events =
+                observations
+                    .clone()
+                    .detect_events(spec.rules.clone(), timing, metrics.clone());
             if spec.rules.iter().any(|r| r.per_area) {
-                let area_silences = observations.detect_area_events(spec.rules.clone());
+                let area_silences = observations.detect_area_events(spec.rules.clone(), timing);
                 sensor_events = sensor_events.concat(area_silences);
             }
             if spec.rules.iter().any(|r| r.window.is_some()) {
                 let window_events = per_sensor.clone().window_events(spec.rules.clone());
                 sensor_events = sensor_events.concat(window_events);
             }
-            let area_events = sensor_events.clone().area_events(spec.rules.clone());
+            let area_events = sensor_events
+                .clone()
+                .area_events(spec.rules.clone(), timing);
             sensor_events.concat(area_events)
         }
         .sink(Pipeline, "EmitEvents", move |(input, _)| {
