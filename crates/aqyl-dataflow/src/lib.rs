@@ -12,6 +12,7 @@
 
 pub mod aggregate;
 pub mod events;
+pub mod feed;
 pub mod input;
 pub mod ordered;
 pub mod quality;

@@ -3,6 +3,7 @@
 
 use crate::aggregate::Aggregate;
 use crate::events::{AreaEvents, DetectEvents, WindowEvents};
+use crate::feed::Feed;
 use crate::quality::{QualitySpec, ScoreQuality, Side};
 use crate::sensor_sax::AdaptiveSax;
 use crate::{input, wall_ms};
@@ -18,7 +19,7 @@ use std::time::Duration;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Concat, Probe};
-use timely::dataflow::{InputHandleVec, ProbeHandle};
+use timely::dataflow::ProbeHandle;
 use timely::WorkerConfig;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
@@ -136,15 +137,13 @@ fn run_worker(
 ) {
     let default_window = WindowSpec::tumbling(spec.window);
     let horizon = spec.update_horizon.map(|h| h.as_millis() as u64);
-    let mut input = InputHandleVec::<u64, aqyl_core::Observation>::new();
-    // Input only quality scoring sees: readings kept out for failing correctness, rejected
-    // and late messages of known sensors.
-    let mut side = InputHandleVec::<u64, Side>::new();
     let probe = ProbeHandle::new();
     let aggregates = outputs.aggregates.clone();
-    worker.dataflow::<u64, _, _>(|scope| {
-        let observations = input.to_stream(scope);
-        let side = side.to_stream(scope);
+    let (mut input, mut side) = worker.dataflow::<u64, _, _>(|scope| {
+        let (input, observations) = Feed::<aqyl_core::Observation>::new(&scope);
+        // Input only quality scoring sees: readings kept out for failing correctness, rejected
+        // and late messages of known sensors.
+        let (side_input, side) = Feed::<Side>::new(&scope);
         if let Some(q) = spec.quality {
             let scored = observations
                 .clone()
@@ -206,6 +205,7 @@ fn run_worker(
                     }
                 });
             });
+        (input, side_input)
     });
 
     let lateness = spec.allowed_lateness.as_millis() as u64;
@@ -332,11 +332,10 @@ fn run_worker(
         if max > 0 && idle {
             watermark.observe_max(max, now);
         }
+        // Every batch leaves at once, whether or not the watermark moved.
         let w = watermark.current(now);
-        if w > *input.time() {
-            input.advance_to(w);
-            side.advance_to(w);
-        }
+        input.advance_to(w);
+        side.advance_to(w);
         if closed {
             break;
         }
@@ -347,8 +346,8 @@ fn run_worker(
         }
     }
     // Closing the input lets the frontier run out: every open window closes and is emitted.
-    drop(input);
-    drop(side);
+    input.close();
+    side.close();
     while !probe.done() {
         worker.step_or_park(Some(PARK));
     }
