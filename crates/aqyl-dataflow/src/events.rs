@@ -133,6 +133,9 @@ fn detect<'scope>(
                             obs.sensor_id = area;
                         }
                         if !timing.on_arrival {
+                            if timing.live {
+                                detector.arrived(&obs, input_kind);
+                            }
                             pending.push(obs);
                             continue;
                         }

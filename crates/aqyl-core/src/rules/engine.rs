@@ -107,6 +107,34 @@ impl Detector {
         );
     }
 
+    /// Live, for readings judged later (held for the watermark): a reading proves its subject
+    /// alive when it arrives, so the wall-clock check does not call a subject silent whose
+    /// readings are only waiting to be judged.
+    pub fn arrived(&mut self, obs: &Observation, input: Input<'_>) {
+        for (index, rule) in self.rules.iter().enumerate() {
+            if rule.kind != RuleKind::Absence
+                || *rule.sensor_type != *obs.sensor_type
+                || rule.input() != input
+            {
+                continue;
+            }
+            let s = self
+                .silences
+                .entry((index, obs.sensor_id.clone()))
+                .or_insert_with(|| Silence {
+                    sensor_type: obs.sensor_type.clone(),
+                    last: obs.event_time,
+                    last_arrival: obs.arrival.ingested_at,
+                    since: None,
+                    area: obs.area.clone(),
+                });
+            if obs.event_time >= s.last {
+                s.last = obs.event_time;
+                s.last_arrival = obs.arrival.ingested_at;
+            }
+        }
+    }
+
     /// Whether any absence rule has a sensor to watch (live, the operator then needs a tick).
     pub fn watches_silences(&self) -> bool {
         !self.silences.is_empty()
@@ -410,5 +438,20 @@ mod tests {
             &mut out,
         );
         assert_eq!(states(&out), vec![("end", 15, 21)]);
+    }
+
+    #[test]
+    fn live_a_reading_held_for_the_watermark_still_proves_its_sensor_alive() {
+        let wall0: i64 = 1_700_000_000_000;
+        let at = |m: u64| wall0 + (m * MINUTE) as i64;
+        let mut d = detector(OUTAGE);
+        let mut out = Vec::new();
+        d.observe(&reading(0, 50.0, at(0)), Input::Readings, &mut out);
+        // Minute 10's reading arrived but waits for the watermark.
+        d.arrived(&reading(10, 50.0, at(10)), Input::Readings);
+        d.advance_wall(at(20), &mut out);
+        assert!(out.is_empty(), "silent for 10 minutes only");
+        d.advance_wall(at(26), &mut out);
+        assert_eq!(states(&out), vec![("start", 25, 25)]);
     }
 }
