@@ -41,6 +41,7 @@ fn shipped_replay(
         idle_timeout: None,
         max_payload_bytes: 65536,
         update_horizon: None,
+        rule_timing: Default::default(),
         rules: std::sync::Arc::new(if rules {
             loaded.rules.clone()
         } else {

@@ -59,6 +59,7 @@ fn replayed_citypulse_rows_give_the_hand_worked_sax_words() {
         idle_timeout: None,
         max_payload_bytes: 65536,
         update_horizon: None,
+        rule_timing: Default::default(),
         quality: None,
         rules: Default::default(),
     };

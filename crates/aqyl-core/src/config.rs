@@ -220,6 +220,25 @@ pub struct PipelineConfig {
         deserialize_with = "crate::duration::deserialize"
     )]
     pub update_horizon: Duration,
+    /// When reading rules judge a reading: `arrival` (at once, in each sensor's order; live
+    /// incidents within milliseconds) or `watermark` (once the watermark has passed it, in
+    /// event-time order whatever the arrival order; incidents `allowed_lateness` later).
+    #[serde(default)]
+    pub rule_timing: RuleTiming,
+}
+
+/// When reading rules judge a reading (`pipeline.rule_timing`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleTiming {
+    /// On arrival: a reading newer than everything its sensor has sent is judged at once; an
+    /// older one is not judged by the rules (it still counts in windows and quality), and is
+    /// counted in `aqyl_rules_out_of_order_total`.
+    #[default]
+    Arrival,
+    /// Once the watermark passes the reading, in event-time order: every arrival order
+    /// within the allowed lateness gives the same incidents, `allowed_lateness` later.
+    Watermark,
 }
 
 /// The late-data policy.
@@ -267,6 +286,7 @@ impl Default for PipelineConfig {
             idle_timeout: default_idle(),
             late: LatePolicy::Drop,
             update_horizon: default_update_horizon(),
+            rule_timing: RuleTiming::Arrival,
         }
     }
 }

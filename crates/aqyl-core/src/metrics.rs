@@ -19,6 +19,9 @@ pub struct Metrics {
     pub windows_closed: AtomicU64,
     /// Late records that corrected a closed window (`pipeline.late = "update"`).
     pub late_updates: AtomicU64,
+    /// Readings the rules did not judge because their sensor had already sent a newer one
+    /// (`pipeline.rule_timing = "arrival"`).
+    pub rules_out_of_order: AtomicU64,
     /// Points written successfully to the InfluxDB sink.
     pub influx_points_written: AtomicU64,
     /// Failed InfluxDB write attempts (each retried).
@@ -144,6 +147,11 @@ impl Metrics {
             "late_updates_total",
             "Late records that corrected a closed window.",
             &self.late_updates,
+        );
+        counter(
+            "rules_out_of_order_total",
+            "Readings not judged by the rules because their sensor had sent a newer one.",
+            &self.rules_out_of_order,
         );
         counter(
             "influx_points_written_total",

@@ -73,6 +73,7 @@ fn main() {
                 idle_timeout: None,
                 max_payload_bytes: 65536,
                 update_horizon: None,
+                rule_timing: Default::default(),
                 quality,
                 rules: Default::default(),
             };
@@ -121,6 +122,7 @@ fn state_per_sensor(registry: &aqyl_dataflow::SharedRegistry, sensors: usize) {
         idle_timeout: None,
         max_payload_bytes: 65536,
         update_horizon: None,
+        rule_timing: Default::default(),
         quality: None,
         rules: Default::default(),
     };

@@ -12,6 +12,7 @@
 
 pub mod aggregate;
 pub mod events;
+pub mod feed;
 pub mod input;
 pub mod ordered;
 pub mod quality;
@@ -28,6 +29,14 @@ pub fn shared(registry: aqyl_core::decode::Registry) -> SharedRegistry {
 }
 
 pub use runtime::{run_batch, start, Batch, Outputs, PipelineSpec, Running};
+
+/// The wall clock, Unix ms.
+pub(crate) fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// A stable 64-bit FNV-1a hash of key parts (the same on every run, process and machine, so
 /// routing and exchange agree across a cluster).

@@ -3,9 +3,10 @@
 
 use crate::aggregate::Aggregate;
 use crate::events::{AreaEvents, DetectEvents, WindowEvents};
-use crate::input;
+use crate::feed::Feed;
 use crate::quality::{QualitySpec, ScoreQuality, Side};
 use crate::sensor_sax::AdaptiveSax;
+use crate::{input, wall_ms};
 use aqyl_core::metrics::Metrics;
 use aqyl_core::quality::QualityRecord;
 use aqyl_core::watermark::Watermark;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Concat, Probe};
-use timely::dataflow::{InputHandleVec, ProbeHandle};
+use timely::dataflow::ProbeHandle;
 use timely::WorkerConfig;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
@@ -52,6 +53,16 @@ pub struct PipelineSpec {
     pub update_horizon: Option<Duration>,
     /// Quality scoring (`[quality]`), when enabled.
     pub quality: Option<QualitySpec>,
+    /// When reading rules judge a reading (`pipeline.rule_timing`).
+    pub rule_timing: aqyl_core::config::RuleTiming,
+}
+
+impl PipelineSpec {
+    /// Whether the pipeline runs live (an idle timeout is set): absence rules and area
+    /// rules then follow the wall clock and arrival order instead of the watermark.
+    pub fn live(&self) -> bool {
+        self.idle_timeout.is_some()
+    }
 }
 
 /// Where results leave the dataflow.
@@ -82,13 +93,6 @@ impl Running {
         }
         Ok(())
     }
-}
-
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// Starts the workers on their own threads. Messages are fed through the returned router.
@@ -133,15 +137,13 @@ fn run_worker(
 ) {
     let default_window = WindowSpec::tumbling(spec.window);
     let horizon = spec.update_horizon.map(|h| h.as_millis() as u64);
-    let mut input = InputHandleVec::<u64, aqyl_core::Observation>::new();
-    // Input only quality scoring sees: readings kept out for failing correctness, rejected
-    // and late messages of known sensors.
-    let mut side = InputHandleVec::<u64, Side>::new();
     let probe = ProbeHandle::new();
     let aggregates = outputs.aggregates.clone();
-    worker.dataflow::<u64, _, _>(|scope| {
-        let observations = input.to_stream(scope);
-        let side = side.to_stream(scope);
+    let (mut input, mut side) = worker.dataflow::<u64, _, _>(|scope| {
+        let (input, observations) = Feed::<aqyl_core::Observation>::new(&scope);
+        // Input only quality scoring sees: readings kept out for failing correctness, rejected
+        // and late messages of known sensors.
+        let (side_input, side) = Feed::<Side>::new(&scope);
         if let Some(q) = spec.quality {
             let scored = observations
                 .clone()
@@ -165,16 +167,22 @@ fn run_worker(
             metrics.clone(),
         );
         {
-            let mut sensor_events = observations.clone().detect_events(spec.rules.clone());
+            let timing = crate::events::Timing::of(spec);
+            let mut sensor_events =
+                observations
+                    .clone()
+                    .detect_events(spec.rules.clone(), timing, metrics.clone());
             if spec.rules.iter().any(|r| r.per_area) {
-                let area_silences = observations.detect_area_events(spec.rules.clone());
+                let area_silences = observations.detect_area_events(spec.rules.clone(), timing);
                 sensor_events = sensor_events.concat(area_silences);
             }
             if spec.rules.iter().any(|r| r.window.is_some()) {
                 let window_events = per_sensor.clone().window_events(spec.rules.clone());
                 sensor_events = sensor_events.concat(window_events);
             }
-            let area_events = sensor_events.clone().area_events(spec.rules.clone());
+            let area_events = sensor_events
+                .clone()
+                .area_events(spec.rules.clone(), timing);
             sensor_events.concat(area_events)
         }
         .sink(Pipeline, "EmitEvents", move |(input, _)| {
@@ -197,6 +205,7 @@ fn run_worker(
                     }
                 });
             });
+        (input, side_input)
     });
 
     let lateness = spec.allowed_lateness.as_millis() as u64;
@@ -323,11 +332,10 @@ fn run_worker(
         if max > 0 && idle {
             watermark.observe_max(max, now);
         }
+        // Every batch leaves at once, whether or not the watermark moved.
         let w = watermark.current(now);
-        if w > *input.time() {
-            input.advance_to(w);
-            side.advance_to(w);
-        }
+        input.advance_to(w);
+        side.advance_to(w);
         if closed {
             break;
         }
@@ -338,8 +346,8 @@ fn run_worker(
         }
     }
     // Closing the input lets the frontier run out: every open window closes and is emitted.
-    drop(input);
-    drop(side);
+    input.close();
+    side.close();
     while !probe.done() {
         worker.step_or_park(Some(PARK));
     }

@@ -51,6 +51,7 @@ fn run(messages: Vec<RawMessage>, workers: usize, q: QualitySpec, rules: &str) -
         idle_timeout: None,
         max_payload_bytes: 4096,
         update_horizon: None,
+        rule_timing: Default::default(),
         rules: Arc::new(rules),
         quality: Some(q),
     };
@@ -240,6 +241,7 @@ fn live_the_watchdog_notices_silence_by_the_wall_clock() {
         idle_timeout: Some(Duration::from_millis(100)),
         max_payload_bytes: 4096,
         update_horizon: None,
+        rule_timing: Default::default(),
         rules: Arc::new(Vec::new()),
         quality: Some(QualitySpec {
             wall_clock: true,

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
+use aqyl_core::config::RuleTiming;
 use aqyl_core::decode::Registry;
 use aqyl_core::descriptor::SensorType;
 use aqyl_core::{RawMessage, Reason};
@@ -22,6 +23,9 @@ name = "avgSpeed"
 name = "vehicleCount"
 "#;
 
+/// CityPulse's congestion rule.
+const CONGESTION: &str = "[[rule]]\nname = \"congestion\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed <= 35 and vehicleCount >= 10\"\nexit = \"avgSpeed > 35 and vehicleCount < 10\"\n";
+
 const T0: u64 = 1_406_851_200_000; // 2014-08-01T00:00:00Z
 const MINUTE: u64 = 60_000;
 
@@ -35,6 +39,7 @@ fn spec(workers: usize) -> PipelineSpec {
         idle_timeout: None,
         max_payload_bytes: 4096,
         update_horizon: None,
+        rule_timing: Default::default(),
         quality: None,
         rules: Default::default(),
     }
@@ -578,9 +583,10 @@ fn congestion_incidents_are_the_same_whatever_the_workers_and_arrival_order() {
         rs.push(("s1".to_string(), t, s1.0, s1.1));
         rs.push(("s2".to_string(), t, 80.0, 1.0));
     }
-    let run_events = |workers: usize, input: &[(String, u64, f64, f64)]| {
+    let run_events = |workers: usize, timing: RuleTiming, input: &[(String, u64, f64, f64)]| {
         let spec = PipelineSpec {
             rules: rules.clone(),
+            rule_timing: timing,
             ..spec(workers)
         };
         let batch = run_batch(spec, input.iter().map(message).collect()).unwrap();
@@ -645,8 +651,18 @@ fn congestion_incidents_are_the_same_whatever_the_workers_and_arrival_order() {
             T0 + 41 * MINUTE,
         ),
     ];
-    assert_eq!(run_events(1, &rs), expected);
-    assert_eq!(run_events(4, &rs), expected);
+    for timing in [RuleTiming::Arrival, RuleTiming::Watermark] {
+        assert_eq!(run_events(1, timing, &rs), expected, "{timing:?}");
+        assert_eq!(run_events(4, timing, &rs), expected, "{timing:?}");
+        let mut duplicated = rs.clone();
+        duplicated.extend(rs.iter().filter(|r| r.0 == "s0").cloned());
+        duplicated.sort_by_key(|r| r.1);
+        assert_eq!(
+            run_events(2, timing, &duplicated),
+            expected,
+            "{timing:?}: re-delivered readings add no incident"
+        );
+    }
     let mut rng = fastrand::Rng::with_seed(8);
     let mut keyed: Vec<_> = rs
         .iter()
@@ -655,18 +671,65 @@ fn congestion_incidents_are_the_same_whatever_the_workers_and_arrival_order() {
     keyed.sort_by_key(|k| k.0);
     let shuffled: Vec<_> = keyed.into_iter().map(|k| k.1).collect();
     assert_eq!(
-        run_events(3, &shuffled),
+        run_events(3, RuleTiming::Watermark, &shuffled),
         expected,
-        "arrival order within the lateness does not matter"
+        "judged at the watermark, arrival order within the lateness does not matter"
     );
-    let mut duplicated = rs.clone();
-    duplicated.extend(rs.iter().filter(|r| r.0 == "s0").cloned());
-    duplicated.sort_by_key(|r| r.1);
+    // Judged on arrival, a reading older than its sensor's newest is skipped: the incidents
+    // differ from the in-order ones, but not with the number of workers or the batching.
+    let on_arrival = run_events(1, RuleTiming::Arrival, &shuffled);
+    assert_ne!(
+        on_arrival, expected,
+        "the shuffle reorders readings of one sensor"
+    );
+    assert_eq!(run_events(2, RuleTiming::Arrival, &shuffled), on_arrival);
+    assert_eq!(run_events(4, RuleTiming::Arrival, &shuffled), on_arrival);
+}
+
+/// On arrival, a sensor's reading that comes after a newer one of the same sensor is not
+/// judged (it would take the rule back in time); the readings around it are.
+#[test]
+fn on_arrival_a_reading_older_than_its_sensors_newest_is_not_judged() {
+    let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
+    let rules = rules_for(CONGESTION, &types);
+    let free = |m: u64| ("s0".to_string(), T0 + m * MINUTE, 60.0, 3.0);
+    let jammed = |m: u64| ("s0".to_string(), T0 + m * MINUTE, 20.0, 25.0);
+    // Minute 2's congested reading arrives after minute 3's free one: it is out of order and
+    // starts nothing. Minute 6's congested reading arrives in order and starts the incident,
+    // minute 8 ends it.
+    let input = vec![
+        free(0),
+        free(1),
+        free(3),
+        jammed(2),
+        free(4),
+        free(5),
+        jammed(6),
+        jammed(7),
+        free(8),
+    ];
+    let batch = run_rules_timed(&rules, 2, RuleTiming::Arrival, &input);
+    let got: Vec<(String, u64)> = batch
+        .events
+        .iter()
+        .map(|e| (e.state.as_str().to_string(), e.time))
+        .collect();
     assert_eq!(
-        run_events(2, &duplicated),
-        expected,
-        "re-delivered readings add no incident"
+        got,
+        vec![
+            ("start".to_string(), T0 + 6 * MINUTE),
+            ("end".to_string(), T0 + 8 * MINUTE)
+        ]
     );
+    // Judged at the watermark, the same arrival order is put back in event-time order.
+    let batch = run_rules_timed(&rules, 2, RuleTiming::Watermark, &input);
+    let starts: Vec<u64> = batch
+        .events
+        .iter()
+        .filter(|e| e.state.as_str() == "start")
+        .map(|e| e.time)
+        .collect();
+    assert_eq!(starts, vec![T0 + 2 * MINUTE, T0 + 6 * MINUTE]);
 }
 
 #[test]
@@ -682,8 +745,12 @@ fn a_silent_sensor_starts_an_absence_incident_and_its_return_ends_it() {
             rs.push(("s1".to_string(), T0 + minute * MINUTE, 50.0, 5.0));
         }
     }
-    for workers in [1, 2] {
-        let batch = run_rules(&rules, workers, &rs);
+    for (workers, timing) in [
+        (1, RuleTiming::Arrival),
+        (2, RuleTiming::Arrival),
+        (2, RuleTiming::Watermark),
+    ] {
+        let batch = run_rules_timed(&rules, workers, timing, &rs);
         let mut got: Vec<(String, String, u64, u64)> = batch
             .events
             .iter()
@@ -714,7 +781,7 @@ fn a_silent_sensor_starts_an_absence_incident_and_its_return_ends_it() {
                     T0 + 70 * MINUTE
                 ),
             ],
-            "{workers} workers"
+            "{workers} workers, {timing:?}"
         );
     }
 }
@@ -930,8 +997,17 @@ fn run_rules(
     workers: usize,
     rs: &[(String, u64, f64, f64)],
 ) -> aqyl_dataflow::Batch {
+    run_rules_timed(rules, workers, RuleTiming::Arrival, rs)
+}
+fn run_rules_timed(
+    rules: &std::sync::Arc<Vec<aqyl_core::rules::Rule>>,
+    workers: usize,
+    timing: RuleTiming,
+    rs: &[(String, u64, f64, f64)],
+) -> aqyl_dataflow::Batch {
     let spec = PipelineSpec {
         rules: rules.clone(),
+        rule_timing: timing,
         ..spec(workers)
     };
     run_batch(spec, rs.iter().map(message).collect()).unwrap()

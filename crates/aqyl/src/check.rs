@@ -40,9 +40,10 @@ pub fn check(path: &Path) -> (String, bool) {
                     r.name, on, r.enter_text
                 ));
             }
+            let live = !loaded.config.pipeline.idle_timeout.is_zero();
+            out.push_str(&rule_timing_line(&loaded.config.pipeline, live));
             let q = &loaded.config.quality;
             if q.enabled {
-                let live = !loaded.config.pipeline.idle_timeout.is_zero();
                 let clock = if q.wall_clock(live) {
                     "by the wall clock"
                 } else {
@@ -187,6 +188,12 @@ mod tests {
             out.contains("quality: threshold 0.6, watchdog by the wall clock"),
             "{out}"
         );
+        assert!(
+            out.contains(
+                "rules: readings judged on arrival; silences noticed by the wall clock and the watermark"
+            ),
+            "{out}"
+        );
     }
 
     #[test]
@@ -312,4 +319,21 @@ mod shipped_descriptors {
         }
         assert_eq!(per_type.len(), 5, "{per_type:?}");
     }
+}
+
+/// How the rules follow time, as `aqyl check` says it.
+fn rule_timing_line(p: &aqyl_core::config::PipelineConfig, live: bool) -> String {
+    let judged = match p.rule_timing {
+        aqyl_core::config::RuleTiming::Arrival => "on arrival".to_string(),
+        aqyl_core::config::RuleTiming::Watermark => format!(
+            "once the watermark passes them ({} late)",
+            aqyl_core::duration::label(p.allowed_lateness)
+        ),
+    };
+    let silence = if live {
+        "by the wall clock and the watermark"
+    } else {
+        "by the watermark"
+    };
+    format!("  rules: readings judged {judged}; silences noticed {silence}\n")
 }

@@ -139,6 +139,7 @@ async fn run(
         update_horizon: (cfg.pipeline.late == aqyl_core::config::LatePolicy::Update)
             .then_some(cfg.pipeline.update_horizon),
         quality: quality_spec(cfg),
+        rule_timing: cfg.pipeline.rule_timing,
     };
     let (router, running) = aqyl_dataflow::start(
         spec,

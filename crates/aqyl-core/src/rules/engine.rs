@@ -1,9 +1,11 @@
-//! The rule engine of one dataflow worker: every rule's state per subject, fed readings in
-//! event-time order, giving lifecycle messages.
+//! The rule engine of one dataflow worker: every rule's state per subject, fed each subject's
+//! readings in event-time order, giving lifecycle messages.
 //!
-//! Pure and synchronous: the dataflow orders readings by event time and calls
-//! [`Detector::advance`] (absence rules) and [`Detector::observe`] for each instant. The same
-//! readings in the same order always give the same events, so replays are deterministic.
+//! Pure and synchronous: the dataflow calls [`Detector::observe`] for each reading (on
+//! arrival, or once the watermark has passed it: `pipeline.rule_timing`), and
+//! [`Detector::advance`] (event time) or [`Detector::advance_wall`] (wall clock, live) to
+//! notice silences. The same readings in the same per-subject order always give the same
+//! events, so replays are deterministic.
 
 use super::file::{Input, Rule, RuleKind};
 use super::state::{
@@ -17,9 +19,24 @@ use std::sync::Arc;
 #[derive(Debug)]
 struct Silence {
     sensor_type: Arc<str>,
+    /// Event time of the newest reading.
     last: u64,
+    /// Wall-clock time (Unix ms) that reading arrived.
+    last_arrival: i64,
     since: Option<u64>,
     area: Option<String>,
+}
+
+/// Where a reading stands against its subject's newest judged reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Newer than every judged reading of its subject (or the first): judge it.
+    Newer,
+    /// The newest judged reading again, same time and values: a re-delivery, nothing new.
+    Repeat,
+    /// Older than the newest judged reading (or the same instant with other values): judging
+    /// it now would take the state machines back in time.
+    Older,
 }
 
 /// A subject: (sensor type, sensor id).
@@ -75,41 +92,80 @@ impl Detector {
     /// before event time `now`; the incident starts when the silence reached `for`. Call it
     /// before each instant's readings and when the frontier moves.
     pub fn advance(&mut self, now: u64, out: &mut Vec<Event>) {
+        self.start_silences(|s, for_ms| s.last.saturating_add(for_ms) < now, out);
+    }
+
+    /// Live: starts an absence incident for every watched sensor whose newest reading
+    /// arrived more than its rule's `for` before the wall-clock instant `now_wall` (Unix ms),
+    /// whatever the watermark waits for. The incident starts, in event time, at that reading's
+    /// time plus `for` (the same id as the event-time evaluation gives). Call it about once a
+    /// second while running live.
+    pub fn advance_wall(&mut self, now_wall: i64, out: &mut Vec<Event>) {
+        self.start_silences(
+            |s, for_ms| s.last_arrival.saturating_add(for_ms as i64) < now_wall,
+            out,
+        );
+    }
+
+    /// Live, for readings judged later (held for the watermark): a reading proves its subject
+    /// alive when it arrives, so the wall-clock check does not call a subject silent whose
+    /// readings are only waiting to be judged.
+    pub fn arrived(&mut self, obs: &Observation, input: Input<'_>) {
+        for (index, rule) in self.rules.iter().enumerate() {
+            if rule.kind != RuleKind::Absence
+                || *rule.sensor_type != *obs.sensor_type
+                || rule.input() != input
+            {
+                continue;
+            }
+            let s = self
+                .silences
+                .entry((index, obs.sensor_id.clone()))
+                .or_insert_with(|| Silence {
+                    sensor_type: obs.sensor_type.clone(),
+                    last: obs.event_time,
+                    last_arrival: obs.arrival.ingested_at,
+                    since: None,
+                    area: obs.area.clone(),
+                });
+            if obs.event_time >= s.last {
+                s.last = obs.event_time;
+                s.last_arrival = obs.arrival.ingested_at;
+            }
+        }
+    }
+
+    /// Whether any absence rule has a sensor to watch (live, the operator then needs a tick).
+    pub fn watches_silences(&self) -> bool {
+        !self.silences.is_empty()
+    }
+
+    /// Where `obs` stands against its subject's newest judged reading.
+    pub fn order(&self, obs: &Observation) -> Order {
+        let key = (obs.sensor_type.clone(), obs.sensor_id.clone());
+        match self.last_reading.get(&key) {
+            None => Order::Newer,
+            Some((t, _)) if obs.event_time > *t => Order::Newer,
+            Some((t, fields)) if obs.event_time == *t && *fields == obs.fields => Order::Repeat,
+            Some(_) => Order::Older,
+        }
+    }
+
+    fn start_silences(&mut self, silent: impl Fn(&Silence, u64) -> bool, out: &mut Vec<Event>) {
         let rules = &self.rules;
-        let mut started: Vec<_> = self
+        let mut started: Vec<(&(usize, String), &Silence)> = self
             .silences
             .iter_mut()
-            .filter(|(key, s)| {
-                s.since.is_none() && s.last.saturating_add(rules[key.0].for_ms) < now
-            })
+            .filter(|(key, s)| s.since.is_none() && silent(s, rules[key.0].for_ms))
             .map(|(key, s)| {
-                let started_at = s.last + rules[key.0].for_ms;
-                s.since = Some(started_at);
-                (
-                    key.clone(),
-                    s.sensor_type.clone(),
-                    started_at,
-                    s.area.clone(),
-                )
+                s.since = Some(s.last + rules[key.0].for_ms);
+                (key, &*s)
             })
             .collect();
-        started.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
-        for ((index, sensor), sensor_type, started_at, area) in started {
-            let rule = &rules[index];
-            out.push(Event {
-                id: incident_id(&rule.name, &sensor, started_at),
-                event_type: rule.event_type.clone(),
-                subject: sensor.clone(),
-                sensor_type,
-                area,
-                state: EventState::Start,
-                level: rule.level.clone(),
-                started_at,
-                time: started_at,
-                rule: rule.name.clone(),
-                message: rule.render(&sensor, &[]),
-                values: Vec::new(),
-            });
+        started.sort_by(|a, b| (a.1.since, a.0).cmp(&(b.1.since, b.0)));
+        for ((index, sensor), s) in started {
+            let rule = &rules[*index];
+            out.push(silence_start(rule, sensor, s, s.last + rule.for_ms));
         }
     }
 
@@ -144,10 +200,23 @@ impl Detector {
                         let s = self.silences.entry(slot).or_insert_with(|| Silence {
                             sensor_type: obs.sensor_type.clone(),
                             last: obs.event_time,
+                            last_arrival: obs.arrival.ingested_at,
                             since: None,
                             area: obs.area.clone(),
                         });
-                        s.last = s.last.max(obs.event_time);
+                        // A gap longer than `for` that no tick saw (the reading after it
+                        // arrived before the watermark passed the gap): the silence still
+                        // happened, so it starts here and this reading ends it.
+                        if s.since.is_none() && s.last.saturating_add(rule.for_ms) < obs.event_time
+                        {
+                            let started_at = s.last + rule.for_ms;
+                            s.since = Some(started_at);
+                            out.push(silence_start(rule, &obs.sensor_id, s, started_at));
+                        }
+                        if obs.event_time >= s.last {
+                            s.last = obs.event_time;
+                            s.last_arrival = obs.arrival.ingested_at;
+                        }
                         s.since.take().map(|started_at| {
                             let message =
                                 format!("{} ended: {} reports again", rule.name, obs.sensor_id);
@@ -249,5 +318,140 @@ impl Detector {
         }
         self.last_reading
             .insert(key, (obs.event_time, obs.fields.clone()));
+    }
+}
+
+/// The start of an absence incident of `sensor`, silent since `started_at`.
+fn silence_start(rule: &Rule, sensor: &str, s: &Silence, started_at: u64) -> Event {
+    Event {
+        id: incident_id(&rule.name, sensor, started_at),
+        event_type: rule.event_type.clone(),
+        subject: sensor.to_string(),
+        sensor_type: s.sensor_type.clone(),
+        area: s.area.clone(),
+        state: EventState::Start,
+        level: rule.level.clone(),
+        started_at,
+        time: started_at,
+        rule: rule.name.clone(),
+        message: rule.render(sensor, &[]),
+        values: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::descriptor::SensorType;
+    use std::path::Path;
+
+    const MINUTE: u64 = 60_000;
+
+    fn detector(rules: &str) -> Detector {
+        let ty = SensorType::from_toml(
+            Path::new("traffic.toml"),
+            "name = \"traffic\"\n[time]\nfield = \"/ts\"\nformat = \"epoch_ms\"\n[[fields]]\nname = \"avgSpeed\"\n",
+        )
+        .unwrap();
+        let rules = super::super::parse_rules(Path::new("r.toml"), rules, &[ty]).unwrap();
+        Detector::new(Arc::new(rules))
+    }
+
+    fn reading(minute: u64, speed: f64, arrived_at: i64) -> Observation {
+        Observation {
+            sensor_type: "traffic".into(),
+            sensor_id: "s1".into(),
+            area: None,
+            event_time: minute * MINUTE,
+            received_at: arrived_at,
+            time_from_receive: false,
+            location: None,
+            fields: vec![("avgSpeed".into(), speed)],
+            arrival: crate::Arrival {
+                ingested_at: arrived_at,
+                ..Default::default()
+            },
+        }
+    }
+
+    const OUTAGE: &str =
+        "[[rule]]\nname = \"outage\"\nsensor_type = \"traffic\"\nkind = \"absence\"\nfor = \"15m\"\n";
+
+    fn states(out: &[Event]) -> Vec<(&str, u64, u64)> {
+        out.iter()
+            .map(|e| (e.state.as_str(), e.started_at / MINUTE, e.time / MINUTE))
+            .collect()
+    }
+
+    #[test]
+    fn order_tells_newer_repeated_and_older_readings_apart() {
+        let mut d = detector(OUTAGE);
+        let mut out = Vec::new();
+        assert_eq!(d.order(&reading(5, 50.0, 0)), Order::Newer);
+        d.observe(&reading(5, 50.0, 0), Input::Readings, &mut out);
+        assert_eq!(d.order(&reading(6, 50.0, 0)), Order::Newer);
+        assert_eq!(d.order(&reading(5, 50.0, 0)), Order::Repeat);
+        assert_eq!(d.order(&reading(5, 51.0, 0)), Order::Older);
+        assert_eq!(d.order(&reading(4, 50.0, 0)), Order::Older);
+    }
+
+    #[test]
+    fn a_gap_no_tick_saw_is_still_a_silence() {
+        // Judged on arrival, the reading after a 30-minute gap comes before the watermark has
+        // passed the gap: the outage still starts 15 minutes after the last reading and this
+        // reading ends it, as the event-time evaluation would have had it.
+        let mut d = detector(OUTAGE);
+        let mut out = Vec::new();
+        d.observe(&reading(0, 50.0, 0), Input::Readings, &mut out);
+        d.observe(&reading(30, 50.0, 0), Input::Readings, &mut out);
+        assert_eq!(states(&out), vec![("start", 15, 15), ("end", 15, 30)]);
+        // A gap shorter than `for` is none.
+        out.clear();
+        d.observe(&reading(40, 50.0, 0), Input::Readings, &mut out);
+        d.advance(41 * MINUTE, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn live_the_wall_clock_notices_a_silence_the_watermark_has_not_reached() {
+        let wall0: i64 = 1_700_000_000_000;
+        let mut d = detector(OUTAGE);
+        let mut out = Vec::new();
+        d.observe(&reading(0, 50.0, wall0), Input::Readings, &mut out);
+        d.advance_wall(wall0 + 15 * MINUTE as i64, &mut out);
+        assert!(
+            out.is_empty(),
+            "exactly `for` of silence is not yet more than `for`"
+        );
+        d.advance_wall(wall0 + 15 * MINUTE as i64 + 1, &mut out);
+        // Started, in event time, `for` after the last reading: the id the watermark gives.
+        assert_eq!(states(&out), vec![("start", 15, 15)]);
+        assert_eq!(out[0].id, incident_id("outage", "s1", 15 * MINUTE));
+        out.clear();
+        // The watermark reaching the same instant later starts nothing twice.
+        d.advance(20 * MINUTE, &mut out);
+        assert!(out.is_empty());
+        d.observe(
+            &reading(21, 50.0, wall0 + 21 * MINUTE as i64),
+            Input::Readings,
+            &mut out,
+        );
+        assert_eq!(states(&out), vec![("end", 15, 21)]);
+    }
+
+    #[test]
+    fn live_a_reading_held_for_the_watermark_still_proves_its_sensor_alive() {
+        let wall0: i64 = 1_700_000_000_000;
+        let at = |m: u64| wall0 + (m * MINUTE) as i64;
+        let mut d = detector(OUTAGE);
+        let mut out = Vec::new();
+        d.observe(&reading(0, 50.0, at(0)), Input::Readings, &mut out);
+        // Minute 10's reading arrived but waits for the watermark.
+        d.arrived(&reading(10, 50.0, at(10)), Input::Readings);
+        d.advance_wall(at(20), &mut out);
+        assert!(out.is_empty(), "silent for 10 minutes only");
+        d.advance_wall(at(26), &mut out);
+        assert_eq!(states(&out), vec![("start", 25, 25)]);
     }
 }
