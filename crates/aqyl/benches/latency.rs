@@ -143,15 +143,6 @@ enum State {
     End,
 }
 
-impl State {
-    fn name(self) -> &'static str {
-        match self {
-            State::Start => "start",
-            State::End => "end",
-        }
-    }
-}
-
 /// A reading that starts or ends a congestion, and when it was published.
 #[derive(Debug, Clone)]
 struct Transition {
@@ -460,8 +451,15 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// One line: received of expected, and p50, p99, max of those received.
-fn summary(label: &str, transitions: &[Transition], matched: &Matched, state: Option<State>) {
+/// One line: received of expected, and p50, p99, max of those received; `which` names the
+/// state (or `all`).
+fn summary(
+    label: &str,
+    which: &str,
+    transitions: &[Transition],
+    matched: &Matched,
+    state: Option<State>,
+) {
     let mut delays: Vec<Duration> = Vec::new();
     let mut expected = 0;
     for (t, d) in transitions.iter().zip(&matched.delays) {
@@ -471,7 +469,6 @@ fn summary(label: &str, transitions: &[Transition], matched: &Matched, state: Op
         }
     }
     delays.sort();
-    let which = state.map_or("all", State::name);
     let line = format!(
         "{label:<28} {which:<6} received {:>6} of {:>6}",
         delays.len(),
@@ -489,9 +486,14 @@ fn summary(label: &str, transitions: &[Transition], matched: &Matched, state: Op
     );
 }
 
-fn report(label: &str, transitions: &[Transition], matched: &Matched) {
-    for state in [Some(State::Start), Some(State::End), None] {
-        summary(label, transitions, matched, state);
+/// The lines of one topic; `names` are what a start and an end are called there.
+fn report(label: &str, names: [&str; 2], transitions: &[Transition], matched: &Matched) {
+    for (which, state) in [
+        (names[0], Some(State::Start)),
+        (names[1], Some(State::End)),
+        ("all", None),
+    ] {
+        summary(label, which, transitions, matched, state);
     }
     let missing = |s: State| {
         transitions
@@ -501,9 +503,11 @@ fn report(label: &str, transitions: &[Transition], matched: &Matched) {
             .count()
     };
     println!(
-        "{label:<28} not received before the deadline: {} starts, {} ends; unexpected or duplicate messages: {}",
+        "{label:<28} not received before the deadline: {} {}s, {} {}s; unexpected or duplicate messages: {}",
         missing(State::Start),
+        names[0],
         missing(State::End),
+        names[1],
         matched.unexpected
     );
 }
@@ -555,6 +559,8 @@ fn main() {
         args.drain
     );
     let t = &published.transitions;
-    report("aqyl/events/congestion/#", t, &match_events(t, &events));
-    report("aqyl/active/congestion/#", t, &match_active(t, &active));
+    let events = match_events(t, &events);
+    report("aqyl/events/congestion/#", ["start", "end"], t, &events);
+    let active = match_active(t, &active);
+    report("aqyl/active/congestion/#", ["set", "clear"], t, &active);
 }
