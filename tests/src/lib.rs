@@ -108,6 +108,17 @@ impl Mosquitto {
     /// Starts a broker on `port` (e.g. the port of a broker that was stopped, to test
     /// reconnection).
     pub fn start_on(port: u16) -> Self {
+        Self::start_configured(port, "")
+    }
+
+    /// Starts a broker on a free port with `extra` lines appended to the config, e.g.
+    /// `set_tcp_nodelay true` (Mosquitto leaves Nagle's algorithm on by default, which holds
+    /// small messages back for milliseconds at low rates).
+    pub fn start_with(extra: &str) -> Self {
+        Self::start_configured(free_port(), extra)
+    }
+
+    fn start_configured(port: u16, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
@@ -115,7 +126,7 @@ impl Mosquitto {
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
                  # Lose nothing: the default max_queued_messages (1000) drops QoS 1 messages.\n\
-                 max_queued_messages 0\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\n"
+                 max_queued_messages 0\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\n{extra}"
             ),
         )
         .expect("write mosquitto.conf");

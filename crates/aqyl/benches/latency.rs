@@ -22,6 +22,10 @@
 //! prints p50, p99 and max per topic and state, how many arrived of those expected (the rest
 //! did not arrive before that deadline), and the achieved publish rate. Asserts nothing on
 //! timing: it is a measurement.
+//!
+//! `--nodelay 1` starts Mosquitto with `set_tcp_nodelay true`: by default it leaves Nagle's
+//! algorithm on, which at low rates holds each small message back until the previous one is
+//! acknowledged, a few milliseconds per hop.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: failing loudly is right
 
@@ -48,6 +52,8 @@ struct Args {
     run: usize,
     /// Longest wait for the last incidents after the last publish, seconds.
     drain: u64,
+    /// Start Mosquitto with `set_tcp_nodelay true` (Nagle's algorithm off).
+    nodelay: bool,
 }
 
 fn arg(name: &str, default: usize) -> usize {
@@ -67,6 +73,7 @@ impl Args {
             probe_every: arg("--probe-every", 10).max(1),
             run: arg("--run", 2).max(1),
             drain: arg("--drain", 15) as u64,
+            nodelay: arg("--nodelay", 0) != 0,
         }
     }
 }
@@ -515,12 +522,17 @@ fn report(label: &str, names: [&str; 2], transitions: &[Transition], matched: &M
 fn main() {
     let args = Args::parse();
     let plan = Plan { args };
-    let mqtt = Mosquitto::start();
+    let mqtt = if args.nodelay {
+        Mosquitto::start_with("set_tcp_nodelay true\n")
+    } else {
+        Mosquitto::start()
+    };
     let vm = VictoriaMetrics::start();
     let config = shipped_config();
     let service = Service::start(&config.path().join("aqyl.toml"), &mqtt, &vm);
     println!(
-        "live latency: aqyl run with the shipped config (allowed_lateness 10m, InfluxDB sink on VictoriaMetrics), mosquitto max_queued_messages 0, QoS 1"
+        "live latency: aqyl run with the shipped config (allowed_lateness 10m, InfluxDB sink on VictoriaMetrics), mosquitto max_queued_messages 0{}, QoS 1",
+        if args.nodelay { ", set_tcp_nodelay true" } else { "" }
     );
     println!(
         "workload: {} segments x 1 reading/s for {} s (target {} msg/s, event time = now); 1 segment in {} alternates {} free / {} congested readings",
