@@ -519,6 +519,21 @@ fn report(label: &str, names: [&str; 2], transitions: &[Transition], matched: &M
     );
 }
 
+/// Observations accepted and late records, once every published reading is one or the
+/// other (the last incidents can arrive before the last free-flow readings are counted), or
+/// after 10 s.
+fn accepted(service: &Service, published: u64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let observations = service.metric("aqyl_observations_total ");
+        let late = service.metric("aqyl_rejected_total{reason=\"late\"} ");
+        if observations + late >= published || Instant::now() > deadline {
+            return (observations, late);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn main() {
     let args = Args::parse();
     let plan = Plan { args };
@@ -556,8 +571,7 @@ fn main() {
         .await;
         (published, events.finish(), active.finish())
     });
-    let observations = service.metric("aqyl_observations_total ");
-    let late = service.metric("aqyl_rejected_total{reason=\"late\"} ");
+    let (observations, late) = accepted(&service, published.readings as u64);
     drop(service);
     println!(
         "published {} readings in {:.2} s: {:.0} msg/s achieved, all acknowledged; aqyl accepted {observations} observations, {late} late",
