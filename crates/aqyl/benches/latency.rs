@@ -14,8 +14,9 @@
 //! second with event time = now (Copenhagen local time, as the descriptor reads it; one
 //! second is the format's resolution, so one reading a second per segment keeps each
 //! segment's readings strictly newer than its last). One segment in `--probe-every` alternates
-//! `--run` free readings and `--run` congested ones, so a known subset of readings starts or
-//! ends a congestion; the others flow freely. A separate MQTT client in this process receives
+//! `--run` free readings and `--run` congested ones (staggered, so that starts and ends spread
+//! evenly over time), so a known subset of readings starts or ends a congestion; the others
+//! flow freely. A separate MQTT client in this process receives
 //! the event and active topics; each message is matched to its reading by segment, state and
 //! event time, and the delay is measured from just before the publish call to the receipt
 //! with the same `Instant` clock. Waits at most `--drain` seconds after the last publish, then
@@ -25,7 +26,8 @@
 //!
 //! `--nodelay 1` starts Mosquitto with `set_tcp_nodelay true`: by default it leaves Nagle's
 //! algorithm on, which at low rates holds each small message back until the previous one is
-//! acknowledged, a few milliseconds per hop.
+//! acknowledged, a few milliseconds per hop. `--timeline 1` also prints the event topic's
+//! p50 and max per second of publishing, to tell a steady tail from a stall.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: failing loudly is right
 
@@ -54,6 +56,8 @@ struct Args {
     drain: u64,
     /// Start Mosquitto with `set_tcp_nodelay true` (Nagle's algorithm off).
     nodelay: bool,
+    /// Also print the event topic's delays per second of publishing.
+    timeline: bool,
 }
 
 fn arg(name: &str, default: usize) -> usize {
@@ -74,6 +78,7 @@ impl Args {
             run: arg("--run", 2).max(1),
             drain: arg("--drain", 15) as u64,
             nodelay: arg("--nodelay", 0) != 0,
+            timeline: arg("--timeline", 0) != 0,
         }
     }
 }
@@ -174,21 +179,21 @@ impl Plan {
         s % self.args.probe_every == 0
     }
 
-    /// Whether reading `k` of segment `s` is congested.
+    /// Whether reading `k` of segment `s` is congested. The probes' cycles are staggered, so
+    /// that their starts and ends spread evenly over the seconds instead of coming in bursts.
     fn congested(self, s: usize, k: usize) -> bool {
-        self.is_probe(s) && (k / self.args.run) % 2 == 1
+        let shift = (s / self.args.probe_every) % (2 * self.args.run);
+        self.is_probe(s) && ((k + shift) / self.args.run) % 2 == 1
     }
 
     /// The state reading `k` of segment `s` causes, if any.
     fn transition(self, s: usize, k: usize) -> Option<State> {
-        if k == 0 || self.congested(s, k) == self.congested(s, k - 1) {
-            return None;
+        let before = k > 0 && self.congested(s, k - 1);
+        match (before, self.congested(s, k)) {
+            (false, true) => Some(State::Start),
+            (true, false) => Some(State::End),
+            _ => None,
         }
-        Some(if self.congested(s, k) {
-            State::Start
-        } else {
-            State::End
-        })
     }
 
     /// A CityPulse traffic row. Speeds vary so that no segment looks stuck to quality scoring;
@@ -534,6 +539,28 @@ fn accepted(service: &Service, published: u64) -> (u64, u64) {
     }
 }
 
+/// The event topic's delays per second of publishing: whether the tail is spread out or one
+/// stall.
+fn timeline(transitions: &[Transition], matched: &Matched) {
+    let mut seconds: std::collections::BTreeMap<i64, Vec<Duration>> = Default::default();
+    for (t, d) in transitions.iter().zip(&matched.delays) {
+        seconds.entry(t.event_ms / 1000).or_default().extend(d);
+    }
+    let first = seconds.keys().next().copied().unwrap_or(0);
+    for (second, mut delays) in seconds {
+        delays.sort();
+        if let Some(max) = delays.last() {
+            println!(
+                "  second {:>3}: {:>5} received  p50 {:>10}  max {:>10}",
+                second - first,
+                delays.len(),
+                ms(percentile(&delays, 0.5)),
+                ms(*max)
+            );
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse();
     let plan = Plan { args };
@@ -587,6 +614,9 @@ fn main() {
     let t = &published.transitions;
     let events = match_events(t, &events);
     report("aqyl/events/congestion/#", ["start", "end"], t, &events);
+    if args.timeline {
+        timeline(t, &events);
+    }
     let active = match_active(t, &active);
     report("aqyl/active/congestion/#", ["set", "clear"], t, &active);
 }
