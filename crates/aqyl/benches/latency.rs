@@ -8,25 +8,24 @@
 //! ```
 //! Starts a real Mosquitto (the harness's settings, which lose nothing), a VictoriaMetrics for
 //! the InfluxDB sink the shipped configuration enables, and `aqyl run` with a private copy of
-//! the shipped `config/` (10-minute allowed lateness; `AQYL_LOG=warn`, so the per-incident
-//! info lines do not cost a terminal's worth of CPU). Then publishes live CityPulse traffic
-//! rows at a steady `--rate` for `--seconds`: `--rate` segments, each sending one reading a
-//! second with event time = now (Copenhagen local time, as the descriptor reads it; one
-//! second is the format's resolution, so one reading a second per segment keeps each
+//! the shipped `config/` (10-minute allowed lateness; `AQYL_LOG=warn`, so that the service
+//! does not write an info line per incident to the terminal). Then publishes live CityPulse
+//! traffic rows at a steady `--rate` for `--seconds`: `--rate` segments, each sending one
+//! reading a second with event time = now (Copenhagen local time, as the descriptor reads it;
+//! one second is the format's resolution, so one reading a second per segment keeps each
 //! segment's readings strictly newer than its last). One segment in `--probe-every` alternates
 //! `--run` free readings and `--run` congested ones (staggered, so that starts and ends spread
 //! evenly over time), so a known subset of readings starts or ends a congestion; the others
-//! flow freely. A separate MQTT client in this process receives
-//! the event and active topics; each message is matched to its reading by segment, state and
-//! event time, and the delay is measured from just before the publish call to the receipt
-//! with the same `Instant` clock. Waits at most `--drain` seconds after the last publish, then
+//! flow freely. A separate MQTT client in this process receives the event and active topics;
+//! each message is matched to its reading by segment, state and event time, and the delay is
+//! measured from just before the publish call to the receipt with the same `Instant` clock. Waits at most `--drain` seconds after the last publish, then
 //! prints p50, p99 and max per topic and state, how many arrived of those expected (the rest
 //! did not arrive before that deadline), and the achieved publish rate. Asserts nothing on
 //! timing: it is a measurement.
 //!
 //! `--nodelay 1` starts Mosquitto with `set_tcp_nodelay true`: by default it leaves Nagle's
-//! algorithm on, which at low rates holds each small message back until the previous one is
-//! acknowledged, a few milliseconds per hop. `--timeline 1` also prints the event topic's
+//! algorithm on, which holds a small packet back while an earlier one is still unacknowledged
+//! by TCP: at low rates, milliseconds per hop out of the broker. `--timeline 1` also prints the event topic's
 //! p50 and max per second of publishing, to tell a steady tail from a stall.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: failing loudly is right
@@ -599,9 +598,12 @@ fn main() {
         (published, events.finish(), active.finish())
     });
     let (observations, late) = accepted(&service, published.readings as u64);
+    let out_of_order = service.metric("aqyl_rules_out_of_order_total ");
+    let written = service.metric("aqyl_influx_points_written_total ");
+    let failures = service.metric("aqyl_influx_write_failures_total ");
     drop(service);
     println!(
-        "published {} readings in {:.2} s: {:.0} msg/s achieved, all acknowledged; aqyl accepted {observations} observations, {late} late",
+        "published {} readings in {:.2} s: {:.0} msg/s achieved, all acknowledged; aqyl accepted {observations} observations, {late} late, {out_of_order} out of order for the rules; {written} points written to InfluxDB (VictoriaMetrics), {failures} failed writes",
         published.readings,
         published.elapsed.as_secs_f64(),
         published.readings as f64 / published.elapsed.as_secs_f64(),
