@@ -39,6 +39,7 @@ fn shipped_replay(
         allowed_lateness: Duration::from_secs(600),
         idle_timeout: None,
         max_payload_bytes: 65536,
+        max_future: None,
         update_horizon: None,
         rule_timing: Default::default(),
         rules: std::sync::Arc::new(if rules {

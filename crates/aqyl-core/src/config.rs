@@ -166,6 +166,19 @@ pub struct IngestConfig {
     /// dead-lettered as `unknown_topic` on `aqyl/deadletter/unknown`, so sensors that publish
     /// before they are configured show up instead of going unnoticed. Off by default.
     pub catch_all: Option<String>,
+    /// How far a reading's event time may be ahead of the time it was received. Further
+    /// ahead, it is dead-lettered as `future`: one sensor with a clock in 2099 must not move
+    /// the watermark and make every other sensor's readings late. `"0s"` turns the check off.
+    /// Readings that were never received from a broker (replays of files) are not checked.
+    #[serde(
+        default = "default_max_future",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub max_future: Duration,
+}
+
+fn default_max_future() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_max_payload() -> usize {
@@ -181,6 +194,7 @@ impl Default for IngestConfig {
             max_payload_bytes: default_max_payload(),
             queue_capacity: default_queue(),
             catch_all: None,
+            max_future: default_max_future(),
         }
     }
 }

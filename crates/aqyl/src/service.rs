@@ -135,6 +135,7 @@ async fn run(
         allowed_lateness: cfg.pipeline.allowed_lateness,
         idle_timeout: (!cfg.pipeline.idle_timeout.is_zero()).then_some(cfg.pipeline.idle_timeout),
         max_payload_bytes: cfg.ingest.max_payload_bytes,
+        max_future: (!cfg.ingest.max_future.is_zero()).then_some(cfg.ingest.max_future),
         rules: Arc::new(loaded.rules.clone()),
         update_horizon: (cfg.pipeline.late == aqyl_core::config::LatePolicy::Update)
             .then_some(cfg.pipeline.update_horizon),
