@@ -584,8 +584,23 @@ impl Config {
         let at = |span: std::ops::Range<usize>, msg: String| {
             ConfigError::at(path, text, (span.end > 0).then_some(span.start), msg)
         };
-        if let Err(e) = MqttUrl::parse(config.mqtt.url.get_ref()) {
-            errors.push(at(config.mqtt.url.span(), e));
+        match MqttUrl::parse(config.mqtt.url.get_ref()) {
+            Err(e) => errors.push(at(config.mqtt.url.span(), e)),
+            Ok(url) if url.tls => errors.push(at(
+                config.mqtt.url.span(),
+                "mqtts:// is not supported yet: connect over mqtt:// (e.g. through a local TLS-terminating broker bridge)".into(),
+            )),
+            Ok(_) => {}
+        }
+        if let Some(addr) = &config.http.addr {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                errors.push(ConfigError::at(
+                    path,
+                    text,
+                    text.find("[http]"),
+                    format!("http.addr {addr:?} is not an address to listen on; write it as IP:port, e.g. \"127.0.0.1:9464\""),
+                ));
+            }
         }
         let workers = *config.pipeline.workers.get_ref();
         if !(1..=256).contains(&workers) {
@@ -606,10 +621,20 @@ impl Config {
                 "mqtt.username and mqtt.password must both be set or both be absent",
             ));
         }
-        if config.ingest.queue_capacity == 0 || config.influx.batch_size == 0 {
-            errors.push(ConfigError::file(
+        if config.ingest.queue_capacity == 0 {
+            errors.push(ConfigError::at(
                 path,
-                "ingest.queue_capacity and influx.batch_size must be at least 1",
+                text,
+                text.find("queue_capacity"),
+                "ingest.queue_capacity must be at least 1",
+            ));
+        }
+        if config.influx.batch_size == 0 {
+            errors.push(ConfigError::at(
+                path,
+                text,
+                text.find("batch_size"),
+                "influx.batch_size must be at least 1",
             ));
         }
         let q = &config.quality;
@@ -800,6 +825,30 @@ mod tests {
             }
         );
         assert_eq!(MqttUrl::parse("mqtts://broker").unwrap().port, 8883);
+    }
+
+    #[test]
+    fn check_refuses_what_run_would_refuse_with_the_line() {
+        let err = |text: &str| {
+            Config::from_toml(Path::new("aqyl.toml"), text)
+                .unwrap_err()
+                .to_string()
+        };
+        let tls = err("[mqtt]\nurl = \"mqtts://broker\"\n");
+        assert!(
+            tls.contains("aqyl.toml:2") && tls.contains("not supported yet"),
+            "{tls}"
+        );
+        let http = err("[http]\naddr = \"not an address\"\n");
+        assert!(
+            http.contains("aqyl.toml:1") && http.contains("IP:port"),
+            "{http}"
+        );
+        let batch = err("[influx]\nbatch_size = 0\n");
+        assert!(
+            batch.contains("aqyl.toml:2") && batch.contains("batch_size"),
+            "{batch}"
+        );
         assert_eq!(MqttUrl::parse("mqtt://[::1]:1884").unwrap().host, "::1");
         assert!(MqttUrl::parse("broker:1883").is_err());
         assert!(MqttUrl::parse("mqtt://u:p@broker").is_err());
