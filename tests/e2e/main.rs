@@ -879,7 +879,7 @@ fn batches_spilled_during_an_outage_survive_a_restart() {
     });
     // The store is down: stopping drains the windows into the spill, and does not hang.
     aqyl.stop();
-    let spilled = std::fs::read_dir(dir.path().join("spill/influx"))
+    let spilled = std::fs::read_dir(dir.path().join("state/spill/influx"))
         .unwrap()
         .count();
     assert!(spilled > 0, "batches wait on disk");
@@ -893,7 +893,7 @@ fn batches_spilled_during_an_outage_survive_a_restart() {
     });
     aqyl.stop();
     assert_eq!(
-        std::fs::read_dir(dir.path().join("spill/influx"))
+        std::fs::read_dir(dir.path().join("state/spill/influx"))
             .unwrap()
             .count(),
         0,

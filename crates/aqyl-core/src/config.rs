@@ -77,6 +77,32 @@ pub struct Config {
     /// Quality of Information scoring.
     #[serde(default)]
     pub quality: QualityConfig,
+    /// Where this instance keeps its state on disk.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// `[state]`: one directory per running instance for everything it keeps on disk (today the
+/// spill of batches the store could not take), so two instances never share files and a
+/// service manager can give it a place of its own (systemd `StateDirectory=`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The directory, relative to the config file (env `AQYL_STATE_DIR`, taken as given).
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+        }
+    }
 }
 
 fn default_rules_dir() -> PathBuf {
@@ -353,7 +379,7 @@ pub struct InfluxConfig {
     /// Most points per write request.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
-    /// Where batches wait during an outage, relative to the config file; replayed when the
+    /// Where batches wait during an outage, relative to `[state] dir`; replayed when the
     /// store is back, also after a restart.
     #[serde(default = "default_spill")]
     pub spill_dir: PathBuf,
@@ -560,6 +586,16 @@ impl MqttUrl {
     }
 }
 
+impl Loaded {
+    /// `[state] dir`, resolved against the configuration file's directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&self.config.state.dir)
+    }
+}
+
 /// A loaded configuration: the file, its sensor types, and where they came from.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -687,6 +723,9 @@ impl Config {
         }
         if let Some(addr) = env("AQYL_HTTP_ADDR") {
             self.http.addr = Some(addr);
+        }
+        if let Some(dir) = env("AQYL_STATE_DIR") {
+            self.state.dir = PathBuf::from(dir);
         }
         if self.mqtt.username.is_some() != self.mqtt.password.is_some() {
             return Err("the MQTT username and password must both be set or both be absent".into());
@@ -825,6 +864,27 @@ mod tests {
             }
         );
         assert_eq!(MqttUrl::parse("mqtts://broker").unwrap().port, 8883);
+    }
+
+    #[test]
+    fn state_lives_in_one_directory_beside_the_config_unless_the_environment_says_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sensors")).unwrap();
+        std::fs::create_dir(dir.path().join("rules")).unwrap();
+        std::fs::write(
+            dir.path().join("sensors/t.toml"),
+            "name = \"t\"\n[[fields]]\nname = \"v\"\n",
+        )
+        .unwrap();
+        let file = dir.path().join("aqyl.toml");
+        std::fs::write(&file, "").unwrap();
+        let loaded = load(&file, |_| None).unwrap();
+        assert_eq!(loaded.state_dir(), dir.path().join("state"));
+        let loaded = load(&file, |k| {
+            (k == "AQYL_STATE_DIR").then(|| "/var/lib/aqyl".into())
+        })
+        .unwrap();
+        assert_eq!(loaded.state_dir(), PathBuf::from("/var/lib/aqyl"));
     }
 
     #[test]

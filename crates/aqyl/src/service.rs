@@ -96,11 +96,7 @@ async fn run(
                 &cfg.influx.bucket,
                 cfg.influx.token.expose(),
                 cfg.influx.max_backoff,
-                &loaded
-                    .path
-                    .parent()
-                    .unwrap_or(std::path::Path::new("."))
-                    .join(&cfg.influx.spill_dir),
+                &loaded.state_dir().join(&cfg.influx.spill_dir),
             )?)
         } else {
             None
