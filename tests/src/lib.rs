@@ -182,6 +182,17 @@ impl VictoriaMetrics {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Freezes the process (SIGSTOP): it keeps accepting connections and never answers, as a
+    /// hung store does.
+    pub fn freeze(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) {
+        signal(self.child.id(), "-CONT");
+    }
+
     /// Makes recent writes visible, then exports every series matching `selector`
     /// (e.g. `{__name__=~"aggregate_.*"}`).
     pub fn export(&self, selector: &str) -> Vec<Series> {
@@ -224,6 +235,15 @@ impl Drop for VictoriaMetrics {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn signal(pid: u32, which: &str) {
+    let ok = Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill {which} {pid}");
 }
 
 /// A message received by a [`Subscriber`].

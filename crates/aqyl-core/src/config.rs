@@ -389,6 +389,13 @@ pub struct InfluxConfig {
         deserialize_with = "crate::duration::deserialize"
     )]
     pub flush_interval: Duration,
+    /// Longest a write may take before it counts as failed and its batch is spilled (a store
+    /// that accepts connections and never answers must not stop the pipeline).
+    #[serde(
+        default = "default_write_timeout",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub write_timeout: Duration,
     /// Longest wait between retries of a failed write (backoff doubles from 100 ms).
     #[serde(
         default = "default_max_backoff",
@@ -403,6 +410,10 @@ fn default_influx_url() -> String {
 fn default_org() -> String {
     "aqyl".into()
 }
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 fn default_spill() -> PathBuf {
     PathBuf::from("spill/influx")
 }
@@ -423,6 +434,7 @@ impl Default for InfluxConfig {
             token: Secret::default(),
             batch_size: default_batch(),
             spill_dir: default_spill(),
+            write_timeout: default_write_timeout(),
             flush_interval: default_flush(),
             max_backoff: default_max_backoff(),
         }

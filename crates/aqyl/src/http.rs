@@ -1,4 +1,5 @@
-//! A minimal HTTP endpoint: `GET /metrics` (Prometheus text format) and `GET /health`.
+//! A minimal HTTP endpoint: `GET /metrics` (Prometheus text format) and `GET /health` (`ok`,
+//! or 503 with what cannot do its job, e.g. a sink whose spill cannot be written).
 //! Hand-written over a TCP listener because it serves two fixed plain-text responses; a web
 //! framework would add more build time than code it saves.
 //!
@@ -63,7 +64,10 @@ async fn answer(mut socket: TcpStream, metrics: &Metrics) {
     let path = request.split_whitespace().nth(1).unwrap_or("/");
     let (status, body) = match path {
         "/metrics" => ("200 OK", metrics.render_prometheus()),
-        "/health" => ("200 OK", "ok\n".to_string()),
+        "/health" => match metrics.problems() {
+            problems if problems.is_empty() => ("200 OK", "ok\n".to_string()),
+            problems => ("503 Service Unavailable", problems.join("\n") + "\n"),
+        },
         _ => ("404 Not Found", "try /metrics or /health\n".to_string()),
     };
     let response = format!(
