@@ -58,6 +58,7 @@ fn replayed_citypulse_rows_give_the_hand_worked_sax_words() {
         allowed_lateness: Duration::from_secs(600),
         idle_timeout: None,
         max_payload_bytes: 65536,
+        max_future: None,
         update_horizon: None,
         rule_timing: Default::default(),
         quality: None,

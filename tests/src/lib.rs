@@ -42,7 +42,8 @@ fn find_exe(name: &str) -> PathBuf {
 
 /// A private copy of the shipped configuration (`config/aqyl.toml`, `config/sensors/`,
 /// `config/rules/`) in a temporary directory: `aqyl run --config <dir>/aqyl.toml` then runs
-/// exactly as shipped, while its spill directory (relative to the file) stays private.
+/// exactly as shipped, while its state directory (`[state] dir`, relative to the file, with
+/// the store spill) stays private.
 pub fn shipped_config() -> tempfile::TempDir {
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -219,6 +220,17 @@ impl VictoriaMetrics {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Freezes the process (SIGSTOP): it keeps accepting connections and never answers, as a
+    /// hung store does.
+    pub fn freeze(&self) {
+        signal(self.child.id(), "-STOP");
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) {
+        signal(self.child.id(), "-CONT");
+    }
+
     /// Makes recent writes visible, then exports every series matching `selector`
     /// (e.g. `{__name__=~"aggregate_.*"}`).
     pub fn export(&self, selector: &str) -> Vec<Series> {
@@ -261,6 +273,15 @@ impl Drop for VictoriaMetrics {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn signal(pid: u32, which: &str) {
+    let ok = Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill {which} {pid}");
 }
 
 /// A message received by a [`Subscriber`].

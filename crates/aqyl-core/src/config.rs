@@ -77,6 +77,32 @@ pub struct Config {
     /// Quality of Information scoring.
     #[serde(default)]
     pub quality: QualityConfig,
+    /// Where this instance keeps its state on disk.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// `[state]`: one directory per running instance for everything it keeps on disk (today the
+/// spill of batches the store could not take), so two instances never share files and a
+/// service manager can give it a place of its own (systemd `StateDirectory=`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The directory, relative to the config file (env `AQYL_STATE_DIR`, taken as given).
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+        }
+    }
 }
 
 fn default_rules_dir() -> PathBuf {
@@ -166,6 +192,19 @@ pub struct IngestConfig {
     /// dead-lettered as `unknown_topic` on `aqyl/deadletter/unknown`, so sensors that publish
     /// before they are configured show up instead of going unnoticed. Off by default.
     pub catch_all: Option<String>,
+    /// How far a reading's event time may be ahead of the time it was received. Further
+    /// ahead, it is dead-lettered as `future`: one sensor with a clock in 2099 must not move
+    /// the watermark and make every other sensor's readings late. `"0s"` turns the check off.
+    /// Readings that were never received from a broker (replays of files) are not checked.
+    #[serde(
+        default = "default_max_future",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub max_future: Duration,
+}
+
+fn default_max_future() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_max_payload() -> usize {
@@ -181,6 +220,7 @@ impl Default for IngestConfig {
             max_payload_bytes: default_max_payload(),
             queue_capacity: default_queue(),
             catch_all: None,
+            max_future: default_max_future(),
         }
     }
 }
@@ -339,7 +379,7 @@ pub struct InfluxConfig {
     /// Most points per write request.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
-    /// Where batches wait during an outage, relative to the config file; replayed when the
+    /// Where batches wait during an outage, relative to `[state] dir`; replayed when the
     /// store is back, also after a restart.
     #[serde(default = "default_spill")]
     pub spill_dir: PathBuf,
@@ -349,6 +389,13 @@ pub struct InfluxConfig {
         deserialize_with = "crate::duration::deserialize"
     )]
     pub flush_interval: Duration,
+    /// Longest a write may take before it counts as failed and its batch is spilled (a store
+    /// that accepts connections and never answers must not stop the pipeline).
+    #[serde(
+        default = "default_write_timeout",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub write_timeout: Duration,
     /// Longest wait between retries of a failed write (backoff doubles from 100 ms).
     #[serde(
         default = "default_max_backoff",
@@ -363,6 +410,10 @@ fn default_influx_url() -> String {
 fn default_org() -> String {
     "aqyl".into()
 }
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 fn default_spill() -> PathBuf {
     PathBuf::from("spill/influx")
 }
@@ -383,6 +434,7 @@ impl Default for InfluxConfig {
             token: Secret::default(),
             batch_size: default_batch(),
             spill_dir: default_spill(),
+            write_timeout: default_write_timeout(),
             flush_interval: default_flush(),
             max_backoff: default_max_backoff(),
         }
@@ -546,6 +598,16 @@ impl MqttUrl {
     }
 }
 
+impl Loaded {
+    /// `[state] dir`, resolved against the configuration file's directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&self.config.state.dir)
+    }
+}
+
 /// A loaded configuration: the file, its sensor types, and where they came from.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -570,8 +632,23 @@ impl Config {
         let at = |span: std::ops::Range<usize>, msg: String| {
             ConfigError::at(path, text, (span.end > 0).then_some(span.start), msg)
         };
-        if let Err(e) = MqttUrl::parse(config.mqtt.url.get_ref()) {
-            errors.push(at(config.mqtt.url.span(), e));
+        match MqttUrl::parse(config.mqtt.url.get_ref()) {
+            Err(e) => errors.push(at(config.mqtt.url.span(), e)),
+            Ok(url) if url.tls => errors.push(at(
+                config.mqtt.url.span(),
+                "mqtts:// is not supported yet: connect over mqtt:// (e.g. through a local TLS-terminating broker bridge)".into(),
+            )),
+            Ok(_) => {}
+        }
+        if let Some(addr) = &config.http.addr {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                errors.push(ConfigError::at(
+                    path,
+                    text,
+                    text.find("[http]"),
+                    format!("http.addr {addr:?} is not an address to listen on; write it as IP:port, e.g. \"127.0.0.1:9464\""),
+                ));
+            }
         }
         let workers = *config.pipeline.workers.get_ref();
         if !(1..=256).contains(&workers) {
@@ -592,10 +669,20 @@ impl Config {
                 "mqtt.username and mqtt.password must both be set or both be absent",
             ));
         }
-        if config.ingest.queue_capacity == 0 || config.influx.batch_size == 0 {
-            errors.push(ConfigError::file(
+        if config.ingest.queue_capacity == 0 {
+            errors.push(ConfigError::at(
                 path,
-                "ingest.queue_capacity and influx.batch_size must be at least 1",
+                text,
+                text.find("queue_capacity"),
+                "ingest.queue_capacity must be at least 1",
+            ));
+        }
+        if config.influx.batch_size == 0 {
+            errors.push(ConfigError::at(
+                path,
+                text,
+                text.find("batch_size"),
+                "influx.batch_size must be at least 1",
             ));
         }
         let q = &config.quality;
@@ -648,6 +735,9 @@ impl Config {
         }
         if let Some(addr) = env("AQYL_HTTP_ADDR") {
             self.http.addr = Some(addr);
+        }
+        if let Some(dir) = env("AQYL_STATE_DIR") {
+            self.state.dir = PathBuf::from(dir);
         }
         if self.mqtt.username.is_some() != self.mqtt.password.is_some() {
             return Err("the MQTT username and password must both be set or both be absent".into());
@@ -786,6 +876,51 @@ mod tests {
             }
         );
         assert_eq!(MqttUrl::parse("mqtts://broker").unwrap().port, 8883);
+    }
+
+    #[test]
+    fn state_lives_in_one_directory_beside_the_config_unless_the_environment_says_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sensors")).unwrap();
+        std::fs::create_dir(dir.path().join("rules")).unwrap();
+        std::fs::write(
+            dir.path().join("sensors/t.toml"),
+            "name = \"t\"\n[[fields]]\nname = \"v\"\n",
+        )
+        .unwrap();
+        let file = dir.path().join("aqyl.toml");
+        std::fs::write(&file, "").unwrap();
+        let loaded = load(&file, |_| None).unwrap();
+        assert_eq!(loaded.state_dir(), dir.path().join("state"));
+        let loaded = load(&file, |k| {
+            (k == "AQYL_STATE_DIR").then(|| "/var/lib/aqyl".into())
+        })
+        .unwrap();
+        assert_eq!(loaded.state_dir(), PathBuf::from("/var/lib/aqyl"));
+    }
+
+    #[test]
+    fn check_refuses_what_run_would_refuse_with_the_line() {
+        let err = |text: &str| {
+            Config::from_toml(Path::new("aqyl.toml"), text)
+                .unwrap_err()
+                .to_string()
+        };
+        let tls = err("[mqtt]\nurl = \"mqtts://broker\"\n");
+        assert!(
+            tls.contains("aqyl.toml:2") && tls.contains("not supported yet"),
+            "{tls}"
+        );
+        let http = err("[http]\naddr = \"not an address\"\n");
+        assert!(
+            http.contains("aqyl.toml:1") && http.contains("IP:port"),
+            "{http}"
+        );
+        let batch = err("[influx]\nbatch_size = 0\n");
+        assert!(
+            batch.contains("aqyl.toml:2") && batch.contains("batch_size"),
+            "{batch}"
+        );
         assert_eq!(MqttUrl::parse("mqtt://[::1]:1884").unwrap().host, "::1");
         assert!(MqttUrl::parse("broker:1883").is_err());
         assert!(MqttUrl::parse("mqtt://u:p@broker").is_err());

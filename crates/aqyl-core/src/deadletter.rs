@@ -32,11 +32,15 @@ pub enum Reason {
     UnknownTopic,
     /// The event time is older than the watermark: its window has already closed.
     Late,
+    /// The event time is further ahead of the receive time than `ingest.max_future`: a sensor
+    /// clock gone wrong would otherwise drag the watermark forward and make every other
+    /// sensor's readings late.
+    Future,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::MalformedJson,
         Reason::MalformedSenml,
         Reason::MalformedCsv,
@@ -48,6 +52,7 @@ impl Reason {
         Reason::Oversized,
         Reason::UnknownTopic,
         Reason::Late,
+        Reason::Future,
     ];
 
     /// The reason as written in records, logs and metric labels.
@@ -64,6 +69,7 @@ impl Reason {
             Reason::Oversized => "oversized",
             Reason::UnknownTopic => "unknown_topic",
             Reason::Late => "late",
+            Reason::Future => "future",
         }
     }
 

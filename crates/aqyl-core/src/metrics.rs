@@ -26,6 +26,8 @@ pub struct Metrics {
     pub influx_points_written: AtomicU64,
     /// Failed InfluxDB write attempts (each retried).
     pub influx_write_failures: AtomicU64,
+    /// Points InfluxDB rejected for good (kept in the rejected directory with its answer).
+    pub influx_points_rejected: AtomicU64,
     /// Points spilled to disk during an InfluxDB outage (replayed later).
     pub influx_points_spilled: AtomicU64,
     /// Points appended to line-protocol files.
@@ -51,6 +53,9 @@ pub struct Metrics {
     pub mqtt_connection_errors: AtomicU64,
     /// Subscription filters in force (set when the broker acknowledges a subscription).
     pub subscriptions: AtomicU64,
+    /// Components that cannot do their job right now, with why: `/health` answers 503 while
+    /// any is listed.
+    pub problems: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
     /// Successful reloads of the sensor descriptors.
     pub descriptor_reloads: AtomicU64,
     /// Descriptor changes rejected as invalid (the previous descriptors stay in force).
@@ -95,6 +100,28 @@ impl Snapshot {
 }
 
 impl Metrics {
+    /// Records that `component` cannot do its job, and why (shown by `/health`).
+    pub fn set_problem(&self, component: &'static str, why: String) {
+        if let Ok(mut p) = self.problems.lock() {
+            p.insert(component, why);
+        }
+    }
+
+    /// Records that `component` works again.
+    pub fn clear_problem(&self, component: &'static str) {
+        if let Ok(mut p) = self.problems.lock() {
+            p.remove(component);
+        }
+    }
+
+    /// What is wrong now, one line per component; empty when all is well.
+    pub fn problems(&self) -> Vec<String> {
+        self.problems
+            .lock()
+            .map(|p| p.iter().map(|(c, why)| format!("{c}: {why}")).collect())
+            .unwrap_or_default()
+    }
+
     /// Counts one rejection.
     pub fn reject(&self, reason: Reason) {
         self.rejected[reason.index()].fetch_add(1, Relaxed);
@@ -162,6 +189,11 @@ impl Metrics {
             "influx_write_failures_total",
             "Failed InfluxDB write attempts.",
             &self.influx_write_failures,
+        );
+        counter(
+            "influx_points_rejected_total",
+            "Points InfluxDB rejected for good (kept in the rejected directory).",
+            &self.influx_points_rejected,
         );
         counter(
             "influx_points_spilled_total",

@@ -46,6 +46,9 @@ pub struct PipelineSpec {
     pub idle_timeout: Option<Duration>,
     /// Largest payload accepted.
     pub max_payload_bytes: usize,
+    /// Readings received from a broker with an event time further ahead of their receive time
+    /// than this are dead-lettered as `future` (`ingest.max_future`); `None`: no check.
+    pub max_future: Option<Duration>,
     /// Event rules evaluated per sensor.
     pub rules: Arc<Vec<aqyl_core::rules::Rule>>,
     /// With `Some(horizon)`, a late record within `horizon` of the watermark corrects its
@@ -249,6 +252,30 @@ fn run_worker(
                         continue;
                     }
                     for mut obs in decoded.drain(..) {
+                        if let Some(detail) = too_far_ahead(&obs, msg.received_at, spec.max_future)
+                        {
+                            metrics.reject(Reason::Future);
+                            let _ = outputs.deadletters.send(DeadLetter::new(
+                                &obs.sensor_type,
+                                Reason::Future,
+                                detail.clone(),
+                                &msg.topic,
+                                &msg.payload,
+                                msg.received_at,
+                            ));
+                            // A sensor whose clock runs ahead sends unusable readings.
+                            if spec.quality.is_some() {
+                                side.send(Side::Rejected {
+                                    at: watermark.current(now),
+                                    sensor_type: obs.sensor_type,
+                                    sensor_id: obs.sensor_id,
+                                    reason: Reason::Future,
+                                    detail,
+                                    latency_ms: crate::quality::latency(msg.received_at, now),
+                                });
+                            }
+                            continue;
+                        }
                         obs.arrival = aqyl_core::Arrival {
                             ingested_at: now,
                             stream_time: watermark.max_event().unwrap_or(0).max(obs.event_time),
@@ -351,6 +378,28 @@ fn run_worker(
     while !probe.done() {
         worker.step_or_park(Some(PARK));
     }
+}
+
+/// Why a reading received at `received_at` (wall ms; 0: from no broker) is too far in the
+/// future to be let in, if it is.
+fn too_far_ahead(
+    obs: &aqyl_core::Observation,
+    received_at: i64,
+    max_future: Option<Duration>,
+) -> Option<String> {
+    let max = max_future?;
+    if received_at <= 0 {
+        return None;
+    }
+    let limit = (received_at as u64).saturating_add(max.as_millis() as u64);
+    (obs.event_time > limit).then(|| {
+        format!(
+            "event time {} is more than {} ahead of its receipt at {} (ingest.max_future); check the sensor's clock",
+            aqyl_core::deadletter::rfc3339_ms(obs.event_time as i64),
+            aqyl_core::duration::label(max),
+            aqyl_core::deadletter::rfc3339_ms(received_at),
+        )
+    })
 }
 
 /// What a batch run produced, in the order the workers emitted it.

@@ -65,6 +65,7 @@ impl Live {
             // Live, but the watermark never moves by the wall clock within this test.
             idle_timeout: Some(Duration::from_secs(3600)),
             max_payload_bytes: 4096,
+            max_future: None,
             update_horizon: None,
             rule_timing: Default::default(),
             rules: Arc::new(rules),

@@ -38,6 +38,7 @@ fn spec(workers: usize) -> PipelineSpec {
         allowed_lateness: Duration::from_secs(600),
         idle_timeout: None,
         max_payload_bytes: 4096,
+        max_future: None,
         update_horizon: None,
         rule_timing: Default::default(),
         quality: None,
@@ -170,6 +171,44 @@ fn records_beyond_the_lateness_are_dead_lettered_as_late() {
         "{}",
         dead[0].detail
     );
+}
+
+/// One sensor with its clock in 2099 must not drag the watermark forward and make every
+/// other sensor's readings late (`ingest.max_future`).
+#[test]
+fn a_reading_from_the_far_future_is_dead_lettered_and_makes_no_one_else_late() {
+    // Received as they happen: receive time = event time.
+    let live = |r: &(String, u64, f64, f64)| RawMessage {
+        received_at: r.1 as i64,
+        ..message(r)
+    };
+    let rs = readings(6);
+    let mut msgs: Vec<RawMessage> = rs.iter().map(live).collect();
+    let far = 4_070_908_800_000; // 2099-01-01
+    msgs.insert(
+        5,
+        RawMessage {
+            received_at: T0 as i64,
+            ..message(&("s1".into(), far, 50.0, 5.0))
+        },
+    );
+    let guarded = PipelineSpec {
+        max_future: Some(Duration::from_secs(300)),
+        ..spec(1)
+    };
+    let (aggs, dead) = run_batch(guarded, msgs.clone()).unwrap().sorted();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].reason, Reason::Future);
+    assert!(
+        dead[0].detail.contains("ingest.max_future"),
+        "{}",
+        dead[0].detail
+    );
+    assert_eq!(aggs, run(1, &rs), "every other reading counts");
+    // Without the guard the same row makes the rest late: what the guard is for.
+    let (_, dead) = run_batch(spec(1), msgs).unwrap().sorted();
+    assert!(dead.len() > 10, "{}", dead.len());
+    assert!(dead.iter().all(|d| d.reason == Reason::Late));
 }
 
 #[test]

@@ -1,176 +1,447 @@
 //! InfluxDB v2 writes through the `influxdb2` crate, with a disk spill for outages.
 //!
-//! A batch is written at once. If the write fails (connection refused, timeout, 5xx, 429,
-//! or any other status), the batch is appended to a spill file under `spill_dir` and the sink
-//! carries on with new data, so an outage neither blocks the pipeline nor grows memory.
-//! Spilled batches are replayed oldest first with exponential backoff (100 ms doubling up to
-//! `max_backoff`) while the store is down, and on the next start if Aqyl stopped before they
-//! could be written: nothing accepted is lost. Each point is keyed by series and timestamp,
-//! so a batch written twice (a retry after an ambiguous failure) stores the same data.
+//! A batch is written at once, within `write_timeout` (a store that accepts the connection and
+//! never answers must not stop the pipeline). What happens when that fails depends on why:
+//! - the store is unavailable (connection refused, timeout, 5xx, 429, 401/403/404, which a
+//!   fixed token or bucket cures): the batch is spilled to a file under the spill directory
+//!   and the sink carries on with new data, spilling it too until the store answers again.
+//!   A background task replays the spill oldest first with exponential backoff (100 ms
+//!   doubling up to `max_backoff`), beside new writes, not instead of them; the spill left by
+//!   an earlier run is replayed the same way after a restart.
+//! - the store rejects the batch for good (400, 413, 422: data it will never take): retrying
+//!   would block every later batch behind it, so the batch goes to the rejected directory
+//!   with the store's answer beside it, `aqyl_influx_points_rejected_total` counts it, and
+//!   later batches flow.
+//!
+//! Spill files live in a subdirectory per store (URL, org and bucket), so batches spilled for
+//! one store are never replayed into another configured later. Each point is keyed by series
+//! and timestamp, so a batch written twice (a replay after an ambiguous failure) stores the
+//! same data.
 
 use aqyl_core::metrics::Metrics;
 use influxdb2::api::write::TimestampPrecision;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Spill writes retried before the sink gives up (then the service stops: see `run`).
+const SPILL_ATTEMPTS: u32 = 5;
+
+/// Where an InfluxDB v2 destination is and how long a write may take.
+#[derive(Clone)]
+struct Store {
+    client: influxdb2::Client,
+    url: String,
+    org: String,
+    bucket: String,
+    timeout: Duration,
+}
+
+/// Why a write failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// The store is unavailable for now: keep the batch and try again later.
+    Retry(String),
+    /// The store will never take this batch.
+    Reject {
+        /// HTTP status.
+        status: u16,
+        /// The store's answer.
+        answer: String,
+    },
+}
+
+impl Store {
+    async fn send(&self, body: String) -> Result<(), Failure> {
+        let write = self.client.write_line_protocol_with_precision(
+            &self.org,
+            &self.bucket,
+            body,
+            TimestampPrecision::Milliseconds,
+        );
+        match tokio::time::timeout(self.timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(Failure::Retry(format!(
+                "no answer within {} (influx.write_timeout)",
+                aqyl_core::duration::label(self.timeout)
+            ))),
+        }
+    }
+
+    /// A directory name for this store: the same store always gets the same one.
+    fn key(&self) -> String {
+        let id = format!("{}|{}|{}", self.url, self.org, self.bucket);
+        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
+    }
+}
+
+/// Which failures are for good: statuses that say the data itself is unacceptable.
+fn classify(e: influxdb2::RequestError) -> Failure {
+    match e {
+        influxdb2::RequestError::Http { status, text } if permanent(status.as_u16()) => {
+            Failure::Reject {
+                status: status.as_u16(),
+                answer: text,
+            }
+        }
+        other => Failure::Retry(other.to_string()),
+    }
+}
+
+/// Bad request, payload too large, unprocessable: the same batch will never be taken.
+/// Authentication (401, 403), an unknown bucket (404) and rate limits (429) are retried: an
+/// operator fixes those, and the spilled data is written then.
+fn permanent(status: u16) -> bool {
+    matches!(status, 400 | 413 | 422)
+}
+
+/// Batches waiting on disk for one store.
+struct Spill {
+    dir: PathBuf,
+    seq: AtomicU64,
+}
+
+impl Spill {
+    /// Stores `batch` as a new file, written then renamed so a crash never leaves half a
+    /// batch to replay.
+    fn put(&self, batch: &str) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(&self.dir)?;
+        let seq = self.seq.fetch_add(1, Relaxed);
+        let path = self.dir.join(format!("{:015}-{seq:06}.lp", wall_ms()));
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, batch)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+
+    /// Files waiting, oldest first.
+    fn files(&self) -> Vec<PathBuf> {
+        lp_files(&self.dir)
+    }
+}
+
+fn lp_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "lp"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn wall_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// Shared by the sink loop and its background replay.
+struct Shared {
+    store: Store,
+    spill: Spill,
+    rejected_dir: PathBuf,
+    /// False after a write failed, until a replay succeeds: new batches then go straight to
+    /// the spill instead of each waiting for a store that is down.
+    healthy: AtomicBool,
+    max_backoff: Duration,
+}
+
+/// Where a destination is, as `InfluxSink::new` takes it.
+#[derive(Debug, Clone)]
+pub struct InfluxTarget {
+    /// e.g. `http://127.0.0.1:8086`.
+    pub url: String,
+    /// Organisation.
+    pub org: String,
+    /// Bucket.
+    pub bucket: String,
+    /// API token.
+    pub token: String,
+    /// Longest wait between replays of the spill.
+    pub max_backoff: Duration,
+    /// Longest a write may take.
+    pub write_timeout: Duration,
+    /// Spill root; each store gets a subdirectory.
+    pub spill_dir: PathBuf,
+    /// Where rejected batches go, with the store's answer.
+    pub rejected_dir: PathBuf,
+}
 
 /// A configured InfluxDB v2 destination.
 pub struct InfluxSink {
-    client: influxdb2::Client,
-    org: String,
-    bucket: String,
-    max_backoff: Duration,
-    spill_dir: PathBuf,
-    spill_seq: u64,
-    backoff: Duration,
-    next_replay: Instant,
+    shared: Arc<Shared>,
+    replay: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl InfluxSink {
-    /// Builds a client for `url` (e.g. `http://127.0.0.1:8086`) that spills to `spill_dir`.
-    pub fn new(
-        url: &str,
-        org: &str,
-        bucket: &str,
-        token: &str,
-        max_backoff: Duration,
-        spill_dir: &Path,
-    ) -> Result<Self, crate::SinkError> {
-        let client = influxdb2::ClientBuilder::new(url, org, token)
+    /// Builds a client for the target; nothing is sent yet.
+    pub fn new(target: InfluxTarget) -> Result<Self, crate::SinkError> {
+        let client = influxdb2::ClientBuilder::new(&target.url, &target.org, &target.token)
             .build()
             .map_err(|e| crate::SinkError::InfluxUrl {
-                url: url.to_string(),
+                url: target.url.clone(),
                 reason: e.to_string(),
             })?;
-        Ok(Self {
+        let store = Store {
             client,
-            org: org.to_string(),
-            bucket: bucket.to_string(),
-            max_backoff,
-            spill_dir: spill_dir.to_path_buf(),
-            spill_seq: 0,
-            backoff: Duration::from_millis(100),
-            next_replay: Instant::now(),
+            url: target.url,
+            org: target.org,
+            bucket: target.bucket,
+            timeout: target.write_timeout,
+        };
+        let spill = Spill {
+            dir: target.spill_dir.join(store.key()),
+            seq: AtomicU64::new(0),
+        };
+        warn_about_other_stores(&target.spill_dir, &spill.dir);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                store,
+                spill,
+                rejected_dir: target.rejected_dir,
+                healthy: AtomicBool::new(true),
+                max_backoff: target.max_backoff,
+            }),
+            replay: None,
         })
     }
 
-    async fn send(&self, body: String) -> Result<(), influxdb2::RequestError> {
-        self.client
-            .write_line_protocol_with_precision(
-                &self.org,
-                &self.bucket,
-                body,
-                TimestampPrecision::Milliseconds,
-            )
-            .await
+    /// This store's spill directory.
+    pub fn spill_dir(&self) -> &Path {
+        &self.shared.spill.dir
     }
 
-    /// Writes one batch; on failure spills it to disk for a later replay.
+    /// Spill files waiting, oldest first.
+    pub fn spilled_files(&self) -> Vec<PathBuf> {
+        self.shared.spill.files()
+    }
+
+    /// Starts replaying the spill in the background (the spill of an earlier run too).
+    pub fn start_replay(&mut self, metrics: Arc<Metrics>) {
+        let shared = self.shared.clone();
+        self.replay = Some(tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match replay_once(&shared, &metrics).await {
+                    Replayed::Nothing => tokio::time::sleep(Duration::from_millis(250)).await,
+                    Replayed::All => backoff = Duration::from_millis(100),
+                    Replayed::Stopped => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(shared.max_backoff);
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Writes one batch; if the store is unavailable, spills it for the replay.
     pub async fn write(
         &mut self,
         batch: &str,
         points: usize,
         metrics: &Metrics,
     ) -> Result<(), crate::SinkError> {
-        // While older batches wait on disk the store is probably down: keep the order cheap
-        // and spill directly, the replay will catch up.
-        if self.spilled_files().is_empty() {
-            match self.send(batch.to_string()).await {
+        let s = &self.shared;
+        if s.healthy.load(Relaxed) {
+            match s.store.send(batch.to_string()).await {
                 Ok(()) => {
                     metrics
                         .influx_points_written
                         .fetch_add(points as u64, Relaxed);
                     return Ok(());
                 }
-                Err(e) => {
+                Err(Failure::Reject { status, answer }) => {
+                    reject(s, batch, points, status, &answer, metrics);
+                    return Ok(());
+                }
+                Err(Failure::Retry(why)) => {
                     metrics.influx_write_failures.fetch_add(1, Relaxed);
-                    tracing::warn!(error = %e, points, bucket = %self.bucket, spill = %self.spill_dir.display(), "InfluxDB write failed; the batch is kept on disk and retried.");
+                    s.healthy.store(false, Relaxed);
+                    tracing::warn!(error = %why, points, bucket = %s.store.bucket, spill = %s.spill.dir.display(), "InfluxDB write failed; batches are kept on disk and written when it is back.");
                 }
             }
         }
-        self.spill(batch, points, metrics)
+        spill(s, batch, points, metrics).await
     }
 
-    fn spill(
-        &mut self,
-        batch: &str,
-        points: usize,
-        metrics: &Metrics,
-    ) -> Result<(), crate::SinkError> {
-        let err = |source| crate::SinkError::File {
-            path: self.spill_dir.display().to_string(),
-            source,
-        };
-        std::fs::create_dir_all(&self.spill_dir).map_err(err)?;
-        self.spill_seq += 1;
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
-        let path = self
-            .spill_dir
-            .join(format!("{ms:015}-{:06}.lp", self.spill_seq));
-        let tmp = path.with_extension("tmp");
-        // Write then rename, so a crash never leaves half a batch to replay.
-        std::fs::write(&tmp, batch)
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|source| crate::SinkError::File {
-                path: path.display().to_string(),
-                source,
-            })?;
-        metrics
-            .influx_points_spilled
-            .fetch_add(points as u64, Relaxed);
-        Ok(())
-    }
-
-    /// Spill files waiting, oldest first.
-    pub fn spilled_files(&self) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(&self.spill_dir) else {
-            return Vec::new();
-        };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "lp"))
-            .collect();
-        files.sort();
-        files
-    }
-
-    /// Replays spilled batches (if the backoff allows, or `force`), oldest first, until one
-    /// fails. Returns how many files are still waiting.
-    pub async fn replay(&mut self, metrics: &Metrics, force: bool) -> usize {
-        let files = self.spilled_files();
-        if files.is_empty() || (!force && Instant::now() < self.next_replay) {
-            return files.len();
+    /// Stops the background replay and tries the spill once more; returns how many files
+    /// still wait (written at the next start).
+    pub async fn finish(&mut self, metrics: &Metrics) -> usize {
+        if let Some(task) = self.replay.take() {
+            task.abort();
+            let _ = task.await;
         }
-        for (i, path) in files.iter().enumerate() {
-            let Ok(body) = std::fs::read_to_string(path) else {
-                tracing::error!(file = %path.display(), "Cannot read a spilled batch; leaving it in place.");
-                return files.len() - i;
-            };
-            let points = body.lines().count() as u64;
-            match self.send(body).await {
-                Ok(()) => {
-                    metrics.influx_points_written.fetch_add(points, Relaxed);
-                    if let Err(e) = std::fs::remove_file(path) {
-                        tracing::warn!(error = %e, file = %path.display(), "Cannot remove a replayed spill file; it will be written again (harmless).");
-                    }
-                    self.backoff = Duration::from_millis(100);
+        replay_once(&self.shared, metrics).await;
+        self.shared.spill.files().len()
+    }
+}
+
+/// Spills a batch, retrying a failed file write a few times (a full disk may clear); after
+/// that the sink cannot go on without losing data, and says so.
+async fn spill(
+    s: &Shared,
+    batch: &str,
+    points: usize,
+    metrics: &Metrics,
+) -> Result<(), crate::SinkError> {
+    let mut attempt = 0;
+    loop {
+        match s.spill.put(batch) {
+            Ok(_) => {
+                metrics
+                    .influx_points_spilled
+                    .fetch_add(points as u64, Relaxed);
+                metrics.clear_problem("sink");
+                return Ok(());
+            }
+            Err(source) => {
+                attempt += 1;
+                let problem = format!(
+                    "cannot spill a batch to {}: {source}",
+                    s.spill.dir.display()
+                );
+                metrics.set_problem("sink", problem.clone());
+                if attempt >= SPILL_ATTEMPTS {
+                    return Err(crate::SinkError::File {
+                        path: s.spill.dir.display().to_string(),
+                        source,
+                    });
                 }
-                Err(e) => {
-                    metrics.influx_write_failures.fetch_add(1, Relaxed);
-                    tracing::warn!(error = %e, waiting = files.len() - i, retry_in_ms = self.backoff.as_millis() as u64, "InfluxDB is still unavailable.");
-                    self.next_replay = Instant::now() + self.backoff;
-                    self.backoff = (self.backoff * 2).min(self.max_backoff);
-                    return files.len() - i;
-                }
+                tracing::error!(
+                    attempt,
+                    "{problem}; retrying (check [state] dir / AQYL_STATE_DIR)"
+                );
+                tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
-        tracing::info!(
-            files = files.len(),
-            "Replayed the batches spilled during the outage."
-        );
-        0
+    }
+}
+
+/// Files a batch the store will never take, with its answer, and counts it.
+fn reject(s: &Shared, batch: &str, points: usize, status: u16, answer: &str, metrics: &Metrics) {
+    metrics
+        .influx_points_rejected
+        .fetch_add(points as u64, Relaxed);
+    let name = format!("{:015}-{:06}", wall_ms(), s.spill.seq.fetch_add(1, Relaxed));
+    let lp = s.rejected_dir.join(format!("{name}.lp"));
+    let why = s.rejected_dir.join(format!("{name}.answer.txt"));
+    let saved = std::fs::create_dir_all(&s.rejected_dir)
+        .and_then(|_| std::fs::write(&lp, batch))
+        .and_then(|_| {
+            std::fs::write(
+                &why,
+                format!("HTTP {status} from {}: {answer}\n", s.store.url),
+            )
+        });
+    match saved {
+        Ok(()) => {
+            tracing::error!(status, answer, points, file = %lp.display(), "InfluxDB rejected a batch for good; it is kept with the answer, later batches go on.")
+        }
+        Err(e) => {
+            tracing::error!(status, answer, points, error = %e, dir = %s.rejected_dir.display(), "InfluxDB rejected a batch for good and it cannot be kept on disk; its points are lost (counted in aqyl_influx_points_rejected_total).")
+        }
+    }
+}
+
+/// What one pass over the spill did.
+enum Replayed {
+    /// There was nothing to replay.
+    Nothing,
+    /// Everything was written (or rejected for good).
+    All,
+    /// The store is still unavailable; files wait.
+    Stopped,
+}
+
+/// Replays the spill oldest first until the store fails.
+async fn replay_once(s: &Shared, metrics: &Metrics) -> Replayed {
+    let files = s.spill.files();
+    if files.is_empty() {
+        return Replayed::Nothing;
+    }
+    for (i, path) in files.iter().enumerate() {
+        let Ok(body) = std::fs::read_to_string(path) else {
+            tracing::error!(file = %path.display(), "Cannot read a spilled batch; leaving it in place.");
+            return Replayed::Stopped;
+        };
+        let points = body.lines().count();
+        match s.store.send(body.clone()).await {
+            Ok(()) => {
+                metrics
+                    .influx_points_written
+                    .fetch_add(points as u64, Relaxed);
+                s.healthy.store(true, Relaxed);
+            }
+            Err(Failure::Reject { status, answer }) => {
+                reject(s, &body, points, status, &answer, metrics);
+            }
+            Err(Failure::Retry(why)) => {
+                metrics.influx_write_failures.fetch_add(1, Relaxed);
+                s.healthy.store(false, Relaxed);
+                tracing::warn!(error = %why, waiting = files.len() - i, "InfluxDB is still unavailable.");
+                return Replayed::Stopped;
+            }
+        }
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(error = %e, file = %path.display(), "Cannot remove a replayed spill file; it will be written again (harmless).");
+        }
+    }
+    tracing::info!(
+        files = files.len(),
+        "Replayed the batches spilled during the outage."
+    );
+    Replayed::All
+}
+
+/// Batches spilled for another store (another URL, org or bucket) are never replayed into
+/// this one; say that they wait.
+fn warn_about_other_stores(root: &Path, ours: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for dir in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if dir != ours && dir.is_dir() && !lp_files(&dir).is_empty() {
+            tracing::warn!(dir = %dir.display(), "Batches spilled for another InfluxDB store (another url, org or bucket) wait here; they are not written to the store configured now.");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_data_the_store_can_never_take_is_rejected_for_good() {
+        for status in [400, 413, 422] {
+            assert!(permanent(status), "{status}");
+        }
+        for status in [401, 403, 404, 408, 429, 500, 502, 503] {
+            assert!(!permanent(status), "{status}");
+        }
+    }
+
+    #[test]
+    fn each_store_spills_into_its_own_directory() {
+        let store = |url: &str, bucket: &str| Store {
+            client: influxdb2::Client::new(url, "org", "t"),
+            url: url.into(),
+            org: "org".into(),
+            bucket: bucket.into(),
+            timeout: Duration::from_secs(1),
+        };
+        let a = store("http://a:8086", "city");
+        assert_eq!(a.key(), store("http://a:8086", "city").key());
+        assert_ne!(a.key(), store("http://b:8086", "city").key());
+        assert_ne!(a.key(), store("http://a:8086", "other").key());
     }
 }

@@ -98,9 +98,9 @@ pub async fn run(
     let (mut aggregates_open, mut events_open, mut quality_open) = (true, true, true);
     let mut batch = String::new();
     let mut points = 0usize;
-    // Batches spilled before a restart are written first.
+    // Batches spilled before a restart are written in the background, beside new ones.
     if let Some(i) = &mut sinks.influx {
-        i.replay(&metrics, true).await;
+        i.start_replay(metrics.clone());
     }
     let mut tick = tokio::time::interval(sinks.flush_interval.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -134,9 +134,6 @@ pub async fn run(
                     batch.clear();
                     points = 0;
                 }
-                if let Some(i) = &mut sinks.influx {
-                    i.replay(&metrics, false).await;
-                }
             }
         }
     }
@@ -144,7 +141,7 @@ pub async fn run(
         sinks.write(&batch, points, &metrics).await?;
     }
     if let Some(i) = &mut sinks.influx {
-        let waiting = i.replay(&metrics, true).await;
+        let waiting = i.finish(&metrics).await;
         if waiting > 0 {
             tracing::warn!(files = waiting, "InfluxDB is unavailable at shutdown; the spilled batches are kept on disk and written at the next start.");
         }

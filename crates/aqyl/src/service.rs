@@ -6,7 +6,8 @@ use aqyl_core::decode::Registry;
 use aqyl_core::metrics::Metrics;
 use aqyl_dataflow::{Outputs, PipelineSpec};
 use aqyl_mqtt::MqttSettings;
-use aqyl_sink::{file::FileSink, influx::InfluxSink, Sinks};
+use aqyl_sink::influx::{InfluxSink, InfluxTarget};
+use aqyl_sink::{file::FileSink, Sinks};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,18 +91,16 @@ async fn run(
 
     let sinks = Sinks {
         influx: if cfg.influx.enabled {
-            Some(InfluxSink::new(
-                &cfg.influx.url,
-                &cfg.influx.org,
-                &cfg.influx.bucket,
-                cfg.influx.token.expose(),
-                cfg.influx.max_backoff,
-                &loaded
-                    .path
-                    .parent()
-                    .unwrap_or(std::path::Path::new("."))
-                    .join(&cfg.influx.spill_dir),
-            )?)
+            Some(InfluxSink::new(InfluxTarget {
+                url: cfg.influx.url.clone(),
+                org: cfg.influx.org.clone(),
+                bucket: cfg.influx.bucket.clone(),
+                token: cfg.influx.token.expose().to_string(),
+                max_backoff: cfg.influx.max_backoff,
+                write_timeout: cfg.influx.write_timeout,
+                spill_dir: loaded.state_dir().join(&cfg.influx.spill_dir),
+                rejected_dir: loaded.state_dir().join("rejected/influx"),
+            })?)
         } else {
             None
         },
@@ -135,6 +134,7 @@ async fn run(
         allowed_lateness: cfg.pipeline.allowed_lateness,
         idle_timeout: (!cfg.pipeline.idle_timeout.is_zero()).then_some(cfg.pipeline.idle_timeout),
         max_payload_bytes: cfg.ingest.max_payload_bytes,
+        max_future: (!cfg.ingest.max_future.is_zero()).then_some(cfg.ingest.max_future),
         rules: Arc::new(loaded.rules.clone()),
         update_horizon: (cfg.pipeline.late == aqyl_core::config::LatePolicy::Update)
             .then_some(cfg.pipeline.update_horizon),
@@ -248,7 +248,25 @@ async fn run(
         metrics.clone(),
     ));
 
-    stop.await;
+    // A sink that stops before shutdown (its spill cannot be written) would lose every
+    // later result: stop taking messages and exit non-zero so a supervisor restarts Aqyl.
+    let mut sink_task = sink_task;
+    let sink_failed = tokio::select! {
+        () = stop => None,
+        ended = &mut sink_task => Some(ended),
+    };
+    if let Some(ended) = sink_failed {
+        let why = match ended {
+            Ok(Ok(())) => "the sink stopped".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the sink task panicked: {e}"),
+        };
+        metrics.set_problem("sink", why.clone());
+        tracing::error!(error = %why, "The sink cannot go on; Aqyl stops taking messages and exits so that it is restarted.");
+        edge.stop_ingest();
+        edge.close().await;
+        anyhow::bail!("the sink cannot go on: {why}");
+    }
     if let Some(t) = reload_task {
         t.abort();
     }

@@ -163,10 +163,15 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
     Ok(out)
 }
 
+/// How deeply a condition may nest (parentheses, `not`, unary minus): far beyond any rule a
+/// person writes, and shallow enough that parsing and evaluating never exhaust the stack.
+pub const MAX_DEPTH: usize = 64;
+
 struct Parser {
     toks: Vec<(usize, Tok)>,
     pos: usize,
     end: usize,
+    depth: usize,
 }
 
 impl Parser {
@@ -187,7 +192,26 @@ impl Parser {
         })
     }
 
+    /// Runs `f` one nesting level deeper, refusing to go past [`MAX_DEPTH`].
+    fn nested(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<Expr, ParseError>,
+    ) -> Result<Expr, ParseError> {
+        if self.depth >= MAX_DEPTH {
+            return self.err(&format!(
+                "the condition nests deeper than {MAX_DEPTH} levels; split it into simpler rules"
+            ));
+        }
+        self.depth += 1;
+        let result = f(self);
+        self.depth -= 1;
+        result
+    }
+
     fn or(&mut self) -> Result<Expr, ParseError> {
+        self.nested(Self::or_chain)
+    }
+    fn or_chain(&mut self) -> Result<Expr, ParseError> {
         let mut left = self.and()?;
         while self.is_word("or") {
             self.pos += 1;
@@ -206,7 +230,7 @@ impl Parser {
     fn not(&mut self) -> Result<Expr, ParseError> {
         if self.is_word("not") {
             self.pos += 1;
-            return Ok(Expr::Not(Box::new(self.not()?)));
+            return Ok(Expr::Not(Box::new(self.nested(Self::not)?)));
         }
         self.compare()
     }
@@ -269,7 +293,7 @@ impl Parser {
             }
             Some(Tok::Op("-")) => {
                 self.pos += 1;
-                let inner = self.atom()?;
+                let inner = self.nested(Self::atom)?;
                 Ok(Expr::Arith(
                     Box::new(Expr::Number(0.0)),
                     ArithOp::Sub,
@@ -284,7 +308,7 @@ impl Parser {
             }
             Some(Tok::LParen) => {
                 self.pos += 1;
-                let inner = self.sum()?;
+                let inner = self.nested(Self::sum)?;
                 if self.peek() != Some(&Tok::RParen) {
                     return self.err("expected ')'");
                 }
@@ -311,6 +335,7 @@ impl Expr {
             toks,
             pos: 0,
             end: src.len(),
+            depth: 0,
         };
         let e = p.or()?;
         if p.pos != p.toks.len() {
@@ -434,6 +459,25 @@ mod tests {
             Expr::parse(congestion).unwrap().fields(),
             ["avgSpeed", "vehicleCount"]
         );
+    }
+
+    #[test]
+    fn hostile_nesting_is_refused_not_a_stack_overflow() {
+        for deep in [
+            format!("{}a > 1{}", "(".repeat(30_000), ")".repeat(30_000)),
+            format!("{}a > 1", "not ".repeat(30_000)),
+            format!("a > {}1", "-".repeat(30_000)),
+            format!("a > {}1{}", "(".repeat(30_000), ")".repeat(30_000)),
+        ] {
+            let err = Expr::parse(&deep).unwrap_err();
+            assert!(
+                err.message.contains("nests deeper than 64"),
+                "{}",
+                err.message
+            );
+        }
+        let fine = format!("{}a > 1{}", "(".repeat(20), ")".repeat(20));
+        assert!(Expr::parse(&fine).is_ok());
     }
 
     #[test]

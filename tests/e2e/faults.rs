@@ -1,0 +1,224 @@
+//! Faults of the store, injected for real: a store that hangs (VictoriaMetrics frozen with
+//! SIGSTOP), a store that rejects every batch (an HTTP responder answering 400, since
+//! VictoriaMetrics skips bad lines instead), and a spill directory that cannot be written.
+//! Each checks that nothing accepted is lost or that the service says loudly that it cannot
+//! go on.
+
+use super::{config_dir, reading, Aqyl, WAIT};
+use aqyl_tests::{publish, wait_until, Mosquitto, Subscriber, VictoriaMetrics};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// The e2e config with a short store write timeout.
+fn with_write_timeout(dir: &Path) {
+    let file = dir.join("aqyl.toml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "flush_interval = \"100ms\"",
+        "flush_interval = \"100ms\"\nwrite_timeout = \"1s\"\nmax_backoff = \"1s\"",
+    );
+    std::fs::write(file, text).unwrap();
+}
+
+#[test]
+fn a_frozen_store_neither_stops_the_pipeline_nor_loses_data() {
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let dir = config_dir(1);
+    with_write_timeout(dir.path());
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
+    aqyl.wait_online(&status);
+    vm.freeze();
+    // Two hours of one segment: 24 closed 5-minute windows to write while the store hangs.
+    let msgs: Vec<_> = (0..125)
+        .map(|m| reading("frozen", m, 10.0 + m as f64))
+        .collect();
+    publish(mqtt.port, &msgs);
+    wait_until(
+        WAIT,
+        "every reading to be accepted while the store hangs",
+        || aqyl.metric("aqyl_observations_total ") == Some(125),
+    );
+    wait_until(WAIT, "batches spilled after the write timeout", || {
+        aqyl.metric("aqyl_influx_points_spilled_total ")
+            .unwrap_or(0)
+            > 0
+    });
+    vm.thaw();
+    wait_until(
+        WAIT,
+        "the spill to be replayed once the store answers",
+        || super::spilled(dir.path()) == 0,
+    );
+    aqyl.stop();
+    let counts = vm
+        .export(r#"{__name__="aggregate_count",field="avgSpeed",window="5m",sensor_id="frozen"}"#);
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    // A write the frozen store took in but answered too late is written again by the
+    // replay: the same series and time, which InfluxDB overwrites (VictoriaMetrics keeps both).
+    let mut windows: Vec<i64> = counts[0].samples.iter().map(|s| s.0).collect();
+    windows.dedup();
+    assert_eq!(windows.len(), 25, "every 5-minute window, none lost");
+    assert!(
+        counts[0].samples.iter().all(|s| s.1 == 5.0),
+        "{:?}",
+        counts[0].samples
+    );
+}
+
+/// An HTTP "store" that answers every request with `status` and `body`, counting requests.
+fn answering_store(
+    status: &'static str,
+    body: &'static str,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = requests.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
+            read_request(&mut conn);
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, requests)
+}
+
+/// Reads one HTTP request to the end of its body, so the answer does not reset a client
+/// still sending.
+fn read_request(conn: &mut std::net::TcpStream) {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let Ok(n) = conn.read(&mut buf) else { return };
+        if n == 0 {
+            return;
+        }
+        data.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&data);
+        let Some(head_end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let length = text[..head_end]
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        if data.len() >= head_end + 4 + length {
+            return;
+        }
+    }
+}
+
+#[test]
+fn batches_the_store_rejects_for_good_are_kept_aside_and_later_ones_still_flow() {
+    let mqtt = Mosquitto::start();
+    let (port, requests) = answering_store(
+        "400 Bad Request",
+        r#"{"code":"invalid","message":"unable to parse points"}"#,
+    );
+    let dir = config_dir(1);
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let aqyl = Aqyl::start_with(
+        &dir.path().join("aqyl.toml"),
+        &mqtt.url(),
+        Some(&format!("http://127.0.0.1:{port}")),
+    );
+    aqyl.wait_online(&status);
+    for (round, sensor) in ["first", "second"].into_iter().enumerate() {
+        let minutes = 30 * round as u64..30 * (round as u64 + 1);
+        let msgs: Vec<_> = minutes.map(|m| reading(sensor, m, 20.0)).collect();
+        publish(mqtt.port, &msgs);
+        wait_until(WAIT, "the readings", || {
+            aqyl.metric("aqyl_observations_total ") == Some(30 * (round as u64 + 1))
+        });
+    }
+    wait_until(WAIT, "rejected points to be counted", || {
+        aqyl.metric("aqyl_influx_points_rejected_total ")
+            .unwrap_or(0)
+            > 0
+    });
+    aqyl.stop();
+    assert!(requests.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert_eq!(
+        super::spilled(dir.path()),
+        0,
+        "nothing spilled to retry for ever"
+    );
+    let rejected = dir.path().join("state/rejected/influx");
+    let mut names: Vec<String> = std::fs::read_dir(&rejected)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let answers: Vec<&String> = names
+        .iter()
+        .filter(|n| n.ends_with(".answer.txt"))
+        .collect();
+    assert!(!answers.is_empty(), "{names:?}");
+    let answer = std::fs::read_to_string(rejected.join(answers[0])).unwrap();
+    assert!(
+        answer.contains("HTTP 400") && answer.contains("unable to parse points"),
+        "{answer}"
+    );
+    let kept: String = names
+        .iter()
+        .filter(|n| n.ends_with(".lp"))
+        .map(|n| std::fs::read_to_string(rejected.join(n)).unwrap())
+        .collect();
+    assert!(
+        kept.contains("sensor_id=first") && kept.contains("sensor_id=second"),
+        "both batches kept"
+    );
+}
+
+#[test]
+fn a_spill_that_cannot_be_written_stops_the_service_loudly() {
+    let mqtt = Mosquitto::start();
+    let dir = config_dir(1);
+    // The state directory is a file: nothing can be spilled under it.
+    let blocked = dir.path().join("not-a-directory");
+    std::fs::write(&blocked, "").unwrap();
+    let text = std::fs::read_to_string(dir.path().join("aqyl.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("aqyl.toml"),
+        format!("{text}\n[state]\ndir = \"not-a-directory\"\n"),
+    )
+    .unwrap();
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    // The store is down (nothing listens there), so every batch must be spilled.
+    let down = format!("http://127.0.0.1:{}", aqyl_tests::free_port());
+    let aqyl = Aqyl::start_with(&dir.path().join("aqyl.toml"), &mqtt.url(), Some(&down));
+    aqyl.wait_online(&status);
+    let msgs: Vec<_> = (0..30).map(|m| reading("nowhere", m, 20.0)).collect();
+    publish(mqtt.port, &msgs);
+    let mut health = String::new();
+    let mut exit = None;
+    wait_until(WAIT, "aqyl to exit because its sink cannot go on", || {
+        if let Ok(r) = reqwest::blocking::get(format!("{}/health", aqyl.http)) {
+            if r.status().as_u16() == 503 {
+                health = r.text().unwrap_or_default();
+            }
+        }
+        exit = aqyl.child.lock().unwrap().try_wait().unwrap();
+        exit.is_some()
+    });
+    assert!(
+        !exit.unwrap().success(),
+        "a non-zero exit, so a supervisor restarts it"
+    );
+    assert!(
+        health.contains("sink") && health.contains("not-a-directory"),
+        "/health said why: {health:?}"
+    );
+}
