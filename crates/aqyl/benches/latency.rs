@@ -601,9 +601,10 @@ fn main() {
     let out_of_order = service.metric("aqyl_rules_out_of_order_total ");
     let written = service.metric("aqyl_influx_points_written_total ");
     let failures = service.metric("aqyl_influx_write_failures_total ");
+    let quality = service.metric("aqyl_quality_reports_published_total ");
     drop(service);
     println!(
-        "published {} readings in {:.2} s: {:.0} msg/s achieved, all acknowledged; aqyl accepted {observations} observations, {late} late, {out_of_order} out of order for the rules; {written} points written to InfluxDB (VictoriaMetrics), {failures} failed writes",
+        "published {} readings in {:.2} s: {:.0} msg/s achieved, all acknowledged; aqyl accepted {observations} observations, {late} late, {out_of_order} out of order for the rules; {written} points written to InfluxDB (VictoriaMetrics), {failures} failed writes; {quality} quality reports published",
         published.readings,
         published.elapsed.as_secs_f64(),
         published.readings as f64 / published.elapsed.as_secs_f64(),
