@@ -12,6 +12,7 @@ use std::time::Duration;
 mod detection;
 mod quality;
 mod replay;
+mod replay_cli;
 
 const AQYL: &str = env!("CARGO_BIN_EXE_aqyl");
 const WAIT: Duration = Duration::from_secs(60);

@@ -177,23 +177,36 @@ mod tests {
         let e = sensor_of(Path::new("x/other.csv"), &by_name).unwrap_err();
         assert!(e.contains("does not match replay_files = \"AarhusTrafficData{sensor_id}.csv\" of sensors/traffic.toml"), "{e}");
         let both = traffic("sensor_id_field = \"/REPORT_ID\"\nreplay_files = \"A{sensor_id}.csv\"");
-        assert_eq!(sensor_of(Path::new("x/other.csv"), &both), Ok(SensorOf::Field));
+        assert_eq!(
+            sensor_of(Path::new("x/other.csv"), &both),
+            Ok(SensorOf::Field)
+        );
         let e = sensor_of(p, &traffic("")).unwrap_err();
-        assert!(e.contains("add sensor_id_field = \"/<column>\"") && e.contains("to sensors/traffic.toml"), "{e}");
+        assert!(
+            e.contains("add sensor_id_field = \"/<column>\"")
+                && e.contains("to sensors/traffic.toml"),
+            "{e}"
+        );
     }
 
     #[test]
     fn formats_follow_the_extension_and_the_type() {
         let t = traffic("");
         assert_eq!(format_of(Path::new("a.CSV"), &t), Ok(FileFormat::Csv));
-        assert_eq!(format_of(Path::new("a.jsonl"), &t), Ok(FileFormat::JsonLines));
+        assert_eq!(
+            format_of(Path::new("a.jsonl"), &t),
+            Ok(FileFormat::JsonLines)
+        );
         assert!(format_of(Path::new("a.txt"), &t).is_err());
         let noise = SensorType::from_toml(
             Path::new("noise.toml"),
             "name = \"noise\"\nformat = \"senml\"\n[[fields]]\nname = \"laeq\"\n",
         )
         .unwrap();
-        assert_eq!(format_of(Path::new("a.json"), &noise), Ok(FileFormat::Senml));
+        assert_eq!(
+            format_of(Path::new("a.json"), &noise),
+            Ok(FileFormat::Senml)
+        );
         assert!(format_of(Path::new("a.csv"), &noise).is_err());
     }
 
@@ -202,7 +215,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("b/c")).unwrap();
-        for f in ["b/c/z.csv", "b/a.jsonl", "a.csv", ".hidden.csv", "notes.txt"] {
+        for f in [
+            "b/c/z.csv",
+            "b/a.jsonl",
+            "a.csv",
+            ".hidden.csv",
+            "notes.txt",
+        ] {
             std::fs::write(root.join(f), "").unwrap();
         }
         let (files, skipped) = discover(&[root.to_path_buf()]).unwrap();

@@ -282,7 +282,11 @@ mod tests {
             panic!("{item:?}")
         };
         assert_eq!(d.reason, Reason::MissingField);
-        assert!(d.detail.starts_with("dir/a.csv:7: the sensor id"), "{}", d.detail);
+        assert!(
+            d.detail.starts_with("dir/a.csv:7: the sensor id"),
+            "{}",
+            d.detail
+        );
         let bad = Row {
             line: 3,
             data: Ok(RowData::Text(b"{not json".to_vec())),
@@ -310,7 +314,11 @@ mod tests {
     #[test]
     fn a_csv_type_gets_its_columns_as_one_line_and_senml_keeps_its_pack() {
         let counter = ty("name = \"counter\"\nformat = \"csv\"\ncolumns = [\"ts\", \"lane\", \"count\"]\n[time]\nfield = \"/ts\"\nformat = \"rfc3339\"\n[[fields]]\nname = \"count\"\n");
-        let row = csv_row(&[("count", "17"), ("ts", "2014-08-01T00:05:00Z"), ("lane", "left, outer")]);
+        let row = csv_row(&[
+            ("count", "17"),
+            ("ts", "2014-08-01T00:05:00Z"),
+            ("lane", "left, outer"),
+        ]);
         let (time, item) = item(&counter, &SensorOf::File("a".into()), "c.csv", row);
         assert_eq!(time, Some(1_406_851_500_000));
         let Item::Message(m) = item else {
@@ -347,7 +355,10 @@ mod tests {
         };
         // b.csv jumps back (08:10 after 08:20): it stays right after its predecessor.
         let a = write("a.csv", &[("08:00", 1), ("08:15", 1), ("08:30", 1)]);
-        let b = write("b.csv", &[("08:05", 2), ("08:20", 2), ("08:10", 2), ("08:25", 2)]);
+        let b = write(
+            "b.csv",
+            &[("08:05", 2), ("08:20", 2), ("08:10", 2), ("08:25", 2)],
+        );
         let mut merge = Merge::open(t, vec![a, b], 1 << 16).unwrap();
         let mut order = Vec::new();
         while let Some(item) = merge.next_item().unwrap() {
@@ -355,7 +366,11 @@ mod tests {
                 panic!("{item:?}")
             };
             let v: Value = serde_json::from_slice(&m.payload).unwrap();
-            order.push(format!("{}@{}", v["REPORT_ID"].as_str().unwrap(), &v["TIMESTAMP"].as_str().unwrap()[11..16]));
+            order.push(format!(
+                "{}@{}",
+                v["REPORT_ID"].as_str().unwrap(),
+                &v["TIMESTAMP"].as_str().unwrap()[11..16]
+            ));
         }
         assert_eq!(
             order,

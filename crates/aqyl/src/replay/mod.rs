@@ -70,7 +70,9 @@ pub fn run(opts: &Options) -> anyhow::Result<Summary> {
     replayable(&ty)?;
     let (paths, skipped_files) = files::discover(&opts.paths)?;
     if paths.is_empty() {
-        anyhow::bail!("no .csv, .jsonl, .ndjson, .json or .senml files to replay under the paths given");
+        anyhow::bail!(
+            "no .csv, .jsonl, .ndjson, .json or .senml files to replay under the paths given"
+        );
     }
     let sources = files::sources(&paths, &ty).map_err(|problems| match problems.as_slice() {
         [one] => anyhow::anyhow!("cannot replay: {one}"),
@@ -193,8 +195,9 @@ impl Output {
         let cfg = &loaded.config;
         let (sinks, dir, replace, description) = match out {
             Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("cannot create the output directory {}", dir.display())
+                })?;
                 let lp = dir.join("aggregate.lp");
                 std::fs::File::create(&lp)
                     .with_context(|| format!("cannot write {}", lp.display()))?;
@@ -213,10 +216,16 @@ impl Output {
                     to.push(f.path().display().to_string());
                 }
                 if sinks.influx.is_some() {
-                    to.push(format!("InfluxDB {} (bucket {})", cfg.influx.url, cfg.influx.bucket));
+                    to.push(format!(
+                        "InfluxDB {} (bucket {})",
+                        cfg.influx.url, cfg.influx.bucket
+                    ));
                 }
                 if to.is_empty() {
-                    anyhow::bail!("no output: pass --out DIR, or enable [influx] or [file] in {}", loaded.path.display());
+                    anyhow::bail!(
+                        "no output: pass --out DIR, or enable [influx] or [file] in {}",
+                        loaded.path.display()
+                    );
                 }
                 let dir = if cfg.file.enabled {
                     cfg.file.dir.clone()

@@ -80,10 +80,7 @@ impl Summary {
 
     /// The summary for a human, several lines.
     pub fn to_text(&self) -> String {
-        let mut reasons: Vec<String> = self
-            .by_reason()
-            .map(|(r, n)| format!("{r} {n}"))
-            .collect();
+        let mut reasons: Vec<String> = self.by_reason().map(|(r, n)| format!("{r} {n}")).collect();
         if reasons.is_empty() {
             reasons.push("none".into());
         }
@@ -173,6 +170,9 @@ mod tests {
         assert!(j["dead_letters_by_reason"].get("malformed_json").is_none());
         assert_eq!(j["rows_per_second"], 5.0);
         let text = s.to_text();
-        assert!(text.contains("dead letters 3 (wrong_type 1, late 2)"), "{text}");
+        assert!(
+            text.contains("dead letters 3 (wrong_type 1, late 2)"),
+            "{text}"
+        );
     }
 }

@@ -80,8 +80,8 @@ impl<R: Read> CsvRows<R> {
         }
         let mut map = Map::with_capacity(self.header.len());
         for (name, cell) in self.header.iter().zip(self.record.iter()) {
-            let text = std::str::from_utf8(cell)
-                .map_err(|_| format!("column {name:?} is not UTF-8"))?;
+            let text =
+                std::str::from_utf8(cell).map_err(|_| format!("column {name:?} is not UTF-8"))?;
             map.insert(name.clone(), Value::String(text.to_string()));
         }
         Ok(map)
@@ -277,7 +277,8 @@ mod tests {
     fn json_lines_skip_blank_lines_and_count_every_line() {
         let text = "{\"a\":1}\r\n\n  \n{\"a\":\nnot json\n";
         let got = all(&mut JsonLines::new(text.as_bytes()));
-        let lines: Vec<(u64, RowData)> = got.into_iter().map(|r| (r.line, r.data.unwrap())).collect();
+        let lines: Vec<(u64, RowData)> =
+            got.into_iter().map(|r| (r.line, r.data.unwrap())).collect();
         assert_eq!(
             lines,
             vec![
@@ -294,8 +295,12 @@ mod tests {
         let got = all(&mut SenmlRows::new(per_line.as_bytes(), 1 << 16).unwrap());
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].line, 2);
-        assert_eq!(got[1].data, Ok(RowData::Text(b"[{\"n\":\"laeq\",\"v\":2}]".to_vec())));
-        let per_file = "[\n  {\"bt\":1406851200,\"n\":\"laeq\",\"v\":1},\n  {\"n\":\"lmax\",\"v\":2}\n]\n";
+        assert_eq!(
+            got[1].data,
+            Ok(RowData::Text(b"[{\"n\":\"laeq\",\"v\":2}]".to_vec()))
+        );
+        let per_file =
+            "[\n  {\"bt\":1406851200,\"n\":\"laeq\",\"v\":1},\n  {\"n\":\"lmax\",\"v\":2}\n]\n";
         let got = all(&mut SenmlRows::new(per_file.as_bytes(), 1 << 16).unwrap());
         assert_eq!(got.len(), 1);
         let Ok(RowData::Text(pack)) = &got[0].data else {
