@@ -228,11 +228,14 @@ fn observe(
             format!("event time {event_time} ms is outside 1970..9999"),
         ));
     }
-    // The sensor: the payload's sensor_id_field when the type names one, else the topic's.
+    // The sensor: the payload's sensor_id_field when the type names one and the payload has
+    // it, else the topic's.
     let sensor_id: std::borrow::Cow<'_, str> = match &ty.sensor_id_field {
-        Some(pointer) => payload_sensor_id(pointer, value)
-            .map_err(|(reason, detail)| Rejection::new(name, reason, detail))?
-            .into(),
+        Some(pointer) => match payload_sensor_id(pointer, value) {
+            Ok(id) => id.into(),
+            Err((Reason::MissingField, _)) => captures.sensor_id.into(),
+            Err((reason, detail)) => return Err(Rejection::new(name, reason, detail)),
+        },
         None => captures.sensor_id.into(),
     };
     // The area: from the topic's {area}, else from the payload's area_field.
@@ -886,15 +889,16 @@ mod sensor_id_field_tests {
     }
 
     #[test]
-    fn a_missing_or_wrong_payload_id_is_rejected_with_its_reason() {
+    fn a_wrong_payload_id_is_rejected_and_a_missing_one_is_the_topics() {
         let base = r#""TIMESTAMP":"2014-08-01T07:50:00","avgSpeed":50,"vehicleCount":5"#;
-        let e = decode(&format!("{{{base}}}")).unwrap_err();
-        assert_eq!(e.reason, Reason::MissingField);
-        assert!(
-            e.detail.contains("sensor_id_field /REPORT_ID"),
-            "{}",
-            e.detail
+        // A payload that names no sensor is the topic's.
+        assert_eq!(
+            decode(&format!("{{{base}}}")).unwrap()[0].sensor_id,
+            "north-gateway"
         );
+        let e = payload_sensor_id(&Pointer::key("REPORT_ID"), &serde_json::json!({})).unwrap_err();
+        assert_eq!(e.0, Reason::MissingField);
+        assert!(e.1.contains("sensor_id_field /REPORT_ID"), "{}", e.1);
         let e = decode(&format!("{{{base},\"REPORT_ID\":[1]}}")).unwrap_err();
         assert_eq!(e.reason, Reason::WrongType);
         let e = decode(&format!("{{{base},\"REPORT_ID\":1.5}}")).unwrap_err();

@@ -53,8 +53,9 @@ pub struct SensorType {
     /// The file this type came from, for messages.
     pub source: PathBuf,
     /// Where a payload names its sensor (`sensor_id_field`): a gateway publishing several
-    /// sensors on one topic, or a replayed file holding several sensors. When set, the
-    /// payload's id wins over the topic's `{sensor_id}`.
+    /// sensors on one topic, or a replayed file holding several sensors. When set and present,
+    /// the payload's id wins over the topic's `{sensor_id}`; a payload without it is the
+    /// topic's sensor.
     pub sensor_id_field: Option<Pointer>,
     /// The file-name pattern of replayed files whose name carries the sensor id
     /// (`replay_files`, e.g. `AarhusTrafficData{sensor_id}.csv`).

@@ -22,8 +22,12 @@ pub enum FileFormat {
 /// How the rows of a file are attributed to sensors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SensorOf {
-    /// Each row names its sensor at the type's `sensor_id_field`.
-    Field,
+    /// Each row names its sensor at the type's `sensor_id_field`; a row without it belongs to
+    /// the sensor the file name gives (`replay_files`), if any.
+    Field {
+        /// The file name's sensor.
+        fallback: Option<String>,
+    },
     /// The file holds one sensor, named in its file name (`replay_files`).
     File(String),
 }
@@ -109,8 +113,12 @@ pub fn format_of(path: &Path, ty: &SensorType) -> Result<FileFormat, String> {
 /// How the rows of `path` name their sensor under `ty`: its `sensor_id_field`, else the
 /// `{sensor_id}` of its `replay_files` pattern in the file name.
 pub fn sensor_of(path: &Path, ty: &SensorType) -> Result<SensorOf, String> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if ty.sensor_id_field.is_some() {
-        return Ok(SensorOf::Field);
+        let fallback = ty.replay_files.as_ref().and_then(|p| p.sensor_id(name));
+        return Ok(SensorOf::Field {
+            fallback: fallback.map(str::to_string),
+        });
     }
     let Some(pattern) = &ty.replay_files else {
         return Err(format!(
@@ -119,7 +127,6 @@ pub fn sensor_of(path: &Path, ty: &SensorType) -> Result<SensorOf, String> {
             ty.source.display()
         ));
     };
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     pattern
         .sensor_id(name)
         .map(|id| SensorOf::File(id.to_string()))
@@ -179,7 +186,13 @@ mod tests {
         let both = traffic("sensor_id_field = \"/REPORT_ID\"\nreplay_files = \"A{sensor_id}.csv\"");
         assert_eq!(
             sensor_of(Path::new("x/other.csv"), &both),
-            Ok(SensorOf::Field)
+            Ok(SensorOf::Field { fallback: None })
+        );
+        assert_eq!(
+            sensor_of(Path::new("x/A7.csv"), &both),
+            Ok(SensorOf::Field {
+                fallback: Some("7".into())
+            })
         );
         let e = sensor_of(p, &traffic("")).unwrap_err();
         assert!(

@@ -29,7 +29,7 @@ pub enum Item {
 
 /// Builds the item of one row of a file whose rows belong to `sensor`. Also returns the row's
 /// event time (Unix ms) when it can be read, for merging.
-pub fn item(ty: &SensorType, sensor: &SensorOf, file: &str, row: Row) -> (Option<i64>, Item) {
+pub fn row_item(ty: &SensorType, sensor: &SensorOf, file: &str, row: Row) -> (Option<i64>, Item) {
     let line = row.line;
     let reject = |reason: Reason, detail: String, payload: &[u8]| {
         Item::Rejected(DeadLetter::new(
@@ -65,11 +65,15 @@ pub fn item(ty: &SensorType, sensor: &SensorOf, file: &str, row: Row) -> (Option
     };
     let id = match (sensor, &ty.sensor_id_field, &value) {
         (SensorOf::File(id), _, _) => id.clone(),
-        (SensorOf::Field, Some(pointer), Some(v)) => match payload_sensor_id(pointer, v) {
-            Ok(id) => id.replace('/', "_"),
-            Err((reason, detail)) => return (None, reject(reason, detail, &payload)),
-        },
-        (SensorOf::Field, _, _) => {
+        (SensorOf::Field { fallback }, Some(pointer), Some(v)) => {
+            match (payload_sensor_id(pointer, v), fallback) {
+                // The decoder reads the row's own id; the topic only routes it.
+                (Ok(id), _) => id.replace('/', "_"),
+                (Err((Reason::MissingField, _)), Some(id)) => id.clone(),
+                (Err((reason, detail)), _) => return (None, reject(reason, detail, &payload)),
+            }
+        }
+        (SensorOf::Field { .. }, _, _) => {
             let detail = "not a JSON object, so it names no sensor".to_string();
             return (None, reject(Reason::MalformedJson, detail, &payload));
         }
@@ -181,7 +185,7 @@ impl Merge {
             None => self.files_done += 1,
             Some(row) => {
                 self.rows += 1;
-                let (time, item) = item(&self.ty, &s.source.sensor, &s.name, row);
+                let (time, item) = row_item(&self.ty, &s.source.sensor, &s.name, row);
                 s.key = time.unwrap_or(s.key);
                 s.head = Some(item);
                 self.heap.push(Reverse((s.key, i)));
@@ -258,7 +262,7 @@ mod tests {
             ("avgSpeed", "50"),
             ("REPORT_ID", "158324"),
         ]);
-        let (time, item) = item(&t, &SensorOf::Field, "a.csv", row);
+        let (time, item) = row_item(&t, &SensorOf::Field { fallback: None }, "a.csv", row);
         assert_eq!(time, Some(1_406_872_200_000));
         let Item::Message(m) = item else {
             panic!("{item:?}")
@@ -277,7 +281,7 @@ mod tests {
     fn a_row_without_its_sensor_id_is_dead_lettered_with_file_and_line() {
         let t = ty(TRAFFIC);
         let row = csv_row(&[("TIMESTAMP", "2014-08-01T07:50:00"), ("avgSpeed", "50")]);
-        let (_, item) = item(&t, &SensorOf::Field, "dir/a.csv", row);
+        let (_, item) = row_item(&t, &SensorOf::Field { fallback: None }, "dir/a.csv", row);
         let Item::Rejected(d) = item else {
             panic!("{item:?}")
         };
@@ -287,11 +291,18 @@ mod tests {
             "{}",
             d.detail
         );
+        // With a file-name sensor to fall back on, the row is that sensor's.
+        let row = csv_row(&[("TIMESTAMP", "2014-08-01T07:50:00"), ("avgSpeed", "50")]);
+        let fallback = SensorOf::Field {
+            fallback: Some("9".into()),
+        };
+        let (_, item) = row_item(&t, &fallback, "dir/a.csv", row);
+        assert!(matches!(item, Item::Message(m) if m.topic == "city/traffic/9"));
         let bad = Row {
             line: 3,
             data: Ok(RowData::Text(b"{not json".to_vec())),
         };
-        let (_, item) = item(&t, &SensorOf::Field, "b.jsonl", bad);
+        let (_, item) = row_item(&t, &SensorOf::Field { fallback: None }, "b.jsonl", bad);
         assert!(matches!(item, Item::Rejected(d) if d.reason == Reason::MalformedJson));
     }
 
@@ -302,7 +313,7 @@ mod tests {
             line: 1,
             data: Ok(RowData::Text(b"{\"avgSpeed\":".to_vec())),
         };
-        let (time, item) = item(&t, &SensorOf::File("9".into()), "x.jsonl", row);
+        let (time, item) = row_item(&t, &SensorOf::File("9".into()), "x.jsonl", row);
         assert_eq!(time, None);
         let Item::Message(m) = item else {
             panic!("{item:?}")
@@ -319,7 +330,7 @@ mod tests {
             ("ts", "2014-08-01T00:05:00Z"),
             ("lane", "left, outer"),
         ]);
-        let (time, item) = item(&counter, &SensorOf::File("a".into()), "c.csv", row);
+        let (time, item) = row_item(&counter, &SensorOf::File("a".into()), "c.csv", row);
         assert_eq!(time, Some(1_406_851_500_000));
         let Item::Message(m) = item else {
             panic!("{item:?}")
@@ -331,7 +342,7 @@ mod tests {
             line: 1,
             data: Ok(RowData::Text(pack.clone())),
         };
-        let (time, item) = item(&noise, &SensorOf::File("7".into()), "n.json", row);
+        let (time, item) = row_item(&noise, &SensorOf::File("7".into()), "n.json", row);
         assert_eq!(time, Some(1_406_851_200_000));
         assert!(matches!(item, Item::Message(m) if m.payload == pack && m.topic == "city/noise/7"));
     }
@@ -350,7 +361,7 @@ mod tests {
             Source {
                 path,
                 format: FileFormat::Csv,
-                sensor: SensorOf::Field,
+                sensor: SensorOf::Field { fallback: None },
             }
         };
         // b.csv jumps back (08:10 after 08:20): it stays right after its predecessor.
