@@ -104,9 +104,7 @@ pub fn format_of(path: &Path, ty: &SensorType) -> Result<FileFormat, String> {
         ("csv", _) => Ok(FileFormat::Csv),
         ("json" | "jsonl" | "ndjson" | "senml", PayloadFormat::Senml) => Ok(FileFormat::Senml),
         ("json" | "jsonl" | "ndjson", _) => Ok(FileFormat::JsonLines),
-        _ => Err(format!(
-            "cannot tell its format from the name: use .csv (with a header line), .jsonl (one JSON object per line) or, for SenML types, .json/.senml"
-        )),
+        _ => Err("cannot tell its format from the name: use .csv (with a header line), .jsonl (one JSON object per line) or, for SenML types, .json/.senml".to_string()),
     }
 }
 
