@@ -500,6 +500,33 @@ fn mistakes_are_explained_and_exit_non_zero() {
             .unwrap(),
     );
     assert!(e.contains("cannot read the configuration file"), "{e}");
+    // Bad replay keys are file:line errors, in aqyl check and in aqyl replay alike.
+    let bad = config(
+        &[(
+            "t.toml",
+            "name = \"t\"\nsensor_id_field = \"id\"\nreplay_files = \"x.csv\"\n[[fields]]\nname = \"a\"\n",
+        )],
+        false,
+    );
+    let check = Command::new(AQYL)
+        .args(["check", "--config"])
+        .arg(bad.path().join("aqyl.toml"))
+        .output()
+        .unwrap();
+    let e = stderr(check);
+    assert!(
+        e.contains("t.toml:2: sensor_id_field \"id\" must be a JSON Pointer"),
+        "{e}"
+    );
+    assert!(
+        e.contains("t.toml:3: replay_files \"x.csv\" must contain {sensor_id}"),
+        "{e}"
+    );
+    let e = stderr(replay(
+        bad.path(),
+        &["--out", out_dir, csv.to_str().unwrap()],
+    ));
+    assert!(e.contains("t.toml:2: sensor_id_field"), "{e}");
     // The help teaches.
     let help = Command::new(AQYL)
         .args(["replay", "--help"])

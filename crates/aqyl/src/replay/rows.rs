@@ -49,7 +49,8 @@ impl<R: Read> CsvRows<R> {
             .headers()
             .map_err(csv_io)?
             .iter()
-            .map(|h| h.trim().to_string())
+            // A byte-order mark (spreadsheet exports) is not part of the first name.
+            .map(|h| h.trim_start_matches('\u{feff}').trim().to_string())
             .collect();
         if header.iter().all(String::is_empty) {
             return Err(std::io::Error::new(
@@ -271,6 +272,8 @@ mod tests {
         );
         assert_eq!(got[2].data, Ok(fields(&[("a", "4"), ("b", "5")])));
         assert!(CsvRows::new("".as_bytes(), b',').is_err());
+        let bom = CsvRows::new("\u{feff}ts,v\n1,2\n".as_bytes(), b',').unwrap();
+        assert_eq!(bom.header(), ["ts", "v"]);
     }
 
     #[test]
