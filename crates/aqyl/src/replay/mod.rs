@@ -48,6 +48,12 @@ pub struct Options {
     pub progress: bool,
 }
 
+/// Most points (aggregates, events, quality records) that may wait for the sinks before the
+/// reading of rows waits: encoding line protocol is slower than the dataflow, and without a
+/// bound the queue between them would grow with the input (the dataflow's output channels
+/// are unbounded, as live the broker's pace bounds them).
+const MAX_BACKLOG: u64 = 100_000;
+
 /// Counts of what the dataflow emitted.
 #[derive(Debug, Default)]
 struct Counts {
@@ -314,6 +320,10 @@ fn execute(
             }
             if merge.rows % 1024 == 0 {
                 progress.tick(merge.rows, merge.files_done, files);
+                // A sink that stopped (on error) ends the wait; its error is reported below.
+                while backlog(&counts, &metrics) > MAX_BACKLOG && !sink_task.is_finished() {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
             }
         }
         Ok(())
@@ -340,6 +350,21 @@ fn execute(
         quality: counts.quality.load(Relaxed),
         dead_letters,
     })
+}
+
+/// Points handed to the dataflow's outputs that the sinks have not written (or spilled) yet.
+fn backlog(counts: &Counts, metrics: &Metrics) -> u64 {
+    // Closed windows as the dataflow counts them: some may still wait for the counting tee.
+    let windows = counts
+        .windows
+        .load(Relaxed)
+        .max(metrics.windows_closed.load(Relaxed));
+    let emitted = windows + counts.events.load(Relaxed) + counts.quality.load(Relaxed);
+    let influx =
+        metrics.influx_points_written.load(Relaxed) + metrics.influx_points_spilled.load(Relaxed);
+    let done = metrics.file_points_written.load(Relaxed).max(influx)
+        + metrics.points_unencodable.load(Relaxed);
+    emitted.saturating_sub(done)
 }
 
 type Tees = (
