@@ -148,6 +148,8 @@ pub struct Merge {
     pub files_done: usize,
     /// Rows read.
     pub rows: u64,
+    /// The newest event time read so far (Unix ms), for progress.
+    pub newest: Option<i64>,
 }
 
 impl Merge {
@@ -159,6 +161,7 @@ impl Merge {
             heap: BinaryHeap::with_capacity(sources.len()),
             files_done: 0,
             rows: 0,
+            newest: None,
         };
         for source in sources {
             let rows = open_rows(&source, &merge.ty, max_payload)?;
@@ -187,6 +190,7 @@ impl Merge {
                 self.rows += 1;
                 let (time, item) = row_item(&self.ty, &s.source.sensor, &s.name, row);
                 s.key = time.unwrap_or(s.key);
+                self.newest = self.newest.max(time);
                 s.head = Some(item);
                 self.heap.push(Reverse((s.key, i)));
             }

@@ -319,7 +319,7 @@ fn execute(
                 }
             }
             if merge.rows % 1024 == 0 {
-                progress.tick(merge.rows, merge.files_done, files);
+                progress.tick(merge.rows, merge.files_done, files, merge.newest);
                 // A sink that stopped (on error) ends the wait; its error is reported below.
                 while backlog(&counts, &metrics) > MAX_BACKLOG && !sink_task.is_finished() {
                     std::thread::sleep(std::time::Duration::from_millis(2));

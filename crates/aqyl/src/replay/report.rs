@@ -124,16 +124,22 @@ impl Progress {
     }
 
     /// Redraws the line when 200 ms have passed since the last time.
-    pub fn tick(&mut self, rows: u64, files_done: usize, files: usize) {
+    pub fn tick(&mut self, rows: u64, files_done: usize, files: usize, newest: Option<i64>) {
         if !self.enabled || self.last.elapsed() < Duration::from_millis(200) {
             return;
         }
         self.last = Instant::now();
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
         let mut err = std::io::stderr().lock();
+        // Files are merged by event time, so they tend to finish together: the event time
+        // reached tells how far along the replay is.
+        let at = newest
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| format!(", at {}", t.format("%Y-%m-%d %H:%M UTC")))
+            .unwrap_or_default();
         let _ = write!(
             err,
-            "\r\x1b[2Kreplay: {rows} rows, {:.0} rows/s, files {files_done}/{files} done",
+            "\r\x1b[2Kreplay: {rows} rows, {:.0} rows/s, files {files_done}/{files} done{at}",
             rows as f64 / secs
         );
         let _ = err.flush();
