@@ -180,6 +180,20 @@ fn a_directory_of_csv_files_is_replayed_and_bad_rows_are_dead_lettered_with_reas
     y.sort_unstable();
     assert_eq!(x, y);
     assert_eq!(dead_letters(out.path()).len(), 3);
+
+    // Output written inside the input directory is not read back on the next replay.
+    let inside = data.path().join("out");
+    let inside_dir = inside.to_str().unwrap();
+    let first = summary(cfg.path(), &["--out", inside_dir, data_dir]);
+    let second = summary(cfg.path(), &["--out", inside_dir, data_dir]);
+    assert_eq!(first["files"], 2, "{first}");
+    assert_eq!(
+        (second["files"].as_u64(), second["rows"].as_u64()),
+        (Some(2), first["rows"].as_u64()),
+        "{second}"
+    );
+    // README.txt, aggregate.lp (not a row format) and deadletter.jsonl (the replay's own).
+    assert_eq!(second["skipped_files"], 3, "{second}");
 }
 
 #[test]

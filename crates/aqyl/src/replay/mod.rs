@@ -74,7 +74,12 @@ pub fn run(opts: &Options) -> anyhow::Result<Summary> {
     })?;
     let ty = pick_type(&loaded.sensor_types, opts.sensor_type.as_deref())?;
     replayable(&ty)?;
-    let (paths, skipped_files) = files::discover(&opts.paths)?;
+    let (mut paths, mut skipped_files) = files::discover(&opts.paths)?;
+    // An output directory inside the input must not feed the replay its own dead letters.
+    let own = own_outputs(&loaded, opts.out.as_deref());
+    let before = paths.len();
+    paths.retain(|p| !p.canonicalize().is_ok_and(|c| own.contains(&c)));
+    skipped_files += before - paths.len();
     if paths.is_empty() {
         anyhow::bail!(
             "no .csv, .jsonl, .ndjson, .json or .senml files to replay under the paths given"
@@ -122,6 +127,19 @@ pub fn run(opts: &Options) -> anyhow::Result<Summary> {
     summary.dead_letters = counts.dead_letters;
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// The files a replay writes that already exist (canonical paths), so that a directory walk
+/// does not read them back.
+fn own_outputs(loaded: &Loaded, out: Option<&Path>) -> Vec<PathBuf> {
+    let dirs = match out {
+        Some(dir) => vec![dir.to_path_buf()],
+        None => vec![loaded.config.file.dir.clone(), loaded.state_dir()],
+    };
+    dirs.iter()
+        .flat_map(|d| [d.join("deadletter.jsonl"), d.join("aggregate.lp")])
+        .filter_map(|p| p.canonicalize().ok())
+        .collect()
 }
 
 /// The sensor type to replay: the one named, or the only one there is.
