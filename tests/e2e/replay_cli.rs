@@ -552,3 +552,46 @@ fn mistakes_are_explained_and_exit_non_zero() {
         "{help}"
     );
 }
+
+#[test]
+fn without_out_the_configured_sinks_get_what_aqyl_run_would_write() {
+    let vm = aqyl_tests::VictoriaMetrics::start();
+    let cfg = config(&[("traffic.toml", TRAFFIC)], false);
+    let files = cfg.path().join("lp");
+    std::fs::write(
+        cfg.path().join("aqyl.toml"),
+        format!(
+            "[pipeline]\nworkers = 2\nallowed_lateness = \"10m\"\n[influx]\nenabled = true\nurl = \"{}\"\nflush_interval = \"100ms\"\n[file]\nenabled = true\ndir = \"{}\"\n[quality]\nenabled = false\n[state]\ndir = \"state\"\n",
+            vm.url(),
+            files.display()
+        ),
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut text = format!("{HEADER}\n");
+    for i in 0..12 {
+        writeln!(text, "{}", row(5 * i, 50, i, 1)).unwrap();
+    }
+    writeln!(text, "OK,60").unwrap();
+    let csv = data.path().join("AarhusTrafficData1.csv");
+    std::fs::write(&csv, text).unwrap();
+    let s = summary(cfg.path(), &[csv.to_str().unwrap()]);
+    assert_eq!(
+        (s["windows"].as_u64(), s["dead_letters"].as_u64()),
+        (Some(24), Some(1)),
+        "{s}"
+    );
+    let output = s["output"].as_str().unwrap();
+    assert!(
+        output.contains("aggregate.lp") && output.contains("InfluxDB"),
+        "{s}"
+    );
+    // The file sink and its dead letters.
+    assert_eq!(lines(&files.join("aggregate.lp"), "aggregate,").len(), 24);
+    assert_eq!(dead_letters(&files).len(), 1);
+    // The store: one count sample per window and field, the vehicle counts 0..11.
+    let series = vm.export(r#"{__name__="aggregate_mean",sensor_id="1",field="vehicleCount"}"#);
+    assert_eq!(series.len(), 1, "{series:?}");
+    let means: Vec<f64> = series[0].samples.iter().map(|s| s.1).collect();
+    assert_eq!(means, (0..12).map(f64::from).collect::<Vec<_>>());
+}
