@@ -440,6 +440,26 @@ fn replay_writes_what_the_in_process_dataflow_computes_on_the_same_rows() {
     assert_eq!(got, expected);
     assert_eq!(s["windows"], batch.aggregates.len());
     assert_eq!(s["events"], batch.events.len());
+
+    // One worker writes the same.
+    let one = tempfile::tempdir().unwrap();
+    summary(
+        cfg.path(),
+        &[
+            "--type",
+            "traffic",
+            "--workers",
+            "1",
+            "--out",
+            one.path().to_str().unwrap(),
+            data.path().to_str().unwrap(),
+        ],
+    );
+    let lp = one.path().join("aggregate.lp");
+    let mut single = lines(&lp, "aggregate,");
+    single.extend(lines(&lp, "event,"));
+    single.sort();
+    assert_eq!(single, got);
 }
 
 #[test]
