@@ -101,16 +101,18 @@ pub fn run(opts: &Options) -> anyhow::Result<Summary> {
         .build()
         .context("cannot start the async runtime")?;
     let _guard = rt.enter();
+    let sensor_type = ty.name.to_string();
+    // Every input opens before any output is replaced.
+    let merge = Merge::open(ty, sources, spec.max_payload_bytes)?;
     let out = Output::open(&loaded, opts.out.as_deref())?;
     let mut summary = Summary {
-        sensor_type: ty.name.to_string(),
-        files: sources.len(),
+        sensor_type,
+        files: merge.files(),
         skipped_files,
         output: out.description.clone(),
         dead_letter_file: out.dead_letter_path.clone(),
         ..Default::default()
     };
-    let merge = Merge::open(ty, sources, spec.max_payload_bytes)?;
     let counts = execute(
         &rt,
         spec,
