@@ -74,26 +74,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Summary> {
     })?;
     let ty = pick_type(&loaded.sensor_types, opts.sensor_type.as_deref())?;
     replayable(&ty)?;
-    let (mut paths, mut skipped_files) = files::discover(&opts.paths)?;
-    // An output directory inside the input must not feed the replay its own dead letters.
-    let own = own_outputs(&loaded, opts.out.as_deref());
-    let before = paths.len();
-    paths.retain(|p| !p.canonicalize().is_ok_and(|c| own.contains(&c)));
-    skipped_files += before - paths.len();
-    if paths.is_empty() {
-        anyhow::bail!(
-            "no .csv, .jsonl, .ndjson, .json or .senml files to replay under the paths given"
-        );
-    }
-    let sources = files::sources(&paths, &ty).map_err(|problems| match problems.as_slice() {
-        [one] => anyhow::anyhow!("cannot replay: {one}"),
-        _ => anyhow::anyhow!(
-            "cannot replay {} of the files:\n  {}{}",
-            problems.len(),
-            problems[..problems.len().min(10)].join("\n  "),
-            if problems.len() > 10 { "\n  ..." } else { "" }
-        ),
-    })?;
+    let (sources, skipped_files) = inputs(&loaded, &ty, opts)?;
     let spec = replay_spec(&loaded, opts.workers);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -129,6 +110,36 @@ pub fn run(opts: &Options) -> anyhow::Result<Summary> {
     summary.dead_letters = counts.dead_letters;
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// The files to replay and how many were skipped in the directories given; an error when
+/// there are none or some cannot be attributed to sensors.
+fn inputs(
+    loaded: &Loaded,
+    ty: &SensorType,
+    opts: &Options,
+) -> anyhow::Result<(Vec<files::Source>, usize)> {
+    let (mut paths, mut skipped_files) = files::discover(&opts.paths)?;
+    // An output directory inside the input must not feed the replay its own dead letters.
+    let own = own_outputs(&loaded, opts.out.as_deref());
+    let before = paths.len();
+    paths.retain(|p| !p.canonicalize().is_ok_and(|c| own.contains(&c)));
+    skipped_files += before - paths.len();
+    if paths.is_empty() {
+        anyhow::bail!(
+            "no .csv, .jsonl, .ndjson, .json or .senml files to replay under the paths given"
+        );
+    }
+    let sources = files::sources(&paths, ty).map_err(|problems| match problems.as_slice() {
+        [one] => anyhow::anyhow!("cannot replay: {one}"),
+        _ => anyhow::anyhow!(
+            "cannot replay {} of the files:\n  {}{}",
+            problems.len(),
+            problems[..problems.len().min(10)].join("\n  "),
+            if problems.len() > 10 { "\n  ..." } else { "" }
+        ),
+    })?;
+    Ok((sources, skipped_files))
 }
 
 /// The files a replay writes that already exist (canonical paths), so that a directory walk
