@@ -121,7 +121,7 @@ fn inputs(
 ) -> anyhow::Result<(Vec<files::Source>, usize)> {
     let (mut paths, mut skipped_files) = files::discover(&opts.paths)?;
     // An output directory inside the input must not feed the replay its own dead letters.
-    let own = own_outputs(&loaded, opts.out.as_deref());
+    let own = own_outputs(loaded, opts.out.as_deref());
     let before = paths.len();
     paths.retain(|p| !p.canonicalize().is_ok_and(|c| own.contains(&c)));
     skipped_files += before - paths.len();
