@@ -14,6 +14,7 @@ mod faults;
 mod live;
 mod quality;
 mod replay;
+mod replay_cli;
 
 const AQYL: &str = env!("CARGO_BIN_EXE_aqyl");
 const WAIT: Duration = Duration::from_secs(60);

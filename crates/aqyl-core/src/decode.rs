@@ -3,7 +3,8 @@
 
 use crate::deadletter::{DeadLetter, Reason};
 use crate::descriptor::{
-    validate_sensor_id, Captures, FieldType, PayloadFormat, SensorType, TimeFormat, TimeRule,
+    validate_sensor_id, Captures, FieldType, PayloadFormat, Pointer, SensorType, TimeFormat,
+    TimeRule,
 };
 use crate::formats::{csv_object, json_projected, senml_objects};
 use crate::observation::{Observation, RawMessage};
@@ -227,6 +228,16 @@ fn observe(
             format!("event time {event_time} ms is outside 1970..9999"),
         ));
     }
+    // The sensor: the payload's sensor_id_field when the type names one and the payload has
+    // it, else the topic's.
+    let sensor_id: std::borrow::Cow<'_, str> = match &ty.sensor_id_field {
+        Some(pointer) => match payload_sensor_id(pointer, value) {
+            Ok(id) => id.into(),
+            Err((Reason::MissingField, _)) => captures.sensor_id.into(),
+            Err((reason, detail)) => return Err(Rejection::new(name, reason, detail)),
+        },
+        None => captures.sensor_id.into(),
+    };
     // The area: from the topic's {area}, else from the payload's area_field.
     let area = match (captures.area, &ty.area_field) {
         (Some(a), _) => Some(a.to_string()),
@@ -259,7 +270,7 @@ fn observe(
     let area = area.or_else(|| {
         ty.registry
             .as_ref()?
-            .get(captures.sensor_id)?
+            .get(&sensor_id)?
             .area
             .as_deref()
             .map(str::to_string)
@@ -281,7 +292,7 @@ fn observe(
         },
         None => None,
     }
-    .or_else(|| ty.registry.as_ref()?.get(captures.sensor_id).map(|s| (s.lat, s.lon)));
+    .or_else(|| ty.registry.as_ref()?.get(&sensor_id).map(|s| (s.lat, s.lon)));
     let mut fields = Vec::with_capacity(ty.fields.len());
     for f in &ty.fields {
         match read_number(f.pointer.lookup(value), f.kind) {
@@ -313,7 +324,7 @@ fn observe(
     }
     Ok(Observation {
         sensor_type: ty.name.clone(),
-        sensor_id: captures.sensor_id.to_string(),
+        sensor_id: sensor_id.into_owned(),
         area,
         event_time: event_time as u64,
         received_at: msg.received_at,
@@ -322,6 +333,49 @@ fn observe(
         fields,
         arrival: Default::default(),
     })
+}
+
+/// The sensor id at `pointer` in a payload (`sensor_id_field`): a string, or a whole number
+/// written in decimal (`"REPORT_ID": 158324` gives `158324`), validated like a topic's id.
+/// On error, the reason to dead-letter with and a sentence.
+pub fn payload_sensor_id(pointer: &Pointer, payload: &Value) -> Result<String, (Reason, String)> {
+    let id = match pointer.lookup(payload) {
+        None | Some(Value::Null) => {
+            return Err((
+                Reason::MissingField,
+                format!("the sensor id (sensor_id_field {pointer}) is missing"),
+            ))
+        }
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
+        Some(Value::Number(n)) => match n.as_f64() {
+            // CSV cells and some JSON writers give whole numbers as 158324.0.
+            Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{}", x as i64),
+            _ => {
+                return Err((
+                    Reason::WrongType,
+                    format!("the sensor id at {pointer}: expected a string or a whole number, got the number {n}"),
+                ))
+            }
+        },
+        Some(other) => {
+            return Err((
+                Reason::WrongType,
+                format!(
+                    "the sensor id at {pointer}: expected a string or a whole number, got {}",
+                    kind_of(other)
+                ),
+            ))
+        }
+    };
+    validate_sensor_id(&id).map_err(|e| (Reason::InvalidSensorId, format!("at {pointer}: {e}")))?;
+    Ok(id)
+}
+
+/// The event time (Unix ms) of a decoded payload object as `ty` reads it; `None` when the type
+/// has no `[time]` (receive time is used). For replays, which order rows by it.
+pub fn event_time_of(ty: &SensorType, payload: &Value) -> Option<Result<i64, String>> {
+    ty.time.as_ref().map(|rule| read_time(rule, payload))
 }
 
 fn type_name(kind: FieldType) -> &'static str {
@@ -793,5 +847,77 @@ mod format_tests {
                 let _ = r.decode(&raw(topic, &bytes), 1 << 16);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod sensor_id_field_tests {
+    use super::*;
+    use std::path::Path;
+
+    const GATEWAY: &str = "name = \"traffic\"\ntopic = \"gw/{sensor_id}\"\nsensor_id_field = \"/REPORT_ID\"\n[time]\nfield = \"/TIMESTAMP\"\nformat = \"%Y-%m-%dT%H:%M:%S\"\ntimezone = \"Europe/Copenhagen\"\n[[fields]]\nname = \"avgSpeed\"\n[[fields]]\nname = \"vehicleCount\"\ntype = \"integer\"\n";
+
+    fn decode(payload: &str) -> Result<Vec<Observation>, Rejection> {
+        let t = SensorType::from_toml(Path::new("t.toml"), GATEWAY).unwrap();
+        Registry::new(vec![t]).decode(
+            &RawMessage {
+                topic: "gw/north-gateway".into(),
+                payload: payload.as_bytes().to_vec(),
+                received_at: 0,
+            },
+            1 << 16,
+        )
+    }
+
+    #[test]
+    fn one_gateway_topic_carries_several_sensors() {
+        let a = decode(r#"{"TIMESTAMP":"2014-08-01T07:50:00","avgSpeed":50,"vehicleCount":5,"REPORT_ID":158324}"#).unwrap();
+        let b = decode(r#"{"TIMESTAMP":"2014-08-01T07:50:00","avgSpeed":50,"vehicleCount":5,"REPORT_ID":"158355"}"#).unwrap();
+        assert_eq!(a[0].sensor_id, "158324");
+        assert_eq!(b[0].sensor_id, "158355");
+    }
+
+    #[test]
+    fn numeric_strings_are_numbers_as_a_csv_row_gives_them() {
+        // Every value a string, as `aqyl replay` builds a CSV row.
+        let o = decode(r#"{"TIMESTAMP":"2014-08-01T07:50:00","avgSpeed":"50.5","vehicleCount":"5","REPORT_ID":"158324.0"}"#).unwrap();
+        assert_eq!(
+            o[0].fields,
+            vec![("avgSpeed".into(), 50.5), ("vehicleCount".into(), 5.0)]
+        );
+        assert_eq!(o[0].sensor_id, "158324.0");
+    }
+
+    #[test]
+    fn a_wrong_payload_id_is_rejected_and_a_missing_one_is_the_topics() {
+        let base = r#""TIMESTAMP":"2014-08-01T07:50:00","avgSpeed":50,"vehicleCount":5"#;
+        // A payload that names no sensor is the topic's.
+        assert_eq!(
+            decode(&format!("{{{base}}}")).unwrap()[0].sensor_id,
+            "north-gateway"
+        );
+        let e = payload_sensor_id(&Pointer::key("REPORT_ID"), &serde_json::json!({})).unwrap_err();
+        assert_eq!(e.0, Reason::MissingField);
+        assert!(e.1.contains("sensor_id_field /REPORT_ID"), "{}", e.1);
+        let e = decode(&format!("{{{base},\"REPORT_ID\":[1]}}")).unwrap_err();
+        assert_eq!(e.reason, Reason::WrongType);
+        let e = decode(&format!("{{{base},\"REPORT_ID\":1.5}}")).unwrap_err();
+        assert_eq!(e.reason, Reason::WrongType);
+        let e = decode(&format!("{{{base},\"REPORT_ID\":\"a\\nb\"}}")).unwrap_err();
+        assert_eq!(e.reason, Reason::InvalidSensorId);
+        let id =
+            payload_sensor_id(&Pointer::key("id"), &serde_json::json!({"id": 158324.0})).unwrap();
+        assert_eq!(id, "158324");
+    }
+
+    #[test]
+    fn the_event_time_of_a_row_is_read_as_decoding_reads_it() {
+        let t = SensorType::from_toml(Path::new("t.toml"), GATEWAY).unwrap();
+        let v = serde_json::json!({"TIMESTAMP": "2014-08-01T07:50:00"});
+        assert_eq!(event_time_of(&t, &v), Some(Ok(1_406_872_200_000)));
+        assert!(matches!(
+            event_time_of(&t, &serde_json::json!({})),
+            Some(Err(_))
+        ));
     }
 }

@@ -52,6 +52,14 @@ pub struct SensorType {
     pub json_keys: Option<Vec<String>>,
     /// The file this type came from, for messages.
     pub source: PathBuf,
+    /// Where a payload names its sensor (`sensor_id_field`): a gateway publishing several
+    /// sensors on one topic, or a replayed file holding several sensors. When set and present,
+    /// the payload's id wins over the topic's `{sensor_id}`; a payload without it is the
+    /// topic's sensor.
+    pub sensor_id_field: Option<Pointer>,
+    /// The file-name pattern of replayed files whose name carries the sensor id
+    /// (`replay_files`, e.g. `AarhusTrafficData{sensor_id}.csv`).
+    pub replay_files: Option<FilePattern>,
 }
 
 /// One numeric field of a payload.
@@ -103,6 +111,7 @@ impl SensorType {
         let mut pointers: Vec<&Pointer> = self.fields.iter().map(|f| &f.pointer).collect();
         pointers.extend(self.time.as_ref().map(|t| &t.pointer));
         pointers.extend(self.area_field.as_ref());
+        pointers.extend(self.sensor_id_field.as_ref());
         if let Some((lat, lon)) = &self.location {
             pointers.extend([lat, lon]);
         }
@@ -439,6 +448,21 @@ impl TopicPattern {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// The concrete topic of `sensor_id` (for replays); `None` when the pattern also has an
+    /// `{area}` capture, which a file row cannot fill.
+    pub fn topic_of(&self, sensor_id: &str) -> Option<String> {
+        let parts: Option<Vec<&str>> = self
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => Some(l.as_str()),
+                Segment::SensorId => Some(sensor_id),
+                Segment::Area => None,
+            })
+            .collect();
+        parts.map(|p| p.join("/"))
+    }
 }
 
 /// Checks a sensor id taken from a topic or payload: it is untrusted input. Control characters
@@ -503,6 +527,10 @@ struct DescriptorFile {
     registry: Option<String>,
     /// Location fields in the payload.
     location: Option<Spanned<LocationFile>>,
+    /// JSON Pointer to the sensor id in the payload (wins over the topic's `{sensor_id}`).
+    sensor_id_field: Option<Spanned<String>>,
+    /// File-name pattern with `{sensor_id}`, for `aqyl replay`.
+    replay_files: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -953,6 +981,8 @@ impl SensorType {
                 }
             },
         };
+        let (sensor_id_field, replay_files) =
+            parse_replay_keys(&file, format.as_ref(), &err, &mut errors);
         if let Some(n) = file.flat_line.as_ref().filter(|n| *n.get_ref() < 2) {
             errors.push(err(
                 n.span(),
@@ -982,9 +1012,108 @@ impl SensorType {
                 registry: None,
                 json_keys: None,
                 source: path.to_path_buf(),
+                sensor_id_field,
+                replay_files,
             })),
             _ => Err(ConfigErrors(errors)),
         }
+    }
+}
+
+/// Reads and checks `sensor_id_field` and `replay_files`.
+fn parse_replay_keys(
+    file: &DescriptorFile,
+    format: Option<&PayloadFormat>,
+    err: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
+    errors: &mut Vec<ConfigError>,
+) -> (Option<Pointer>, Option<FilePattern>) {
+    let sensor_id_field = file.sensor_id_field.as_ref().and_then(|text| {
+        let pointer = Pointer::parse(text.get_ref()).filter(|p| !p.as_str().is_empty());
+        let problem = match (&pointer, format) {
+            (None, _) => Some(format!(
+                "sensor_id_field {:?} must be a JSON Pointer starting with '/', e.g. \"/REPORT_ID\"",
+                text.get_ref()
+            )),
+            (Some(_), Some(PayloadFormat::Senml)) => Some(
+                "sensor_id_field does not apply to SenML packs: name the sensor in the topic, or in the file name with replay_files".into(),
+            ),
+            (Some(p), Some(PayloadFormat::Csv { columns, .. }))
+                if !columns.iter().any(|c| p.as_str() == format!("/{c}")) =>
+            {
+                Some(format!(
+                    "sensor_id_field {p} is not one of the columns ({})",
+                    columns.join(", ")
+                ))
+            }
+            _ => None,
+        };
+        match problem {
+            Some(msg) => {
+                errors.push(err(text.span(), msg));
+                None
+            }
+            None => pointer,
+        }
+    });
+    let replay_files =
+        file.replay_files
+            .as_ref()
+            .and_then(|text| match FilePattern::parse(text.get_ref()) {
+                Ok(p) => Some(p),
+                Err(msg) => {
+                    errors.push(err(text.span(), msg));
+                    None
+                }
+            });
+    (sensor_id_field, replay_files)
+}
+
+/// A file-name pattern with one `{sensor_id}` capture (`AarhusTrafficData{sensor_id}.csv`):
+/// how `aqyl replay` tells the sensor of a file that holds one sensor's rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePattern {
+    prefix: String,
+    suffix: String,
+}
+
+impl FilePattern {
+    /// Parses a pattern: a file name (no `/`) with `{sensor_id}` exactly once.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        const ID: &str = "{sensor_id}";
+        let example = "write it like \"AarhusTrafficData{sensor_id}.csv\"";
+        if text.contains(['/', '\\']) {
+            return Err(format!(
+                "replay_files {text:?} is a file name pattern, not a path: {example}"
+            ));
+        }
+        let Some((prefix, suffix)) = text.split_once(ID) else {
+            return Err(format!(
+                "replay_files {text:?} must contain {{sensor_id}}: {example}"
+            ));
+        };
+        if suffix.contains(ID) || prefix.contains(['{', '}']) || suffix.contains(['{', '}']) {
+            return Err(format!(
+                "replay_files {text:?} must contain {{sensor_id}} exactly once and no other braces: {example}"
+            ));
+        }
+        Ok(Self {
+            prefix: prefix.to_string(),
+            suffix: suffix.to_string(),
+        })
+    }
+
+    /// The sensor id in `file_name`, when the name matches (the id must not be empty).
+    pub fn sensor_id<'a>(&self, file_name: &'a str) -> Option<&'a str> {
+        file_name
+            .strip_prefix(self.prefix.as_str())?
+            .strip_suffix(self.suffix.as_str())
+            .filter(|id| !id.is_empty())
+    }
+}
+
+impl std::fmt::Display for FilePattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{{sensor_id}}{}", self.prefix, self.suffix)
     }
 }
 
@@ -1422,5 +1551,89 @@ required = false
             e.starts_with("g.toml:15: cannot convert mph (speed) to °C (temperature)"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod replay_key_tests {
+    use super::*;
+
+    const BASE: &str = "name = \"traffic\"\n[time]\nfield = \"/TIMESTAMP\"\nformat = \"%Y-%m-%dT%H:%M:%S\"\ntimezone = \"Europe/Copenhagen\"\n[[fields]]\nname = \"avgSpeed\"\n";
+
+    fn with(keys: &str) -> Result<SensorType, String> {
+        SensorType::from_toml(Path::new("t.toml"), &format!("{keys}{BASE}"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sensor_id_field_and_replay_files_are_read() {
+        let t = with(
+            "sensor_id_field = \"/REPORT_ID\"\nreplay_files = \"AarhusTrafficData{sensor_id}.csv\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            t.sensor_id_field.as_ref().map(Pointer::as_str),
+            Some("/REPORT_ID")
+        );
+        // The projected JSON parse must keep the id's key.
+        assert!(t.json_keys.unwrap().iter().any(|k| k == "REPORT_ID"));
+        let files = t.replay_files.unwrap();
+        assert_eq!(
+            files.sensor_id("AarhusTrafficData158324.csv"),
+            Some("158324")
+        );
+        assert_eq!(files.sensor_id("AarhusTrafficData.csv"), None);
+        assert_eq!(files.sensor_id("AarhusPollutionData1.csv"), None);
+        assert_eq!(files.to_string(), "AarhusTrafficData{sensor_id}.csv");
+        let t = with("").unwrap();
+        assert!(t.sensor_id_field.is_none() && t.replay_files.is_none());
+    }
+
+    #[test]
+    fn bad_replay_keys_name_file_and_line() {
+        let e = with("sensor_id_field = \"REPORT_ID\"\n").unwrap_err();
+        assert!(
+            e.starts_with("t.toml:1: sensor_id_field \"REPORT_ID\" must be a JSON Pointer"),
+            "{e}"
+        );
+        let e = with("\nreplay_files = \"AarhusTrafficData.csv\"\n").unwrap_err();
+        assert!(
+            e.starts_with(
+                "t.toml:2: replay_files \"AarhusTrafficData.csv\" must contain {sensor_id}"
+            ),
+            "{e}"
+        );
+        let e = with("replay_files = \"traffic/{sensor_id}.csv\"\n").unwrap_err();
+        assert!(e.contains("is a file name pattern, not a path"), "{e}");
+        let e = with("replay_files = \"{sensor_id}-{sensor_id}.csv\"\n").unwrap_err();
+        assert!(e.contains("exactly once"), "{e}");
+        let e = SensorType::from_toml(
+            Path::new("n.toml"),
+            "name = \"noise\"\nformat = \"senml\"\nsensor_id_field = \"/bn\"\n[[fields]]\nname = \"laeq\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("n.toml:3: sensor_id_field does not apply to SenML"),
+            "{e}"
+        );
+        let e = SensorType::from_toml(
+            Path::new("c.toml"),
+            "name = \"c\"\nformat = \"csv\"\ncolumns = [\"n\"]\nsensor_id_field = \"/id\"\n[[fields]]\nname = \"n\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("c.toml:4: sensor_id_field /id is not one of the columns (n)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_topic_pattern_is_filled_for_a_replayed_row() {
+        let p = TopicPattern::parse("city/traffic/{sensor_id}").unwrap();
+        assert_eq!(p.topic_of("158324").as_deref(), Some("city/traffic/158324"));
+        let with_area = TopicPattern::parse("city/{area}/parking/{sensor_id}").unwrap();
+        assert_eq!(with_area.topic_of("BRUUNS"), None);
     }
 }

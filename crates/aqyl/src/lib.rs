@@ -6,6 +6,7 @@
 //! - [`check`] validates configuration and descriptors for `aqyl check`.
 //! - [`http`] serves `/metrics` and `/health`.
 //! - [`reload`] reloads changed sensor descriptors while running.
+//! - [`replay`] runs the same dataflow over CSV, JSON-lines and SenML files (`aqyl replay`).
 //! - [`tail`] prints incidents for `aqyl events tail`.
 
 pub mod check;
@@ -13,5 +14,6 @@ pub mod demo;
 pub mod http;
 pub mod quality_view;
 pub mod reload;
+pub mod replay;
 pub mod service;
 pub mod tail;

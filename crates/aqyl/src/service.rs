@@ -89,29 +89,7 @@ async fn run(
         anyhow::bail!("mqtts:// is not supported yet: connect over mqtt:// (e.g. through a local TLS-terminating broker bridge)");
     }
 
-    let sinks = Sinks {
-        influx: if cfg.influx.enabled {
-            Some(InfluxSink::new(InfluxTarget {
-                url: cfg.influx.url.clone(),
-                org: cfg.influx.org.clone(),
-                bucket: cfg.influx.bucket.clone(),
-                token: cfg.influx.token.expose().to_string(),
-                max_backoff: cfg.influx.max_backoff,
-                write_timeout: cfg.influx.write_timeout,
-                spill_dir: loaded.state_dir().join(&cfg.influx.spill_dir),
-                rejected_dir: loaded.state_dir().join("rejected/influx"),
-            })?)
-        } else {
-            None
-        },
-        file: if cfg.file.enabled {
-            Some(FileSink::open(&cfg.file.dir)?)
-        } else {
-            None
-        },
-        batch_size: cfg.influx.batch_size,
-        flush_interval: cfg.influx.flush_interval,
-    };
+    let sinks = sinks(&loaded)?;
     if sinks.influx.is_none() && sinks.file.is_none() {
         tracing::warn!("No sink is enabled: aggregates are computed but not stored. Enable [influx] or [file], or set AQYL_INFLUX_URL.");
     }
@@ -127,20 +105,7 @@ async fn run(
     let (ev_sink_tx, ev_sink_rx) = mpsc::unbounded_channel();
     let (q_tx, q_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
     let (q_sink_tx, q_sink_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
-    let spec = PipelineSpec {
-        registry: registry.clone(),
-        workers: *cfg.pipeline.workers.get_ref(),
-        window: *cfg.pipeline.window.get_ref(),
-        allowed_lateness: cfg.pipeline.allowed_lateness,
-        idle_timeout: (!cfg.pipeline.idle_timeout.is_zero()).then_some(cfg.pipeline.idle_timeout),
-        max_payload_bytes: cfg.ingest.max_payload_bytes,
-        max_future: (!cfg.ingest.max_future.is_zero()).then_some(cfg.ingest.max_future),
-        rules: Arc::new(loaded.rules.clone()),
-        update_horizon: (cfg.pipeline.late == aqyl_core::config::LatePolicy::Update)
-            .then_some(cfg.pipeline.update_horizon),
-        quality: quality_spec(cfg),
-        rule_timing: cfg.pipeline.rule_timing,
-    };
+    let spec = pipeline_spec(&loaded, registry.clone());
     let (router, running) = aqyl_dataflow::start(
         spec,
         cfg.ingest.queue_capacity,
@@ -299,6 +264,53 @@ async fn run(
         "Aqyl stopped cleanly."
     );
     Ok(())
+}
+
+/// The sinks `[influx]` and `[file]` configure (either may be absent).
+pub fn sinks(loaded: &Loaded) -> anyhow::Result<Sinks> {
+    let cfg = &loaded.config;
+    Ok(Sinks {
+        influx: if cfg.influx.enabled {
+            Some(InfluxSink::new(InfluxTarget {
+                url: cfg.influx.url.clone(),
+                org: cfg.influx.org.clone(),
+                bucket: cfg.influx.bucket.clone(),
+                token: cfg.influx.token.expose().to_string(),
+                max_backoff: cfg.influx.max_backoff,
+                write_timeout: cfg.influx.write_timeout,
+                spill_dir: loaded.state_dir().join(&cfg.influx.spill_dir),
+                rejected_dir: loaded.state_dir().join("rejected/influx"),
+            })?)
+        } else {
+            None
+        },
+        file: if cfg.file.enabled {
+            Some(FileSink::open(&cfg.file.dir)?)
+        } else {
+            None
+        },
+        batch_size: cfg.influx.batch_size,
+        flush_interval: cfg.influx.flush_interval,
+    })
+}
+
+/// The dataflow `aqyl run` builds from a configuration (`aqyl replay` starts from the same).
+pub fn pipeline_spec(loaded: &Loaded, registry: aqyl_dataflow::SharedRegistry) -> PipelineSpec {
+    let cfg = &loaded.config;
+    PipelineSpec {
+        registry,
+        workers: *cfg.pipeline.workers.get_ref(),
+        window: *cfg.pipeline.window.get_ref(),
+        allowed_lateness: cfg.pipeline.allowed_lateness,
+        idle_timeout: (!cfg.pipeline.idle_timeout.is_zero()).then_some(cfg.pipeline.idle_timeout),
+        max_payload_bytes: cfg.ingest.max_payload_bytes,
+        max_future: (!cfg.ingest.max_future.is_zero()).then_some(cfg.ingest.max_future),
+        rules: Arc::new(loaded.rules.clone()),
+        update_horizon: (cfg.pipeline.late == aqyl_core::config::LatePolicy::Update)
+            .then_some(cfg.pipeline.update_horizon),
+        quality: quality_spec(cfg),
+        rule_timing: cfg.pipeline.rule_timing,
+    }
 }
 
 /// The dataflow's quality settings from `[quality]` (`None` when disabled). The `auto` clock

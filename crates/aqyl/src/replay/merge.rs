@@ -1,0 +1,396 @@
+//! Turning file rows into the messages the decoder expects, and merging the files by event time.
+//!
+//! Each row becomes a [`RawMessage`] as a sensor would have published it: the topic is the
+//! type's pattern with the row's sensor id filled in, the payload the row as JSON (or as a CSV
+//! line, for CSV types; SenML packs as read). Files are read one row ahead each and merged by
+//! the rows' event time, so sensors advance together as they did live; each file keeps its own
+//! row order (a row whose time jumps back is sent right after its predecessor). A row that
+//! cannot become a message (unreadable CSV row, no sensor id) becomes a dead letter naming
+//! `file:line`.
+
+use super::files::{FileFormat, SensorOf, Source};
+use super::rows::{CsvRows, JsonLines, Row, RowData, Rows, SenmlRows};
+use aqyl_core::decode::{event_time_of, payload_sensor_id};
+use aqyl_core::descriptor::{PayloadFormat, SensorType, SENML_TIME_KEY};
+use aqyl_core::{DeadLetter, RawMessage, Reason};
+use serde_json::Value;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::BufReader;
+
+/// What a row gives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// A message for the dataflow.
+    Message(RawMessage),
+    /// A row rejected before decoding.
+    Rejected(DeadLetter),
+}
+
+/// Builds the item of one row of a file whose rows belong to `sensor`. Also returns the row's
+/// event time (Unix ms) when it can be read, for merging.
+pub fn row_item(ty: &SensorType, sensor: &SensorOf, file: &str, row: Row) -> (Option<i64>, Item) {
+    let line = row.line;
+    let reject = |reason: Reason, detail: String, payload: &[u8]| {
+        Item::Rejected(DeadLetter::new(
+            &ty.name,
+            reason,
+            format!("{file}:{line}: {detail}"),
+            ty.topic.as_str(),
+            payload,
+            0,
+        ))
+    };
+    let (value, payload) = match row.data {
+        Err(detail) => return (None, reject(Reason::MalformedCsv, detail, b"")),
+        Ok(RowData::Fields(map)) => {
+            let value = Value::Object(map);
+            let payload = payload_of(ty, &value);
+            (Some(value), payload)
+        }
+        Ok(RowData::Text(text)) => match &ty.format {
+            PayloadFormat::Senml => (None, text),
+            PayloadFormat::Json => (serde_json::from_slice::<Value>(&text).ok(), text),
+            PayloadFormat::Csv { .. } => match serde_json::from_slice::<Value>(&text) {
+                Ok(v @ Value::Object(_)) => {
+                    let payload = payload_of(ty, &v);
+                    (Some(v), payload)
+                }
+                _ => {
+                    let detail = "not a JSON object; a CSV type replays JSON lines only as objects keyed by column".to_string();
+                    return (None, reject(Reason::MalformedJson, detail, &text));
+                }
+            },
+        },
+    };
+    let id = match (sensor, &ty.sensor_id_field, &value) {
+        (SensorOf::File(id), _, _) => id.clone(),
+        (SensorOf::Field { fallback }, Some(pointer), Some(v)) => {
+            match (payload_sensor_id(pointer, v), fallback) {
+                // The decoder reads the row's own id; the topic only routes it.
+                (Ok(id), _) => id.replace('/', "_"),
+                (Err((Reason::MissingField, _)), Some(id)) => id.clone(),
+                (Err((reason, detail)), _) => return (None, reject(reason, detail, &payload)),
+            }
+        }
+        (SensorOf::Field { .. }, _, _) => {
+            let detail = "not a JSON object, so it names no sensor".to_string();
+            return (None, reject(Reason::MalformedJson, detail, &payload));
+        }
+    };
+    let time = match &value {
+        Some(v) => event_time_of(ty, v).and_then(Result::ok),
+        None => senml_time(ty, &payload),
+    };
+    let topic = ty
+        .topic
+        .topic_of(&id)
+        .unwrap_or_else(|| ty.topic.as_str().to_string());
+    let msg = RawMessage {
+        topic,
+        payload,
+        received_at: 0,
+    };
+    (time, Item::Message(msg))
+}
+
+/// The payload of a row object: JSON, or for a CSV type the declared columns as one CSV line.
+fn payload_of(ty: &SensorType, value: &Value) -> Vec<u8> {
+    let PayloadFormat::Csv { columns, delimiter } = &ty.format else {
+        return serde_json::to_vec(value).unwrap_or_default();
+    };
+    let cells = columns.iter().map(|c| match value.get(c) {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => String::new(),
+        Some(other) => other.to_string(),
+    });
+    let mut out = csv::WriterBuilder::new()
+        .delimiter(*delimiter)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    if out.write_record(cells).is_err() {
+        return Vec::new();
+    }
+    let mut line = out.into_inner().unwrap_or_default();
+    if line.last() == Some(&b'\n') {
+        line.pop();
+    }
+    line
+}
+
+/// The first record time of a SenML pack, in Unix ms.
+fn senml_time(ty: &SensorType, pack: &[u8]) -> Option<i64> {
+    if ty.format != PayloadFormat::Senml {
+        return None;
+    }
+    let groups = aqyl_core::formats::senml_objects(pack, 0).ok()?;
+    let seconds = groups.first()?.get(SENML_TIME_KEY)?.as_f64()?;
+    Some((seconds * 1000.0) as i64)
+}
+
+/// One open file.
+struct Stream {
+    source: Source,
+    name: String,
+    rows: Box<dyn Rows>,
+    /// Its head row's item, waiting for its turn.
+    head: Option<Item>,
+    /// The merge key of its last row (rows without a readable time keep it).
+    key: i64,
+}
+
+/// All files, merged by event time.
+pub struct Merge {
+    ty: SensorType,
+    streams: Vec<Stream>,
+    heap: BinaryHeap<Reverse<(i64, usize)>>,
+    /// Files read to the end.
+    pub files_done: usize,
+    /// Rows read.
+    pub rows: u64,
+    /// The newest event time read so far (Unix ms), for progress.
+    pub newest: Option<i64>,
+}
+
+impl Merge {
+    /// Opens every file and reads its first row. `max_payload` bounds a whole-file SenML pack.
+    pub fn open(ty: SensorType, sources: Vec<Source>, max_payload: usize) -> anyhow::Result<Self> {
+        let mut merge = Self {
+            ty,
+            streams: Vec::with_capacity(sources.len()),
+            heap: BinaryHeap::with_capacity(sources.len()),
+            files_done: 0,
+            rows: 0,
+            newest: None,
+        };
+        for source in sources {
+            let rows = open_rows(&source, &merge.ty, max_payload)?;
+            merge.streams.push(Stream {
+                name: source.path.display().to_string(),
+                source,
+                rows,
+                head: None,
+                key: i64::MIN,
+            });
+            merge.advance(merge.streams.len() - 1)?;
+        }
+        Ok(merge)
+    }
+
+    /// Reads the next row of stream `i` into its head, or marks it done.
+    fn advance(&mut self, i: usize) -> anyhow::Result<()> {
+        let s = &mut self.streams[i];
+        let row = s
+            .rows
+            .next_row()
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", s.name))?;
+        match row {
+            None => self.files_done += 1,
+            Some(row) => {
+                self.rows += 1;
+                let (time, item) = row_item(&self.ty, &s.source.sensor, &s.name, row);
+                s.key = time.unwrap_or(s.key);
+                self.newest = self.newest.max(time);
+                s.head = Some(item);
+                self.heap.push(Reverse((s.key, i)));
+            }
+        }
+        Ok(())
+    }
+
+    /// How many files are merged.
+    pub fn files(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// The next item in event-time order (ties: file order), `None` when every file is done.
+    pub fn next_item(&mut self) -> anyhow::Result<Option<Item>> {
+        let Some(Reverse((_, i))) = self.heap.pop() else {
+            return Ok(None);
+        };
+        let item = self.streams[i].head.take();
+        self.advance(i)?;
+        Ok(item)
+    }
+}
+
+fn open_rows(
+    source: &Source,
+    ty: &SensorType,
+    max_payload: usize,
+) -> anyhow::Result<Box<dyn Rows>> {
+    let path = &source.path;
+    let fail = |e: std::io::Error| anyhow::anyhow!("cannot read {}: {e}", path.display());
+    let file = BufReader::with_capacity(1 << 16, std::fs::File::open(path).map_err(fail)?);
+    Ok(match source.format {
+        FileFormat::Csv => {
+            let delimiter = match &ty.format {
+                PayloadFormat::Csv { delimiter, .. } => *delimiter,
+                _ => b',',
+            };
+            Box::new(CsvRows::new(file, delimiter).map_err(fail)?)
+        }
+        FileFormat::JsonLines => Box::new(JsonLines::new(file)),
+        FileFormat::Senml => Box::new(SenmlRows::new(file, max_payload).map_err(fail)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn ty(text: &str) -> SensorType {
+        SensorType::from_toml(Path::new("t.toml"), text).unwrap()
+    }
+
+    const TRAFFIC: &str = "name = \"traffic\"\nsensor_id_field = \"/REPORT_ID\"\n[time]\nfield = \"/TIMESTAMP\"\nformat = \"%Y-%m-%dT%H:%M:%S\"\ntimezone = \"Europe/Copenhagen\"\n[[fields]]\nname = \"avgSpeed\"\n";
+
+    fn csv_row(pairs: &[(&str, &str)]) -> Row {
+        Row {
+            line: 7,
+            data: Ok(RowData::Fields(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                    .collect(),
+            )),
+        }
+    }
+
+    #[test]
+    fn a_csv_row_becomes_the_message_a_sensor_would_publish() {
+        let t = ty(TRAFFIC);
+        let row = csv_row(&[
+            ("TIMESTAMP", "2014-08-01T07:50:00"),
+            ("avgSpeed", "50"),
+            ("REPORT_ID", "158324"),
+        ]);
+        let (time, item) = row_item(&t, &SensorOf::Field { fallback: None }, "a.csv", row);
+        assert_eq!(time, Some(1_406_872_200_000));
+        let Item::Message(m) = item else {
+            panic!("{item:?}")
+        };
+        assert_eq!(m.topic, "city/traffic/158324");
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(v["avgSpeed"], "50");
+        // And the decoder takes it (numbers written as strings are numbers).
+        let obs = aqyl_core::decode::Registry::new(vec![t])
+            .decode(&m, 1 << 16)
+            .unwrap();
+        assert_eq!(obs[0].fields, vec![("avgSpeed".into(), 50.0)]);
+    }
+
+    #[test]
+    fn a_row_without_its_sensor_id_is_dead_lettered_with_file_and_line() {
+        let t = ty(TRAFFIC);
+        let row = csv_row(&[("TIMESTAMP", "2014-08-01T07:50:00"), ("avgSpeed", "50")]);
+        let (_, item) = row_item(&t, &SensorOf::Field { fallback: None }, "dir/a.csv", row);
+        let Item::Rejected(d) = item else {
+            panic!("{item:?}")
+        };
+        assert_eq!(d.reason, Reason::MissingField);
+        assert!(
+            d.detail.starts_with("dir/a.csv:7: the sensor id"),
+            "{}",
+            d.detail
+        );
+        // With a file-name sensor to fall back on, the row is that sensor's.
+        let row = csv_row(&[("TIMESTAMP", "2014-08-01T07:50:00"), ("avgSpeed", "50")]);
+        let fallback = SensorOf::Field {
+            fallback: Some("9".into()),
+        };
+        let (_, item) = row_item(&t, &fallback, "dir/a.csv", row);
+        assert!(matches!(item, Item::Message(m) if m.topic == "city/traffic/9"));
+        let bad = Row {
+            line: 3,
+            data: Ok(RowData::Text(b"{not json".to_vec())),
+        };
+        let (_, item) = row_item(&t, &SensorOf::Field { fallback: None }, "b.jsonl", bad);
+        assert!(matches!(item, Item::Rejected(d) if d.reason == Reason::MalformedJson));
+    }
+
+    #[test]
+    fn a_file_named_sensor_keeps_a_bad_json_line_for_the_decoder() {
+        let t = ty(&TRAFFIC.replace("sensor_id_field = \"/REPORT_ID\"\n", ""));
+        let row = Row {
+            line: 1,
+            data: Ok(RowData::Text(b"{\"avgSpeed\":".to_vec())),
+        };
+        let (time, item) = row_item(&t, &SensorOf::File("9".into()), "x.jsonl", row);
+        assert_eq!(time, None);
+        let Item::Message(m) = item else {
+            panic!("{item:?}")
+        };
+        assert_eq!(m.topic, "city/traffic/9");
+        assert_eq!(m.payload, b"{\"avgSpeed\":");
+    }
+
+    #[test]
+    fn a_csv_type_gets_its_columns_as_one_line_and_senml_keeps_its_pack() {
+        let counter = ty("name = \"counter\"\nformat = \"csv\"\ncolumns = [\"ts\", \"lane\", \"count\"]\n[time]\nfield = \"/ts\"\nformat = \"rfc3339\"\n[[fields]]\nname = \"count\"\n");
+        let row = csv_row(&[
+            ("count", "17"),
+            ("ts", "2014-08-01T00:05:00Z"),
+            ("lane", "left, outer"),
+        ]);
+        let (time, item) = row_item(&counter, &SensorOf::File("a".into()), "c.csv", row);
+        assert_eq!(time, Some(1_406_851_500_000));
+        let Item::Message(m) = item else {
+            panic!("{item:?}")
+        };
+        assert_eq!(m.payload, b"2014-08-01T00:05:00Z,\"left, outer\",17");
+        let noise = ty("name = \"noise\"\nformat = \"senml\"\n[[fields]]\nname = \"laeq\"\n");
+        let pack = br#"[{"bt":1406851200,"n":"laeq","v":61.5}]"#.to_vec();
+        let row = Row {
+            line: 1,
+            data: Ok(RowData::Text(pack.clone())),
+        };
+        let (time, item) = row_item(&noise, &SensorOf::File("7".into()), "n.json", row);
+        assert_eq!(time, Some(1_406_851_200_000));
+        assert!(matches!(item, Item::Message(m) if m.payload == pack && m.topic == "city/noise/7"));
+    }
+
+    #[test]
+    fn files_are_merged_by_event_time_each_in_its_own_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = ty(TRAFFIC);
+        let write = |name: &str, rows: &[(&str, u32)]| {
+            let mut text = String::from("TIMESTAMP,avgSpeed,REPORT_ID\n");
+            for (ts, id) in rows {
+                text.push_str(&format!("2014-08-01T{ts}:00,50,{id}\n"));
+            }
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            Source {
+                path,
+                format: FileFormat::Csv,
+                sensor: SensorOf::Field { fallback: None },
+            }
+        };
+        // b.csv jumps back (08:10 after 08:20): it stays right after its predecessor.
+        let a = write("a.csv", &[("08:00", 1), ("08:15", 1), ("08:30", 1)]);
+        let b = write(
+            "b.csv",
+            &[("08:05", 2), ("08:20", 2), ("08:10", 2), ("08:25", 2)],
+        );
+        let mut merge = Merge::open(t, vec![a, b], 1 << 16).unwrap();
+        let mut order = Vec::new();
+        while let Some(item) = merge.next_item().unwrap() {
+            let Item::Message(m) = item else {
+                panic!("{item:?}")
+            };
+            let v: Value = serde_json::from_slice(&m.payload).unwrap();
+            order.push(format!(
+                "{}@{}",
+                v["REPORT_ID"].as_str().unwrap(),
+                &v["TIMESTAMP"].as_str().unwrap()[11..16]
+            ));
+        }
+        assert_eq!(
+            order,
+            ["1@08:00", "2@08:05", "1@08:15", "2@08:20", "2@08:10", "2@08:25", "1@08:30"]
+        );
+        assert_eq!((merge.rows, merge.files_done), (7, 2));
+    }
+}

@@ -1,0 +1,457 @@
+//! `aqyl replay`: the dataflow of `aqyl run` over files instead of MQTT.
+//!
+//! The pipeline is the one `aqyl run` builds from the configuration (windows, SAX, areas,
+//! rules, quality), run in event time only: no wall-clock idle advance, the quality clock in
+//! event time. Rows are read one at a time ([`rows`]), turned into the messages a sensor would
+//! have published and merged across files by event time ([`merge`]), and fed to the workers
+//! with back-pressure, while the outputs are drained concurrently: memory does not grow with
+//! the input. At the end of input the input closes and every open window is emitted.
+//! [`report`] prints progress and the summary.
+
+pub mod files;
+pub mod merge;
+pub mod report;
+pub mod rows;
+
+use anyhow::Context;
+use aqyl_core::config::Loaded;
+use aqyl_core::decode::Registry;
+use aqyl_core::descriptor::{PayloadFormat, SensorType};
+use aqyl_core::metrics::Metrics;
+use aqyl_core::quality::QualityRecord;
+use aqyl_core::{Aggregate, DeadLetter, Event, Reason};
+use aqyl_dataflow::{Outputs, PipelineSpec};
+use aqyl_sink::{file::FileSink, Sinks};
+use merge::{Item, Merge};
+use report::{Progress, Summary};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// What to replay, from the command line.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Configuration file.
+    pub config: PathBuf,
+    /// Sensor type (`--type`); may be left out when there is only one.
+    pub sensor_type: Option<String>,
+    /// Directory for line protocol and `deadletter.jsonl`; `None`: the configured sinks.
+    pub out: Option<PathBuf>,
+    /// Timely workers (default: `pipeline.workers`).
+    pub workers: Option<usize>,
+    /// Files and directories.
+    pub paths: Vec<PathBuf>,
+    /// Show the progress line (stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Most points (aggregates, events, quality records) that may wait for the sinks before the
+/// reading of rows waits: encoding line protocol is slower than the dataflow, and without a
+/// bound the queue between them would grow with the input (the dataflow's output channels
+/// are unbounded, as live the broker's pace bounds them).
+const MAX_BACKLOG: u64 = 100_000;
+
+/// Counts of what the dataflow emitted.
+#[derive(Debug, Default)]
+struct Counts {
+    windows: AtomicU64,
+    events: AtomicU64,
+    quality: AtomicU64,
+}
+
+/// Runs the replay to the end and returns its summary. Bad rows are dead-lettered and
+/// counted; unreadable files and configuration mistakes are errors.
+pub fn run(opts: &Options) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let loaded = aqyl_core::config::load(&opts.config, |k| std::env::var(k).ok()).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nFix the configuration (aqyl check --config {}) and start again.",
+            opts.config.display()
+        )
+    })?;
+    let ty = pick_type(&loaded.sensor_types, opts.sensor_type.as_deref())?;
+    replayable(&ty)?;
+    let (sources, skipped_files) = inputs(&loaded, &ty, opts)?;
+    let spec = replay_spec(&loaded, opts.workers);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let _guard = rt.enter();
+    let sensor_type = ty.name.to_string();
+    // Every input opens before any output is replaced.
+    let merge = Merge::open(ty, sources, spec.max_payload_bytes)?;
+    let out = Output::open(&loaded, opts.out.as_deref())?;
+    let mut summary = Summary {
+        sensor_type,
+        files: merge.files(),
+        skipped_files,
+        output: out.description.clone(),
+        dead_letter_file: out.dead_letter_path.clone(),
+        ..Default::default()
+    };
+    let counts = execute(
+        &rt,
+        spec,
+        loaded.config.ingest.queue_capacity,
+        out,
+        merge,
+        opts.progress,
+    )?;
+    summary.rows = counts.rows;
+    summary.observations = counts.observations;
+    summary.windows = counts.windows;
+    summary.events = counts.events;
+    summary.quality = counts.quality;
+    summary.dead_letters = counts.dead_letters;
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// The files to replay and how many were skipped in the directories given; an error when
+/// there are none or some cannot be attributed to sensors.
+fn inputs(
+    loaded: &Loaded,
+    ty: &SensorType,
+    opts: &Options,
+) -> anyhow::Result<(Vec<files::Source>, usize)> {
+    let (mut paths, mut skipped_files) = files::discover(&opts.paths)?;
+    // An output directory inside the input must not feed the replay its own dead letters.
+    let own = own_outputs(loaded, opts.out.as_deref());
+    let before = paths.len();
+    paths.retain(|p| !p.canonicalize().is_ok_and(|c| own.contains(&c)));
+    skipped_files += before - paths.len();
+    if paths.is_empty() {
+        anyhow::bail!(
+            "no .csv, .jsonl, .ndjson, .json or .senml files to replay under the paths given"
+        );
+    }
+    let sources = files::sources(&paths, ty).map_err(|problems| match problems.as_slice() {
+        [one] => anyhow::anyhow!("cannot replay: {one}"),
+        _ => anyhow::anyhow!(
+            "cannot replay {} of the files:\n  {}{}",
+            problems.len(),
+            problems[..problems.len().min(10)].join("\n  "),
+            if problems.len() > 10 { "\n  ..." } else { "" }
+        ),
+    })?;
+    Ok((sources, skipped_files))
+}
+
+/// The files a replay writes that already exist (canonical paths), so that a directory walk
+/// does not read them back.
+fn own_outputs(loaded: &Loaded, out: Option<&Path>) -> Vec<PathBuf> {
+    let dirs = match out {
+        Some(dir) => vec![dir.to_path_buf()],
+        None => vec![loaded.config.file.dir.clone(), loaded.state_dir()],
+    };
+    dirs.iter()
+        .flat_map(|d| [d.join("deadletter.jsonl"), d.join("aggregate.lp")])
+        .filter_map(|p| p.canonicalize().ok())
+        .collect()
+}
+
+/// The sensor type to replay: the one named, or the only one there is.
+pub fn pick_type(types: &[SensorType], name: Option<&str>) -> anyhow::Result<SensorType> {
+    let names = || {
+        types
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (name, types) {
+        (Some(n), _) => types
+            .iter()
+            .find(|t| &*t.name == n)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no sensor type {n:?}; the types are: {}", names())),
+        (None, [only]) => Ok(only.clone()),
+        (None, _) => anyhow::bail!(
+            "there are several sensor types ({}): say which the files hold with --type NAME",
+            names()
+        ),
+    }
+}
+
+/// Whether rows of `ty` can be replayed: they must carry their event time, and the topic must
+/// be one a row can fill.
+pub fn replayable(ty: &SensorType) -> anyhow::Result<()> {
+    if ty.time.is_none() && ty.format != PayloadFormat::Senml {
+        anyhow::bail!(
+            "sensor type {:?} has no [time]: its readings are stamped on receipt, so a replay has no event time for them; add a [time] section to {}",
+            &*ty.name,
+            ty.source.display()
+        );
+    }
+    if ty.topic.topic_of("x").is_none() {
+        anyhow::bail!(
+            "sensor type {:?} takes its area from the topic ({}), which a file row cannot give; use area_field or the sensor registry in {} to replay it",
+            &*ty.name,
+            ty.topic.as_str(),
+            ty.source.display()
+        );
+    }
+    Ok(())
+}
+
+/// The pipeline of `aqyl run` for this configuration, in event time only.
+pub fn replay_spec(loaded: &Loaded, workers: Option<usize>) -> PipelineSpec {
+    let registry = aqyl_dataflow::shared(Registry::new(loaded.sensor_types.clone()));
+    let mut spec = crate::service::pipeline_spec(loaded, registry);
+    // No wall clock: windows close as the rows' time passes them, and at the end of input.
+    spec.idle_timeout = None;
+    // Rows have no receipt time to be ahead of.
+    spec.max_future = None;
+    if let Some(w) = workers {
+        spec.workers = w.max(1);
+    }
+    if let Some(q) = &mut spec.quality {
+        q.wall_clock = false;
+    }
+    spec
+}
+
+/// Where results go.
+struct Output {
+    sinks: Sinks,
+    dead_letters: std::fs::File,
+    dead_letter_path: PathBuf,
+    description: String,
+}
+
+impl Output {
+    /// `--out DIR` (its `aggregate.lp` and `deadletter.jsonl` replaced), else the configured
+    /// sinks, with dead letters appended to `deadletter.jsonl` in `[file] dir`, or in the state
+    /// directory when the file sink is off.
+    fn open(loaded: &Loaded, out: Option<&Path>) -> anyhow::Result<Self> {
+        let cfg = &loaded.config;
+        let (sinks, dir, replace, description) = match out {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("cannot create the output directory {}", dir.display())
+                })?;
+                let lp = dir.join("aggregate.lp");
+                std::fs::File::create(&lp)
+                    .with_context(|| format!("cannot write {}", lp.display()))?;
+                let sinks = Sinks {
+                    influx: None,
+                    file: Some(FileSink::open(dir)?),
+                    batch_size: cfg.influx.batch_size,
+                    flush_interval: cfg.influx.flush_interval,
+                };
+                (sinks, dir.to_path_buf(), true, lp.display().to_string())
+            }
+            None => {
+                let sinks = crate::service::sinks(loaded)?;
+                let mut to = Vec::new();
+                if let Some(f) = &sinks.file {
+                    to.push(f.path().display().to_string());
+                }
+                if sinks.influx.is_some() {
+                    to.push(format!(
+                        "InfluxDB {} (bucket {})",
+                        cfg.influx.url, cfg.influx.bucket
+                    ));
+                }
+                if to.is_empty() {
+                    anyhow::bail!(
+                        "no output: pass --out DIR, or enable [influx] or [file] in {}",
+                        loaded.path.display()
+                    );
+                }
+                let dir = if cfg.file.enabled {
+                    cfg.file.dir.clone()
+                } else {
+                    loaded.state_dir()
+                };
+                (sinks, dir, false, to.join(" and "))
+            }
+        };
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+        let dead_letter_path = dir.join("deadletter.jsonl");
+        let dead_letters = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(!replace)
+            .truncate(replace)
+            .open(&dead_letter_path)
+            .with_context(|| format!("cannot write {}", dead_letter_path.display()))?;
+        Ok(Self {
+            sinks,
+            dead_letters,
+            dead_letter_path,
+            description,
+        })
+    }
+}
+
+/// What [`execute`] counted.
+struct Counted {
+    rows: u64,
+    observations: u64,
+    windows: u64,
+    events: u64,
+    quality: u64,
+    dead_letters: [u64; Reason::ALL.len()],
+}
+
+/// Starts the dataflow and the output tasks, feeds every row, closes the input and waits until
+/// every window is closed and written.
+fn execute(
+    rt: &tokio::runtime::Runtime,
+    spec: PipelineSpec,
+    capacity: usize,
+    out: Output,
+    mut merge: Merge,
+    progress: bool,
+) -> anyhow::Result<Counted> {
+    let metrics = Arc::new(Metrics::default());
+    let counts = Arc::new(Counts::default());
+    let (agg_tx, agg_rx) = mpsc::unbounded_channel::<Aggregate>();
+    let (dl_tx, dl_rx) = mpsc::unbounded_channel::<DeadLetter>();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Event>();
+    let (q_tx, q_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
+    let (sink_agg, sink_ev, sink_q) = tees(agg_rx, ev_rx, q_rx, &counts);
+    let sink_task = rt.spawn(aqyl_sink::run(
+        out.sinks,
+        sink_agg,
+        sink_ev,
+        sink_q,
+        metrics.clone(),
+    ));
+    let dl_task = rt.spawn_blocking(move || write_dead_letters(dl_rx, out.dead_letters));
+    let rejected = dl_tx.clone();
+    let outputs = Outputs {
+        aggregates: agg_tx,
+        deadletters: dl_tx,
+        events: ev_tx,
+        quality: q_tx,
+    };
+    let (router, running) = aqyl_dataflow::start(spec, capacity, outputs, metrics.clone())
+        .map_err(|e| anyhow::anyhow!("cannot start the dataflow: {e}"))?;
+    let files = merge.files();
+    let mut progress = Progress::new(progress);
+    let fed = (|| -> anyhow::Result<()> {
+        while let Some(item) = merge.next_item()? {
+            match item {
+                Item::Message(m) => {
+                    if !router.route_blocking(m) {
+                        anyhow::bail!("the dataflow stopped before the input ended");
+                    }
+                }
+                Item::Rejected(d) => {
+                    let _ = rejected.send(d);
+                }
+            }
+            if merge.rows % 1024 == 0 {
+                progress.tick(merge.rows, merge.files_done, files, merge.newest);
+                // A sink that stopped (on error) ends the wait; its error is reported below.
+                while backlog(&counts, &metrics) > MAX_BACKLOG && !sink_task.is_finished() {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            }
+        }
+        Ok(())
+    })();
+    // Closing the input (even after an error) lets every window close and the workers stop.
+    drop(router);
+    drop(rejected);
+    let joined = running
+        .join()
+        .map_err(|e| anyhow::anyhow!("the dataflow failed: {e}"));
+    let written = rt.block_on(async {
+        sink_task.await.context("the sink task panicked")??;
+        dl_task.await.context("the dead-letter writer panicked")?
+    });
+    progress.finish();
+    fed?;
+    joined?;
+    let dead_letters = written?;
+    Ok(Counted {
+        rows: merge.rows,
+        observations: metrics.observations.load(Relaxed),
+        windows: counts.windows.load(Relaxed),
+        events: counts.events.load(Relaxed),
+        quality: counts.quality.load(Relaxed),
+        dead_letters,
+    })
+}
+
+/// Points handed to the dataflow's outputs that the sinks have not written (or spilled) yet.
+fn backlog(counts: &Counts, metrics: &Metrics) -> u64 {
+    // Closed windows as the dataflow counts them: some may still wait for the counting tee.
+    let windows = counts
+        .windows
+        .load(Relaxed)
+        .max(metrics.windows_closed.load(Relaxed));
+    let emitted = windows + counts.events.load(Relaxed) + counts.quality.load(Relaxed);
+    let influx =
+        metrics.influx_points_written.load(Relaxed) + metrics.influx_points_spilled.load(Relaxed);
+    let done = metrics.file_points_written.load(Relaxed).max(influx)
+        + metrics.points_unencodable.load(Relaxed);
+    emitted.saturating_sub(done)
+}
+
+type Tees = (
+    mpsc::UnboundedReceiver<Aggregate>,
+    mpsc::UnboundedReceiver<Event>,
+    mpsc::Receiver<Vec<QualityRecord>>,
+);
+
+/// Counts what passes from the dataflow to the sinks.
+fn tees(
+    mut agg: mpsc::UnboundedReceiver<Aggregate>,
+    mut ev: mpsc::UnboundedReceiver<Event>,
+    mut q: mpsc::Receiver<Vec<QualityRecord>>,
+    counts: &Arc<Counts>,
+) -> Tees {
+    let (agg_tx, agg_rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (q_tx, q_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
+    let c = counts.clone();
+    tokio::spawn(async move {
+        while let Some(a) = agg.recv().await {
+            c.windows.fetch_add(1, Relaxed);
+            let _ = agg_tx.send(a);
+        }
+    });
+    let c = counts.clone();
+    tokio::spawn(async move {
+        while let Some(e) = ev.recv().await {
+            c.events.fetch_add(1, Relaxed);
+            let _ = ev_tx.send(e);
+        }
+    });
+    let c = counts.clone();
+    tokio::spawn(async move {
+        while let Some(batch) = q.recv().await {
+            c.quality.fetch_add(batch.len() as u64, Relaxed);
+            if q_tx.send(batch).await.is_err() {
+                break;
+            }
+        }
+    });
+    (agg_rx, ev_rx, q_rx)
+}
+
+/// Writes each dead letter as one JSON line and counts them by reason.
+fn write_dead_letters(
+    mut rx: mpsc::UnboundedReceiver<DeadLetter>,
+    file: std::fs::File,
+) -> anyhow::Result<[u64; Reason::ALL.len()]> {
+    let mut counts = [0u64; Reason::ALL.len()];
+    let mut out = std::io::BufWriter::new(file);
+    while let Some(d) = rx.blocking_recv() {
+        counts[d.reason.index()] += 1;
+        serde_json::to_writer(&mut out, &d)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush().context("cannot write the dead letters")?;
+    Ok(counts)
+}
