@@ -375,9 +375,17 @@ impl Default for InfluxConfig {
 pub struct QualityConfig {
     /// Score every stream (reports, roll-ups, quality incidents).
     pub enabled: bool,
-    /// A sensor whose score falls below this starts a `quality` incident; it ends when the
-    /// score is back at or above it.
+    /// A sensor whose score stays below this for `alert_after` reports starts a `quality`
+    /// incident.
     pub threshold: f64,
+    /// The incident ends once the score has been at or above `threshold + recover_margin`
+    /// for `alert_after` reports in a row.
+    pub recover_margin: f64,
+    /// Reports in a row it takes to start (scores below `threshold`) or end (scores at or
+    /// above `threshold + recover_margin`) a `quality` incident. Every report counts: a
+    /// reading, an unusable or late message, and a watchdog failure (one per missed expected
+    /// interval), so a silent sensor's incident starts at its `alert_after`-th missed interval.
+    pub alert_after: usize,
     /// Processing delay inside Aqyl above which latency fails.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub max_latency: Duration,
@@ -430,6 +438,8 @@ impl Default for QualityConfig {
         Self {
             enabled: true,
             threshold: 0.6,
+            recover_margin: 0.1,
+            alert_after: 2,
             max_latency: Duration::from_secs(1),
             long_window: crate::quality::LONG_WINDOW,
             short_window: crate::quality::SHORT_WINDOW,
@@ -579,6 +589,22 @@ impl Config {
             ));
         }
         let q = &config.quality;
+        // (A threshold outside 0..1 is reported below.)
+        if (0.0..=1.0).contains(&q.threshold)
+            && (!(0.0..=1.0).contains(&q.recover_margin)
+                || q.threshold + q.recover_margin > 1.0
+                || !(1..=q.long_window.max(1)).contains(&q.alert_after))
+        {
+            errors.push(ConfigError::at(
+                path,
+                text,
+                text.find("[quality]"),
+                format!(
+                    "[quality]: recover_margin must be at least 0 with threshold + recover_margin at most 1 (or no incident could end), and alert_after between 1 and long_window ({}); got recover_margin {}, threshold {}, alert_after {}",
+                    q.long_window, q.recover_margin, q.threshold, q.alert_after
+                ),
+            ));
+        }
         if !(0.0..=1.0).contains(&q.threshold)
             || q.long_window < 2
             || q.short_window < 2
@@ -680,6 +706,7 @@ mod tests {
         let ok = Config::from_toml(Path::new("aqyl.toml"), "").unwrap();
         assert!(ok.quality.enabled && ok.quality.exclude_incorrect);
         assert_eq!(ok.quality.clock, QualityClock::Auto);
+        assert_eq!((ok.quality.alert_after, ok.quality.recover_margin), (2, 0.1));
         let text = "[pipeline]\nworkers = 2\n\n[quality]\nthreshold = 1.5\n";
         let err = Config::from_toml(Path::new("aqyl.toml"), text)
             .unwrap_err()
@@ -688,6 +715,24 @@ mod tests {
             err.starts_with("aqyl.toml:4: [quality]: threshold must be within 0..1"),
             "{err}"
         );
+        let text = "[quality]\nthreshold = 0.6\nrecover_margin = 0.5\n";
+        let err = Config::from_toml(Path::new("aqyl.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("aqyl.toml:1: [quality]: recover_margin must be at least 0 with threshold + recover_margin at most 1"),
+            "{err}"
+        );
+        let err = Config::from_toml(Path::new("aqyl.toml"), "[quality]\nalert_after = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("alert_after between 1 and long_window (20)"), "{err}");
+        let err = Config::from_toml(Path::new("aqyl.toml"), "[quality]\nalert_afte = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("aqyl.toml:2: unknown field `alert_afte`"), "{err}");
+        let ok = Config::from_toml(Path::new("aqyl.toml"), "[quality]\nalert_after = 3\nrecover_margin = 0\n").unwrap();
+        assert_eq!((ok.quality.alert_after, ok.quality.recover_margin), (3, 0.0));
         let err = Config::from_toml(Path::new("aqyl.toml"), "[quality]\nclock = \"sundial\"\n")
             .unwrap_err()
             .to_string();

@@ -5,7 +5,7 @@
 //! suite (it needs the data); run it with your copy of the CityPulse Aarhus files:
 //!
 //! ```text
-//! cargo bench -p aqyl-dataflow --bench quality_alerts -- DIR [--config PATH] [--workers N]
+//! cargo bench -p aqyl-dataflow --bench quality_alerts -- DIR [--config PATH] [--workers N] [--show N]
 //! ```
 //!
 //! `DIR` holds `traffic/`, `parking/`, `pollution/` and `weather/` as the CityPulse download
@@ -70,19 +70,21 @@ fn main() {
         PathBuf::from,
     );
     let workers: usize = value("--workers").map_or(2, |w| w.parse().expect("--workers N"));
+    // `--show N`: N example incidents of each (type, cause).
+    let show: usize = value("--show").map_or(1, |n| n.parse().expect("--show N"));
     let mut skip = false;
     let mut dir = None;
     for a in &args {
         if skip {
             skip = false;
-        } else if a == "--config" || a == "--workers" {
+        } else if a == "--config" || a == "--workers" || a == "--show" {
             skip = true;
         } else if !a.starts_with("--") {
             dir = Some(PathBuf::from(a));
         }
     }
     let Some(dir) = dir else {
-        eprintln!("usage: cargo bench -p aqyl-dataflow --bench quality_alerts -- DIR [--config PATH] [--workers N]\n  DIR: the CityPulse Aarhus files (traffic/, parking/, pollution/, weather/)");
+        eprintln!("usage: cargo bench -p aqyl-dataflow --bench quality_alerts -- DIR [--config PATH] [--workers N] [--show N]\n  DIR: the CityPulse Aarhus files (traffic/, parking/, pollution/, weather/)");
         std::process::exit(2);
     };
 
@@ -231,7 +233,17 @@ fn main() {
     for ((ty, cause), n) in &causes {
         println!("  {ty:<10} {cause:<16} {n:>7}");
     }
-    for e in starts.iter().take(5) {
-        println!("  e.g. {}", e.message);
+    for (ty, c) in causes.keys() {
+        let examples = starts
+            .iter()
+            .filter(|e| &*e.sensor_type == *ty && cause(&e.message) == *c);
+        for e in examples.take(show) {
+            println!(
+                "  e.g. {} to {}: {}",
+                aqyl_core::deadletter::rfc3339_ms(e.started_at as i64),
+                aqyl_core::deadletter::rfc3339_ms(e.time as i64),
+                e.message
+            );
+        }
     }
 }

@@ -269,40 +269,113 @@ impl Rollups {
     }
 }
 
-/// The `quality` incident of one sensor: starts when its score falls below the threshold,
-/// ends at the first report back at or above it.
+/// When a sensor's `quality` incident starts and ends (`[quality]` `threshold`,
+/// `recover_margin`, `alert_after`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlarmSettings {
+    /// A score below this is low.
+    pub threshold: f64,
+    /// A score at or above `threshold + recover_margin` is good again; in between, an ongoing
+    /// incident neither ends nor counts towards ending.
+    pub recover_margin: f64,
+    /// Reports in a row it takes: low ones to start an incident, good ones to end it. Every
+    /// report counts: a reading, an unusable or late message, and a watchdog failure (one per
+    /// missed expected interval).
+    pub alert_after: usize,
+}
+
+impl AlarmSettings {
+    /// Starts at the first report below `threshold`, ends at the first at or above it (no
+    /// hysteresis).
+    pub fn immediate(threshold: f64) -> Self {
+        Self {
+            threshold,
+            recover_margin: 0.0,
+            alert_after: 1,
+        }
+    }
+}
+
+/// The `quality` incident of one sensor, with hysteresis: it starts when `alert_after`
+/// reports in a row score below the threshold (`started_at` is the first of them, the
+/// message is sent at the last), and ends when `alert_after` reports in a row score at or
+/// above `threshold + recover_margin`. One bad reading among good ones (a malformed message,
+/// a spike, a missed reading) is told by its report's score, not by an incident; a broken
+/// sensor gives one incident, not one per reading.
 #[derive(Debug, Clone, Default)]
 pub struct Alarm {
+    /// The ongoing incident's start.
     since: Option<u64>,
+    /// The current run: low reports while there is no incident, good ones during one.
+    run: usize,
+    /// Time of the run's first report, and what its reports found wrong (no incident yet).
+    run_start: u64,
+    problems: Vec<String>,
 }
 
 /// Event type and rule name of quality incidents.
 pub const QUALITY_EVENT: &str = "quality";
 
+/// Most distinct problems named in an incident's start message.
+const MAX_PROBLEMS: usize = 4;
+
 impl Alarm {
-    /// Judges a report against `threshold`; the lifecycle message when it crosses.
-    pub fn check(&mut self, r: &QualityReport, threshold: f64) -> Option<Event> {
-        let below = r.score < threshold;
-        let (state, started_at, message) = match (self.since, below) {
-            (None, true) => {
-                self.since = Some(r.time);
-                let problems = r.findings.problems();
-                let why = if problems.is_empty() {
+    /// Judges a report; the lifecycle message when an incident starts or ends.
+    pub fn check(&mut self, r: &QualityReport, settings: &AlarmSettings) -> Option<Event> {
+        let needed = settings.alert_after.max(1);
+        let (state, started_at, message) = match self.since {
+            None => {
+                if r.score >= settings.threshold {
+                    self.run = 0;
+                    self.problems.clear();
+                    return None;
+                }
+                if self.run == 0 {
+                    self.run_start = r.time;
+                }
+                self.run += 1;
+                for p in r.findings.problems() {
+                    if self.problems.len() < MAX_PROBLEMS && !self.problems.contains(&p) {
+                        self.problems.push(p);
+                    }
+                }
+                if self.run < needed {
+                    return None;
+                }
+                let why = if self.problems.is_empty() {
                     "its ratings fell".to_string()
                 } else {
-                    problems.join("; ")
+                    self.problems.join("; ")
+                };
+                let since = self.run_start;
+                self.since = Some(since);
+                self.run = 0;
+                self.problems.clear();
+                let reports = if needed == 1 {
+                    String::new()
+                } else {
+                    format!(" for {needed} reports in a row")
                 };
                 (
                     EventState::Start,
-                    r.time,
+                    since,
                     format!(
-                        "Quality of {} sensor {} fell to {:.2} (threshold {threshold}): {why}",
-                        r.sensor_type, r.sensor_id, r.score
+                        "Quality of {} sensor {} fell to {:.2} (threshold {}){reports}: {why}",
+                        r.sensor_type, r.sensor_id, r.score, settings.threshold
                     ),
                 )
             }
-            (Some(since), false) => {
+            Some(since) => {
+                if r.score < settings.threshold + settings.recover_margin {
+                    self.run = 0;
+                    return None;
+                }
+                self.run += 1;
+                if self.run < needed {
+                    return None;
+                }
                 self.since = None;
+                self.run = 0;
                 (
                     EventState::End,
                     since,
@@ -312,7 +385,6 @@ impl Alarm {
                     ),
                 )
             }
-            _ => return None,
         };
         Some(Event {
             // The type is part of the id: two types may share sensor ids.
@@ -333,6 +405,11 @@ impl Alarm {
             message,
             values: vec![("score".into(), r.score)],
         })
+    }
+
+    /// Whether an incident is ongoing.
+    pub fn is_active(&self) -> bool {
+        self.since.is_some()
     }
 }
 
@@ -406,19 +483,93 @@ mod tests {
         assert!(r.is_empty());
     }
 
-    #[test]
-    fn the_alarm_starts_below_the_threshold_and_ends_on_recovery() {
+    fn scored(t: u64, score: f64) -> QualityReport {
+        let mut r = report(t, score < 0.6);
+        r.score = score;
+        r
+    }
+
+    const HYSTERESIS: AlarmSettings = AlarmSettings {
+        threshold: 0.6,
+        recover_margin: 0.1,
+        alert_after: 2,
+    };
+
+    /// The lifecycle an alarm gives for a run of scores, as (state, started_at, time).
+    fn lifecycle(scores: &[f64], settings: &AlarmSettings) -> Vec<(EventState, u64, u64)> {
         let mut a = Alarm::default();
-        assert_eq!(a.check(&report(0, false), 0.6), None);
-        let start = a.check(&report(300_000, true), 0.6).unwrap();
+        scores
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| a.check(&scored(i as u64, *s), settings))
+            .map(|e| (e.state, e.started_at, e.time))
+            .collect()
+    }
+
+    #[test]
+    fn without_hysteresis_the_alarm_starts_below_the_threshold_and_ends_on_recovery() {
+        let mut a = Alarm::default();
+        let s = AlarmSettings::immediate(0.6);
+        assert_eq!(a.check(&report(0, false), &s), None);
+        let start = a.check(&report(300_000, true), &s).unwrap();
         assert_eq!(start.state, EventState::Start);
         assert!(start.message.contains("values stuck"), "{}", start.message);
-        assert_eq!(a.check(&report(600_000, true), 0.6), None);
-        let end = a.check(&report(900_000, false), 0.6).unwrap();
+        assert_eq!(a.check(&report(600_000, true), &s), None);
+        let end = a.check(&report(900_000, false), &s).unwrap();
         assert_eq!(
             (end.state, end.id.as_str()),
             (EventState::End, start.id.as_str())
         );
         assert_eq!(end.topic("aqyl"), "aqyl/events/quality/BRUUNS");
+    }
+
+    #[test]
+    fn one_bad_report_among_good_ones_starts_no_incident() {
+        // A malformed message (0.45), then good readings again (0.93, 1.0): today's demo
+        // flapping, twice.
+        let scores = [1.0, 0.45, 0.93, 1.0, 1.0, 0.45, 0.93, 1.0];
+        assert_eq!(lifecycle(&scores, &HYSTERESIS), []);
+        assert_eq!(
+            lifecycle(&scores, &AlarmSettings::immediate(0.6)).len(),
+            4,
+            "without hysteresis: two incidents"
+        );
+    }
+
+    #[test]
+    fn a_broken_sensor_gives_one_incident_without_flapping() {
+        // Broken from report 2: low, with an odd passable score and scores just above the
+        // threshold (but below threshold + margin) among them; then fixed from report 10.
+        let scores = [
+            1.0, 1.0, 0.3, 0.45, 0.5, 0.93, 0.3, 0.65, 0.4, 0.65, 0.95, 1.0, 1.0,
+        ];
+        assert_eq!(
+            lifecycle(&scores, &HYSTERESIS),
+            [(EventState::Start, 2, 3), (EventState::End, 2, 11)]
+        );
+        // The same run without hysteresis flaps.
+        assert!(lifecycle(&scores, &AlarmSettings::immediate(0.6)).len() >= 6);
+    }
+
+    #[test]
+    fn the_start_message_names_what_the_low_reports_found() {
+        let mut a = Alarm::default();
+        let mut silent = scored(0, 0.49);
+        silent.findings = Findings {
+            silent: true,
+            ..Findings::default()
+        };
+        assert_eq!(a.check(&silent, &HYSTERESIS), None);
+        silent.time = 315_000;
+        let start = a.check(&silent, &HYSTERESIS).unwrap();
+        assert_eq!((start.started_at, start.time), (0, 315_000));
+        assert!(
+            start.message.ends_with(
+                "fell to 0.49 (threshold 0.6) for 2 reports in a row: silent for more than 1.05 expected intervals"
+            ),
+            "{}",
+            start.message
+        );
+        assert!(a.is_active());
     }
 }
