@@ -1285,7 +1285,10 @@ type = "integer"
                 .activity_field,
             None
         );
-        let bad = text.replace("activity_field = \"vehicleCount\"", "activity_field = \"vehicles\"");
+        let bad = text.replace(
+            "activity_field = \"vehicleCount\"",
+            "activity_field = \"vehicles\"",
+        );
         let err = SensorType::from_toml(Path::new("t.toml"), &bad)
             .unwrap_err()
             .to_string();

@@ -45,14 +45,14 @@ use timely::dataflow::StreamVec;
 /// Quality settings of a pipeline (`[quality]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QualitySpec {
-    /// A score below this for `alert_after` reports in a row starts a `quality` incident.
+    /// A score below this for more than `alert_after` starts a `quality` incident.
     pub threshold: f64,
-    /// The incident ends after `alert_after` reports in a row at or above
-    /// `threshold + recover_margin`.
+    /// The incident ends once the score has stayed at or above `threshold + recover_margin`
+    /// for more than `alert_after`.
     pub recover_margin: f64,
-    /// Reports in a row that start or end an incident (readings, unusable messages and
-    /// watchdog failures alike).
-    pub alert_after: usize,
+    /// How long (in expected intervals) a score must stay low to start an incident, or good
+    /// to end one; 0: at once.
+    pub alert_after: f64,
     /// Processing delay inside Aqyl above which latency fails, ms.
     pub max_latency_ms: u64,
     /// Rating window of frequency and correctness.
@@ -185,6 +185,8 @@ pub struct Scored {
     pub area: Option<String>,
     /// How near in time a neighbour's reading must be (half the expected interval), ms.
     pub window_ms: u64,
+    /// The sensor type's expected interval, ms.
+    pub interval_ms: u64,
     /// The watchdog's period (1.05 expected intervals), ms.
     pub grace_ms: u64,
     /// The verdict.
@@ -256,6 +258,7 @@ struct Sensor {
     quality: SensorQuality,
     area: Option<String>,
     window_ms: u64,
+    interval_ms: u64,
     grace_ms: u64,
     /// Wall-clock arrival and event time of the latest reading (wall-clock watchdog).
     last_wall: i64,
@@ -315,123 +318,132 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
             let (t, id) = s.key();
             crate::stable_hash(&[t, id])
         });
-        let scored = self.binary_frontier::<_, CapacityContainerBuilder<Vec<Assessed>>, _, _, _, _>(
-            side,
-            by_sensor,
-            side_by_sensor,
-            "ScoreQuality",
-            move |capability, info| {
-                let activator = scope.activator_for(info.address.clone());
-                let mut cap = Some(capability);
-                let mut pending: BTreeMap<u64, Vec<Item>> = BTreeMap::new();
-                let mut sensors = Sensors::default();
-                // Event-time watchdog: (check time, sensor slot).
-                let mut checks: BTreeSet<(u64, usize)> = BTreeSet::new();
-                move |(readings, f1), (side, f2), output| {
-                    let registry = registry.load();
-                    let mut out = Vec::new();
-                    readings.for_each(|cap, data| {
-                        let at = cap.least().copied().unwrap_or(0);
-                        for obs in data.drain(..) {
-                            if obs.event_time < at {
-                                // A late record let in to correct its window
-                                // (`pipeline.late = "update"`): late, for quality.
-                                let late = Side::Late {
-                                    at,
-                                    age_ms: obs.arrival.stream_time.saturating_sub(obs.event_time),
-                                    latency_ms: latency(obs.received_at, obs.arrival.ingested_at),
-                                    sensor_type: obs.sensor_type,
-                                    sensor_id: obs.sensor_id,
-                                };
-                                pending.entry(at).or_default().push(Item::Side(late));
-                                continue;
+        let scored = self
+            .binary_frontier::<_, CapacityContainerBuilder<Vec<Assessed>>, _, _, _, _>(
+                side,
+                by_sensor,
+                side_by_sensor,
+                "ScoreQuality",
+                move |capability, info| {
+                    let activator = scope.activator_for(info.address.clone());
+                    let mut cap = Some(capability);
+                    let mut pending: BTreeMap<u64, Vec<Item>> = BTreeMap::new();
+                    let mut sensors = Sensors::default();
+                    // Event-time watchdog: (check time, sensor slot).
+                    let mut checks: BTreeSet<(u64, usize)> = BTreeSet::new();
+                    move |(readings, f1), (side, f2), output| {
+                        let registry = registry.load();
+                        let mut out = Vec::new();
+                        readings.for_each(|cap, data| {
+                            let at = cap.least().copied().unwrap_or(0);
+                            for obs in data.drain(..) {
+                                if obs.event_time < at {
+                                    // A late record let in to correct its window
+                                    // (`pipeline.late = "update"`): late, for quality.
+                                    let late = Side::Late {
+                                        at,
+                                        age_ms: obs
+                                            .arrival
+                                            .stream_time
+                                            .saturating_sub(obs.event_time),
+                                        latency_ms: latency(
+                                            obs.received_at,
+                                            obs.arrival.ingested_at,
+                                        ),
+                                        sensor_type: obs.sensor_type,
+                                        sensor_id: obs.sensor_id,
+                                    };
+                                    pending.entry(at).or_default().push(Item::Side(late));
+                                    continue;
+                                }
+                                if spec.wall_clock {
+                                    // Live, a reading proves its sensor alive when it arrives,
+                                    // not when the watermark lets it be judged.
+                                    if let Some(slot) = sensor_slot(
+                                        &mut sensors,
+                                        &registry,
+                                        &spec,
+                                        &obs.sensor_type,
+                                        &obs.sensor_id,
+                                    ) {
+                                        let s = &mut sensors.all[slot];
+                                        if s.quality.missing() {
+                                            out.push(Assessed::heard(s, obs.event_time));
+                                        }
+                                        if obs.event_time >= s.last_event {
+                                            s.last_event = obs.event_time;
+                                            s.last_wall = obs.arrival.ingested_at;
+                                        }
+                                        s.quality.arrived(obs.event_time);
+                                    }
+                                }
+                                pending
+                                    .entry(obs.event_time)
+                                    .or_default()
+                                    .push(Item::Reading(obs));
                             }
-                            if spec.wall_clock {
-                                // Live, a reading proves its sensor alive when it arrives,
-                                // not when the watermark lets it be judged.
-                                if let Some(slot) = sensor_slot(
-                                    &mut sensors,
+                        });
+                        side.for_each(|cap, data| {
+                            let at = cap.least().copied().unwrap_or(0);
+                            for s in data.drain(..) {
+                                let filed = match &s {
+                                    Side::Incorrect(obs) => obs.event_time,
+                                    Side::Rejected { at, .. } | Side::Late { at, .. } => *at,
+                                };
+                                let item = match s {
+                                    Side::Incorrect(obs) => Item::Reading(obs),
+                                    other => Item::Side(other),
+                                };
+                                pending.entry(filed.max(at)).or_default().push(item);
+                            }
+                        });
+                        if cap.is_none() {
+                            return;
+                        }
+                        let now = [f1.frontier().first(), f2.frontier().first()]
+                            .into_iter()
+                            .flatten()
+                            .min()
+                            .copied();
+                        while let Some((t, mut items)) =
+                            crate::ordered::pop_ready(&mut pending, now)
+                        {
+                            if !spec.wall_clock {
+                                fire_checks(t, &mut checks, &mut sensors, &mut out);
+                            }
+                            items.sort_by(|a, b| a.order().cmp(&b.order()));
+                            for item in items {
+                                judge(
+                                    t,
+                                    item,
                                     &registry,
                                     &spec,
-                                    &obs.sensor_type,
-                                    &obs.sensor_id,
-                                ) {
-                                    let s = &mut sensors.all[slot];
-                                    if s.quality.missing() {
-                                        out.push(Assessed::heard(s, obs.event_time));
-                                    }
-                                    if obs.event_time >= s.last_event {
-                                        s.last_event = obs.event_time;
-                                        s.last_wall = obs.arrival.ingested_at;
-                                    }
-                                    s.quality.arrived(obs.event_time);
+                                    &mut sensors,
+                                    &mut checks,
+                                    &mut out,
+                                );
+                            }
+                        }
+                        if spec.wall_clock {
+                            let wall = wall_ms();
+                            for s in &mut sensors.all {
+                                // The sensor's own event clock, advanced by the wall clock.
+                                let elapsed = (wall - s.last_wall).max(0) as u64;
+                                let event_now = s.last_event.saturating_add(elapsed);
+                                while let Some(a) = s.quality.watchdog(event_now) {
+                                    out.push(Assessed::Scored(scored(s, a)));
                                 }
                             }
-                            pending
-                                .entry(obs.event_time)
-                                .or_default()
-                                .push(Item::Reading(obs));
-                        }
-                    });
-                    side.for_each(|cap, data| {
-                        let at = cap.least().copied().unwrap_or(0);
-                        for s in data.drain(..) {
-                            let filed = match &s {
-                                Side::Incorrect(obs) => obs.event_time,
-                                Side::Rejected { at, .. } | Side::Late { at, .. } => *at,
-                            };
-                            let item = match s {
-                                Side::Incorrect(obs) => Item::Reading(obs),
-                                other => Item::Side(other),
-                            };
-                            pending.entry(filed.max(at)).or_default().push(item);
-                        }
-                    });
-                    if cap.is_none() {
-                        return;
-                    }
-                    let now = [f1.frontier().first(), f2.frontier().first()]
-                        .into_iter()
-                        .flatten()
-                        .min()
-                        .copied();
-                    while let Some((t, mut items)) = crate::ordered::pop_ready(&mut pending, now) {
-                        if !spec.wall_clock {
-                            fire_checks(t, &mut checks, &mut sensors, &mut out);
-                        }
-                        items.sort_by(|a, b| a.order().cmp(&b.order()));
-                        for item in items {
-                            judge(
-                                t,
-                                item,
-                                &registry,
-                                &spec,
-                                &mut sensors,
-                                &mut checks,
-                                &mut out,
-                            );
-                        }
-                    }
-                    if spec.wall_clock {
-                        let wall = wall_ms();
-                        for s in &mut sensors.all {
-                            // The sensor's own event clock, advanced by the wall clock.
-                            let elapsed = (wall - s.last_wall).max(0) as u64;
-                            let event_now = s.last_event.saturating_add(elapsed);
-                            while let Some(a) = s.quality.watchdog(event_now) {
-                                out.push(Assessed::Scored(scored(s, a)));
+                            if now.is_some() && !sensors.all.is_empty() {
+                                activator.activate_after(Duration::from_secs(1));
                             }
+                        } else if let Some(n) = now {
+                            fire_checks(n, &mut checks, &mut sensors, &mut out);
                         }
-                        if now.is_some() && !sensors.all.is_empty() {
-                            activator.activate_after(Duration::from_secs(1));
-                        }
-                    } else if let Some(n) = now {
-                        fire_checks(n, &mut checks, &mut sensors, &mut out);
+                        crate::ordered::emit_and_follow(&mut cap, now, out, output);
                     }
-                    crate::ordered::emit_and_follow(&mut cap, now, out, output);
-                }
-            },
-        );
+                },
+            );
         judge_quality(scored, spec)
     }
 }
@@ -455,6 +467,7 @@ fn scored(s: &Sensor, assessment: Assessment) -> Scored {
         sensor_id: s.key.1.clone(),
         area: s.area.clone(),
         window_ms: s.window_ms,
+        interval_ms: s.interval_ms,
         grace_ms: s.grace_ms,
         assessment,
     }
@@ -499,18 +512,16 @@ fn sensor_slot(
     let ty = registry.get(sensor_type)?;
     let interval = ty.expected_interval.as_millis() as u64;
     Some(sensors.slot(sensor_type, sensor_id, || {
-        let quality = SensorQuality::new(spec.sensor(
-            interval,
-            ty.flat_line,
-            ty.activity_field.clone(),
-        ));
+        let quality =
+            SensorQuality::new(spec.sensor(interval, ty.flat_line, ty.activity_field.clone()));
         Sensor {
             key: (sensor_type.clone(), sensor_id.to_string()),
             grace_ms: quality.grace_ms(),
+            interval_ms: interval,
             quality,
             area: None,
             window_ms: interval / 2,
-        last_wall: 0,
+            last_wall: 0,
             last_event: 0,
             scheduled: None,
         }
@@ -699,8 +710,8 @@ fn neighbour_check<'scope>(
         "NeighbourCheck",
         move |capability, _info| {
             let mut cap = Some(capability);
-            // type → area → (neighbourhood, window, grace).
-            let mut hoods: BTreeMap<Arc<str>, BTreeMap<String, (Neighbourhood, u64, u64)>> =
+            // type → area → (neighbourhood, window, interval, grace).
+            let mut hoods: BTreeMap<Arc<str>, BTreeMap<String, (Neighbourhood, u64, u64, u64)>> =
                 BTreeMap::new();
             // Each with the logical time it is final at.
             let mut out: Vec<(u64, Scored)> = Vec::new();
@@ -714,7 +725,8 @@ fn neighbour_check<'scope>(
                         };
                         with_nested(&mut hoods, &s.sensor_type, area, |entry| {
                             entry.1 = s.window_ms;
-                            entry.2 = s.grace_ms;
+                            entry.2 = s.interval_ms;
+                            entry.3 = s.grace_ms;
                             entry.0.push(s.sensor_id, s.assessment);
                         });
                     }
@@ -724,7 +736,7 @@ fn neighbour_check<'scope>(
                 }
                 let now = frontier.frontier().first().copied();
                 for (ty, by_area) in hoods.iter_mut() {
-                    for (area, (hood, window, grace)) in by_area.iter_mut() {
+                    for (area, (hood, window, interval, grace)) in by_area.iter_mut() {
                         for (sensor, assessment) in hood.ready(now, *window, spike_threshold) {
                             out.push((
                                 assessment.time.saturating_add(*window),
@@ -733,13 +745,14 @@ fn neighbour_check<'scope>(
                                     sensor_id: sensor,
                                     area: Some(area.clone()),
                                     window_ms: *window,
+                                    interval_ms: *interval,
                                     grace_ms: *grace,
                                     assessment,
                                 },
                             ));
                         }
                     }
-                    by_area.retain(|_, (h, _, _)| !h.is_empty());
+                    by_area.retain(|_, (h, ..)| !h.is_empty());
                 }
                 emit_at(&mut cap, now, std::mem::take(&mut out), output);
             }
@@ -782,7 +795,10 @@ fn feed_silence<'scope>(
                                 sensor_type,
                                 sensor_id,
                                 time,
-                            } => feeds.entry(sensor_type).or_default().heard(&sensor_id, time),
+                            } => feeds
+                                .entry(sensor_type)
+                                .or_default()
+                                .heard(&sensor_id, time),
                             Assessed::Scored(s) => {
                                 feeds
                                     .entry(s.sensor_type.clone())
@@ -824,10 +840,11 @@ fn track_one(
     alarm: &AlarmSettings,
     out: &mut Vec<QualityOut>,
 ) {
+    let interval = s.interval_ms;
     let report = QualityReport::new(s.sensor_type, s.sensor_id, s.area, s.assessment);
     let (ty, id) = (&report.sensor_type, report.sensor_id.as_str());
     with_nested(trackers, ty, id, |(a, rollups)| {
-        if let Some(e) = a.check(&report, alarm) {
+        if let Some(e) = a.check(&report, alarm, interval) {
             out.push(QualityOut::Event(e));
         }
         let mut closed = Vec::new();

@@ -78,8 +78,7 @@ impl Feed {
                 Some((_, false)) => reporting += 1,
                 Some((t, true)) if t.saturating_add(grace) > time => {
                     silent += 1;
-                    if silence_start(events, time).is_some_and(|s| s.abs_diff(own_start) <= grace)
-                    {
+                    if silence_start(events, time).is_some_and(|s| s.abs_diff(own_start) <= grace) {
                         together += 1;
                     }
                 }

@@ -579,7 +579,10 @@ mod tests {
             .map(|(s, c)| reading(s, c))
             .collect();
         let mut road = FlatLine::with_activity(3, Some("vehicleCount".into()));
-        assert!(night.iter().all(|r| !road.push(r)), "an empty road is not stuck");
+        assert!(
+            night.iter().all(|r| !road.push(r)),
+            "an empty road is not stuck"
+        );
         // Without the activity field the same night is a flat line: the rule is what spares it.
         let mut plain = FlatLine::new(3);
         assert!(night.iter().any(|r| plain.push(r)));

@@ -28,12 +28,14 @@ pub mod report;
 pub mod score;
 pub mod sensor;
 
+pub use feed::Feed;
 pub use metrics::{
     FlatLine, Jump, Metric, Metrics5, QualitySettings, Rating, Reading, Spike, SpikeVerdict,
     StreamQuality, Unit, LONG_WINDOW, SHORT_WINDOW,
 };
-pub use feed::Feed;
 pub use neighbours::{agreement, Neighbourhood};
-pub use report::{Alarm, AlarmSettings, QualityRecord, QualityReport, QualityRollup, Rollups, QUALITY_EVENT};
+pub use report::{
+    Alarm, AlarmSettings, QualityRecord, QualityReport, QualityRollup, Rollups, QUALITY_EVENT,
+};
 pub use score::{score, Findings, Neighbours, PENALTY, WEIGHTS};
 pub use sensor::{Assessment, Input, SensorQuality, SensorSettings};

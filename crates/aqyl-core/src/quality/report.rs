@@ -4,7 +4,7 @@
 //! the threshold.
 
 use super::metrics::Metrics5;
-use super::score::Findings;
+use super::score::{Findings, Neighbours};
 use super::sensor::Assessment;
 use crate::line_protocol::{encode, FieldValue, LineError, Point};
 use crate::{Event, EventState};
@@ -278,10 +278,10 @@ pub struct AlarmSettings {
     /// A score at or above `threshold + recover_margin` is good again; in between, an ongoing
     /// incident neither ends nor counts towards ending.
     pub recover_margin: f64,
-    /// Reports in a row it takes: low ones to start an incident, good ones to end it. Every
-    /// report counts: a reading, an unusable or late message, and a watchdog failure (one per
-    /// missed expected interval).
-    pub alert_after: usize,
+    /// How long, in the sensor's expected intervals, the score must stay low to start an
+    /// incident, or good to end one: the run of low (good) reports must span more than this,
+    /// from its first report's time to the current one's. `0`: at the first report.
+    pub alert_after: f64,
 }
 
 impl AlarmSettings {
@@ -291,25 +291,35 @@ impl AlarmSettings {
         Self {
             threshold,
             recover_margin: 0.0,
-            alert_after: 1,
+            alert_after: 0.0,
         }
+    }
+
+    /// Whether a run from `first` to `now` lasts long enough for a sensor reporting every
+    /// `interval_ms`.
+    fn lasted(&self, first: u64, now: u64, interval_ms: u64) -> bool {
+        self.alert_after <= 0.0
+            || now.saturating_sub(first) as f64 > self.alert_after * interval_ms as f64
     }
 }
 
-/// The `quality` incident of one sensor, with hysteresis: it starts when `alert_after`
-/// reports in a row score below the threshold (`started_at` is the first of them, the
-/// message is sent at the last), and ends when `alert_after` reports in a row score at or
-/// above `threshold + recover_margin`. One bad reading among good ones (a malformed message,
-/// a spike, a missed reading) is told by its report's score, not by an incident; a broken
-/// sensor gives one incident, not one per reading.
+/// The `quality` incident of one sensor, with hysteresis: it starts when the score has stayed
+/// below the threshold for more than `alert_after` expected intervals (every report from the
+/// first low one to the current one low; `started_at` is the first, the message is sent at
+/// the current one), and ends when it has stayed at or above `threshold + recover_margin` as
+/// long. With the default of one interval, one bad reading among good ones (a malformed
+/// message, a spike, a single missed reading) is told by its report's score, never by an
+/// incident: a sensor reporting every interval needs three low readings in a row, a silent
+/// one two watchdog failures (they come 1.05 intervals apart). A broken sensor gives one
+/// incident, not one per reading. A silence the whole feed shares is left out altogether.
 #[derive(Debug, Clone, Default)]
 pub struct Alarm {
     /// The ongoing incident's start.
     since: Option<u64>,
-    /// The current run: low reports while there is no incident, good ones during one.
-    run: usize,
-    /// Time of the run's first report, and what its reports found wrong (no incident yet).
-    run_start: u64,
+    /// The first report of the current run (low ones while there is no incident, good ones
+    /// during one).
+    run_start: Option<u64>,
+    /// What the run's low reports found wrong (no incident yet).
     problems: Vec<String>,
 }
 
@@ -320,26 +330,33 @@ pub const QUALITY_EVENT: &str = "quality";
 const MAX_PROBLEMS: usize = 4;
 
 impl Alarm {
-    /// Judges a report; the lifecycle message when an incident starts or ends.
-    pub fn check(&mut self, r: &QualityReport, settings: &AlarmSettings) -> Option<Event> {
-        let needed = settings.alert_after.max(1);
+    /// Judges a report of a sensor expected every `interval_ms`; the lifecycle message when
+    /// an incident starts or ends.
+    pub fn check(
+        &mut self,
+        r: &QualityReport,
+        settings: &AlarmSettings,
+        interval_ms: u64,
+    ) -> Option<Event> {
+        if r.findings.silent && r.findings.neighbours == Neighbours::Agree {
+            // A silence the whole feed shares says nothing about the sensor: it neither
+            // starts, continues, interrupts nor ends its incident.
+            return None;
+        }
         let (state, started_at, message) = match self.since {
             None => {
                 if r.score >= settings.threshold {
-                    self.run = 0;
+                    self.run_start = None;
                     self.problems.clear();
                     return None;
                 }
-                if self.run == 0 {
-                    self.run_start = r.time;
-                }
-                self.run += 1;
+                let first = *self.run_start.get_or_insert(r.time);
                 for p in r.findings.problems() {
                     if self.problems.len() < MAX_PROBLEMS && !self.problems.contains(&p) {
                         self.problems.push(p);
                     }
                 }
-                if self.run < needed {
+                if !settings.lasted(first, r.time, interval_ms) {
                     return None;
                 }
                 let why = if self.problems.is_empty() {
@@ -347,35 +364,34 @@ impl Alarm {
                 } else {
                     self.problems.join("; ")
                 };
-                let since = self.run_start;
-                self.since = Some(since);
-                self.run = 0;
+                self.since = Some(first);
+                self.run_start = None;
                 self.problems.clear();
-                let reports = if needed == 1 {
+                let low_since = if first == r.time {
                     String::new()
                 } else {
-                    format!(" for {needed} reports in a row")
+                    format!(" since {}", crate::deadletter::rfc3339_ms(first as i64))
                 };
                 (
                     EventState::Start,
-                    since,
+                    first,
                     format!(
-                        "Quality of {} sensor {} fell to {:.2} (threshold {}){reports}: {why}",
+                        "Quality of {} sensor {} fell to {:.2} (threshold {}){low_since}: {why}",
                         r.sensor_type, r.sensor_id, r.score, settings.threshold
                     ),
                 )
             }
             Some(since) => {
                 if r.score < settings.threshold + settings.recover_margin {
-                    self.run = 0;
+                    self.run_start = None;
                     return None;
                 }
-                self.run += 1;
-                if self.run < needed {
+                let first = *self.run_start.get_or_insert(r.time);
+                if !settings.lasted(first, r.time, interval_ms) {
                     return None;
                 }
                 self.since = None;
-                self.run = 0;
+                self.run_start = None;
                 (
                     EventState::End,
                     since,
@@ -492,17 +508,18 @@ mod tests {
     const HYSTERESIS: AlarmSettings = AlarmSettings {
         threshold: 0.6,
         recover_margin: 0.1,
-        alert_after: 2,
+        alert_after: 1.0,
     };
 
-    /// The lifecycle an alarm gives for a run of scores, as (state, started_at, time).
+    /// The lifecycle an alarm gives for a run of scores one interval (10 ms) apart, as
+    /// (state, started_at, time) in intervals.
     fn lifecycle(scores: &[f64], settings: &AlarmSettings) -> Vec<(EventState, u64, u64)> {
         let mut a = Alarm::default();
         scores
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| a.check(&scored(i as u64, *s), settings))
-            .map(|e| (e.state, e.started_at, e.time))
+            .filter_map(|(i, s)| a.check(&scored(10 * i as u64, *s), settings, 10))
+            .map(|e| (e.state, e.started_at / 10, e.time / 10))
             .collect()
     }
 
@@ -510,12 +527,12 @@ mod tests {
     fn without_hysteresis_the_alarm_starts_below_the_threshold_and_ends_on_recovery() {
         let mut a = Alarm::default();
         let s = AlarmSettings::immediate(0.6);
-        assert_eq!(a.check(&report(0, false), &s), None);
-        let start = a.check(&report(300_000, true), &s).unwrap();
+        assert_eq!(a.check(&report(0, false), &s, 300_000), None);
+        let start = a.check(&report(300_000, true), &s, 300_000).unwrap();
         assert_eq!(start.state, EventState::Start);
         assert!(start.message.contains("values stuck"), "{}", start.message);
-        assert_eq!(a.check(&report(600_000, true), &s), None);
-        let end = a.check(&report(900_000, false), &s).unwrap();
+        assert_eq!(a.check(&report(600_000, true), &s, 300_000), None);
+        let end = a.check(&report(900_000, false), &s, 300_000).unwrap();
         assert_eq!(
             (end.state, end.id.as_str()),
             (EventState::End, start.id.as_str())
@@ -526,26 +543,26 @@ mod tests {
     #[test]
     fn one_bad_report_among_good_ones_starts_no_incident() {
         // A malformed message (0.45), then good readings again (0.93, 1.0): today's demo
-        // flapping, twice.
-        let scores = [1.0, 0.45, 0.93, 1.0, 1.0, 0.45, 0.93, 1.0];
+        // flapping, twice; and two bad readings in a row (one interval of low score).
+        let scores = [1.0, 0.45, 0.93, 1.0, 1.0, 0.45, 0.93, 1.0, 0.3, 0.4, 1.0];
         assert_eq!(lifecycle(&scores, &HYSTERESIS), []);
         assert_eq!(
             lifecycle(&scores, &AlarmSettings::immediate(0.6)).len(),
-            4,
-            "without hysteresis: two incidents"
+            6,
+            "without hysteresis: three incidents"
         );
     }
 
     #[test]
     fn a_broken_sensor_gives_one_incident_without_flapping() {
         // Broken from report 2: low, with an odd passable score and scores just above the
-        // threshold (but below threshold + margin) among them; then fixed from report 10.
+        // threshold (but below threshold + margin) among them; then fixed from report 11.
         let scores = [
-            1.0, 1.0, 0.3, 0.45, 0.5, 0.93, 0.3, 0.65, 0.4, 0.65, 0.95, 1.0, 1.0,
+            1.0, 1.0, 0.3, 0.45, 0.5, 0.93, 0.3, 0.65, 0.4, 0.95, 0.65, 0.95, 1.0, 1.0, 1.0,
         ];
         assert_eq!(
             lifecycle(&scores, &HYSTERESIS),
-            [(EventState::Start, 2, 3), (EventState::End, 2, 11)]
+            [(EventState::Start, 2, 4), (EventState::End, 2, 13)]
         );
         // The same run without hysteresis flaps.
         assert!(lifecycle(&scores, &AlarmSettings::immediate(0.6)).len() >= 6);
@@ -553,19 +570,20 @@ mod tests {
 
     #[test]
     fn the_start_message_names_what_the_low_reports_found() {
+        // A silent sensor: watchdog failures 1.05 intervals apart; the second starts it.
         let mut a = Alarm::default();
-        let mut silent = scored(0, 0.49);
+        let mut silent = scored(1_406_851_515_000, 0.49);
         silent.findings = Findings {
             silent: true,
             ..Findings::default()
         };
-        assert_eq!(a.check(&silent, &HYSTERESIS), None);
-        silent.time = 315_000;
-        let start = a.check(&silent, &HYSTERESIS).unwrap();
-        assert_eq!((start.started_at, start.time), (0, 315_000));
+        assert_eq!(a.check(&silent, &HYSTERESIS, 300_000), None);
+        silent.time += 315_000;
+        let start = a.check(&silent, &HYSTERESIS, 300_000).unwrap();
+        assert_eq!(start.started_at, 1_406_851_515_000);
         assert!(
             start.message.ends_with(
-                "fell to 0.49 (threshold 0.6) for 2 reports in a row: silent for more than 1.05 expected intervals"
+                "fell to 0.49 (threshold 0.6) since 2014-08-01T00:05:15.000Z: silent for more than 1.05 expected intervals"
             ),
             "{}",
             start.message
