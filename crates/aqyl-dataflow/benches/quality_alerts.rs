@@ -5,7 +5,7 @@
 //! suite (it needs the data); run it with your copy of the CityPulse Aarhus files:
 //!
 //! ```text
-//! cargo bench -p aqyl-dataflow --bench quality_alerts -- DIR [--config PATH] [--workers N] [--show N]
+//! cargo bench -p aqyl-dataflow --bench quality_alerts -- DIR [--config PATH] [--workers N] [--show N] [--list]
 //! ```
 //!
 //! `DIR` holds `traffic/`, `parking/`, `pollution/` and `weather/` as the CityPulse download
@@ -72,6 +72,8 @@ fn main() {
     let workers: usize = value("--workers").map_or(2, |w| w.parse().expect("--workers N"));
     // `--show N`: N example incidents of each (type, cause).
     let show: usize = value("--show").map_or(1, |n| n.parse().expect("--show N"));
+    // `--list`: every incident start, one line each (to compare runs).
+    let list = args.iter().any(|a| a == "--list");
     let mut skip = false;
     let mut dir = None;
     for a in &args {
@@ -84,7 +86,7 @@ fn main() {
         }
     }
     let Some(dir) = dir else {
-        eprintln!("usage: cargo bench -p aqyl-dataflow --bench quality_alerts -- DIR [--config PATH] [--workers N] [--show N]\n  DIR: the CityPulse Aarhus files (traffic/, parking/, pollution/, weather/)");
+        eprintln!("usage: cargo bench -p aqyl-dataflow --bench quality_alerts -- DIR [--config PATH] [--workers N] [--show N] [--list]\n  DIR: the CityPulse Aarhus files (traffic/, parking/, pollution/, weather/)");
         std::process::exit(2);
     };
 
@@ -232,6 +234,25 @@ fn main() {
     println!("incidents by cause (started; {ends} ended):");
     for ((ty, cause), n) in &causes {
         println!("  {ty:<10} {cause:<16} {n:>7}");
+    }
+    if list {
+        let mut lines: Vec<String> = starts
+            .iter()
+            .map(|e| {
+                format!(
+                    "incident {} {} {} {} {}",
+                    e.sensor_type,
+                    e.subject,
+                    aqyl_core::deadletter::rfc3339_ms(e.started_at as i64),
+                    aqyl_core::deadletter::rfc3339_ms(e.time as i64),
+                    cause(&e.message)
+                )
+            })
+            .collect();
+        lines.sort();
+        for l in lines {
+            println!("{l}");
+        }
     }
     for (ty, c) in causes.keys() {
         let examples = starts

@@ -6,10 +6,10 @@
 //!
 //! [`Feed`] follows the sensors of one type through two kinds of event: *heard* (a reading
 //! after a silence, or a sensor's first) and *silent* (a watchdog failure, one per missed
-//! expected interval). At a time `t`, a sensor whose latest event is a watchdog failure less
-//! than one grace period (1.05 expected intervals) old is silent; one whose latest event is
-//! *heard* is reporting; one that has been silent so long that its watchdog rests (a frequency
-//! window of failures), or that has not reported yet, is left out. A silence is shared
+//! expected interval). At a time `t`, a sensor whose latest event is *heard* is reporting; one
+//! whose latest event is a watchdog failure is silent, unless its watchdog had already rested
+//! (after a frequency window of failures) before the sensor judged here stopped: a sensor long
+//! dead excuses nothing and is left out, as is one that has not reported yet. A silence is shared
 //! ([`Neighbours::Agree`]) when at least half of the other sensors left in (and at least one)
 //! are silent at the same time, or when at least [`CO_SILENT`] others are silent with a
 //! silence that began within one grace period of this one's (a gateway serving a district:
@@ -76,7 +76,9 @@ impl Feed {
             let latest = events.iter().rev().find(|e| e.0 <= time);
             match latest {
                 Some((_, false)) => reporting += 1,
-                Some((t, true)) if t.saturating_add(grace) > time => {
+                // Still failing when this sensor stopped (its silence's first failure came
+                // one grace period after that).
+                Some((t, true)) if t.saturating_add(grace) >= own_start => {
                     silent += 1;
                     if silence_start(events, time).is_some_and(|s| s.abs_diff(own_start) <= grace) {
                         together += 1;
