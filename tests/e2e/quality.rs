@@ -227,9 +227,16 @@ fn each_injected_fault_drops_its_sensor_below_the_threshold_and_healthy_ones_sta
             .collect();
         if lasting {
             let e = scored.incident(f).unwrap_or_else(|| {
-                panic!("no quality incident for {} {}: {incidents:?}", f.kind, f.sensor)
+                panic!(
+                    "no quality incident for {} {}: {incidents:?}",
+                    f.kind, f.sensor
+                )
             });
-            assert_eq!(incidents.len(), 1, "one incident, no flapping: {incidents:?}");
+            assert_eq!(
+                incidents.len(),
+                1,
+                "one incident, no flapping: {incidents:?}"
+            );
             println!(
                 "{:>12} incident from {} s after the fault's start, sent at {} s: {}",
                 f.kind,

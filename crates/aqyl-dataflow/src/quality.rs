@@ -195,6 +195,9 @@ pub struct Scored {
 
 /// What leaves `ScoreQuality`: assessments, and the news that a sensor reports (again) for
 /// the feed check.
+// Nearly every item is a `Scored`: boxing it would allocate once per reading to shrink the
+// rare `Heard`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Assessed {
     /// An assessment.
@@ -692,6 +695,10 @@ fn emit_at<T: Clone + 'static>(
     crate::ordered::emit_and_follow(cap, now, Vec::new(), output);
 }
 
+/// One area's sensors of one type in the neighbour check: their neighbourhood, and the type's
+/// neighbour window, expected interval and watchdog period (ms).
+type Hood = (Neighbourhood, u64, u64, u64);
+
 /// Holds each assessment of a sensor with an area until its neighbours' readings around the
 /// same time are in, and settles its neighbour verdict; the others pass straight through.
 fn neighbour_check<'scope>(
@@ -710,9 +717,7 @@ fn neighbour_check<'scope>(
         "NeighbourCheck",
         move |capability, _info| {
             let mut cap = Some(capability);
-            // type → area → (neighbourhood, window, interval, grace).
-            let mut hoods: BTreeMap<Arc<str>, BTreeMap<String, (Neighbourhood, u64, u64, u64)>> =
-                BTreeMap::new();
+            let mut hoods: BTreeMap<Arc<str>, BTreeMap<String, Hood>> = BTreeMap::new();
             // Each with the logical time it is final at.
             let mut out: Vec<(u64, Scored)> = Vec::new();
             move |(input, frontier), output| {
