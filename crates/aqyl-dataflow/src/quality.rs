@@ -765,6 +765,11 @@ fn neighbour_check<'scope>(
     )
 }
 
+/// How far (in watchdog periods) before the oldest failure still to judge the feed check
+/// forgets the news: [`Feed::forget_before`] keeps what any later verdict needs, this is a
+/// margin.
+const FORGET_AFTER: u64 = 2;
+
 /// Judges each watchdog failure against the other sensors of its type: a silence most of them
 /// share is the feed's (see [`aqyl_core::quality::feed`]). In event time a failure is judged
 /// once the frontier has passed it (every sensor's news up to then is in); live, at once.
@@ -784,6 +789,8 @@ fn feed_silence<'scope>(
             let mut feeds: BTreeMap<Arc<str>, Feed> = BTreeMap::new();
             let mut pending: BTreeMap<u64, Vec<Scored>> = BTreeMap::new();
             let mut out: Vec<(u64, Scored)> = Vec::new();
+            // The longest watchdog period seen, and the last history cutoff.
+            let (mut grace, mut forgotten) = (0u64, 0u64);
             let judge = |feeds: &BTreeMap<Arc<str>, Feed>, mut s: Scored| {
                 if let Some(feed) = feeds.get(&s.sensor_type) {
                     s.assessment.findings.neighbours =
@@ -805,6 +812,7 @@ fn feed_silence<'scope>(
                                 .or_default()
                                 .heard(&sensor_id, time),
                             Assessed::Scored(s) => {
+                                grace = grace.max(s.grace_ms);
                                 feeds
                                     .entry(s.sensor_type.clone())
                                     .or_default()
@@ -830,6 +838,16 @@ fn feed_silence<'scope>(
                 while let Some((t, ready)) = crate::ordered::pop_ready(&mut pending, now) {
                     for s in ready {
                         out.push((t, judge(&feeds, s)));
+                    }
+                }
+                // News may run hours ahead of the frontier (a replay's frontier can leap), so
+                // the history is forgotten by time, never by count.
+                let oldest = pending.keys().next().copied().or(now).unwrap_or(u64::MAX);
+                let cutoff = oldest.saturating_sub(FORGET_AFTER * grace);
+                if cutoff > forgotten.saturating_add(grace) {
+                    forgotten = cutoff;
+                    for feed in feeds.values_mut() {
+                        feed.forget_before(cutoff);
                     }
                 }
                 emit_at(&mut cap, now, std::mem::take(&mut out), output);

@@ -23,9 +23,6 @@ use std::collections::{BTreeMap, VecDeque};
 /// silent, for its silence to be a shared outage however many sensors the type has.
 pub const CO_SILENT: usize = 2;
 
-/// Events kept per sensor: more than a watchdog's run of failures and the readings around it.
-const HISTORY: usize = 64;
-
 /// The sensors of one type, for telling a feed outage from a silent sensor.
 #[derive(Debug, Default)]
 pub struct Feed {
@@ -55,8 +52,17 @@ impl Feed {
             return;
         }
         events.insert(at, (time, silent));
-        if events.len() > HISTORY {
-            events.pop_front();
+    }
+
+    /// Forgets what no verdict at `cutoff` or later needs: each sensor's events before its
+    /// latest reading at or before `cutoff` (that reading, and the failures after it, tell
+    /// whether it is silent and since when). Call it as the frontier moves on, with a cutoff a
+    /// frequency window of failures (and a little) before the oldest failure still to judge.
+    pub fn forget_before(&mut self, cutoff: u64) {
+        for events in self.sensors.values_mut() {
+            if let Some(i) = events.iter().rposition(|e| !e.1 && e.0 <= cutoff) {
+                events.drain(..i);
+            }
         }
     }
 
@@ -190,5 +196,44 @@ mod tests {
         feed.heard("b", later + 1);
         assert_eq!(feed.verdict("a", later, GRACE), Neighbours::Unchecked);
         assert_eq!(feed.verdict("a", later + 1, GRACE), Neighbours::Disagree);
+    }
+
+    #[test]
+    fn forgetting_the_past_keeps_every_verdict_from_the_cutoff_on() {
+        // However far ahead the news runs (a replay's frontier may leap hours at once), the
+        // verdicts from the cutoff on are those of the full history.
+        let mut full = Feed::default();
+        for s in ["a", "b", "c"] {
+            full.heard(s, 0);
+        }
+        for k in 1..=20 {
+            full.silent("a", 10 * I + k * GRACE);
+            full.silent("b", 10 * I + 60_000 + k * GRACE);
+        }
+        full.heard("a", 40 * I);
+        full.heard("b", 40 * I);
+        for k in 1..=3 {
+            full.silent("c", 50 * I + k * GRACE);
+        }
+        let mut pruned = Feed {
+            sensors: full.sensors.clone(),
+        };
+        let cutoff = 10 * I + 5 * GRACE;
+        pruned.forget_before(cutoff);
+        for t in (cutoff..60 * I).step_by(50_000) {
+            for s in ["a", "b", "c"] {
+                assert_eq!(
+                    pruned.verdict(s, t, GRACE),
+                    full.verdict(s, t, GRACE),
+                    "{s} at {t}"
+                );
+            }
+        }
+        assert_eq!(
+            full.verdict("a", 10 * I + 3 * GRACE, GRACE),
+            Neighbours::Agree
+        );
+        pruned.forget_before(45 * I);
+        assert!(pruned.sensors.values().all(|e| e.len() <= 4));
     }
 }
