@@ -1,8 +1,9 @@
 //! Quality of Information in the dataflow: `ScoreQuality` rates every sensor stream,
 //! `NeighbourCheck` checks sudden shifts against the sensor's neighbours, `FeedSilence` checks
 //! each silence against the other sensors of the type (a feed outage or a silent sensor), and
-//! `TrackQuality` scores, raises `quality` incidents (with hysteresis: `alert_after` reports
-//! in a row) and rolls reports up by hour and day.
+//! `TrackQuality` scores, raises `quality` incidents (with hysteresis: a score low, or good
+//! again, for more than `alert_after` expected intervals) and rolls reports up by hour and
+//! day.
 //!
 //! `ScoreQuality` is exchanged by sensor and takes each sensor's input in event-time order
 //! (readings, readings kept out of the aggregates for failing correctness, rejected and late
@@ -922,6 +923,8 @@ fn track<'scope>(
                 if cap.is_none() {
                     return;
                 }
+                // (Their reports may close an hour's roll-up while readings of that hour still
+                // wait for the watermark; those then count towards the next hour.)
                 for s in now_live {
                     track_one(s, &mut trackers, &alarm, &mut out);
                 }
