@@ -311,7 +311,9 @@ impl AlarmSettings {
 /// message, a spike, a single missed reading) is told by its report's score, never by an
 /// incident: a sensor reporting every interval needs three low readings in a row, a silent
 /// one two watchdog failures (they come 1.05 intervals apart). A broken sensor gives one
-/// incident, not one per reading. A silence the whole feed shares is left out altogether.
+/// incident, not one per reading. A silence the whole feed shares is left out altogether, and
+/// so is a report older than one already judged (live, readings waiting for the watermark
+/// reach the alarm after the silence that followed them).
 #[derive(Debug, Clone, Default)]
 pub struct Alarm {
     /// The ongoing incident's start.
@@ -321,6 +323,8 @@ pub struct Alarm {
     run_start: Option<u64>,
     /// What the run's low reports found wrong (no incident yet).
     problems: Vec<String>,
+    /// The newest report's time.
+    latest: u64,
 }
 
 /// Event type and rule name of quality incidents.
@@ -338,6 +342,12 @@ impl Alarm {
         settings: &AlarmSettings,
         interval_ms: u64,
     ) -> Option<Event> {
+        if r.time < self.latest {
+            // Older than a report already judged: live, a silence overtakes the readings
+            // before it that still wait for the watermark. The silence is the newer news.
+            return None;
+        }
+        self.latest = r.time;
         if r.findings.silent && r.findings.neighbours == Neighbours::Agree {
             // A silence the whole feed shares says nothing about the sensor: it neither
             // starts, continues, interrupts nor ends its incident.
@@ -566,6 +576,22 @@ mod tests {
         );
         // The same run without hysteresis flaps.
         assert!(lifecycle(&scores, &AlarmSettings::immediate(0.6)).len() >= 6);
+    }
+
+    #[test]
+    fn a_reading_overtaken_by_a_silence_does_not_interrupt_it() {
+        // Live: the watchdog's failures (1.05 intervals apart) come at once, the last good
+        // reading before them only when the watermark lets it through, in between.
+        let mut a = Alarm::default();
+        let silent = |t: u64| {
+            let mut r = scored(t, 0.45);
+            r.findings.silent = true;
+            r
+        };
+        assert_eq!(a.check(&silent(105), &HYSTERESIS, 100), None);
+        assert_eq!(a.check(&scored(50, 1.0), &HYSTERESIS, 100), None);
+        let start = a.check(&silent(210), &HYSTERESIS, 100).unwrap();
+        assert_eq!((start.state, start.started_at), (EventState::Start, 105));
     }
 
     #[test]
