@@ -17,6 +17,8 @@ struct Scored {
     incidents: Vec<aqyl_core::Event>,
     threshold: f64,
     intervals: BTreeMap<String, u64>,
+    /// `quality.alert_after`, expected intervals.
+    alert_after: f64,
 }
 
 /// As [`score`] with 2 workers, also returning the scripted outages (sensor, start, end).
@@ -92,6 +94,7 @@ fn score(config: SimConfig, workers: usize) -> (Scored, Vec<FaultRecord>) {
                 .filter(|e| e.event_type == "quality")
                 .collect(),
             threshold: loaded.config.quality.threshold,
+            alert_after: loaded.config.quality.alert_after,
             intervals,
         },
         faults,
@@ -108,6 +111,20 @@ impl Scored {
             .get(&(f.sensor_type.clone(), f.sensor.clone()))?
             .iter()
             .find(|r| r.time >= start && r.time <= start + 2 * interval && r.score < self.threshold)
+    }
+
+    /// The quality incident of a fault's sensor that started (its `started_at`, the first low
+    /// report) within two expected intervals of the fault's start, if any.
+    fn incident(&self, f: &FaultRecord) -> Option<&aqyl_core::Event> {
+        let start = f.start.timestamp_millis() as u64;
+        let interval = self.intervals[&f.sensor_type];
+        self.incidents.iter().find(|e| {
+            e.subject == f.sensor
+                && *e.sensor_type == *f.sensor_type
+                && e.state == aqyl_core::EventState::Start
+                && e.started_at >= start
+                && e.started_at <= start + 2 * interval
+        })
     }
 
     /// Quality incidents that no fault or outage of their sensor explains: starting more than
@@ -196,15 +213,40 @@ fn each_injected_fault_drops_its_sensor_below_the_threshold_and_healthy_ones_sta
             (caught.time - f.start.timestamp_millis() as u64) / 1000,
             caught.findings.problems().join("; ")
         );
-        // ... and a quality incident says so.
-        assert!(
-            scored
-                .incidents
-                .iter()
-                .any(|e| e.subject == f.sensor && e.state == aqyl_core::EventState::Start),
-            "no quality incident for {}",
-            f.sensor
-        );
+        // ... and, when the fault lasts longer than `alert_after` intervals (a stuck segment,
+        // a silent station), one quality incident says so, from its first low report; a
+        // one-off fault (one spike, one late message, one reading out of range) is told by
+        // its report alone.
+        let interval = scored.intervals[&f.sensor_type];
+        let lasting = (f.end - f.start).num_milliseconds() as f64
+            > (scored.alert_after + 1.0) * interval as f64;
+        let incidents: Vec<&aqyl_core::Event> = scored
+            .incidents
+            .iter()
+            .filter(|e| e.subject == f.sensor && e.state == aqyl_core::EventState::Start)
+            .collect();
+        if lasting {
+            let e = scored.incident(f).unwrap_or_else(|| {
+                panic!(
+                    "no quality incident for {} {}: {incidents:?}",
+                    f.kind, f.sensor
+                )
+            });
+            assert_eq!(
+                incidents.len(),
+                1,
+                "one incident, no flapping: {incidents:?}"
+            );
+            println!(
+                "{:>12} incident from {} s after the fault's start, sent at {} s: {}",
+                f.kind,
+                (e.started_at - f.start.timestamp_millis() as u64) / 1000,
+                (e.time - f.start.timestamp_millis() as u64) / 1000,
+                e.message
+            );
+        } else {
+            assert!(incidents.is_empty(), "one-off {}: {incidents:?}", f.kind);
+        }
     }
     // Every sensor without a fault stays at or above the threshold all day.
     let faulty: BTreeSet<(&str, &str)> = faults
@@ -279,6 +321,9 @@ fn detection_rate_and_false_alarms_over_three_days_of_random_faults() {
     let (scored, faults, outages) = score_with_outages(config);
     // (kind, sensor type) → (episodes, caught within two intervals).
     let mut by_kind: BTreeMap<(&str, &str), (usize, usize)> = BTreeMap::new();
+    // Kind → (episodes lasting more than `alert_after` + 1 intervals, with an incident from
+    // within two intervals of their start).
+    let mut lasting: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     for f in &faults {
         let e = by_kind
             .entry((f.kind.as_str(), f.sensor_type.as_str()))
@@ -287,6 +332,17 @@ fn detection_rate_and_false_alarms_over_three_days_of_random_faults() {
         if scored.caught(f).is_some() {
             e.1 += 1;
         }
+        let interval = scored.intervals[&f.sensor_type] as f64;
+        if (f.end - f.start).num_milliseconds() as f64 > (scored.alert_after + 1.0) * interval {
+            let l = lasting.entry(f.kind.as_str()).or_default();
+            l.0 += 1;
+            if scored.incident(f).is_some() {
+                l.1 += 1;
+            }
+        }
+    }
+    for (kind, (n, with)) in &lasting {
+        println!("{kind:>13}: {with}/{n} lasting episodes with a quality incident from within two intervals");
     }
     let total = |kind: &str, types: &[&str]| {
         by_kind
@@ -354,11 +410,13 @@ fn quality_reports_incidents_and_points_leave_the_service() {
     let aqyl = super::Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
     aqyl.wait_online(&status);
 
-    // A reading every 5 minutes for 80 minutes; minute 40 reads -5 km/h.
+    // A reading every 5 minutes for 80 minutes; minutes 40 to 50 read -5 km/h: low for more
+    // than one expected interval, which is what starts an incident.
+    let bad = |m: u64| (40..=50).contains(&m);
     let msgs: Vec<(String, Vec<u8>)> = (0..=80u64)
         .step_by(5)
         .map(|m| {
-            let speed = if m == 40 { -5.0 } else { 48.0 + (m % 7) as f64 };
+            let speed = if bad(m) { -5.0 } else { 48.0 + (m % 7) as f64 };
             let payload = format!(
                 r#"{{"avgSpeed":{speed},"vehicleCount":{},"TIMESTAMP":"{}"}}"#,
                 10 + m % 4,
@@ -368,8 +426,8 @@ fn quality_reports_incidents_and_points_leave_the_service() {
         })
         .collect();
     publish(mqtt.port, &msgs);
-    wait_until(super::WAIT, "the reading to be kept out", || {
-        aqyl.metric("aqyl_quality_excluded_total ") == Some(1)
+    wait_until(super::WAIT, "the readings to be kept out", || {
+        aqyl.metric("aqyl_quality_excluded_total ") == Some(3)
     });
     let lifecycle = incidents.wait_for(2, super::WAIT);
     let states: Vec<(String, String)> = lifecycle
@@ -437,7 +495,7 @@ fn quality_reports_incidents_and_points_leave_the_service() {
     );
     aqyl.stop();
 
-    // The store: one `quality` point per reading, the dip at minute 40, and an aggregate
+    // The store: one `quality` point per reading, the dip from minute 40, and an aggregate
     // mean over the correct readings only.
     let scores = vm.export(r#"{__name__="quality_score",sensor_id="158324"}"#);
     assert_eq!(scores.len(), 1);
@@ -458,7 +516,7 @@ fn quality_reports_incidents_and_points_leave_the_service() {
         .sum();
     assert_eq!(
         total as usize,
-        msgs.len() - 1,
-        "the bad reading is in no window"
+        msgs.len() - 3,
+        "the bad readings are in no window"
     );
 }

@@ -447,9 +447,19 @@ impl Default for InfluxConfig {
 pub struct QualityConfig {
     /// Score every stream (reports, roll-ups, quality incidents).
     pub enabled: bool,
-    /// A sensor whose score falls below this starts a `quality` incident; it ends when the
-    /// score is back at or above it.
+    /// A sensor whose score stays below this for more than `alert_after` starts a `quality`
+    /// incident.
     pub threshold: f64,
+    /// The incident ends once the score has stayed at or above `threshold + recover_margin`
+    /// for more than `alert_after`.
+    pub recover_margin: f64,
+    /// How long the score must stay below `threshold` to start an incident (or at or above
+    /// `threshold + recover_margin` to end it), in expected intervals of the sensor's type:
+    /// every report from the first low one to the current one low, spanning more than this.
+    /// Reports are readings, unusable or late messages and watchdog failures (one per missed
+    /// interval, 1.05 intervals apart), so with 1 a sensor reporting every interval needs
+    /// three low readings in a row, and a silent one two missed intervals. `0`: at once.
+    pub alert_after: f64,
     /// Processing delay inside Aqyl above which latency fails.
     #[serde(deserialize_with = "crate::duration::deserialize")]
     pub max_latency: Duration,
@@ -502,6 +512,8 @@ impl Default for QualityConfig {
         Self {
             enabled: true,
             threshold: 0.6,
+            recover_margin: 0.1,
+            alert_after: 1.0,
             max_latency: Duration::from_secs(1),
             long_window: crate::quality::LONG_WINDOW,
             short_window: crate::quality::SHORT_WINDOW,
@@ -686,6 +698,22 @@ impl Config {
             ));
         }
         let q = &config.quality;
+        // (A threshold outside 0..1 is reported below.)
+        if (0.0..=1.0).contains(&q.threshold)
+            && (!(0.0..=1.0).contains(&q.recover_margin)
+                || q.threshold + q.recover_margin > 1.0
+                || !(0.0..=q.long_window as f64).contains(&q.alert_after))
+        {
+            errors.push(ConfigError::at(
+                path,
+                text,
+                text.find("[quality]"),
+                format!(
+                    "[quality]: recover_margin must be at least 0 with threshold + recover_margin at most 1 (or no incident could end), and alert_after between 0 and long_window ({}) expected intervals; got recover_margin {}, threshold {}, alert_after {}",
+                    q.long_window, q.recover_margin, q.threshold, q.alert_after
+                ),
+            ));
+        }
         if !(0.0..=1.0).contains(&q.threshold)
             || q.long_window < 2
             || q.short_window < 2
@@ -790,6 +818,10 @@ mod tests {
         let ok = Config::from_toml(Path::new("aqyl.toml"), "").unwrap();
         assert!(ok.quality.enabled && ok.quality.exclude_incorrect);
         assert_eq!(ok.quality.clock, QualityClock::Auto);
+        assert_eq!(
+            (ok.quality.alert_after, ok.quality.recover_margin),
+            (1.0, 0.1)
+        );
         let text = "[pipeline]\nworkers = 2\n\n[quality]\nthreshold = 1.5\n";
         let err = Config::from_toml(Path::new("aqyl.toml"), text)
             .unwrap_err()
@@ -797,6 +829,37 @@ mod tests {
         assert!(
             err.starts_with("aqyl.toml:4: [quality]: threshold must be within 0..1"),
             "{err}"
+        );
+        let text = "[quality]\nthreshold = 0.6\nrecover_margin = 0.5\n";
+        let err = Config::from_toml(Path::new("aqyl.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("aqyl.toml:1: [quality]: recover_margin must be at least 0 with threshold + recover_margin at most 1"),
+            "{err}"
+        );
+        let err = Config::from_toml(Path::new("aqyl.toml"), "[quality]\nalert_after = -1.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("alert_after between 0 and long_window (20)"),
+            "{err}"
+        );
+        let err = Config::from_toml(Path::new("aqyl.toml"), "[quality]\nalert_afte = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("aqyl.toml:2: unknown field `alert_afte`"),
+            "{err}"
+        );
+        let ok = Config::from_toml(
+            Path::new("aqyl.toml"),
+            "[quality]\nalert_after = 2.5\nrecover_margin = 0.0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.quality.alert_after, ok.quality.recover_margin),
+            (2.5, 0.0)
         );
         let err = Config::from_toml(Path::new("aqyl.toml"), "[quality]\nclock = \"sundial\"\n")
             .unwrap_err()

@@ -35,6 +35,10 @@ pub struct SensorType {
     /// Identical readings in a row that count as stuck, for this type (overrides
     /// `quality.flat_line`; a garage's count may rightly stand still all night).
     pub flat_line: Option<usize>,
+    /// The field that says whether there is anything to measure (a road's vehicle count):
+    /// while it reads 0, repeated values are the quiet scene's, not a stuck sensor's, and the
+    /// flat-line detector does not call them stuck.
+    pub activity_field: Option<Arc<str>>,
     /// Windows to compute; empty means the pipeline's default window for every field.
     pub windows: Vec<WindowSpec>,
     /// Where a payload names its sensor's area, when the topic has no `{area}`.
@@ -511,6 +515,8 @@ struct DescriptorFile {
     expected_interval: Duration,
     /// Identical readings in a row that count as a stuck sensor (quality scoring).
     flat_line: Option<Spanned<usize>>,
+    /// The field whose 0 means nothing to measure (quality scoring's flat-line detector).
+    activity_field: Option<Spanned<String>>,
     /// Event-time field.
     time: Option<TimeFile>,
     /// Numeric fields.
@@ -989,6 +995,22 @@ impl SensorType {
                 format!("flat_line is {}; use at least 2 readings", n.get_ref()),
             ));
         }
+        let activity_field = match &file.activity_field {
+            None => None,
+            Some(a) => match fields.iter().find(|f| *f.name == **a.get_ref()) {
+                Some(f) => Some(f.name.clone()),
+                None => {
+                    errors.push(err(
+                        a.span(),
+                        format!(
+                            "activity_field {:?} is not one of this type's [[fields]]; name a declared field, e.g. a vehicle count",
+                            a.get_ref()
+                        ),
+                    ));
+                    None
+                }
+            },
+        };
         if file.expected_interval.is_zero() {
             errors.push(err(
                 file.name.span(),
@@ -1004,6 +1026,7 @@ impl SensorType {
                 fields,
                 expected_interval: file.expected_interval,
                 flat_line: file.flat_line.as_ref().map(|n| *n.get_ref()),
+                activity_field,
                 windows,
                 area_field,
                 sensor_sax,
@@ -1375,6 +1398,33 @@ type = "integer"
             "{err}"
         );
         assert!(err.0[1].message.contains("declared twice"), "{err}");
+    }
+
+    #[test]
+    fn the_activity_field_must_be_a_declared_field() {
+        let text = TRAFFIC.replace(
+            "expected_interval = \"5m\"\n",
+            "expected_interval = \"5m\"\nactivity_field = \"vehicleCount\"\n",
+        );
+        let t = SensorType::from_toml(Path::new("t.toml"), &text).unwrap();
+        assert_eq!(t.activity_field.as_deref(), Some("vehicleCount"));
+        assert_eq!(
+            SensorType::from_toml(Path::new("t.toml"), TRAFFIC)
+                .unwrap()
+                .activity_field,
+            None
+        );
+        let bad = text.replace(
+            "activity_field = \"vehicleCount\"",
+            "activity_field = \"vehicles\"",
+        );
+        let err = SensorType::from_toml(Path::new("t.toml"), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("t.toml:5: activity_field \"vehicles\" is not one of"),
+            "{err}"
+        );
     }
 
     #[test]

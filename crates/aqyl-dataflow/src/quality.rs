@@ -1,6 +1,9 @@
 //! Quality of Information in the dataflow: `ScoreQuality` rates every sensor stream,
-//! `NeighbourCheck` checks sudden shifts against the sensor's neighbours, and `TrackQuality`
-//! scores, raises `quality` incidents and rolls reports up by hour and day.
+//! `NeighbourCheck` checks sudden shifts against the sensor's neighbours, `FeedSilence` checks
+//! each silence against the other sensors of the type (a feed outage or a silent sensor), and
+//! `TrackQuality` scores, raises `quality` incidents (with hysteresis: a score low, or good
+//! again, for more than `alert_after` expected intervals) and rolls reports up by hour and
+//! day.
 //!
 //! `ScoreQuality` is exchanged by sensor and takes each sensor's input in event-time order
 //! (readings, readings kept out of the aggregates for failing correctness, rejected and late
@@ -12,12 +15,22 @@
 //! noticed; live, a reading proves its sensor alive when it arrives, not when the watermark
 //! lets it be judged. `NeighbourCheck` is exchanged by (sensor type, area) and holds each
 //! assessment until the frontier has passed it by half an expected interval, so that the
-//! neighbours' readings around the same time are in. `TrackQuality` is exchanged by sensor,
-//! so one sensor's assessments always meet the same alarm and roll-ups.
+//! neighbours' readings around the same time are in. `FeedSilence` is exchanged by sensor type
+//! and sees only watchdog failures and each sensor's first reading after a silence; in a
+//! replay it judges a failure once the frontier has passed it, live it judges at once, so a
+//! silence reaches the output within a second of the watchdog's tick whatever the neighbour
+//! check is waiting for. `TrackQuality` is exchanged by sensor, so one sensor's assessments
+//! always meet the same alarm and roll-ups.
+//!
+//! In event time, the two checks send each assessment at the logical time it became final
+//! (its time, plus the neighbour check's hold), never earlier, so `TrackQuality` takes one
+//! sensor's assessments in their order whichever check they came through. Live, a silence
+//! overtakes a reading still held for its neighbour verdict: the alarm hears of the silence
+//! first, which is the point.
 
 use aqyl_core::quality::{
-    Alarm, Assessment, Input, Neighbourhood, QualityRecord, QualityReport, QualitySettings,
-    Rollups, SensorQuality, SensorSettings,
+    Alarm, AlarmSettings, Assessment, Feed, Input, Neighbourhood, QualityRecord, QualityReport,
+    QualitySettings, Rollups, SensorQuality, SensorSettings,
 };
 use aqyl_core::{Event, Observation, Reason};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -25,14 +38,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::{Operator, OutputBuilderSession};
+use timely::dataflow::operators::vec::Filter;
+use timely::dataflow::operators::{Capability, Concat};
 use timely::dataflow::StreamVec;
 
 /// Quality settings of a pipeline (`[quality]`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QualitySpec {
-    /// A score below this starts a `quality` incident.
+    /// A score below this for more than `alert_after` starts a `quality` incident.
     pub threshold: f64,
+    /// The incident ends once the score has stayed at or above `threshold + recover_margin`
+    /// for more than `alert_after`.
+    pub recover_margin: f64,
+    /// How long (in expected intervals) a score must stay low to start an incident, or good
+    /// to end one; 0: at once.
+    pub alert_after: f64,
     /// Processing delay inside Aqyl above which latency fails, ms.
     pub max_latency_ms: u64,
     /// Rating window of frequency and correctness.
@@ -57,6 +78,8 @@ impl QualitySpec {
     pub fn from_config(q: &aqyl_core::config::QualityConfig, live: bool) -> Self {
         Self {
             threshold: q.threshold,
+            recover_margin: q.recover_margin,
+            alert_after: q.alert_after,
             max_latency_ms: q.max_latency.as_millis() as u64,
             long_window: q.long_window,
             short_window: q.short_window,
@@ -68,7 +91,21 @@ impl QualitySpec {
         }
     }
 
-    fn sensor(&self, expected_interval_ms: u64, flat_line: Option<usize>) -> SensorSettings {
+    /// When incidents start and end.
+    pub fn alarm(&self) -> AlarmSettings {
+        AlarmSettings {
+            threshold: self.threshold,
+            recover_margin: self.recover_margin,
+            alert_after: self.alert_after,
+        }
+    }
+
+    fn sensor(
+        &self,
+        expected_interval_ms: u64,
+        flat_line: Option<usize>,
+        activity: Option<Arc<str>>,
+    ) -> SensorSettings {
         SensorSettings {
             metrics: QualitySettings {
                 expected_interval_ms: expected_interval_ms.max(1),
@@ -77,6 +114,7 @@ impl QualitySpec {
                 short_window: self.short_window,
             },
             flat_line: flat_line.unwrap_or(self.flat_line),
+            activity,
             spike_window: self.spike_window,
             spike_threshold: self.spike_threshold,
         }
@@ -148,8 +186,42 @@ pub struct Scored {
     pub area: Option<String>,
     /// How near in time a neighbour's reading must be (half the expected interval), ms.
     pub window_ms: u64,
+    /// The sensor type's expected interval, ms.
+    pub interval_ms: u64,
+    /// The watchdog's period (1.05 expected intervals), ms.
+    pub grace_ms: u64,
     /// The verdict.
     pub assessment: Assessment,
+}
+
+/// What leaves `ScoreQuality`: assessments, and the news that a sensor reports (again) for
+/// the feed check.
+// Nearly every item is a `Scored`: boxing it would allocate once per reading to shrink the
+// rare `Heard`.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum Assessed {
+    /// An assessment.
+    Scored(Scored),
+    /// A sensor's first reading, or its first after the watchdog counted it silent.
+    Heard {
+        /// Sensor type.
+        sensor_type: Arc<str>,
+        /// Sensor id.
+        sensor_id: String,
+        /// The reading's event time.
+        time: u64,
+    },
+}
+
+impl Assessed {
+    fn heard(s: &Sensor, time: u64) -> Self {
+        Assessed::Heard {
+            sensor_type: s.key.0.clone(),
+            sensor_id: s.key.1.clone(),
+            time,
+        }
+    }
 }
 
 /// What leaves quality scoring.
@@ -190,6 +262,8 @@ struct Sensor {
     quality: SensorQuality,
     area: Option<String>,
     window_ms: u64,
+    interval_ms: u64,
+    grace_ms: u64,
     /// Wall-clock arrival and event time of the latest reading (wall-clock watchdog).
     last_wall: i64,
     last_event: u64,
@@ -248,121 +322,133 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
             let (t, id) = s.key();
             crate::stable_hash(&[t, id])
         });
-        let scored = self.binary_frontier::<_, CapacityContainerBuilder<Vec<Scored>>, _, _, _, _>(
-            side,
-            by_sensor,
-            side_by_sensor,
-            "ScoreQuality",
-            move |capability, info| {
-                let activator = scope.activator_for(info.address.clone());
-                let mut cap = Some(capability);
-                let mut pending: BTreeMap<u64, Vec<Item>> = BTreeMap::new();
-                let mut sensors = Sensors::default();
-                // Event-time watchdog: (check time, sensor slot).
-                let mut checks: BTreeSet<(u64, usize)> = BTreeSet::new();
-                move |(readings, f1), (side, f2), output| {
-                    let registry = registry.load();
-                    readings.for_each(|cap, data| {
-                        let at = cap.least().copied().unwrap_or(0);
-                        for obs in data.drain(..) {
-                            if obs.event_time < at {
-                                // A late record let in to correct its window
-                                // (`pipeline.late = "update"`): late, for quality.
-                                let late = Side::Late {
-                                    at,
-                                    age_ms: obs.arrival.stream_time.saturating_sub(obs.event_time),
-                                    latency_ms: latency(obs.received_at, obs.arrival.ingested_at),
-                                    sensor_type: obs.sensor_type,
-                                    sensor_id: obs.sensor_id,
-                                };
-                                pending.entry(at).or_default().push(Item::Side(late));
-                                continue;
+        let scored = self
+            .binary_frontier::<_, CapacityContainerBuilder<Vec<Assessed>>, _, _, _, _>(
+                side,
+                by_sensor,
+                side_by_sensor,
+                "ScoreQuality",
+                move |capability, info| {
+                    let activator = scope.activator_for(info.address.clone());
+                    let mut cap = Some(capability);
+                    let mut pending: BTreeMap<u64, Vec<Item>> = BTreeMap::new();
+                    let mut sensors = Sensors::default();
+                    // Event-time watchdog: (check time, sensor slot).
+                    let mut checks: BTreeSet<(u64, usize)> = BTreeSet::new();
+                    move |(readings, f1), (side, f2), output| {
+                        let registry = registry.load();
+                        let mut out = Vec::new();
+                        readings.for_each(|cap, data| {
+                            let at = cap.least().copied().unwrap_or(0);
+                            for obs in data.drain(..) {
+                                if obs.event_time < at {
+                                    // A late record let in to correct its window
+                                    // (`pipeline.late = "update"`): late, for quality.
+                                    let late = Side::Late {
+                                        at,
+                                        age_ms: obs
+                                            .arrival
+                                            .stream_time
+                                            .saturating_sub(obs.event_time),
+                                        latency_ms: latency(
+                                            obs.received_at,
+                                            obs.arrival.ingested_at,
+                                        ),
+                                        sensor_type: obs.sensor_type,
+                                        sensor_id: obs.sensor_id,
+                                    };
+                                    pending.entry(at).or_default().push(Item::Side(late));
+                                    continue;
+                                }
+                                if spec.wall_clock {
+                                    // Live, a reading proves its sensor alive when it arrives,
+                                    // not when the watermark lets it be judged.
+                                    if let Some(slot) = sensor_slot(
+                                        &mut sensors,
+                                        &registry,
+                                        &spec,
+                                        &obs.sensor_type,
+                                        &obs.sensor_id,
+                                    ) {
+                                        let s = &mut sensors.all[slot];
+                                        if s.quality.missing() {
+                                            out.push(Assessed::heard(s, obs.event_time));
+                                        }
+                                        if obs.event_time >= s.last_event {
+                                            s.last_event = obs.event_time;
+                                            s.last_wall = obs.arrival.ingested_at;
+                                        }
+                                        s.quality.arrived(obs.event_time);
+                                    }
+                                }
+                                pending
+                                    .entry(obs.event_time)
+                                    .or_default()
+                                    .push(Item::Reading(obs));
                             }
-                            if spec.wall_clock {
-                                // Live, a reading proves its sensor alive when it arrives,
-                                // not when the watermark lets it be judged.
-                                if let Some(slot) = sensor_slot(
-                                    &mut sensors,
+                        });
+                        side.for_each(|cap, data| {
+                            let at = cap.least().copied().unwrap_or(0);
+                            for s in data.drain(..) {
+                                let filed = match &s {
+                                    Side::Incorrect(obs) => obs.event_time,
+                                    Side::Rejected { at, .. } | Side::Late { at, .. } => *at,
+                                };
+                                let item = match s {
+                                    Side::Incorrect(obs) => Item::Reading(obs),
+                                    other => Item::Side(other),
+                                };
+                                pending.entry(filed.max(at)).or_default().push(item);
+                            }
+                        });
+                        if cap.is_none() {
+                            return;
+                        }
+                        let now = [f1.frontier().first(), f2.frontier().first()]
+                            .into_iter()
+                            .flatten()
+                            .min()
+                            .copied();
+                        while let Some((t, mut items)) =
+                            crate::ordered::pop_ready(&mut pending, now)
+                        {
+                            if !spec.wall_clock {
+                                fire_checks(t, &mut checks, &mut sensors, &mut out);
+                            }
+                            items.sort_by(|a, b| a.order().cmp(&b.order()));
+                            for item in items {
+                                judge(
+                                    t,
+                                    item,
                                     &registry,
                                     &spec,
-                                    &obs.sensor_type,
-                                    &obs.sensor_id,
-                                ) {
-                                    let s = &mut sensors.all[slot];
-                                    if obs.event_time >= s.last_event {
-                                        s.last_event = obs.event_time;
-                                        s.last_wall = obs.arrival.ingested_at;
-                                    }
-                                    s.quality.arrived(obs.event_time);
+                                    &mut sensors,
+                                    &mut checks,
+                                    &mut out,
+                                );
+                            }
+                        }
+                        if spec.wall_clock {
+                            let wall = wall_ms();
+                            for s in &mut sensors.all {
+                                // The sensor's own event clock, advanced by the wall clock.
+                                let elapsed = (wall - s.last_wall).max(0) as u64;
+                                let event_now = s.last_event.saturating_add(elapsed);
+                                while let Some(a) = s.quality.watchdog(event_now) {
+                                    out.push(Assessed::Scored(scored(s, a)));
                                 }
                             }
-                            pending
-                                .entry(obs.event_time)
-                                .or_default()
-                                .push(Item::Reading(obs));
-                        }
-                    });
-                    side.for_each(|cap, data| {
-                        let at = cap.least().copied().unwrap_or(0);
-                        for s in data.drain(..) {
-                            let filed = match &s {
-                                Side::Incorrect(obs) => obs.event_time,
-                                Side::Rejected { at, .. } | Side::Late { at, .. } => *at,
-                            };
-                            let item = match s {
-                                Side::Incorrect(obs) => Item::Reading(obs),
-                                other => Item::Side(other),
-                            };
-                            pending.entry(filed.max(at)).or_default().push(item);
-                        }
-                    });
-                    if cap.is_none() {
-                        return;
-                    }
-                    let now = [f1.frontier().first(), f2.frontier().first()]
-                        .into_iter()
-                        .flatten()
-                        .min()
-                        .copied();
-                    let mut out = Vec::new();
-                    while let Some((t, mut items)) = crate::ordered::pop_ready(&mut pending, now) {
-                        if !spec.wall_clock {
-                            fire_checks(t, &mut checks, &mut sensors, &mut out);
-                        }
-                        items.sort_by(|a, b| a.order().cmp(&b.order()));
-                        for item in items {
-                            judge(
-                                t,
-                                item,
-                                &registry,
-                                &spec,
-                                &mut sensors,
-                                &mut checks,
-                                &mut out,
-                            );
-                        }
-                    }
-                    if spec.wall_clock {
-                        let wall = wall_ms();
-                        for s in &mut sensors.all {
-                            // The sensor's own event clock, advanced by the wall clock.
-                            let elapsed = (wall - s.last_wall).max(0) as u64;
-                            let event_now = s.last_event.saturating_add(elapsed);
-                            while let Some(a) = s.quality.watchdog(event_now) {
-                                out.push(scored(s, a));
+                            if now.is_some() && !sensors.all.is_empty() {
+                                activator.activate_after(Duration::from_secs(1));
                             }
+                        } else if let Some(n) = now {
+                            fire_checks(n, &mut checks, &mut sensors, &mut out);
                         }
-                        if now.is_some() && !sensors.all.is_empty() {
-                            activator.activate_after(Duration::from_secs(1));
-                        }
-                    } else if let Some(n) = now {
-                        fire_checks(n, &mut checks, &mut sensors, &mut out);
+                        crate::ordered::emit_and_follow(&mut cap, now, out, output);
                     }
-                    crate::ordered::emit_and_follow(&mut cap, now, out, output);
-                }
-            },
-        );
-        judge_quality(scored, spec.threshold, spec.spike_threshold)
+                },
+            );
+        judge_quality(scored, spec)
     }
 }
 
@@ -372,12 +458,7 @@ pub fn latency(received_at: i64, at: i64) -> Option<u64> {
     (received_at > 0).then(|| (at - received_at).max(0) as u64)
 }
 
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::wall_ms;
 
 fn scored(s: &Sensor, assessment: Assessment) -> Scored {
     Scored {
@@ -385,6 +466,8 @@ fn scored(s: &Sensor, assessment: Assessment) -> Scored {
         sensor_id: s.key.1.clone(),
         area: s.area.clone(),
         window_ms: s.window_ms,
+        interval_ms: s.interval_ms,
+        grace_ms: s.grace_ms,
         assessment,
     }
 }
@@ -394,7 +477,7 @@ fn fire_checks(
     until: u64,
     checks: &mut BTreeSet<(u64, usize)>,
     sensors: &mut Sensors,
-    out: &mut Vec<Scored>,
+    out: &mut Vec<Assessed>,
 ) {
     while let Some(first) = checks.first() {
         if first.0 >= until {
@@ -408,7 +491,7 @@ fn fire_checks(
         };
         s.scheduled = None;
         if let Some(a) = s.quality.watchdog(at) {
-            out.push(scored(s, a));
+            out.push(Assessed::Scored(scored(s, a)));
         }
         if let Some(next) = s.quality.next_check() {
             s.scheduled = Some(next);
@@ -427,14 +510,20 @@ fn sensor_slot(
 ) -> Option<usize> {
     let ty = registry.get(sensor_type)?;
     let interval = ty.expected_interval.as_millis() as u64;
-    Some(sensors.slot(sensor_type, sensor_id, || Sensor {
-        key: (sensor_type.clone(), sensor_id.to_string()),
-        quality: SensorQuality::new(spec.sensor(interval, ty.flat_line)),
-        area: None,
-        window_ms: interval / 2,
-        last_wall: 0,
-        last_event: 0,
-        scheduled: None,
+    Some(sensors.slot(sensor_type, sensor_id, || {
+        let quality =
+            SensorQuality::new(spec.sensor(interval, ty.flat_line, ty.activity_field.clone()));
+        Sensor {
+            key: (sensor_type.clone(), sensor_id.to_string()),
+            grace_ms: quality.grace_ms(),
+            interval_ms: interval,
+            quality,
+            area: None,
+            window_ms: interval / 2,
+            last_wall: 0,
+            last_event: 0,
+            scheduled: None,
+        }
     }))
 }
 
@@ -446,7 +535,7 @@ fn judge(
     spec: &QualitySpec,
     sensors: &mut Sensors,
     checks: &mut BTreeSet<(u64, usize)>,
-    out: &mut Vec<Scored>,
+    out: &mut Vec<Assessed>,
 ) {
     let (sensor_type, sensor_id, area) = match &item {
         Item::Reading(o) => (o.sensor_type.clone(), o.sensor_id.as_str(), o.area.as_ref()),
@@ -487,6 +576,10 @@ fn judge(
                 s.last_wall = o.arrival.ingested_at;
                 s.last_event = o.event_time;
             }
+            if s.quality.missing() {
+                // Back (or new): the feed check counts it as reporting from now on.
+                out.push(Assessed::heard(s, t));
+            }
             s.quality.judge(
                 t,
                 Input::Reading {
@@ -525,7 +618,7 @@ fn judge(
         ),
         Item::Side(Side::Incorrect(_)) => return, // filed as Item::Reading
     };
-    out.push(scored(s, assessment));
+    out.push(Assessed::Scored(scored(s, assessment)));
     // Reschedule the event-time watchdog.
     if !spec.wall_clock {
         let next = s.quality.next_check();
@@ -557,44 +650,84 @@ fn with_nested<V: Default, R>(
     f(inner.entry(key.to_string()).or_default())
 }
 
-/// The neighbour check (by area), then the score, `quality` incidents and roll-ups (by
-/// sensor, so that all of one sensor's assessments meet, whichever way they came).
+/// The neighbour check (by area) of readings and the feed check (by type) of silences, then
+/// the score, `quality` incidents and roll-ups (by sensor, so that all of one sensor's
+/// assessments meet, whichever way they came).
 fn judge_quality<'scope>(
-    scored: StreamVec<'scope, u64, Scored>,
-    threshold: f64,
-    spike_threshold: f64,
+    assessed: StreamVec<'scope, u64, Assessed>,
+    spec: QualitySpec,
 ) -> StreamVec<'scope, u64, QualityOut> {
-    track(neighbour_check(scored, spike_threshold), threshold)
+    let reading = |a: &Assessed| matches!(a, Assessed::Scored(s) if !s.assessment.findings.silent);
+    let readings = assessed.clone().filter(reading);
+    let silences = assessed.filter(move |a| !reading(a));
+    let checked = neighbour_check(readings, spec.spike_threshold)
+        .concat(feed_silence(silences, spec.wall_clock));
+    track(checked, spec.alarm(), spec.wall_clock)
 }
+
+/// Gives each item at its logical time (at least the held capability's), then moves the
+/// capability up to the input frontier `now`, or drops it once the input has ended.
+fn emit_at<T: Clone + 'static>(
+    cap: &mut Option<Capability<u64>>,
+    now: Option<u64>,
+    mut out: Vec<(u64, T)>,
+    output: &mut OutputBuilderSession<'_, u64, CapacityContainerBuilder<Vec<T>>>,
+) {
+    if let Some(held) = cap.as_ref() {
+        let base = *held.time();
+        out.sort_by_key(|(t, _)| (*t).max(base));
+        let mut items = out.into_iter().peekable();
+        while let Some((t, first)) = items.next() {
+            let at = t.max(base);
+            let mut batch = vec![first];
+            while let Some((_, item)) = items.next_if(|(t, _)| (*t).max(base) == at) {
+                batch.push(item);
+            }
+            output
+                .session(&held.delayed(&at))
+                .give_iterator(batch.into_iter());
+        }
+    }
+    crate::ordered::emit_and_follow(cap, now, Vec::new(), output);
+}
+
+/// One area's sensors of one type in the neighbour check: their neighbourhood, and the type's
+/// neighbour window, expected interval and watchdog period (ms).
+type Hood = (Neighbourhood, u64, u64, u64);
 
 /// Holds each assessment of a sensor with an area until its neighbours' readings around the
 /// same time are in, and settles its neighbour verdict; the others pass straight through.
 fn neighbour_check<'scope>(
-    scored: StreamVec<'scope, u64, Scored>,
+    assessed: StreamVec<'scope, u64, Assessed>,
     spike_threshold: f64,
 ) -> StreamVec<'scope, u64, Scored> {
-    let by_area = Exchange::new(|s: &Scored| match &s.area {
-        Some(area) => crate::stable_hash(&[&s.sensor_type, "area", area]),
-        None => crate::stable_hash(&[&s.sensor_type, "sensor", &s.sensor_id]),
+    let by_area = Exchange::new(|a: &Assessed| match a {
+        Assessed::Scored(s) => match &s.area {
+            Some(area) => crate::stable_hash(&[&s.sensor_type, "area", area]),
+            None => crate::stable_hash(&[&s.sensor_type, "sensor", &s.sensor_id]),
+        },
+        Assessed::Heard { sensor_type, .. } => crate::stable_hash(&[sensor_type]),
     });
-    scored.unary_frontier::<CapacityContainerBuilder<Vec<Scored>>, _, _, _>(
+    assessed.unary_frontier::<CapacityContainerBuilder<Vec<Scored>>, _, _, _>(
         by_area,
         "NeighbourCheck",
         move |capability, _info| {
             let mut cap = Some(capability);
-            // type → area → (neighbourhood, window).
-            let mut hoods: BTreeMap<Arc<str>, BTreeMap<String, (Neighbourhood, u64)>> =
-                BTreeMap::new();
-            let mut out: Vec<Scored> = Vec::new();
+            let mut hoods: BTreeMap<Arc<str>, BTreeMap<String, Hood>> = BTreeMap::new();
+            // Each with the logical time it is final at.
+            let mut out: Vec<(u64, Scored)> = Vec::new();
             move |(input, frontier), output| {
                 input.for_each(|_cap, data| {
-                    for s in data.drain(..) {
+                    for a in data.drain(..) {
+                        let Assessed::Scored(s) = a else { continue };
                         let Some(area) = s.area.as_deref() else {
-                            out.push(s);
+                            out.push((s.assessment.time, s));
                             continue;
                         };
                         with_nested(&mut hoods, &s.sensor_type, area, |entry| {
                             entry.1 = s.window_ms;
+                            entry.2 = s.interval_ms;
+                            entry.3 = s.grace_ms;
                             entry.0.push(s.sensor_id, s.assessment);
                         });
                     }
@@ -604,29 +737,152 @@ fn neighbour_check<'scope>(
                 }
                 let now = frontier.frontier().first().copied();
                 for (ty, by_area) in hoods.iter_mut() {
-                    for (area, (hood, window)) in by_area.iter_mut() {
+                    for (area, (hood, window, interval, grace)) in by_area.iter_mut() {
                         for (sensor, assessment) in hood.ready(now, *window, spike_threshold) {
-                            out.push(Scored {
-                                sensor_type: ty.clone(),
-                                sensor_id: sensor,
-                                area: Some(area.clone()),
-                                window_ms: *window,
-                                assessment,
-                            });
+                            out.push((
+                                assessment.time.saturating_add(*window),
+                                Scored {
+                                    sensor_type: ty.clone(),
+                                    sensor_id: sensor,
+                                    area: Some(area.clone()),
+                                    window_ms: *window,
+                                    interval_ms: *interval,
+                                    grace_ms: *grace,
+                                    assessment,
+                                },
+                            ));
                         }
                     }
-                    by_area.retain(|_, (h, _)| !h.is_empty());
+                    by_area.retain(|_, (h, ..)| !h.is_empty());
                 }
-                crate::ordered::emit_and_follow(&mut cap, now, std::mem::take(&mut out), output);
+                emit_at(&mut cap, now, std::mem::take(&mut out), output);
             }
         },
     )
 }
 
-/// Per sensor: the report (score), the threshold alarm and the hourly and daily roll-ups.
+/// How far (in watchdog periods) before the oldest failure still to judge the feed check
+/// forgets the news: [`Feed::forget_before`] keeps what any later verdict needs, this is a
+/// margin.
+const FORGET_AFTER: u64 = 2;
+
+/// Judges each watchdog failure against the other sensors of its type: a silence most of them
+/// share is the feed's (see [`aqyl_core::quality::feed`]). In event time a failure is judged
+/// once the frontier has passed it (every sensor's news up to then is in); live, at once.
+fn feed_silence<'scope>(
+    assessed: StreamVec<'scope, u64, Assessed>,
+    wall_clock: bool,
+) -> StreamVec<'scope, u64, Scored> {
+    let by_type = Exchange::new(|a: &Assessed| match a {
+        Assessed::Scored(s) => crate::stable_hash(&[&s.sensor_type]),
+        Assessed::Heard { sensor_type, .. } => crate::stable_hash(&[sensor_type]),
+    });
+    assessed.unary_frontier::<CapacityContainerBuilder<Vec<Scored>>, _, _, _>(
+        by_type,
+        "FeedSilence",
+        move |capability, _info| {
+            let mut cap = Some(capability);
+            let mut feeds: BTreeMap<Arc<str>, Feed> = BTreeMap::new();
+            let mut pending: BTreeMap<u64, Vec<Scored>> = BTreeMap::new();
+            let mut out: Vec<(u64, Scored)> = Vec::new();
+            // The longest watchdog period seen, and the last history cutoff.
+            let (mut grace, mut forgotten) = (0u64, 0u64);
+            let judge = |feeds: &BTreeMap<Arc<str>, Feed>, mut s: Scored| {
+                if let Some(feed) = feeds.get(&s.sensor_type) {
+                    s.assessment.findings.neighbours =
+                        feed.verdict(&s.sensor_id, s.assessment.time, s.grace_ms);
+                }
+                s
+            };
+            move |(input, frontier), output| {
+                let mut live = Vec::new();
+                input.for_each(|_cap, data| {
+                    for a in data.drain(..) {
+                        match a {
+                            Assessed::Heard {
+                                sensor_type,
+                                sensor_id,
+                                time,
+                            } => feeds
+                                .entry(sensor_type)
+                                .or_default()
+                                .heard(&sensor_id, time),
+                            Assessed::Scored(s) => {
+                                grace = grace.max(s.grace_ms);
+                                feeds
+                                    .entry(s.sensor_type.clone())
+                                    .or_default()
+                                    .silent(&s.sensor_id, s.assessment.time);
+                                if wall_clock {
+                                    live.push(s);
+                                } else {
+                                    pending.entry(s.assessment.time).or_default().push(s);
+                                }
+                            }
+                        }
+                    }
+                });
+                if cap.is_none() {
+                    return;
+                }
+                // Live: judged with what is known now, sent at once (the frontier may be
+                // minutes behind the wall clock).
+                for s in live {
+                    out.push((0, judge(&feeds, s)));
+                }
+                let now = frontier.frontier().first().copied();
+                while let Some((t, ready)) = crate::ordered::pop_ready(&mut pending, now) {
+                    for s in ready {
+                        out.push((t, judge(&feeds, s)));
+                    }
+                }
+                // News may run hours ahead of the frontier (a replay's frontier can leap), so
+                // the history is forgotten by time, never by count.
+                let oldest = pending.keys().next().copied().or(now).unwrap_or(u64::MAX);
+                let cutoff = oldest.saturating_sub(FORGET_AFTER * grace);
+                if cutoff > forgotten.saturating_add(grace) {
+                    forgotten = cutoff;
+                    for feed in feeds.values_mut() {
+                        feed.forget_before(cutoff);
+                    }
+                }
+                emit_at(&mut cap, now, std::mem::take(&mut out), output);
+            }
+        },
+    )
+}
+
+/// One assessment of one sensor: its report, the alarm and the roll-ups.
+fn track_one(
+    s: Scored,
+    trackers: &mut BTreeMap<Arc<str>, BTreeMap<String, (Alarm, Rollups)>>,
+    alarm: &AlarmSettings,
+    out: &mut Vec<QualityOut>,
+) {
+    let interval = s.interval_ms;
+    let report = QualityReport::new(s.sensor_type, s.sensor_id, s.area, s.assessment);
+    let (ty, id) = (&report.sensor_type, report.sensor_id.as_str());
+    with_nested(trackers, ty, id, |(a, rollups)| {
+        if let Some(e) = a.check(&report, alarm, interval) {
+            out.push(QualityOut::Event(e));
+        }
+        let mut closed = Vec::new();
+        rollups.add(&report, &mut closed);
+        out.extend(
+            closed
+                .into_iter()
+                .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
+        );
+    });
+    out.push(QualityOut::Record(QualityRecord::Report(report)));
+}
+
+/// Per sensor: the report (score), the alarm and the hourly and daily roll-ups. Live, a
+/// silence is taken as soon as it comes (the alarm must not wait for the watermark).
 fn track<'scope>(
     checked: StreamVec<'scope, u64, Scored>,
-    threshold: f64,
+    alarm: AlarmSettings,
+    wall_clock: bool,
 ) -> StreamVec<'scope, u64, QualityOut> {
     let by_sensor = Exchange::new(|s: &Scored| crate::stable_hash(&[&s.sensor_type, &s.sensor_id]));
     checked.unary_frontier::<CapacityContainerBuilder<Vec<QualityOut>>, _, _, _>(
@@ -642,17 +898,30 @@ fn track<'scope>(
             let mut held_back = 0u64;
             let mut rolled_up_to = 0u64;
             let mut out = Vec::new();
-            // Assessments by the logical time they were sent at: one sensor's may come from
-            // two workers (before and after its area was known), and are taken in that order
-            // once the frontier has passed them.
+            // Assessments by the logical time they were sent at (the time they became
+            // final): one sensor's may come from two workers (before and after its area was
+            // known) and through two checks, and are taken in that order once the frontier
+            // has passed them.
             let mut pending: BTreeMap<u64, Vec<Scored>> = BTreeMap::new();
             move |(input, frontier), output| {
+                let mut now_live = Vec::new();
                 input.for_each(|cap, data| {
                     let at = cap.least().copied().unwrap_or(0);
-                    pending.entry(at).or_default().append(data);
+                    for s in data.drain(..) {
+                        if wall_clock && s.assessment.findings.silent {
+                            now_live.push(s);
+                        } else {
+                            pending.entry(at).or_default().push(s);
+                        }
+                    }
                 });
                 if cap.is_none() {
                     return;
+                }
+                // (Their reports may close an hour's roll-up while readings of that hour still
+                // wait for the watermark; those then count towards the next hour.)
+                for s in now_live {
+                    track_one(s, &mut trackers, &alarm, &mut out);
                 }
                 let now = frontier.frontier().first().copied();
                 while let Some((_, mut ready)) = crate::ordered::pop_ready(&mut pending, now) {
@@ -665,22 +934,7 @@ fn track<'scope>(
                     });
                     for s in ready {
                         held_back = held_back.max(s.window_ms);
-                        let report =
-                            QualityReport::new(s.sensor_type, s.sensor_id, s.area, s.assessment);
-                        let (ty, id) = (&report.sensor_type, report.sensor_id.as_str());
-                        with_nested(&mut trackers, ty, id, |(alarm, rollups)| {
-                            if let Some(e) = alarm.check(&report, threshold) {
-                                out.push(QualityOut::Event(e));
-                            }
-                            let mut closed = Vec::new();
-                            rollups.add(&report, &mut closed);
-                            out.extend(
-                                closed
-                                    .into_iter()
-                                    .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
-                            );
-                        });
-                        out.push(QualityOut::Record(QualityRecord::Report(report)));
+                        track_one(s, &mut trackers, &alarm, &mut out);
                     }
                 }
                 // Roll-ups close once every report of their span has come through.

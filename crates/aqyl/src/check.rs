@@ -50,13 +50,16 @@ pub fn check(path: &Path) -> (String, bool) {
                     "in event time"
                 };
                 out.push_str(&format!(
-                    "  quality: threshold {}, watchdog {clock}, readings out of range {}\n",
+                    "  quality: threshold {}, watchdog {clock}, readings out of range {}; incidents after more than {} expected interval(s) below {}, ended after as long at or above {}\n",
                     q.threshold,
                     if q.exclude_incorrect {
                         "kept out of aggregates and rules"
                     } else {
                         "kept in"
-                    }
+                    },
+                    q.alert_after,
+                    q.threshold,
+                    q.threshold + q.recover_margin
                 ));
             } else {
                 out.push_str("  quality: off\n");
@@ -192,6 +195,10 @@ mod tests {
             out.contains(
                 "rules: readings judged on arrival; silences noticed by the wall clock and the watermark"
             ),
+            "{out}"
+        );
+        assert!(
+            out.contains("incidents after more than 1 expected interval(s) below 0.6, ended after as long at or above 0.7"),
             "{out}"
         );
     }

@@ -63,9 +63,16 @@ impl Rating {
 /// is probably stuck (frozen firmware, a cut wire reading a constant). Judged over the
 /// fields that have varied at least once, so a field that is constant by nature
 /// (`totalspaces`) neither triggers nor masks it.
+///
+/// A sensor type may name an **activity field** (its descriptor's `activity_field`, e.g. a
+/// road's `vehicleCount`): a reading where it is 0 has nothing to measure, and a detector that
+/// repeats its last speed over an empty road reports the road, not a fault. Such a reading is
+/// never called stuck (the run still counts, so a stuck sensor is caught at its first reading
+/// with activity again).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlatLine {
     n: usize,
+    activity: Option<Arc<str>>,
     /// Per field: last value, run length, whether it ever changed.
     fields: Vec<(Arc<str>, f64, usize, bool)>,
 }
@@ -73,8 +80,14 @@ pub struct FlatLine {
 impl FlatLine {
     /// Flags after `n` (at least 2) identical readings in a row.
     pub fn new(n: usize) -> Self {
+        Self::with_activity(n, None)
+    }
+
+    /// As [`FlatLine::new`], with an activity field: readings where it is 0 are not flagged.
+    pub fn with_activity(n: usize, activity: Option<Arc<str>>) -> Self {
         Self {
             n: n.max(2),
+            activity,
             fields: Vec::new(),
         }
     }
@@ -89,7 +102,7 @@ impl FlatLine {
     }
 
     /// Adds a reading; true while every field that ever varied has repeated its value for
-    /// the last `n` readings.
+    /// the last `n` readings, unless the activity field reads 0 in this one.
     pub fn push(&mut self, values: &[(Arc<str>, f64)]) -> bool {
         for (name, v) in values {
             match self.fields.iter_mut().find(|f| f.0 == *name) {
@@ -102,8 +115,12 @@ impl FlatLine {
                 None => self.fields.push((name.clone(), *v, 1, false)),
             }
         }
+        let idle = self
+            .activity
+            .as_ref()
+            .is_some_and(|a| values.iter().any(|(n, v)| n == a && *v == 0.0));
         let varying = || self.fields.iter().filter(|f| f.3);
-        varying().next().is_some() && varying().all(|f| f.2 >= self.n)
+        !idle && varying().next().is_some() && varying().all(|f| f.2 >= self.n)
     }
 }
 
@@ -548,6 +565,34 @@ mod tests {
             .map(|v| f.push(&reading(*v)))
             .collect();
         assert_eq!(got, [false, false, false, false, false, true, true, false]);
+    }
+
+    #[test]
+    fn an_empty_road_repeating_its_last_speed_is_not_stuck() {
+        let reading = |speed: f64, count: f64| -> Vec<(Arc<str>, f64)> {
+            vec![("avgSpeed".into(), speed), ("vehicleCount".into(), count)]
+        };
+        // Night: no vehicles, and the detector repeats its last speed for hours.
+        let night: Vec<_> = [(48.0, 3.0), (52.0, 1.0)]
+            .into_iter()
+            .chain(std::iter::repeat_n((52.0, 0.0), 30))
+            .map(|(s, c)| reading(s, c))
+            .collect();
+        let mut road = FlatLine::with_activity(3, Some("vehicleCount".into()));
+        assert!(
+            night.iter().all(|r| !road.push(r)),
+            "an empty road is not stuck"
+        );
+        // Without the activity field the same night is a flat line: the rule is what spares it.
+        let mut plain = FlatLine::new(3);
+        assert!(night.iter().any(|r| plain.push(r)));
+        // A stuck detector that still counts vehicles is caught as before.
+        let mut stuck = FlatLine::with_activity(3, Some("vehicleCount".into()));
+        let got: Vec<bool> = [(40.0, 7.0), (45.0, 9.0), (45.0, 9.0), (45.0, 9.0)]
+            .iter()
+            .map(|(s, c)| stuck.push(&reading(*s, *c)))
+            .collect();
+        assert_eq!(got, [false, false, false, true]);
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! - [`sensor`]: one sensor's state, giving an [`Assessment`] per reading, per unusable
 //!   message and per missed reading (the watchdog).
 //! - [`neighbours`]: plausibility against the other sensors of the area.
+//! - [`feed`]: a silence against the other sensors of the type (a feed outage or a silent
+//!   sensor).
 //! - [`score`]: the overall score and its documented weights.
-//! - [`report`]: what goes out (reports, roll-ups, threshold incidents).
+//! - [`report`]: what goes out (reports, roll-ups, and incidents with hysteresis).
 //!
 //! All pure: the dataflow's `ScoreQuality` operator feeds them in event-time order.
 //!
@@ -19,17 +21,21 @@
 //! assert_eq!(rated.iter().map(|r| (r * 1000.0).round() / 1000.0).collect::<Vec<_>>(), [0.6, 0.3, 0.1, 0.0]);
 //! ```
 
+pub mod feed;
 pub mod metrics;
 pub mod neighbours;
 pub mod report;
 pub mod score;
 pub mod sensor;
 
+pub use feed::Feed;
 pub use metrics::{
     FlatLine, Jump, Metric, Metrics5, QualitySettings, Rating, Reading, Spike, SpikeVerdict,
     StreamQuality, Unit, LONG_WINDOW, SHORT_WINDOW,
 };
 pub use neighbours::{agreement, Neighbourhood};
-pub use report::{Alarm, QualityRecord, QualityReport, QualityRollup, Rollups, QUALITY_EVENT};
+pub use report::{
+    Alarm, AlarmSettings, QualityRecord, QualityReport, QualityRollup, Rollups, QUALITY_EVENT,
+};
 pub use score::{score, Findings, Neighbours, PENALTY, WEIGHTS};
 pub use sensor::{Assessment, Input, SensorQuality, SensorSettings};

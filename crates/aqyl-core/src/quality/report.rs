@@ -4,7 +4,7 @@
 //! the threshold.
 
 use super::metrics::Metrics5;
-use super::score::Findings;
+use super::score::{Findings, Neighbours};
 use super::sensor::Assessment;
 use crate::line_protocol::{encode, FieldValue, LineError, Point};
 use crate::{Event, EventState};
@@ -269,40 +269,139 @@ impl Rollups {
     }
 }
 
-/// The `quality` incident of one sensor: starts when its score falls below the threshold,
-/// ends at the first report back at or above it.
+/// When a sensor's `quality` incident starts and ends (`[quality]` `threshold`,
+/// `recover_margin`, `alert_after`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AlarmSettings {
+    /// A score below this is low.
+    pub threshold: f64,
+    /// A score at or above `threshold + recover_margin` is good again; in between, an ongoing
+    /// incident neither ends nor counts towards ending.
+    pub recover_margin: f64,
+    /// How long, in the sensor's expected intervals, the score must stay low to start an
+    /// incident, or good to end one: the run of low (good) reports must span more than this,
+    /// from its first report's time to the current one's. `0`: at the first report.
+    pub alert_after: f64,
+}
+
+impl AlarmSettings {
+    /// Starts at the first report below `threshold`, ends at the first at or above it (no
+    /// hysteresis).
+    pub fn immediate(threshold: f64) -> Self {
+        Self {
+            threshold,
+            recover_margin: 0.0,
+            alert_after: 0.0,
+        }
+    }
+
+    /// Whether a run from `first` to `now` lasts long enough for a sensor reporting every
+    /// `interval_ms`.
+    fn lasted(&self, first: u64, now: u64, interval_ms: u64) -> bool {
+        self.alert_after <= 0.0
+            || now.saturating_sub(first) as f64 > self.alert_after * interval_ms as f64
+    }
+}
+
+/// The `quality` incident of one sensor, with hysteresis: it starts when the score has stayed
+/// below the threshold for more than `alert_after` expected intervals (every report from the
+/// first low one to the current one low; `started_at` is the first, the message is sent at
+/// the current one), and ends when it has stayed at or above `threshold + recover_margin` as
+/// long. With the default of one interval, one bad reading among good ones (a malformed
+/// message, a spike, a single missed reading) is told by its report's score, never by an
+/// incident: a sensor reporting every interval needs three low readings in a row, a silent
+/// one two watchdog failures (they come 1.05 intervals apart). A broken sensor gives one
+/// incident, not one per reading. A silence the whole feed shares is left out altogether, and
+/// so is a report older than one already judged (live, readings waiting for the watermark
+/// reach the alarm after the silence that followed them).
 #[derive(Debug, Clone, Default)]
 pub struct Alarm {
+    /// The ongoing incident's start.
     since: Option<u64>,
+    /// The first report of the current run (low ones while there is no incident, good ones
+    /// during one).
+    run_start: Option<u64>,
+    /// What the run's low reports found wrong (no incident yet).
+    problems: Vec<String>,
+    /// The newest report's time.
+    latest: u64,
 }
 
 /// Event type and rule name of quality incidents.
 pub const QUALITY_EVENT: &str = "quality";
 
+/// Most distinct problems named in an incident's start message.
+const MAX_PROBLEMS: usize = 4;
+
 impl Alarm {
-    /// Judges a report against `threshold`; the lifecycle message when it crosses.
-    pub fn check(&mut self, r: &QualityReport, threshold: f64) -> Option<Event> {
-        let below = r.score < threshold;
-        let (state, started_at, message) = match (self.since, below) {
-            (None, true) => {
-                self.since = Some(r.time);
-                let problems = r.findings.problems();
-                let why = if problems.is_empty() {
+    /// Judges a report of a sensor expected every `interval_ms`; the lifecycle message when
+    /// an incident starts or ends.
+    pub fn check(
+        &mut self,
+        r: &QualityReport,
+        settings: &AlarmSettings,
+        interval_ms: u64,
+    ) -> Option<Event> {
+        if r.time < self.latest {
+            // Older than a report already judged: live, a silence overtakes the readings
+            // before it that still wait for the watermark. The silence is the newer news.
+            return None;
+        }
+        self.latest = r.time;
+        if r.findings.silent && r.findings.neighbours == Neighbours::Agree {
+            // A silence the whole feed shares says nothing about the sensor: it neither
+            // starts, continues, interrupts nor ends its incident.
+            return None;
+        }
+        let (state, started_at, message) = match self.since {
+            None => {
+                if r.score >= settings.threshold {
+                    self.run_start = None;
+                    self.problems.clear();
+                    return None;
+                }
+                let first = *self.run_start.get_or_insert(r.time);
+                for p in r.findings.problems() {
+                    if self.problems.len() < MAX_PROBLEMS && !self.problems.contains(&p) {
+                        self.problems.push(p);
+                    }
+                }
+                if !settings.lasted(first, r.time, interval_ms) {
+                    return None;
+                }
+                let why = if self.problems.is_empty() {
                     "its ratings fell".to_string()
                 } else {
-                    problems.join("; ")
+                    self.problems.join("; ")
+                };
+                self.since = Some(first);
+                self.run_start = None;
+                self.problems.clear();
+                let low_since = if first == r.time {
+                    String::new()
+                } else {
+                    format!(" since {}", crate::deadletter::rfc3339_ms(first as i64))
                 };
                 (
                     EventState::Start,
-                    r.time,
+                    first,
                     format!(
-                        "Quality of {} sensor {} fell to {:.2} (threshold {threshold}): {why}",
-                        r.sensor_type, r.sensor_id, r.score
+                        "Quality of {} sensor {} fell to {:.2} (threshold {}){low_since}: {why}",
+                        r.sensor_type, r.sensor_id, r.score, settings.threshold
                     ),
                 )
             }
-            (Some(since), false) => {
+            Some(since) => {
+                if r.score < settings.threshold + settings.recover_margin {
+                    self.run_start = None;
+                    return None;
+                }
+                let first = *self.run_start.get_or_insert(r.time);
+                if !settings.lasted(first, r.time, interval_ms) {
+                    return None;
+                }
                 self.since = None;
+                self.run_start = None;
                 (
                     EventState::End,
                     since,
@@ -312,7 +411,6 @@ impl Alarm {
                     ),
                 )
             }
-            _ => return None,
         };
         Some(Event {
             // The type is part of the id: two types may share sensor ids.
@@ -333,6 +431,11 @@ impl Alarm {
             message,
             values: vec![("score".into(), r.score)],
         })
+    }
+
+    /// Whether an incident is ongoing.
+    pub fn is_active(&self) -> bool {
+        self.since.is_some()
     }
 }
 
@@ -406,19 +509,111 @@ mod tests {
         assert!(r.is_empty());
     }
 
-    #[test]
-    fn the_alarm_starts_below_the_threshold_and_ends_on_recovery() {
+    fn scored(t: u64, score: f64) -> QualityReport {
+        let mut r = report(t, score < 0.6);
+        r.score = score;
+        r
+    }
+
+    const HYSTERESIS: AlarmSettings = AlarmSettings {
+        threshold: 0.6,
+        recover_margin: 0.1,
+        alert_after: 1.0,
+    };
+
+    /// The lifecycle an alarm gives for a run of scores one interval (10 ms) apart, as
+    /// (state, started_at, time) in intervals.
+    fn lifecycle(scores: &[f64], settings: &AlarmSettings) -> Vec<(EventState, u64, u64)> {
         let mut a = Alarm::default();
-        assert_eq!(a.check(&report(0, false), 0.6), None);
-        let start = a.check(&report(300_000, true), 0.6).unwrap();
+        scores
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| a.check(&scored(10 * i as u64, *s), settings, 10))
+            .map(|e| (e.state, e.started_at / 10, e.time / 10))
+            .collect()
+    }
+
+    #[test]
+    fn without_hysteresis_the_alarm_starts_below_the_threshold_and_ends_on_recovery() {
+        let mut a = Alarm::default();
+        let s = AlarmSettings::immediate(0.6);
+        assert_eq!(a.check(&report(0, false), &s, 300_000), None);
+        let start = a.check(&report(300_000, true), &s, 300_000).unwrap();
         assert_eq!(start.state, EventState::Start);
         assert!(start.message.contains("values stuck"), "{}", start.message);
-        assert_eq!(a.check(&report(600_000, true), 0.6), None);
-        let end = a.check(&report(900_000, false), 0.6).unwrap();
+        assert_eq!(a.check(&report(600_000, true), &s, 300_000), None);
+        let end = a.check(&report(900_000, false), &s, 300_000).unwrap();
         assert_eq!(
             (end.state, end.id.as_str()),
             (EventState::End, start.id.as_str())
         );
         assert_eq!(end.topic("aqyl"), "aqyl/events/quality/BRUUNS");
+    }
+
+    #[test]
+    fn one_bad_report_among_good_ones_starts_no_incident() {
+        // A malformed message (0.45), then good readings again (0.93, 1.0): today's demo
+        // flapping, twice; and two bad readings in a row (one interval of low score).
+        let scores = [1.0, 0.45, 0.93, 1.0, 1.0, 0.45, 0.93, 1.0, 0.3, 0.4, 1.0];
+        assert_eq!(lifecycle(&scores, &HYSTERESIS), []);
+        assert_eq!(
+            lifecycle(&scores, &AlarmSettings::immediate(0.6)).len(),
+            6,
+            "without hysteresis: three incidents"
+        );
+    }
+
+    #[test]
+    fn a_broken_sensor_gives_one_incident_without_flapping() {
+        // Broken from report 2: low, with an odd passable score and scores just above the
+        // threshold (but below threshold + margin) among them; then fixed from report 11.
+        let scores = [
+            1.0, 1.0, 0.3, 0.45, 0.5, 0.93, 0.3, 0.65, 0.4, 0.95, 0.65, 0.95, 1.0, 1.0, 1.0,
+        ];
+        assert_eq!(
+            lifecycle(&scores, &HYSTERESIS),
+            [(EventState::Start, 2, 4), (EventState::End, 2, 13)]
+        );
+        // The same run without hysteresis flaps.
+        assert!(lifecycle(&scores, &AlarmSettings::immediate(0.6)).len() >= 6);
+    }
+
+    #[test]
+    fn a_reading_overtaken_by_a_silence_does_not_interrupt_it() {
+        // Live: the watchdog's failures (1.05 intervals apart) come at once, the last good
+        // reading before them only when the watermark lets it through, in between.
+        let mut a = Alarm::default();
+        let silent = |t: u64| {
+            let mut r = scored(t, 0.45);
+            r.findings.silent = true;
+            r
+        };
+        assert_eq!(a.check(&silent(105), &HYSTERESIS, 100), None);
+        assert_eq!(a.check(&scored(50, 1.0), &HYSTERESIS, 100), None);
+        let start = a.check(&silent(210), &HYSTERESIS, 100).unwrap();
+        assert_eq!((start.state, start.started_at), (EventState::Start, 105));
+    }
+
+    #[test]
+    fn the_start_message_names_what_the_low_reports_found() {
+        // A silent sensor: watchdog failures 1.05 intervals apart; the second starts it.
+        let mut a = Alarm::default();
+        let mut silent = scored(1_406_851_515_000, 0.49);
+        silent.findings = Findings {
+            silent: true,
+            ..Findings::default()
+        };
+        assert_eq!(a.check(&silent, &HYSTERESIS, 300_000), None);
+        silent.time += 315_000;
+        let start = a.check(&silent, &HYSTERESIS, 300_000).unwrap();
+        assert_eq!(start.started_at, 1_406_851_515_000);
+        assert!(
+            start.message.ends_with(
+                "fell to 0.49 (threshold 0.6) since 2014-08-01T00:05:15.000Z: silent for more than 1.05 expected intervals"
+            ),
+            "{}",
+            start.message
+        );
+        assert!(a.is_active());
     }
 }

@@ -17,17 +17,19 @@ pub const WEIGHTS: [(&str, f64); 5] = [
 pub const PENALTY: f64 = 0.5;
 
 /// Whether a sudden shift of the sensor's values is shared by its neighbours (same type,
-/// same area).
+/// same area), or whether a silence is shared by the other sensors of its type (the feed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Neighbours {
     /// Nothing to check: no sudden shift, or no neighbours reporting (the shift is given
-    /// the benefit of the doubt).
+    /// the benefit of the doubt; a silence is the sensor's own).
     #[default]
     Unchecked,
-    /// A sudden shift that the neighbours share: a real event, not a fault.
+    /// A sudden shift that the neighbours share: a real event, not a fault. For a silence:
+    /// most sensors of its type went silent too, an outage of the feed, not of this sensor.
     Agree,
-    /// A sudden shift that the neighbours do not share: the sensor alone deviates.
+    /// A sudden shift (or a silence) that the neighbours do not share: the sensor alone
+    /// deviates.
     Disagree,
 }
 
@@ -50,7 +52,7 @@ pub struct Findings {
     /// Fields whose previous value jumped and stayed, with the jump's z-score: a real change
     /// or a fault, which the neighbours tell.
     pub shifts: Vec<(String, f64)>,
-    /// The neighbour check of the shifts.
+    /// The neighbour check of the shifts, or of the silence.
     pub neighbours: Neighbours,
 }
 
@@ -58,7 +60,7 @@ impl Findings {
     /// The findings that cost trust, each as a short phrase for messages.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if self.silent {
+        if self.lone_silence() {
             out.push("silent for more than 1.05 expected intervals".to_string());
         }
         if self.late {
@@ -88,11 +90,17 @@ impl Findings {
         }
         out
     }
+
+    /// A silence that costs trust: not shared by most sensors of the type.
+    pub fn lone_silence(&self) -> bool {
+        self.silent && self.neighbours != Neighbours::Agree
+    }
 }
 
 /// The overall score: the weighted mean of the rated metrics, halved for each finding about
-/// the current reading (silent, late, incorrect, incomplete, stuck, a spike, a shift its
-/// neighbours do not share). The rated metrics are CityPulse's slow-moving reputation of the stream; the
+/// the current reading (silent while the rest of its type reports, late, incorrect,
+/// incomplete, stuck, a spike, a shift its neighbours do not share). A silence the whole feed
+/// shares costs only its frequency rating: the sensor is not to blame. The rated metrics are CityPulse's slow-moving reputation of the stream; the
 /// findings make one bad reading show at once, so a consumer can drop that reading.
 pub fn score(m: &Metrics5, findings: &Findings) -> f64 {
     let rated = [
@@ -109,7 +117,7 @@ pub fn score(m: &Metrics5, findings: &Findings) -> f64 {
         .sum();
     let lone_shift = !findings.shifts.is_empty() && findings.neighbours == Neighbours::Disagree;
     let count = [
-        findings.silent,
+        findings.lone_silence(),
         findings.late,
         !findings.incorrect.is_empty(),
         findings.incomplete.is_some(),
@@ -159,6 +167,20 @@ mod tests {
         };
         assert_eq!(score(&all(0.8), &both), 0.2);
         assert_eq!(both.problems().len(), 2);
+    }
+
+    #[test]
+    fn a_silence_the_whole_feed_shares_costs_nothing_beyond_the_rating() {
+        let silent = |neighbours| Findings {
+            silent: true,
+            neighbours,
+            ..Findings::default()
+        };
+        assert_eq!(score(&all(1.0), &silent(Neighbours::Unchecked)), 0.5);
+        assert_eq!(score(&all(1.0), &silent(Neighbours::Disagree)), 0.5);
+        assert_eq!(score(&all(1.0), &silent(Neighbours::Agree)), 1.0);
+        assert!(silent(Neighbours::Agree).problems().is_empty());
+        assert!(silent(Neighbours::Disagree).problems()[0].starts_with("silent"));
     }
 
     #[test]

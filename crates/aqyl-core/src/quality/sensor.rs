@@ -8,12 +8,15 @@ use crate::Reason;
 use std::sync::Arc;
 
 /// Settings of a sensor's quality scoring.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SensorSettings {
     /// The five metrics.
     pub metrics: QualitySettings,
     /// Identical readings in a row that count as stuck.
     pub flat_line: usize,
+    /// The field whose 0 means nothing to measure: no flat line is called while it reads 0
+    /// (see [`FlatLine`]).
+    pub activity: Option<Arc<str>>,
     /// Readings of history for the spike detector.
     pub spike_window: usize,
     /// Robust z-score beyond which a value is a spike.
@@ -88,9 +91,9 @@ impl SensorQuality {
     /// A sensor not heard from yet.
     pub fn new(settings: SensorSettings) -> Self {
         Self {
-            settings,
             stream: StreamQuality::new(settings.metrics),
-            flat: FlatLine::new(settings.flat_line),
+            flat: FlatLine::with_activity(settings.flat_line, settings.activity.clone()),
+            settings,
             spikes: Vec::new(),
             silence_since: None,
             silent_ticks: 0,
@@ -245,10 +248,21 @@ impl SensorQuality {
         }
     }
 
+    /// Whether the sensor has not reported yet, or the watchdog has counted it silent since
+    /// its last reading: its next reading shows it is back.
+    pub fn missing(&self) -> bool {
+        self.silence_since.is_none() || self.silent_ticks > 0
+    }
+
     /// Whether a reading repeats the previous one exactly (same event time, same values): a
     /// re-delivery, which says nothing new about the sensor.
     pub fn is_repeat(&self, time: u64, fields: &[(Arc<str>, f64)]) -> bool {
         self.stream.last_event() == Some(time) && self.flat.repeats(fields)
+    }
+
+    /// The watchdog's period: 1.05 × the expected interval, ms.
+    pub fn grace_ms(&self) -> u64 {
+        self.stream.grace_ms()
     }
 
     /// When the watchdog would bite next, if the sensor has reported.
@@ -273,6 +287,7 @@ mod tests {
                 short_window: 5,
             },
             flat_line: 3,
+            activity: None,
             spike_window: 12,
             spike_threshold: 6.0,
         }
