@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aqyl_sim::faults::parse_fault_spec;
+use aqyl_sim::faults::{parse_fault_spec, FaultKind};
 use aqyl_sim::publish::Pacer;
+use aqyl_sim::scenario::FaultPlan;
 use aqyl_sim::sensors::{CityConfig, SensorType as SimSensorType};
 use aqyl_sim::simulation::{SimConfig, Simulation};
 
@@ -173,7 +174,8 @@ clock = "event"
 }
 
 /// The simulated city of the demo: `sensors` traffic segments in five areas from
-/// 2014-08-01 (Copenhagen), for ten simulated years, with rare malformed and late readings.
+/// 2014-08-01 (Copenhagen), for ten simulated years, with rare malformed and late readings, a
+/// segment silent from 01:00 to 02:00 and one reading impossible values from 03:00 to 04:00.
 pub fn demo_city(sensors: usize, seed: u64) -> anyhow::Result<Simulation> {
     let start =
         aqyl_sim::time::parse_time("2014-08-01T00:00:00").map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -182,11 +184,32 @@ pub fn demo_city(sensors: usize, seed: u64) -> anyhow::Result<Simulation> {
         areas: 5,
         types: vec![SimSensorType::Traffic],
     };
+    let layout = aqyl_sim::sensors::City::generate(&city, seed);
     let mut config = SimConfig::new(city, start, chrono::Duration::days(3650), seed);
+    // Passing faults: a quality report shows each, no incident is opened.
     for spec in ["malformed=0.0005", "late=0.0005"] {
         config
             .rates
             .push(parse_fault_spec(spec).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    // Faults that last, so the demo shows quality incidents worth an operator's time: one
+    // segment falls silent for an hour, another reads impossible values for an hour.
+    let hour = |h: i64| start + chrono::Duration::hours(h);
+    for (kind, index, from) in [(FaultKind::Dropout, 0, 1), (FaultKind::OutOfRange, 1, 3)] {
+        let Some(sensor) = layout.sensors.get(index) else {
+            continue;
+        };
+        config.faults.push(FaultPlan {
+            kind,
+            sensor_type: SimSensorType::Traffic,
+            sensor: Some(sensor.id.clone()),
+            area: None,
+            start: hour(from),
+            end: hour(from + 1),
+            delay: chrono::Duration::zero(),
+            skew: chrono::Duration::zero(),
+            origin: "aqyl demo".into(),
+        });
     }
     Simulation::new(config).map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -356,6 +379,40 @@ mod tests {
         assert!(messages
             .iter()
             .all(|m| m.topic.starts_with("city/traffic/")));
+    }
+
+    #[test]
+    fn the_demo_city_has_two_faults_that_last_an_hour() {
+        let loaded = demo_config(1883, Path::new("data"), 2).unwrap();
+        let registry = aqyl_core::decode::Registry::new(loaded.sensor_types.clone());
+        let traffic = &loaded.sensor_types[0];
+        let mut city = demo_city(50, 42).unwrap();
+        let start = city.config().start;
+        let in_hour = |m: &aqyl_sim::simulation::Message, h: i64| {
+            let t = m.event_time - start;
+            t >= chrono::Duration::hours(h) && t < chrono::Duration::hours(h + 1)
+        };
+        let messages: Vec<_> = city.by_ref().take(50 * 12 * 5).collect();
+        let silent = messages.iter().filter(|m| m.sensor == 0 && in_hour(m, 1));
+        assert_eq!(silent.count(), 0, "segment 0 is silent from 01:00 to 02:00");
+        let wrong: Vec<usize> = messages
+            .iter()
+            .filter(|m| m.sensor == 1 && in_hour(m, 3))
+            .map(|m| {
+                let raw = aqyl_core::RawMessage {
+                    topic: m.topic.clone(),
+                    payload: m.encode(None),
+                    received_at: 0,
+                };
+                let obs = registry.decode(&raw, 65536).unwrap();
+                traffic.out_of_range_count(&obs[0].fields)
+            })
+            .collect();
+        assert_eq!(wrong.len(), 12, "segment 1 keeps reporting");
+        assert!(
+            wrong.iter().all(|n| *n > 0),
+            "every reading out of range: {wrong:?}"
+        );
     }
 
     #[test]
