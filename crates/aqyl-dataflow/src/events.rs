@@ -120,9 +120,15 @@ fn detect<'scope>(
             let mut detector = Detector::new(rules);
             move |(input, frontier), output| {
                 let mut out = Vec::new();
-                input.for_each(|_cap, data| {
+                input.for_each(|cap, data| {
+                    let sent_at = cap.least().copied().unwrap_or(0);
                     for mut obs in data.drain(..) {
-                        if !detector.watches(&obs.sensor_type, input_kind) {
+                        // A late record let in to correct its closed window
+                        // (`pipeline.late = "update"`) is for the windows only: its incidents
+                        // would be older than the frontier that downstream operators trust.
+                        if obs.event_time < sent_at
+                            || !detector.watches(&obs.sensor_type, input_kind)
+                        {
                             continue;
                         }
                         if by_area {
@@ -139,7 +145,12 @@ fn detect<'scope>(
                             pending.push(obs);
                             continue;
                         }
-                        match detector.order(&obs) {
+                        let order = detector.order(&obs);
+                        if order != Order::Newer && timing.live {
+                            // Not judged, but the sensor is alive.
+                            detector.arrived(&obs, input_kind);
+                        }
+                        match order {
                             Order::Newer => detector.observe(&obs, input_kind, &mut out),
                             Order::Repeat => {}
                             Order::Older => {
@@ -306,9 +317,10 @@ impl<'scope> AreaEvents<'scope> for StreamVec<'scope, u64, Event> {
                     while let Some((_, mut same_time)) =
                         crate::ordered::pop_ready(&mut pending, now)
                     {
-                        same_time.sort_by(|a, b| {
-                            (&a.subject, a.state.as_str()).cmp(&(&b.subject, b.state.as_str()))
-                        });
+                        // A fixed order across sensors; each sensor's own messages keep the
+                        // order they were emitted in (an outage found on arrival starts and
+                        // ends at the same instant: start first).
+                        same_time.sort_by(|a, b| a.subject.cmp(&b.subject));
                         for e in &same_time {
                             areas.count(e, &mut out);
                         }

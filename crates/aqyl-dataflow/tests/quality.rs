@@ -264,10 +264,17 @@ fn a_rejected_message_of_a_known_sensor_costs_it_completeness() {
     assert!(incomplete.score < 0.6);
 }
 
-/// Live, the watchdog follows the wall clock: a sensor that stops reporting is reported
-/// silent although no later reading moves event time.
-#[test]
-fn live_the_watchdog_notices_silence_by_the_wall_clock() {
+/// A live pipeline (quality by the wall clock, a reading expected every 200 ms, two workers)
+/// with `allowed_lateness` and `idle_timeout`; its router, workers, events and quality records.
+fn start_live(
+    allowed_lateness: Duration,
+    idle_timeout: Duration,
+) -> (
+    aqyl_dataflow::input::Router,
+    aqyl_dataflow::Running,
+    tokio::sync::mpsc::UnboundedReceiver<aqyl_core::Event>,
+    tokio::sync::mpsc::Receiver<Vec<QualityRecord>>,
+) {
     let descriptor = DESCRIPTOR.replace(
         "expected_interval = \"5m\"",
         "expected_interval = \"200ms\"",
@@ -277,8 +284,8 @@ fn live_the_watchdog_notices_silence_by_the_wall_clock() {
         registry: aqyl_dataflow::shared(Registry::new(types)),
         workers: 2,
         window: Duration::from_secs(60),
-        allowed_lateness: Duration::from_secs(1),
-        idle_timeout: Some(Duration::from_millis(100)),
+        allowed_lateness,
+        idle_timeout: Some(idle_timeout),
         max_payload_bytes: 4096,
         max_future: None,
         update_horizon: None,
@@ -289,10 +296,10 @@ fn live_the_watchdog_notices_silence_by_the_wall_clock() {
             ..quality(true)
         }),
     };
-    let (agg, _agg_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (dl, _dl_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (ev, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (q, mut q_rx) = tokio::sync::mpsc::channel(64);
+    let (agg, _) = tokio::sync::mpsc::unbounded_channel();
+    let (dl, _) = tokio::sync::mpsc::unbounded_channel();
+    let (ev, ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (q, q_rx) = tokio::sync::mpsc::channel(64);
     let outputs = aqyl_dataflow::Outputs {
         aggregates: agg,
         deadletters: dl,
@@ -301,12 +308,23 @@ fn live_the_watchdog_notices_silence_by_the_wall_clock() {
     };
     let (router, running) =
         aqyl_dataflow::start(spec, 64, outputs, Arc::new(Default::default())).unwrap();
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
+    (router, running, ev_rx, q_rx)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Live, the watchdog follows the wall clock: a sensor that stops reporting is reported
+/// silent although no later reading moves event time.
+#[test]
+fn live_the_watchdog_notices_silence_by_the_wall_clock() {
+    let (router, running, mut ev_rx, mut q_rx) =
+        start_live(Duration::from_secs(1), Duration::from_millis(100));
+    let now = now_ms;
     // Fifteen readings 100 ms apart, as they happen, then nothing. The allowed lateness (1 s)
     // is five expected intervals: readings wait that long to be judged, yet while they keep
     // coming the sensor must not be called silent.
@@ -608,46 +626,10 @@ fn an_empty_road_repeating_its_speed_is_not_stuck_a_stuck_detector_is() {
 /// reporting in s0's area the whole time.
 #[test]
 fn live_a_silence_is_reported_at_once_whatever_the_neighbour_check_holds() {
-    let descriptor = DESCRIPTOR.replace(
-        "expected_interval = \"5m\"",
-        "expected_interval = \"200ms\"",
-    );
-    let types = vec![SensorType::from_toml(Path::new("traffic.toml"), &descriptor).unwrap()];
-    let spec = PipelineSpec {
-        registry: aqyl_dataflow::shared(Registry::new(types)),
-        workers: 2,
-        window: Duration::from_secs(60),
-        // Readings wait a minute for the watermark: the neighbour check holds them as long.
-        allowed_lateness: Duration::from_secs(60),
-        idle_timeout: Some(Duration::from_secs(60)),
-        max_payload_bytes: 4096,
-        max_future: None,
-        update_horizon: None,
-        rule_timing: Default::default(),
-        rules: Arc::new(Vec::new()),
-        quality: Some(QualitySpec {
-            wall_clock: true,
-            ..quality(true)
-        }),
-    };
-    let (agg, _agg_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (dl, _dl_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (ev, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (q, mut q_rx) = tokio::sync::mpsc::channel(64);
-    let outputs = aqyl_dataflow::Outputs {
-        aggregates: agg,
-        deadletters: dl,
-        events: ev,
-        quality: q,
-    };
-    let (router, running) =
-        aqyl_dataflow::start(spec, 64, outputs, Arc::new(Default::default())).unwrap();
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    };
+    // Readings wait a minute for the watermark: the neighbour check holds them as long.
+    let (router, running, mut ev_rx, mut q_rx) =
+        start_live(Duration::from_secs(60), Duration::from_secs(60));
+    let now = now_ms;
     let send = |id: &str, i: u64| {
         let ts = now();
         assert!(router.route_blocking(RawMessage {

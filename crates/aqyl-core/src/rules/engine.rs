@@ -19,12 +19,37 @@ use std::sync::Arc;
 #[derive(Debug)]
 struct Silence {
     sensor_type: Arc<str>,
-    /// Event time of the newest reading.
+    /// Event time of the newest judged reading (the watermark's view).
     last: u64,
+    /// Event time of the newest reading that arrived, judged or still held for the watermark
+    /// (the wall clock's view).
+    arrived: u64,
     /// Wall-clock time (Unix ms) that reading arrived.
     last_arrival: i64,
     since: Option<u64>,
     area: Option<String>,
+}
+
+impl Silence {
+    /// Watching a subject from its first reading.
+    fn first(obs: &Observation) -> Self {
+        Self {
+            sensor_type: obs.sensor_type.clone(),
+            last: obs.event_time,
+            arrived: obs.event_time,
+            last_arrival: obs.arrival.ingested_at,
+            since: None,
+            area: obs.area.clone(),
+        }
+    }
+
+    /// A reading arrived (judged now or later): the subject is alive by the wall clock.
+    fn arrive(&mut self, obs: &Observation) {
+        if obs.event_time >= self.arrived {
+            self.arrived = obs.event_time;
+        }
+        self.last_arrival = self.last_arrival.max(obs.arrival.ingested_at);
+    }
 }
 
 /// Where a reading stands against its subject's newest judged reading.
@@ -92,7 +117,13 @@ impl Detector {
     /// before event time `now`; the incident starts when the silence reached `for`. Call it
     /// before each instant's readings and when the frontier moves.
     pub fn advance(&mut self, now: u64, out: &mut Vec<Event>) {
-        self.start_silences(|s, for_ms| s.last.saturating_add(for_ms) < now, out);
+        self.start_silences(
+            |s, for_ms| {
+                let start = s.last.saturating_add(for_ms);
+                (start < now).then_some(start)
+            },
+            out,
+        );
     }
 
     /// Live: starts an absence incident for every watched sensor whose newest reading
@@ -102,7 +133,10 @@ impl Detector {
     /// second while running live.
     pub fn advance_wall(&mut self, now_wall: i64, out: &mut Vec<Event>) {
         self.start_silences(
-            |s, for_ms| s.last_arrival.saturating_add(for_ms as i64) < now_wall,
+            |s, for_ms| {
+                (s.last_arrival.saturating_add(for_ms as i64) < now_wall)
+                    .then_some(s.arrived.max(s.last).saturating_add(for_ms))
+            },
             out,
         );
     }
@@ -121,17 +155,8 @@ impl Detector {
             let s = self
                 .silences
                 .entry((index, obs.sensor_id.clone()))
-                .or_insert_with(|| Silence {
-                    sensor_type: obs.sensor_type.clone(),
-                    last: obs.event_time,
-                    last_arrival: obs.arrival.ingested_at,
-                    since: None,
-                    area: obs.area.clone(),
-                });
-            if obs.event_time >= s.last {
-                s.last = obs.event_time;
-                s.last_arrival = obs.arrival.ingested_at;
-            }
+                .or_insert_with(|| Silence::first(obs));
+            s.arrive(obs);
         }
     }
 
@@ -151,21 +176,26 @@ impl Detector {
         }
     }
 
-    fn start_silences(&mut self, silent: impl Fn(&Silence, u64) -> bool, out: &mut Vec<Event>) {
+    /// Starts the silences for which `silent(silence, for)` gives a start time.
+    fn start_silences(
+        &mut self,
+        silent: impl Fn(&Silence, u64) -> Option<u64>,
+        out: &mut Vec<Event>,
+    ) {
         let rules = &self.rules;
-        let mut started: Vec<(&(usize, String), &Silence)> = self
+        let mut started: Vec<(&(usize, String), &Silence, u64)> = self
             .silences
             .iter_mut()
-            .filter(|(key, s)| s.since.is_none() && silent(s, rules[key.0].for_ms))
-            .map(|(key, s)| {
-                s.since = Some(s.last + rules[key.0].for_ms);
-                (key, &*s)
+            .filter(|(_, s)| s.since.is_none())
+            .filter_map(|(key, s)| {
+                let start = silent(s, rules[key.0].for_ms)?;
+                s.since = Some(start);
+                Some((key, &*s, start))
             })
             .collect();
-        started.sort_by(|a, b| (a.1.since, a.0).cmp(&(b.1.since, b.0)));
-        for ((index, sensor), s) in started {
-            let rule = &rules[*index];
-            out.push(silence_start(rule, sensor, s, s.last + rule.for_ms));
+        started.sort_by(|a, b| (a.2, a.0).cmp(&(b.2, b.0)));
+        for ((index, sensor), s, start) in started {
+            out.push(silence_start(&rules[*index], sensor, s, start));
         }
     }
 
@@ -194,16 +224,15 @@ impl Detector {
                     continue;
                 }
                 let slot = (index, obs.sensor_id.clone());
+                // The event time of a message this reading causes.
+                let mut at = obs.event_time;
                 let change = match rule.kind {
                     RuleKind::Area { .. } => None,
                     RuleKind::Absence => {
-                        let s = self.silences.entry(slot).or_insert_with(|| Silence {
-                            sensor_type: obs.sensor_type.clone(),
-                            last: obs.event_time,
-                            last_arrival: obs.arrival.ingested_at,
-                            since: None,
-                            area: obs.area.clone(),
-                        });
+                        let s = self
+                            .silences
+                            .entry(slot)
+                            .or_insert_with(|| Silence::first(obs));
                         // A gap longer than `for` that no tick saw (the reading after it
                         // arrived before the watermark passed the gap): the silence still
                         // happened, so it starts here and this reading ends it.
@@ -213,11 +242,12 @@ impl Detector {
                             s.since = Some(started_at);
                             out.push(silence_start(rule, &obs.sensor_id, s, started_at));
                         }
-                        if obs.event_time >= s.last {
-                            s.last = obs.event_time;
-                            s.last_arrival = obs.arrival.ingested_at;
-                        }
+                        s.last = s.last.max(obs.event_time);
+                        s.arrive(obs);
                         s.since.take().map(|started_at| {
+                            // Started by the wall clock, ended by a reading from before that
+                            // start (a backlog arriving): it ends where it started.
+                            at = at.max(started_at);
                             let message =
                                 format!("{} ended: {} reports again", rule.name, obs.sensor_id);
                             (EventState::End, rule.level.clone(), started_at, message)
@@ -301,7 +331,7 @@ impl Detector {
                         state,
                         level,
                         started_at,
-                        time: obs.event_time,
+                        time: at,
                         rule: rule.name.clone(),
                         message,
                         values: obs.fields.clone(),
@@ -438,6 +468,35 @@ mod tests {
             &mut out,
         );
         assert_eq!(states(&out), vec![("end", 15, 21)]);
+    }
+
+    #[test]
+    fn a_backlog_arriving_after_a_wall_clock_outage_ends_it_where_it_started() {
+        let wall0: i64 = 1_700_000_000_000;
+        let mut d = detector(OUTAGE);
+        let mut out = Vec::new();
+        d.observe(&reading(0, 50.0, wall0), Input::Readings, &mut out);
+        d.advance_wall(wall0 + 16 * MINUTE as i64, &mut out);
+        // A stalled gateway's backlog: minute 6 was read long ago, it arrives only now.
+        d.observe(
+            &reading(6, 50.0, wall0 + 17 * MINUTE as i64),
+            Input::Readings,
+            &mut out,
+        );
+        assert_eq!(states(&out), vec![("start", 15, 15), ("end", 15, 15)]);
+    }
+
+    #[test]
+    fn held_for_the_watermark_a_gap_that_arrives_in_a_burst_is_still_an_outage() {
+        let mut d = detector(OUTAGE);
+        let mut out = Vec::new();
+        // Minutes 0 and 30 arrive together (a gateway reconnects) and wait for the watermark.
+        d.arrived(&reading(0, 50.0, 0), Input::Readings);
+        d.arrived(&reading(30, 50.0, 0), Input::Readings);
+        d.observe(&reading(0, 50.0, 0), Input::Readings, &mut out);
+        d.advance(30 * MINUTE, &mut out);
+        d.observe(&reading(30, 50.0, 0), Input::Readings, &mut out);
+        assert_eq!(states(&out), vec![("start", 15, 15), ("end", 15, 30)]);
     }
 
     #[test]
