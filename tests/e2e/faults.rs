@@ -30,7 +30,7 @@ fn a_frozen_store_neither_stops_the_pipeline_nor_loses_data() {
     let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
     aqyl.wait_online(&status);
     vm.freeze();
-    // Two hours of one segment: 24 closed 5-minute windows to write while the store hangs.
+    // Two hours of one segment: 25 five-minute windows to write while the store hangs.
     let msgs: Vec<_> = (0..125)
         .map(|m| reading("frozen", m, 10.0 + m as f64))
         .collect();

@@ -128,16 +128,26 @@ impl Live {
 
 #[test]
 fn live_a_congestion_starts_and_ends_when_its_readings_arrive() {
-    // One worker: it sees both sensors. Another sensor's clock runs a minute ahead, so s0's
-    // readings never move the watermark: they must still be handed on and judged at once.
-    let mut live = Live::start(1);
-    live.send_at(now_ms() + 60_000, "s9", 60, 3);
-    live.send("s0", 60, 3);
-    let jammed = live.send("s0", 20, 25);
+    // Another sensor's clock runs a minute ahead on the same ingest worker (of two), so the
+    // segment's readings never move that worker's watermark: they must still go through the
+    // exchange to the rules and be judged at once.
+    let ingest = |id: &str| aqyl_dataflow::stable_hash(&[&format!("city/traffic/{id}")]) % 2;
+    let ahead = "s9";
+    let segment = (0..100)
+        .map(|i| format!("seg{i}"))
+        .find(|id| ingest(id) == ingest(ahead))
+        .unwrap();
+    let mut live = Live::start(2);
+    live.send_at(now_ms() + 60_000, ahead, 60, 3);
+    live.send(&segment, 60, 3);
+    let jammed = live.send(&segment, 20, 25);
     let start = live.next("congestion");
     assert_eq!(start.state.as_str(), "start");
-    assert_eq!((start.subject.as_str(), start.time), ("s0", jammed));
-    let free = live.send("s0", 60, 2);
+    assert_eq!(
+        (start.subject.as_str(), start.time),
+        (segment.as_str(), jammed)
+    );
+    let free = live.send(&segment, 60, 2);
     let end = live.next("congestion");
     assert_eq!(end.state.as_str(), "end");
     assert_eq!((end.id, end.time), (start.id, free));

@@ -150,9 +150,13 @@ struct Shared {
     store: Store,
     spill: Spill,
     rejected_dir: PathBuf,
-    /// False after a write failed, until a replay succeeds: new batches then go straight to
-    /// the spill instead of each waiting for a store that is down.
+    /// True only while nothing waits in the spill: a batch then goes straight to the store.
+    /// After a failed write, batches go to the spill until a replay has emptied it, so an
+    /// older spilled batch can never overwrite a newer one written directly (a window
+    /// corrected by a late record, say).
     healthy: AtomicBool,
+    /// Held while spilling and while a replay decides the spill is empty.
+    gate: std::sync::Mutex<()>,
     max_backoff: Duration,
 }
 
@@ -175,6 +179,9 @@ pub struct InfluxTarget {
     pub spill_dir: PathBuf,
     /// Where rejected batches go, with the store's answer.
     pub rejected_dir: PathBuf,
+    /// Spill directories of earlier versions (one flat directory for every store); their
+    /// batches are taken into this store's spill, as those versions would have replayed them.
+    pub adopt_from: Vec<PathBuf>,
 }
 
 /// A configured InfluxDB v2 destination.
@@ -203,13 +210,18 @@ impl InfluxSink {
             dir: target.spill_dir.join(store.key()),
             seq: AtomicU64::new(0),
         };
+        let mut adopt = target.adopt_from.clone();
+        adopt.push(target.spill_dir.clone());
+        adopt_spill(&adopt, &spill.dir);
         warn_about_other_stores(&target.spill_dir, &spill.dir);
+        let empty = spill.files().is_empty();
         Ok(Self {
             shared: Arc::new(Shared {
                 store,
                 spill,
                 rejected_dir: target.rejected_dir,
-                healthy: AtomicBool::new(true),
+                healthy: AtomicBool::new(empty),
+                gate: std::sync::Mutex::new(()),
                 max_backoff: target.max_backoff,
             }),
             replay: None,
@@ -281,7 +293,9 @@ impl InfluxSink {
             task.abort();
             let _ = task.await;
         }
-        replay_once(&self.shared, metrics).await;
+        // Bounded, so a slow store cannot hold the shutdown past a supervisor's patience.
+        let deadline = (self.shared.store.timeout * 3).max(Duration::from_secs(10));
+        let _ = tokio::time::timeout(deadline, replay_once(&self.shared, metrics)).await;
         self.shared.spill.files().len()
     }
 }
@@ -296,7 +310,12 @@ async fn spill(
 ) -> Result<(), crate::SinkError> {
     let mut attempt = 0;
     loop {
-        match s.spill.put(batch) {
+        let put = {
+            let _gate = s.gate.lock();
+            s.healthy.store(false, Relaxed);
+            s.spill.put(batch)
+        };
+        match put {
             Ok(_) => {
                 metrics
                     .influx_points_spilled
@@ -370,9 +389,12 @@ async fn replay_once(s: &Shared, metrics: &Metrics) -> Replayed {
         return Replayed::Nothing;
     }
     for (i, path) in files.iter().enumerate() {
-        let Ok(body) = std::fs::read_to_string(path) else {
-            tracing::error!(file = %path.display(), "Cannot read a spilled batch; leaving it in place.");
-            return Replayed::Stopped;
+        let body = match std::fs::read_to_string(path) {
+            Ok(body) => body,
+            Err(e) => {
+                set_aside(s, path, &format!("the spilled batch cannot be read: {e}"));
+                continue;
+            }
         };
         let points = body.lines().count();
         match s.store.send(body.clone()).await {
@@ -380,7 +402,6 @@ async fn replay_once(s: &Shared, metrics: &Metrics) -> Replayed {
                 metrics
                     .influx_points_written
                     .fetch_add(points as u64, Relaxed);
-                s.healthy.store(true, Relaxed);
             }
             Err(Failure::Reject { status, answer }) => {
                 reject(s, &body, points, status, &answer, metrics);
@@ -396,11 +417,60 @@ async fn replay_once(s: &Shared, metrics: &Metrics) -> Replayed {
             tracing::warn!(error = %e, file = %path.display(), "Cannot remove a replayed spill file; it will be written again (harmless).");
         }
     }
-    tracing::info!(
-        files = files.len(),
-        "Replayed the batches spilled during the outage."
-    );
+    let _gate = s.gate.lock();
+    if s.spill.files().is_empty() {
+        s.healthy.store(true, Relaxed);
+        tracing::info!(
+            files = files.len(),
+            "Replayed the batches spilled during the outage; writing directly again."
+        );
+    }
     Replayed::All
+}
+
+/// Moves a spill file that cannot be replayed to the rejected directory, with why.
+fn set_aside(s: &Shared, path: &Path, why: &str) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    let to = s.rejected_dir.join(&name);
+    let moved = std::fs::create_dir_all(&s.rejected_dir)
+        .and_then(|_| std::fs::rename(path, &to))
+        .and_then(|_| std::fs::write(to.with_extension("answer.txt"), format!("{why}\n")));
+    match moved {
+        Ok(()) => tracing::error!(file = %to.display(), "{why}; set aside, the replay goes on."),
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "{why}, and it cannot be set aside.")
+        }
+    }
+}
+
+/// Takes the spill files found directly in `dirs` (earlier versions' layout) into `ours`.
+fn adopt_spill(dirs: &[PathBuf], ours: &Path) {
+    for dir in dirs {
+        let files = lp_files(dir);
+        if files.is_empty() || dir == ours {
+            continue;
+        }
+        let moved = std::fs::create_dir_all(ours).map(|_| {
+            files
+                .iter()
+                .filter(|f| {
+                    f.file_name()
+                        .is_some_and(|n| std::fs::rename(f, ours.join(n)).is_ok())
+                })
+                .count()
+        });
+        match moved {
+            Ok(n) => {
+                tracing::info!(files = n, from = %dir.display(), to = %ours.display(), "Took over batches spilled by an earlier version; they are written to the store configured now.")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, from = %dir.display(), "Cannot take over batches spilled by an earlier version; they wait there.")
+            }
+        }
+    }
 }
 
 /// Batches spilled for another store (another URL, org or bucket) are never replayed into
@@ -428,6 +498,20 @@ mod tests {
         for status in [401, 403, 404, 408, 429, 500, 502, 503] {
             assert!(!permanent(status), "{status}");
         }
+    }
+
+    #[test]
+    fn a_spill_left_by_an_earlier_version_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old");
+        let ours = dir.path().join("spill/abc");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("000000000000001-000000.lp"), "m v=1 1\n").unwrap();
+        std::fs::write(old.join("notes.txt"), "not a batch").unwrap();
+        adopt_spill(&[old.clone(), ours.clone()], &ours);
+        assert_eq!(lp_files(&ours).len(), 1);
+        assert!(lp_files(&old).is_empty());
+        assert!(old.join("notes.txt").exists(), "only batches are taken");
     }
 
     #[test]

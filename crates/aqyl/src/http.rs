@@ -100,6 +100,20 @@ mod tests {
         for _ in 0..1000 {
             idle.push(TcpStream::connect(addr).await.unwrap());
         }
+        // Beyond the limit a connection is closed at once; an idle one within the limit is
+        // closed after IO_TIMEOUT. (Without the limit and the timeout neither is ever closed.)
+        let closed = |mut c: TcpStream| async move {
+            let mut buf = [0u8; 16];
+            matches!(
+                tokio::time::timeout(Duration::from_secs(20), c.read(&mut buf)).await,
+                Ok(Ok(0)) | Ok(Err(_))
+            )
+        };
+        assert!(
+            closed(idle.pop().unwrap()).await,
+            "the 1000th is turned away"
+        );
+        assert!(closed(idle.remove(0)).await, "an idle client is dropped");
         // A health checker retries; the idle clients' slots free up within IO_TIMEOUT.
         let mut answer = String::new();
         for _ in 0..300 {

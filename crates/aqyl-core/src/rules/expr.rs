@@ -167,6 +167,10 @@ fn lex(src: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
 /// person writes, and shallow enough that parsing and evaluating never exhaust the stack.
 pub const MAX_DEPTH: usize = 64;
 
+/// How many tokens a condition may have: a flat chain (`a > 1 and a > 1 and ...`) builds a
+/// tree as deep as it is long, which evaluating walks recursively.
+pub const MAX_TOKENS: usize = 1024;
+
 struct Parser {
     toks: Vec<(usize, Tok)>,
     pos: usize,
@@ -331,6 +335,14 @@ impl Expr {
     /// Parses a condition.
     pub fn parse(src: &str) -> Result<Expr, ParseError> {
         let toks = lex(src)?;
+        if toks.len() > MAX_TOKENS {
+            return Err(ParseError {
+                at: toks.get(MAX_TOKENS).map_or(src.len(), |t| t.0),
+                message: format!(
+                    "the condition has more than {MAX_TOKENS} terms and operators; split it into simpler rules"
+                ),
+            });
+        }
         let mut p = Parser {
             toks,
             pos: 0,
@@ -471,11 +483,30 @@ mod tests {
         ] {
             let err = Expr::parse(&deep).unwrap_err();
             assert!(
+                err.message.contains("more than 1024 terms"),
+                "{}",
+                err.message
+            );
+        }
+        for deep in [
+            format!("{}a > 1{}", "(".repeat(100), ")".repeat(100)),
+            format!("{}a > 1", "not ".repeat(100)),
+            format!("a > {}1", "-".repeat(100)),
+        ] {
+            let err = Expr::parse(&deep).unwrap_err();
+            assert!(
                 err.message.contains("nests deeper than 64"),
                 "{}",
                 err.message
             );
         }
+        let long = vec!["a > 1"; 20_000].join(" and ");
+        let err = Expr::parse(&long).unwrap_err();
+        assert!(
+            err.message.contains("more than 1024 terms"),
+            "{}",
+            err.message
+        );
         let fine = format!("{}a > 1{}", "(".repeat(20), ")".repeat(20));
         assert!(Expr::parse(&fine).is_ok());
     }
