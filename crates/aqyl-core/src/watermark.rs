@@ -5,7 +5,8 @@
 //! hold windows open forever, so after `idle_timeout` of wall-clock silence the watermark
 //! moves on at wall-clock speed from where it stood. It never moves backwards.
 
-/// Watermark tracker (pure: the caller passes the wall clock).
+/// Watermark tracker (pure: the caller passes the time in ms on a monotonic clock, which only
+/// measures how long the input has been idle).
 #[derive(Debug, Clone)]
 pub struct Watermark {
     lateness_ms: u64,

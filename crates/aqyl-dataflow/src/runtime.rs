@@ -213,7 +213,9 @@ fn run_worker(
 
     let lateness = spec.allowed_lateness.as_millis() as u64;
     let mut watermark = Watermark::new(lateness, spec.idle_timeout.map(|d| d.as_millis() as u64));
-    let mut last_message = wall_ms();
+    // The watermark's idle advance measures wall-clock *durations*: a monotonic clock, so a
+    // stepped system clock (NTP, a VM resumed) neither stalls nor jumps event time.
+    let mut last_message = mono_ms();
     let mut decoded = Vec::with_capacity(4);
     loop {
         // The current sensor types: a descriptor reload takes effect from the next batch.
@@ -225,6 +227,7 @@ fn run_worker(
                 Ok(msg) => {
                     taken += 1;
                     let now = wall_ms();
+                    let tick = mono_ms();
                     decoded.clear();
                     if let Err(rejection) =
                         registry.decode_into(&msg, spec.max_payload_bytes, &mut decoded)
@@ -241,7 +244,7 @@ fn run_worker(
                             rejection.sensor_id,
                         ) {
                             side.send(Side::Rejected {
-                                at: watermark.current(now),
+                                at: watermark.current(tick),
                                 sensor_type: ty.name.clone(),
                                 sensor_id: id,
                                 reason: rejection.reason,
@@ -266,7 +269,7 @@ fn run_worker(
                             // A sensor whose clock runs ahead sends unusable readings.
                             if spec.quality.is_some() {
                                 side.send(Side::Rejected {
-                                    at: watermark.current(now),
+                                    at: watermark.current(tick),
                                     sensor_type: obs.sensor_type,
                                     sensor_id: obs.sensor_id,
                                     reason: Reason::Future,
@@ -287,7 +290,7 @@ fn run_worker(
                             },
                         };
                         if !watermark.is_late(obs.event_time) {
-                            watermark.observe(obs.event_time, now);
+                            watermark.observe(obs.event_time, tick);
                             shared_max.fetch_max(obs.event_time, Relaxed);
                             metrics.observations.fetch_add(1, Relaxed);
                             if obs.arrival.out_of_range > 0
@@ -300,7 +303,7 @@ fn run_worker(
                                 input.send(obs);
                             }
                         } else if spec.update_horizon.is_some_and(|h| {
-                            obs.event_time + h.as_millis() as u64 >= watermark.current(now)
+                            obs.event_time + h.as_millis() as u64 >= watermark.current(tick)
                         }) {
                             // Sent at the current input time; Aggregate files it into its
                             // closed window and emits the correction.
@@ -312,7 +315,7 @@ fn run_worker(
                             let detail = format!(
                                 "event time {} is before the watermark {} (allowed lateness {}); its window has closed",
                                 aqyl_core::deadletter::rfc3339_ms(obs.event_time as i64),
-                                aqyl_core::deadletter::rfc3339_ms(watermark.current(now) as i64),
+                                aqyl_core::deadletter::rfc3339_ms(watermark.current(tick) as i64),
                                 aqyl_core::duration::label(spec.allowed_lateness),
                             );
                             let dl = DeadLetter::new(
@@ -326,7 +329,7 @@ fn run_worker(
                             let _ = outputs.deadletters.send(dl);
                             if spec.quality.is_some() {
                                 side.send(Side::Late {
-                                    at: watermark.current(now),
+                                    at: watermark.current(tick),
                                     sensor_type: obs.sensor_type.clone(),
                                     sensor_id: obs.sensor_id.clone(),
                                     age_ms: obs.arrival.stream_time.saturating_sub(obs.event_time),
@@ -343,9 +346,9 @@ fn run_worker(
                 }
             }
         }
-        let now = wall_ms();
+        let tick = mono_ms();
         if taken > 0 {
-            last_message = now;
+            last_message = tick;
         }
         // Each worker judges time by what it has seen itself, so a worker that runs ahead in
         // a fast replay cannot make another worker's records late; the frontier is the
@@ -354,13 +357,13 @@ fn run_worker(
         // without data holds its windows until the input ends: correct, if memory-hungrier.)
         let idle = spec
             .idle_timeout
-            .is_some_and(|t| now - last_message > t.as_millis() as i64);
+            .is_some_and(|t| tick - last_message > t.as_millis() as i64);
         let max = shared_max.load(Relaxed);
         if max > 0 && idle {
-            watermark.observe_max(max, now);
+            watermark.observe_max(max, tick);
         }
         // Every batch leaves at once, whether or not the watermark moved.
-        let w = watermark.current(now);
+        let w = watermark.current(tick);
         input.advance_to(w);
         side.advance_to(w);
         if closed {
@@ -378,6 +381,15 @@ fn run_worker(
     while !probe.done() {
         worker.step_or_park(Some(PARK));
     }
+}
+
+/// Milliseconds on a monotonic clock (since the first call), for measuring durations.
+fn mono_ms() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as i64
 }
 
 /// Why a reading received at `received_at` (wall ms; 0: from no broker) is too far in the
