@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builds aarhus-traffic.csv, the sensor registry of the CityPulse Aarhus traffic segments.
 
-Usage: python3 config/sensors/registry/build_aarhus_traffic.py ../shared/data/citypulse/metadata/trafficMetaData.csv
+Usage: python3 config/sensors/registry/build_aarhus_traffic.py CITYPULSE_DIR/metadata/trafficMetaData.csv
 
 For each segment (REPORT_ID) it writes the mid-point of its two end points and an area: the
 cell of a grid of 0.02 degrees latitude by 0.035 degrees longitude (about 2.2 km x 2.2 km at
