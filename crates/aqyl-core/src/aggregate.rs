@@ -104,7 +104,7 @@ impl Aggregate {
         .to_string()
     }
 
-    /// Appends the `aggregate` line (DESIGN schema) to `out`, millisecond precision.
+    /// Appends the `aggregate` line (the store schema in the README) to `out`, millisecond precision.
     pub fn write_line(&self, out: &mut String) -> Result<(), LineError> {
         let s = &self.stats;
         encode(

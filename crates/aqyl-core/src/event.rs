@@ -76,7 +76,7 @@ impl Event {
         )
     }
 
-    /// The JSON payload (DESIGN's event fields; times as RFC 3339).
+    /// The JSON payload (the event fields of the README's "Topics and payloads"; times as RFC 3339).
     pub fn to_json(&self) -> String {
         let values: serde_json::Map<String, serde_json::Value> = self
             .values

@@ -1,4 +1,4 @@
-//! SAX and SensorSAX (symbolic aggregate approximation), as DESIGN.md defines them.
+//! SAX and SensorSAX (symbolic aggregate approximation), computed as CityPulse computes them.
 //!
 //! SAX turns a window of readings into a short word ("ace") that stores and rules can group
 //! and compare without the raw values. This module follows CityPulse: a window whose population
@@ -7,7 +7,7 @@
 //! approximation (PAA), and each mean becomes the letter whose index is the number of
 //! standard-normal breakpoints Φ⁻¹(i/a) at or below it.
 //!
-//! Choices the design leaves open, and why they were made this way:
+//! Choices CityPulse leaves open, and why they were made this way:
 //!
 //! * **Fewer values than letters** (n < `word_length`): the values are *repeated* to fill the
 //!   word (upsampling, as standard SAX/PAA does), so the word always has exactly `word_length`

@@ -389,7 +389,7 @@ pub struct Metrics5 {
 }
 
 impl Metrics5 {
-    /// The five metrics by name, in DESIGN order.
+    /// The five metrics by name, in the order of the quality report.
     pub fn named(&self) -> [(&'static str, &Metric); 5] {
         [
             ("frequency", &self.frequency),

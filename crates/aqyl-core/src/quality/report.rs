@@ -56,7 +56,7 @@ impl QualityReport {
         )
     }
 
-    /// The JSON payload: DESIGN's fields (`sensor_id`, `sensor_type`, `time`, `score`, and
+    /// The JSON payload: the documented fields (`sensor_id`, `sensor_type`, `time`, `score`, and
     /// `{absolute, rated, unit}` under each metric's name), plus `area`, `problems` (why the
     /// score is low, for a human) and the detectors' findings.
     pub fn to_json(&self) -> String {
