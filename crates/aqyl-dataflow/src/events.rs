@@ -145,25 +145,21 @@ fn detect<'scope>(
                             pending.push(obs);
                             continue;
                         }
-                        let order = detector.order(&obs);
+                        let order = detector.observe_if_newer(&obs, input_kind, &mut out);
                         if order != Order::Newer && timing.live {
                             // Not judged, but the sensor is alive.
                             detector.arrived(&obs, input_kind);
                         }
-                        match order {
-                            Order::Newer => detector.observe(&obs, input_kind, &mut out),
-                            Order::Repeat => {}
-                            Order::Older => {
-                                if let Some(m) = &metrics {
-                                    m.rules_out_of_order.fetch_add(1, Relaxed);
-                                }
-                                tracing::debug!(
-                                    sensor_type = %obs.sensor_type,
-                                    sensor_id = %obs.sensor_id,
-                                    event_time = obs.event_time,
-                                    "reading older than its sensor's newest; rules skip it"
-                                );
+                        if order == Order::Older {
+                            if let Some(m) = &metrics {
+                                m.rules_out_of_order.fetch_add(1, Relaxed);
                             }
+                            tracing::debug!(
+                                sensor_type = %obs.sensor_type,
+                                sensor_id = %obs.sensor_id,
+                                event_time = obs.event_time,
+                                "reading older than its sensor's newest; rules skip it"
+                            );
                         }
                     }
                 });

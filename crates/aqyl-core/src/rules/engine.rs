@@ -30,6 +30,16 @@ struct Silence {
     area: Option<String>,
 }
 
+/// Where `obs` stands against its subject's newest judged reading `last` (time, fields).
+fn order_against(last: Option<&(u64, Fields)>, obs: &Observation) -> Order {
+    match last {
+        None => Order::Newer,
+        Some((t, _)) if obs.event_time > *t => Order::Newer,
+        Some((t, fields)) if obs.event_time == *t && *fields == obs.fields => Order::Repeat,
+        Some(_) => Order::Older,
+    }
+}
+
 impl Silence {
     /// Watching a subject from its first reading.
     fn first(obs: &Observation) -> Self {
@@ -168,12 +178,23 @@ impl Detector {
     /// Where `obs` stands against its subject's newest judged reading.
     pub fn order(&self, obs: &Observation) -> Order {
         let key = (obs.sensor_type.clone(), obs.sensor_id.clone());
-        match self.last_reading.get(&key) {
-            None => Order::Newer,
-            Some((t, _)) if obs.event_time > *t => Order::Newer,
-            Some((t, fields)) if obs.event_time == *t && *fields == obs.fields => Order::Repeat,
-            Some(_) => Order::Older,
+        order_against(self.last_reading.get(&key), obs)
+    }
+
+    /// On arrival: judges `obs` if it is newer than its subject's newest judged reading, and
+    /// says where it stood (the subject is looked up once).
+    pub fn observe_if_newer(
+        &mut self,
+        obs: &Observation,
+        input: Input<'_>,
+        out: &mut Vec<Event>,
+    ) -> Order {
+        let key = (obs.sensor_type.clone(), obs.sensor_id.clone());
+        let order = order_against(self.last_reading.get(&key), obs);
+        if order == Order::Newer {
+            self.observe_keyed(key, obs, input, out);
         }
+        order
     }
 
     /// Starts the silences for which `silent(silence, for)` gives a start time.
@@ -204,6 +225,16 @@ impl Detector {
     /// subject must come in event-time order.
     pub fn observe(&mut self, obs: &Observation, input: Input<'_>, out: &mut Vec<Event>) {
         let key = (obs.sensor_type.clone(), obs.sensor_id.clone());
+        self.observe_keyed(key, obs, input, out);
+    }
+
+    fn observe_keyed(
+        &mut self,
+        key: Subject,
+        obs: &Observation,
+        input: Input<'_>,
+        out: &mut Vec<Event>,
+    ) {
         let rules = self.rules.clone();
         {
             let previous = self.last_reading.get(&key).map(|(t, f)| (*t, f.as_slice()));
