@@ -66,6 +66,16 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// A numeric option `NAME VALUE` from a benchmark driver's command line, or `default`.
+pub fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Waits until `cond` holds, checking every 20 ms, for at most `limit`; panics with `what`.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;

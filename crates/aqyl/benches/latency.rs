@@ -59,25 +59,16 @@ struct Args {
     timeline: bool,
 }
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 impl Args {
     fn parse() -> Self {
         Self {
-            rate: arg("--rate", 1000).max(1),
-            seconds: arg("--seconds", 20).max(1),
-            probe_every: arg("--probe-every", 10).max(1),
-            run: arg("--run", 2).max(1),
-            drain: arg("--drain", 15) as u64,
-            nodelay: arg("--nodelay", 0) != 0,
-            timeline: arg("--timeline", 0) != 0,
+            rate: aqyl_tests::arg("--rate", 1000).max(1),
+            seconds: aqyl_tests::arg("--seconds", 20).max(1),
+            probe_every: aqyl_tests::arg("--probe-every", 10).max(1),
+            run: aqyl_tests::arg("--run", 2).max(1),
+            drain: aqyl_tests::arg("--drain", 15) as u64,
+            nodelay: aqyl_tests::arg("--nodelay", 0) != 0,
+            timeline: aqyl_tests::arg("--timeline", 0) != 0,
         }
     }
 }

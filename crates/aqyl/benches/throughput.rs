@@ -23,15 +23,6 @@ use std::time::{Duration, Instant};
 const SENSORS: usize = 50;
 const CONNECTIONS: usize = 4;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// The demo workload: 50 simulated road segments (`aqyl-sim`, no faults), one CityPulse-format
 /// row each per simulated 5 minutes, in event-time order.
 fn workload(n: usize) -> Vec<(String, Vec<u8>)> {
@@ -264,13 +255,13 @@ async fn aqyl_round(
 }
 
 fn main() {
-    let n = arg("--messages", 200_000);
-    let rounds = arg("--rounds", 3);
-    let workers = arg("--workers", 2);
+    let n = aqyl_tests::arg("--messages", 200_000);
+    let rounds = aqyl_tests::arg("--rounds", 3);
+    let workers = aqyl_tests::arg("--workers", 2);
     // 1: quality scoring on, as shipped; 0: off; 2: both, alternating, to pair them.
-    let quality = arg("--quality", 1);
+    let quality = aqyl_tests::arg("--quality", 1);
     // 1: the shipped traffic rules, as the demo runs them; 0: none.
-    let rules = arg("--rules", 1) != 0;
+    let rules = aqyl_tests::arg("--rules", 1) != 0;
     let broker = Mosquitto::start();
     let msgs = Arc::new(workload(n));
     let bytes: usize = msgs.iter().map(|m| m.1.len()).sum();
