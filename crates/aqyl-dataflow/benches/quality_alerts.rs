@@ -135,12 +135,10 @@ fn main() {
     );
     println!("{quality:?}");
 
-    let (agg_tx, agg_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (dl_tx, dl_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel::<aqyl_core::Event>();
-    let (q_tx, mut q_rx) = tokio::sync::mpsc::channel::<Vec<QualityRecord>>(64);
-    drop((agg_rx, dl_rx)); // aggregates and dead letters are not looked at
-                           // Per (type, sensor): first and last report time, reports.
+    let (outputs, received) = aqyl_dataflow::Outputs::channels();
+    // Aggregates and dead letters are not looked at.
+    let (mut ev_rx, mut q_rx) = (received.events, received.quality);
+    // Per (type, sensor): first and last report time, reports.
     let reports = std::thread::spawn(move || {
         let mut spans: BTreeMap<(String, String), (u64, u64, u64)> = BTreeMap::new();
         while let Some(batch) = q_rx.blocking_recv() {
@@ -166,12 +164,6 @@ fn main() {
         }
         out
     });
-    let outputs = aqyl_dataflow::Outputs {
-        aggregates: agg_tx,
-        deadletters: dl_tx,
-        events: ev_tx,
-        quality: q_tx,
-    };
     let started = Instant::now();
     let (router, running) =
         aqyl_dataflow::start(spec, 4096, outputs, Arc::new(Default::default())).unwrap();

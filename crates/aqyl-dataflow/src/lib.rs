@@ -28,7 +28,7 @@ pub fn shared(registry: aqyl_core::decode::Registry) -> SharedRegistry {
     std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(registry))
 }
 
-pub use runtime::{run_batch, start, Batch, Outputs, PipelineSpec, Running};
+pub use runtime::{run_batch, start, Batch, Outputs, PipelineSpec, Receivers, Running};
 
 /// The wall clock, Unix ms.
 pub(crate) fn wall_ms() -> i64 {

@@ -82,6 +82,43 @@ pub struct Outputs {
     pub quality: mpsc::Sender<Vec<QualityRecord>>,
 }
 
+/// The receiving ends of [`Outputs`].
+#[derive(Debug)]
+pub struct Receivers {
+    /// Closed windows.
+    pub aggregates: mpsc::UnboundedReceiver<AggregateRecord>,
+    /// Rejected and late input.
+    pub deadletters: mpsc::UnboundedReceiver<DeadLetter>,
+    /// Incident lifecycle messages.
+    pub events: mpsc::UnboundedReceiver<aqyl_core::Event>,
+    /// Quality reports and roll-ups, in batches; at most [`QUALITY_BATCHES`] wait.
+    pub quality: mpsc::Receiver<Vec<QualityRecord>>,
+}
+
+impl Outputs {
+    /// A channel for every output (the quality one bounded at [`QUALITY_BATCHES`]) and their
+    /// receiving ends, for a caller that reads each output itself.
+    pub fn channels() -> (Outputs, Receivers) {
+        let (aggregates, agg_rx) = mpsc::unbounded_channel();
+        let (deadletters, dl_rx) = mpsc::unbounded_channel();
+        let (events, ev_rx) = mpsc::unbounded_channel();
+        let (quality, q_rx) = mpsc::channel(QUALITY_BATCHES);
+        let outputs = Outputs {
+            aggregates,
+            deadletters,
+            events,
+            quality,
+        };
+        let receivers = Receivers {
+            aggregates: agg_rx,
+            deadletters: dl_rx,
+            events: ev_rx,
+            quality: q_rx,
+        };
+        (outputs, receivers)
+    }
+}
+
 /// A running dataflow; [`Running::join`] waits until every worker has drained and stopped,
 /// which happens once all senders of the input router are dropped.
 pub struct Running {
@@ -442,10 +479,13 @@ impl Batch {
 /// returns what it produced. The same code path as the service, used by tests, benchmarks
 /// and replays.
 pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<Batch, String> {
-    let (agg_tx, mut agg_rx) = mpsc::unbounded_channel();
-    let (dl_tx, mut dl_rx) = mpsc::unbounded_channel();
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-    let (q_tx, mut q_rx) = mpsc::channel::<Vec<QualityRecord>>(QUALITY_BATCHES);
+    let (outputs, received) = Outputs::channels();
+    let Receivers {
+        aggregates: mut agg_rx,
+        deadletters: mut dl_rx,
+        events: mut ev_rx,
+        quality: mut q_rx,
+    } = received;
     // The bounded quality channel is drained while the workers run.
     let quality_drain = std::thread::spawn(move || {
         let mut all = Vec::new();
@@ -455,12 +495,6 @@ pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<Batch,
         all
     });
     let metrics = Arc::new(Metrics::default());
-    let outputs = Outputs {
-        aggregates: agg_tx,
-        deadletters: dl_tx,
-        events: ev_tx,
-        quality: q_tx,
-    };
     let (router, running) = start(spec, 1024, outputs, metrics)?;
     let feeder = std::thread::spawn(move || {
         for m in messages {

@@ -71,22 +71,13 @@ impl Live {
             rules: Arc::new(rules),
             quality: None,
         };
-        let (agg, _) = tokio::sync::mpsc::unbounded_channel();
-        let (dl, _) = tokio::sync::mpsc::unbounded_channel();
-        let (ev, events) = tokio::sync::mpsc::unbounded_channel();
-        let (q, _) = tokio::sync::mpsc::channel(64);
-        let outputs = aqyl_dataflow::Outputs {
-            aggregates: agg,
-            deadletters: dl,
-            events: ev,
-            quality: q,
-        };
+        let (outputs, received) = aqyl_dataflow::Outputs::channels();
         let (router, running) =
             aqyl_dataflow::start(spec, 64, outputs, Arc::new(Default::default())).unwrap();
         Self {
             router,
             running,
-            events,
+            events: received.events,
         }
     }
 

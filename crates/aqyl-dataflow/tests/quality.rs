@@ -296,19 +296,10 @@ fn start_live(
             ..quality(true)
         }),
     };
-    let (agg, _) = tokio::sync::mpsc::unbounded_channel();
-    let (dl, _) = tokio::sync::mpsc::unbounded_channel();
-    let (ev, ev_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (q, q_rx) = tokio::sync::mpsc::channel(64);
-    let outputs = aqyl_dataflow::Outputs {
-        aggregates: agg,
-        deadletters: dl,
-        events: ev,
-        quality: q,
-    };
+    let (outputs, received) = aqyl_dataflow::Outputs::channels();
     let (router, running) =
         aqyl_dataflow::start(spec, 64, outputs, Arc::new(Default::default())).unwrap();
-    (router, running, ev_rx, q_rx)
+    (router, running, received.events, received.quality)
 }
 
 fn now_ms() -> u64 {

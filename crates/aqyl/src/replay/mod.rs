@@ -313,11 +313,14 @@ fn execute(
 ) -> anyhow::Result<Counted> {
     let metrics = Arc::new(Metrics::default());
     let counts = Arc::new(Counts::default());
-    let (agg_tx, agg_rx) = mpsc::unbounded_channel::<Aggregate>();
-    let (dl_tx, dl_rx) = mpsc::unbounded_channel::<DeadLetter>();
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Event>();
-    let (q_tx, q_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
-    let (sink_agg, sink_ev, sink_q) = tees(agg_rx, ev_rx, q_rx, &counts);
+    let (outputs, received) = Outputs::channels();
+    let (sink_agg, sink_ev, sink_q) = tees(
+        received.aggregates,
+        received.events,
+        received.quality,
+        &counts,
+    );
+    let dl_rx = received.deadletters;
     let sink_task = rt.spawn(aqyl_sink::run(
         out.sinks,
         sink_agg,
@@ -326,13 +329,7 @@ fn execute(
         metrics.clone(),
     ));
     let dl_task = rt.spawn_blocking(move || write_dead_letters(dl_rx, out.dead_letters));
-    let rejected = dl_tx.clone();
-    let outputs = Outputs {
-        aggregates: agg_tx,
-        deadletters: dl_tx,
-        events: ev_tx,
-        quality: q_tx,
-    };
+    let rejected = outputs.deadletters.clone();
     let (router, running) = aqyl_dataflow::start(spec, capacity, outputs, metrics.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the dataflow: {e}"))?;
     let files = merge.files();
