@@ -24,6 +24,7 @@ pub mod descriptor;
 pub mod duration;
 pub mod error;
 pub mod event;
+pub mod fnv;
 pub mod formats;
 pub mod line_protocol;
 pub mod metrics;

@@ -38,15 +38,6 @@ pub(crate) fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A stable 64-bit FNV-1a hash of key parts (the same on every run, process and machine, so
+/// A stable 64-bit hash of key parts (the same on every run, process and machine, so
 /// routing and exchange agree across a cluster).
-pub fn stable_hash(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.bytes().chain(std::iter::once(0xff)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
-}
+pub use aqyl_core::fnv::stable_hash;

@@ -73,10 +73,7 @@ impl Store {
 
     /// A directory name for this store: the same store always gets the same one.
     fn key(&self) -> String {
-        let id = format!("{}|{}|{}", self.url, self.org, self.bucket);
-        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        let hash = aqyl_core::fnv::stable_hash(&[&self.url, &self.org, &self.bucket]);
         format!("{hash:016x}")
     }
 }

@@ -205,17 +205,13 @@ impl Sequence {
 /// A stable incident id: the same rule, subject and start always give the same id, so a
 /// replay or a re-delivery yields the same incidents (FNV-1a, hex).
 pub fn incident_id(rule: &str, subject: &str, started_at: u64) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in rule
-        .bytes()
-        .chain([0xff])
-        .chain(subject.bytes())
-        .chain([0xff])
-        .chain(started_at.to_le_bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = crate::fnv::fnv1a(
+        rule.bytes()
+            .chain([0xff])
+            .chain(subject.bytes())
+            .chain([0xff])
+            .chain(started_at.to_le_bytes()),
+    );
     format!("{h:016x}")
 }
 
