@@ -348,19 +348,14 @@ fn reject(s: &Shared, batch: &str, points: usize, status: u16, answer: &str, met
     metrics
         .influx_points_rejected
         .fetch_add(points as u64, Relaxed);
-    let name = format!("{:015}-{:06}", wall_ms(), s.spill.seq.fetch_add(1, Relaxed));
-    let lp = s.rejected_dir.join(format!("{name}.lp"));
-    let why = s.rejected_dir.join(format!("{name}.answer.txt"));
-    let saved = std::fs::create_dir_all(&s.rejected_dir)
-        .and_then(|_| std::fs::write(&lp, batch))
-        .and_then(|_| {
-            std::fs::write(
-                &why,
-                format!("HTTP {status} from {}: {answer}\n", s.store.url),
-            )
-        });
-    match saved {
-        Ok(()) => {
+    let name = format!(
+        "{:015}-{:06}.lp",
+        wall_ms(),
+        s.spill.seq.fetch_add(1, Relaxed)
+    );
+    let why = format!("HTTP {status} from {}: {answer}", s.store.url);
+    match keep_rejected(s, name.as_ref(), |lp| std::fs::write(lp, batch), &why) {
+        Ok(lp) => {
             tracing::error!(status, answer, points, file = %lp.display(), "InfluxDB rejected a batch for good; it is kept with the answer, later batches go on.")
         }
         Err(e) => {
@@ -425,18 +420,29 @@ async fn replay_once(s: &Shared, metrics: &Metrics) -> Replayed {
     Replayed::All
 }
 
+/// Puts a batch into the rejected directory as `name` (`put` writes or moves it there) with
+/// `why` beside it in `<name>.answer.txt`; returns where the batch went.
+fn keep_rejected(
+    s: &Shared,
+    name: &std::ffi::OsStr,
+    put: impl FnOnce(&Path) -> std::io::Result<()>,
+    why: &str,
+) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(&s.rejected_dir)?;
+    let to = s.rejected_dir.join(name);
+    put(&to)?;
+    std::fs::write(to.with_extension("answer.txt"), format!("{why}\n"))?;
+    Ok(to)
+}
+
 /// Moves a spill file that cannot be replayed to the rejected directory, with why.
 fn set_aside(s: &Shared, path: &Path, why: &str) {
     let name = path
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
-    let to = s.rejected_dir.join(&name);
-    let moved = std::fs::create_dir_all(&s.rejected_dir)
-        .and_then(|_| std::fs::rename(path, &to))
-        .and_then(|_| std::fs::write(to.with_extension("answer.txt"), format!("{why}\n")));
-    match moved {
-        Ok(()) => tracing::error!(file = %to.display(), "{why}; set aside, the replay goes on."),
+    match keep_rejected(s, &name, |to| std::fs::rename(path, to), why) {
+        Ok(to) => tracing::error!(file = %to.display(), "{why}; set aside, the replay goes on."),
         Err(e) => {
             tracing::error!(file = %path.display(), error = %e, "{why}, and it cannot be set aside.")
         }
