@@ -127,7 +127,7 @@ pub enum SaxError {
 ///
 /// The word length is bounded so that every word has a [`sax_code`] in a `u64`
 /// (alphabet^word_length ≤ 2⁶⁴: 64 letters for alphabet 2, 27 for 5, 13 for 26).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SaxParams {
     alphabet: usize,
     word_length: usize,

@@ -11,7 +11,7 @@ pub const MAX_OVERLAP: u64 = 1000;
 
 /// One kind of window computed for a sensor type: tumbling (`slide == size`) or sliding,
 /// aligned to the Unix epoch. Window `k` covers `[k·slide, k·slide + size)`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WindowSpec {
     size_ms: u64,
     slide_ms: u64,

@@ -14,6 +14,8 @@ use aqyl_core::metrics::Metrics;
 use aqyl_core::sax::{sax_code, sax_word};
 use aqyl_core::window::{WindowSpec, WindowStats};
 use aqyl_core::{Aggregate as AggregateRecord, Observation, Scope};
+use crate::state::OperatorStates;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 /// The values of one field of one sensor in one window: (event time, value).
+#[derive(Serialize, Deserialize)]
 struct Series {
     field: Arc<str>,
     /// The window it belongs to (kept, so a descriptor reload cannot relabel open windows).
@@ -43,6 +46,15 @@ fn subject(obs: &Observation, scope: Scope) -> Option<&str> {
 /// Values of the windows ending at one instant: sensor type → subject → series. Nested maps
 /// let an observation be filed by borrowed names, so the hot path clones nothing but `Arc`s.
 type Groups = HashMap<Arc<str>, HashMap<String, Vec<Series>>>;
+
+/// What an `Aggregate` keeps between activations (and in checkpoints).
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    /// Open windows by end.
+    open: BTreeMap<u64, Groups>,
+    /// Closed windows kept for late updates (only with an update horizon), by end.
+    closed: BTreeMap<u64, Groups>,
+}
 
 /// The windows of a sensor type: its own, or the pipeline's default.
 fn specs_of<'a>(
@@ -136,7 +148,8 @@ pub trait Aggregate<'scope> {
     /// Computes every window of each observation's sensor type (`default` for types that
     /// declare none) per subject of `scope`; counts closed windows in `metrics`. With
     /// `update_horizon_ms`, closed windows are kept that long, and a late record for one of
-    /// them re-emits it corrected (same series and end, so the store overwrites it).
+    /// them re-emits it corrected (same series and end, so the store overwrites it). Its
+    /// state is registered in `states` as `aggregate/<scope>`.
     fn aggregate(
         self,
         scope: Scope,
@@ -144,6 +157,7 @@ pub trait Aggregate<'scope> {
         default: WindowSpec,
         update_horizon_ms: Option<u64>,
         metrics: Arc<Metrics>,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, AggregateRecord>;
 }
 
@@ -155,19 +169,24 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
         default: WindowSpec,
         update_horizon_ms: Option<u64>,
         metrics: Arc<Metrics>,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, AggregateRecord> {
+        let state = states.register::<State>(&format!("aggregate/{}", scope.tag()));
         let exchange = Exchange::new(move |o: &Observation| {
             crate::stable_hash(&[&o.sensor_type, subject(o, scope).unwrap_or("")])
         });
         let default = vec![default];
         self.unary_frontier::<CapacityContainerBuilder<Vec<AggregateRecord>>, _, _, _>(
-            exchange,
+            states.counted(exchange),
             "Aggregate",
-            move |_capability, _info| {
-                let mut open: BTreeMap<u64, (Capability<u64>, Groups)> = BTreeMap::new();
-                // Closed windows kept for late updates (only with an update horizon).
-                let mut closed: BTreeMap<u64, Groups> = BTreeMap::new();
+            move |capability, _info| {
+                // One capability per open window end (restored windows get theirs here).
+                let mut caps: BTreeMap<u64, Capability<u64>> = (state.borrow().open.keys())
+                    .map(|end| (*end, capability.delayed(end)))
+                    .collect();
                 move |(input, frontier), output| {
+                    let mut state = state.borrow_mut();
+                    let State { open, closed } = &mut *state;
                     // The current sensor types (descriptors may be reloaded while running).
                     let registry = shared_registry.load();
                     input.for_each(|cap, data| {
@@ -180,16 +199,14 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                             let specs = specs_of(&registry, &default, &obs.sensor_type);
                             for spec in specs {
                                 for end in spec.ends(obs.event_time) {
-                                    if let Some((_, groups)) = open.get_mut(&end) {
+                                    if let Some(groups) = open.get_mut(&end) {
                                         file(groups, &obs, subject, spec);
                                     } else if end > at {
-                                        let groups = &mut open
-                                            .entry(end)
-                                            .or_insert((
-                                                cap.delayed(&end, output.output_index()),
-                                                HashMap::new(),
-                                            ))
-                                            .1;
+                                        caps.insert(
+                                            end,
+                                            cap.delayed(&end, output.output_index()),
+                                        );
+                                        let groups = open.entry(end).or_default();
                                         file(groups, &obs, subject, spec);
                                     } else if update_horizon_ms.is_some() {
                                         // A late record for a closed window: correct it and
@@ -223,7 +240,10 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                         if frontier.less_than(entry.key()) {
                             break;
                         }
-                        let (end, (cap, mut groups)) = entry.remove_entry();
+                        let (end, mut groups) = entry.remove_entry();
+                        let Some(cap) = caps.remove(&end) else {
+                            continue;
+                        };
                         let mut session = output.session(&cap);
                         for (sensor_type, by_id) in groups.iter_mut() {
                             for (subject, all) in by_id.iter_mut() {
@@ -296,6 +316,7 @@ mod tests {
                         default,
                         update_horizon_ms,
                         Arc::new(Metrics::default()),
+                        &OperatorStates::default(),
                     )
                     .inspect_core(move |event| {
                         if let Ok((stamp, data)) = event {

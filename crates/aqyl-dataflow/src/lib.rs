@@ -18,6 +18,7 @@ pub mod ordered;
 pub mod quality;
 pub mod runtime;
 pub mod sensor_sax;
+pub mod state;
 
 /// The sensor types, swappable while the dataflow runs (hot reload): workers and operators
 /// load the current registry at each step.

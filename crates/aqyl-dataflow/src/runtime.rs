@@ -148,6 +148,7 @@ pub fn start(
         receivers.into_iter().map(Some).collect::<Vec<_>>(),
     ));
     let shared_max = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let config = timely::Config {
         communication: timely::CommunicationConfig::Process(workers),
         worker: WorkerConfig::default(),
@@ -162,7 +163,8 @@ pub fn start(
             tracing::error!(index, "worker found no input channel; it will not ingest");
             return;
         };
-        run_worker(worker, &spec, rx, &outputs, &metrics, &shared_max);
+        let states = crate::state::OperatorStates::new(in_flight.clone());
+        run_worker(worker, &spec, rx, &outputs, &metrics, &shared_max, states);
     })?;
     Ok((router, Running { guards }))
 }
@@ -174,6 +176,7 @@ fn run_worker(
     outputs: &Outputs,
     metrics: &Arc<Metrics>,
     shared_max: &AtomicU64,
+    states: crate::state::OperatorStates,
 ) {
     let default_window = WindowSpec::tumbling(spec.window);
     let horizon = spec.update_horizon.map(|h| h.as_millis() as u64);
@@ -198,6 +201,7 @@ fn run_worker(
             default_window.clone(),
             horizon,
             metrics.clone(),
+            &states,
         );
         let per_area = observations.clone().aggregate(
             Scope::Area,
@@ -205,6 +209,7 @@ fn run_worker(
             default_window,
             horizon,
             metrics.clone(),
+            &states,
         );
         {
             let timing = crate::events::Timing::of(spec);
