@@ -1,0 +1,421 @@
+//! Aqyl's durable state: the ingest log and the latest checkpoint of the dataflow, in one
+//! [redb](https://docs.rs/redb) file (`state.redb` in `[state] dir`).
+//!
+//! - **Ingest log.** Messages are appended in groups (one write transaction each, committed
+//!   with fsync) before they are acknowledged to the broker; each message gets a sequence
+//!   number, and a group is stored under the number of its first message.
+//! - **Checkpoint.** An opaque blob (the dataflow's encoded state) with the sequence number
+//!   from which the log is still needed; committing it deletes the log groups before that
+//!   number, in the same transaction, so the file never holds a checkpoint without the log it
+//!   needs.
+//!
+//! Why redb: one pure-Rust file with ACID transactions and crash safety (copy-on-write B-trees,
+//! a commit is durable when it returns), no compaction threads, no C library; it gives group
+//! commit (many messages per fsync) and the atomic "new checkpoint + truncated log" for free.
+//! A write-ahead log of our own would need its own framing, checksums, torn-write recovery
+//! and file rotation, and an LSM store (RocksDB, fjall) brings background compaction we do
+//! not need for an append-then-truncate workload.
+
+use aqyl_core::RawMessage;
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The layout this release reads and writes. A state file of another format is refused.
+pub const FORMAT: u64 = 1;
+
+/// The file name inside the state directory.
+pub const FILE: &str = "state.redb";
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("ingest_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// A failure of the state file, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateError(pub String);
+
+impl std::fmt::Display for StateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StateError {}
+
+fn err(path: &Path, what: &str, e: impl std::fmt::Display) -> StateError {
+    StateError(format!("{}: {what}: {e}", path.display()))
+}
+
+/// One logged message (the log's on-disk record).
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    topic: String,
+    payload: Vec<u8>,
+    received_at: i64,
+}
+
+/// The latest committed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The dataflow's encoded state.
+    pub blob: Vec<u8>,
+    /// Log entries from this sequence number on may not be covered by the checkpoint.
+    pub log_from: u64,
+}
+
+/// The state file of one instance.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) `dir/state.redb`, creating `dir` if needed. Refuses a file written
+    /// in another format, or one another running instance holds.
+    pub fn open(dir: &Path) -> Result<Store, StateError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            err(
+                dir,
+                "cannot create the state directory ([state] dir, AQYL_STATE_DIR)",
+                e,
+            )
+        })?;
+        let path = dir.join(FILE);
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StateError(format!(
+                "{}: another Aqyl instance is using this state directory; give each instance its own [state] dir",
+                path.display()
+            )),
+            other => err(
+                &path,
+                "cannot open the state file (written by an incompatible release, or damaged); move it aside to start afresh",
+                other,
+            ),
+        })?;
+        let store = Store { db, path };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_format(&self) -> Result<(), StateError> {
+        let tx = self.write()?;
+        {
+            let mut meta = tx
+                .open_table(META)
+                .map_err(|e| err(&self.path, "cannot open", e))?;
+            let found = meta
+                .get("format")
+                .map_err(|e| err(&self.path, "cannot read", e))?
+                .map(|v| v.value().to_vec());
+            match found {
+                None => {
+                    meta.insert("format", FORMAT.to_le_bytes().as_slice())
+                        .map_err(|e| err(&self.path, "cannot write", e))?;
+                }
+                Some(bytes) => {
+                    let format = bytes.try_into().map(u64::from_le_bytes).unwrap_or(0);
+                    if format != FORMAT {
+                        return Err(StateError(format!(
+                            "{}: state written in format {format}, but this release reads format {FORMAT}; run the release that wrote it until it stops cleanly, or move the file aside to start afresh",
+                            self.path.display()
+                        )));
+                    }
+                }
+            }
+            tx.open_table(LOG)
+                .map_err(|e| err(&self.path, "cannot open", e))?;
+        }
+        tx.commit().map_err(|e| err(&self.path, "cannot write", e))
+    }
+
+    fn write(&self) -> Result<redb::WriteTransaction, StateError> {
+        self.db
+            .begin_write()
+            .map_err(|e| err(&self.path, "cannot write", e))
+    }
+
+    fn read(&self) -> Result<redb::ReadTransaction, StateError> {
+        self.db
+            .begin_read()
+            .map_err(|e| err(&self.path, "cannot read", e))
+    }
+
+    /// The sequence number the next logged message gets (1 for an empty log).
+    pub fn next_seq(&self) -> Result<u64, StateError> {
+        let tx = self.read()?;
+        let log = tx
+            .open_table(LOG)
+            .map_err(|e| err(&self.path, "cannot read the log", e))?;
+        let last = log
+            .last()
+            .map_err(|e| err(&self.path, "cannot read the log", e))?;
+        let next = match last {
+            Some((k, v)) => k.value() + decode_group(v.value()).map_or(0, |g| g.len() as u64),
+            None => 1,
+        };
+        // A checkpoint may have truncated everything: never reuse its numbers.
+        let from = self.checkpoint()?.map_or(1, |c| c.log_from);
+        Ok(next.max(from).max(1))
+    }
+
+    /// Appends `messages` as one group whose first message gets `first_seq`, and returns once
+    /// the group is on disk (fsync).
+    pub fn append(&self, first_seq: u64, messages: &[RawMessage]) -> Result<(), StateError> {
+        let entries: Vec<Entry> = messages
+            .iter()
+            .map(|m| Entry {
+                topic: m.topic.clone(),
+                payload: m.payload.clone(),
+                received_at: m.received_at,
+            })
+            .collect();
+        let bytes =
+            bincode::serialize(&entries).map_err(|e| err(&self.path, "cannot encode", e))?;
+        let tx = self.write()?;
+        {
+            let mut log = tx
+                .open_table(LOG)
+                .map_err(|e| err(&self.path, "cannot open the log", e))?;
+            log.insert(first_seq, bytes.as_slice())
+                .map_err(|e| err(&self.path, "cannot append to the log", e))?;
+        }
+        tx.commit()
+            .map_err(|e| err(&self.path, "cannot commit to the log", e))
+    }
+
+    /// Calls `each(seq, message)` for every logged message from `from` on, in order; stops
+    /// early when `each` returns false. Returns how many messages it passed.
+    pub fn replay(
+        &self,
+        from: u64,
+        mut each: impl FnMut(u64, RawMessage) -> bool,
+    ) -> Result<u64, StateError> {
+        let tx = self.read()?;
+        let log = tx
+            .open_table(LOG)
+            .map_err(|e| err(&self.path, "cannot read the log", e))?;
+        // The group holding `from` starts at or before it.
+        let start = log
+            .range(..=from)
+            .map_err(|e| err(&self.path, "cannot read the log", e))?
+            .next_back()
+            .transpose()
+            .map_err(|e| err(&self.path, "cannot read the log", e))?
+            .map_or(from, |(k, _)| k.value());
+        let mut passed = 0;
+        for group in log
+            .range(start..)
+            .map_err(|e| err(&self.path, "cannot read the log", e))?
+        {
+            let (k, v) = group.map_err(|e| err(&self.path, "cannot read the log", e))?;
+            let entries = decode_group(v.value()).map_err(|e| {
+                err(
+                    &self.path,
+                    &format!("log group {} is damaged", k.value()),
+                    e,
+                )
+            })?;
+            for (i, e) in entries.into_iter().enumerate() {
+                let seq = k.value() + i as u64;
+                if seq < from {
+                    continue;
+                }
+                passed += 1;
+                let msg = RawMessage {
+                    topic: e.topic,
+                    payload: e.payload,
+                    received_at: e.received_at,
+                };
+                if !each(seq, msg) {
+                    return Ok(passed);
+                }
+            }
+        }
+        Ok(passed)
+    }
+
+    /// The latest committed checkpoint, if any.
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>, StateError> {
+        let tx = self.read()?;
+        let meta = tx
+            .open_table(META)
+            .map_err(|e| err(&self.path, "cannot read", e))?;
+        let blob = meta
+            .get("checkpoint")
+            .map_err(|e| err(&self.path, "cannot read the checkpoint", e))?
+            .map(|v| v.value().to_vec());
+        let from = meta
+            .get("log_from")
+            .map_err(|e| err(&self.path, "cannot read the checkpoint", e))?
+            .map(|v| v.value().to_vec());
+        Ok(match (blob, from) {
+            (Some(blob), Some(from)) => Some(Checkpoint {
+                blob,
+                log_from: from.try_into().map(u64::from_le_bytes).unwrap_or(1),
+            }),
+            _ => None,
+        })
+    }
+
+    /// Commits `checkpoint` and deletes the log groups it makes unnecessary, atomically.
+    pub fn commit(&self, checkpoint: &Checkpoint) -> Result<(), StateError> {
+        let tx = self.write()?;
+        {
+            let mut meta = tx
+                .open_table(META)
+                .map_err(|e| err(&self.path, "cannot open", e))?;
+            meta.insert("checkpoint", checkpoint.blob.as_slice())
+                .map_err(|e| err(&self.path, "cannot write the checkpoint", e))?;
+            meta.insert("log_from", checkpoint.log_from.to_le_bytes().as_slice())
+                .map_err(|e| err(&self.path, "cannot write the checkpoint", e))?;
+            let mut log = tx
+                .open_table(LOG)
+                .map_err(|e| err(&self.path, "cannot open the log", e))?;
+            // Keep the group holding `log_from` (it may start before it); drop those before.
+            let keep = log
+                .range(..=checkpoint.log_from)
+                .map_err(|e| err(&self.path, "cannot read the log", e))?
+                .next_back()
+                .transpose()
+                .map_err(|e| err(&self.path, "cannot read the log", e))?
+                .map(|(k, _)| k.value());
+            if let Some(keep) = keep {
+                log.retain_in(..keep, |_, _| false)
+                    .map_err(|e| err(&self.path, "cannot truncate the log", e))?;
+            }
+        }
+        tx.commit()
+            .map_err(|e| err(&self.path, "cannot commit the checkpoint", e))
+    }
+
+    /// Messages in the log (for metrics and recovery progress).
+    pub fn logged(&self) -> Result<u64, StateError> {
+        let tx = self.read()?;
+        let log = tx
+            .open_table(LOG)
+            .map_err(|e| err(&self.path, "cannot read the log", e))?;
+        let mut n = 0;
+        for group in log
+            .iter()
+            .map_err(|e| err(&self.path, "cannot read the log", e))?
+        {
+            let (_, v) = group.map_err(|e| err(&self.path, "cannot read the log", e))?;
+            n += decode_group(v.value()).map_or(0, |g| g.len() as u64);
+        }
+        Ok(n)
+    }
+}
+
+fn decode_group(bytes: &[u8]) -> Result<Vec<Entry>, String> {
+    bincode::deserialize(bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(i: u64) -> RawMessage {
+        RawMessage {
+            topic: format!("t/{i}"),
+            payload: format!("{{\"v\":{i}}}").into_bytes(),
+            received_at: i as i64,
+        }
+    }
+
+    fn all(store: &Store, from: u64) -> Vec<(u64, String)> {
+        let mut got = Vec::new();
+        store
+            .replay(from, |seq, m| {
+                got.push((seq, m.topic));
+                true
+            })
+            .unwrap();
+        got
+    }
+
+    #[test]
+    fn the_log_survives_reopening_and_replays_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.next_seq().unwrap(), 1);
+            store.append(1, &[msg(1), msg(2)]).unwrap();
+            store.append(3, &[msg(3)]).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.next_seq().unwrap(), 4);
+        let got = all(&store, 2);
+        assert_eq!(got, vec![(2, "t/2".into()), (3, "t/3".into())]);
+    }
+
+    #[test]
+    fn a_checkpoint_truncates_the_log_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.append(1, &[msg(1), msg(2)]).unwrap();
+        store.append(3, &[msg(3), msg(4)]).unwrap();
+        store.append(5, &[msg(5)]).unwrap();
+        let cp = Checkpoint {
+            blob: b"state".to_vec(),
+            log_from: 4,
+        };
+        store.commit(&cp).unwrap();
+        assert_eq!(store.checkpoint().unwrap(), Some(cp));
+        // The first group went; the one holding 4 stays whole.
+        assert_eq!(store.logged().unwrap(), 3);
+        assert_eq!(all(&store, 4), vec![(4, "t/4".into()), (5, "t/5".into())]);
+        // Everything truncated: numbering goes on from the checkpoint.
+        store
+            .commit(&Checkpoint {
+                blob: vec![],
+                log_from: 6,
+            })
+            .unwrap();
+        assert_eq!(store.logged().unwrap(), 1);
+        assert_eq!(store.next_seq().unwrap(), 6);
+    }
+
+    #[test]
+    fn a_second_instance_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let Err(e) = Store::open(dir.path()) else {
+            panic!("a second open succeeded")
+        };
+        assert!(e.0.contains("another Aqyl instance"), "{e}");
+    }
+
+    #[test]
+    fn state_of_another_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let tx = store.write().unwrap();
+            {
+                let mut meta = tx.open_table(META).unwrap();
+                meta.insert("format", 99u64.to_le_bytes().as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let Err(e) = Store::open(dir.path()) else {
+            panic!("a foreign format was accepted")
+        };
+        assert!(e.0.contains("format 99"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_state_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE), b"not a database at all").unwrap();
+        let Err(e) = Store::open(dir.path()) else {
+            panic!("garbage was accepted")
+        };
+        assert!(e.0.contains("move it aside"), "{e}");
+    }
+}
