@@ -20,6 +20,7 @@ pub mod aggregate;
 pub mod config;
 pub mod deadletter;
 pub mod decode;
+pub mod dedup;
 pub mod descriptor;
 pub mod duration;
 pub mod error;

@@ -60,6 +60,62 @@ pub struct Metrics {
     pub descriptor_reloads: AtomicU64,
     /// Descriptor changes rejected as invalid (the previous descriptors stay in force).
     pub descriptor_reload_failures: AtomicU64,
+    /// Readings dropped as duplicates (same sensor, event time and values as one already
+    /// taken: a QoS 1 redelivery, or a message logged again after a crash).
+    pub duplicates: AtomicU64,
+    /// Checkpoints committed to the state file.
+    pub checkpoints: AtomicU64,
+    /// Checkpoints taken but not committed (the sinks did not confirm their outputs in time).
+    pub checkpoints_skipped: AtomicU64,
+    /// Messages replayed from the ingest log at start (recovery).
+    pub log_replayed: AtomicU64,
+    /// Outputs the dataflow handed to the sinks, and those the sinks made durable.
+    pub delivery: Delivery,
+}
+
+/// What the dataflow has emitted and what has reached its destination, per output, so a
+/// checkpoint is committed only once everything emitted before it is safe.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// Emitted by the dataflow, per [`Output`].
+    pub sent: [AtomicU64; 4],
+    /// Written, spilled, published or deliberately dropped, per [`Output`].
+    pub done: [AtomicU64; 4],
+}
+
+/// The dataflow's outputs, for [`Delivery`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Closed windows (done when written or spilled by the store sink).
+    Aggregates = 0,
+    /// Incident messages (done when published and written by the sinks).
+    Events = 1,
+    /// Quality records (done when written by the sinks).
+    Quality = 2,
+    /// Dead letters (done when published).
+    DeadLetters = 3,
+}
+
+impl Delivery {
+    /// Counts `n` outputs emitted.
+    pub fn sent(&self, output: Output, n: u64) {
+        self.sent[output as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Counts `n` outputs safe.
+    pub fn done(&self, output: Output, n: u64) {
+        self.done[output as usize].fetch_add(n, Relaxed);
+    }
+
+    /// The emitted counts now.
+    pub fn sent_now(&self) -> [u64; 4] {
+        std::array::from_fn(|i| self.sent[i].load(Relaxed))
+    }
+
+    /// Whether everything counted in `sent` is safe.
+    pub fn covers(&self, sent: &[u64; 4]) -> bool {
+        (0..4).all(|i| self.done[i].load(Relaxed) >= sent[i])
+    }
 }
 
 /// A copy of the counters at one moment.
@@ -169,6 +225,26 @@ impl Metrics {
             "windows_closed_total",
             "Windows closed.",
             &self.windows_closed,
+        );
+        counter(
+            "duplicates_total",
+            "Readings dropped as duplicates (redelivered or logged twice).",
+            &self.duplicates,
+        );
+        counter(
+            "checkpoints_total",
+            "Checkpoints of the dataflow's state committed.",
+            &self.checkpoints,
+        );
+        counter(
+            "checkpoints_skipped_total",
+            "Checkpoints not committed because the sinks did not confirm in time.",
+            &self.checkpoints_skipped,
+        );
+        counter(
+            "log_replayed_total",
+            "Messages replayed from the ingest log at start.",
+            &self.log_replayed,
         );
         counter(
             "late_updates_total",

@@ -7,7 +7,7 @@
 
 /// Watermark tracker (pure: the caller passes the time in ms on a monotonic clock, which only
 /// measures how long the input has been idle).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Watermark {
     lateness_ms: u64,
     idle_timeout_ms: Option<u64>,
@@ -27,6 +27,12 @@ impl Watermark {
             last_data_wall: 0,
             current: 0,
         }
+    }
+
+    /// After a restore in a new process (whose monotonic clock starts afresh): the input
+    /// counts as having been active at `now_ms`.
+    pub fn rebase(&mut self, now_ms: i64) {
+        self.last_data_wall = now_ms;
     }
 
     /// Records an event time seen at wall-clock `now_ms`.

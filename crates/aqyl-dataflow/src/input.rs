@@ -3,36 +3,78 @@
 //! the sender wait, which back-pressures the MQTT connection instead of dropping anything.
 
 use aqyl_core::RawMessage;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// A message with its position in the ingest log (0: not logged).
+#[derive(Debug)]
+pub struct Logged {
+    /// Sequence number in the ingest log; 0 when the input is not logged.
+    pub seq: u64,
+    /// The message.
+    pub msg: RawMessage,
+}
 
 /// The sending side: routes each message to its worker.
 #[derive(Debug, Clone)]
 pub struct Router {
-    senders: Vec<mpsc::Sender<RawMessage>>,
+    senders: Vec<mpsc::Sender<Logged>>,
+    /// The largest log sequence number queued for any worker so far.
+    routed: Arc<AtomicU64>,
 }
 
 /// Creates a router and one receiver per worker, each buffering `capacity` messages.
-pub fn channels(workers: usize, capacity: usize) -> (Router, Vec<mpsc::Receiver<RawMessage>>) {
+pub fn channels(workers: usize, capacity: usize) -> (Router, Vec<mpsc::Receiver<Logged>>) {
     let (senders, receivers) = (0..workers.max(1))
         .map(|_| mpsc::channel(capacity.max(1)))
         .unzip();
-    (Router { senders }, receivers)
+    let router = Router {
+        senders,
+        routed: Arc::default(),
+    };
+    (router, receivers)
 }
 
 impl Router {
-    fn pick(&self, topic: &str) -> &mpsc::Sender<RawMessage> {
-        let i = (crate::stable_hash(&[topic]) % self.senders.len() as u64) as usize;
-        &self.senders[i]
+    /// The worker that takes messages of `topic`.
+    pub fn worker_of(&self, topic: &str) -> usize {
+        (crate::stable_hash(&[topic]) % self.senders.len() as u64) as usize
+    }
+
+    /// The largest log sequence number queued for any worker so far (a worker whose queue
+    /// is empty has taken every logged message for it up to this one).
+    pub fn routed(&self) -> Arc<AtomicU64> {
+        self.routed.clone()
     }
 
     /// Sends a message to its worker, waiting while that worker's queue is full. Returns
     /// false once the dataflow has stopped.
     pub async fn route(&self, msg: RawMessage) -> bool {
-        self.pick(&msg.topic).send(msg).await.is_ok()
+        self.route_logged(0, msg).await
+    }
+
+    /// [`Router::route`] for a message logged under `seq`.
+    pub async fn route_logged(&self, seq: u64, msg: RawMessage) -> bool {
+        let worker = self.worker_of(&msg.topic);
+        let sent = self.senders[worker].send(Logged { seq, msg }).await.is_ok();
+        self.routed.fetch_max(seq, SeqCst);
+        sent
     }
 
     /// Blocking variant for threads outside an async runtime (tests, replay).
     pub fn route_blocking(&self, msg: RawMessage) -> bool {
-        self.pick(&msg.topic).blocking_send(msg).is_ok()
+        self.route_logged_blocking(0, msg)
+    }
+
+    /// [`Router::route_blocking`] for a message logged under `seq`.
+    pub fn route_logged_blocking(&self, seq: u64, msg: RawMessage) -> bool {
+        let worker = self.worker_of(&msg.topic);
+        let sent = self.senders[worker]
+            .blocking_send(Logged { seq, msg })
+            .is_ok();
+        self.routed.fetch_max(seq, SeqCst);
+        sent
     }
 }

@@ -11,8 +11,10 @@
 //! the number of workers and whatever their arrival order within the allowed lateness.
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod events;
 pub mod feed;
+pub mod ingest;
 pub mod input;
 pub mod ordered;
 pub mod quality;
@@ -29,7 +31,9 @@ pub fn shared(registry: aqyl_core::decode::Registry) -> SharedRegistry {
     std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(registry))
 }
 
-pub use runtime::{run_batch, start, Batch, Outputs, PipelineSpec, Receivers, Running};
+pub use runtime::{
+    run_batch, start, start_durable, Batch, Durable, Outputs, PipelineSpec, Receivers, Running,
+};
 
 /// The wall clock, Unix ms.
 pub(crate) fn wall_ms() -> i64 {

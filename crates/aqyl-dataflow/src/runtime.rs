@@ -2,24 +2,27 @@
 //! of messages, keeping the watermark and stepping the dataflow without ever blocking.
 
 use crate::aggregate::Aggregate;
+use crate::checkpoint::{Control, Snapshot, WorkerState};
 use crate::events::{AreaEvents, DetectEvents, WindowEvents};
 use crate::feed::Feed;
+use crate::ingest::{IngestState, Sides};
+use crate::input::Logged;
 use crate::quality::{QualitySpec, ScoreQuality, Side};
 use crate::sensor_sax::AdaptiveSax;
+use crate::state::OperatorStates;
 use crate::{input, wall_ms};
-use aqyl_core::metrics::Metrics;
+use aqyl_core::metrics::{Metrics, Output};
 use aqyl_core::quality::QualityRecord;
-use aqyl_core::watermark::Watermark;
 use aqyl_core::window::WindowSpec;
-use aqyl_core::{Aggregate as AggregateRecord, DeadLetter, RawMessage, Reason, Scope};
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
+use aqyl_core::{Aggregate as AggregateRecord, DeadLetter, RawMessage, Scope};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::{Concat, Probe};
-use timely::dataflow::ProbeHandle;
+use timely::dataflow::operators::Concat;
+use timely::dataflow::StreamVec;
 use timely::WorkerConfig;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
@@ -119,14 +122,15 @@ impl Outputs {
     }
 }
 
-/// A running dataflow; [`Running::join`] waits until every worker has drained and stopped,
-/// which happens once all senders of the input router are dropped.
+/// A running dataflow; [`Running::join`] waits until every worker has stopped: once all
+/// senders of the input router are dropped (after draining every open window), or, when
+/// durable, after a checkpoint with `stop`.
 pub struct Running {
     guards: timely::communication::initialize::WorkerGuards<()>,
 }
 
 impl Running {
-    /// Waits for the workers to finish (after the router is dropped) and reports panics.
+    /// Waits for the workers to finish and reports panics and failures.
     pub fn join(self) -> Result<(), String> {
         for r in self.guards.join() {
             r?;
@@ -135,54 +139,147 @@ impl Running {
     }
 }
 
-/// Starts the workers on their own threads. Messages are fed through the returned router.
+/// Checkpoints for a durable dataflow: how the service asks for them and the snapshot to
+/// start from.
+pub struct Durable {
+    /// Where checkpoints are asked for and their snapshots arrive.
+    pub control: Arc<Control>,
+    /// The snapshot to restore, if any.
+    pub restore: Option<Snapshot>,
+}
+
+/// Starts the workers on their own threads. Messages are fed through the returned router;
+/// dropping every router ends the input, and the workers drain every open window and stop.
 pub fn start(
     spec: PipelineSpec,
     capacity: usize,
     outputs: Outputs,
     metrics: Arc<Metrics>,
 ) -> Result<(input::Router, Running), String> {
+    start_with(spec, capacity, outputs, metrics, None)
+}
+
+/// [`start`] for a durable dataflow: restored from `durable.restore`, checkpointed when
+/// asked through `durable.control`. Dropping the routers does not end it (a crash must not
+/// look like the end of input); a checkpoint with `stop` does, without flushing open windows.
+pub fn start_durable(
+    spec: PipelineSpec,
+    capacity: usize,
+    outputs: Outputs,
+    metrics: Arc<Metrics>,
+    durable: Durable,
+) -> Result<(input::Router, Running), String> {
+    start_with(spec, capacity, outputs, metrics, Some(durable))
+}
+
+/// What every worker shares.
+struct Shared {
+    spec: PipelineSpec,
+    outputs: Outputs,
+    metrics: Arc<Metrics>,
+    /// The largest event time any worker has seen.
+    shared_max: AtomicU64,
+    /// Records in flight between operators (see [`crate::state`]).
+    in_flight: Arc<AtomicI64>,
+    /// The largest log sequence number routed to any worker.
+    routed: Arc<AtomicU64>,
+    control: Option<Arc<Control>>,
+}
+
+/// A worker's own start: its input channel and the part of the snapshot it restores.
+type Start = (mpsc::Receiver<Logged>, Option<WorkerState>);
+
+fn start_with(
+    spec: PipelineSpec,
+    capacity: usize,
+    outputs: Outputs,
+    metrics: Arc<Metrics>,
+    durable: Option<Durable>,
+) -> Result<(input::Router, Running), String> {
     let workers = spec.workers.max(1);
     let (router, receivers) = input::channels(workers, capacity);
-    let receivers = Arc::new(Mutex::new(
-        receivers.into_iter().map(Some).collect::<Vec<_>>(),
-    ));
-    let shared_max = Arc::new(AtomicU64::new(0));
-    let in_flight = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let (control, restore) = match durable {
+        Some(d) => (Some(d.control), d.restore),
+        None => (None, None),
+    };
+    let parts: Vec<Option<WorkerState>> = match restore {
+        Some(s) if s.workers.len() != workers => {
+            return Err(format!(
+                "the checkpoint was taken with {} workers, but pipeline.workers is {workers}: set pipeline.workers = {} (a sensor's state lives on the worker its topic hashes to)",
+                s.workers.len(),
+                s.workers.len()
+            ))
+        }
+        Some(s) => s.workers.into_iter().map(Some).collect(),
+        None => vec![None; workers],
+    };
+    let starts: Vec<Option<Start>> = receivers.into_iter().zip(parts).map(Some).collect();
+    let starts = Arc::new(Mutex::new(starts));
+    let shared = Arc::new(Shared {
+        spec,
+        outputs,
+        metrics,
+        shared_max: AtomicU64::new(0),
+        in_flight: Arc::new(AtomicI64::new(0)),
+        routed: router.routed(),
+        control,
+    });
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let ready_tx = Mutex::new(ready_tx);
     let config = timely::Config {
         communication: timely::CommunicationConfig::Process(workers),
         worker: WorkerConfig::default(),
     };
     let guards = timely::execute(config, move |worker| {
         let index = worker.index();
-        let rx = receivers
+        let own = starts
             .lock()
             .ok()
-            .and_then(|mut r| r.get_mut(index).and_then(Option::take));
-        let Some(rx) = rx else {
+            .and_then(|mut s| s.get_mut(index).and_then(Option::take));
+        let ready = ready_tx.lock().map(|t| t.clone());
+        let (Some((rx, restore)), Ok(ready)) = (own, ready) else {
             tracing::error!(index, "worker found no input channel; it will not ingest");
             return;
         };
-        let states = crate::state::OperatorStates::new(in_flight.clone());
-        run_worker(worker, &spec, rx, &outputs, &metrics, &shared_max, states);
+        // A worker that dies must not leave the others waiting for it at a checkpoint.
+        let _guard = PoisonOnPanic(shared.control.clone());
+        run_worker(worker, &shared, rx, restore, ready);
     })?;
+    for _ in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("a dataflow worker ended while starting".into()),
+        }
+    }
     Ok((router, Running { guards }))
 }
 
-fn run_worker(
+/// Poisons the checkpoint rendezvous when its worker thread unwinds.
+struct PoisonOnPanic(Option<Arc<Control>>);
+
+impl Drop for PoisonOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(c) = &self.0 {
+                c.rendezvous.poison();
+            }
+        }
+    }
+}
+
+/// Builds a worker's dataflow: every operator, registered in `states`, and its two inputs.
+fn build(
     worker: &mut timely::worker::Worker,
-    spec: &PipelineSpec,
-    mut rx: mpsc::Receiver<RawMessage>,
-    outputs: &Outputs,
-    metrics: &Arc<Metrics>,
-    shared_max: &AtomicU64,
-    states: crate::state::OperatorStates,
-) {
+    shared: &Shared,
+    states: &OperatorStates,
+) -> (Feed<aqyl_core::Observation>, Feed<Side>) {
+    let spec = &shared.spec;
+    let metrics = &shared.metrics;
+    let outputs = &shared.outputs;
     let default_window = WindowSpec::tumbling(spec.window);
     let horizon = spec.update_horizon.map(|h| h.as_millis() as u64);
-    let probe = ProbeHandle::new();
-    let aggregates = outputs.aggregates.clone();
-    let (mut input, mut side) = worker.dataflow::<u64, _, _>(|scope| {
+    worker.dataflow::<u64, _, _>(|scope| {
         let (input, observations) = Feed::<aqyl_core::Observation>::new(&scope);
         // Input only quality scoring sees: readings kept out for failing correctness, rejected
         // and late messages of known sensors.
@@ -194,14 +291,13 @@ fn run_worker(
             crate::quality::emit(scored, outputs.quality.clone(), outputs.events.clone());
         }
         let observations_for_sax = observations.clone();
-        let events = outputs.events.clone();
         let per_sensor = observations.clone().aggregate(
             Scope::Sensor,
             spec.registry.clone(),
             default_window.clone(),
             horizon,
             metrics.clone(),
-            &states,
+            states,
         );
         let per_area = observations.clone().aggregate(
             Scope::Area,
@@ -209,9 +305,9 @@ fn run_worker(
             default_window,
             horizon,
             metrics.clone(),
-            &states,
+            states,
         );
-        {
+        let events = {
             let timing = crate::events::Timing::of(spec);
             let mut sensor_events =
                 observations
@@ -229,162 +325,142 @@ fn run_worker(
                 .clone()
                 .area_events(spec.rules.clone(), timing);
             sensor_events.concat(area_events)
-        }
-        .sink(Pipeline, "EmitEvents", move |(input, _)| {
-            input.for_each(|_cap, data| {
-                for e in data.drain(..) {
-                    let _ = events.send(e);
-                }
-            });
-        });
+        };
+        emit(
+            events,
+            states,
+            "EmitEvents",
+            outputs.events.clone(),
+            Output::Events,
+            metrics,
+        );
         let adaptive = observations_for_sax.adaptive_sax(spec.registry.clone(), metrics.clone());
-        per_sensor
-            .concat(per_area)
-            .concat(adaptive)
-            .probe_with(&probe)
-            .sink(Pipeline, "Emit", move |(input, _frontier)| {
-                input.for_each(|_cap, data| {
-                    for a in data.drain(..) {
-                        // A closed receiver means shutdown was forced; nothing left to do.
-                        let _ = aggregates.send(a);
-                    }
-                });
-            });
+        let aggregates = per_sensor.concat(per_area).concat(adaptive);
+        emit(
+            aggregates,
+            states,
+            "Emit",
+            outputs.aggregates.clone(),
+            Output::Aggregates,
+            metrics,
+        );
         (input, side_input)
-    });
+    })
+}
 
-    let lateness = spec.allowed_lateness.as_millis() as u64;
-    let mut watermark = Watermark::new(lateness, spec.idle_timeout.map(|d| d.as_millis() as u64));
+/// Hands every record of `stream` to `channel`, counting it as sent for `output`.
+fn emit<T: Clone + 'static>(
+    stream: StreamVec<'_, u64, T>,
+    states: &OperatorStates,
+    name: &str,
+    channel: mpsc::UnboundedSender<T>,
+    output: Output,
+    metrics: &Arc<Metrics>,
+) {
+    let metrics = metrics.clone();
+    stream.sink(states.counted(Pipeline), name, move |(input, _)| {
+        input.for_each(|_cap, data| {
+            for record in data.drain(..) {
+                metrics.delivery.sent(output, 1);
+                if channel.send(record).is_err() {
+                    // Shutdown was forced; nothing can take it any more.
+                    metrics.delivery.done(output, 1);
+                }
+            }
+        });
+    });
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    shared: &Shared,
+    mut rx: mpsc::Receiver<Logged>,
+    restore: Option<WorkerState>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    let spec = &shared.spec;
+    let states = match &restore {
+        Some(r) => OperatorStates::restored(
+            shared.in_flight.clone(),
+            r.operators.iter().cloned().collect(),
+        ),
+        None => OperatorStates::new(shared.in_flight.clone()),
+    };
+    let (mut input, mut side) = build(worker, shared, &states);
+    if let Err(e) = states.finish_restore() {
+        let _ = ready.send(Err(format!("cannot restore the checkpoint: {e}")));
+        return;
+    }
+    let mut ingest = match restore {
+        Some(r) => {
+            input.advance_to(r.input_time);
+            side.advance_to(r.input_time);
+            let mut ingest = r.ingest;
+            ingest.watermark.rebase(mono_ms());
+            ingest
+        }
+        None => IngestState::new(spec),
+    };
+    let _ = ready.send(Ok(()));
     // The watermark's idle advance measures wall-clock *durations*: a monotonic clock, so a
     // stepped system clock (NTP, a VM resumed) neither stalls nor jumps event time.
     let mut last_message = mono_ms();
     let mut decoded = Vec::with_capacity(4);
+    let mut checkpointed = 0;
     loop {
+        if let Some(control) = &shared.control {
+            if let Some(id) = control.pending(checkpointed) {
+                checkpointed = id;
+                let mut io = WorkerIo {
+                    ingest: &mut ingest,
+                    input: &mut input,
+                    side: &mut side,
+                    rx: &rx,
+                };
+                if let Err(e) = checkpoint(worker, shared, control, &states, &mut io) {
+                    tracing::error!(error = %e, "A checkpoint failed; this worker stops.");
+                    control.rendezvous.poison();
+                    return;
+                }
+                if control.stopping() {
+                    // Open windows stay open: they are in the checkpoint.
+                    for id in worker.installed_dataflows() {
+                        worker.drop_dataflow(id);
+                    }
+                    return;
+                }
+            }
+        }
         // The current sensor types: a descriptor reload takes effect from the next batch.
         let registry = spec.registry.load();
         let mut taken = 0;
         let mut closed = false;
-        while taken < BATCH {
-            match rx.try_recv() {
-                Ok(msg) => {
-                    taken += 1;
-                    let now = wall_ms();
-                    let tick = mono_ms();
-                    decoded.clear();
-                    if let Err(rejection) =
-                        registry.decode_into(&msg, spec.max_payload_bytes, &mut decoded)
-                    {
-                        metrics.reject(rejection.reason);
-                        let _ = outputs.deadletters.send(rejection.dead_letter(&msg));
-                        // A known sensor's unusable message counts against its quality.
-                        if let (Some(_), Some(ty), Some(id)) = (
-                            spec.quality,
-                            rejection
-                                .sensor_type
-                                .as_deref()
-                                .and_then(|t| registry.get(t)),
-                            rejection.sensor_id,
-                        ) {
-                            side.send(Side::Rejected {
-                                at: watermark.current(tick),
-                                sensor_type: ty.name.clone(),
-                                sensor_id: id,
-                                reason: rejection.reason,
-                                detail: rejection.detail,
-                                latency_ms: crate::quality::latency(msg.received_at, now),
-                            });
-                        }
-                        continue;
+        {
+            let mut to = Sides {
+                input: &mut input,
+                side: &mut side,
+                outputs: &shared.outputs,
+                metrics: &shared.metrics,
+                shared_max: &shared.shared_max,
+            };
+            while taken < BATCH {
+                match rx.try_recv() {
+                    Ok(logged) => {
+                        taken += 1;
+                        crate::ingest::take(
+                            &mut ingest,
+                            logged,
+                            &registry,
+                            spec,
+                            &mut to,
+                            &mut decoded,
+                        );
                     }
-                    for mut obs in decoded.drain(..) {
-                        if let Some(detail) = too_far_ahead(&obs, msg.received_at, spec.max_future)
-                        {
-                            metrics.reject(Reason::Future);
-                            let _ = outputs.deadletters.send(DeadLetter::new(
-                                &obs.sensor_type,
-                                Reason::Future,
-                                detail.clone(),
-                                &msg.topic,
-                                &msg.payload,
-                                msg.received_at,
-                            ));
-                            // A sensor whose clock runs ahead sends unusable readings.
-                            if spec.quality.is_some() {
-                                side.send(Side::Rejected {
-                                    at: watermark.current(tick),
-                                    sensor_type: obs.sensor_type,
-                                    sensor_id: obs.sensor_id,
-                                    reason: Reason::Future,
-                                    detail,
-                                    latency_ms: crate::quality::latency(msg.received_at, now),
-                                });
-                            }
-                            continue;
-                        }
-                        obs.arrival = aqyl_core::Arrival {
-                            ingested_at: now,
-                            stream_time: watermark.max_event().unwrap_or(0).max(obs.event_time),
-                            out_of_range: match (spec.quality, registry.get(&obs.sensor_type)) {
-                                (Some(_), Some(ty)) => {
-                                    ty.out_of_range_count(&obs.fields).min(u16::MAX as usize) as u16
-                                }
-                                _ => 0,
-                            },
-                        };
-                        if !watermark.is_late(obs.event_time) {
-                            watermark.observe(obs.event_time, tick);
-                            shared_max.fetch_max(obs.event_time, Relaxed);
-                            metrics.observations.fetch_add(1, Relaxed);
-                            if obs.arrival.out_of_range > 0
-                                && spec.quality.is_some_and(|q| q.exclude_incorrect)
-                            {
-                                // Scored, but kept out of aggregates and rules.
-                                metrics.quality_excluded.fetch_add(1, Relaxed);
-                                side.send(Side::Incorrect(obs));
-                            } else {
-                                input.send(obs);
-                            }
-                        } else if spec.update_horizon.is_some_and(|h| {
-                            obs.event_time + h.as_millis() as u64 >= watermark.current(tick)
-                        }) {
-                            // Sent at the current input time; Aggregate files it into its
-                            // closed window and emits the correction.
-                            metrics.late_updates.fetch_add(1, Relaxed);
-                            metrics.observations.fetch_add(1, Relaxed);
-                            input.send(obs);
-                        } else {
-                            metrics.reject(Reason::Late);
-                            let detail = format!(
-                                "event time {} is before the watermark {} (allowed lateness {}); its window has closed",
-                                aqyl_core::deadletter::rfc3339_ms(obs.event_time as i64),
-                                aqyl_core::deadletter::rfc3339_ms(watermark.current(tick) as i64),
-                                aqyl_core::duration::label(spec.allowed_lateness),
-                            );
-                            let dl = DeadLetter::new(
-                                &obs.sensor_type,
-                                Reason::Late,
-                                detail,
-                                &msg.topic,
-                                &msg.payload,
-                                msg.received_at,
-                            );
-                            let _ = outputs.deadletters.send(dl);
-                            if spec.quality.is_some() {
-                                side.send(Side::Late {
-                                    at: watermark.current(tick),
-                                    sensor_type: obs.sensor_type.clone(),
-                                    sensor_id: obs.sensor_id.clone(),
-                                    age_ms: obs.arrival.stream_time.saturating_sub(obs.event_time),
-                                    latency_ms: crate::quality::latency(msg.received_at, now),
-                                });
-                            }
-                        }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
                     }
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    closed = true;
-                    break;
                 }
             }
         }
@@ -400,15 +476,15 @@ fn run_worker(
         let idle = spec
             .idle_timeout
             .is_some_and(|t| tick - last_message > t.as_millis() as i64);
-        let max = shared_max.load(Relaxed);
+        let max = shared.shared_max.load(Relaxed);
         if max > 0 && idle {
-            watermark.observe_max(max, tick);
+            ingest.watermark.observe_max(max, tick);
         }
         // Every batch leaves at once, whether or not the watermark moved.
-        let w = watermark.current(tick);
+        let w = ingest.watermark.current(tick);
         input.advance_to(w);
         side.advance_to(w);
-        if closed {
+        if closed && shared.control.is_none() {
             break;
         }
         if taken == 0 {
@@ -420,40 +496,96 @@ fn run_worker(
     // Closing the input lets the frontier run out: every open window closes and is emitted.
     input.close();
     side.close();
-    while !probe.done() {
-        worker.step_or_park(Some(PARK));
+    while worker.step_or_park(Some(PARK)) {}
+}
+
+/// A worker's ingest and inputs, as a checkpoint sees them.
+struct WorkerIo<'a> {
+    ingest: &'a mut IngestState,
+    input: &'a mut Feed<aqyl_core::Observation>,
+    side: &'a mut Feed<Side>,
+    rx: &'a mpsc::Receiver<Logged>,
+}
+
+/// Takes this worker's part of a checkpoint (see [`crate::checkpoint`]).
+fn checkpoint(
+    worker: &mut timely::worker::Worker,
+    shared: &Shared,
+    control: &Control,
+    states: &OperatorStates,
+    io: &mut WorkerIo<'_>,
+) -> Result<(), String> {
+    let rendezvous = &control.rendezvous;
+    let dead = |()| "another worker died".to_string();
+    let tick = mono_ms();
+    let w = io.ingest.watermark.current(tick);
+    io.input.advance_to(w);
+    io.side.advance_to(w);
+    // Read before looking at the queue: an empty queue means every message routed here up
+    // to `routed` has been taken.
+    let routed = shared.routed.load(SeqCst);
+    if io.rx.is_empty() {
+        io.ingest.covered = io.ingest.covered.max(routed);
+    }
+    let keep_from = w.saturating_sub(
+        shared
+            .spec
+            .update_horizon
+            .map_or(0, |h| h.as_millis() as u64),
+    );
+    io.ingest.dedup.forget_before(keep_from);
+    loop {
+        worker.step();
+        if rendezvous.wait().map_err(dead)? {
+            let quiet = states.in_flight() == 0;
+            if quiet {
+                *control.sent.lock().map_err(|_| "poisoned".to_string())? =
+                    shared.metrics.delivery.sent_now();
+            }
+            control.quiet.store(quiet, SeqCst);
+        }
+        rendezvous.wait().map_err(dead)?;
+        if control.quiet.load(SeqCst) {
+            break;
+        }
+    }
+    let part = states.take().map(|operators| WorkerState {
+        ingest: io.ingest.clone(),
+        input_time: io.input.time(),
+        operators,
+    });
+    let failed = part.as_ref().err().cloned();
+    if let Ok(mut parts) = control.parts.lock() {
+        parts[worker.index()] = part.ok();
+    }
+    if rendezvous.wait().map_err(dead)? {
+        let parts: Vec<Option<WorkerState>> = match control.parts.lock() {
+            Ok(mut p) => p.iter_mut().map(Option::take).collect(),
+            Err(_) => Vec::new(),
+        };
+        let sent = control.sent.lock().map(|s| *s).unwrap_or_default();
+        if let Some(workers) = parts.into_iter().collect::<Option<Vec<_>>>() {
+            let _ = control.taken.send(Snapshot {
+                workers,
+                sent,
+                taken_at: wall_ms(),
+                rules: control.rules.clone(),
+            });
+        }
+    }
+    match failed {
+        Some(e) => Err(format!("cannot encode this worker's state: {e}")),
+        None => Ok(()),
     }
 }
 
 /// Milliseconds on a monotonic clock (since the first call), for measuring durations.
-fn mono_ms() -> i64 {
+pub(crate) fn mono_ms() -> i64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START
         .get_or_init(std::time::Instant::now)
         .elapsed()
         .as_millis() as i64
-}
-
-/// Why a reading received at `received_at` (wall ms; 0: from no broker) is too far in the
-/// future to be let in, if it is.
-fn too_far_ahead(
-    obs: &aqyl_core::Observation,
-    received_at: i64,
-    max_future: Option<Duration>,
-) -> Option<String> {
-    let max = max_future?;
-    if received_at <= 0 {
-        return None;
-    }
-    let limit = (received_at as u64).saturating_add(max.as_millis() as u64);
-    (obs.event_time > limit).then(|| {
-        format!(
-            "event time {} is more than {} ahead of its receipt at {} (ingest.max_future); check the sensor's clock",
-            aqyl_core::deadletter::rfc3339_ms(obs.event_time as i64),
-            aqyl_core::duration::label(max),
-            aqyl_core::deadletter::rfc3339_ms(received_at),
-        )
-    })
 }
 
 /// What a batch run produced, in the order the workers emitted it.

@@ -1,0 +1,115 @@
+//! Duplicate readings: the same sensor, event time and values as a reading already taken.
+//!
+//! MQTT QoS 1 delivers at least once: after a reconnect the broker sends again what Aqyl had
+//! not acknowledged, and after a crash a message may be both in the ingest log and redelivered.
+//! A reading is a duplicate when its sensor, event time and every field value equal those of
+//! a reading taken while its windows are still open; it is dropped and counted, so aggregates,
+//! rules and quality see it once. (A sensor that sends the same reading twice on purpose is
+//! treated the same way: there is nothing new in it.) Readings are remembered only while they
+//! could still change a result: from the watermark on (minus the update horizon when late
+//! updates are on); an older duplicate is late anyway and dead-lettered as such.
+
+use crate::fnv::fnv1a;
+use crate::Observation;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// The readings of recent event times, per sensor.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Dedup {
+    /// Sensor key → (event time, content hash) of readings at or after the horizon.
+    seen: HashMap<u64, Vec<(u64, u64)>>,
+}
+
+fn sensor_key(obs: &Observation) -> u64 {
+    crate::fnv::stable_hash(&[&obs.sensor_type, &obs.sensor_id])
+}
+
+fn content(obs: &Observation) -> u64 {
+    fnv1a(
+        obs.fields
+            .iter()
+            .flat_map(|(name, value)| name.bytes().chain([0]).chain(value.to_bits().to_le_bytes())),
+    )
+}
+
+impl Dedup {
+    /// Whether `obs` is new; a new reading at or after `keep_from` is remembered (and the
+    /// sensor's readings before `keep_from` are forgotten).
+    pub fn first_time(&mut self, obs: &Observation, keep_from: u64) -> bool {
+        let key = sensor_key(obs);
+        let stamp = (obs.event_time, content(obs));
+        let Some(seen) = self.seen.get_mut(&key) else {
+            if obs.event_time >= keep_from {
+                self.seen.insert(key, vec![stamp]);
+            }
+            return true;
+        };
+        if seen.contains(&stamp) {
+            return false;
+        }
+        seen.retain(|(t, _)| *t >= keep_from);
+        if obs.event_time >= keep_from {
+            seen.push(stamp);
+        }
+        if seen.is_empty() {
+            self.seen.remove(&key);
+        }
+        true
+    }
+
+    /// Forgets every reading before `keep_from` (and sensors with none left).
+    pub fn forget_before(&mut self, keep_from: u64) {
+        self.seen.retain(|_, seen| {
+            seen.retain(|(t, _)| *t >= keep_from);
+            !seen.is_empty()
+        });
+    }
+
+    /// Sensors with remembered readings.
+    pub fn sensors(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(id: &str, t: u64, v: f64) -> Observation {
+        Observation {
+            sensor_type: "traffic".into(),
+            sensor_id: id.into(),
+            area: None,
+            event_time: t,
+            received_at: 0,
+            time_from_receive: false,
+            location: None,
+            fields: vec![("avgSpeed".into(), v)],
+            arrival: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_same_reading_twice_is_a_duplicate() {
+        let mut d = Dedup::default();
+        assert!(d.first_time(&obs("a", 1_000, 5.0), 0));
+        assert!(!d.first_time(&obs("a", 1_000, 5.0), 0));
+        // Another value, time or sensor is new.
+        assert!(d.first_time(&obs("a", 1_000, 6.0), 0));
+        assert!(d.first_time(&obs("a", 2_000, 5.0), 0));
+        assert!(d.first_time(&obs("b", 1_000, 5.0), 0));
+    }
+
+    #[test]
+    fn readings_before_the_horizon_are_forgotten() {
+        let mut d = Dedup::default();
+        assert!(d.first_time(&obs("a", 1_000, 5.0), 0));
+        assert!(d.first_time(&obs("a", 5_000, 5.0), 2_000));
+        // 1 000 was forgotten when the horizon passed it.
+        assert!(d.first_time(&obs("a", 1_000, 5.0), 2_000));
+        d.forget_before(10_000);
+        assert_eq!(d.sensors(), 0);
+        assert!(d.first_time(&obs("a", 5_000, 5.0), 10_000));
+    }
+}
