@@ -92,12 +92,12 @@ impl Rendezvous {
         }
     }
 
-    /// Waits until every worker has arrived; `Ok(true)` for exactly one of them (the
-    /// leader), `Err` when a worker has died.
-    pub fn wait(&self) -> Result<bool, ()> {
-        let mut s = self.state.lock().map_err(|_| ())?;
+    /// Waits until every worker has arrived; `Some(true)` for exactly one of them (the
+    /// leader), `None` when a worker has died.
+    pub fn wait(&self) -> Option<bool> {
+        let mut s = self.state.lock().ok()?;
         if s.2 {
-            return Err(());
+            return None;
         }
         let generation = s.1;
         s.0 += 1;
@@ -105,19 +105,16 @@ impl Rendezvous {
             s.0 = 0;
             s.1 += 1;
             self.changed.notify_all();
-            return Ok(true);
+            return Some(true);
         }
         while s.1 == generation && !s.2 {
             s = self
                 .changed
                 .wait_timeout(s, Duration::from_millis(100))
-                .map_err(|_| ())?
+                .ok()?
                 .0;
         }
-        if s.1 == generation {
-            return Err(());
-        }
-        Ok(false)
+        (s.1 != generation).then_some(false)
     }
 
     /// Marks a worker dead: every wait, now and later, fails.
@@ -206,6 +203,6 @@ mod tests {
         let waiting = std::thread::spawn(move || r2.wait());
         std::thread::sleep(Duration::from_millis(50));
         r.poison();
-        assert_eq!(waiting.join().unwrap(), Err(()));
+        assert_eq!(waiting.join().unwrap(), None);
     }
 }

@@ -516,7 +516,7 @@ fn checkpoint(
     io: &mut WorkerIo<'_>,
 ) -> Result<(), String> {
     let rendezvous = &control.rendezvous;
-    let dead = |()| "another worker died".to_string();
+    let dead = || "another worker died".to_string();
     let tick = mono_ms();
     let w = io.ingest.watermark.current(tick);
     io.input.advance_to(w);
@@ -536,7 +536,7 @@ fn checkpoint(
     io.ingest.dedup.forget_before(keep_from);
     loop {
         worker.step();
-        if rendezvous.wait().map_err(dead)? {
+        if rendezvous.wait().ok_or_else(dead)? {
             let quiet = states.in_flight() == 0;
             if quiet {
                 *control.sent.lock().map_err(|_| "poisoned".to_string())? =
@@ -544,7 +544,7 @@ fn checkpoint(
             }
             control.quiet.store(quiet, SeqCst);
         }
-        rendezvous.wait().map_err(dead)?;
+        rendezvous.wait().ok_or_else(dead)?;
         if control.quiet.load(SeqCst) {
             break;
         }
@@ -558,7 +558,7 @@ fn checkpoint(
     if let Ok(mut parts) = control.parts.lock() {
         parts[worker.index()] = part.ok();
     }
-    if rendezvous.wait().map_err(dead)? {
+    if rendezvous.wait().ok_or_else(dead)? {
         let parts: Vec<Option<WorkerState>> = match control.parts.lock() {
             Ok(mut p) => p.iter_mut().map(Option::take).collect(),
             Err(_) => Vec::new(),
