@@ -177,6 +177,8 @@ allowed_lateness = "10m"
 idle_timeout = "0s"
 [influx]
 enabled = false
+[state]
+durable = false
 "#,
             sensors = repo().join("config/sensors").display(),
             rules = repo().join("config/rules").display(),

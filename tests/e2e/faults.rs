@@ -192,7 +192,7 @@ fn a_spill_that_cannot_be_written_stops_the_service_loudly() {
     let text = std::fs::read_to_string(dir.path().join("aqyl.toml")).unwrap();
     std::fs::write(
         dir.path().join("aqyl.toml"),
-        format!("{text}\n[state]\ndir = \"not-a-directory\"\n"),
+        text.replace("[state]\n", "[state]\ndir = \"not-a-directory\"\n"),
     )
     .unwrap();
     let status = Subscriber::start(mqtt.port, "aqyl/status");

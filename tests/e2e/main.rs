@@ -88,6 +88,10 @@ idle_timeout = "0s"
 enabled = false
 url = "http://127.0.0.1:9"
 flush_interval = "100ms"
+[state]
+# These tests read the store after a stop, which writes every open window only without
+# durability (a durable stop keeps them for the next start; tests/e2e/durable.rs).
+durable = false
 "#,
             pid = std::process::id()
         ),

@@ -38,6 +38,33 @@ pub struct MqttSettings {
     pub filters: Vec<String>,
 }
 
+/// Where received messages go.
+pub enum Intake {
+    /// Straight to the dataflow's workers; acknowledged once queued for a worker.
+    Direct(Router),
+    /// Through the ingest log ([`LogIntake`]); acknowledged once on disk.
+    Logged(LogIntake),
+}
+
+/// The ingest log's side of the connection: messages are handed over in order, and
+/// `durable` counts how many of them (from the first ever handed over) are on disk.
+pub struct LogIntake {
+    /// Messages to log.
+    pub tx: tokio::sync::mpsc::Sender<RawMessage>,
+    /// How many handed-over messages are durable.
+    pub durable: watch::Receiver<u64>,
+}
+
+impl Intake {
+    /// Hands a message over, waiting for room; false once the other side has stopped.
+    async fn take(&self, msg: RawMessage) -> bool {
+        match self {
+            Intake::Direct(router) => router.route(msg).await,
+            Intake::Logged(log) => log.tx.send(msg).await.is_ok(),
+        }
+    }
+}
+
 /// Handle on the running connection task.
 pub struct MqttEdge {
     /// Client for publishing outputs on the same connection.
@@ -79,7 +106,7 @@ impl MqttEdge {
 }
 
 /// Connects (in the background, retrying) and starts the connection task.
-pub fn connect(settings: MqttSettings, router: Router, metrics: Arc<Metrics>) -> MqttEdge {
+pub fn connect(settings: MqttSettings, intake: Intake, metrics: Arc<Metrics>) -> MqttEdge {
     let mut options = MqttOptions::new(&settings.client_id, &settings.url.host, settings.url.port);
     options
         .set_keep_alive(settings.keep_alive.max(Duration::from_secs(1)))
@@ -110,7 +137,7 @@ pub fn connect(settings: MqttSettings, router: Router, metrics: Arc<Metrics>) ->
         settings,
         client.clone(),
         eventloop,
-        router,
+        intake,
         metrics,
         controls,
     ));
@@ -137,7 +164,7 @@ async fn run(
     settings: MqttSettings,
     client: AsyncClient,
     mut eventloop: EventLoop,
-    router: Router,
+    intake: Intake,
     metrics: Arc<Metrics>,
     controls: Controls,
 ) {
@@ -146,8 +173,16 @@ async fn run(
         mut stop,
         mut finish,
     } = controls;
-    let mut router = Some(router);
-    let mut pending_acks: VecDeque<rumqttc::Publish> = VecDeque::new();
+    // With a log, a message is acknowledged once the log says it is durable (`durable`
+    // counts handed-over messages); without, once it is queued for a worker.
+    let mut durable = match &intake {
+        Intake::Logged(log) => Some(log.durable.clone()),
+        Intake::Direct(_) => None,
+    };
+    let mut router = Some(intake);
+    let mut handed_over: u64 = 0;
+    let mut safe: u64 = 0;
+    let mut pending_acks: VecDeque<(u64, rumqttc::Publish)> = VecDeque::new();
     let mut backoff = Duration::from_millis(100);
     let mut finishing = false;
     let mut filters = settings.filters.clone();
@@ -167,8 +202,14 @@ async fn run(
                 filters = new;
             }
             _ = stop.changed(), if router.is_some() => {
-                tracing::info!("Stopped taking messages from the broker; draining the dataflow.");
+                tracing::info!("Stopped taking messages from the broker.");
                 router = None;
+            }
+            changed = async { durable.as_mut()?.changed().await.ok() }, if durable.is_some() => {
+                match changed {
+                    Some(()) => safe = durable.as_mut().map_or(safe, |d| *d.borrow_and_update()),
+                    None => durable = None,
+                }
             }
             _ = &mut finish, if !finishing => {
                 finishing = true;
@@ -197,11 +238,15 @@ async fn run(
                     let Some(r) = &router else { continue };
                     metrics.received.fetch_add(1, Relaxed);
                     let msg = RawMessage { topic: p.topic.clone(), payload: p.payload.to_vec(), received_at: now_ms() };
-                    if !r.route(msg).await {
+                    if !r.take(msg).await {
                         router = None;
                         continue;
                     }
-                    pending_acks.push_back(p);
+                    handed_over += 1;
+                    if durable.is_none() {
+                        safe = handed_over;
+                    }
+                    pending_acks.push_back((handed_over, p));
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) if finishing => break,
                 Ok(_) => {}
@@ -222,8 +267,8 @@ async fn run(
                 }
             }
         }
-        while let Some(p) = pending_acks.front() {
-            if client.try_ack(p).is_err() {
+        while let Some((ticket, p)) = pending_acks.front() {
+            if *ticket > safe || client.try_ack(p).is_err() {
                 break;
             }
             pending_acks.pop_front();

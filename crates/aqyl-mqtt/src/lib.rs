@@ -1,9 +1,9 @@
 //! Aqyl's MQTT edge: one connection that subscribes to the sensor topics and publishes
 //! Aqyl's outputs (dead letters, status).
 //!
-//! One task owns the rumqttc event loop ([`connection`]): it polls, routes each publish into
-//! the dataflow and only then acknowledges it (manual acks), so a message is acknowledged
-//! once Aqyl holds it; on a connection error it logs, counts, waits with exponential backoff
+//! One task owns the rumqttc event loop ([`connection`]): it polls, hands each publish over
+//! (to the ingest log, or straight to the dataflow) and acknowledges it only once it is safe
+//! (manual acks): on disk in the ingest log, or (without durability) queued for a worker; on a connection error it logs, counts, waits with exponential backoff
 //! and polls again, which is how rumqttc reconnects. Subscriptions are renewed on every
 //! connect. The broker keeps a persistent session (clean session off) and a retained last
 //! will sets `aqyl/status` to `offline` if Aqyl dies.
@@ -11,4 +11,4 @@
 pub mod connection;
 pub mod publish;
 
-pub use connection::{connect, MqttEdge, MqttSettings};
+pub use connection::{connect, Intake, LogIntake, MqttEdge, MqttSettings};

@@ -31,6 +31,9 @@ pub async fn deadletters(
                 tracing::warn!(error = %e, reason = %d.reason, "Could not publish a dead letter.")
             }
         }
+        metrics
+            .delivery
+            .done(aqyl_core::metrics::Output::DeadLetters, 1);
     }
 }
 

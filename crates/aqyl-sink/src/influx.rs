@@ -112,7 +112,13 @@ impl Spill {
         let seq = self.seq.fetch_add(1, Relaxed);
         let path = self.dir.join(format!("{:015}-{seq:06}.lp", wall_ms()));
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, batch)?;
+        {
+            // On disk before it counts as safe: a checkpoint may rely on it.
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(batch.as_bytes())?;
+            f.sync_data()?;
+        }
         std::fs::rename(&tmp, &path)?;
         Ok(path)
     }

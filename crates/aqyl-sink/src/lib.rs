@@ -9,7 +9,7 @@
 pub mod file;
 pub mod influx;
 
-use aqyl_core::metrics::Metrics;
+use aqyl_core::metrics::{Metrics, Output};
 use aqyl_core::quality::QualityRecord;
 use aqyl_core::{Aggregate, Event};
 use std::sync::atomic::Ordering::Relaxed;
@@ -86,8 +86,30 @@ fn counted(
     }
 }
 
+/// Outputs in the batch being built, per kind: safe once the batch is written.
+#[derive(Default)]
+struct InBatch([u64; 3]);
+
+impl InBatch {
+    const KINDS: [Output; 3] = [Output::Aggregates, Output::Events, Output::Quality];
+
+    fn add(&mut self, output: Output, n: u64) {
+        if let Some(i) = Self::KINDS.iter().position(|k| *k == output) {
+            self.0[i] += n;
+        }
+    }
+
+    /// The batch was written (or spilled): its outputs are safe.
+    fn done(&mut self, metrics: &Metrics) {
+        for (kind, n) in Self::KINDS.iter().zip(&mut self.0) {
+            metrics.delivery.done(*kind, std::mem::take(n));
+        }
+    }
+}
+
 /// Writes every aggregate, event and quality record received until all channels close,
-/// then flushes and returns.
+/// then flushes and returns. Each record counts as done in `metrics.delivery` once the batch
+/// holding it is written, spilled or filed as rejected.
 pub async fn run(
     mut sinks: Sinks,
     mut rx: mpsc::UnboundedReceiver<Aggregate>,
@@ -98,6 +120,7 @@ pub async fn run(
     let (mut aggregates_open, mut events_open, mut quality_open) = (true, true, true);
     let mut batch = String::new();
     let mut points = 0usize;
+    let mut in_batch = InBatch::default();
     // Batches spilled before a restart are written in the background, beside new ones.
     if let Some(i) = &mut sinks.influx {
         i.start_replay(metrics.clone());
@@ -108,16 +131,21 @@ pub async fn run(
         // A full batch goes out at once, whichever channel filled it.
         if points >= sinks.batch_size {
             sinks.write(&batch, points, &metrics).await?;
+            in_batch.done(&metrics);
             batch.clear();
             points = 0;
         }
         tokio::select! {
             next = events.recv(), if events_open => match next {
-                Some(e) => counted(&mut points, &metrics, e.write_line(&mut batch), format_args!("a {} event", e.event_type)),
+                Some(e) => {
+                    in_batch.add(Output::Events, 1);
+                    counted(&mut points, &metrics, e.write_line(&mut batch), format_args!("a {} event", e.event_type));
+                }
                 None => events_open = false,
             },
             next = quality.recv(), if quality_open => match next {
                 Some(records) => {
+                    in_batch.add(Output::Quality, records.len() as u64);
                     for q in &records {
                         counted(&mut points, &metrics, q.write_line(&mut batch), format_args!("a quality record"));
                     }
@@ -125,7 +153,10 @@ pub async fn run(
                 None => quality_open = false,
             },
             next = rx.recv(), if aggregates_open => match next {
-                Some(agg) => counted(&mut points, &metrics, agg.write_line(&mut batch), format_args!("a {} {} aggregate", agg.sensor_type, agg.field)),
+                Some(agg) => {
+                    in_batch.add(Output::Aggregates, 1);
+                    counted(&mut points, &metrics, agg.write_line(&mut batch), format_args!("a {} {} aggregate", agg.sensor_type, agg.field));
+                }
                 None => aggregates_open = false,
             },
             _ = tick.tick() => {
@@ -134,12 +165,14 @@ pub async fn run(
                     batch.clear();
                     points = 0;
                 }
+                in_batch.done(&metrics);
             }
         }
     }
     if points > 0 {
         sinks.write(&batch, points, &metrics).await?;
     }
+    in_batch.done(&metrics);
     if let Some(i) = &mut sinks.influx {
         let waiting = i.finish(&metrics).await;
         if waiting > 0 {

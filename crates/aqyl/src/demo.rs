@@ -128,6 +128,9 @@ flush_interval = "500ms"
 [file]
 enabled = true
 dir = {dir:?}
+[state]
+# The demo's broker lives and dies with it: nothing to recover.
+durable = false
 [quality]
 # The simulated city runs hundreds of times faster than the wall clock: its silences and
 # ages are judged in event time.

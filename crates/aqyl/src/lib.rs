@@ -1,7 +1,9 @@
 //! The `aqyl` service: wiring of the MQTT edge, the timely dataflow and the sinks.
 //!
 //! - [`service`] runs the pipeline for a loaded configuration until told to stop, then
-//!   drains it: stop reading, close every window, flush the sinks, publish `offline`.
+//!   stops it: stop reading, checkpoint (or, without durability, close every window), flush
+//!   the sinks, publish `offline`.
+//! - [`durable`] is the ingest log, the checkpoints and recovery (`[state] durable`).
 //! - [`demo`] is the zero-install run: embedded broker, synthetic city, file sink.
 //! - [`check`] validates configuration and descriptors for `aqyl check`.
 //! - [`http`] serves `/metrics` and `/health`.
@@ -11,6 +13,7 @@
 
 pub mod check;
 pub mod demo;
+pub mod durable;
 pub mod http;
 pub mod quality_view;
 pub mod reload;

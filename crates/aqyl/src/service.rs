@@ -106,18 +106,21 @@ async fn run(
     let (q_tx, q_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
     let (q_sink_tx, q_sink_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
     let spec = pipeline_spec(&loaded, registry.clone());
-    let (router, running) = aqyl_dataflow::start(
-        spec,
-        cfg.ingest.queue_capacity,
-        Outputs {
-            aggregates: agg_tx,
-            deadletters: dl_tx,
-            events: ev_tx,
-            quality: q_tx,
-        },
-        metrics.clone(),
-    )
-    .map_err(|e| anyhow::anyhow!("cannot start the dataflow: {e}"))?;
+    let outputs = Outputs {
+        aggregates: agg_tx,
+        deadletters: dl_tx,
+        events: ev_tx,
+        quality: q_tx,
+    };
+    let (intake, running, mut durable) = if cfg.state.durable {
+        let (intake, running, durable) = start_durable(&loaded, spec, outputs, &metrics).await?;
+        (intake, running, Some(durable))
+    } else {
+        let (router, running) =
+            aqyl_dataflow::start(spec, cfg.ingest.queue_capacity, outputs, metrics.clone())
+                .map_err(|e| anyhow::anyhow!("cannot start the dataflow: {e}"))?;
+        (aqyl_mqtt::Intake::Direct(router), running, None)
+    };
     // With MQTT aggregates on, a small tee hands every aggregate to both the sinks and the
     // publisher; otherwise the sinks read the dataflow's channel directly.
     let (sink_rx, live_rx) = if cfg.outputs.aggregates {
@@ -172,7 +175,7 @@ async fn run(
         file = cfg.file.enabled,
         "Aqyl is starting."
     );
-    let edge = aqyl_mqtt::connect(settings, router, metrics.clone());
+    let edge = aqyl_mqtt::connect(settings, intake, metrics.clone());
     let live_task = live_rx.map(|rx| {
         tokio::spawn(aqyl_mqtt::publish::aggregates(
             edge.client.clone(),
@@ -216,27 +219,46 @@ async fn run(
     // A sink that stops before shutdown (its spill cannot be written) would lose every
     // later result: stop taking messages and exit non-zero so a supervisor restarts Aqyl.
     let mut sink_task = sink_task;
-    let sink_failed = tokio::select! {
-        () = stop => None,
-        ended = &mut sink_task => Some(ended),
+    let log_ended = async {
+        match durable.as_mut() {
+            Some(d) => (&mut d.log_task).await,
+            None => std::future::pending().await,
+        }
     };
-    if let Some(ended) = sink_failed {
-        let why = match ended {
+    let failed = tokio::select! {
+        () = stop => None,
+        ended = &mut sink_task => Some(("sink", match ended {
             Ok(Ok(())) => "the sink stopped".to_string(),
             Ok(Err(e)) => e.to_string(),
             Err(e) => format!("the sink task panicked: {e}"),
-        };
-        metrics.set_problem("sink", why.clone());
-        tracing::error!(error = %why, "The sink cannot go on; Aqyl stops taking messages and exits so that it is restarted.");
+        })),
+        ended = log_ended => Some(("state", match ended {
+            Ok(Ok(())) => "the ingest log writer stopped".to_string(),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(e) => format!("the ingest log writer panicked: {e}"),
+        })),
+    };
+    if let Some((what, why)) = failed {
+        metrics.set_problem(what, why.clone());
+        tracing::error!(error = %why, "Aqyl cannot go on; it stops taking messages and exits so that it is restarted.");
         edge.stop_ingest();
         edge.close().await;
-        anyhow::bail!("the sink cannot go on: {why}");
+        anyhow::bail!("the {what} cannot go on: {why}");
     }
     if let Some(t) = reload_task {
         t.abort();
     }
-    tracing::info!("Shutting down: draining windows and flushing sinks.");
     edge.stop_ingest();
+    let last = match durable {
+        Some(d) => {
+            tracing::info!("Shutting down: checkpointing (open windows are kept for the next start) and flushing sinks.");
+            Some(d.stop().await?)
+        }
+        None => {
+            tracing::info!("Shutting down: draining windows and flushing sinks.");
+            None
+        }
+    };
     tokio::task::spawn_blocking(move || running.join())
         .await
         .context("a dataflow worker panicked")?
@@ -247,6 +269,15 @@ async fn run(
     q_task.await.context("the quality task panicked")?;
     if let Some(t) = live_task {
         t.await.context("the aggregate publisher panicked")?;
+    }
+    if let Some((store, snapshot)) = last {
+        // Every output emitted before the last snapshot has been written or spilled.
+        if metrics.delivery.covers(&snapshot.sent) {
+            crate::durable::commit(&store, &snapshot, &metrics).await?;
+            tracing::info!("Checkpoint committed; the next start goes on from here.");
+        } else {
+            tracing::warn!("The last checkpoint was not committed (some outputs were not confirmed); the next start replays from the one before.");
+        }
     }
     // Give the connection a moment to hand queued publishes to the broker.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -264,6 +295,121 @@ async fn run(
         "Aqyl stopped cleanly."
     );
     Ok(())
+}
+
+/// A durable run's moving parts.
+struct DurableRun {
+    store: Arc<aqyl_state::Store>,
+    control: Arc<aqyl_dataflow::checkpoint::Control>,
+    /// The ingest log writer (a blocking thread).
+    log_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Periodic checkpoints; hands the snapshot channel back when stopped.
+    checkpoints:
+        tokio::task::JoinHandle<mpsc::UnboundedReceiver<aqyl_dataflow::checkpoint::Snapshot>>,
+    stop_checkpoints: tokio::sync::watch::Sender<bool>,
+}
+
+impl DurableRun {
+    /// After ingest has stopped: lets the log writer finish, stops the periodic checkpoints
+    /// and takes the last one, with `stop` (the workers end without flushing open windows).
+    async fn stop(
+        self,
+    ) -> anyhow::Result<(Arc<aqyl_state::Store>, aqyl_dataflow::checkpoint::Snapshot)> {
+        match self.log_task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "The ingest log writer failed while stopping.")
+            }
+            Err(e) => tracing::warn!(error = %e, "The ingest log writer panicked."),
+        }
+        let _ = self.stop_checkpoints.send(true);
+        let mut taken = self
+            .checkpoints
+            .await
+            .context("the checkpoint task panicked")?;
+        self.control.request(true);
+        let snapshot = tokio::time::timeout(Duration::from_secs(120), taken.recv())
+            .await
+            .ok()
+            .flatten()
+            .context("the workers did not take the last checkpoint")?;
+        Ok((self.store, snapshot))
+    }
+}
+
+/// Opens the state file, starts the dataflow from its checkpoint, replays the ingest log after
+/// it, and starts the log writer and the periodic checkpoints.
+async fn start_durable(
+    loaded: &Loaded,
+    spec: PipelineSpec,
+    outputs: Outputs,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<(aqyl_mqtt::Intake, aqyl_dataflow::Running, DurableRun)> {
+    let cfg = &loaded.config;
+    let dir = loaded.state_dir();
+    let (store, snapshot) = crate::durable::open(&dir)?;
+    let rules: Vec<String> = loaded.rules.iter().map(|r| r.name.clone()).collect();
+    if let Some(s) = &snapshot {
+        tracing::info!(
+            state = %store.path().display(),
+            taken_at = %aqyl_core::deadletter::rfc3339_ms(s.taken_at),
+            "Restoring the dataflow from its last checkpoint."
+        );
+        for gone in s.rules.iter().filter(|r| !rules.contains(r)) {
+            tracing::info!(rule = %gone, "A rule of the checkpoint no longer exists; its ongoing incidents end.");
+        }
+    }
+    let (control, taken) = aqyl_dataflow::checkpoint::Control::new(spec.workers.max(1), rules);
+    let control = Arc::new(control);
+    let durable = aqyl_dataflow::Durable {
+        control: control.clone(),
+        restore: snapshot.clone(),
+    };
+    let (router, running) = aqyl_dataflow::start_durable(
+        spec,
+        cfg.ingest.queue_capacity,
+        outputs,
+        metrics.clone(),
+        durable,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the dataflow from {}: {e}", dir.display()))?;
+    {
+        let (store, router, metrics) = (store.clone(), router.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::durable::recover(&store, &router, snapshot.as_ref(), &metrics)
+        })
+        .await
+        .context("the recovery panicked")??;
+    }
+    let (log_tx, log_rx) = mpsc::channel(cfg.ingest.queue_capacity.max(1));
+    let (durable_tx, durable_rx) = tokio::sync::watch::channel(0u64);
+    let log_task = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::durable::log_writer(store, router, log_rx, durable_tx)
+        })
+    };
+    let (stop_checkpoints, stop_rx) = tokio::sync::watch::channel(false);
+    let checkpoints = tokio::spawn(crate::durable::checkpointer(
+        store.clone(),
+        control.clone(),
+        taken,
+        cfg.state.checkpoint_interval,
+        metrics.clone(),
+        stop_rx,
+    ));
+    let intake = aqyl_mqtt::Intake::Logged(aqyl_mqtt::LogIntake {
+        tx: log_tx,
+        durable: durable_rx,
+    });
+    let run = DurableRun {
+        store,
+        control,
+        log_task,
+        checkpoints,
+        stop_checkpoints,
+    };
+    Ok((intake, running, run))
 }
 
 /// The sinks `[influx]` and `[file]` configure (either may be absent).
