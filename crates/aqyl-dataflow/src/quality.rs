@@ -27,20 +27,27 @@
 //! sensor's assessments in their order whichever check they came through. Live, a silence
 //! overtakes a reading still held for its neighbour verdict: the alarm hears of the silence
 //! first, which is the point.
+//!
+//! Every operator keeps what it has between activations in a state registered in
+//! [`OperatorStates`] (`quality/sensor`, `quality/area`, `quality/type`, `quality/alerts`), so a
+//! checkpoint holds ratings, open incidents, roll-ups and whatever waits for the frontier. Each
+//! holds one capability that follows its input frontier: restored, it starts from the initial
+//! one and moves it up at its first activation (nothing restored is ready before then).
 
+use crate::state::OperatorStates;
 use aqyl_core::quality::{
     Alarm, AlarmSettings, Assessment, Feed, Input, Neighbourhood, QualityRecord, QualityReport,
     QualitySettings, Rollups, SensorQuality, SensorSettings,
 };
 use aqyl_core::{Event, Observation, Reason};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::{Operator, OutputBuilderSession};
-use timely::dataflow::operators::vec::Filter;
-use timely::dataflow::operators::{Capability, Concat};
+use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 /// Quality settings of a pipeline (`[quality]`).
@@ -234,6 +241,7 @@ pub enum QualityOut {
 }
 
 /// An input item of one sensor, in the order buffer.
+#[derive(Serialize, Deserialize)]
 enum Item {
     Reading(Observation),
     Side(Side),
@@ -257,14 +265,17 @@ impl Item {
 }
 
 /// A sensor's state in `ScoreQuality`.
+#[derive(Serialize, Deserialize)]
 struct Sensor {
     key: Key,
     quality: SensorQuality,
     area: Option<String>,
+    /// From its type's descriptor (refreshed, with the settings of `quality`, on restore).
     window_ms: u64,
     interval_ms: u64,
     grace_ms: u64,
-    /// Wall-clock arrival and event time of the latest reading (wall-clock watchdog).
+    /// Wall-clock arrival (Unix ms) and event time of the latest reading (wall-clock
+    /// watchdog).
     last_wall: i64,
     last_event: u64,
     /// The event-time watchdog's scheduled check.
@@ -274,10 +285,58 @@ struct Sensor {
 type Key = (Arc<str>, String);
 
 /// The sensors one worker scores, found by (type, id) without allocating.
-#[derive(Default)]
+#[derive(Default, Serialize, Deserialize)]
 struct Sensors {
+    /// Rebuilt from `all` on restore.
+    #[serde(skip)]
     index: HashMap<Arc<str>, HashMap<String, usize>>,
     all: Vec<Sensor>,
+}
+
+/// What `ScoreQuality` keeps between activations (and in checkpoints): `quality/sensor`.
+#[derive(Default, Serialize, Deserialize)]
+struct ScoreState {
+    /// Input waiting for the frontier, by the event time it is judged at.
+    pending: BTreeMap<u64, Vec<Item>>,
+    sensors: Sensors,
+    /// Event-time watchdog: (check time, sensor slot), one per sensor with a `scheduled`
+    /// check (rebuilt from them on restore).
+    #[serde(skip)]
+    checks: BTreeSet<(u64, usize)>,
+}
+
+impl ScoreState {
+    /// After a restore: rebuilds what is derived from the sensors (their index, the watchdog's
+    /// schedule) and brings each sensor's settings up to date with the current `[quality]`
+    /// settings and descriptors (a type no longer configured keeps its own).
+    fn restored(&mut self, registry: &aqyl_core::decode::Registry, spec: &QualitySpec) {
+        let Sensors { index, all } = &mut self.sensors;
+        index.clear();
+        self.checks.clear();
+        for (slot, s) in all.iter_mut().enumerate() {
+            index
+                .entry(s.key.0.clone())
+                .or_default()
+                .insert(s.key.1.clone(), slot);
+            if let Some(ty) = registry.get(&s.key.0) {
+                let interval = ty.expected_interval.as_millis() as u64;
+                let settings = spec.sensor(interval, ty.flat_line, ty.activity_field.clone());
+                if s.quality.reconfigure(settings) {
+                    s.interval_ms = interval;
+                    s.window_ms = interval / 2;
+                    s.grace_ms = s.quality.grace_ms();
+                }
+            }
+            // The schedule is always the sensor's next check (see `fire_checks` and `judge`).
+            s.scheduled = None;
+            if !spec.wall_clock {
+                s.scheduled = s.quality.next_check();
+                if let Some(next) = s.scheduled {
+                    self.checks.insert((next, slot));
+                }
+            }
+        }
+    }
 }
 
 impl Sensors {
@@ -299,12 +358,15 @@ impl Sensors {
 /// Quality scoring of sensor streams.
 pub trait ScoreQuality<'scope> {
     /// Rates each sensor's readings (this stream: the readings that pass into aggregates
-    /// and rules) together with `side` (readings kept out, rejected and late messages).
+    /// and rules) together with `side` (readings kept out, rejected and late messages). Its
+    /// operators' states are registered in `states` as `quality/sensor`, `quality/area`,
+    /// `quality/type` and `quality/alerts`.
     fn score_quality(
         self,
         side: StreamVec<'scope, u64, Side>,
         registry: crate::SharedRegistry,
         spec: QualitySpec,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, QualityOut>;
 }
 
@@ -314,8 +376,10 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
         side: StreamVec<'scope, u64, Side>,
         registry: crate::SharedRegistry,
         spec: QualitySpec,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, QualityOut> {
         let scope = self.scope();
+        let state = states.register::<ScoreState>("quality/sensor");
         let by_sensor =
             Exchange::new(|o: &Observation| crate::stable_hash(&[&o.sensor_type, &o.sensor_id]));
         let side_by_sensor = Exchange::new(|s: &Side| {
@@ -325,17 +389,20 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
         let scored = self
             .binary_frontier::<_, CapacityContainerBuilder<Vec<Assessed>>, _, _, _, _>(
                 side,
-                by_sensor,
-                side_by_sensor,
+                states.counted(by_sensor),
+                states.counted(side_by_sensor),
                 "ScoreQuality",
                 move |capability, info| {
                     let activator = scope.activator_for(info.address.clone());
+                    state.borrow_mut().restored(&registry.load(), &spec);
                     let mut cap = Some(capability);
-                    let mut pending: BTreeMap<u64, Vec<Item>> = BTreeMap::new();
-                    let mut sensors = Sensors::default();
-                    // Event-time watchdog: (check time, sensor slot).
-                    let mut checks: BTreeSet<(u64, usize)> = BTreeSet::new();
                     move |(readings, f1), (side, f2), output| {
+                        let mut state = state.borrow_mut();
+                        let ScoreState {
+                            pending,
+                            sensors,
+                            checks,
+                        } = &mut *state;
                         let registry = registry.load();
                         let mut out = Vec::new();
                         readings.for_each(|cap, data| {
@@ -364,7 +431,7 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                                     // Live, a reading proves its sensor alive when it arrives,
                                     // not when the watermark lets it be judged.
                                     if let Some(slot) = sensor_slot(
-                                        &mut sensors,
+                                        sensors,
                                         &registry,
                                         &spec,
                                         &obs.sensor_type,
@@ -409,28 +476,18 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                             .flatten()
                             .min()
                             .copied();
-                        while let Some((t, mut items)) =
-                            crate::ordered::pop_ready(&mut pending, now)
-                        {
+                        while let Some((t, mut items)) = crate::ordered::pop_ready(pending, now) {
                             if !spec.wall_clock {
-                                fire_checks(t, &mut checks, &mut sensors, &mut out);
+                                fire_checks(t, checks, sensors, &mut out);
                             }
                             items.sort_by(|a, b| a.order().cmp(&b.order()));
                             for item in items {
-                                judge(
-                                    t,
-                                    item,
-                                    &registry,
-                                    &spec,
-                                    &mut sensors,
-                                    &mut checks,
-                                    &mut out,
-                                );
+                                judge(t, item, &registry, &spec, sensors, checks, &mut out);
                             }
                         }
                         if spec.wall_clock {
                             let wall = wall_ms();
-                            for s in &mut sensors.all {
+                            for s in sensors.all.iter_mut() {
                                 // The sensor's own event clock, advanced by the wall clock.
                                 let elapsed = (wall - s.last_wall).max(0) as u64;
                                 let event_now = s.last_event.saturating_add(elapsed);
@@ -442,13 +499,13 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                                 activator.activate_after(Duration::from_secs(1));
                             }
                         } else if let Some(n) = now {
-                            fire_checks(n, &mut checks, &mut sensors, &mut out);
+                            fire_checks(n, checks, sensors, &mut out);
                         }
                         crate::ordered::emit_and_follow(&mut cap, now, out, output);
                     }
                 },
             );
-        judge_quality(scored, spec)
+        judge_quality(scored, spec, states)
     }
 }
 
@@ -656,13 +713,34 @@ fn with_nested<V: Default, R>(
 fn judge_quality<'scope>(
     assessed: StreamVec<'scope, u64, Assessed>,
     spec: QualitySpec,
+    states: &OperatorStates,
 ) -> StreamVec<'scope, u64, QualityOut> {
     let reading = |a: &Assessed| matches!(a, Assessed::Scored(s) if !s.assessment.findings.silent);
-    let readings = assessed.clone().filter(reading);
-    let silences = assessed.filter(move |a| !reading(a));
-    let checked = neighbour_check(readings, spec.spike_threshold)
-        .concat(feed_silence(silences, spec.wall_clock));
-    track(checked, spec.alarm(), spec.wall_clock)
+    let readings = keep(assessed.clone(), states, "Readings", reading);
+    let silences = keep(assessed, states, "Silences", move |a| !reading(a));
+    let by_area = neighbour_check(readings, spec.spike_threshold, states);
+    let by_type = feed_silence(silences, spec.wall_clock, states);
+    track(by_area, by_type, spec.alarm(), spec.wall_clock, states)
+}
+
+/// The records of `stream` for which `predicate` holds (timely's `filter`, through a counted
+/// channel).
+fn keep<'scope, D: Clone + 'static>(
+    stream: StreamVec<'scope, u64, D>,
+    states: &OperatorStates,
+    name: &str,
+    predicate: impl Fn(&D) -> bool + 'static,
+) -> StreamVec<'scope, u64, D> {
+    stream.unary(states.counted(Pipeline), name, move |_, _| {
+        move |input, output| {
+            input.for_each(|cap, data| {
+                data.retain(&predicate);
+                if !data.is_empty() {
+                    output.session(&cap).give_container(data);
+                }
+            });
+        }
+    })
 }
 
 /// Gives each item at its logical time (at least the held capability's), then moves the
@@ -695,12 +773,21 @@ fn emit_at<T: Clone + 'static>(
 /// neighbour window, expected interval and watchdog period (ms).
 type Hood = (Neighbourhood, u64, u64, u64);
 
+/// What `NeighbourCheck` keeps between activations (and in checkpoints): `quality/area`.
+#[derive(Default, Serialize, Deserialize)]
+struct AreaState {
+    /// Type → area → the assessments held for their neighbours.
+    hoods: BTreeMap<Arc<str>, BTreeMap<String, Hood>>,
+}
+
 /// Holds each assessment of a sensor with an area until its neighbours' readings around the
 /// same time are in, and settles its neighbour verdict; the others pass straight through.
 fn neighbour_check<'scope>(
     assessed: StreamVec<'scope, u64, Assessed>,
     spike_threshold: f64,
+    states: &OperatorStates,
 ) -> StreamVec<'scope, u64, Scored> {
+    let state = states.register::<AreaState>("quality/area");
     let by_area = Exchange::new(|a: &Assessed| match a {
         Assessed::Scored(s) => match &s.area {
             Some(area) => crate::stable_hash(&[&s.sensor_type, "area", area]),
@@ -709,14 +796,15 @@ fn neighbour_check<'scope>(
         Assessed::Heard { sensor_type, .. } => crate::stable_hash(&[sensor_type]),
     });
     assessed.unary_frontier::<CapacityContainerBuilder<Vec<Scored>>, _, _, _>(
-        by_area,
+        states.counted(by_area),
         "NeighbourCheck",
         move |capability, _info| {
             let mut cap = Some(capability);
-            let mut hoods: BTreeMap<Arc<str>, BTreeMap<String, Hood>> = BTreeMap::new();
-            // Each with the logical time it is final at.
-            let mut out: Vec<(u64, Scored)> = Vec::new();
             move |(input, frontier), output| {
+                let mut state = state.borrow_mut();
+                let AreaState { hoods } = &mut *state;
+                // Each with the logical time it is final at.
+                let mut out: Vec<(u64, Scored)> = Vec::new();
                 input.for_each(|_cap, data| {
                     for a in data.drain(..) {
                         let Assessed::Scored(s) = a else { continue };
@@ -724,7 +812,7 @@ fn neighbour_check<'scope>(
                             out.push((s.assessment.time, s));
                             continue;
                         };
-                        with_nested(&mut hoods, &s.sensor_type, area, |entry| {
+                        with_nested(hoods, &s.sensor_type, area, |entry| {
                             entry.1 = s.window_ms;
                             entry.2 = s.interval_ms;
                             entry.3 = s.grace_ms;
@@ -755,7 +843,7 @@ fn neighbour_check<'scope>(
                     }
                     by_area.retain(|_, (h, ..)| !h.is_empty());
                 }
-                emit_at(&mut cap, now, std::mem::take(&mut out), output);
+                emit_at(&mut cap, now, out, output);
             }
         },
     )
@@ -766,27 +854,37 @@ fn neighbour_check<'scope>(
 /// margin.
 const FORGET_AFTER: u64 = 2;
 
+/// What `FeedSilence` keeps between activations (and in checkpoints): `quality/type`.
+#[derive(Default, Serialize, Deserialize)]
+struct FeedState {
+    /// Per sensor type: who reports and who is silent.
+    feeds: BTreeMap<Arc<str>, Feed>,
+    /// Failures waiting for the frontier (event time), by their time.
+    pending: BTreeMap<u64, Vec<Scored>>,
+    /// The longest watchdog period seen.
+    grace: u64,
+    /// The last history cutoff.
+    forgotten: u64,
+}
+
 /// Judges each watchdog failure against the other sensors of its type: a silence most of them
 /// share is the feed's (see [`aqyl_core::quality::feed`]). In event time a failure is judged
 /// once the frontier has passed it (every sensor's news up to then is in); live, at once.
 fn feed_silence<'scope>(
     assessed: StreamVec<'scope, u64, Assessed>,
     wall_clock: bool,
+    states: &OperatorStates,
 ) -> StreamVec<'scope, u64, Scored> {
+    let state = states.register::<FeedState>("quality/type");
     let by_type = Exchange::new(|a: &Assessed| match a {
         Assessed::Scored(s) => crate::stable_hash(&[&s.sensor_type]),
         Assessed::Heard { sensor_type, .. } => crate::stable_hash(&[sensor_type]),
     });
     assessed.unary_frontier::<CapacityContainerBuilder<Vec<Scored>>, _, _, _>(
-        by_type,
+        states.counted(by_type),
         "FeedSilence",
         move |capability, _info| {
             let mut cap = Some(capability);
-            let mut feeds: BTreeMap<Arc<str>, Feed> = BTreeMap::new();
-            let mut pending: BTreeMap<u64, Vec<Scored>> = BTreeMap::new();
-            let mut out: Vec<(u64, Scored)> = Vec::new();
-            // The longest watchdog period seen, and the last history cutoff.
-            let (mut grace, mut forgotten) = (0u64, 0u64);
             let judge = |feeds: &BTreeMap<Arc<str>, Feed>, mut s: Scored| {
                 if let Some(feed) = feeds.get(&s.sensor_type) {
                     s.assessment.findings.neighbours =
@@ -795,6 +893,13 @@ fn feed_silence<'scope>(
                 s
             };
             move |(input, frontier), output| {
+                let mut state = state.borrow_mut();
+                let FeedState {
+                    feeds,
+                    pending,
+                    grace,
+                    forgotten,
+                } = &mut *state;
                 let mut live = Vec::new();
                 input.for_each(|_cap, data| {
                     for a in data.drain(..) {
@@ -808,7 +913,7 @@ fn feed_silence<'scope>(
                                 .or_default()
                                 .heard(&sensor_id, time),
                             Assessed::Scored(s) => {
-                                grace = grace.max(s.grace_ms);
+                                *grace = (*grace).max(s.grace_ms);
                                 feeds
                                     .entry(s.sensor_type.clone())
                                     .or_default()
@@ -825,28 +930,29 @@ fn feed_silence<'scope>(
                 if cap.is_none() {
                     return;
                 }
+                let mut out: Vec<(u64, Scored)> = Vec::new();
                 // Live: judged with what is known now, sent at once (the frontier may be
                 // minutes behind the wall clock).
                 for s in live {
-                    out.push((0, judge(&feeds, s)));
+                    out.push((0, judge(feeds, s)));
                 }
                 let now = frontier.frontier().first().copied();
-                while let Some((t, ready)) = crate::ordered::pop_ready(&mut pending, now) {
+                while let Some((t, ready)) = crate::ordered::pop_ready(pending, now) {
                     for s in ready {
-                        out.push((t, judge(&feeds, s)));
+                        out.push((t, judge(feeds, s)));
                     }
                 }
                 // News may run hours ahead of the frontier (a replay's frontier can leap), so
                 // the history is forgotten by time, never by count.
                 let oldest = pending.keys().next().copied().or(now).unwrap_or(u64::MAX);
-                let cutoff = oldest.saturating_sub(FORGET_AFTER * grace);
-                if cutoff > forgotten.saturating_add(grace) {
-                    forgotten = cutoff;
+                let cutoff = oldest.saturating_sub(FORGET_AFTER * *grace);
+                if cutoff > forgotten.saturating_add(*grace) {
+                    *forgotten = cutoff;
                     for feed in feeds.values_mut() {
                         feed.forget_before(cutoff);
                     }
                 }
-                emit_at(&mut cap, now, std::mem::take(&mut out), output);
+                emit_at(&mut cap, now, out, output);
             }
         },
     )
@@ -877,36 +983,51 @@ fn track_one(
     out.push(QualityOut::Record(QualityRecord::Report(report)));
 }
 
-/// Per sensor: the report (score), the alarm and the hourly and daily roll-ups. Live, a
-/// silence is taken as soon as it comes (the alarm must not wait for the watermark).
+/// What `TrackQuality` keeps between activations (and in checkpoints): `quality/alerts`.
+#[derive(Default, Serialize, Deserialize)]
+struct AlertState {
+    /// Type → sensor → (threshold alarm, roll-ups).
+    trackers: BTreeMap<Arc<str>, BTreeMap<String, (Alarm, Rollups)>>,
+    /// The longest hold of the neighbour check: an hour is complete once the frontier has
+    /// passed its end by that much.
+    held_back: u64,
+    /// The last hour whose roll-ups were closed.
+    rolled_up_to: u64,
+    /// Assessments by the logical time they were sent at (the time they became final): one
+    /// sensor's may come from two workers (before and after its area was known) and through
+    /// two checks, and are taken in that order once the frontier has passed them.
+    pending: BTreeMap<u64, Vec<Scored>>,
+}
+
+/// Per sensor: the report (score), the alarm and the hourly and daily roll-ups, of the
+/// assessments of both checks (`by_area`, `by_type`). Live, a silence is taken as soon as it
+/// comes (the alarm must not wait for the watermark).
 fn track<'scope>(
-    checked: StreamVec<'scope, u64, Scored>,
+    by_area: StreamVec<'scope, u64, Scored>,
+    by_type: StreamVec<'scope, u64, Scored>,
     alarm: AlarmSettings,
     wall_clock: bool,
+    states: &OperatorStates,
 ) -> StreamVec<'scope, u64, QualityOut> {
-    let by_sensor = Exchange::new(|s: &Scored| crate::stable_hash(&[&s.sensor_type, &s.sensor_id]));
-    checked.unary_frontier::<CapacityContainerBuilder<Vec<QualityOut>>, _, _, _>(
-        by_sensor,
+    let state = states.register::<AlertState>("quality/alerts");
+    let by_sensor = |s: &Scored| crate::stable_hash(&[&s.sensor_type, &s.sensor_id]);
+    by_area.binary_frontier::<_, CapacityContainerBuilder<Vec<QualityOut>>, _, _, _, _>(
+        by_type,
+        states.counted(Exchange::new(by_sensor)),
+        states.counted(Exchange::new(by_sensor)),
         "TrackQuality",
         move |capability, _info| {
             let mut cap = Some(capability);
-            // type → sensor → (threshold alarm, roll-ups).
-            let mut trackers: BTreeMap<Arc<str>, BTreeMap<String, (Alarm, Rollups)>> =
-                BTreeMap::new();
-            // The longest hold of the neighbour check: an hour is complete once the frontier
-            // has passed its end by that much.
-            let mut held_back = 0u64;
-            let mut rolled_up_to = 0u64;
-            let mut out = Vec::new();
-            // Assessments by the logical time they were sent at (the time they became
-            // final): one sensor's may come from two workers (before and after its area was
-            // known) and through two checks, and are taken in that order once the frontier
-            // has passed them.
-            let mut pending: BTreeMap<u64, Vec<Scored>> = BTreeMap::new();
-            move |(input, frontier), output| {
+            move |(input1, frontier1), (input2, frontier2), output| {
+                let mut state = state.borrow_mut();
+                let AlertState {
+                    trackers,
+                    held_back,
+                    rolled_up_to,
+                    pending,
+                } = &mut *state;
                 let mut now_live = Vec::new();
-                input.for_each(|cap, data| {
-                    let at = cap.least().copied().unwrap_or(0);
+                let mut take = |at: u64, data: &mut Vec<Scored>| {
                     for s in data.drain(..) {
                         if wall_clock && s.assessment.findings.silent {
                             now_live.push(s);
@@ -914,17 +1035,24 @@ fn track<'scope>(
                             pending.entry(at).or_default().push(s);
                         }
                     }
-                });
+                };
+                input1.for_each(|cap, data| take(cap.least().copied().unwrap_or(0), data));
+                input2.for_each(|cap, data| take(cap.least().copied().unwrap_or(0), data));
                 if cap.is_none() {
                     return;
                 }
+                let mut out = Vec::new();
                 // (Their reports may close an hour's roll-up while readings of that hour still
                 // wait for the watermark; those then count towards the next hour.)
                 for s in now_live {
-                    track_one(s, &mut trackers, &alarm, &mut out);
+                    track_one(s, trackers, &alarm, &mut out);
                 }
-                let now = frontier.frontier().first().copied();
-                while let Some((_, mut ready)) = crate::ordered::pop_ready(&mut pending, now) {
+                let now = [frontier1.frontier().first(), frontier2.frontier().first()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .copied();
+                while let Some((_, mut ready)) = crate::ordered::pop_ready(pending, now) {
                     ready.sort_by(|a, b| {
                         (a.assessment.time, &a.sensor_type, &a.sensor_id).cmp(&(
                             b.assessment.time,
@@ -933,15 +1061,15 @@ fn track<'scope>(
                         ))
                     });
                     for s in ready {
-                        held_back = held_back.max(s.window_ms);
-                        track_one(s, &mut trackers, &alarm, &mut out);
+                        *held_back = (*held_back).max(s.window_ms);
+                        track_one(s, trackers, &alarm, &mut out);
                     }
                 }
                 // Roll-ups close once every report of their span has come through.
-                let complete = now.map_or(u64::MAX, |n| n.saturating_sub(held_back + 1));
+                let complete = now.map_or(u64::MAX, |n| n.saturating_sub(*held_back + 1));
                 let hour = complete / 3_600_000;
-                if hour > rolled_up_to {
-                    rolled_up_to = hour;
+                if hour > *rolled_up_to {
+                    *rolled_up_to = hour;
                     for t in trackers.values_mut().flat_map(|m| m.values_mut()) {
                         let mut closed = Vec::new();
                         t.1.close(complete, &mut closed);
@@ -952,35 +1080,343 @@ fn track<'scope>(
                         );
                     }
                 }
-                crate::ordered::emit_and_follow(&mut cap, now, std::mem::take(&mut out), output);
+                crate::ordered::emit_and_follow(&mut cap, now, out, output);
             }
         },
     )
 }
 
 /// Emits quality records (one batch per activation, waiting while the channel is full, so a
-/// slow sink holds the workers back instead of filling memory) and incidents.
+/// slow sink holds the workers back instead of filling memory) and incidents. Keeps nothing
+/// between activations; its input is counted in `states`.
 pub fn emit<'scope>(
     stream: StreamVec<'scope, u64, QualityOut>,
     records: tokio::sync::mpsc::Sender<Vec<QualityRecord>>,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
+    states: &OperatorStates,
 ) {
-    stream.sink(Pipeline, "EmitQuality", move |(input, _)| {
-        let mut batch = Vec::new();
-        input.for_each(|_cap, data| {
-            for q in data.drain(..) {
-                match q {
-                    QualityOut::Record(r) => batch.push(r),
-                    QualityOut::Event(e) => {
-                        // A closed receiver means shutdown was forced; nothing left to do.
-                        let _ = events.send(e);
+    stream.sink(
+        states.counted(Pipeline),
+        "EmitQuality",
+        move |(input, _)| {
+            let mut batch = Vec::new();
+            input.for_each(|_cap, data| {
+                for q in data.drain(..) {
+                    match q {
+                        QualityOut::Record(r) => batch.push(r),
+                        QualityOut::Event(e) => {
+                            // A closed receiver means shutdown was forced; nothing left to do.
+                            let _ = events.send(e);
+                        }
                     }
                 }
+            });
+            if !batch.is_empty() {
+                // Timely workers are plain threads, never a runtime's: blocking is allowed.
+                let _ = records.blocking_send(batch);
+            }
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aqyl_core::decode::Registry;
+    use aqyl_core::descriptor::SensorType;
+    use aqyl_core::EventState;
+    use std::sync::atomic::AtomicI64;
+    use timely::dataflow::operators::Probe;
+    use timely::dataflow::{InputHandleVec, ProbeHandle};
+
+    const DESCRIPTOR: &str = r#"
+name = "traffic"
+area_field = "/area"
+expected_interval = "5m"
+[time]
+field = "/ts"
+format = "epoch_ms"
+[[fields]]
+name = "avgSpeed"
+min = 0
+max = 250
+[[fields]]
+name = "vehicleCount"
+min = 0
+"#;
+
+    const T0: u64 = 1_406_851_200_000; // 2014-08-01T00:00:00Z
+    const MIN: u64 = 60_000;
+    /// The input time (the watermark) trails the newest event time by this much.
+    const LATENESS: u64 = 9 * MIN;
+
+    fn registry() -> crate::SharedRegistry {
+        let ty = SensorType::from_toml(std::path::Path::new("traffic.toml"), DESCRIPTOR).unwrap();
+        crate::shared(Registry::new(vec![ty]))
+    }
+
+    fn spec() -> QualitySpec {
+        QualitySpec::from_config(&Default::default(), false)
+    }
+
+    /// One batch of input: sent at input time `at`, after which the input moves to `then`.
+    #[derive(Clone)]
+    struct Batch {
+        at: u64,
+        readings: Vec<Observation>,
+        side: Vec<Side>,
+        then: u64,
+    }
+
+    /// Five hours of four sensors reporting every 5 minutes: s0, s1 and s2 in one area, s3 in
+    /// none. All three of the area crawl from minute 120 to 180 (shifts the neighbours share);
+    /// s2 is stuck from minute 60 to 170 (a `quality` incident); s1 is silent from minute 100
+    /// to 140 (another, from its watchdog); s0 sends out-of-range readings and s3 rejected and
+    /// late messages.
+    fn stream(registry: &crate::SharedRegistry) -> Vec<Batch> {
+        let types = registry.load();
+        let ty = types.get("traffic").unwrap();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut batches = Vec::new();
+        let mut at = 0;
+        for m in (0..=300u64).step_by(5) {
+            let time = T0 + m * MIN;
+            let mut batch = Batch {
+                at,
+                readings: Vec::new(),
+                side: Vec::new(),
+                then: time - LATENESS,
+            };
+            for id in ["s0", "s1", "s2", "s3"] {
+                if id == "s1" && (100..=140).contains(&m) {
+                    continue;
+                }
+                let mut speed = 55.0 + rng.f64() * 10.0;
+                let mut count = 10.0 + rng.u32(0..10) as f64;
+                if id != "s3" && (120..180).contains(&m) {
+                    speed = 15.0 + rng.f64() * 10.0;
+                }
+                if id == "s2" && (60..=170).contains(&m) {
+                    (speed, count) = (42.0, 7.0);
+                }
+                if id == "s0" && (m == 50 || m == 135) {
+                    speed = -5.0;
+                }
+                let fields: Vec<(Arc<str>, f64)> =
+                    vec![("avgSpeed".into(), speed), ("vehicleCount".into(), count)];
+                let obs = Observation {
+                    sensor_type: "traffic".into(),
+                    sensor_id: id.into(),
+                    area: (id != "s3").then(|| "north".to_string()),
+                    event_time: time,
+                    received_at: 0,
+                    time_from_receive: false,
+                    location: None,
+                    arrival: aqyl_core::Arrival {
+                        ingested_at: 0,
+                        stream_time: time,
+                        out_of_range: ty.out_of_range_count(&fields) as u16,
+                    },
+                    fields,
+                };
+                if obs.arrival.out_of_range > 0 {
+                    batch.side.push(Side::Incorrect(obs));
+                } else {
+                    batch.readings.push(obs);
+                }
+            }
+            if m == 125 || m == 200 {
+                batch.side.push(Side::Rejected {
+                    at,
+                    sensor_type: "traffic".into(),
+                    sensor_id: "s3".into(),
+                    reason: Reason::MissingField,
+                    detail: "field vehicleCount is missing".into(),
+                    latency_ms: None,
+                });
+            }
+            if m == 140 || m == 210 {
+                batch.side.push(Side::Late {
+                    at,
+                    sensor_type: "traffic".into(),
+                    sensor_id: "s3".into(),
+                    age_ms: 30 * MIN,
+                    latency_ms: None,
+                });
+            }
+            at = batch.then;
+            batches.push(batch);
+        }
+        batches
+    }
+
+    /// A checkpoint: the input time reached, and the operator states by name.
+    type Checkpoint = (u64, Vec<(String, Vec<u8>)>);
+
+    /// What one run gave out, and the operator states taken at its end.
+    struct Run {
+        records: Vec<QualityRecord>,
+        events: Vec<Event>,
+        taken: Vec<(String, Vec<u8>)>,
+    }
+
+    /// Drives `score_quality` through `batches`, stepping until quiet after each; starts from
+    /// a checkpoint `(time it had reached, states)` if given; ends the input if `close`, else
+    /// takes the states (a checkpoint).
+    fn drive(batches: Vec<Batch>, from: Option<Checkpoint>, close: bool) -> Run {
+        let registry = registry();
+        let (records_tx, mut records_rx) = tokio::sync::mpsc::channel(1 << 20);
+        let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let taken = timely::execute_directly(move |worker| {
+            let in_flight = Arc::new(AtomicI64::new(0));
+            let (states, start) = match from {
+                Some((time, taken)) => (
+                    OperatorStates::restored(in_flight, taken.into_iter().collect()),
+                    time,
+                ),
+                None => (OperatorStates::new(in_flight), 0),
+            };
+            let mut readings = InputHandleVec::<u64, Observation>::new();
+            let mut side = InputHandleVec::<u64, Side>::new();
+            let probe = ProbeHandle::new();
+            let dataflow = worker.next_dataflow_index();
+            worker.dataflow::<u64, _, _>(|scope| {
+                let scored = readings
+                    .to_stream(scope)
+                    .score_quality(side.to_stream(scope), registry, spec(), &states)
+                    .probe_with(&probe);
+                emit(scored, records_tx, events_tx, &states);
+            });
+            assert_eq!(states.finish_restore(), Ok(()));
+            readings.advance_to(start);
+            side.advance_to(start);
+            for batch in batches {
+                assert_eq!(*readings.time(), batch.at);
+                for r in batch.readings {
+                    readings.send(r);
+                }
+                for s in batch.side {
+                    side.send(s);
+                }
+                readings.advance_to(batch.then);
+                side.advance_to(batch.then);
+                while probe.less_than(readings.time()) || states.in_flight() != 0 {
+                    worker.step();
+                }
+            }
+            if close {
+                readings.close();
+                side.close();
+                while !probe.done() {
+                    worker.step();
+                }
+                Vec::new()
+            } else {
+                assert_eq!(states.in_flight(), 0, "quiet at the checkpoint");
+                let taken = states.take().unwrap();
+                // Stopped here, as by a crash: nothing more comes out of this run.
+                worker.drop_dataflow(dataflow);
+                taken
             }
         });
-        if !batch.is_empty() {
-            // Timely workers are plain threads, never a runtime's: blocking is allowed.
-            let _ = records.blocking_send(batch);
+        let mut records = Vec::new();
+        while let Ok(batch) = records_rx.try_recv() {
+            records.extend(batch);
         }
-    });
+        let mut events = Vec::new();
+        while let Ok(e) = events_rx.try_recv() {
+            events.push(e);
+        }
+        Run {
+            records,
+            events,
+            taken,
+        }
+    }
+
+    /// In a canonical order (emission order may depend on how activations fall).
+    fn sorted<T: std::fmt::Debug>(mut list: Vec<T>) -> Vec<T> {
+        list.sort_by_cached_key(|x| format!("{x:?}"));
+        list
+    }
+
+    fn starts_and_ends(events: &[Event], sensor: &str) -> Vec<EventState> {
+        events
+            .iter()
+            .filter(|e| e.subject == sensor)
+            .map(|e| e.state)
+            .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_in_the_middle_changes_no_quality_output() {
+        let batches = stream(&registry());
+        // The cut: after the batch of minute 140, the input time is minute 131.
+        let cut = batches
+            .iter()
+            .position(|b| b.then == T0 + 131 * MIN)
+            .unwrap()
+            + 1;
+        let whole = drive(batches.clone(), None, true);
+        let first = drive(batches[..cut].to_vec(), None, false);
+        let reached = batches[cut].at;
+
+        // State is open at the cut: incidents started and not ended, readings waiting for the
+        // watermark, assessments waiting for their neighbours, watchdog checks to come.
+        let by_name: HashMap<String, Vec<u8>> = first.taken.iter().cloned().collect();
+        assert_eq!(
+            first
+                .taken
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "quality/sensor",
+                "quality/area",
+                "quality/type",
+                "quality/alerts"
+            ]
+        );
+        let score: ScoreState = crate::state::decode(&by_name["quality/sensor"]).unwrap();
+        assert!(
+            score.pending.keys().any(|t| *t >= reached),
+            "readings wait for the watermark"
+        );
+        assert_eq!(score.sensors.all.len(), 4);
+        assert!(score.sensors.all.iter().any(|s| s.scheduled.is_some()));
+        let mut area: AreaState = crate::state::decode(&by_name["quality/area"]).unwrap();
+        let (hood, window, ..) = area
+            .hoods
+            .get_mut("traffic")
+            .unwrap()
+            .get_mut("north")
+            .unwrap();
+        let held = hood.ready(None, *window, spec().spike_threshold);
+        assert!(
+            held.iter().any(|(_, a)| a.time + *window >= reached),
+            "assessments wait for their neighbours"
+        );
+        let alerts: AlertState = crate::state::decode(&by_name["quality/alerts"]).unwrap();
+        for id in ["s1", "s2"] {
+            let (alarm, rollups) = &alerts.trackers["traffic"][id];
+            assert!(alarm.is_active() && !rollups.is_empty(), "{id}");
+            assert_eq!(starts_and_ends(&first.events, id), [EventState::Start]);
+        }
+
+        let second = drive(batches[cut..].to_vec(), Some((reached, first.taken)), true);
+        for id in ["s1", "s2"] {
+            assert_eq!(starts_and_ends(&second.events, id), [EventState::End]);
+            assert_eq!(
+                starts_and_ends(&whole.events, id),
+                [EventState::Start, EventState::End]
+            );
+        }
+        let mut records = first.records;
+        records.extend(second.records);
+        let mut events = first.events;
+        events.extend(second.events);
+        assert_eq!(records.len(), whole.records.len());
+        assert_eq!(sorted(records), sorted(whole.records));
+        assert_eq!(sorted(events), sorted(whole.events));
+    }
 }

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, VecDeque};
 pub const CO_SILENT: usize = 2;
 
 /// The sensors of one type, for telling a feed outage from a silent sensor.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Feed {
     /// Sensor → its latest events, in time order: (time, a watchdog failure?).
     sensors: BTreeMap<String, VecDeque<(u64, bool)>>,

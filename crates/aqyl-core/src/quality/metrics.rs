@@ -19,7 +19,7 @@ pub const LONG_WINDOW: usize = 20;
 pub const SHORT_WINDOW: usize = 5;
 
 /// The reward-and-punishment rating of one metric of one stream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rating {
     window: usize,
     outcomes: VecDeque<bool>,
@@ -57,6 +57,19 @@ impl Rating {
     pub fn window(&self) -> usize {
         self.window
     }
+
+    /// Changes the window to `window` (at least 2), keeping the rated value and the newest
+    /// outcomes; a longer window is pre-filled with passes, as a new rating is.
+    pub fn resize(&mut self, window: usize) {
+        let window = window.max(2);
+        while self.outcomes.len() > window {
+            self.outcomes.pop_front();
+        }
+        while self.outcomes.len() < window {
+            self.outcomes.push_front(true);
+        }
+        self.window = window;
+    }
 }
 
 /// Flat-line detection: a sensor whose values have not changed for `n` consecutive readings
@@ -69,7 +82,7 @@ impl Rating {
 /// repeats its last speed over an empty road reports the road, not a fault. Such a reading is
 /// never called stuck (the run still counts, so a stuck sensor is caught at its first reading
 /// with activity again).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FlatLine {
     n: usize,
     activity: Option<Arc<str>>,
@@ -90,6 +103,12 @@ impl FlatLine {
             activity,
             fields: Vec::new(),
         }
+    }
+
+    /// Changes the settings, keeping the runs counted so far.
+    pub fn reconfigure(&mut self, n: usize, activity: Option<Arc<str>>) {
+        self.n = n.max(2);
+        self.activity = activity;
     }
 
     /// Whether `values` are exactly the last reading's.
@@ -139,7 +158,7 @@ impl FlatLine {
 ///   largest window median magnitude seen, fading by 0.5% a reading).
 ///
 /// An absurd value (a speed of 250 km/h on a 50 km/h road) clears both by far.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Spike {
     window: usize,
     threshold: f64,
@@ -148,6 +167,7 @@ pub struct Spike {
     typical_mad: f64,
     typical_level: f64,
     /// Scratch space for the sorts (kept to spare an allocation per reading).
+    #[serde(skip)]
     scratch: Vec<f64>,
 }
 
@@ -174,7 +194,7 @@ pub struct SpikeVerdict {
 /// in the normal range before the jump (its own z-score against the same median and unit
 /// within half the threshold), a **shift** when it is not (the signal moved: a congestion, or a
 /// broken sensor; the neighbours tell which).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Jump {
     /// The jumping value.
     pub value: f64,
@@ -288,6 +308,16 @@ impl Spike {
     pub fn threshold(&self) -> f64 {
         self.threshold
     }
+
+    /// Changes the window (at least 4; a shorter one keeps the newest readings) and the
+    /// threshold, keeping the history and the typical deviation and level.
+    pub fn reconfigure(&mut self, window: usize, threshold: f64) {
+        self.window = window.max(4);
+        self.threshold = threshold;
+        while self.history.len() > self.window {
+            self.history.pop_front();
+        }
+    }
 }
 
 fn median_sorted(sorted: &[f64]) -> f64 {
@@ -361,7 +391,7 @@ pub struct Reading {
 }
 
 /// Settings of the five metrics of one stream.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QualitySettings {
     /// The stream's expected update interval, ms.
     pub expected_interval_ms: u64,
@@ -410,7 +440,7 @@ fn metric(absolute: f64, rated: f64, unit: Unit) -> Metric {
 }
 
 /// The five metrics of one stream (one sensor), as a sans-I/O state machine.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StreamQuality {
     settings: QualitySettings,
     frequency: Rating,
@@ -509,6 +539,16 @@ impl StreamQuality {
     pub fn current(&self) -> Metrics5 {
         self.last
     }
+
+    /// Changes the settings, keeping the ratings (resized to the new windows).
+    pub fn reconfigure(&mut self, settings: QualitySettings) {
+        self.settings = settings;
+        self.frequency.resize(settings.long_window);
+        self.age.resize(settings.short_window);
+        self.latency.resize(settings.short_window);
+        self.completeness.resize(settings.short_window);
+        self.correctness.resize(settings.long_window);
+    }
 }
 
 #[cfg(test)]
@@ -527,6 +567,26 @@ mod tests {
         let mut long = Rating::new(LONG_WINDOW);
         let got: Vec<f64> = (0..4).map(|_| round3(long.update(false))).collect();
         assert_eq!(got, [0.9, 0.805, 0.716, 0.632]);
+    }
+
+    #[test]
+    fn a_resized_rating_keeps_its_value_and_newest_outcomes() {
+        let mut r = Rating::new(SHORT_WINDOW);
+        r.update(false);
+        r.update(true);
+        let rated = r.rated();
+        let mut longer = r.clone();
+        longer.resize(LONG_WINDOW);
+        assert_eq!((longer.window(), longer.rated()), (LONG_WINDOW, rated));
+        assert_eq!(longer.outcomes.len(), LONG_WINDOW);
+        assert_eq!(
+            longer.outcomes.iter().rev().take(2).collect::<Vec<_>>(),
+            [&true, &false]
+        );
+        let mut shorter = r;
+        shorter.resize(1);
+        assert_eq!(shorter.window(), 2, "at least 2");
+        assert_eq!(shorter.outcomes, [false, true]);
     }
 
     #[test]

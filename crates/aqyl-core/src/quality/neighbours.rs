@@ -45,7 +45,7 @@ pub fn agreement(shifts: &[(String, f64)], neighbours: &[&ZScores], threshold: f
 }
 
 /// The assessments of one area's sensors of one type, waiting for their neighbours.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Neighbourhood {
     /// Time → (sensor id, the assessment until released, its evidence for the others: its
     /// z-scores and confirmed shifts).
@@ -53,7 +53,7 @@ pub struct Neighbourhood {
 }
 
 /// One held assessment.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Held {
     sensor: String,
     assessment: Option<Assessment>,

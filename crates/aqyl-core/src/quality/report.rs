@@ -147,14 +147,15 @@ impl QualityRecord {
 }
 
 /// Mean, min and max of each rated metric and the score over an hour or a day.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QualityRollup {
     /// Sensor type.
     pub sensor_type: Arc<str>,
     /// Sensor id.
     pub sensor_id: String,
     /// `1h` or `1d`.
-    pub window: &'static str,
+    #[serde(with = "window_label")]
+    pub window: window_label::Label,
     /// Window end, Unix ms (the point's time).
     pub end: u64,
     /// Reports summarised.
@@ -213,13 +214,36 @@ impl QualityRollup {
 }
 
 /// Hourly and daily roll-ups of one sensor's reports, aligned to UTC, in event time.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Rollups {
     open: Vec<QualityRollup>,
 }
 
 /// The roll-up windows: label and length in ms.
 pub const ROLLUP_WINDOWS: [(&str, u64); 2] = [("1h", 3_600_000), ("1d", 86_400_000)];
+
+/// A roll-up's window, written as its label and read back as one of [`ROLLUP_WINDOWS`].
+mod window_label {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// `&'static str` under another name: serde's derive takes a field written `&str` as
+    /// borrowed from the input, which a `'static` one cannot be.
+    pub type Label = &'static str;
+
+    pub fn serialize<S: Serializer>(label: &&'static str, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(label)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+        let label = String::deserialize(d)?;
+        super::ROLLUP_WINDOWS
+            .iter()
+            .map(|(l, _)| *l)
+            .find(|l| *l == label)
+            .ok_or_else(|| D::Error::custom(format!("unknown roll-up window {label:?}")))
+    }
+}
 
 impl Rollups {
     /// Adds a report; returns the roll-ups it closed (a report past their end).
@@ -314,7 +338,7 @@ impl AlarmSettings {
 /// incident, not one per reading. A silence the whole feed shares is left out altogether, and
 /// so is a report older than one already judged (live, readings waiting for the watermark
 /// reach the alarm after the silence that followed them).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Alarm {
     /// The ongoing incident's start.
     since: Option<u64>,
@@ -484,6 +508,18 @@ mod tests {
         r.write_line(&mut line).unwrap();
         assert!(line.starts_with("quality,sensor_id=BRUUNS,sensor_type=parking frequency=1,age=1,latency=1,completeness=1,correctness=1,score=0.5,frequency_absolute=0,"), "{line}");
         assert!(line.ends_with(" 1406872800000\n"));
+    }
+
+    #[test]
+    fn an_open_rollup_survives_serialization_with_its_window() {
+        let mut r = Rollups::default();
+        let mut out = Vec::new();
+        r.add(&report(10, false), &mut out);
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Rollups = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.open, r.open);
+        let bad = json.replace("\"1d\"", "\"1w\"");
+        assert!(serde_json::from_str::<Rollups>(&bad).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::Reason;
 use std::sync::Arc;
 
 /// Settings of a sensor's quality scoring.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SensorSettings {
     /// The five metrics.
     pub metrics: QualitySettings,
@@ -73,8 +73,9 @@ pub struct Assessment {
     pub z: Vec<(Arc<str>, f64)>,
 }
 
-/// One sensor's quality state.
-#[derive(Debug, Clone)]
+/// One sensor's quality state (serializable, for checkpoints; its settings go with it, and
+/// [`SensorQuality::reconfigure`] brings them up to date after a restore).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SensorQuality {
     settings: SensorSettings,
     stream: StreamQuality,
@@ -270,6 +271,29 @@ impl SensorQuality {
         (self.silent_ticks < self.settings.metrics.long_window)
             .then_some(self.silence_since?.saturating_add(self.stream.grace_ms()))
     }
+
+    /// The settings it scores with.
+    pub fn settings(&self) -> &SensorSettings {
+        &self.settings
+    }
+
+    /// Scores with `settings` from now on, keeping what it has learnt (ratings, histories,
+    /// the watchdog's count): for a state restored from a checkpoint taken under other
+    /// settings. Ratings and histories are cut or pre-filled to the new windows. Returns
+    /// whether anything changed.
+    pub fn reconfigure(&mut self, settings: SensorSettings) -> bool {
+        if self.settings == settings {
+            return false;
+        }
+        self.stream.reconfigure(settings.metrics);
+        self.flat
+            .reconfigure(settings.flat_line, settings.activity.clone());
+        for (_, spike, _) in &mut self.spikes {
+            spike.reconfigure(settings.spike_window, settings.spike_threshold);
+        }
+        self.settings = settings;
+        true
+    }
 }
 
 #[cfg(test)]
@@ -406,5 +430,30 @@ mod tests {
         // Back: the watchdog watches again.
         read(&mut q, 2 * 24 * 60 * MIN, &fields(50.0, 10.0), &[]);
         assert!(q.next_check().is_some());
+    }
+
+    #[test]
+    fn reconfiguring_keeps_what_was_learnt_and_applies_the_new_settings() {
+        let mut q = SensorQuality::new(settings());
+        healthy(&mut q, 0, 20);
+        let before = q.clone();
+        assert!(
+            !q.reconfigure(settings()),
+            "the same settings change nothing"
+        );
+        assert_eq!(format!("{q:?}"), format!("{before:?}"));
+        // Stuck for two readings: not yet a flat line with 3, one with 2.
+        let t = 20 * 5 * MIN;
+        let stuck = fields(53.0, 11.0);
+        assert!(!read(&mut q, t, &stuck, &[]).findings.flat_line);
+        let mut shorter = settings();
+        shorter.flat_line = 2;
+        shorter.metrics.expected_interval_ms = 10 * MIN;
+        assert!(q.reconfigure(shorter.clone()));
+        assert_eq!(q.settings(), &shorter);
+        assert!(read(&mut q, t + 5 * MIN, &stuck, &[]).findings.flat_line);
+        assert_eq!(q.grace_ms(), 10 * MIN + 30_000);
+        // The ratings were kept: still fully trusted after twenty good readings.
+        assert_eq!(q.stream.current().frequency.rated, 1.0);
     }
 }
