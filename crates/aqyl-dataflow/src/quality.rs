@@ -1094,7 +1094,9 @@ pub fn emit<'scope>(
     records: tokio::sync::mpsc::Sender<Vec<QualityRecord>>,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
     states: &OperatorStates,
+    delivery: std::sync::Arc<aqyl_core::metrics::Metrics>,
 ) {
+    use aqyl_core::metrics::Output;
     stream.sink(
         states.counted(Pipeline),
         "EmitQuality",
@@ -1105,15 +1107,22 @@ pub fn emit<'scope>(
                     match q {
                         QualityOut::Record(r) => batch.push(r),
                         QualityOut::Event(e) => {
-                            // A closed receiver means shutdown was forced; nothing left to do.
-                            let _ = events.send(e);
+                            delivery.delivery.sent(Output::Events, 1);
+                            if events.send(e).is_err() {
+                                // Shutdown was forced; nothing can take it any more.
+                                delivery.delivery.done(Output::Events, 1);
+                            }
                         }
                     }
                 }
             });
             if !batch.is_empty() {
+                let n = batch.len() as u64;
+                delivery.delivery.sent(Output::Quality, n);
                 // Timely workers are plain threads, never a runtime's: blocking is allowed.
-                let _ = records.blocking_send(batch);
+                if records.blocking_send(batch).is_err() {
+                    delivery.delivery.done(Output::Quality, n);
+                }
             }
         },
     );
@@ -1285,7 +1294,7 @@ min = 0
                     .to_stream(scope)
                     .score_quality(side.to_stream(scope), registry, spec(), &states)
                     .probe_with(&probe);
-                emit(scored, records_tx, events_tx, &states);
+                emit(scored, records_tx, events_tx, &states, Default::default());
             });
             assert_eq!(states.finish_restore(), Ok(()));
             readings.advance_to(start);

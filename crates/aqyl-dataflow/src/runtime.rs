@@ -285,15 +285,15 @@ fn build(
         // and late messages of known sensors.
         let (side_input, side) = Feed::<Side>::new(&scope);
         if let Some(q) = spec.quality {
-            let scored =
-                observations
-                    .clone()
-                    .score_quality(side, spec.registry.clone(), q, &states);
+            let scored = observations
+                .clone()
+                .score_quality(side, spec.registry.clone(), q, states);
             crate::quality::emit(
                 scored,
                 outputs.quality.clone(),
                 outputs.events.clone(),
-                &states,
+                states,
+                metrics.clone(),
             );
         }
         let observations_for_sax = observations.clone();
