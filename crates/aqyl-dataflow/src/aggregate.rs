@@ -8,13 +8,13 @@
 //! their event time, so once the frontier reaches `end` no record for the window can come.
 //! The operator holds one capability per open window end and emits there.
 
+use crate::state::OperatorStates;
 use crate::SharedRegistry;
 use aqyl_core::decode::Registry;
 use aqyl_core::metrics::Metrics;
 use aqyl_core::sax::{sax_code, sax_word};
 use aqyl_core::window::{WindowSpec, WindowStats};
 use aqyl_core::{Aggregate as AggregateRecord, Observation, Scope};
-use crate::state::OperatorStates;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -202,10 +202,7 @@ impl<'scope> Aggregate<'scope> for StreamVec<'scope, u64, Observation> {
                                     if let Some(groups) = open.get_mut(&end) {
                                         file(groups, &obs, subject, spec);
                                     } else if end > at {
-                                        caps.insert(
-                                            end,
-                                            cap.delayed(&end, output.output_index()),
-                                        );
+                                        caps.insert(end, cap.delayed(&end, output.output_index()));
                                         let groups = open.entry(end).or_default();
                                         file(groups, &obs, subject, spec);
                                     } else if update_horizon_ms.is_some() {

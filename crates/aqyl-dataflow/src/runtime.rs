@@ -213,21 +213,27 @@ fn run_worker(
         );
         {
             let timing = crate::events::Timing::of(spec);
-            let mut sensor_events =
-                observations
-                    .clone()
-                    .detect_events(spec.rules.clone(), timing, metrics.clone());
+            let mut sensor_events = observations.clone().detect_events(
+                spec.rules.clone(),
+                timing,
+                metrics.clone(),
+                &states,
+            );
             if spec.rules.iter().any(|r| r.per_area) {
-                let area_silences = observations.detect_area_events(spec.rules.clone(), timing);
+                let area_silences =
+                    observations.detect_area_events(spec.rules.clone(), timing, &states);
                 sensor_events = sensor_events.concat(area_silences);
             }
             if spec.rules.iter().any(|r| r.window.is_some()) {
-                let window_events = per_sensor.clone().window_events(spec.rules.clone());
+                let window_events = per_sensor
+                    .clone()
+                    .window_events(spec.rules.clone(), &states);
                 sensor_events = sensor_events.concat(window_events);
             }
-            let area_events = sensor_events
-                .clone()
-                .area_events(spec.rules.clone(), timing);
+            let area_events =
+                sensor_events
+                    .clone()
+                    .area_events(spec.rules.clone(), timing, &states);
             sensor_events.concat(area_events)
         }
         .sink(Pipeline, "EmitEvents", move |(input, _)| {
@@ -237,7 +243,8 @@ fn run_worker(
                 }
             });
         });
-        let adaptive = observations_for_sax.adaptive_sax(spec.registry.clone(), metrics.clone());
+        let adaptive =
+            observations_for_sax.adaptive_sax(spec.registry.clone(), metrics.clone(), &states);
         per_sensor
             .concat(per_area)
             .concat(adaptive)
