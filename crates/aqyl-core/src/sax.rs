@@ -518,7 +518,10 @@ pub struct SaxEmission {
 /// and field, fed after the watermark has ordered them). A value earlier than the window start
 /// is treated as if it arrived at the start. NaN and infinite values are skipped and counted
 /// in [`SensorSax::skipped`].
-#[derive(Debug, Clone)]
+///
+/// It serializes as it stands, open window and parameters included (a checkpoint restores
+/// it mid-window; a machine keeps the parameters it was made with until it is released).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SensorSax {
     params: SaxParams,
     min_window_ms: u64,

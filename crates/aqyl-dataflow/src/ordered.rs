@@ -6,8 +6,8 @@
 use aqyl_core::Observation;
 use std::collections::BTreeMap;
 
-/// Observations waiting for the frontier.
-#[derive(Debug, Default)]
+/// Observations waiting for the frontier (part of its operator's checkpointed state).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct EventTimeBuffer {
     pending: BTreeMap<u64, Vec<Observation>>,
 }

@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Concat;
 use timely::dataflow::StreamVec;
 use timely::WorkerConfig;
 use tokio::sync::mpsc::{self, error::TryRecvError};
@@ -315,22 +314,25 @@ fn build(
         );
         let events = {
             let timing = crate::events::Timing::of(spec);
-            let mut sensor_events =
-                observations
-                    .clone()
-                    .detect_events(spec.rules.clone(), timing, metrics.clone());
+            let mut sensor_events = observations.clone().detect_events(
+                spec.rules.clone(),
+                timing,
+                metrics.clone(),
+                states,
+            );
             if spec.rules.iter().any(|r| r.per_area) {
-                let area_silences = observations.detect_area_events(spec.rules.clone(), timing);
-                sensor_events = sensor_events.concat(area_silences);
+                let area_silences =
+                    observations.detect_area_events(spec.rules.clone(), timing, states);
+                sensor_events = states.concat(sensor_events, area_silences);
             }
             if spec.rules.iter().any(|r| r.window.is_some()) {
-                let window_events = per_sensor.clone().window_events(spec.rules.clone());
-                sensor_events = sensor_events.concat(window_events);
+                let window_events = per_sensor.clone().window_events(spec.rules.clone(), states);
+                sensor_events = states.concat(sensor_events, window_events);
             }
             let area_events = sensor_events
                 .clone()
-                .area_events(spec.rules.clone(), timing);
-            sensor_events.concat(area_events)
+                .area_events(spec.rules.clone(), timing, states);
+            states.concat(sensor_events, area_events)
         };
         emit(
             events,
@@ -340,8 +342,9 @@ fn build(
             Output::Events,
             metrics,
         );
-        let adaptive = observations_for_sax.adaptive_sax(spec.registry.clone(), metrics.clone());
-        let aggregates = per_sensor.concat(per_area).concat(adaptive);
+        let adaptive =
+            observations_for_sax.adaptive_sax(spec.registry.clone(), metrics.clone(), states);
+        let aggregates = states.concat(states.concat(per_sensor, per_area), adaptive);
         emit(
             aggregates,
             states,

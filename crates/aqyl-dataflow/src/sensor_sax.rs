@@ -6,12 +6,17 @@
 //! when no earlier record can come. A sensor silent (in event time) past its type's
 //! `silence_horizon` has its open window flushed and its state released, which bounds memory
 //! when sensors come and go; the end of input flushes everything.
+//!
+//! Its state (the buffer and the state machines) is registered as `sax/sensor`.
 
+use crate::ordered::EventTimeBuffer;
+use crate::state::OperatorStates;
 use crate::SharedRegistry;
 use aqyl_core::descriptor::SensorSaxSpec;
 use aqyl_core::metrics::Metrics;
 use aqyl_core::sax::{SaxEmission, SensorSax};
 use aqyl_core::{Aggregate as AggregateRecord, Observation, Scope};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -21,12 +26,23 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
 /// One sensor field's state machine and the event time of its latest value.
+#[derive(Serialize, Deserialize)]
 struct Machine {
     sax: SensorSax,
     last_seen: u64,
 }
 
+/// (sensor type, sensor id, field).
 type Key = (Arc<str>, String, Arc<str>);
+
+/// What an `AdaptiveSax` keeps between activations (and in checkpoints).
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    /// Observations waiting for the frontier.
+    pending: EventTimeBuffer,
+    /// The state machines, per sensor and field.
+    machines: HashMap<Key, Machine>,
+}
 
 fn record(key: &Key, spec: &SensorSaxSpec, e: SaxEmission) -> AggregateRecord {
     AggregateRecord {
@@ -46,11 +62,13 @@ fn record(key: &Key, spec: &SensorSaxSpec, e: SaxEmission) -> AggregateRecord {
 /// SensorSAX words of the observations whose sensor type has `[sensor_sax]`.
 pub trait AdaptiveSax<'scope> {
     /// Emits one aggregate (window tag `sensorsax`, start/end = first/last value's event
-    /// time, statistics, `sax`, `sax_code`) per adaptive window.
+    /// time, statistics, `sax`, `sax_code`) per adaptive window. Its state is registered in
+    /// `states` as `sax/sensor`.
     fn adaptive_sax(
         self,
         registry: SharedRegistry,
         metrics: Arc<Metrics>,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, AggregateRecord>;
 }
 
@@ -59,17 +77,21 @@ impl<'scope> AdaptiveSax<'scope> for StreamVec<'scope, u64, Observation> {
         self,
         registry: SharedRegistry,
         metrics: Arc<Metrics>,
+        states: &OperatorStates,
     ) -> StreamVec<'scope, u64, AggregateRecord> {
+        let state = states.register::<State>("sax/sensor");
         let exchange =
             Exchange::new(|o: &Observation| crate::stable_hash(&[&o.sensor_type, &o.sensor_id]));
         self.unary_frontier::<CapacityContainerBuilder<Vec<AggregateRecord>>, _, _, _>(
-            exchange,
+            states.counted(exchange),
             "AdaptiveSax",
             move |capability, _info| {
+                // Follows the input frontier; after a restore it starts from 0 again and
+                // catches up at the first activation.
                 let mut cap = Some(capability);
-                let mut pending = crate::ordered::EventTimeBuffer::default();
-                let mut machines: HashMap<Key, Machine> = HashMap::new();
                 move |(input, frontier), output| {
+                    let mut state = state.borrow_mut();
+                    let State { pending, machines } = &mut *state;
                     let current = registry.load();
                     let registry = &**current;
                     input.for_each(|_cap, data| {
@@ -149,5 +171,77 @@ impl<'scope> AdaptiveSax<'scope> for StreamVec<'scope, u64, Observation> {
                 }
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::testing::{build, same_across_a_checkpoint, Step};
+    use aqyl_core::decode::Registry;
+    use aqyl_core::descriptor::SensorType;
+    use std::path::Path;
+
+    const MIN: u64 = 60_000;
+
+    fn obs(sensor: &str, minute: u64, speed: f64) -> Observation {
+        Observation {
+            sensor_type: "traffic".into(),
+            sensor_id: sensor.into(),
+            area: None,
+            event_time: minute * MIN,
+            received_at: 0,
+            time_from_receive: false,
+            location: None,
+            fields: vec![("avgSpeed".into(), speed)],
+            arrival: Default::default(),
+        }
+    }
+
+    #[test]
+    fn sensor_sax_goes_on_mid_window_after_a_checkpoint() {
+        let ty = SensorType::from_toml(
+            Path::new("traffic.toml"),
+            "name = \"traffic\"\n[[fields]]\nname = \"avgSpeed\"\n\
+             [sensor_sax]\nmin_window = \"5m\"\nmax_window = \"10m\"\nsensitivity = 5.0\n",
+        )
+        .unwrap();
+        let registry = crate::shared(Registry::new(vec![ty]));
+        let op = build(move |s, states| {
+            s.adaptive_sax(registry.clone(), Arc::new(Metrics::default()), states)
+        });
+        // s1 is calm, then turns volatile at minute 13; s2 reports rarely. At the cut (input at
+        // minute 7) s1's window [0, 6] and s2's [2, 2] are open, and minute 9 is buffered.
+        let calm = [50.0, 51.0, 49.0, 50.0, 52.0, 50.0, 51.0, 50.0, 49.0, 51.0];
+        let mut first: Vec<Observation> = (0..7).map(|m| obs("s1", m, calm[m as usize])).collect();
+        first.push(obs("s1", 9, 50.0));
+        first.push(obs("s2", 2, 30.0));
+        let mut second: Vec<Observation> = vec![obs("s1", 7, 50.0), obs("s1", 8, 51.0)];
+        second.extend((10..13).map(|m| obs("s1", m, calm[(m % 10) as usize])));
+        second.extend([
+            obs("s1", 13, 90.0),
+            obs("s1", 14, 20.0),
+            obs("s2", 15, 31.0),
+        ]);
+        second.extend((15..30).map(|m| obs("s1", m, 40.0 + (m % 3) as f64)));
+        let out = same_across_a_checkpoint(
+            op,
+            vec![Step::Send(first), Step::Advance(7 * MIN)],
+            vec![Step::Send(second), Step::Advance(40 * MIN)],
+        );
+        let windows: Vec<(&str, u64, u64, u64)> = out
+            .iter()
+            .map(|a| {
+                (
+                    a.subject.as_str(),
+                    a.start / MIN,
+                    a.end / MIN,
+                    a.stats.count,
+                )
+            })
+            .collect();
+        // s1's first window spans the cut (max window: minute 10 starts the next one).
+        assert!(windows.contains(&("s1", 0, 9, 10)), "{windows:?}");
+        assert!(windows.contains(&("s2", 2, 2, 1)), "{windows:?}");
     }
 }

@@ -24,8 +24,12 @@ use std::sync::atomic::AtomicI64;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use timely::communication::{Pull, Push};
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::ParallelizationContract;
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::channels::Message;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::StreamVec;
 use timely::logging::TimelyLogger;
 use timely::worker::Worker;
 use timely::Accountable;
@@ -138,6 +142,27 @@ impl OperatorStates {
         self.in_flight.load(SeqCst)
     }
 
+    /// Both streams as one, through counted channels (timely's `concat` uses uncounted ones,
+    /// where a record could wait unseen while a checkpoint is taken).
+    pub fn concat<'scope, D: Clone + 'static>(
+        &self,
+        a: StreamVec<'scope, u64, D>,
+        b: StreamVec<'scope, u64, D>,
+    ) -> StreamVec<'scope, u64, D> {
+        a.binary::<Vec<D>, CapacityContainerBuilder<Vec<D>>, _, _, _, _>(
+            b,
+            self.counted(Pipeline),
+            self.counted(Pipeline),
+            "Concat",
+            |_, _| {
+                |a, b, output| {
+                    a.for_each(|cap, data| output.session(&cap).give_container(data));
+                    b.for_each(|cap, data| output.session(&cap).give_container(data));
+                }
+            },
+        )
+    }
+
     /// `pact`, with its records counted in [`OperatorStates::in_flight`]. Every operator
     /// input of the dataflow must use a counted pact, or checkpoints could miss records.
     pub fn counted<P>(&self, pact: P) -> Counted<P> {
@@ -218,6 +243,157 @@ impl<T, C: Accountable, P: Pull<Message<T, C>>> Pull<Message<T, C>> for Counting
             }
         }
         pulled
+    }
+}
+
+/// Drives one operator by hand through a checkpoint, for the operators' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use timely::dataflow::operators::{Inspect, Probe};
+    use timely::dataflow::{InputHandleVec, ProbeHandle, StreamVec};
+
+    /// Builds the operator under test on the input stream, registering its state.
+    pub(crate) type Build<D, R> = Arc<
+        dyn for<'s> Fn(StreamVec<'s, u64, D>, &OperatorStates) -> StreamVec<'s, u64, R>
+            + Send
+            + Sync,
+    >;
+
+    /// `f` as a [`Build`] (a function, so the closure's lifetimes are inferred).
+    pub(crate) fn build<D, R, F>(f: F) -> Build<D, R>
+    where
+        F: for<'s> Fn(StreamVec<'s, u64, D>, &OperatorStates) -> StreamVec<'s, u64, R>
+            + Send
+            + Sync
+            + 'static,
+    {
+        Arc::new(f)
+    }
+
+    /// What the test does to the input.
+    #[derive(Clone, Debug)]
+    pub(crate) enum Step<D> {
+        /// Sends records at the input's current time.
+        Send(Vec<D>),
+        /// Advances the input to this time, and steps until the output has caught up.
+        Advance(u64),
+    }
+
+    /// One run on a fresh worker: the operator's state restored from `restored` (if any), the
+    /// input advanced to `start`, then `steps`; at the end the input is closed if `close`.
+    /// Returns what came out and the states taken at the end (before closing).
+    pub(crate) fn run<D, R>(
+        build: Build<D, R>,
+        restored: Option<HashMap<String, Vec<u8>>>,
+        start: u64,
+        steps: Vec<Step<D>>,
+        close: bool,
+    ) -> (Vec<R>, Vec<(String, Vec<u8>)>)
+    where
+        D: Clone + Send + Sync + 'static,
+        R: Clone + Send + 'static,
+    {
+        timely::execute_directly(move |worker| {
+            let in_flight = Arc::new(AtomicI64::new(0));
+            let states = match restored {
+                Some(taken) => OperatorStates::restored(in_flight, taken),
+                None => OperatorStates::new(in_flight),
+            };
+            let seen = Rc::new(RefCell::new(Vec::new()));
+            let sink = seen.clone();
+            let mut input = InputHandleVec::<u64, D>::new();
+            let probe = ProbeHandle::new();
+            worker.dataflow::<u64, _, _>(|scope| {
+                build(input.to_stream(scope), &states)
+                    .inspect(move |r| sink.borrow_mut().push(r.clone()))
+                    .probe_with(&probe);
+            });
+            assert_eq!(states.finish_restore(), Ok(()));
+            input.advance_to(start);
+            for step in steps {
+                match step {
+                    Step::Send(records) => records.into_iter().for_each(|r| input.send(r)),
+                    Step::Advance(t) => {
+                        input.advance_to(t);
+                        while probe.less_than(input.time()) {
+                            worker.step();
+                        }
+                    }
+                }
+            }
+            // A checkpoint is taken when the dataflow is quiet: what was sent since the last
+            // advance has reached the operator.
+            input.flush();
+            while states.in_flight() > 0 {
+                worker.step();
+            }
+            let taken = states.take().expect("states encode");
+            if close {
+                input.close();
+                while !probe.done() {
+                    worker.step();
+                }
+            }
+            let out = seen.borrow().clone();
+            (out, taken)
+        })
+    }
+
+    /// The time the input was last advanced to in `steps`.
+    fn reached<D>(steps: &[Step<D>]) -> u64 {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Advance(t) => Some(*t),
+                Step::Send(_) => None,
+            })
+            .next_back()
+            .unwrap_or(0)
+    }
+
+    /// Records in a fixed order (what one activation emits may follow a hash map's order,
+    /// which differs between runs).
+    fn canonical<R: std::fmt::Debug>(records: &[R]) -> Vec<String> {
+        let mut all: Vec<String> = records.iter().map(|r| format!("{r:?}")).collect();
+        all.sort();
+        all
+    }
+
+    /// Runs `first` then `second` through the operator, once without a break, once with a
+    /// checkpoint between them (the state taken after `first`, restored into a new worker
+    /// that goes on with `second`), and checks that both give the same output (the same
+    /// records, whatever their order). Checks too that the cut matters: without the restored
+    /// state, `second` alone gives another output. Both runs close their input at the end.
+    /// Returns the uninterrupted run's output.
+    pub(crate) fn same_across_a_checkpoint<D, R>(
+        build: Build<D, R>,
+        first: Vec<Step<D>>,
+        second: Vec<Step<D>>,
+    ) -> Vec<R>
+    where
+        D: Clone + Send + Sync + 'static,
+        R: Clone + Send + PartialEq + std::fmt::Debug + 'static,
+    {
+        let at = reached(&first);
+        let whole: Vec<Step<D>> = first.iter().chain(&second).cloned().collect();
+        let (uninterrupted, _) = run(build.clone(), None, 0, whole, true);
+        let (mut resumed, taken) = run(build.clone(), None, 0, first, false);
+        let restored = taken.into_iter().collect();
+        let (after, _) = run(build.clone(), Some(restored), at, second.clone(), true);
+        let (lost, _) = run(build, None, at, second, true);
+        resumed.extend(after.clone());
+        assert_eq!(
+            canonical(&resumed),
+            canonical(&uninterrupted),
+            "the output across a checkpoint differs from the uninterrupted run's"
+        );
+        assert_ne!(
+            canonical(&after),
+            canonical(&lost),
+            "no state was open at the cut: the test proves nothing"
+        );
+        uninterrupted
     }
 }
 

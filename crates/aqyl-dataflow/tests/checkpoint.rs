@@ -41,7 +41,8 @@ const MINUTE: u64 = 60_000;
 fn spec(workers: usize) -> PipelineSpec {
     let t = SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap();
     let rules =
-        aqyl_core::rules::parse_rules(Path::new("r.toml"), CONGESTION, std::slice::from_ref(&t)).unwrap();
+        aqyl_core::rules::parse_rules(Path::new("r.toml"), CONGESTION, std::slice::from_ref(&t))
+            .unwrap();
     PipelineSpec {
         registry: aqyl_dataflow::shared(Registry::new(vec![t])),
         workers,

@@ -6,17 +6,22 @@
 //! [`Detector::advance`] (event time) or [`Detector::advance_wall`] (wall clock, live) to
 //! notice silences. The same readings in the same per-subject order always give the same
 //! events, so replays are deterministic.
+//!
+//! What the engine learns is kept apart from the rules, in a [`DetectorState`]: it can be
+//! checkpointed, and restored against the rules of the configuration then (matched by rule
+//! name). A [`Detector`] is the rules at work on a state.
 
 use super::file::{Input, Rule, RuleKind};
 use super::state::{
     incident_id, rate, Baseline, Sequence, Threshold, Transition, RATE_SUFFIX, Z_SUFFIX,
 };
 use crate::{Event, EventState, Observation};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Absence state of one (rule, sensor).
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Silence {
     sensor_type: Arc<str>,
     /// Event time of the newest judged reading (the watermark's view).
@@ -86,41 +91,115 @@ pub fn watches(rules: &[Rule], sensor_type: &str, input: Input<'_>) -> bool {
         .any(|r| r.sensor_type == sensor_type && r.input() == input)
 }
 
-/// Every rule's state, per subject.
-#[derive(Debug)]
-pub struct Detector {
-    rules: Arc<Vec<Rule>>,
-    /// Threshold rules: (rule index, subject) → state machine.
-    thresholds: HashMap<(usize, String), Threshold>,
-    /// Sequence rules: (rule index, subject) → state machine.
-    sequences: HashMap<(usize, String), Sequence>,
-    /// Absence rules: (rule index, sensor id) → silence.
-    silences: HashMap<(usize, String), Silence>,
-    /// Level rules: (rule index, subject) → (current non-quiet level, started at).
-    levels: HashMap<(usize, String), (Option<String>, u64)>,
+/// One rule's state per subject, under the rule's name and sensor type (so that a state
+/// restored from a checkpoint finds its rule among the rules of the configuration then).
+/// Only the map of the rule's kind is used.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RuleState {
+    rule: String,
+    sensor_type: String,
+    /// Threshold rules: subject → state machine.
+    thresholds: HashMap<String, Threshold>,
+    /// Sequence rules: subject → state machine.
+    sequences: HashMap<String, Sequence>,
+    /// Absence rules: sensor id (or area) → silence.
+    silences: HashMap<String, Silence>,
+    /// Level rules: subject → (current non-quiet level, started at).
+    levels: HashMap<String, (Option<String>, u64)>,
+}
+
+impl RuleState {
+    fn of(rule: &Rule) -> Self {
+        Self {
+            rule: rule.name.clone(),
+            sensor_type: rule.sensor_type.clone(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether it is the state of `rule`.
+    fn is_of(&self, rule: &Rule) -> bool {
+        self.rule == rule.name && self.sensor_type == rule.sensor_type
+    }
+}
+
+/// What a [`Detector`] learns from the readings: every rule's state per subject (ongoing
+/// incidents included), each subject's previous reading and its baselines. It holds no rule:
+/// [`DetectorState::bind`] lines it up with the rules it is used with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DetectorState {
+    /// Per rule, in the order of the rules it is bound to.
+    rules: Vec<RuleState>,
     /// Each subject's previous reading, (type, id) → (event time, fields), for `_rate`.
     last_reading: HashMap<Subject, (u64, Fields)>,
     /// Per subject and field: the learned baseline behind `<field>_z`.
     baselines: HashMap<(Subject, Arc<str>), Baseline>,
 }
 
-impl Detector {
-    /// A detector with no state yet.
-    pub fn new(rules: Arc<Vec<Rule>>) -> Self {
-        Self {
-            rules,
-            thresholds: HashMap::new(),
-            sequences: HashMap::new(),
-            silences: HashMap::new(),
-            levels: HashMap::new(),
-            last_reading: HashMap::new(),
-            baselines: HashMap::new(),
+impl DetectorState {
+    /// Lines the state up with `rules` (after a restore, the rules of the configuration now):
+    /// a rule keeps the state of the rule of the same name and sensor type, as much of it as
+    /// fits its kind; a new rule starts empty; the state of a rule that is gone is dropped.
+    pub fn bind(&mut self, rules: &[Rule]) {
+        let mut old: HashMap<String, RuleState> = std::mem::take(&mut self.rules)
+            .into_iter()
+            .map(|r| (r.rule.clone(), r))
+            .collect();
+        self.rules = rules
+            .iter()
+            .map(|rule| {
+                let mut state = match old.remove(&rule.name) {
+                    Some(state) if state.is_of(rule) => state,
+                    _ => RuleState::of(rule),
+                };
+                // (A sequence rule without steps works as a threshold.)
+                if !matches!(rule.kind, RuleKind::Threshold | RuleKind::Sequence { .. }) {
+                    state.thresholds.clear();
+                }
+                if !matches!(rule.kind, RuleKind::Sequence { .. }) {
+                    state.sequences.clear();
+                }
+                if !matches!(rule.kind, RuleKind::Absence) {
+                    state.silences.clear();
+                }
+                if !matches!(rule.kind, RuleKind::Level) {
+                    state.levels.clear();
+                }
+                state
+            })
+            .collect();
+        // TODO(state): what is left in `old` (and what was cleared above) is the state of
+        // rules that are gone or changed; their ongoing incidents (a `Threshold` or `Sequence`
+        // active, a `Silence` with `since`, a non-quiet level) would be found here. It is
+        // dropped: ending those incidents is the runtime's business.
+        drop(old);
+    }
+
+    /// Whether it is lined up with `rules`.
+    fn is_bound(&self, rules: &[Rule]) -> bool {
+        self.rules.len() == rules.len() && self.rules.iter().zip(rules).all(|(s, r)| s.is_of(r))
+    }
+}
+
+/// The rules at work on a [`DetectorState`]: every rule's state, per subject.
+#[derive(Debug)]
+pub struct Detector<'a> {
+    rules: &'a [Rule],
+    state: &'a mut DetectorState,
+}
+
+impl<'a> Detector<'a> {
+    /// `rules` working on `state` (bound to them first if it is not: [`DetectorState::bind`]).
+    pub fn new(rules: &'a [Rule], state: &'a mut DetectorState) -> Self {
+        if !state.is_bound(rules) {
+            state.bind(rules);
         }
+        Self { rules, state }
     }
 
     /// Whether any rule reads this input of this sensor type.
     pub fn watches(&self, sensor_type: &str, input: Input<'_>) -> bool {
-        watches(&self.rules, sensor_type, input)
+        watches(self.rules, sensor_type, input)
     }
 
     /// Starts an absence incident for every watched sensor silent for its rule's `for`
@@ -162,9 +241,9 @@ impl Detector {
             {
                 continue;
             }
-            let s = self
+            let s = self.state.rules[index]
                 .silences
-                .entry((index, obs.sensor_id.clone()))
+                .entry(obs.sensor_id.clone())
                 .or_insert_with(|| Silence::first(obs));
             s.arrive(obs);
         }
@@ -172,13 +251,13 @@ impl Detector {
 
     /// Whether any absence rule has a sensor to watch (live, the operator then needs a tick).
     pub fn watches_silences(&self) -> bool {
-        !self.silences.is_empty()
+        self.state.rules.iter().any(|r| !r.silences.is_empty())
     }
 
     /// Where `obs` stands against its subject's newest judged reading.
     pub fn order(&self, obs: &Observation) -> Order {
         let key = (obs.sensor_type.clone(), obs.sensor_id.clone());
-        order_against(self.last_reading.get(&key), obs)
+        order_against(self.state.last_reading.get(&key), obs)
     }
 
     /// On arrival: judges `obs` if it is newer than its subject's newest judged reading, and
@@ -190,7 +269,7 @@ impl Detector {
         out: &mut Vec<Event>,
     ) -> Order {
         let key = (obs.sensor_type.clone(), obs.sensor_id.clone());
-        let order = order_against(self.last_reading.get(&key), obs);
+        let order = order_against(self.state.last_reading.get(&key), obs);
         if order == Order::Newer {
             self.observe_keyed(key, obs, input, out);
         }
@@ -203,20 +282,23 @@ impl Detector {
         silent: impl Fn(&Silence, u64) -> Option<u64>,
         out: &mut Vec<Event>,
     ) {
-        let rules = &self.rules;
-        let mut started: Vec<(&(usize, String), &Silence, u64)> = self
-            .silences
-            .iter_mut()
-            .filter(|(_, s)| s.since.is_none())
-            .filter_map(|(key, s)| {
-                let start = silent(s, rules[key.0].for_ms)?;
+        let rules = self.rules;
+        let mut started: Vec<(u64, usize, &String, &Silence)> = Vec::new();
+        for (index, (rule, state)) in rules.iter().zip(self.state.rules.iter_mut()).enumerate() {
+            for (sensor, s) in state.silences.iter_mut() {
+                if s.since.is_some() {
+                    continue;
+                }
+                let Some(start) = silent(s, rule.for_ms) else {
+                    continue;
+                };
                 s.since = Some(start);
-                Some((key, &*s, start))
-            })
-            .collect();
-        started.sort_by(|a, b| (a.2, a.0).cmp(&(b.2, b.0)));
-        for ((index, sensor), s, start) in started {
-            out.push(silence_start(&rules[*index], sensor, s, start));
+                started.push((start, index, sensor, &*s));
+            }
+        }
+        started.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        for (start, index, sensor, s) in started {
+            out.push(silence_start(&rules[index], sensor, s, start));
         }
     }
 
@@ -235,10 +317,14 @@ impl Detector {
         input: Input<'_>,
         out: &mut Vec<Event>,
     ) {
-        let rules = self.rules.clone();
+        let rules = self.rules;
+        let state = &mut *self.state;
         {
-            let previous = self.last_reading.get(&key).map(|(t, f)| (*t, f.as_slice()));
-            let baselines = &self.baselines;
+            let previous = state
+                .last_reading
+                .get(&key)
+                .map(|(t, f)| (*t, f.as_slice()));
+            let baselines = &state.baselines;
             let value = |f: &str| obs.fields.iter().find(|(n, _)| &**n == f).map(|v| v.1);
             let get = |f: &str| {
                 if let Some(base) = f.strip_suffix(RATE_SUFFIX) {
@@ -254,13 +340,14 @@ impl Detector {
                 if *rule.sensor_type != *obs.sensor_type || rule.input() != input {
                     continue;
                 }
-                let slot = (index, obs.sensor_id.clone());
+                let slots = &mut state.rules[index];
+                let slot = obs.sensor_id.clone();
                 // The event time of a message this reading causes.
                 let mut at = obs.event_time;
                 let change = match rule.kind {
                     RuleKind::Area { .. } => None,
                     RuleKind::Absence => {
-                        let s = self
+                        let s = slots
                             .silences
                             .entry(slot)
                             .or_insert_with(|| Silence::first(obs));
@@ -294,25 +381,25 @@ impl Detector {
                             continue;
                         };
                         let quiet = rule.quiet.as_deref() == Some(level.as_str());
-                        let state = self.levels.entry(slot).or_insert((None, 0));
-                        let transition = match (&state.0, quiet) {
+                        let current = slots.levels.entry(slot).or_insert((None, 0));
+                        let transition = match (&current.0, quiet) {
                             (None, false) => {
-                                *state = (Some(level.clone()), obs.event_time);
+                                *current = (Some(level.clone()), obs.event_time);
                                 Some(EventState::Start)
                             }
                             (Some(_), true) => {
-                                state.0 = None;
+                                current.0 = None;
                                 Some(EventState::End)
                             }
-                            (Some(current), false) if *current != level => {
-                                state.0 = Some(level.clone());
+                            (Some(on), false) if *on != level => {
+                                current.0 = Some(level.clone());
                                 Some(EventState::Update)
                             }
                             _ => None,
                         };
                         transition.map(|s| {
                             let message = rule.render_level(&obs.sensor_id, &level, &obs.fields);
-                            (s, level, state.1, message)
+                            (s, level, current.1, message)
                         })
                     }
                     RuleKind::Threshold | RuleKind::Sequence { .. } => {
@@ -321,16 +408,21 @@ impl Detector {
                             (RuleKind::Sequence { within_ms }, Some(seq)) => {
                                 let first = seq.first.holds(&get);
                                 let unless = seq.unless.as_ref().is_some_and(|u| u.holds(&get));
-                                self.sequences
-                                    .entry(slot)
-                                    .or_insert_with(|| Sequence::new(within_ms))
-                                    .step(obs.event_time, first, enter, unless, exit)
+                                slots.sequences.entry(slot).or_default().step(
+                                    within_ms,
+                                    obs.event_time,
+                                    first,
+                                    enter,
+                                    unless,
+                                    exit,
+                                )
                             }
-                            _ => self
-                                .thresholds
-                                .entry(slot)
-                                .or_insert_with(|| Threshold::new(rule.for_ms))
-                                .step(obs.event_time, enter, exit),
+                            _ => slots.thresholds.entry(slot).or_default().step(
+                                rule.for_ms,
+                                obs.event_time,
+                                enter,
+                                exit,
+                            ),
                         };
                         transition.map(|t| match t {
                             Transition::Start { started_at } => (
@@ -372,12 +464,14 @@ impl Detector {
         }
         // The baselines learn the reading after the rules have judged it.
         for (field, v) in &obs.fields {
-            self.baselines
+            state
+                .baselines
                 .entry((key.clone(), field.clone()))
                 .and_modify(|b| b.learn(*v))
                 .or_insert_with(|| Baseline::new(*v));
         }
-        self.last_reading
+        state
+            .last_reading
             .insert(key, (obs.event_time, obs.fields.clone()));
     }
 }
@@ -409,14 +503,13 @@ mod tests {
 
     const MINUTE: u64 = 60_000;
 
-    fn detector(rules: &str) -> Detector {
+    fn parse(rules: &str) -> Vec<Rule> {
         let ty = SensorType::from_toml(
             Path::new("traffic.toml"),
             "name = \"traffic\"\n[time]\nfield = \"/ts\"\nformat = \"epoch_ms\"\n[[fields]]\nname = \"avgSpeed\"\n",
         )
         .unwrap();
-        let rules = super::super::parse_rules(Path::new("r.toml"), rules, &[ty]).unwrap();
-        Detector::new(Arc::new(rules))
+        super::super::parse_rules(Path::new("r.toml"), rules, &[ty]).unwrap()
     }
 
     fn reading(minute: u64, speed: f64, arrived_at: i64) -> Observation {
@@ -447,7 +540,8 @@ mod tests {
 
     #[test]
     fn order_tells_newer_repeated_and_older_readings_apart() {
-        let mut d = detector(OUTAGE);
+        let (rules, mut state) = (parse(OUTAGE), DetectorState::default());
+        let mut d = Detector::new(&rules, &mut state);
         let mut out = Vec::new();
         assert_eq!(d.order(&reading(5, 50.0, 0)), Order::Newer);
         d.observe(&reading(5, 50.0, 0), Input::Readings, &mut out);
@@ -462,7 +556,8 @@ mod tests {
         // Judged on arrival, the reading after a 30-minute gap comes before the watermark has
         // passed the gap: the outage still starts 15 minutes after the last reading and this
         // reading ends it, as the event-time evaluation would have had it.
-        let mut d = detector(OUTAGE);
+        let (rules, mut state) = (parse(OUTAGE), DetectorState::default());
+        let mut d = Detector::new(&rules, &mut state);
         let mut out = Vec::new();
         d.observe(&reading(0, 50.0, 0), Input::Readings, &mut out);
         d.observe(&reading(30, 50.0, 0), Input::Readings, &mut out);
@@ -477,7 +572,8 @@ mod tests {
     #[test]
     fn live_the_wall_clock_notices_a_silence_the_watermark_has_not_reached() {
         let wall0: i64 = 1_700_000_000_000;
-        let mut d = detector(OUTAGE);
+        let (rules, mut state) = (parse(OUTAGE), DetectorState::default());
+        let mut d = Detector::new(&rules, &mut state);
         let mut out = Vec::new();
         d.observe(&reading(0, 50.0, wall0), Input::Readings, &mut out);
         d.advance_wall(wall0 + 15 * MINUTE as i64, &mut out);
@@ -504,7 +600,8 @@ mod tests {
     #[test]
     fn a_backlog_arriving_after_a_wall_clock_outage_ends_it_where_it_started() {
         let wall0: i64 = 1_700_000_000_000;
-        let mut d = detector(OUTAGE);
+        let (rules, mut state) = (parse(OUTAGE), DetectorState::default());
+        let mut d = Detector::new(&rules, &mut state);
         let mut out = Vec::new();
         d.observe(&reading(0, 50.0, wall0), Input::Readings, &mut out);
         d.advance_wall(wall0 + 16 * MINUTE as i64, &mut out);
@@ -519,7 +616,8 @@ mod tests {
 
     #[test]
     fn held_for_the_watermark_a_gap_that_arrives_in_a_burst_is_still_an_outage() {
-        let mut d = detector(OUTAGE);
+        let (rules, mut state) = (parse(OUTAGE), DetectorState::default());
+        let mut d = Detector::new(&rules, &mut state);
         let mut out = Vec::new();
         // Minutes 0 and 30 arrive together (a gateway reconnects) and wait for the watermark.
         d.arrived(&reading(0, 50.0, 0), Input::Readings);
@@ -534,7 +632,8 @@ mod tests {
     fn live_a_reading_held_for_the_watermark_still_proves_its_sensor_alive() {
         let wall0: i64 = 1_700_000_000_000;
         let at = |m: u64| wall0 + (m * MINUTE) as i64;
-        let mut d = detector(OUTAGE);
+        let (rules, mut state) = (parse(OUTAGE), DetectorState::default());
+        let mut d = Detector::new(&rules, &mut state);
         let mut out = Vec::new();
         d.observe(&reading(0, 50.0, at(0)), Input::Readings, &mut out);
         // Minute 10's reading arrived but waits for the watermark.
@@ -543,5 +642,52 @@ mod tests {
         assert!(out.is_empty(), "silent for 10 minutes only");
         d.advance_wall(at(26), &mut out);
         assert_eq!(states(&out), vec![("start", 25, 25)]);
+    }
+
+    const SLOW: &str = "[[rule]]\nname = \"slow\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed < 20\"\nexit = \"avgSpeed > 30\"\n";
+
+    #[test]
+    fn a_restored_state_finds_its_rules_by_name() {
+        let both = parse(&format!("{OUTAGE}{SLOW}"));
+        let mut state = DetectorState::default();
+        let mut out = Vec::new();
+        {
+            let mut d = Detector::new(&both, &mut state);
+            d.observe(&reading(0, 10.0, 0), Input::Readings, &mut out);
+            d.advance(20 * MINUTE, &mut out);
+        }
+        assert_eq!(states(&out), vec![("start", 0, 0), ("start", 15, 15)]);
+        out.clear();
+        // Restored (checkpoints encode it with bincode: the dataflow's tests) with the rules
+        // in another order and one added.
+        let mut restored = state.clone();
+        let other =
+            "[[rule]]\nname = \"fast\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed > 100\"\n";
+        let reordered = parse(&format!("{other}{SLOW}{OUTAGE}"));
+        restored.bind(&reordered);
+        let mut d = Detector::new(&reordered, &mut restored);
+        d.observe(&reading(21, 50.0, 0), Input::Readings, &mut out);
+        // Both ongoing incidents end (same ids as they started with), nothing starts again.
+        let ended: Vec<_> = out
+            .iter()
+            .map(|e| (e.rule.as_str(), e.state.as_str(), e.started_at / MINUTE))
+            .collect();
+        assert_eq!(ended, vec![("slow", "end", 0), ("outage", "end", 15)]);
+    }
+
+    #[test]
+    fn the_state_of_a_rule_that_is_gone_is_dropped() {
+        let rules = parse(&format!("{OUTAGE}{SLOW}"));
+        let mut state = DetectorState::default();
+        let mut out = Vec::new();
+        Detector::new(&rules, &mut state).observe(&reading(0, 10.0, 0), Input::Readings, &mut out);
+        assert_eq!(out.len(), 1, "slow started");
+        let only_outage = parse(OUTAGE);
+        state.bind(&only_outage);
+        // A rule of the same name again starts afresh: its old incident is not ended.
+        state.bind(&rules);
+        out.clear();
+        Detector::new(&rules, &mut state).observe(&reading(1, 50.0, 0), Input::Readings, &mut out);
+        assert!(out.is_empty(), "{out:?}");
     }
 }

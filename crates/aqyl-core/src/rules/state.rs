@@ -1,5 +1,11 @@
 //! Rule state machines and per-sensor derived values: thresholds with hysteresis and `for`
 //! durations, rates of change, learned baselines, and stable incident ids.
+//!
+//! The state machines keep only what changes as readings come (they are checkpointed); a
+//! rule's parameters (`for`, `within`) are passed on each step, so a rule changed in the
+//! configuration applies to a restored state at once.
+
+use serde::{Deserialize, Serialize};
 
 /// Suffix of a derived field: `<field>_rate` is the field's change per minute of event time
 /// since the sensor's previous reading (absent for its first reading), so rules can watch
@@ -14,7 +20,7 @@ pub const Z_SUFFIX: &str = "_z";
 /// A learned per-sensor baseline of one field: exponentially weighted mean and variance
 /// (weight `alpha` per reading, about the last 1/alpha readings). Its z-score is absent until
 /// `min_samples` readings were seen or while the variance is zero.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
     mean: f64,
     var: f64,
@@ -81,9 +87,8 @@ pub enum Transition {
 /// A threshold rule on one subject: enter when `enter` has held for `for_ms` of event time,
 /// leave when `exit` holds (hysteresis: between the two nothing changes). Readings must come
 /// in event-time order (the dataflow orders them before the rule sees them).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Threshold {
-    for_ms: u64,
     /// Event time the enter condition started holding, while it holds and no incident is on.
     pending_since: Option<u64>,
     /// Start time of the ongoing incident.
@@ -91,17 +96,9 @@ pub struct Threshold {
 }
 
 impl Threshold {
-    /// A rule whose enter condition must hold `for_ms` before the incident starts.
-    pub fn new(for_ms: u64) -> Self {
-        Self {
-            for_ms,
-            pending_since: None,
-            active_since: None,
-        }
-    }
-
-    /// Feeds one reading: whether the enter and exit conditions hold at event time `t`.
-    pub fn step(&mut self, t: u64, enter: bool, exit: bool) -> Option<Transition> {
+    /// Feeds one reading: whether the enter and exit conditions hold at event time `t`, for a
+    /// rule whose enter condition must hold `for_ms` before the incident starts.
+    pub fn step(&mut self, for_ms: u64, t: u64, enter: bool, exit: bool) -> Option<Transition> {
         if let Some(started_at) = self.active_since {
             if exit {
                 self.active_since = None;
@@ -115,7 +112,7 @@ impl Threshold {
             return None;
         }
         let since = *self.pending_since.get_or_insert(t);
-        if t.saturating_sub(since) >= self.for_ms {
+        if t.saturating_sub(since) >= for_ms {
             self.active_since = Some(since);
             self.pending_since = None;
             return Some(Transition::Start { started_at: since });
@@ -137,9 +134,8 @@ impl Threshold {
 /// `unless` cancels a pending `first`, then `first` (re)arms: so one reading cannot be both
 /// the first and the last step, and an `unless` on the completing reading does not count as
 /// "in between".
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sequence {
-    within_ms: u64,
     /// Event time of the latest reading where `first` held, while the sequence is armed.
     first_at: Option<u64>,
     /// Start time of the ongoing incident.
@@ -147,18 +143,11 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    /// A sequence whose second step must follow the first within `within_ms`.
-    pub fn new(within_ms: u64) -> Self {
-        Self {
-            within_ms,
-            first_at: None,
-            active_since: None,
-        }
-    }
-
-    /// Feeds one reading: which of the conditions hold at event time `t`.
+    /// Feeds one reading: which of the conditions hold at event time `t`, for a sequence
+    /// whose second step must follow the first within `within_ms`.
     pub fn step(
         &mut self,
+        within_ms: u64,
         t: u64,
         first: bool,
         then: bool,
@@ -176,10 +165,7 @@ impl Sequence {
             }
             return None;
         }
-        if self
-            .first_at
-            .is_some_and(|a| t < a || t - a > self.within_ms)
-        {
+        if self.first_at.is_some_and(|a| t < a || t - a > within_ms) {
             self.first_at = None;
         }
         if then && self.first_at.is_some_and(|a| a < t) {
@@ -242,26 +228,27 @@ mod tests {
 
     #[test]
     fn hysteresis_and_for_durations() {
-        let mut r = Threshold::new(600_000); // 10 minutes
-        assert_eq!(r.step(0, true, false), None);
-        assert_eq!(r.step(300_000, true, false), None);
+        const FOR: u64 = 600_000; // 10 minutes
+        let mut r = Threshold::default();
+        assert_eq!(r.step(FOR, 0, true, false), None);
+        assert_eq!(r.step(FOR, 300_000, true, false), None);
         assert_eq!(
-            r.step(600_000, true, false),
+            r.step(FOR, 600_000, true, false),
             Some(Transition::Start { started_at: 0 })
         );
         // Between the enter and exit conditions nothing changes.
-        assert_eq!(r.step(900_000, false, false), None);
+        assert_eq!(r.step(FOR, 900_000, false, false), None);
         assert!(r.is_active());
         assert_eq!(
-            r.step(1_200_000, false, true),
+            r.step(FOR, 1_200_000, false, true),
             Some(Transition::End { started_at: 0 })
         );
         // A condition that drops before `for` runs out starts nothing.
-        assert_eq!(r.step(1_500_000, true, false), None);
-        assert_eq!(r.step(1_800_000, false, false), None);
-        assert_eq!(r.step(2_100_000, true, false), None);
+        assert_eq!(r.step(FOR, 1_500_000, true, false), None);
+        assert_eq!(r.step(FOR, 1_800_000, false, false), None);
+        assert_eq!(r.step(FOR, 2_100_000, true, false), None);
         assert_eq!(
-            r.step(2_700_000, true, false),
+            r.step(FOR, 2_700_000, true, false),
             Some(Transition::Start {
                 started_at: 2_100_000
             })
@@ -288,53 +275,54 @@ mod tests {
     #[test]
     fn sequences_need_both_steps_in_order_within_the_time_and_nothing_between() {
         const MIN: u64 = 60_000;
-        let mut s = Sequence::new(10 * MIN);
+        const WITHIN: u64 = 10 * MIN;
+        let mut s = Sequence::default();
         // then without first: nothing.
-        assert_eq!(s.step(0, false, true, false, false), None);
+        assert_eq!(s.step(WITHIN, 0, false, true, false, false), None);
         // first, then `then` 5 minutes later: start.
-        assert_eq!(s.step(5 * MIN, true, false, false, false), None);
+        assert_eq!(s.step(WITHIN, 5 * MIN, true, false, false, false), None);
         assert_eq!(
-            s.step(10 * MIN, false, true, false, false),
+            s.step(WITHIN, 10 * MIN, false, true, false, false),
             Some(Transition::Start {
                 started_at: 10 * MIN
             })
         );
         assert!(s.is_active());
         assert_eq!(
-            s.step(15 * MIN, true, true, false, false),
+            s.step(WITHIN, 15 * MIN, true, true, false, false),
             None,
             "no restart while on"
         );
         assert_eq!(
-            s.step(20 * MIN, true, false, false, true),
+            s.step(WITHIN, 20 * MIN, true, false, false, true),
             Some(Transition::End {
                 started_at: 10 * MIN
             })
         );
         // The ending reading armed the next sequence.
         assert_eq!(
-            s.step(25 * MIN, false, true, false, false),
+            s.step(WITHIN, 25 * MIN, false, true, false, false),
             Some(Transition::Start {
                 started_at: 25 * MIN
             })
         );
         assert_eq!(
-            s.step(26 * MIN, false, false, false, true),
+            s.step(WITHIN, 26 * MIN, false, false, false, true),
             Some(Transition::End {
                 started_at: 25 * MIN
             })
         );
         // Too slow: `then` 11 minutes after `first`.
-        assert_eq!(s.step(30 * MIN, true, false, false, false), None);
-        assert_eq!(s.step(41 * MIN, false, true, false, false), None);
+        assert_eq!(s.step(WITHIN, 30 * MIN, true, false, false, false), None);
+        assert_eq!(s.step(WITHIN, 41 * MIN, false, true, false, false), None);
         // `unless` in between cancels.
-        assert_eq!(s.step(50 * MIN, true, false, false, false), None);
-        assert_eq!(s.step(52 * MIN, false, false, true, false), None);
-        assert_eq!(s.step(55 * MIN, false, true, false, false), None);
+        assert_eq!(s.step(WITHIN, 50 * MIN, true, false, false, false), None);
+        assert_eq!(s.step(WITHIN, 52 * MIN, false, false, true, false), None);
+        assert_eq!(s.step(WITHIN, 55 * MIN, false, true, false, false), None);
         // One reading is not both steps; the latest `first` counts.
-        assert_eq!(s.step(60 * MIN, true, true, false, false), None);
+        assert_eq!(s.step(WITHIN, 60 * MIN, true, true, false, false), None);
         assert_eq!(
-            s.step(61 * MIN, false, true, true, false),
+            s.step(WITHIN, 61 * MIN, false, true, true, false),
             Some(Transition::Start {
                 started_at: 61 * MIN
             }),
