@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 mod detection;
+mod durable;
 mod faults;
 mod live;
 mod quality;
@@ -161,6 +162,13 @@ impl Aqyl {
             .ok()?;
         body.lines()
             .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
+    }
+
+    /// `kill -9`: the service dies at once, mid-work.
+    fn crash(self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// SIGTERM, then wait for a clean exit (the service drains and flushes first).
