@@ -147,6 +147,7 @@ async fn aqyl_round(
     workers: usize,
     quality: bool,
     rules: bool,
+    durable: bool,
 ) -> (f64, f64, u64) {
     let n = msgs.len() as u64;
     let dir = tempfile::tempdir().unwrap();
@@ -179,7 +180,7 @@ async fn aqyl_round(
     }
     std::fs::write(
         dir.path().join("aqyl.toml"),
-        format!("[mqtt]\nclient_id = \"bench-aqyl-{}\"\nclean_session = true\n[pipeline]\nworkers = {workers}\nidle_timeout = \"0s\"\n# The publishers run on 4 connections at full speed, so event time is skewed between\n# sensors by far more than live traffic ever is; the lateness must cover that skew.\nallowed_lateness = \"1d\"\n[quality]\nenabled = {quality}\n", free_port()),
+        format!("[mqtt]\nclient_id = \"bench-aqyl-{}\"\nclean_session = true\n[pipeline]\nworkers = {workers}\nidle_timeout = \"0s\"\n# The publishers run on 4 connections at full speed, so event time is skewed between\n# sensors by far more than live traffic ever is; the lateness must cover that skew.\nallowed_lateness = \"1d\"\n[quality]\nenabled = {quality}\n[state]\ndurable = {durable}\n", free_port()),
     )
     .unwrap();
     let http_port = free_port();
@@ -262,6 +263,8 @@ fn main() {
     let quality = aqyl_tests::arg("--quality", 1);
     // 1: the shipped traffic rules, as the demo runs them; 0: none.
     let rules = aqyl_tests::arg("--rules", 1) != 0;
+    // 1: durable ingest and checkpoints, as shipped; 0: off; 2: both, alternating, to pair them.
+    let durable = aqyl_tests::arg("--durable", 1);
     let broker = Mosquitto::start();
     let msgs = Arc::new(workload(n));
     let bytes: usize = msgs.iter().map(|m| m.1.len()).sum();
@@ -276,15 +279,37 @@ fn main() {
         .unwrap();
     let (mut bare, mut svc, mut peak) = (Vec::new(), Vec::new(), 0);
     let mut unscored = Vec::new();
+    let mut volatile = Vec::new();
     for round in 1..=rounds {
         if quality == 2 {
-            let (a, _, _) =
-                rt.block_on(aqyl_round(broker.port, msgs.clone(), workers, false, rules));
+            let (a, _, _) = rt.block_on(aqyl_round(
+                broker.port,
+                msgs.clone(),
+                workers,
+                false,
+                rules,
+                durable != 0,
+            ));
             println!(
                 "round {round}: aqyl without quality scoring {:>8.0} obs/s",
                 n as f64 / a
             );
             unscored.push(n as f64 / a);
+        }
+        if durable == 2 {
+            let (a, _, _) = rt.block_on(aqyl_round(
+                broker.port,
+                msgs.clone(),
+                workers,
+                quality != 0,
+                rules,
+                false,
+            ));
+            println!(
+                "round {round}: aqyl without durability {:>8.0} obs/s",
+                n as f64 / a
+            );
+            volatile.push(n as f64 / a);
         }
         let (b, bp) = rt.block_on(bare_round(broker.port, msgs.clone()));
         let (a, ap, rss) = rt.block_on(aqyl_round(
@@ -293,6 +318,7 @@ fn main() {
             workers,
             quality != 0,
             rules,
+            durable != 0,
         ));
         peak = peak.max(rss);
         println!(
@@ -317,6 +343,13 @@ fn main() {
         println!(
             "median: aqyl without quality {mu:.0} obs/s, with quality {ms:.0} obs/s, with/without = {:.2}",
             ms / mu
+        );
+    }
+    if !volatile.is_empty() {
+        let mv = median(&mut volatile);
+        println!(
+            "median: aqyl without durability {mv:.0} obs/s, durable {ms:.0} obs/s, durable/without = {:.2}",
+            ms / mv
         );
     }
     println!(
