@@ -143,9 +143,14 @@ fn detect<'scope>(
     name: &str,
 ) -> StreamVec<'scope, u64, Event> {
     let state = states.register::<DetectState>(name);
-    // A restored state is lined up with the rules of the configuration now.
-    // TODO(state): the ongoing incidents of rules that are gone are dropped in `bind`.
-    state.borrow_mut().detector.bind(&rules);
+    // A restored state is lined up with the rules of the configuration now; the incidents
+    // of rules that are gone end with the first activation.
+    let mut farewell = Some(
+        state
+            .borrow_mut()
+            .detector
+            .bind(&rules, crate::wall_ms().max(0) as u64),
+    );
     let by_area = input_kind == Input::Area;
     let exchange = Exchange::new(move |o: &Observation| {
         let subject = if by_area {
@@ -168,7 +173,7 @@ fn detect<'scope>(
                 let mut state = state.borrow_mut();
                 let DetectState { pending, detector } = &mut *state;
                 let mut detector = Detector::new(&rules, detector);
-                let mut out = Vec::new();
+                let mut out = farewell.take().unwrap_or_default();
                 input.for_each(|cap, data| {
                     let sent_at = cap.least().copied().unwrap_or(0);
                     for mut obs in data.drain(..) {
@@ -270,19 +275,24 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
         states: &OperatorStates,
     ) -> StreamVec<'scope, u64, Event> {
         let state = states.register::<WindowState>("events/window");
+        let mut ended = Vec::new();
         {
-            // A restored state is lined up with the rules of the configuration now; labels
-            // no rule reads any more are dropped.
-            // TODO(state): the ongoing incidents of rules that are gone are dropped here and
-            // in `bind`.
+            // A restored state is lined up with the rules of the configuration now; the
+            // incidents of rules that are gone end with the first activation.
             let mut state = state.borrow_mut();
+            let now = crate::wall_ms().max(0) as u64;
+            let mut labels: Vec<Arc<str>> = state.detectors.keys().cloned().collect();
+            labels.sort();
+            for label in labels {
+                if let Some(detector) = state.detectors.get_mut(&label) {
+                    ended.extend(detector.bind(&rules, now));
+                }
+            }
             state
                 .detectors
                 .retain(|label, _| rules.iter().any(|r| r.window.as_deref() == Some(&**label)));
-            for detector in state.detectors.values_mut() {
-                detector.bind(&rules);
-            }
         }
+        let mut farewell = Some(ended);
         let exchange =
             Exchange::new(|a: &AggregateRecord| crate::stable_hash(&[&a.sensor_type, &a.subject]));
         self.unary_frontier::<CapacityContainerBuilder<Vec<Event>>, _, _, _>(
@@ -322,7 +332,7 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                         return;
                     }
                     let now = frontier.frontier().iter().min().copied();
-                    let mut out = Vec::new();
+                    let mut out = farewell.take().unwrap_or_default();
                     while let Some((end, readings)) = crate::ordered::pop_ready(pending, now) {
                         let mut readings: Vec<_> = readings.into_iter().collect();
                         readings.sort_by(|a, b| a.0.cmp(&b.0));
@@ -390,9 +400,9 @@ impl<'scope> AreaEvents<'scope> for StreamVec<'scope, u64, Event> {
         states: &OperatorStates,
     ) -> StreamVec<'scope, u64, Event> {
         let state = states.register::<AreaState>("events/area");
-        // A restored state keeps the areas of the area rules that still exist.
-        // TODO(state): the ongoing area incidents (`Some(since)`) of area rules that are gone
-        // are the entries dropped here.
+        // A restored state keeps the areas of the area rules that still exist. (The ongoing
+        // incidents of an area rule that is gone are dropped without an `end`: see the README,
+        // "Delivery".)
         state.borrow_mut().areas.retain(|(rule, _), _| {
             rules
                 .iter()
@@ -625,7 +635,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restored_state_drops_the_rules_that_are_gone() {
+    fn a_restored_state_ends_the_incidents_of_rules_that_are_gone() {
         let detect = |rules: Arc<Vec<Rule>>| {
             build(move |s, states| {
                 s.detect_events(
@@ -650,7 +660,8 @@ mod tests {
         );
         assert!(lifecycle(&out).contains(&("slow", "s1", "start", 0, 5)));
         // Restarted with `slow` gone and a rule added before `outage`: restoring succeeds
-        // (`run` checks it), `slow` says nothing more, `outage` goes on.
+        // (`run` checks it), `slow`'s ongoing incident ends at once (same id, dated by the
+        // wall clock: the rule was removed now) and says nothing more, `outage` goes on.
         let now = "[[rule]]\nname = \"fast\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed > 100\"\n\
             [[rule]]\nname = \"outage\"\nsensor_type = \"traffic\"\nkind = \"absence\"\nfor = \"10m\"\n";
         let second = vec![obs("s1", "north", 9, 50.0), obs("s2", "north", 20, 50.0)];
@@ -664,7 +675,13 @@ mod tests {
         let got = lifecycle(&out);
         assert!(got.contains(&("outage", "s2", "start", 11, 11)), "{got:?}");
         assert!(got.contains(&("outage", "s2", "end", 11, 20)), "{got:?}");
-        assert!(got.iter().all(|e| e.0 == "outage"), "{got:?}");
+        let slow: Vec<_> = got.iter().filter(|e| e.0 == "slow").collect();
+        assert_eq!(slow.len(), 1, "{got:?}");
+        assert_eq!(
+            (slow[0].1, slow[0].2, slow[0].3),
+            ("s1", "end", 0),
+            "{got:?}"
+        );
     }
 
     #[test]

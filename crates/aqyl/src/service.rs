@@ -356,7 +356,7 @@ async fn start_durable(
             "Restoring the dataflow from its last checkpoint."
         );
         for gone in s.rules.iter().filter(|r| !rules.contains(r)) {
-            tracing::warn!(rule = %gone, "A rule of the checkpoint no longer exists: its state is dropped, but its ongoing incidents are not ended yet (their retained aqyl/active/... messages stay until cleared by hand).");
+            tracing::info!(rule = %gone, "A rule of the checkpoint no longer exists: its ongoing incidents end now and its state is dropped.");
         }
     }
     let (control, taken) = aqyl_dataflow::checkpoint::Control::new(spec.workers.max(1), rules);

@@ -98,6 +98,9 @@ pub fn watches(rules: &[Rule], sensor_type: &str, input: Input<'_>) -> bool {
 struct RuleState {
     rule: String,
     sensor_type: String,
+    /// The rule's event type and level (to end its incidents should it be removed).
+    event_type: String,
+    level: String,
     /// Threshold rules: subject → state machine.
     thresholds: HashMap<String, Threshold>,
     /// Sequence rules: subject → state machine.
@@ -113,8 +116,55 @@ impl RuleState {
         Self {
             rule: rule.name.clone(),
             sensor_type: rule.sensor_type.clone(),
+            event_type: rule.event_type.clone(),
+            level: rule.level.clone(),
             ..Self::default()
         }
+    }
+
+    /// `end` messages, dated `now` (event time), for every incident still on: the rule is
+    /// gone, so nothing else would ever end them.
+    fn farewell(&self, now: u64) -> Vec<Event> {
+        let on = self
+            .thresholds
+            .iter()
+            .filter_map(|(s, t)| Some((s, t.active_since()?)))
+            .chain(
+                self.sequences
+                    .iter()
+                    .filter_map(|(s, q)| Some((s, q.active_since()?))),
+            )
+            .chain(
+                self.silences
+                    .iter()
+                    .filter_map(|(s, x)| Some((s, x.since?))),
+            )
+            .chain(
+                self.levels
+                    .iter()
+                    .filter_map(|(s, (level, at))| level.as_ref().map(|_| (s, *at))),
+            );
+        let mut ended: Vec<Event> = on
+            .map(|(subject, started_at)| Event {
+                id: incident_id(&self.rule, subject, started_at),
+                event_type: self.event_type.clone(),
+                subject: subject.clone(),
+                sensor_type: self.sensor_type.as_str().into(),
+                area: self.silences.get(subject).and_then(|x| x.area.clone()),
+                state: EventState::End,
+                level: self.level.clone(),
+                started_at,
+                time: now.max(started_at),
+                rule: self.rule.clone(),
+                message: format!(
+                    "{} ended: the rule was removed from the configuration",
+                    self.rule
+                ),
+                values: Vec::new(),
+            })
+            .collect();
+        ended.sort_by(|a, b| a.id.cmp(&b.id));
+        ended
     }
 
     /// Whether it is the state of `rule`.
@@ -139,8 +189,9 @@ pub struct DetectorState {
 impl DetectorState {
     /// Lines the state up with `rules` (after a restore, the rules of the configuration now):
     /// a rule keeps the state of the rule of the same name and sensor type, as much of it as
-    /// fits its kind; a new rule starts empty; the state of a rule that is gone is dropped.
-    pub fn bind(&mut self, rules: &[Rule]) {
+    /// fits its kind; a new rule starts empty; the state of a rule that is gone is dropped,
+    /// and its ongoing incidents are returned as `end` messages dated `now` (event time).
+    pub fn bind(&mut self, rules: &[Rule], now: u64) -> Vec<Event> {
         let mut old: HashMap<String, RuleState> = std::mem::take(&mut self.rules)
             .into_iter()
             .map(|r| (r.rule.clone(), r))
@@ -168,11 +219,10 @@ impl DetectorState {
                 state
             })
             .collect();
-        // TODO(state): what is left in `old` (and what was cleared above) is the state of
-        // rules that are gone or changed; their ongoing incidents (a `Threshold` or `Sequence`
-        // active, a `Silence` with `since`, a non-quiet level) would be found here. It is
-        // dropped: ending those incidents is the runtime's business.
-        drop(old);
+        // What is left belongs to rules that are gone (or now of another sensor type).
+        let mut gone: Vec<RuleState> = old.into_values().collect();
+        gone.sort_by(|a, b| a.rule.cmp(&b.rule));
+        gone.iter().flat_map(|r| r.farewell(now)).collect()
     }
 
     /// Whether it is lined up with `rules`.
@@ -192,7 +242,8 @@ impl<'a> Detector<'a> {
     /// `rules` working on `state` (bound to them first if it is not: [`DetectorState::bind`]).
     pub fn new(rules: &'a [Rule], state: &'a mut DetectorState) -> Self {
         if !state.is_bound(rules) {
-            state.bind(rules);
+            // (Operators bind a restored state themselves and send what it ends.)
+            let _ended = state.bind(rules, 0);
         }
         Self { rules, state }
     }
@@ -664,7 +715,10 @@ mod tests {
         let other =
             "[[rule]]\nname = \"fast\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed > 100\"\n";
         let reordered = parse(&format!("{other}{SLOW}{OUTAGE}"));
-        restored.bind(&reordered);
+        assert!(
+            restored.bind(&reordered, 0).is_empty(),
+            "every rule is still there"
+        );
         let mut d = Detector::new(&reordered, &mut restored);
         d.observe(&reading(21, 50.0, 0), Input::Readings, &mut out);
         // Both ongoing incidents end (same ids as they started with), nothing starts again.
@@ -676,16 +730,23 @@ mod tests {
     }
 
     #[test]
-    fn the_state_of_a_rule_that_is_gone_is_dropped() {
+    fn a_rule_that_is_gone_ends_its_incidents_and_drops_its_state() {
         let rules = parse(&format!("{OUTAGE}{SLOW}"));
         let mut state = DetectorState::default();
         let mut out = Vec::new();
         Detector::new(&rules, &mut state).observe(&reading(0, 10.0, 0), Input::Readings, &mut out);
         assert_eq!(out.len(), 1, "slow started");
         let only_outage = parse(OUTAGE);
-        state.bind(&only_outage);
+        let ended = state.bind(&only_outage, 5 * MINUTE);
+        // Its ongoing incident ends, with the id it started with, dated when it was removed.
+        let ended: Vec<_> = ended
+            .iter()
+            .map(|e| (e.rule.as_str(), e.state.as_str(), e.started_at, e.time))
+            .collect();
+        assert_eq!(ended, vec![("slow", "end", 0, 5 * MINUTE)]);
+        assert_eq!(state.bind(&only_outage, 6 * MINUTE), vec![], "ended once");
         // A rule of the same name again starts afresh: its old incident is not ended.
-        state.bind(&rules);
+        assert!(state.bind(&rules, 7 * MINUTE).is_empty());
         out.clear();
         Detector::new(&rules, &mut state).observe(&reading(1, 50.0, 0), Input::Readings, &mut out);
         assert!(out.is_empty(), "{out:?}");

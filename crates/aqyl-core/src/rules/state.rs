@@ -124,6 +124,11 @@ impl Threshold {
     pub fn is_active(&self) -> bool {
         self.active_since.is_some()
     }
+
+    /// When the ongoing incident started, if one is on.
+    pub fn active_since(&self) -> Option<u64> {
+        self.active_since
+    }
 }
 
 /// A sequence rule on one subject: `first`, then `then` within `within_ms` of event time,
@@ -185,6 +190,11 @@ impl Sequence {
     /// Whether an incident is ongoing.
     pub fn is_active(&self) -> bool {
         self.active_since.is_some()
+    }
+
+    /// When the ongoing incident started, if one is on.
+    pub fn active_since(&self) -> Option<u64> {
+        self.active_since
     }
 }
 
