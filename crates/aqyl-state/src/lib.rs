@@ -54,6 +54,23 @@ struct Entry {
     received_at: i64,
 }
 
+/// [`Entry`] borrowed from a message, to encode without copying it (same encoding).
+#[derive(Serialize)]
+struct EntryRef<'a> {
+    topic: &'a str,
+    #[serde(with = "serde_bytes_as_seq")]
+    payload: &'a [u8],
+    received_at: i64,
+}
+
+/// Encodes a byte slice in one piece; in bincode that is exactly how a `Vec<u8>` is encoded
+/// (a length, then the bytes), so [`Entry`] reads it back.
+mod serde_bytes_as_seq {
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+}
+
 /// The latest committed checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
@@ -166,11 +183,11 @@ impl Store {
     /// Appends `messages` as one group whose first message gets `first_seq`, and returns once
     /// the group is on disk (fsync).
     pub fn append(&self, first_seq: u64, messages: &[RawMessage]) -> Result<(), StateError> {
-        let entries: Vec<Entry> = messages
+        let entries: Vec<EntryRef<'_>> = messages
             .iter()
-            .map(|m| Entry {
-                topic: m.topic.clone(),
-                payload: m.payload.clone(),
+            .map(|m| EntryRef {
+                topic: &m.topic,
+                payload: &m.payload,
                 received_at: m.received_at,
             })
             .collect();
