@@ -127,10 +127,14 @@ enum Fault {
     KillAndPublishWhileDown,
     /// SIGTERM, then a restart.
     Restart,
+    /// The broker (persistence on) is restarted while the service works through a backlog.
+    BrokerRestart,
+    /// The service dies in the middle of committing a checkpoint, then starts again.
+    CrashInCheckpoint,
 }
 
 fn run(faults: &[Fault]) -> (Points, BTreeSet<(String, String, String)>) {
-    let mqtt = Mosquitto::start();
+    let mut mqtt = Mosquitto::start_persistent();
     let vm = VictoriaMetrics::start();
     let dir = shipped_config();
     config(dir.path());
@@ -165,6 +169,22 @@ fn run(faults: &[Fault]) -> (Points, BTreeSet<(String, String, String)>) {
                 running.stop();
                 Some(Aqyl::start(&file, &mqtt, &vm))
             }
+            Fault::BrokerRestart => {
+                mqtt.restart();
+                Some(running)
+            }
+            Fault::CrashInCheckpoint => {
+                running.stop();
+                let failing = Aqyl::start_env(
+                    &file,
+                    &mqtt.url(),
+                    Some(&vm.url()),
+                    &[("AQYL_FAILPOINT", "checkpoint-commit")],
+                );
+                // It aborts at its first checkpoint, written but not committed.
+                failing.wait_exit();
+                Some(Aqyl::start(&file, &mqtt, &vm))
+            }
         };
     }
     let aqyl = aqyl.unwrap_or_else(|| Aqyl::start(&file, &mqtt, &vm));
@@ -183,6 +203,7 @@ fn kill_9_and_restarts_change_no_point_and_no_incident() {
         Fault::Kill(rng.u64(0..400)),
         Fault::KillAndPublishWhileDown,
         Fault::Restart,
+        Fault::CrashInCheckpoint,
         Fault::Kill(rng.u64(0..400)),
     ];
     let (points, incidents) = run(&faults);
@@ -207,5 +228,24 @@ fn kill_9_and_restarts_change_no_point_and_no_incident() {
     assert_eq!(
         incidents, calm_incidents,
         "incident ids and states (fault seed {seed})"
+    );
+}
+
+#[test]
+fn a_broker_restart_loses_no_reading_and_counts_none_twice() {
+    let (calm_points, _) = run(&[]);
+    let (points, _) = run(&[Fault::None, Fault::BrokerRestart, Fault::BrokerRestart]);
+    assert!(calm_points.len() > 500, "{} series", calm_points.len());
+    let differing: Vec<_> = calm_points
+        .iter()
+        .filter(|(k, v)| points.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .take(5)
+        .collect();
+    assert!(
+        differing.is_empty() && points.len() == calm_points.len(),
+        "{} series vs {}; differing, e.g. {differing:?}",
+        points.len(),
+        calm_points.len()
     );
 }

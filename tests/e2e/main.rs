@@ -114,8 +114,19 @@ impl Aqyl {
     /// With `influx_url` `None`, the store stays as the config file says (setting
     /// `AQYL_INFLUX_URL` would enable it).
     fn start_with(config: &Path, mqtt_url: &str, influx_url: Option<&str>) -> Self {
+        Self::start_env(config, mqtt_url, influx_url, &[])
+    }
+
+    /// [`Aqyl::start_with`] with extra environment variables.
+    fn start_env(
+        config: &Path,
+        mqtt_url: &str,
+        influx_url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let http_port = aqyl_tests::free_port();
         let mut command = Command::new(AQYL);
+        command.envs(env.iter().copied());
         if let Some(url) = influx_url {
             command.env("AQYL_INFLUX_URL", url);
         }
@@ -162,6 +173,13 @@ impl Aqyl {
             .ok()?;
         body.lines()
             .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
+    }
+
+    /// Waits until the service exits by itself.
+    fn wait_exit(self) {
+        wait_until(WAIT, "aqyl to exit", || {
+            self.child.lock().unwrap().try_wait().unwrap().is_some()
+        });
     }
 
     /// `kill -9`: the service dies at once, mid-work.

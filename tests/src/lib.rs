@@ -129,13 +129,44 @@ impl Mosquitto {
         Self::start_configured(free_port(), extra)
     }
 
-    fn start_configured(port: u16, extra: &str) -> Self {
+    /// Starts a broker on a free port that keeps its sessions and queued messages on disk, so
+    /// [`Mosquitto::restart`] loses nothing (as `deploy/mosquitto/aqyl.conf` ships it).
+    pub fn start_persistent() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let extra = format!(
+            "persistence true\npersistence_location {}/\n",
+            dir.path().display()
+        );
+        Self::start_in(dir, free_port(), &extra)
+    }
+
+    /// Stops the broker cleanly (SIGTERM: a persistent one saves its state) and starts it
+    /// again on the same port with the same configuration.
+    pub fn restart(&mut self) {
+        signal(self.child.id(), "-TERM");
+        let _ = self.child.wait();
+        let conf = self._dir.path().join("mosquitto.conf");
+        let mut child = Command::new(find_exe("mosquitto"))
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mosquitto");
+        wait_for_port(self.port, &mut child, "mosquitto");
+        self.child = child;
+    }
+
+    fn start_configured(port: u16, extra: &str) -> Self {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), port, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, port: u16, extra: &str) -> Self {
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                "listener {port} 127.0.0.1\nallow_anonymous true\n\
                  # Lose nothing: the default max_queued_messages (1000) drops QoS 1 messages.\n\
                  max_queued_messages 0\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\n{extra}"
             ),

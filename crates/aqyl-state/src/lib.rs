@@ -306,6 +306,10 @@ impl Store {
                     .map_err(|e| err(&self.path, "cannot truncate the log", e))?;
             }
         }
+        // For the fault tests: die with the checkpoint written but not committed.
+        if std::env::var_os("AQYL_FAILPOINT").is_some_and(|v| v == "checkpoint-commit") {
+            std::process::abort();
+        }
         tx.commit()
             .map_err(|e| err(&self.path, "cannot commit the checkpoint", e))
     }
