@@ -242,10 +242,16 @@ fn a_broker_restart_loses_no_reading_and_counts_none_twice() {
         .map(|(k, _)| k)
         .take(5)
         .collect();
+    let detail = differing.first().map(|k| {
+        let (a, b) = (&calm_points[*k], points.get(*k).cloned().unwrap_or_default());
+        let first = a.iter().zip(&b).position(|(x, y)| x != y);
+        (a.len(), b.len(), first.map(|i| (a[i], b[i])))
+    });
     assert!(
         differing.is_empty() && points.len() == calm_points.len(),
-        "{} series vs {}; differing, e.g. {differing:?}",
+        "{} series vs {}; {} differ, e.g. {differing:?}; first: (calm samples, samples, first difference (time, value bits)) {detail:?}",
         points.len(),
-        calm_points.len()
+        calm_points.len(),
+        calm_points.iter().filter(|(k, v)| points.get(*k) != Some(v)).count()
     );
 }

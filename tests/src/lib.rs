@@ -133,6 +133,10 @@ impl Mosquitto {
     /// [`Mosquitto::restart`] loses nothing (as `deploy/mosquitto/aqyl.conf` ships it).
     pub fn start_persistent() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Started as root, Mosquitto drops to its own user, which must be able to save there.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("open the persistence directory to the broker's user");
         let extra = format!(
             "persistence true\npersistence_location {}/\n",
             dir.path().display()

@@ -183,22 +183,19 @@ impl Store {
     /// Appends `messages` as one group whose first message gets `first_seq`, and returns once
     /// the group is on disk (fsync).
     pub fn append(&self, first_seq: u64, messages: &[RawMessage]) -> Result<(), StateError> {
-        let entries: Vec<EntryRef<'_>> = messages
-            .iter()
-            .map(|m| EntryRef {
-                topic: &m.topic,
-                payload: &m.payload,
-                received_at: m.received_at,
-            })
-            .collect();
-        let bytes =
-            bincode::serialize(&entries).map_err(|e| err(&self.path, "cannot encode", e))?;
+        let bytes = encode_group(messages).map_err(|e| err(&self.path, "cannot encode", e))?;
+        self.append_encoded(first_seq, &bytes)
+    }
+
+    /// [`Store::append`] for a group encoded with [`encode_group`] (so the caller can hand
+    /// the messages on before the append).
+    pub fn append_encoded(&self, first_seq: u64, bytes: &[u8]) -> Result<(), StateError> {
         let tx = self.write()?;
         {
             let mut log = tx
                 .open_table(LOG)
                 .map_err(|e| err(&self.path, "cannot open the log", e))?;
-            log.insert(first_seq, bytes.as_slice())
+            log.insert(first_seq, bytes)
                 .map_err(|e| err(&self.path, "cannot append to the log", e))?;
         }
         tx.commit()
@@ -330,6 +327,19 @@ impl Store {
         }
         Ok(n)
     }
+}
+
+/// Encodes messages as one log group, for [`Store::append_encoded`].
+pub fn encode_group(messages: &[RawMessage]) -> Result<Vec<u8>, String> {
+    let entries: Vec<EntryRef<'_>> = messages
+        .iter()
+        .map(|m| EntryRef {
+            topic: &m.topic,
+            payload: &m.payload,
+            received_at: m.received_at,
+        })
+        .collect();
+    bincode::serialize(&entries).map_err(|e| e.to_string())
 }
 
 fn decode_group(bytes: &[u8]) -> Result<Vec<Entry>, String> {

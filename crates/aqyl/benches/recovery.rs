@@ -80,7 +80,9 @@ fn main() {
         seq += group.len() as u64;
     }
     let logged = started.elapsed();
-    let file = std::fs::metadata(state.path().join(aqyl_state::FILE)).unwrap().len();
+    let file = std::fs::metadata(state.path().join(aqyl_state::FILE))
+        .unwrap()
+        .len();
     println!(
         "ingest log: {n} messages in groups of 4096 (one fsync each) in {:.2} s = {:.0} msg/s; file {} MiB",
         logged.as_secs_f64(),

@@ -1,8 +1,11 @@
 //! Durable ingest and checkpoints for `aqyl run` (`[state] durable = true`, the default).
 //!
 //! - The **ingest log**: the MQTT connection hands each message to [`log_writer`], a thread
-//!   that appends everything waiting as one group (one fsync), queues the group for the
-//!   workers and only then tells the connection it may acknowledge those messages.
+//!   that queues everything waiting for the workers, appends it to the log as one group (one
+//!   fsync) and only then tells the connection it may acknowledge those messages. The workers
+//!   do not wait for the fsync: a message they took that never reached the log was not
+//!   acknowledged either, so after a crash the broker delivers it again, and a checkpoint that
+//!   already holds its effect drops it as a duplicate.
 //! - **Checkpoints**: every `checkpoint_interval`, [`checkpointer`] asks the workers for a
 //!   snapshot, waits until every output emitted before it is safe (written or spilled by the
 //!   sinks, published), and commits it with the log position it covers; the log before it is
@@ -77,8 +80,8 @@ pub fn recover(
     Ok(replayed)
 }
 
-/// Appends what the connection hands over to the log, group by group, queues each group for
-/// the workers and then publishes how many messages are durable. Ends when the connection
+/// Queues what the connection hands over for the workers and appends it to the log, group by
+/// group, then publishes how many messages are durable (may be acknowledged). Ends when the connection
 /// drops its side (after logging what it had sent); an error ends it too (nothing more can
 /// be acknowledged, so the service must stop).
 pub fn log_writer(
@@ -98,15 +101,17 @@ pub fn log_writer(
                 Err(_) => break,
             }
         }
-        store
-            .append(next, &group)
-            .map_err(|e| anyhow::anyhow!("cannot write the ingest log: {e}"))?;
         let n = group.len() as u64;
+        let encoded = aqyl_state::encode_group(&group)
+            .map_err(|e| anyhow::anyhow!("cannot encode for the ingest log: {e}"))?;
         for (i, msg) in group.drain(..).enumerate() {
             if !router.route_logged_blocking(next + i as u64, msg) {
                 anyhow::bail!("the dataflow stopped while the ingest log was being written");
             }
         }
+        store
+            .append_encoded(next, &encoded)
+            .map_err(|e| anyhow::anyhow!("cannot write the ingest log: {e}"))?;
         next += n;
         done += n;
         let _ = durable.send(done);
