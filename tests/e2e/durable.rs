@@ -243,7 +243,10 @@ fn a_broker_restart_loses_no_reading_and_counts_none_twice() {
         .take(5)
         .collect();
     let detail = differing.first().map(|k| {
-        let (a, b) = (&calm_points[*k], points.get(*k).cloned().unwrap_or_default());
+        let (a, b) = (
+            &calm_points[*k],
+            points.get(*k).cloned().unwrap_or_default(),
+        );
         let first = a.iter().zip(&b).position(|(x, y)| x != y);
         (a.len(), b.len(), first.map(|i| (a[i], b[i])))
     });

@@ -64,6 +64,7 @@ pub fn check(path: &Path) -> (String, bool) {
             } else {
                 out.push_str("  quality: off\n");
             }
+            out.push_str(&state_line(&loaded));
             (out, true)
         }
         Err(errors) => {
@@ -189,6 +190,10 @@ mod tests {
         assert!(out.contains("on pollution 1h windows"), "{out}");
         assert!(
             out.contains("quality: threshold 0.6, watchdog by the wall clock"),
+            "{out}"
+        );
+        assert!(
+            out.contains("state: durable in ") && out.contains("checkpoint every 10s"),
             "{out}"
         );
         assert!(
@@ -329,6 +334,24 @@ mod shipped_descriptors {
 }
 
 /// How the rules follow time, as `aqyl check` says it.
+/// What `[state]` means for this configuration.
+fn state_line(loaded: &aqyl_core::config::Loaded) -> String {
+    let s = &loaded.config.state;
+    let dir = loaded.state_dir();
+    if s.durable {
+        format!(
+            "  state: durable in {} (ingest log acknowledged after fsync, checkpoint every {}; a stop keeps open windows for the next start)\n",
+            dir.join("state.redb").display(),
+            aqyl_core::duration::label(s.checkpoint_interval)
+        )
+    } else {
+        format!(
+            "  state: not durable (acknowledged when queued; a stop writes open windows as they are, a crash loses them); spill in {}\n",
+            dir.display()
+        )
+    }
+}
+
 fn rule_timing_line(p: &aqyl_core::config::PipelineConfig, live: bool) -> String {
     let judged = match p.rule_timing {
         aqyl_core::config::RuleTiming::Arrival => "on arrival".to_string(),
