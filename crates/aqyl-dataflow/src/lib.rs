@@ -24,10 +24,10 @@ pub mod state;
 
 /// The sensor types, swappable while the dataflow runs (hot reload): workers and operators
 /// load the current registry at each step.
-pub type SharedRegistry = std::sync::Arc<arc_swap::ArcSwap<aqyl_core::decode::Registry>>;
+pub type SharedRegistry = std::sync::Arc<arc_swap::ArcSwap<aqyl_core::ingest::decode::Registry>>;
 
 /// Wraps a registry for [`PipelineSpec::registry`].
-pub fn shared(registry: aqyl_core::decode::Registry) -> SharedRegistry {
+pub fn shared(registry: aqyl_core::ingest::decode::Registry) -> SharedRegistry {
     std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(registry))
 }
 

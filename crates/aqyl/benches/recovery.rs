@@ -59,7 +59,7 @@ fn main() {
     let sensors = aqyl_tests::arg("--sensors", 449);
     let config = aqyl_tests::shipped_config();
     let loaded = aqyl_core::config::load(&config.path().join("aqyl.toml"), |_| None).unwrap();
-    let registry = aqyl_dataflow::shared(aqyl_core::decode::Registry::new(
+    let registry = aqyl_dataflow::shared(aqyl_core::ingest::decode::Registry::new(
         loaded.sensor_types.clone(),
     ));
     let spec = aqyl::service::pipeline_spec(&loaded, registry);
@@ -80,7 +80,9 @@ fn main() {
         seq += group.len() as u64;
     }
     let logged = started.elapsed();
-    let file = std::fs::metadata(state.path().join(aqyl_state::FILE)).unwrap().len();
+    let file = std::fs::metadata(state.path().join(aqyl_state::FILE))
+        .unwrap()
+        .len();
     println!(
         "ingest log: {n} messages in groups of 4096 (one fsync each) in {:.2} s = {:.0} msg/s; file {} MiB",
         logged.as_secs_f64(),

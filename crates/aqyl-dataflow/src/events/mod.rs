@@ -61,7 +61,7 @@ impl Timing {
 #[cfg(test)]
 mod testing {
     use super::Timing;
-    use aqyl_core::descriptor::SensorType;
+    use aqyl_core::ingest::descriptor::SensorType;
     use aqyl_core::rules::{parse_rules, Rule};
     use aqyl_core::{Event, Observation};
     use std::path::Path;

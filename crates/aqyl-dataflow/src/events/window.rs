@@ -140,7 +140,7 @@ mod tests {
     use super::*;
     use crate::events::testing::{lifecycle, rules, MIN};
     use crate::state::testing::{build, same_across_a_checkpoint, Step};
-    use aqyl_core::window::WindowStats;
+    use aqyl_core::windows::window::WindowStats;
 
     fn window(end_minute: u64, mean: f64) -> AggregateRecord {
         let mut values = [mean - 1.0, mean, mean + 1.0];

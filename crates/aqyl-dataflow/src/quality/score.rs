@@ -94,7 +94,7 @@ impl ScoreState {
     /// After a restore: rebuilds what is derived from the sensors (their index, the watchdog's
     /// schedule) and brings each sensor's settings up to date with the current `[quality]`
     /// settings and descriptors (a type no longer configured keeps its own).
-    fn restored(&mut self, registry: &aqyl_core::decode::Registry, spec: &QualitySpec) {
+    fn restored(&mut self, registry: &aqyl_core::ingest::decode::Registry, spec: &QualitySpec) {
         let Sensors { index, all } = &mut self.sensors;
         index.clear();
         self.checks.clear();
@@ -339,7 +339,7 @@ fn fire_checks(
 /// The sensor's slot, made on first sight (`None` for a type no longer configured).
 fn sensor_slot(
     sensors: &mut Sensors,
-    registry: &aqyl_core::decode::Registry,
+    registry: &aqyl_core::ingest::decode::Registry,
     spec: &QualitySpec,
     sensor_type: &Arc<str>,
     sensor_id: &str,
@@ -367,7 +367,7 @@ fn sensor_slot(
 fn judge(
     t: u64,
     item: Item,
-    registry: &aqyl_core::decode::Registry,
+    registry: &aqyl_core::ingest::decode::Registry,
     spec: &QualitySpec,
     sensors: &mut Sensors,
     checks: &mut BTreeSet<(u64, usize)>,

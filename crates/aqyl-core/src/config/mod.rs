@@ -1,8 +1,8 @@
 //! The service configuration (`config/aqyl.toml`): typed, validated, with `file:line` errors
 //! and the `AQYL_*` environment overrides applied on top (they win over the file).
 
-use crate::descriptor::{self, SensorType};
 use crate::error::{ConfigError, ConfigErrors};
+use crate::ingest::descriptor::{self, SensorType};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
