@@ -19,7 +19,8 @@
 //! - [`output`]: line protocol, and the MQTT topic level and timestamp encodings every output
 //!   shares.
 //!
-//! Across them: [`config`] (the service configuration), [`metrics`] (counters of
+//! Across them: [`config`] (the service configuration; each section's struct lives in the
+//! capability it configures and is re-exported from `config`), [`metrics`] (counters of
 //! everything), [`error`] (errors with `file:line`), [`duration`] (durations in configuration
 //! files) and [`fnv`] (the stable hash).
 //!

@@ -9,7 +9,9 @@
 //! - [`decode`]: topic and payload bytes in, an observation or a precise rejection out.
 //! - [`dedup`]: duplicate readings (at-least-once delivery, replays after a crash).
 //! - [`deadletter`]: rejected input, why, and the dead-letter record published for it.
+//! - [`config`]: the `[ingest]` section.
 
+pub mod config;
 pub mod deadletter;
 pub mod decode;
 pub mod dedup;

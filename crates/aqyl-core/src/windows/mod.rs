@@ -6,8 +6,10 @@
 //! - [`aggregate`]: a closed window's result for one sensor (or area) and field, and its
 //!   encodings (JSON, MQTT topic, a line in the store).
 //! - [`watermark`]: how far event time has certainly progressed.
+//! - [`config`]: the `[pipeline]` section.
 
 pub mod aggregate;
+pub mod config;
 pub mod sax;
 pub mod watermark;
 pub mod window;
