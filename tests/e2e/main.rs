@@ -35,7 +35,7 @@ fn shipped_replay(
     let mut config = loaded.config.clone();
     config.pipeline.idle_timeout = Duration::ZERO;
     let spec = aqyl_dataflow::PipelineSpec {
-        registry: aqyl_dataflow::shared(aqyl_core::decode::Registry::new(
+        registry: aqyl_dataflow::shared(aqyl_core::ingest::decode::Registry::new(
             loaded.sensor_types.clone(),
         )),
         workers,
@@ -452,9 +452,12 @@ fn aggregates_reach_victoria_metrics_exactly_and_bad_input_is_dead_lettered() {
             .collect();
         in_time.sort_by_key(|a| a.0);
         let values: Vec<f64> = in_time.iter().map(|v| v.1).collect();
-        let word =
-            aqyl_core::sax::sax_word(&values, &aqyl_core::sax::SaxParams::default()).unwrap();
-        let code = aqyl_core::sax::sax_code(&word, 5).unwrap() as f64;
+        let word = aqyl_core::windows::sax::sax_word(
+            &values,
+            &aqyl_core::windows::sax::SaxParams::default(),
+        )
+        .unwrap();
+        let code = aqyl_core::windows::sax::sax_code(&word, 5).unwrap() as f64;
         assert_eq!(
             s.samples,
             vec![(utc_ms(180), code)],

@@ -263,7 +263,7 @@ fn each_injected_fault_drops_its_sensor_below_the_threshold_and_healthy_ones_sta
             panic!(
                 "healthy {ty} {id} fell to {:.2} at {}: {:?}",
                 low.score,
-                aqyl_core::deadletter::rfc3339_ms(low.time as i64),
+                aqyl_core::output::rfc3339_ms(low.time as i64),
                 low.findings.problems()
             );
         }

@@ -2,8 +2,8 @@
 //! through the dataflow with the shipped traffic descriptor: the SAX words of known 4-hour
 //! windows, worked out by hand.
 
-use aqyl_core::decode::Registry;
-use aqyl_core::descriptor::SensorType;
+use aqyl_core::ingest::decode::Registry;
+use aqyl_core::ingest::descriptor::SensorType;
 use aqyl_core::RawMessage;
 use aqyl_dataflow::{run_batch, PipelineSpec};
 use aqyl_sim::replay::{discover, Replay, ReplayOptions};

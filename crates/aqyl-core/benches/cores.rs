@@ -7,10 +7,10 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use aqyl_core::decode::Registry;
-use aqyl_core::descriptor::SensorType;
-use aqyl_core::sax::{sax_word, SaxParams};
-use aqyl_core::window::WindowStats;
+use aqyl_core::ingest::decode::Registry;
+use aqyl_core::ingest::descriptor::SensorType;
+use aqyl_core::windows::sax::{sax_word, SaxParams};
+use aqyl_core::windows::window::WindowStats;
 use aqyl_core::{Aggregate, RawMessage, Scope};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;

@@ -6,8 +6,26 @@
 //! timely dataflow and the sinks only move data between these functions, which is what makes
 //! them testable against hand-worked references.
 //!
+//! By capability, in the order data flows:
+//!
+//! - [`ingest`]: sensor type descriptors, payload formats, units, sensor registries, decoding
+//!   into an [`Observation`], duplicates and dead letters.
+//! - [`windows`]: event-time windows and their statistics, SAX, the [`Aggregate`] of a closed
+//!   window, the watermark.
+//! - [`rules`]: event rules (expressions, state machines, rule files, the engine) and the
+//!   incident lifecycle messages ([`Event`]).
+//! - [`quality`]: Quality of Information: metrics and ratings, per-sensor assessment,
+//!   neighbours, the feed check, the score, reports and `quality` incidents.
+//! - [`output`]: line protocol, and the MQTT topic level and timestamp encodings every output
+//!   shares.
+//!
+//! Across them: [`config`] (the service configuration; each section's struct lives in the
+//! capability it configures and is re-exported from `config`), [`metrics`] (counters of
+//! everything), [`error`] (errors with `file:line`), [`duration`] (durations in configuration
+//! files) and [`fnv`] (the stable hash).
+//!
 //! ```
-//! use aqyl_core::window::{WindowSpec, WindowStats};
+//! use aqyl_core::windows::window::{WindowSpec, WindowStats};
 //! use std::time::Duration;
 //!
 //! let w = WindowSpec::tumbling(Duration::from_secs(300));
@@ -16,30 +34,19 @@
 //! assert_eq!((stats.count, stats.mean, stats.min, stats.max), (3, 2.0, 1.0, 3.0));
 //! ```
 
-pub mod aggregate;
 pub mod config;
-pub mod deadletter;
-pub mod decode;
-pub mod dedup;
-pub mod descriptor;
 pub mod duration;
 pub mod error;
-pub mod event;
 pub mod fnv;
-pub mod formats;
-pub mod line_protocol;
+pub mod ingest;
 pub mod metrics;
-pub mod observation;
+pub mod output;
 pub mod quality;
 pub mod rules;
-pub mod sax;
-pub mod sensor_registry;
-pub mod units;
-pub mod watermark;
-pub mod window;
+pub mod windows;
 
-pub use aggregate::{Aggregate, Scope};
-pub use deadletter::{DeadLetter, Reason};
 pub use error::{ConfigError, ConfigErrors};
-pub use event::{Event, EventState};
-pub use observation::{Arrival, Observation, RawMessage};
+pub use ingest::deadletter::{DeadLetter, Reason};
+pub use ingest::observation::{Arrival, Observation, RawMessage};
+pub use rules::event::{Event, EventState};
+pub use windows::aggregate::{Aggregate, Scope};

@@ -2,7 +2,7 @@
 //! edge, the dataflow workers and the sinks; rendered for the demo summary and for Prometheus
 //! at `GET /metrics` when `AQYL_HTTP_ADDR` (or `http.addr`) is set.
 
-use crate::deadletter::Reason;
+use crate::ingest::deadletter::Reason;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

@@ -8,8 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver
 
-use aqyl_core::decode::Registry;
-use aqyl_core::descriptor::SensorType;
+use aqyl_core::ingest::decode::Registry;
+use aqyl_core::ingest::descriptor::SensorType;
 use aqyl_core::RawMessage;
 use aqyl_dataflow::quality::QualitySpec;
 use aqyl_dataflow::{run_batch, PipelineSpec};

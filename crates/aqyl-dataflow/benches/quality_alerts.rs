@@ -103,7 +103,7 @@ fn main() {
     let c = &loaded.config;
     let quality = QualitySpec::from_config(&c.quality, false);
     let spec = PipelineSpec {
-        registry: aqyl_dataflow::shared(aqyl_core::decode::Registry::new(
+        registry: aqyl_dataflow::shared(aqyl_core::ingest::decode::Registry::new(
             loaded.sensor_types.clone(),
         )),
         workers,
@@ -243,8 +243,8 @@ fn main() {
                     "incident {} {} {} {} {}",
                     e.sensor_type,
                     e.subject,
-                    aqyl_core::deadletter::rfc3339_ms(e.started_at as i64),
-                    aqyl_core::deadletter::rfc3339_ms(e.time as i64),
+                    aqyl_core::output::rfc3339_ms(e.started_at as i64),
+                    aqyl_core::output::rfc3339_ms(e.time as i64),
                     cause(&e.message)
                 )
             })
@@ -261,8 +261,8 @@ fn main() {
         for e in examples.take(show) {
             println!(
                 "  e.g. {} to {}: {}",
-                aqyl_core::deadletter::rfc3339_ms(e.started_at as i64),
-                aqyl_core::deadletter::rfc3339_ms(e.time as i64),
+                aqyl_core::output::rfc3339_ms(e.started_at as i64),
+                aqyl_core::output::rfc3339_ms(e.time as i64),
                 e.message
             );
         }

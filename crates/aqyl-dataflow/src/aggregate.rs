@@ -10,10 +10,10 @@
 
 use crate::state::OperatorStates;
 use crate::SharedRegistry;
-use aqyl_core::decode::Registry;
+use aqyl_core::ingest::decode::Registry;
 use aqyl_core::metrics::Metrics;
-use aqyl_core::sax::{sax_code, sax_word};
-use aqyl_core::window::{WindowSpec, WindowStats};
+use aqyl_core::windows::sax::{sax_code, sax_word};
+use aqyl_core::windows::window::{WindowSpec, WindowStats};
 use aqyl_core::{Aggregate as AggregateRecord, Observation, Scope};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};

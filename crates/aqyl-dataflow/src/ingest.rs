@@ -6,10 +6,10 @@ use crate::input::Logged;
 use crate::quality::Side;
 use crate::runtime::{Outputs, PipelineSpec};
 use crate::wall_ms;
-use aqyl_core::decode::Registry;
-use aqyl_core::dedup::Dedup;
+use aqyl_core::ingest::decode::Registry;
+use aqyl_core::ingest::dedup::Dedup;
 use aqyl_core::metrics::{Metrics, Output};
-use aqyl_core::watermark::Watermark;
+use aqyl_core::windows::watermark::Watermark;
 use aqyl_core::{DeadLetter, Observation, RawMessage, Reason};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::AtomicU64;
@@ -197,8 +197,8 @@ fn late(
     let watermark = state.watermark.current(tick);
     let detail = format!(
         "event time {} is before the watermark {} (allowed lateness {}); its window has closed",
-        aqyl_core::deadletter::rfc3339_ms(obs.event_time as i64),
-        aqyl_core::deadletter::rfc3339_ms(watermark as i64),
+        aqyl_core::output::rfc3339_ms(obs.event_time as i64),
+        aqyl_core::output::rfc3339_ms(watermark as i64),
         aqyl_core::duration::label(spec.allowed_lateness),
     );
     dead_letter(
@@ -238,9 +238,9 @@ fn too_far_ahead(
     (obs.event_time > limit).then(|| {
         format!(
             "event time {} is more than {} ahead of its receipt at {} (ingest.max_future); check the sensor's clock",
-            aqyl_core::deadletter::rfc3339_ms(obs.event_time as i64),
+            aqyl_core::output::rfc3339_ms(obs.event_time as i64),
             aqyl_core::duration::label(max),
-            aqyl_core::deadletter::rfc3339_ms(received_at),
+            aqyl_core::output::rfc3339_ms(received_at),
         )
     })
 }

@@ -9,6 +9,19 @@
 //!
 //! The computation is deterministic: the same observations give the same aggregates whatever
 //! the number of workers and whatever their arrival order within the allowed lateness.
+//!
+//! Modules, as data flows:
+//!
+//! - Getting in: [`input`] (per-worker channels, routed by topic), [`runtime`] (the workers,
+//!   [`start`], [`run_batch`]), [`ingest`] (a worker's decoding, duplicates, dead letters and
+//!   watermark), [`feed`] (a worker's way into the dataflow).
+//! - Operators, one per file: [`aggregate`] (`Aggregate`), [`sensor_sax`] (`AdaptiveSax`),
+//!   [`events`] (`DetectEvents`, `WindowEvents`, `AreaEvents`: `events/detect.rs`, `window.rs`,
+//!   `area.rs`), [`quality`] (`ScoreQuality`, the `keep` filter, `NeighbourCheck`,
+//!   `FeedSilence`, `TrackQuality`, `EmitQuality`: `quality/score.rs`, `keep.rs`,
+//!   `neighbours.rs`, `feed.rs`, `track.rs`, `emit.rs`).
+//! - What operators share: [`ordered`] (event-time order, frontier-following capabilities),
+//!   [`state`] (operator state and counted channels), [`checkpoint`] (consistent checkpoints).
 
 pub mod aggregate;
 pub mod checkpoint;
@@ -24,10 +37,10 @@ pub mod state;
 
 /// The sensor types, swappable while the dataflow runs (hot reload): workers and operators
 /// load the current registry at each step.
-pub type SharedRegistry = std::sync::Arc<arc_swap::ArcSwap<aqyl_core::decode::Registry>>;
+pub type SharedRegistry = std::sync::Arc<arc_swap::ArcSwap<aqyl_core::ingest::decode::Registry>>;
 
 /// Wraps a registry for [`PipelineSpec::registry`].
-pub fn shared(registry: aqyl_core::decode::Registry) -> SharedRegistry {
+pub fn shared(registry: aqyl_core::ingest::decode::Registry) -> SharedRegistry {
     std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(registry))
 }
 

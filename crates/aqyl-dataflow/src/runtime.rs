@@ -13,7 +13,7 @@ use crate::state::OperatorStates;
 use crate::{input, wall_ms};
 use aqyl_core::metrics::{Metrics, Output};
 use aqyl_core::quality::QualityRecord;
-use aqyl_core::window::WindowSpec;
+use aqyl_core::windows::window::WindowSpec;
 use aqyl_core::{Aggregate as AggregateRecord, DeadLetter, RawMessage, Scope};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicI64, AtomicU64};

@@ -2,7 +2,7 @@
 //!
 //! SensorSAX needs each sensor's values in event-time order, but records arrive in any order
 //! within the allowed lateness. So the operator buffers them by event time and feeds the state
-//! machines ([`aqyl_core::sax::SensorSax`]) only once the frontier has passed their time,
+//! machines ([`aqyl_core::windows::sax::SensorSax`]) only once the frontier has passed their time,
 //! when no earlier record can come. A sensor silent (in event time) past its type's
 //! `silence_horizon` has its open window flushed and its state released, which bounds memory
 //! when sensors come and go; the end of input flushes everything.
@@ -12,9 +12,9 @@
 use crate::ordered::EventTimeBuffer;
 use crate::state::OperatorStates;
 use crate::SharedRegistry;
-use aqyl_core::descriptor::SensorSaxSpec;
+use aqyl_core::ingest::descriptor::SensorSaxSpec;
 use aqyl_core::metrics::Metrics;
-use aqyl_core::sax::{SaxEmission, SensorSax};
+use aqyl_core::windows::sax::{SaxEmission, SensorSax};
 use aqyl_core::{Aggregate as AggregateRecord, Observation, Scope};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -178,8 +178,8 @@ impl<'scope> AdaptiveSax<'scope> for StreamVec<'scope, u64, Observation> {
 mod tests {
     use super::*;
     use crate::state::testing::{build, same_across_a_checkpoint, Step};
-    use aqyl_core::decode::Registry;
-    use aqyl_core::descriptor::SensorType;
+    use aqyl_core::ingest::decode::Registry;
+    use aqyl_core::ingest::descriptor::SensorType;
     use std::path::Path;
 
     const MIN: u64 = 60_000;

@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use aqyl_core::decode::Registry;
-use aqyl_core::descriptor::SensorType;
+use aqyl_core::ingest::decode::Registry;
+use aqyl_core::ingest::descriptor::SensorType;
 use aqyl_core::metrics::Metrics;
 use aqyl_core::{Aggregate, Event, RawMessage};
 use aqyl_dataflow::checkpoint::{Control, Snapshot};

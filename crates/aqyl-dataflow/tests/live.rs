@@ -5,8 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use aqyl_core::decode::Registry;
-use aqyl_core::descriptor::SensorType;
+use aqyl_core::ingest::decode::Registry;
+use aqyl_core::ingest::descriptor::SensorType;
 use aqyl_core::{Event, RawMessage};
 use aqyl_dataflow::PipelineSpec;
 use std::path::Path;

@@ -4,8 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use aqyl_core::decode::Registry;
-use aqyl_core::descriptor::SensorType;
+use aqyl_core::ingest::decode::Registry;
+use aqyl_core::ingest::descriptor::SensorType;
 use aqyl_core::quality::{Neighbours, QualityRecord, QualityReport};
 use aqyl_core::RawMessage;
 use aqyl_core::{Event, EventState};

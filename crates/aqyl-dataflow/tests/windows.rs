@@ -4,8 +4,8 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use aqyl_core::config::RuleTiming;
-use aqyl_core::decode::Registry;
-use aqyl_core::descriptor::SensorType;
+use aqyl_core::ingest::decode::Registry;
+use aqyl_core::ingest::descriptor::SensorType;
 use aqyl_core::{RawMessage, Reason};
 use aqyl_dataflow::{run_batch, PipelineSpec};
 use std::collections::BTreeMap;
@@ -351,8 +351,8 @@ fn naive(
                 q(0.95),
             ];
             if sax {
-                let word = aqyl_core::sax::sax_word(&values, &Default::default()).unwrap();
-                out.push(aqyl_core::sax::sax_code(&word, 5).unwrap() as f64);
+                let word = aqyl_core::windows::sax::sax_word(&values, &Default::default()).unwrap();
+                out.push(aqyl_core::windows::sax::sax_code(&word, 5).unwrap() as f64);
             }
             (k, out)
         })
@@ -556,14 +556,14 @@ fn sensor_sax_matches_the_state_machine_fed_in_time_order() {
     }
     for (id, mut values) in by_sensor {
         values.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-        let mut m = aqyl_core::sax::SensorSax::new(
+        let mut m = aqyl_core::windows::sax::SensorSax::new(
             sax_spec.params,
             sax_spec.min_window_ms,
             sax_spec.max_window_ms,
             sax_spec.sensitivity,
         )
         .unwrap();
-        let mut emit = |e: aqyl_core::sax::SaxEmission| {
+        let mut emit = |e: aqyl_core::windows::sax::SaxEmission| {
             expected.push((id.clone(), e.start_ms, e.end_ms, e.word))
         };
         for (t, v) in values {

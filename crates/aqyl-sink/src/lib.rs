@@ -1,7 +1,7 @@
 //! Aqyl's sinks: where closed windows are written.
 //!
 //! [`run`] drains the dataflow's aggregate channel, encodes each aggregate once as line
-//! protocol ([`aqyl_core::line_protocol`]), batches lines and hands each batch to every
+//! protocol ([`aqyl_core::output::line_protocol`]), batches lines and hands each batch to every
 //! configured sink: [`influx`] (InfluxDB v2 write API through the `influxdb2` crate, retried
 //! with backoff) and [`file`] (append-only `.lp` files, the zero-install default). Writes are
 //! idempotent (same series, same timestamp), so retrying after an ambiguous failure is safe.
@@ -74,7 +74,7 @@ impl Sinks {
 fn counted(
     points: &mut usize,
     metrics: &Metrics,
-    encoded: Result<(), aqyl_core::line_protocol::LineError>,
+    encoded: Result<(), aqyl_core::output::line_protocol::LineError>,
     what: std::fmt::Arguments<'_>,
 ) {
     match encoded {

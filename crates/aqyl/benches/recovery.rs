@@ -59,7 +59,7 @@ fn main() {
     let sensors = aqyl_tests::arg("--sensors", 449);
     let config = aqyl_tests::shipped_config();
     let loaded = aqyl_core::config::load(&config.path().join("aqyl.toml"), |_| None).unwrap();
-    let registry = aqyl_dataflow::shared(aqyl_core::decode::Registry::new(
+    let registry = aqyl_dataflow::shared(aqyl_core::ingest::decode::Registry::new(
         loaded.sensor_types.clone(),
     ));
     let spec = aqyl::service::pipeline_spec(&loaded, registry);

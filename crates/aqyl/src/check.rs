@@ -121,7 +121,7 @@ pub fn sensors_test(
             .replace("{sensor_id}", "test-sensor")
             .replace("{area}", "test-area")
     });
-    let registry = aqyl_core::decode::Registry::new(vec![ty.clone()]);
+    let registry = aqyl_core::ingest::decode::Registry::new(vec![ty.clone()]);
     let received_at = chrono::Utc::now().timestamp_millis();
     let msg = aqyl_core::RawMessage {
         topic: topic.clone(),
@@ -139,7 +139,7 @@ pub fn sensors_test(
                 out.push_str(&format!(
                     "  sensor {} at {}{}{}\n",
                     o.sensor_id,
-                    aqyl_core::deadletter::rfc3339_ms(o.event_time as i64),
+                    aqyl_core::output::rfc3339_ms(o.event_time as i64),
                     if o.time_from_receive {
                         " (receive time: the payload has no event time)"
                     } else {
@@ -271,7 +271,7 @@ mod tests {
 
 #[cfg(test)]
 mod shipped_descriptors {
-    use aqyl_core::decode::Registry;
+    use aqyl_core::ingest::decode::Registry;
     use aqyl_core::RawMessage;
     use aqyl_sim::sensors::{CityConfig, SensorType};
     use aqyl_sim::simulation::{SimConfig, Simulation};

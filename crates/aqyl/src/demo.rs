@@ -8,9 +8,9 @@
 
 use anyhow::Context;
 use aqyl_core::config::{Config, Loaded};
-use aqyl_core::descriptor::SensorType;
+use aqyl_core::ingest::descriptor::SensorType;
 use aqyl_core::metrics::Snapshot;
-use aqyl_core::window::WindowSpec;
+use aqyl_core::windows::window::WindowSpec;
 use aqyl_core::Reason;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use std::io::{IsTerminal, Write};
@@ -145,7 +145,7 @@ clock = "event"
         SensorType::from_toml(Path::new("config/sensors/traffic.toml"), TRAFFIC_DESCRIPTOR)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     // The Aarhus segment registry gives the simulated segments their areas (area roll-ups).
-    let registry = aqyl_core::sensor_registry::SensorRegistry::parse(
+    let registry = aqyl_core::ingest::sensor_registry::SensorRegistry::parse(
         Path::new("config/sensors/registry/aarhus-traffic.csv"),
         include_str!("../../../config/sensors/registry/aarhus-traffic.csv"),
     )
@@ -361,7 +361,7 @@ mod tests {
     #[test]
     fn demo_city_publishes_traffic_the_descriptor_decodes() {
         let loaded = demo_config(1883, Path::new("data"), 2).unwrap();
-        let registry = aqyl_core::decode::Registry::new(loaded.sensor_types);
+        let registry = aqyl_core::ingest::decode::Registry::new(loaded.sensor_types);
         let messages: Vec<_> = demo_city(50, 42).unwrap().take(5000).collect();
         let decoded = messages
             .iter()
@@ -387,7 +387,7 @@ mod tests {
     #[test]
     fn the_demo_city_has_two_faults_that_last_an_hour() {
         let loaded = demo_config(1883, Path::new("data"), 2).unwrap();
-        let registry = aqyl_core::decode::Registry::new(loaded.sensor_types.clone());
+        let registry = aqyl_core::ingest::decode::Registry::new(loaded.sensor_types.clone());
         let traffic = &loaded.sensor_types[0];
         let mut city = demo_city(50, 42).unwrap();
         let start = city.config().start;

@@ -9,8 +9,8 @@
 //! every file system, including the network and container mounts configs often live on, and
 //! costs one directory listing.
 
-use aqyl_core::decode::Registry;
-use aqyl_core::descriptor;
+use aqyl_core::ingest::decode::Registry;
+use aqyl_core::ingest::descriptor;
 use aqyl_core::metrics::Metrics;
 use aqyl_dataflow::SharedRegistry;
 use std::path::{Path, PathBuf};

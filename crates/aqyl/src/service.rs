@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use aqyl_core::config::{Loaded, MqttUrl};
-use aqyl_core::decode::Registry;
+use aqyl_core::ingest::decode::Registry;
 use aqyl_core::metrics::Metrics;
 use aqyl_dataflow::{Outputs, PipelineSpec};
 use aqyl_mqtt::MqttSettings;
@@ -352,7 +352,7 @@ async fn start_durable(
     if let Some(s) = &snapshot {
         tracing::info!(
             state = %store.path().display(),
-            taken_at = %aqyl_core::deadletter::rfc3339_ms(s.taken_at),
+            taken_at = %aqyl_core::output::rfc3339_ms(s.taken_at),
             "Restoring the dataflow from its last checkpoint."
         );
         for gone in s.rules.iter().filter(|r| !rules.contains(r)) {

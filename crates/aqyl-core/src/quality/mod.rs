@@ -10,6 +10,7 @@
 //!   sensor).
 //! - [`score`]: the overall score and its documented weights.
 //! - [`report`]: what goes out (reports, roll-ups, and incidents with hysteresis).
+//! - [`config`]: the `[quality]` section.
 //!
 //! All pure: the dataflow's `ScoreQuality` operator feeds them in event-time order.
 //!
@@ -21,6 +22,7 @@
 //! assert_eq!(rated.iter().map(|r| (r * 1000.0).round() / 1000.0).collect::<Vec<_>>(), [0.6, 0.3, 0.1, 0.0]);
 //! ```
 
+pub mod config;
 pub mod feed;
 pub mod metrics;
 pub mod neighbours;

@@ -6,7 +6,7 @@
 use super::metrics::Metrics5;
 use super::score::{Findings, Neighbours};
 use super::sensor::Assessment;
-use crate::line_protocol::{encode, FieldValue, LineError, Point};
+use crate::output::line_protocol::{encode, FieldValue, LineError, Point};
 use crate::{Event, EventState};
 use std::sync::Arc;
 
@@ -52,7 +52,7 @@ impl QualityReport {
     pub fn topic(&self, prefix: &str) -> String {
         format!(
             "{prefix}/quality/{}",
-            crate::aggregate::topic_level(&self.sensor_id)
+            crate::output::topic_level(&self.sensor_id)
         )
     }
 
@@ -64,7 +64,7 @@ impl QualityReport {
             "sensor_id": self.sensor_id,
             "sensor_type": &*self.sensor_type,
             "area": self.area,
-            "time": crate::deadletter::rfc3339_ms(self.time as i64),
+            "time": crate::output::rfc3339_ms(self.time as i64),
             "score": round(self.score),
             "problems": self.findings.problems(),
             "silent": self.findings.silent,
@@ -404,7 +404,7 @@ impl Alarm {
                 let low_since = if first == r.time {
                     String::new()
                 } else {
-                    format!(" since {}", crate::deadletter::rfc3339_ms(first as i64))
+                    format!(" since {}", crate::output::rfc3339_ms(first as i64))
                 };
                 (
                     EventState::Start,

@@ -549,7 +549,7 @@ fn silence_start(rule: &Rule, sensor: &str, s: &Silence, started_at: u64) -> Eve
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::descriptor::SensorType;
+    use crate::ingest::descriptor::SensorType;
     use std::path::Path;
 
     const MINUTE: u64 = 60_000;

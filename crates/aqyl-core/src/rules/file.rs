@@ -190,7 +190,7 @@ fn default_level() -> String {
 pub fn parse_rules(
     path: &std::path::Path,
     text: &str,
-    types: &[crate::descriptor::SensorType],
+    types: &[crate::ingest::descriptor::SensorType],
 ) -> Result<Vec<Rule>, crate::ConfigErrors> {
     use crate::ConfigError;
     let file: RulesFile =
@@ -241,7 +241,7 @@ pub fn parse_rules(
                         let declared = |name: &str| ty.fields.iter().any(|g| &*g.name == name);
                         let known = match window {
                             None => declared(base),
-                            Some(_) => crate::window::STATISTICS.iter().any(|stat| {
+                            Some(_) => crate::windows::window::STATISTICS.iter().any(|stat| {
                                 base.strip_suffix(stat)
                                     .and_then(|b| b.strip_suffix('_'))
                                     .is_some_and(declared)
@@ -250,7 +250,7 @@ pub fn parse_rules(
                         if !known {
                             let hint = match window {
                                 None => String::new(),
-                                Some(w) => format!(" (a rule over {w} windows reads <field>_<statistic>, statistic one of {})", crate::window::STATISTICS.join(", ")),
+                                Some(w) => format!(" (a rule over {w} windows reads <field>_<statistic>, statistic one of {})", crate::windows::window::STATISTICS.join(", ")),
                             };
                             errors.push(at(src.span().start, format!("{what} of rule {:?} reads {f:?}, which sensor type {:?} does not declare{hint}", r.name, ty.name)));
                             return None;
@@ -562,7 +562,7 @@ pub fn parse_rules(
 /// Loads every `*.toml` rules file of `dir` (a missing directory means no rules).
 pub fn load_rules(
     dir: &std::path::Path,
-    types: &[crate::descriptor::SensorType],
+    types: &[crate::ingest::descriptor::SensorType],
 ) -> Result<Vec<Rule>, crate::ConfigErrors> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(Vec::new());
@@ -619,9 +619,9 @@ mod file_tests {
     use super::*;
     use std::path::Path;
 
-    fn traffic() -> Vec<crate::descriptor::SensorType> {
+    fn traffic() -> Vec<crate::ingest::descriptor::SensorType> {
         let text = "name = \"traffic\"\n[[fields]]\nname = \"avgSpeed\"\n[[fields]]\nname = \"vehicleCount\"\n";
-        vec![crate::descriptor::SensorType::from_toml(Path::new("t.toml"), text).unwrap()]
+        vec![crate::ingest::descriptor::SensorType::from_toml(Path::new("t.toml"), text).unwrap()]
     }
 
     #[test]

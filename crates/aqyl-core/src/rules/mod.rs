@@ -1,10 +1,15 @@
 //! Event rules: condition expressions ([`expr`]), the per-subject state machines
-//! ([`state`]) and the rule files of `config/rules/` ([`file`]).
+//! ([`state`]), the rule files of `config/rules/` ([`file`]), the engine of one worker
+//! ([`engine`]) and the incident lifecycle messages they give out ([`event`]).
 //!
 //! Everything here is pure: the dataflow's `DetectEvents` operator feeds readings in event-time
 //! order and turns transitions into lifecycle messages.
+//!
+//! [`Event`](event::Event) lives here, with the rules that define incidents (their ids come from
+//! [`incident_id`]); quality scoring raises its `quality` incidents with the same type.
 
 pub mod engine;
+pub mod event;
 pub mod expr;
 pub mod file;
 pub mod state;

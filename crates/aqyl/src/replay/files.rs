@@ -5,7 +5,7 @@
 //! follows the extension (`.csv`; `.jsonl`, `.ndjson`, `.json`, `.senml`), read as the sensor
 //! type's payload format says (a SenML type reads its JSON files as packs).
 
-use aqyl_core::descriptor::{PayloadFormat, SensorType};
+use aqyl_core::ingest::descriptor::{PayloadFormat, SensorType};
 use std::path::{Path, PathBuf};
 
 /// How a file's rows are read.

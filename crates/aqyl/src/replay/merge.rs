@@ -10,8 +10,8 @@
 
 use super::files::{FileFormat, SensorOf, Source};
 use super::rows::{CsvRows, JsonLines, Row, RowData, Rows, SenmlRows};
-use aqyl_core::decode::{event_time_of, payload_sensor_id};
-use aqyl_core::descriptor::{PayloadFormat, SensorType, SENML_TIME_KEY};
+use aqyl_core::ingest::decode::{event_time_of, payload_sensor_id};
+use aqyl_core::ingest::descriptor::{PayloadFormat, SensorType, SENML_TIME_KEY};
 use aqyl_core::{DeadLetter, RawMessage, Reason};
 use serde_json::Value;
 use std::cmp::Reverse;
@@ -123,7 +123,7 @@ fn senml_time(ty: &SensorType, pack: &[u8]) -> Option<i64> {
     if ty.format != PayloadFormat::Senml {
         return None;
     }
-    let groups = aqyl_core::formats::senml_objects(pack, 0).ok()?;
+    let groups = aqyl_core::ingest::formats::senml_objects(pack, 0).ok()?;
     let seconds = groups.first()?.get(SENML_TIME_KEY)?.as_f64()?;
     Some((seconds * 1000.0) as i64)
 }
@@ -275,7 +275,7 @@ mod tests {
         let v: Value = serde_json::from_slice(&m.payload).unwrap();
         assert_eq!(v["avgSpeed"], "50");
         // And the decoder takes it (numbers written as strings are numbers).
-        let obs = aqyl_core::decode::Registry::new(vec![t])
+        let obs = aqyl_core::ingest::decode::Registry::new(vec![t])
             .decode(&m, 1 << 16)
             .unwrap();
         assert_eq!(obs[0].fields, vec![("avgSpeed".into(), 50.0)]);

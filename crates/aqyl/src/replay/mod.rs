@@ -15,8 +15,8 @@ pub mod rows;
 
 use anyhow::Context;
 use aqyl_core::config::Loaded;
-use aqyl_core::decode::Registry;
-use aqyl_core::descriptor::{PayloadFormat, SensorType};
+use aqyl_core::ingest::decode::Registry;
+use aqyl_core::ingest::descriptor::{PayloadFormat, SensorType};
 use aqyl_core::metrics::Metrics;
 use aqyl_core::quality::QualityRecord;
 use aqyl_core::{Aggregate, DeadLetter, Event, Reason};

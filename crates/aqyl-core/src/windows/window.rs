@@ -1,7 +1,7 @@
 //! Event-time windows: which window a timestamp falls in, and the statistics of a closed window.
 
 use crate::duration::label;
-use crate::sax::SaxParams;
+use crate::windows::sax::SaxParams;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,6 @@
 //! Rejected input: why it was rejected, and the dead-letter record published for it.
 
+use crate::output::rfc3339_ms;
 use serde::Serialize;
 use std::fmt;
 
@@ -133,13 +134,6 @@ impl DeadLetter {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
     }
-}
-
-/// Formats Unix milliseconds as RFC 3339 UTC with milliseconds.
-pub fn rfc3339_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| ms.to_string())
 }
 
 #[cfg(test)]

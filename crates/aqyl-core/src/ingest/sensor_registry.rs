@@ -2,8 +2,8 @@
 //! not carry, read from a CSV file (`sensor_id,lat,lon,area`; `#` starts a comment line).
 //! Decoding takes a sensor's area from it when neither the topic nor the payload names one.
 
-use crate::descriptor::validate_sensor_id;
 use crate::error::{ConfigError, ConfigErrors};
+use crate::ingest::descriptor::validate_sensor_id;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;

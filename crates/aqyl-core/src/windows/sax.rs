@@ -26,7 +26,7 @@
 //! output string and one small vector of breakpoints.
 //!
 //! ```
-//! use aqyl_core::sax::{sax_code, sax_word, SaxParams};
+//! use aqyl_core::windows::sax::{sax_code, sax_word, SaxParams};
 //!
 //! let params = SaxParams::default(); // CityPulse: alphabet 5, word length 3
 //! let ramp: Vec<f64> = (1..=9).map(f64::from).collect();
@@ -494,7 +494,7 @@ pub struct SaxEmission {
     /// [`sax_code`] of the word.
     pub code: u64,
     /// Statistics of the window's values.
-    pub stats: crate::window::WindowStats,
+    pub stats: crate::windows::window::WindowStats,
 }
 
 /// SensorSAX: SAX over adaptive windows of one sensor's values, as a sans-I/O state machine.
@@ -631,7 +631,7 @@ impl SensorSax {
             code.wrapping_mul(self.params.alphabet as u64) + u64::from(letter - b'a')
         });
         let mut sorted = self.buffer.clone();
-        let stats = crate::window::WindowStats::compute(&mut sorted)?;
+        let stats = crate::windows::window::WindowStats::compute(&mut sorted)?;
         let emission = SaxEmission {
             start_ms,
             end_ms: self.end,
@@ -1055,8 +1055,10 @@ mod tests {
                 count: 6,
                 word: "ace".to_string(),
                 code: 14,
-                stats: crate::window::WindowStats::compute(&mut [1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
-                    .unwrap(),
+                stats: crate::windows::window::WindowStats::compute(&mut [
+                    1.0, 2.0, 3.0, 4.0, 5.0, 6.0
+                ])
+                .unwrap(),
             }
         );
         assert_eq!(emitted.stats.mean, 3.5);

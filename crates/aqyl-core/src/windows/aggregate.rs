@@ -1,7 +1,8 @@
 //! A closed window's result for one sensor and field, and its line in the store.
 
-use crate::line_protocol::{encode, FieldValue, LineError, Point};
-use crate::window::WindowStats;
+use crate::output::line_protocol::{encode, FieldValue, LineError, Point};
+use crate::output::topic_level;
+use crate::windows::window::WindowStats;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -50,26 +51,6 @@ pub struct Aggregate {
     pub sax_code: Option<u64>,
 }
 
-/// Makes a subject usable as one MQTT topic level: `/`, `+`, `#` and `%` are
-/// percent-encoded (sensor ids from topics never contain the first three; areas from payloads
-/// might).
-pub fn topic_level(subject: &str) -> std::borrow::Cow<'_, str> {
-    if !subject.contains(['/', '+', '#', '%']) {
-        return std::borrow::Cow::Borrowed(subject);
-    }
-    let mut out = String::with_capacity(subject.len() + 8);
-    for c in subject.chars() {
-        match c {
-            '/' => out.push_str("%2F"),
-            '+' => out.push_str("%2B"),
-            '#' => out.push_str("%23"),
-            '%' => out.push_str("%25"),
-            c => out.push(c),
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
 impl Aggregate {
     /// The MQTT topic this aggregate is published on under `prefix`.
     pub fn topic(&self, prefix: &str) -> String {
@@ -89,8 +70,8 @@ impl Aggregate {
             "subject": self.subject,
             "field": &*self.field,
             "window": &*self.window,
-            "start": crate::deadletter::rfc3339_ms(self.start as i64),
-            "end": crate::deadletter::rfc3339_ms(self.end as i64),
+            "start": crate::output::rfc3339_ms(self.start as i64),
+            "end": crate::output::rfc3339_ms(self.end as i64),
             "count": s.count,
             "mean": s.mean,
             "min": s.min,
@@ -163,12 +144,6 @@ impl Aggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subjects_become_single_topic_levels() {
-        assert_eq!(topic_level("158324"), "158324");
-        assert_eq!(topic_level("north/east+#1%"), "north%2Feast%2B%231%25");
-    }
 
     #[test]
     fn json_payload_carries_every_statistic() {

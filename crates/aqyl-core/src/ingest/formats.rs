@@ -9,7 +9,7 @@
 //!   2^28 are relative to the receive time, as the RFC says; records without any time take
 //!   the receive time.
 
-use crate::descriptor::SENML_TIME_KEY;
+use crate::ingest::descriptor::SENML_TIME_KEY;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Number, Value};
 use std::borrow::Cow;

@@ -3,10 +3,10 @@
 //! `config/sensors/`; adding a sensor type takes a file, never code.
 
 use crate::error::{ConfigError, ConfigErrors};
-use crate::sax::SaxParams;
-use crate::sensor_registry::SensorRegistry;
-use crate::units::Conversion;
-use crate::window::WindowSpec;
+use crate::ingest::sensor_registry::SensorRegistry;
+use crate::ingest::units::Conversion;
+use crate::windows::sax::SaxParams;
+use crate::windows::window::WindowSpec;
 use chrono_tz::Tz;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -640,7 +640,7 @@ struct FieldFile {
     /// `number` (default) or `integer`.
     #[serde(default = "default_type", rename = "type")]
     kind: FieldType,
-    /// Unit of the payload's value (see `aqyl_core::units`).
+    /// Unit of the payload's value (see `aqyl_core::ingest::units`).
     unit: Option<Spanned<String>>,
     /// Convert to this unit while decoding.
     target_unit: Option<Spanned<String>>,
@@ -854,25 +854,25 @@ impl SensorType {
                     (None, None)
                 }
                 (Some(u), None) => {
-                    if crate::units::find(u.get_ref()).is_none() {
+                    if crate::ingest::units::find(u.get_ref()).is_none() {
                         errors.push(err(
                             u.span(),
                             format!(
                                 "unknown unit {:?}; known units: {}",
                                 u.get_ref(),
-                                crate::units::known()
+                                crate::ingest::units::known()
                             ),
                         ));
                     }
                     (Some(u.get_ref().clone()), None)
                 }
-                (Some(u), Some(_)) if crate::units::find(u.get_ref()).is_none() => {
+                (Some(u), Some(_)) if crate::ingest::units::find(u.get_ref()).is_none() => {
                     errors.push(err(
                         u.span(),
                         format!(
                             "unknown unit {:?}; known units: {}",
                             u.get_ref(),
-                            crate::units::known()
+                            crate::ingest::units::known()
                         ),
                     ));
                     (None, None)
@@ -1554,7 +1554,7 @@ required = false
             vec!["cars = -1 is below its minimum 0".to_string()]
         );
         assert_eq!(t.fields[2].unit.as_deref(), Some("km/h"));
-        let registry = crate::decode::Registry::new(vec![t]);
+        let registry = crate::ingest::decode::Registry::new(vec![t]);
         let msg = crate::RawMessage {
             topic: "city/garage/g".into(),
             payload: br#"{"t":1,"cars":1,"spaces":2,"speed":60}"#.to_vec(),

@@ -1,7 +1,7 @@
 //! Incident lifecycle messages: what operators receive on `aqyl/events/...`, what stays
 //! retained on `aqyl/active/...`, and the `event` line in the store.
 
-use crate::line_protocol::{encode, FieldValue, LineError, Point};
+use crate::output::line_protocol::{encode, FieldValue, LineError, Point};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -63,7 +63,7 @@ impl Event {
         format!(
             "{prefix}/events/{}/{}",
             self.event_type,
-            crate::aggregate::topic_level(&self.subject)
+            crate::output::topic_level(&self.subject)
         )
     }
 
@@ -72,7 +72,7 @@ impl Event {
         format!(
             "{prefix}/active/{}/{}",
             self.event_type,
-            crate::aggregate::topic_level(&self.subject)
+            crate::output::topic_level(&self.subject)
         )
     }
 
@@ -91,8 +91,8 @@ impl Event {
             "area": self.area,
             "state": self.state.as_str(),
             "level": self.level,
-            "started_at": crate::deadletter::rfc3339_ms(self.started_at as i64),
-            "time": crate::deadletter::rfc3339_ms(self.time as i64),
+            "started_at": crate::output::rfc3339_ms(self.started_at as i64),
+            "time": crate::output::rfc3339_ms(self.time as i64),
             "rule": self.rule,
             "message": self.message,
             "values": values,

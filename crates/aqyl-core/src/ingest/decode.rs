@@ -1,13 +1,13 @@
 //! Decoding: topic and payload bytes in, a typed [`Observation`] or a precise [`Rejection`] out.
 //! Pure and total: any bytes give one or the other, never a panic.
 
-use crate::deadletter::{DeadLetter, Reason};
-use crate::descriptor::{
+use crate::ingest::deadletter::{DeadLetter, Reason};
+use crate::ingest::descriptor::{
     validate_sensor_id, Captures, FieldType, PayloadFormat, Pointer, SensorType, TimeFormat,
     TimeRule,
 };
-use crate::formats::{csv_object, json_projected, senml_objects};
-use crate::observation::{Observation, RawMessage};
+use crate::ingest::formats::{csv_object, json_projected, senml_objects};
+use crate::ingest::observation::{Observation, RawMessage};
 use chrono::{NaiveDateTime, TimeZone};
 use serde_json::Value;
 
@@ -142,7 +142,7 @@ impl Registry {
     fn decode_matched(
         &self,
         ty: &SensorType,
-        captures: &crate::descriptor::Captures<'_>,
+        captures: &crate::ingest::descriptor::Captures<'_>,
         msg: &RawMessage,
         out: &mut Vec<Observation>,
     ) -> Result<(), Rejection> {

@@ -1,0 +1,499 @@
+//! The service configuration (`config/aqyl.toml`): typed, validated, with `file:line` errors
+//! and the `AQYL_*` environment overrides applied on top (they win over the file).
+//!
+//! This module holds the file as a whole ([`Config`]), loading ([`load`], [`Loaded`]),
+//! validation and the environment overrides. Each section's struct lives beside what it
+//! configures and is re-exported here, so `aqyl_core::config::X` names every one:
+//!
+//! | section | struct | lives in |
+//! |---|---|---|
+//! | `[ingest]` | [`IngestConfig`] | [`crate::ingest::config`] |
+//! | `[pipeline]` | [`PipelineConfig`], [`LatePolicy`], [`RuleTiming`] | [`crate::windows::config`] |
+//! | `[quality]` | [`QualityConfig`], [`QualityClock`] | [`crate::quality::config`] |
+//! | `[mqtt]`, `[outputs]` | [`MqttConfig`], [`MqttUrl`], [`OutputsConfig`] | `config/mqtt.rs` |
+//! | `[influx]`, `[file]` | [`InfluxConfig`], [`FileConfig`] | `config/sinks.rs` |
+//! | `[state]`, `[http]` | [`StateConfig`], [`HttpConfig`] | `config/service.rs` |
+//!
+//! The last three files hold the sections of components in other crates (the MQTT edge in
+//! `aqyl-mqtt`, the sinks in `aqyl-sink`, the durable state and the HTTP endpoint in the `aqyl`
+//! binary with `aqyl-state`); aqyl-core depends on none of them, so their sections stay here.
+
+mod mqtt;
+mod service;
+mod sinks;
+
+pub use crate::ingest::config::IngestConfig;
+pub use crate::quality::config::{QualityClock, QualityConfig};
+pub use crate::windows::config::{LatePolicy, PipelineConfig, RuleTiming};
+pub use mqtt::{MqttConfig, MqttUrl, OutputsConfig};
+pub use service::{HttpConfig, StateConfig};
+pub use sinks::{FileConfig, InfluxConfig};
+
+use crate::error::{ConfigError, ConfigErrors};
+use crate::ingest::descriptor::{self, SensorType};
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A secret (password, token): its `Debug` and `Display` never print the value.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("**redacted**")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("**redacted**")
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory of sensor type descriptors, relative to the config file.
+    #[serde(default = "default_sensors_dir")]
+    pub sensors_dir: PathBuf,
+    /// Directory of event rules (`*.toml`), relative to the config file.
+    #[serde(default = "default_rules_dir")]
+    pub rules_dir: PathBuf,
+    /// How often `aqyl run` looks for changed descriptors and reloads them (`"0s"`: never).
+    #[serde(
+        default = "default_reload",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub reload_interval: Duration,
+    /// Broker connection.
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    /// Ingest limits.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// Dataflow settings.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// MQTT outputs (dead-letter, status).
+    #[serde(default)]
+    pub outputs: OutputsConfig,
+    /// InfluxDB v2 sink.
+    #[serde(default)]
+    pub influx: InfluxConfig,
+    /// Line-protocol file sink.
+    #[serde(default)]
+    pub file: FileConfig,
+    /// HTTP endpoint for `/metrics` and `/health`.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Quality of Information scoring.
+    #[serde(default)]
+    pub quality: QualityConfig,
+    /// Where this instance keeps its state on disk.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+fn default_rules_dir() -> PathBuf {
+    PathBuf::from("rules")
+}
+
+fn default_reload() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_sensors_dir() -> PathBuf {
+    PathBuf::from("sensors")
+}
+
+impl Loaded {
+    /// `[state] dir`, resolved against the configuration file's directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&self.config.state.dir)
+    }
+}
+
+/// A loaded configuration: the file, its sensor types, and where they came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The configuration, overrides applied.
+    pub config: Config,
+    /// The sensor types from `sensors_dir`.
+    pub sensor_types: Vec<SensorType>,
+    /// The configuration file.
+    pub path: PathBuf,
+    /// `sensors_dir` resolved against the file's directory.
+    pub sensors_dir: PathBuf,
+    /// The event rules from `rules_dir`.
+    pub rules: Vec<crate::rules::Rule>,
+}
+
+impl Config {
+    /// Parses configuration text (no overrides, no descriptor loading).
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+        let mut errors = Vec::new();
+        let at = |span: std::ops::Range<usize>, msg: String| {
+            ConfigError::at(path, text, (span.end > 0).then_some(span.start), msg)
+        };
+        match MqttUrl::parse(config.mqtt.url.get_ref()) {
+            Err(e) => errors.push(at(config.mqtt.url.span(), e)),
+            Ok(url) if url.tls => errors.push(at(
+                config.mqtt.url.span(),
+                "mqtts:// is not supported yet: connect over mqtt:// (e.g. through a local TLS-terminating broker bridge)".into(),
+            )),
+            Ok(_) => {}
+        }
+        if let Some(addr) = &config.http.addr {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                errors.push(ConfigError::at(
+                    path,
+                    text,
+                    text.find("[http]"),
+                    format!("http.addr {addr:?} is not an address to listen on; write it as IP:port, e.g. \"127.0.0.1:9464\""),
+                ));
+            }
+        }
+        let workers = *config.pipeline.workers.get_ref();
+        if !(1..=256).contains(&workers) {
+            errors.push(at(
+                config.pipeline.workers.span(),
+                format!("pipeline.workers is {workers}; use 1 to 256"),
+            ));
+        }
+        if config.pipeline.window.get_ref().as_millis() == 0 {
+            errors.push(at(
+                config.pipeline.window.span(),
+                "pipeline.window must be at least 1ms".into(),
+            ));
+        }
+        if config.mqtt.username.is_some() != config.mqtt.password.is_some() {
+            errors.push(ConfigError::file(
+                path,
+                "mqtt.username and mqtt.password must both be set or both be absent",
+            ));
+        }
+        if config.ingest.queue_capacity == 0 {
+            errors.push(ConfigError::at(
+                path,
+                text,
+                text.find("queue_capacity"),
+                "ingest.queue_capacity must be at least 1",
+            ));
+        }
+        if config.state.checkpoint_interval < Duration::from_millis(100) {
+            errors.push(ConfigError::at(
+                path,
+                text,
+                text.find("checkpoint_interval"),
+                "state.checkpoint_interval must be at least 100ms",
+            ));
+        }
+        if config.influx.batch_size == 0 {
+            errors.push(ConfigError::at(
+                path,
+                text,
+                text.find("batch_size"),
+                "influx.batch_size must be at least 1",
+            ));
+        }
+        let q = &config.quality;
+        // (A threshold outside 0..1 is reported below.)
+        if (0.0..=1.0).contains(&q.threshold)
+            && (!(0.0..=1.0).contains(&q.recover_margin)
+                || q.threshold + q.recover_margin > 1.0
+                || !(0.0..=q.long_window as f64).contains(&q.alert_after))
+        {
+            errors.push(ConfigError::at(
+                path,
+                text,
+                text.find("[quality]"),
+                format!(
+                    "[quality]: recover_margin must be at least 0 with threshold + recover_margin at most 1 (or no incident could end), and alert_after between 0 and long_window ({}) expected intervals; got recover_margin {}, threshold {}, alert_after {}",
+                    q.long_window, q.recover_margin, q.threshold, q.alert_after
+                ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&q.threshold)
+            || q.long_window < 2
+            || q.short_window < 2
+            || q.flat_line < 2
+            || q.spike_window < 4
+            || q.spike_threshold.is_nan()
+            || q.spike_threshold <= 0.0
+        {
+            errors.push(ConfigError::at(
+                path,
+                text,
+                text.find("[quality]"),
+                "[quality]: threshold must be within 0..1, long_window and short_window at least 2, flat_line at least 2, spike_window at least 4 and spike_threshold above 0",
+            ));
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Applies the `AQYL_*` environment overrides; `env` looks a variable up.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        if let Some(url) = env("AQYL_MQTT_URL") {
+            MqttUrl::parse(&url).map_err(|e| format!("AQYL_MQTT_URL: {e}"))?;
+            self.mqtt.url = Spanned::new(0..0, url);
+        }
+        if let Some(u) = env("AQYL_MQTT_USERNAME") {
+            self.mqtt.username = Some(u);
+        }
+        if let Some(p) = env("AQYL_MQTT_PASSWORD") {
+            self.mqtt.password = Some(Secret::new(p));
+        }
+        if let Some(url) = env("AQYL_INFLUX_URL") {
+            self.influx.url = url;
+            self.influx.enabled = true;
+        }
+        if let Some(org) = env("AQYL_INFLUX_ORG") {
+            self.influx.org = org;
+        }
+        if let Some(bucket) = env("AQYL_INFLUX_BUCKET") {
+            self.influx.bucket = bucket;
+        }
+        if let Some(token) = env("AQYL_INFLUX_TOKEN") {
+            self.influx.token = Secret::new(token);
+        }
+        if let Some(addr) = env("AQYL_HTTP_ADDR") {
+            self.http.addr = Some(addr);
+        }
+        if let Some(dir) = env("AQYL_STATE_DIR") {
+            self.state.dir = PathBuf::from(dir);
+        }
+        if self.mqtt.username.is_some() != self.mqtt.password.is_some() {
+            return Err("the MQTT username and password must both be set or both be absent".into());
+        }
+        Ok(())
+    }
+}
+
+/// Loads a configuration file, applies the environment and loads its sensor descriptors,
+/// reporting every problem with its file and line.
+pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::file(
+            path,
+            format!("cannot read the configuration file: {e}; pass another with --config PATH"),
+        )
+    })?;
+    let mut config = Config::from_toml(path, &text)?;
+    config
+        .apply_env(env)
+        .map_err(|e| ConfigError::file(path, e))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let sensors_dir = base.join(&config.sensors_dir);
+    let sensor_types = descriptor::load_dir(&sensors_dir)?;
+    let rules = crate::rules::load_rules(&base.join(&config.rules_dir), &sensor_types)?;
+    Ok(Loaded {
+        config,
+        sensor_types,
+        rules,
+        path: path.to_path_buf(),
+        sensors_dir,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = Config::from_toml(Path::new("a.toml"), "").unwrap();
+        assert_eq!(*c.pipeline.workers.get_ref(), 2);
+        assert_eq!(*c.pipeline.window.get_ref(), Duration::from_secs(300));
+        assert_eq!(c.outputs.topic_prefix, "aqyl");
+        assert!(!c.influx.enabled);
+    }
+
+    #[test]
+    fn quality_settings_are_checked() {
+        let ok = Config::from_toml(Path::new("aqyl.toml"), "").unwrap();
+        assert!(ok.quality.enabled && ok.quality.exclude_incorrect);
+        assert_eq!(ok.quality.clock, QualityClock::Auto);
+        assert_eq!(
+            (ok.quality.alert_after, ok.quality.recover_margin),
+            (1.0, 0.1)
+        );
+        let text = "[pipeline]\nworkers = 2\n\n[quality]\nthreshold = 1.5\n";
+        let err = Config::from_toml(Path::new("aqyl.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("aqyl.toml:4: [quality]: threshold must be within 0..1"),
+            "{err}"
+        );
+        let text = "[quality]\nthreshold = 0.6\nrecover_margin = 0.5\n";
+        let err = Config::from_toml(Path::new("aqyl.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("aqyl.toml:1: [quality]: recover_margin must be at least 0 with threshold + recover_margin at most 1"),
+            "{err}"
+        );
+        let err = Config::from_toml(Path::new("aqyl.toml"), "[quality]\nalert_after = -1.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("alert_after between 0 and long_window (20)"),
+            "{err}"
+        );
+        let err = Config::from_toml(Path::new("aqyl.toml"), "[quality]\nalert_afte = 2\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("aqyl.toml:2: unknown field `alert_afte`"),
+            "{err}"
+        );
+        let ok = Config::from_toml(
+            Path::new("aqyl.toml"),
+            "[quality]\nalert_after = 2.5\nrecover_margin = 0.0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (ok.quality.alert_after, ok.quality.recover_margin),
+            (2.5, 0.0)
+        );
+        let err = Config::from_toml(Path::new("aqyl.toml"), "[quality]\nclock = \"sundial\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("aqyl.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let text = "[pipeline]\nworkers = 0\nwindow = \"5 parsecs\"\n";
+        let err = Config::from_toml(Path::new("aqyl.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("aqyl.toml:3: invalid duration"), "{err}");
+        let text = "[pipeline]\nworkers = 0\n";
+        let err = Config::from_toml(Path::new("aqyl.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "aqyl.toml:2: pipeline.workers is 0; use 1 to 256");
+        let text = "[mqtt]\nurl = \"http://x\"\n";
+        let err = Config::from_toml(Path::new("aqyl.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("aqyl.toml:2: broker URL scheme \"http\""),
+            "{err}"
+        );
+        let err = Config::from_toml(
+            Path::new("aqyl.toml"),
+            "[mqtt]\nurl = \"mqtt://h\"\nport = 1\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("aqyl.toml:3: unknown field `port`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn environment_wins_over_the_file() {
+        let mut c =
+            Config::from_toml(Path::new("a.toml"), "[mqtt]\nurl = \"mqtt://file:1\"\n").unwrap();
+        let env = |k: &str| match k {
+            "AQYL_MQTT_URL" => Some("mqtt://env:2".to_string()),
+            "AQYL_INFLUX_URL" => Some("http://vm:8428".to_string()),
+            "AQYL_INFLUX_TOKEN" => Some("s3cret".to_string()),
+            "AQYL_HTTP_ADDR" => Some("127.0.0.1:9".to_string()),
+            _ => None,
+        };
+        c.apply_env(env).unwrap();
+        assert_eq!(c.mqtt.url.get_ref(), "mqtt://env:2");
+        assert!(c.influx.enabled);
+        assert_eq!(c.influx.url, "http://vm:8428");
+        assert_eq!(c.influx.token.expose(), "s3cret");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "secrets are redacted in Debug"
+        );
+        assert_eq!(c.http.addr.as_deref(), Some("127.0.0.1:9"));
+        assert!(c
+            .apply_env(|k| (k == "AQYL_MQTT_URL").then(|| "nope".into()))
+            .is_err());
+        assert!(c
+            .apply_env(|k| (k == "AQYL_MQTT_USERNAME").then(|| "u".into()))
+            .is_err());
+    }
+
+    #[test]
+    fn state_lives_in_one_directory_beside_the_config_unless_the_environment_says_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sensors")).unwrap();
+        std::fs::create_dir(dir.path().join("rules")).unwrap();
+        std::fs::write(
+            dir.path().join("sensors/t.toml"),
+            "name = \"t\"\n[[fields]]\nname = \"v\"\n",
+        )
+        .unwrap();
+        let file = dir.path().join("aqyl.toml");
+        std::fs::write(&file, "").unwrap();
+        let loaded = load(&file, |_| None).unwrap();
+        assert_eq!(loaded.state_dir(), dir.path().join("state"));
+        let loaded = load(&file, |k| {
+            (k == "AQYL_STATE_DIR").then(|| "/var/lib/aqyl".into())
+        })
+        .unwrap();
+        assert_eq!(loaded.state_dir(), PathBuf::from("/var/lib/aqyl"));
+    }
+
+    #[test]
+    fn check_refuses_what_run_would_refuse_with_the_line() {
+        let err = |text: &str| {
+            Config::from_toml(Path::new("aqyl.toml"), text)
+                .unwrap_err()
+                .to_string()
+        };
+        let tls = err("[mqtt]\nurl = \"mqtts://broker\"\n");
+        assert!(
+            tls.contains("aqyl.toml:2") && tls.contains("not supported yet"),
+            "{tls}"
+        );
+        let http = err("[http]\naddr = \"not an address\"\n");
+        assert!(
+            http.contains("aqyl.toml:1") && http.contains("IP:port"),
+            "{http}"
+        );
+        let batch = err("[influx]\nbatch_size = 0\n");
+        assert!(
+            batch.contains("aqyl.toml:2") && batch.contains("batch_size"),
+            "{batch}"
+        );
+        assert_eq!(MqttUrl::parse("mqtt://[::1]:1884").unwrap().host, "::1");
+        assert!(MqttUrl::parse("broker:1883").is_err());
+        assert!(MqttUrl::parse("mqtt://u:p@broker").is_err());
+        assert!(MqttUrl::parse("mqtt://broker:99999").is_err());
+    }
+}

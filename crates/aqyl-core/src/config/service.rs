@@ -1,0 +1,62 @@
+//! The service's own sections: `[state]`, where an instance keeps its state on disk (used by
+//! the `aqyl` binary's durable ingest with `aqyl-state`), and `[http]`, its metrics and health
+//! endpoint. Neither component is in aqyl-core, so the sections stay here.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[state]`: one directory per running instance for everything it keeps on disk (the ingest
+/// log, checkpoints of the dataflow's state, the spill of batches the store could not take),
+/// so two instances never share files and a service manager can give it a place of its own
+/// (systemd `StateDirectory=`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The directory, relative to the config file (env `AQYL_STATE_DIR`, taken as given).
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+    /// Durable ingest: every message is written to the ingest log (fsync, grouped) before it
+    /// is acknowledged to the broker, and the dataflow's state is checkpointed, so a crash or
+    /// a restart loses nothing and changes no result. `false`: messages are acknowledged when
+    /// queued, and a stop or crash loses open windows (faster; for benchmarks and demos).
+    #[serde(default = "default_true")]
+    pub durable: bool,
+    /// How often the dataflow's state is checkpointed (the ingest log is truncated behind
+    /// each checkpoint, and a restart replays what came after the last one).
+    #[serde(
+        default = "default_checkpoint_interval",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub checkpoint_interval: Duration,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("state")
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+            durable: true,
+            checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+/// `[http]`: metrics and health endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address such as `127.0.0.1:9464` (env `AQYL_HTTP_ADDR`); off when absent.
+    pub addr: Option<String>,
+}

@@ -1,0 +1,118 @@
+//! The sinks' sections: `[influx]`, the InfluxDB v2 write API, and `[file]`, line-protocol
+//! files. The sinks are in `aqyl-sink`, which aqyl-core does not depend on, so the sections
+//! stay here.
+
+use super::mqtt::default_max_backoff;
+use super::Secret;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `[influx]`: the InfluxDB v2 write API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxConfig {
+    /// Write to InfluxDB (also turned on by `AQYL_INFLUX_URL`).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Base URL, e.g. `http://127.0.0.1:8086` (env `AQYL_INFLUX_URL`).
+    #[serde(default = "default_influx_url")]
+    pub url: String,
+    /// Organization (env `AQYL_INFLUX_ORG`).
+    #[serde(default = "default_org")]
+    pub org: String,
+    /// Bucket (env `AQYL_INFLUX_BUCKET`).
+    #[serde(default = "default_org")]
+    pub bucket: String,
+    /// API token (env `AQYL_INFLUX_TOKEN`).
+    #[serde(default)]
+    pub token: Secret,
+    /// Most points per write request.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Where batches wait during an outage, relative to `[state] dir`; replayed when the
+    /// store is back, also after a restart.
+    #[serde(default = "default_spill")]
+    pub spill_dir: PathBuf,
+    /// Longest a point waits before its batch is sent.
+    #[serde(
+        default = "default_flush",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub flush_interval: Duration,
+    /// Longest a write may take before it counts as failed and its batch is spilled (a store
+    /// that accepts connections and never answers must not stop the pipeline).
+    #[serde(
+        default = "default_write_timeout",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub write_timeout: Duration,
+    /// Longest wait between retries of a failed write (backoff doubles from 100 ms).
+    #[serde(
+        default = "default_max_backoff",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub max_backoff: Duration,
+}
+
+fn default_influx_url() -> String {
+    "http://127.0.0.1:8086".into()
+}
+fn default_org() -> String {
+    "aqyl".into()
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_spill() -> PathBuf {
+    PathBuf::from("spill/influx")
+}
+fn default_batch() -> usize {
+    5000
+}
+fn default_flush() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Default for InfluxConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            url: default_influx_url(),
+            org: default_org(),
+            bucket: default_org(),
+            token: Secret::default(),
+            batch_size: default_batch(),
+            spill_dir: default_spill(),
+            write_timeout: default_write_timeout(),
+            flush_interval: default_flush(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+/// `[file]`: line-protocol files, the zero-install sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Append aggregates to `<dir>/aggregate.lp`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Directory (relative to the working directory).
+    #[serde(default = "default_data_dir")]
+    pub dir: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dir: default_data_dir(),
+        }
+    }
+}

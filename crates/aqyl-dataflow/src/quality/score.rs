@@ -1,0 +1,471 @@
+//! `ScoreQuality`: rates every sensor stream in event-time order, with its watchdog of
+//! silences (`quality/sensor`), then hands its assessments on to the checks
+//! ([`judge_quality`](super::judge_quality)).
+
+use super::{judge_quality, latency, Assessed, QualityOut, QualitySpec, Scored, Side};
+use crate::state::OperatorStates;
+use aqyl_core::quality::{Assessment, Input, SensorQuality};
+use aqyl_core::Observation;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::StreamVec;
+
+impl Assessed {
+    fn heard(s: &Sensor, time: u64) -> Self {
+        Assessed::Heard {
+            sensor_type: s.key.0.clone(),
+            sensor_id: s.key.1.clone(),
+            time,
+        }
+    }
+}
+
+/// An input item of one sensor, in the order buffer.
+#[derive(Serialize, Deserialize)]
+pub(super) enum Item {
+    Reading(Observation),
+    Side(Side),
+}
+
+impl Item {
+    fn order(&self) -> (&str, &str, u8) {
+        match self {
+            Item::Reading(o) => (&o.sensor_type, &o.sensor_id, 0),
+            Item::Side(s) => {
+                let (t, id) = s.key();
+                let rank = match s {
+                    Side::Incorrect(_) => 0,
+                    Side::Rejected { .. } => 1,
+                    Side::Late { .. } => 2,
+                };
+                (t, id, rank)
+            }
+        }
+    }
+}
+
+/// A sensor's state in `ScoreQuality`.
+#[derive(Serialize, Deserialize)]
+pub(super) struct Sensor {
+    key: Key,
+    quality: SensorQuality,
+    area: Option<String>,
+    /// From its type's descriptor (refreshed, with the settings of `quality`, on restore).
+    window_ms: u64,
+    interval_ms: u64,
+    grace_ms: u64,
+    /// Wall-clock arrival (Unix ms) and event time of the latest reading (wall-clock
+    /// watchdog).
+    last_wall: i64,
+    last_event: u64,
+    /// The event-time watchdog's scheduled check.
+    pub(super) scheduled: Option<u64>,
+}
+
+type Key = (Arc<str>, String);
+
+/// The sensors one worker scores, found by (type, id) without allocating.
+#[derive(Default, Serialize, Deserialize)]
+pub(super) struct Sensors {
+    /// Rebuilt from `all` on restore.
+    #[serde(skip)]
+    index: HashMap<Arc<str>, HashMap<String, usize>>,
+    pub(super) all: Vec<Sensor>,
+}
+
+/// What `ScoreQuality` keeps between activations (and in checkpoints): `quality/sensor`.
+#[derive(Default, Serialize, Deserialize)]
+pub(super) struct ScoreState {
+    /// Input waiting for the frontier, by the event time it is judged at.
+    pub(super) pending: BTreeMap<u64, Vec<Item>>,
+    pub(super) sensors: Sensors,
+    /// Event-time watchdog: (check time, sensor slot), one per sensor with a `scheduled`
+    /// check (rebuilt from them on restore).
+    #[serde(skip)]
+    checks: BTreeSet<(u64, usize)>,
+}
+
+impl ScoreState {
+    /// After a restore: rebuilds what is derived from the sensors (their index, the watchdog's
+    /// schedule) and brings each sensor's settings up to date with the current `[quality]`
+    /// settings and descriptors (a type no longer configured keeps its own).
+    fn restored(&mut self, registry: &aqyl_core::ingest::decode::Registry, spec: &QualitySpec) {
+        let Sensors { index, all } = &mut self.sensors;
+        index.clear();
+        self.checks.clear();
+        for (slot, s) in all.iter_mut().enumerate() {
+            index
+                .entry(s.key.0.clone())
+                .or_default()
+                .insert(s.key.1.clone(), slot);
+            if let Some(ty) = registry.get(&s.key.0) {
+                let interval = ty.expected_interval.as_millis() as u64;
+                let settings = spec.sensor(interval, ty.flat_line, ty.activity_field.clone());
+                if s.quality.reconfigure(settings) {
+                    s.interval_ms = interval;
+                    s.window_ms = interval / 2;
+                    s.grace_ms = s.quality.grace_ms();
+                }
+            }
+            // The schedule is always the sensor's next check (see `fire_checks` and `judge`).
+            s.scheduled = None;
+            if !spec.wall_clock {
+                s.scheduled = s.quality.next_check();
+                if let Some(next) = s.scheduled {
+                    self.checks.insert((next, slot));
+                }
+            }
+        }
+    }
+}
+
+impl Sensors {
+    /// The sensor's slot, made by `make` on first sight.
+    fn slot(&mut self, ty: &Arc<str>, id: &str, make: impl FnOnce() -> Sensor) -> usize {
+        if let Some(&i) = self.index.get(&**ty).and_then(|m| m.get(id)) {
+            return i;
+        }
+        let i = self.all.len();
+        self.all.push(make());
+        self.index
+            .entry(ty.clone())
+            .or_default()
+            .insert(id.to_string(), i);
+        i
+    }
+}
+
+/// Quality scoring of sensor streams.
+pub trait ScoreQuality<'scope> {
+    /// Rates each sensor's readings (this stream: the readings that pass into aggregates
+    /// and rules) together with `side` (readings kept out, rejected and late messages). Its
+    /// operators' states are registered in `states` as `quality/sensor`, `quality/area`,
+    /// `quality/type` and `quality/alerts`.
+    fn score_quality(
+        self,
+        side: StreamVec<'scope, u64, Side>,
+        registry: crate::SharedRegistry,
+        spec: QualitySpec,
+        states: &OperatorStates,
+    ) -> StreamVec<'scope, u64, QualityOut>;
+}
+
+impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
+    fn score_quality(
+        self,
+        side: StreamVec<'scope, u64, Side>,
+        registry: crate::SharedRegistry,
+        spec: QualitySpec,
+        states: &OperatorStates,
+    ) -> StreamVec<'scope, u64, QualityOut> {
+        let scope = self.scope();
+        let state = states.register::<ScoreState>("quality/sensor");
+        let by_sensor =
+            Exchange::new(|o: &Observation| crate::stable_hash(&[&o.sensor_type, &o.sensor_id]));
+        let side_by_sensor = Exchange::new(|s: &Side| {
+            let (t, id) = s.key();
+            crate::stable_hash(&[t, id])
+        });
+        let scored = self
+            .binary_frontier::<_, CapacityContainerBuilder<Vec<Assessed>>, _, _, _, _>(
+                side,
+                states.counted(by_sensor),
+                states.counted(side_by_sensor),
+                "ScoreQuality",
+                move |capability, info| {
+                    let activator = scope.activator_for(info.address.clone());
+                    state.borrow_mut().restored(&registry.load(), &spec);
+                    let mut cap = Some(capability);
+                    move |(readings, f1), (side, f2), output| {
+                        let mut state = state.borrow_mut();
+                        let ScoreState {
+                            pending,
+                            sensors,
+                            checks,
+                        } = &mut *state;
+                        let registry = registry.load();
+                        let mut out = Vec::new();
+                        readings.for_each(|cap, data| {
+                            let at = cap.least().copied().unwrap_or(0);
+                            for obs in data.drain(..) {
+                                if obs.event_time < at {
+                                    // A late record let in to correct its window
+                                    // (`pipeline.late = "update"`): late, for quality.
+                                    let late = Side::Late {
+                                        at,
+                                        age_ms: obs
+                                            .arrival
+                                            .stream_time
+                                            .saturating_sub(obs.event_time),
+                                        latency_ms: latency(
+                                            obs.received_at,
+                                            obs.arrival.ingested_at,
+                                        ),
+                                        sensor_type: obs.sensor_type,
+                                        sensor_id: obs.sensor_id,
+                                    };
+                                    pending.entry(at).or_default().push(Item::Side(late));
+                                    continue;
+                                }
+                                if spec.wall_clock {
+                                    // Live, a reading proves its sensor alive when it arrives,
+                                    // not when the watermark lets it be judged.
+                                    if let Some(slot) = sensor_slot(
+                                        sensors,
+                                        &registry,
+                                        &spec,
+                                        &obs.sensor_type,
+                                        &obs.sensor_id,
+                                    ) {
+                                        let s = &mut sensors.all[slot];
+                                        if s.quality.missing() {
+                                            out.push(Assessed::heard(s, obs.event_time));
+                                        }
+                                        if obs.event_time >= s.last_event {
+                                            s.last_event = obs.event_time;
+                                            s.last_wall = obs.arrival.ingested_at;
+                                        }
+                                        s.quality.arrived(obs.event_time);
+                                    }
+                                }
+                                pending
+                                    .entry(obs.event_time)
+                                    .or_default()
+                                    .push(Item::Reading(obs));
+                            }
+                        });
+                        side.for_each(|cap, data| {
+                            let at = cap.least().copied().unwrap_or(0);
+                            for s in data.drain(..) {
+                                let filed = match &s {
+                                    Side::Incorrect(obs) => obs.event_time,
+                                    Side::Rejected { at, .. } | Side::Late { at, .. } => *at,
+                                };
+                                let item = match s {
+                                    Side::Incorrect(obs) => Item::Reading(obs),
+                                    other => Item::Side(other),
+                                };
+                                pending.entry(filed.max(at)).or_default().push(item);
+                            }
+                        });
+                        if cap.is_none() {
+                            return;
+                        }
+                        let now = [f1.frontier().first(), f2.frontier().first()]
+                            .into_iter()
+                            .flatten()
+                            .min()
+                            .copied();
+                        while let Some((t, mut items)) = crate::ordered::pop_ready(pending, now) {
+                            if !spec.wall_clock {
+                                fire_checks(t, checks, sensors, &mut out);
+                            }
+                            items.sort_by(|a, b| a.order().cmp(&b.order()));
+                            for item in items {
+                                judge(t, item, &registry, &spec, sensors, checks, &mut out);
+                            }
+                        }
+                        if spec.wall_clock {
+                            let wall = wall_ms();
+                            for s in sensors.all.iter_mut() {
+                                // The sensor's own event clock, advanced by the wall clock.
+                                let elapsed = (wall - s.last_wall).max(0) as u64;
+                                let event_now = s.last_event.saturating_add(elapsed);
+                                while let Some(a) = s.quality.watchdog(event_now) {
+                                    out.push(Assessed::Scored(scored(s, a)));
+                                }
+                            }
+                            if now.is_some() && !sensors.all.is_empty() {
+                                activator.activate_after(Duration::from_secs(1));
+                            }
+                        } else if let Some(n) = now {
+                            fire_checks(n, checks, sensors, &mut out);
+                        }
+                        crate::ordered::emit_and_follow(&mut cap, now, out, output);
+                    }
+                },
+            );
+        judge_quality(scored, spec, states)
+    }
+}
+
+use crate::wall_ms;
+
+fn scored(s: &Sensor, assessment: Assessment) -> Scored {
+    Scored {
+        sensor_type: s.key.0.clone(),
+        sensor_id: s.key.1.clone(),
+        area: s.area.clone(),
+        window_ms: s.window_ms,
+        interval_ms: s.interval_ms,
+        grace_ms: s.grace_ms,
+        assessment,
+    }
+}
+
+/// Runs the event-time watchdog of every sensor due before `until`.
+fn fire_checks(
+    until: u64,
+    checks: &mut BTreeSet<(u64, usize)>,
+    sensors: &mut Sensors,
+    out: &mut Vec<Assessed>,
+) {
+    while let Some(first) = checks.first() {
+        if first.0 >= until {
+            break;
+        }
+        let Some((at, slot)) = checks.pop_first() else {
+            break;
+        };
+        let Some(s) = sensors.all.get_mut(slot) else {
+            continue;
+        };
+        s.scheduled = None;
+        if let Some(a) = s.quality.watchdog(at) {
+            out.push(Assessed::Scored(scored(s, a)));
+        }
+        if let Some(next) = s.quality.next_check() {
+            s.scheduled = Some(next);
+            checks.insert((next, slot));
+        }
+    }
+}
+
+/// The sensor's slot, made on first sight (`None` for a type no longer configured).
+fn sensor_slot(
+    sensors: &mut Sensors,
+    registry: &aqyl_core::ingest::decode::Registry,
+    spec: &QualitySpec,
+    sensor_type: &Arc<str>,
+    sensor_id: &str,
+) -> Option<usize> {
+    let ty = registry.get(sensor_type)?;
+    let interval = ty.expected_interval.as_millis() as u64;
+    Some(sensors.slot(sensor_type, sensor_id, || {
+        let quality =
+            SensorQuality::new(spec.sensor(interval, ty.flat_line, ty.activity_field.clone()));
+        Sensor {
+            key: (sensor_type.clone(), sensor_id.to_string()),
+            grace_ms: quality.grace_ms(),
+            interval_ms: interval,
+            quality,
+            area: None,
+            window_ms: interval / 2,
+            last_wall: 0,
+            last_event: 0,
+            scheduled: None,
+        }
+    }))
+}
+
+/// Judges one input of one sensor at event time `t`.
+fn judge(
+    t: u64,
+    item: Item,
+    registry: &aqyl_core::ingest::decode::Registry,
+    spec: &QualitySpec,
+    sensors: &mut Sensors,
+    checks: &mut BTreeSet<(u64, usize)>,
+    out: &mut Vec<Assessed>,
+) {
+    let (sensor_type, sensor_id, area) = match &item {
+        Item::Reading(o) => (o.sensor_type.clone(), o.sensor_id.as_str(), o.area.as_ref()),
+        Item::Side(s) => {
+            let (ty, id) = s.key();
+            (Arc::from(ty), id, None)
+        }
+    };
+    let Some(ty) = registry.get(&sensor_type) else {
+        return; // a type removed by a reload
+    };
+    let Some(slot) = sensor_slot(sensors, registry, spec, &sensor_type, sensor_id) else {
+        return;
+    };
+    let s = &mut sensors.all[slot];
+    if let Some(area) = area {
+        if s.area.as_ref() != Some(area) {
+            s.area = Some(area.clone());
+        }
+    }
+    let declared = ty.fields.len();
+    let assessment = match &item {
+        Item::Reading(o) => {
+            if s.quality.is_repeat(t, &o.fields) {
+                return; // a re-delivery says nothing new
+            }
+            let incorrect = if o.arrival.out_of_range > 0 {
+                ty.out_of_range(&o.fields)
+            } else {
+                Vec::new()
+            };
+            let arrived = if spec.wall_clock {
+                o.received_at.max(0) as u64
+            } else {
+                o.arrival.stream_time
+            };
+            if o.event_time >= s.last_event {
+                s.last_wall = o.arrival.ingested_at;
+                s.last_event = o.event_time;
+            }
+            if s.quality.missing() {
+                // Back (or new): the feed check counts it as reporting from now on.
+                out.push(Assessed::heard(s, t));
+            }
+            s.quality.judge(
+                t,
+                Input::Reading {
+                    age_ms: arrived.saturating_sub(o.event_time),
+                    // A message that came from no broker (a replay from a file) has
+                    // no receive time.
+                    latency_ms: latency(o.received_at, o.arrival.ingested_at),
+                    fields: &o.fields,
+                    required: ty.fields.iter().filter(|f| f.required).count(),
+                    incorrect: &incorrect,
+                },
+            )
+        }
+        Item::Side(Side::Rejected {
+            reason,
+            detail,
+            latency_ms,
+            ..
+        }) => s.quality.judge(
+            t,
+            Input::Rejected {
+                reason: *reason,
+                detail,
+                declared,
+                latency_ms: *latency_ms,
+            },
+        ),
+        Item::Side(Side::Late {
+            age_ms, latency_ms, ..
+        }) => s.quality.judge(
+            t,
+            Input::Late {
+                age_ms: *age_ms,
+                latency_ms: *latency_ms,
+            },
+        ),
+        Item::Side(Side::Incorrect(_)) => return, // filed as Item::Reading
+    };
+    out.push(Assessed::Scored(scored(s, assessment)));
+    // Reschedule the event-time watchdog.
+    if !spec.wall_clock {
+        let next = s.quality.next_check();
+        if next != s.scheduled {
+            if let Some(old) = s.scheduled.take() {
+                checks.remove(&(old, slot));
+            }
+            if let Some(next) = next {
+                s.scheduled = Some(next);
+                checks.insert((next, slot));
+            }
+        }
+    }
+}

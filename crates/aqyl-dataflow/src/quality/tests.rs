@@ -1,0 +1,304 @@
+//! The whole quality chain (`ScoreQuality` to `EmitQuality`) across a checkpoint.
+
+use super::neighbours::AreaState;
+use super::score::ScoreState;
+use super::track::AlertState;
+use super::*;
+use aqyl_core::ingest::decode::Registry;
+use aqyl_core::ingest::descriptor::SensorType;
+use aqyl_core::EventState;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{InputHandleVec, ProbeHandle};
+
+const DESCRIPTOR: &str = r#"
+name = "traffic"
+area_field = "/area"
+expected_interval = "5m"
+[time]
+field = "/ts"
+format = "epoch_ms"
+[[fields]]
+name = "avgSpeed"
+min = 0
+max = 250
+[[fields]]
+name = "vehicleCount"
+min = 0
+"#;
+
+const T0: u64 = 1_406_851_200_000; // 2014-08-01T00:00:00Z
+const MIN: u64 = 60_000;
+/// The input time (the watermark) trails the newest event time by this much.
+const LATENESS: u64 = 9 * MIN;
+
+fn registry() -> crate::SharedRegistry {
+    let ty = SensorType::from_toml(std::path::Path::new("traffic.toml"), DESCRIPTOR).unwrap();
+    crate::shared(Registry::new(vec![ty]))
+}
+
+fn spec() -> QualitySpec {
+    QualitySpec::from_config(&Default::default(), false)
+}
+
+/// One batch of input: sent at input time `at`, after which the input moves to `then`.
+#[derive(Clone)]
+struct Batch {
+    at: u64,
+    readings: Vec<Observation>,
+    side: Vec<Side>,
+    then: u64,
+}
+
+/// Five hours of four sensors reporting every 5 minutes: s0, s1 and s2 in one area, s3 in
+/// none. All three of the area crawl from minute 120 to 180 (shifts the neighbours share);
+/// s2 is stuck from minute 60 to 170 (a `quality` incident); s1 is silent from minute 100
+/// to 140 (another, from its watchdog); s0 sends out-of-range readings and s3 rejected and
+/// late messages.
+fn stream(registry: &crate::SharedRegistry) -> Vec<Batch> {
+    let types = registry.load();
+    let ty = types.get("traffic").unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut batches = Vec::new();
+    let mut at = 0;
+    for m in (0..=300u64).step_by(5) {
+        let time = T0 + m * MIN;
+        let mut batch = Batch {
+            at,
+            readings: Vec::new(),
+            side: Vec::new(),
+            then: time - LATENESS,
+        };
+        for id in ["s0", "s1", "s2", "s3"] {
+            if id == "s1" && (100..=140).contains(&m) {
+                continue;
+            }
+            let mut speed = 55.0 + rng.f64() * 10.0;
+            let mut count = 10.0 + rng.u32(0..10) as f64;
+            if id != "s3" && (120..180).contains(&m) {
+                speed = 15.0 + rng.f64() * 10.0;
+            }
+            if id == "s2" && (60..=170).contains(&m) {
+                (speed, count) = (42.0, 7.0);
+            }
+            if id == "s0" && (m == 50 || m == 135) {
+                speed = -5.0;
+            }
+            let fields: Vec<(Arc<str>, f64)> =
+                vec![("avgSpeed".into(), speed), ("vehicleCount".into(), count)];
+            let obs = Observation {
+                sensor_type: "traffic".into(),
+                sensor_id: id.into(),
+                area: (id != "s3").then(|| "north".to_string()),
+                event_time: time,
+                received_at: 0,
+                time_from_receive: false,
+                location: None,
+                arrival: aqyl_core::Arrival {
+                    ingested_at: 0,
+                    stream_time: time,
+                    out_of_range: ty.out_of_range_count(&fields) as u16,
+                },
+                fields,
+            };
+            if obs.arrival.out_of_range > 0 {
+                batch.side.push(Side::Incorrect(obs));
+            } else {
+                batch.readings.push(obs);
+            }
+        }
+        if m == 125 || m == 200 {
+            batch.side.push(Side::Rejected {
+                at,
+                sensor_type: "traffic".into(),
+                sensor_id: "s3".into(),
+                reason: Reason::MissingField,
+                detail: "field vehicleCount is missing".into(),
+                latency_ms: None,
+            });
+        }
+        if m == 140 || m == 210 {
+            batch.side.push(Side::Late {
+                at,
+                sensor_type: "traffic".into(),
+                sensor_id: "s3".into(),
+                age_ms: 30 * MIN,
+                latency_ms: None,
+            });
+        }
+        at = batch.then;
+        batches.push(batch);
+    }
+    batches
+}
+
+/// A checkpoint: the input time reached, and the operator states by name.
+type Checkpoint = (u64, Vec<(String, Vec<u8>)>);
+
+/// What one run gave out, and the operator states taken at its end.
+struct Run {
+    records: Vec<QualityRecord>,
+    events: Vec<Event>,
+    taken: Vec<(String, Vec<u8>)>,
+}
+
+/// Drives `score_quality` through `batches`, stepping until quiet after each; starts from
+/// a checkpoint `(time it had reached, states)` if given; ends the input if `close`, else
+/// takes the states (a checkpoint).
+fn drive(batches: Vec<Batch>, from: Option<Checkpoint>, close: bool) -> Run {
+    let registry = registry();
+    let (records_tx, mut records_rx) = tokio::sync::mpsc::channel(1 << 20);
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let taken = timely::execute_directly(move |worker| {
+        let in_flight = Arc::new(AtomicI64::new(0));
+        let (states, start) = match from {
+            Some((time, taken)) => (
+                OperatorStates::restored(in_flight, taken.into_iter().collect()),
+                time,
+            ),
+            None => (OperatorStates::new(in_flight), 0),
+        };
+        let mut readings = InputHandleVec::<u64, Observation>::new();
+        let mut side = InputHandleVec::<u64, Side>::new();
+        let probe = ProbeHandle::new();
+        let dataflow = worker.next_dataflow_index();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let scored = readings
+                .to_stream(scope)
+                .score_quality(side.to_stream(scope), registry, spec(), &states)
+                .probe_with(&probe);
+            emit(scored, records_tx, events_tx, &states, Default::default());
+        });
+        assert_eq!(states.finish_restore(), Ok(()));
+        readings.advance_to(start);
+        side.advance_to(start);
+        for batch in batches {
+            assert_eq!(*readings.time(), batch.at);
+            for r in batch.readings {
+                readings.send(r);
+            }
+            for s in batch.side {
+                side.send(s);
+            }
+            readings.advance_to(batch.then);
+            side.advance_to(batch.then);
+            while probe.less_than(readings.time()) || states.in_flight() != 0 {
+                worker.step();
+            }
+        }
+        if close {
+            readings.close();
+            side.close();
+            while !probe.done() {
+                worker.step();
+            }
+            Vec::new()
+        } else {
+            assert_eq!(states.in_flight(), 0, "quiet at the checkpoint");
+            let taken = states.take().unwrap();
+            // Stopped here, as by a crash: nothing more comes out of this run.
+            worker.drop_dataflow(dataflow);
+            taken
+        }
+    });
+    let mut records = Vec::new();
+    while let Ok(batch) = records_rx.try_recv() {
+        records.extend(batch);
+    }
+    let mut events = Vec::new();
+    while let Ok(e) = events_rx.try_recv() {
+        events.push(e);
+    }
+    Run {
+        records,
+        events,
+        taken,
+    }
+}
+
+/// In a canonical order (emission order may depend on how activations fall).
+fn sorted<T: std::fmt::Debug>(mut list: Vec<T>) -> Vec<T> {
+    list.sort_by_cached_key(|x| format!("{x:?}"));
+    list
+}
+
+fn starts_and_ends(events: &[Event], sensor: &str) -> Vec<EventState> {
+    events
+        .iter()
+        .filter(|e| e.subject == sensor)
+        .map(|e| e.state)
+        .collect()
+}
+
+#[test]
+fn a_checkpoint_in_the_middle_changes_no_quality_output() {
+    let batches = stream(&registry());
+    // The cut: after the batch of minute 140, the input time is minute 131.
+    let cut = batches
+        .iter()
+        .position(|b| b.then == T0 + 131 * MIN)
+        .unwrap()
+        + 1;
+    let whole = drive(batches.clone(), None, true);
+    let first = drive(batches[..cut].to_vec(), None, false);
+    let reached = batches[cut].at;
+
+    // State is open at the cut: incidents started and not ended, readings waiting for the
+    // watermark, assessments waiting for their neighbours, watchdog checks to come.
+    let by_name: HashMap<String, Vec<u8>> = first.taken.iter().cloned().collect();
+    assert_eq!(
+        first
+            .taken
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "quality/sensor",
+            "quality/area",
+            "quality/type",
+            "quality/alerts"
+        ]
+    );
+    let score: ScoreState = crate::state::decode(&by_name["quality/sensor"]).unwrap();
+    assert!(
+        score.pending.keys().any(|t| *t >= reached),
+        "readings wait for the watermark"
+    );
+    assert_eq!(score.sensors.all.len(), 4);
+    assert!(score.sensors.all.iter().any(|s| s.scheduled.is_some()));
+    let mut area: AreaState = crate::state::decode(&by_name["quality/area"]).unwrap();
+    let (hood, window, ..) = area
+        .hoods
+        .get_mut("traffic")
+        .unwrap()
+        .get_mut("north")
+        .unwrap();
+    let held = hood.ready(None, *window, spec().spike_threshold);
+    assert!(
+        held.iter().any(|(_, a)| a.time + *window >= reached),
+        "assessments wait for their neighbours"
+    );
+    let alerts: AlertState = crate::state::decode(&by_name["quality/alerts"]).unwrap();
+    for id in ["s1", "s2"] {
+        let (alarm, rollups) = &alerts.trackers["traffic"][id];
+        assert!(alarm.is_active() && !rollups.is_empty(), "{id}");
+        assert_eq!(starts_and_ends(&first.events, id), [EventState::Start]);
+    }
+
+    let second = drive(batches[cut..].to_vec(), Some((reached, first.taken)), true);
+    for id in ["s1", "s2"] {
+        assert_eq!(starts_and_ends(&second.events, id), [EventState::End]);
+        assert_eq!(
+            starts_and_ends(&whole.events, id),
+            [EventState::Start, EventState::End]
+        );
+    }
+    let mut records = first.records;
+    records.extend(second.records);
+    let mut events = first.events;
+    events.extend(second.events);
+    assert_eq!(records.len(), whole.records.len());
+    assert_eq!(sorted(records), sorted(whole.records));
+    assert_eq!(sorted(events), sorted(whole.events));
+}
