@@ -69,6 +69,10 @@ pub struct Metrics {
     pub checkpoints_skipped: AtomicU64,
     /// Messages replayed from the ingest log at start (recovery).
     pub log_replayed: AtomicU64,
+    /// How long the workers paused for the last checkpoint, microseconds (gauge).
+    pub checkpoint_pause_us: AtomicU64,
+    /// Size of the last committed checkpoint, bytes (gauge).
+    pub checkpoint_bytes: AtomicU64,
     /// Outputs the dataflow handed to the sinks, and those the sinks made durable.
     pub delivery: Delivery,
 }
@@ -335,6 +339,16 @@ impl Metrics {
             "descriptor_reload_failures_total",
             "Invalid descriptor changes that were rejected.",
             &self.descriptor_reload_failures,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP aqyl_checkpoint_pause_seconds How long the workers paused for the last checkpoint.\n# TYPE aqyl_checkpoint_pause_seconds gauge\naqyl_checkpoint_pause_seconds {}",
+            self.checkpoint_pause_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP aqyl_checkpoint_bytes Size of the last committed checkpoint.\n# TYPE aqyl_checkpoint_bytes gauge\naqyl_checkpoint_bytes {}",
+            self.checkpoint_bytes.load(Relaxed)
         );
         let _ = writeln!(
             out,

@@ -524,6 +524,7 @@ fn checkpoint(
     states: &OperatorStates,
     io: &mut WorkerIo<'_>,
 ) -> Result<(), String> {
+    let began = std::time::Instant::now();
     let rendezvous = &control.rendezvous;
     let dead = || "another worker died".to_string();
     let tick = mono_ms();
@@ -573,6 +574,10 @@ fn checkpoint(
             Err(_) => Vec::new(),
         };
         let sent = control.sent.lock().map(|s| *s).unwrap_or_default();
+        shared
+            .metrics
+            .checkpoint_pause_us
+            .store(began.elapsed().as_micros() as u64, Relaxed);
         if let Some(workers) = parts.into_iter().collect::<Option<Vec<_>>>() {
             let _ = control.taken.send(Snapshot {
                 workers,

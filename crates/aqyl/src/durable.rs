@@ -167,6 +167,7 @@ pub async fn commit(
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let blob = snapshot.encode().map_err(anyhow::Error::msg)?;
+    let bytes = blob.len() as u64;
     let checkpoint = Checkpoint {
         blob,
         log_from: snapshot.log_from(),
@@ -176,5 +177,6 @@ pub async fn commit(
         .await?
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     metrics.checkpoints.fetch_add(1, Relaxed);
+    metrics.checkpoint_bytes.store(bytes, Relaxed);
     Ok(())
 }
