@@ -258,3 +258,59 @@ fn a_broker_restart_loses_no_reading_and_counts_none_twice() {
         calm_points.iter().filter(|(k, v)| points.get(*k) != Some(v)).count()
     );
 }
+
+#[test]
+fn a_restart_without_a_rule_ends_its_ongoing_incidents() {
+    let mqtt = Mosquitto::start_persistent();
+    let vm = VictoriaMetrics::start();
+    let dir = shipped_config();
+    config(dir.path());
+    let crawl = dir.path().join("rules/crawl.toml");
+    std::fs::write(
+        &crawl,
+        "[[rule]]\nname = \"crawl\"\nsensor_type = \"traffic\"\nenter = \"avgSpeed < 25\"\nexit = \"avgSpeed >= 25\"\n",
+    )
+    .unwrap();
+    let file = dir.path().join("aqyl.toml");
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let events = Subscriber::start(mqtt.port, "aqyl/events/crawl/#");
+    let aqyl = Aqyl::start(&file, &mqtt, &vm);
+    aqyl.wait_online(&status);
+    // The first segment crawls (speed 18–26 while jammed): a crawl starts and is on at the stop.
+    let all = stream();
+    let jammed: Vec<_> = all
+        .iter()
+        .filter(|(topic, _)| topic.ends_with(SEGMENTS[0]))
+        .take(12)
+        .cloned()
+        .collect();
+    publish(mqtt.port, &jammed);
+    // 18, 19 … 24 km/h: a crawl; 25 ends it; 26, 18 … starts another, on at the stop.
+    let open: Vec<serde_json::Value> = events
+        .wait_for(3, WAIT)
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    let states: Vec<&str> = open.iter().map(|e| e["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["start", "end", "start"], "{open:?}");
+    let last = open[2].clone();
+    aqyl.stop();
+
+    std::fs::remove_file(&crawl).unwrap();
+    let aqyl = Aqyl::start(&file, &mqtt, &vm);
+    let ended = events.wait_for(open.len() + 1, WAIT);
+    let end: serde_json::Value = serde_json::from_slice(&ended[open.len()].payload).unwrap();
+    assert_eq!(end["state"], "end", "{end}");
+    assert_eq!(
+        end["id"], last["id"],
+        "the incident that was on ends, under its id"
+    );
+    let active = Subscriber::start(mqtt.port, &format!("aqyl/active/crawl/{}", SEGMENTS[0]));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        active.messages().iter().all(|m| m.payload.is_empty()),
+        "no retained incident is left: {:?}",
+        active.messages()
+    );
+    aqyl.stop();
+}
