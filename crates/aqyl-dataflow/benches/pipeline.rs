@@ -111,8 +111,8 @@ fn rss_kib() -> u64 {
 fn state_per_sensor(registry: &aqyl_dataflow::SharedRegistry, sensors: usize) {
     use aqyl_core::metrics::Metrics;
     use aqyl_dataflow::{start, Outputs};
-    let (agg_tx, mut agg_rx) = tokio::sync::mpsc::unbounded_channel();
-    let (dl_tx, _dl_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (agg_tx, mut agg_rx) = tokio::sync::mpsc::channel(1024);
+    let (dl_tx, _dl_rx) = tokio::sync::mpsc::channel(1);
     let drain = std::thread::spawn(move || while agg_rx.blocking_recv().is_some() {});
     let metrics = Arc::new(Metrics::default());
     let spec = PipelineSpec {
@@ -134,7 +134,7 @@ fn state_per_sensor(registry: &aqyl_dataflow::SharedRegistry, sensors: usize) {
         Outputs {
             aggregates: agg_tx,
             deadletters: dl_tx,
-            events: tokio::sync::mpsc::unbounded_channel().0,
+            events: tokio::sync::mpsc::channel(1).0,
             quality: tokio::sync::mpsc::channel(1).0,
         },
         metrics.clone(),

@@ -99,7 +99,7 @@ pub fn take(
 
 fn dead_letter(to: &Sides<'_>, d: DeadLetter) {
     to.metrics.delivery.sent(Output::DeadLetters, 1);
-    if to.outputs.deadletters.send(d).is_err() {
+    if to.outputs.deadletters.blocking_send(d).is_err() {
         // Shutdown was forced; nothing can take it any more.
         to.metrics.delivery.done(Output::DeadLetters, 1);
     }

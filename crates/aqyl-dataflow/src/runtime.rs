@@ -27,6 +27,12 @@ use tokio::sync::mpsc::{self, error::TryRecvError};
 
 /// Batches of quality records that may wait for the sinks before the workers wait.
 pub const QUALITY_BATCHES: usize = 64;
+/// Closed windows that may wait for the sinks before the workers wait.
+pub const AGGREGATE_CAPACITY: usize = 65_536;
+/// Incident messages that may wait for the publisher before the workers wait.
+pub const EVENT_CAPACITY: usize = 16_384;
+/// Dead letters that may wait for the publisher before the workers wait.
+pub const DEADLETTER_CAPACITY: usize = 16_384;
 
 /// Most messages a worker takes from its channel before stepping the dataflow.
 const BATCH: usize = 1024;
@@ -73,12 +79,13 @@ impl PipelineSpec {
 /// Where results leave the dataflow.
 #[derive(Debug, Clone)]
 pub struct Outputs {
-    /// Closed windows.
-    pub aggregates: mpsc::UnboundedSender<AggregateRecord>,
+    /// Closed windows. Every output channel is bounded: when the sinks fall behind, the
+    /// workers wait, and the broker holds the backlog.
+    pub aggregates: mpsc::Sender<AggregateRecord>,
     /// Rejected and late input.
-    pub deadletters: mpsc::UnboundedSender<DeadLetter>,
+    pub deadletters: mpsc::Sender<DeadLetter>,
     /// Incident lifecycle messages (quality incidents included).
-    pub events: mpsc::UnboundedSender<aqyl_core::Event>,
+    pub events: mpsc::Sender<aqyl_core::Event>,
     /// Quality reports and roll-ups, in batches (one per operator activation). Bounded: when
     /// the sinks fall behind, the workers wait, and the broker holds the backlog.
     pub quality: mpsc::Sender<Vec<QualityRecord>>,
@@ -87,23 +94,23 @@ pub struct Outputs {
 /// The receiving ends of [`Outputs`].
 #[derive(Debug)]
 pub struct Receivers {
-    /// Closed windows.
-    pub aggregates: mpsc::UnboundedReceiver<AggregateRecord>,
-    /// Rejected and late input.
-    pub deadletters: mpsc::UnboundedReceiver<DeadLetter>,
-    /// Incident lifecycle messages.
-    pub events: mpsc::UnboundedReceiver<aqyl_core::Event>,
+    /// Closed windows; at most [`AGGREGATE_CAPACITY`] wait.
+    pub aggregates: mpsc::Receiver<AggregateRecord>,
+    /// Rejected and late input; at most [`DEADLETTER_CAPACITY`] wait.
+    pub deadletters: mpsc::Receiver<DeadLetter>,
+    /// Incident lifecycle messages; at most [`EVENT_CAPACITY`] wait.
+    pub events: mpsc::Receiver<aqyl_core::Event>,
     /// Quality reports and roll-ups, in batches; at most [`QUALITY_BATCHES`] wait.
     pub quality: mpsc::Receiver<Vec<QualityRecord>>,
 }
 
 impl Outputs {
-    /// A channel for every output (the quality one bounded at [`QUALITY_BATCHES`]) and their
-    /// receiving ends, for a caller that reads each output itself.
+    /// A bounded channel for every output and their receiving ends, for a caller that reads
+    /// each output itself (while the workers run: a full channel makes them wait).
     pub fn channels() -> (Outputs, Receivers) {
-        let (aggregates, agg_rx) = mpsc::unbounded_channel();
-        let (deadletters, dl_rx) = mpsc::unbounded_channel();
-        let (events, ev_rx) = mpsc::unbounded_channel();
+        let (aggregates, agg_rx) = mpsc::channel(AGGREGATE_CAPACITY);
+        let (deadletters, dl_rx) = mpsc::channel(DEADLETTER_CAPACITY);
+        let (events, ev_rx) = mpsc::channel(EVENT_CAPACITY);
         let (quality, q_rx) = mpsc::channel(QUALITY_BATCHES);
         let outputs = Outputs {
             aggregates,
@@ -362,7 +369,7 @@ fn emit<T: Clone + 'static>(
     stream: StreamVec<'_, u64, T>,
     states: &OperatorStates,
     name: &str,
-    channel: mpsc::UnboundedSender<T>,
+    channel: mpsc::Sender<T>,
     output: Output,
     metrics: &Arc<Metrics>,
 ) {
@@ -371,7 +378,8 @@ fn emit<T: Clone + 'static>(
         input.for_each(|_cap, data| {
             for record in data.drain(..) {
                 metrics.delivery.sent(output, 1);
-                if channel.send(record).is_err() {
+                // Timely workers are plain threads, never a runtime's: blocking is allowed.
+                if channel.blocking_send(record).is_err() {
                     // Shutdown was forced; nothing can take it any more.
                     metrics.delivery.done(output, 1);
                 }
@@ -632,19 +640,16 @@ impl Batch {
 pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<Batch, String> {
     let (outputs, received) = Outputs::channels();
     let Receivers {
-        aggregates: mut agg_rx,
-        deadletters: mut dl_rx,
-        events: mut ev_rx,
-        quality: mut q_rx,
+        aggregates,
+        deadletters,
+        events,
+        quality,
     } = received;
-    // The bounded quality channel is drained while the workers run.
-    let quality_drain = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        while let Some(batch) = q_rx.blocking_recv() {
-            all.extend(batch);
-        }
-        all
-    });
+    // Every output channel is bounded: each is drained while the workers run.
+    let aggregates = collect(aggregates, |a| vec![a]);
+    let deadletters = collect(deadletters, |d| vec![d]);
+    let events = collect(events, |e| vec![e]);
+    let quality = collect(quality, |batch| batch);
     let metrics = Arc::new(Metrics::default());
     let (router, running) = start(spec, 1024, outputs, metrics)?;
     let feeder = std::thread::spawn(move || {
@@ -658,25 +663,25 @@ pub fn run_batch(spec: PipelineSpec, messages: Vec<RawMessage>) -> Result<Batch,
         .join()
         .map_err(|_| "the feeder thread panicked".to_string())?;
     running.join()?;
-    let mut aggregates = Vec::new();
-    while let Ok(a) = agg_rx.try_recv() {
-        aggregates.push(a);
-    }
-    let mut deadletters = Vec::new();
-    while let Ok(d) = dl_rx.try_recv() {
-        deadletters.push(d);
-    }
-    let mut events = Vec::new();
-    while let Ok(e) = ev_rx.try_recv() {
-        events.push(e);
-    }
-    let quality = quality_drain
-        .join()
-        .map_err(|_| "the quality drain panicked".to_string())?;
+    let drained = |name: &str| format!("the {name} drain panicked");
     Ok(Batch {
-        aggregates,
-        deadletters,
-        events,
-        quality,
+        aggregates: aggregates.join().map_err(|_| drained("aggregate"))?,
+        deadletters: deadletters.join().map_err(|_| drained("dead-letter"))?,
+        events: events.join().map_err(|_| drained("event"))?,
+        quality: quality.join().map_err(|_| drained("quality"))?,
+    })
+}
+
+/// Reads `rx` on a thread of its own until it closes; returns everything it carried.
+fn collect<T: Send + 'static, R: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+    items: impl Fn(T) -> Vec<R> + Send + 'static,
+) -> std::thread::JoinHandle<Vec<R>> {
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        while let Some(x) = rx.blocking_recv() {
+            all.extend(items(x));
+        }
+        all
     })
 }

@@ -50,7 +50,7 @@ fn now_ms() -> u64 {
 struct Live {
     router: aqyl_dataflow::input::Router,
     running: aqyl_dataflow::Running,
-    events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    events: tokio::sync::mpsc::Receiver<Event>,
 }
 
 impl Live {

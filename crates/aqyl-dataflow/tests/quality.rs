@@ -272,7 +272,7 @@ fn start_live(
 ) -> (
     aqyl_dataflow::input::Router,
     aqyl_dataflow::Running,
-    tokio::sync::mpsc::UnboundedReceiver<aqyl_core::Event>,
+    tokio::sync::mpsc::Receiver<aqyl_core::Event>,
     tokio::sync::mpsc::Receiver<Vec<QualityRecord>>,
 ) {
     let descriptor = DESCRIPTOR.replace(

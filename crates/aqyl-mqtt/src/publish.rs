@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 pub async fn deadletters(
     client: AsyncClient,
     prefix: String,
-    mut rx: mpsc::UnboundedReceiver<DeadLetter>,
+    mut rx: mpsc::Receiver<DeadLetter>,
     metrics: Arc<Metrics>,
 ) {
     while let Some(d) = rx.recv().await {
@@ -42,7 +42,7 @@ pub async fn deadletters(
 pub async fn aggregates(
     client: AsyncClient,
     prefix: String,
-    mut rx: mpsc::UnboundedReceiver<Aggregate>,
+    mut rx: mpsc::Receiver<Aggregate>,
     metrics: Arc<Metrics>,
 ) {
     while let Some(a) = rx.recv().await {
@@ -64,8 +64,8 @@ pub async fn aggregates(
 pub async fn events(
     client: AsyncClient,
     prefix: String,
-    mut rx: mpsc::UnboundedReceiver<Event>,
-    sink: mpsc::UnboundedSender<Event>,
+    mut rx: mpsc::Receiver<Event>,
+    sink: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
 ) {
     while let Some(e) = rx.recv().await {
@@ -91,7 +91,7 @@ pub async fn events(
         } else {
             tracing::warn!(event_type = %e.event_type, subject = %e.subject, "Could not publish an event.");
         }
-        let _ = sink.send(e);
+        let _ = sink.send(e).await;
     }
 }
 

@@ -112,8 +112,8 @@ impl InBatch {
 /// holding it is written, spilled or filed as rejected.
 pub async fn run(
     mut sinks: Sinks,
-    mut rx: mpsc::UnboundedReceiver<Aggregate>,
-    mut events: mpsc::UnboundedReceiver<Event>,
+    mut rx: mpsc::Receiver<Aggregate>,
+    mut events: mpsc::Receiver<Event>,
     mut quality: mpsc::Receiver<Vec<QualityRecord>>,
     metrics: Arc<Metrics>,
 ) -> Result<(), SinkError> {

@@ -99,10 +99,11 @@ async fn run(
         None => None,
     };
 
-    let (agg_tx, agg_rx) = mpsc::unbounded_channel();
-    let (dl_tx, dl_rx) = mpsc::unbounded_channel();
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let (ev_sink_tx, ev_sink_rx) = mpsc::unbounded_channel();
+    use aqyl_dataflow::runtime::{AGGREGATE_CAPACITY, DEADLETTER_CAPACITY, EVENT_CAPACITY};
+    let (agg_tx, agg_rx) = mpsc::channel(AGGREGATE_CAPACITY);
+    let (dl_tx, dl_rx) = mpsc::channel(DEADLETTER_CAPACITY);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_CAPACITY);
+    let (ev_sink_tx, ev_sink_rx) = mpsc::channel(EVENT_CAPACITY);
     let (q_tx, q_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
     let (q_sink_tx, q_sink_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
     let spec = pipeline_spec(&loaded, registry.clone());
@@ -124,13 +125,13 @@ async fn run(
     // With MQTT aggregates on, a small tee hands every aggregate to both the sinks and the
     // publisher; otherwise the sinks read the dataflow's channel directly.
     let (sink_rx, live_rx) = if cfg.outputs.aggregates {
-        let (sink_tx, sink_rx) = mpsc::unbounded_channel();
-        let (live_tx, live_rx) = mpsc::unbounded_channel();
+        let (sink_tx, sink_rx) = mpsc::channel(AGGREGATE_CAPACITY);
+        let (live_tx, live_rx) = mpsc::channel(AGGREGATE_CAPACITY);
         let mut agg_rx = agg_rx;
         tokio::spawn(async move {
             while let Some(a) = agg_rx.recv().await {
-                let _ = live_tx.send(a.clone());
-                let _ = sink_tx.send(a);
+                let _ = live_tx.send(a.clone()).await;
+                let _ = sink_tx.send(a).await;
             }
         });
         (sink_rx, Some(live_rx))
@@ -175,10 +176,18 @@ async fn run(
         file = cfg.file.enabled,
         "Aqyl is starting."
     );
+    let out = aqyl_mqtt::connect_output(
+        &settings.url,
+        &settings.client_id,
+        settings.credentials.clone(),
+        settings.keep_alive,
+        settings.max_backoff,
+        metrics.clone(),
+    );
     let edge = aqyl_mqtt::connect(settings, intake, metrics.clone());
     let live_task = live_rx.map(|rx| {
         tokio::spawn(aqyl_mqtt::publish::aggregates(
-            edge.client.clone(),
+            out.client.clone(),
             prefix.clone(),
             rx,
             metrics.clone(),
@@ -196,21 +205,21 @@ async fn run(
         ))
     });
     let ev_task = tokio::spawn(aqyl_mqtt::publish::events(
-        edge.client.clone(),
+        out.client.clone(),
         prefix.clone(),
         ev_rx,
         ev_sink_tx,
         metrics.clone(),
     ));
     let q_task = tokio::spawn(aqyl_mqtt::publish::quality(
-        edge.client.clone(),
+        out.client.clone(),
         prefix.clone(),
         q_rx,
         q_sink_tx,
         metrics.clone(),
     ));
     let dl_task = tokio::spawn(aqyl_mqtt::publish::deadletters(
-        edge.client.clone(),
+        out.client.clone(),
         prefix,
         dl_rx,
         metrics.clone(),
@@ -242,6 +251,7 @@ async fn run(
         metrics.set_problem(what, why.clone());
         tracing::error!(error = %why, "Aqyl cannot go on; it stops taking messages and exits so that it is restarted.");
         edge.stop_ingest();
+        out.close().await;
         edge.close().await;
         anyhow::bail!("the {what} cannot go on: {why}");
     }
@@ -279,8 +289,8 @@ async fn run(
             tracing::warn!("The last checkpoint was not committed (some outputs were not confirmed); the next start replays from the one before.");
         }
     }
-    // Give the connection a moment to hand queued publishes to the broker.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Every output is queued: send it, then say `offline` and disconnect.
+    out.close().await;
     edge.close().await;
     if let Some(h) = http {
         h.abort();

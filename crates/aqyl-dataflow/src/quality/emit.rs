@@ -14,7 +14,7 @@ use timely::dataflow::StreamVec;
 pub fn emit<'scope>(
     stream: StreamVec<'scope, u64, QualityOut>,
     records: tokio::sync::mpsc::Sender<Vec<QualityRecord>>,
-    events: tokio::sync::mpsc::UnboundedSender<Event>,
+    events: tokio::sync::mpsc::Sender<Event>,
     states: &OperatorStates,
     delivery: std::sync::Arc<aqyl_core::metrics::Metrics>,
 ) {
@@ -30,7 +30,7 @@ pub fn emit<'scope>(
                         QualityOut::Record(r) => batch.push(r),
                         QualityOut::Event(e) => {
                             delivery.delivery.sent(Output::Events, 1);
-                            if events.send(e).is_err() {
+                            if events.blocking_send(e).is_err() {
                                 // Shutdown was forced; nothing can take it any more.
                                 delivery.delivery.done(Output::Events, 1);
                             }

@@ -149,7 +149,7 @@ struct Run {
 fn drive(batches: Vec<Batch>, from: Option<Checkpoint>, close: bool) -> Run {
     let registry = registry();
     let (records_tx, mut records_rx) = tokio::sync::mpsc::channel(1 << 20);
-    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(1 << 20);
     let taken = timely::execute_directly(move |worker| {
         let in_flight = Arc::new(AtomicI64::new(0));
         let (states, start) = match from {

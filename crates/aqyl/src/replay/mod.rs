@@ -343,7 +343,7 @@ fn execute(
                     }
                 }
                 Item::Rejected(d) => {
-                    let _ = rejected.send(d);
+                    let _ = rejected.blocking_send(d);
                 }
             }
             if merge.rows % 1024 == 0 {
@@ -396,33 +396,33 @@ fn backlog(counts: &Counts, metrics: &Metrics) -> u64 {
 }
 
 type Tees = (
-    mpsc::UnboundedReceiver<Aggregate>,
-    mpsc::UnboundedReceiver<Event>,
+    mpsc::Receiver<Aggregate>,
+    mpsc::Receiver<Event>,
     mpsc::Receiver<Vec<QualityRecord>>,
 );
 
 /// Counts what passes from the dataflow to the sinks.
 fn tees(
-    mut agg: mpsc::UnboundedReceiver<Aggregate>,
-    mut ev: mpsc::UnboundedReceiver<Event>,
+    mut agg: mpsc::Receiver<Aggregate>,
+    mut ev: mpsc::Receiver<Event>,
     mut q: mpsc::Receiver<Vec<QualityRecord>>,
     counts: &Arc<Counts>,
 ) -> Tees {
-    let (agg_tx, agg_rx) = mpsc::unbounded_channel();
-    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (agg_tx, agg_rx) = mpsc::channel(aqyl_dataflow::runtime::AGGREGATE_CAPACITY);
+    let (ev_tx, ev_rx) = mpsc::channel(aqyl_dataflow::runtime::EVENT_CAPACITY);
     let (q_tx, q_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
     let c = counts.clone();
     tokio::spawn(async move {
         while let Some(a) = agg.recv().await {
             c.windows.fetch_add(1, Relaxed);
-            let _ = agg_tx.send(a);
+            let _ = agg_tx.send(a).await;
         }
     });
     let c = counts.clone();
     tokio::spawn(async move {
         while let Some(e) = ev.recv().await {
             c.events.fetch_add(1, Relaxed);
-            let _ = ev_tx.send(e);
+            let _ = ev_tx.send(e).await;
         }
     });
     let c = counts.clone();
@@ -439,7 +439,7 @@ fn tees(
 
 /// Writes each dead letter as one JSON line and counts them by reason.
 fn write_dead_letters(
-    mut rx: mpsc::UnboundedReceiver<DeadLetter>,
+    mut rx: mpsc::Receiver<DeadLetter>,
     file: std::fs::File,
 ) -> anyhow::Result<[u64; Reason::ALL.len()]> {
     let mut counts = [0u64; Reason::ALL.len()];

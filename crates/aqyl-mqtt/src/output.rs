@@ -1,0 +1,90 @@
+//! The output connection: a second MQTT connection that only publishes Aqyl's outputs
+//! (incidents, quality reports, dead letters, aggregates).
+//!
+//! Publishing never depends on ingest: when the workers are full and the ingest connection
+//! waits for room, this connection keeps sending, so the outputs drain, the workers go on and
+//! the ingest connection gets its room back. (On one shared connection the two would wait for
+//! each other.)
+
+use aqyl_core::config::MqttUrl;
+use aqyl_core::metrics::Metrics;
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Handle on the output connection.
+pub struct OutputEdge {
+    /// Client for publishing outputs.
+    pub client: AsyncClient,
+    finish: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl OutputEdge {
+    /// Disconnects once the queued publishes are out (at most 10 s) and waits for the task.
+    pub async fn close(mut self) {
+        if let Some(f) = self.finish.take() {
+            let _ = f.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+    }
+}
+
+/// Connects (in the background, retrying) as `<client_id>-out`.
+pub fn connect_output(
+    url: &MqttUrl,
+    client_id: &str,
+    credentials: Option<(String, String)>,
+    keep_alive: Duration,
+    max_backoff: Duration,
+    metrics: Arc<Metrics>,
+) -> OutputEdge {
+    let mut options = MqttOptions::new(format!("{client_id}-out"), &url.host, url.port);
+    options
+        .set_keep_alive(keep_alive.max(Duration::from_secs(1)))
+        .set_clean_session(true)
+        .set_request_channel_capacity(4096)
+        .set_inflight(1024);
+    if let Some((user, pass)) = &credentials {
+        options.set_credentials(user, pass);
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 4096);
+    let (finish_tx, mut finish) = oneshot::channel::<()>();
+    let disconnect = client.clone();
+    let host = url.host.clone();
+    let port = url.port;
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        let mut finishing = false;
+        loop {
+            tokio::select! {
+                _ = &mut finish, if !finishing => {
+                    finishing = true;
+                    // Queued after every publish, so they go out first.
+                    let _ = disconnect.try_disconnect();
+                }
+                event = eventloop.poll() => match event {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) if finishing => break,
+                    Ok(_) => backoff = Duration::from_millis(100),
+                    Err(e) => {
+                        if finishing {
+                            break;
+                        }
+                        metrics.mqtt_connection_errors.fetch_add(1, Relaxed);
+                        tracing::warn!(error = %e, %host, port, retry_in_ms = backoff.as_millis() as u64, "MQTT output connection failed; reconnecting.");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(max_backoff);
+                    }
+                }
+            }
+        }
+    });
+    OutputEdge {
+        client,
+        finish: Some(finish_tx),
+        task,
+    }
+}
