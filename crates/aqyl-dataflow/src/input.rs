@@ -63,6 +63,23 @@ impl Router {
         sent
     }
 
+    /// Sends a message to its worker if its queue has room: `Ok(true)` sent, `Ok(false)` the
+    /// dataflow has stopped, `Err(msg)` the queue is full (the message is handed back).
+    pub fn try_route(&self, msg: RawMessage) -> Result<bool, RawMessage> {
+        let worker = self.worker_of(&msg.topic);
+        match self.senders[worker].try_send(Logged { seq: 0, msg }) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Full(l)) => Err(l.msg),
+        }
+    }
+
+    /// Waits until the worker of `topic` has room for a message; false once the dataflow has
+    /// stopped. (Room stays free only for a single sender: the MQTT connection.)
+    pub async fn ready(&self, topic: &str) -> bool {
+        self.senders[self.worker_of(topic)].reserve().await.is_ok()
+    }
+
     /// Blocking variant for threads outside an async runtime (tests, replay).
     pub fn route_blocking(&self, msg: RawMessage) -> bool {
         self.route_logged_blocking(0, msg)

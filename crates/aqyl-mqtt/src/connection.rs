@@ -56,11 +56,24 @@ pub struct LogIntake {
 }
 
 impl Intake {
-    /// Hands a message over, waiting for room; false once the other side has stopped.
-    async fn take(&self, msg: RawMessage) -> bool {
+    /// Hands a message over if there is room: `Ok(true)` taken, `Ok(false)` the other side
+    /// has stopped, `Err(msg)` no room now (the message is handed back).
+    fn try_take(&self, msg: RawMessage) -> Result<bool, RawMessage> {
         match self {
-            Intake::Direct(router) => router.route(msg).await,
-            Intake::Logged(log) => log.tx.send(msg).await.is_ok(),
+            Intake::Direct(router) => router.try_route(msg),
+            Intake::Logged(log) => match log.tx.try_send(msg) {
+                Ok(()) => Ok(true),
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Ok(false),
+                Err(tokio::sync::mpsc::error::TrySendError::Full(m)) => Err(m),
+            },
+        }
+    }
+
+    /// Waits until a message of `topic` would be taken; false once the other side stopped.
+    async fn ready(&self, topic: &str) -> bool {
+        match self {
+            Intake::Direct(router) => router.ready(topic).await,
+            Intake::Logged(log) => log.tx.reserve().await.is_ok(),
         }
     }
 }
@@ -179,14 +192,23 @@ async fn run(
         Intake::Logged(log) => Some(log.durable.clone()),
         Intake::Direct(_) => None,
     };
-    let mut router = Some(intake);
-    let mut handed_over: u64 = 0;
-    let mut safe: u64 = 0;
-    let mut pending_acks: VecDeque<(u64, rumqttc::Publish)> = VecDeque::new();
+    let mut hand = HandOver {
+        router: Some(intake),
+        waiting: VecDeque::new(),
+        handed_over: 0,
+        safe: 0,
+        logged: durable.is_some(),
+        pending_acks: VecDeque::new(),
+    };
     let mut backoff = Duration::from_millis(100);
     let mut finishing = false;
     let mut filters = settings.filters.clone();
+    // While the dataflow has no room, the event loop is still polled this often, so the
+    // keep-alive goes out and the broker does not drop the connection.
+    let mut keep_alive = tokio::time::interval(settings.keep_alive.max(Duration::from_secs(1)) / 2);
+    let mut poll_anyway = false;
     loop {
+        let next_topic = hand.waiting.front().map(|(m, _)| m.topic.clone());
         tokio::select! {
             biased;
             _ = filters_rx.changed() => {
@@ -201,22 +223,37 @@ async fn run(
                 }
                 filters = new;
             }
-            _ = stop.changed(), if router.is_some() => {
+            _ = stop.changed(), if hand.router.is_some() => {
                 tracing::info!("Stopped taking messages from the broker.");
-                router = None;
+                hand.router = None;
+                hand.waiting.clear();
             }
             changed = async { durable.as_mut()?.changed().await.ok() }, if durable.is_some() => {
                 match changed {
-                    Some(()) => safe = durable.as_mut().map_or(safe, |d| *d.borrow_and_update()),
+                    Some(()) => hand.safe = durable.as_mut().map_or(hand.safe, |d| *d.borrow_and_update()),
                     None => durable = None,
                 }
             }
+            ready = async {
+                match (&hand.router, &next_topic) {
+                    (Some(r), Some(topic)) => r.ready(topic).await,
+                    _ => std::future::pending().await,
+                }
+            }, if next_topic.is_some() => {
+                if ready {
+                    hand.drain();
+                } else {
+                    hand.router = None;
+                    hand.waiting.clear();
+                }
+            }
+            _ = keep_alive.tick(), if next_topic.is_some() => poll_anyway = true,
             _ = &mut finish, if !finishing => {
                 finishing = true;
                 let _ = client.try_publish(&settings.status_topic, QoS::AtLeastOnce, true, "offline");
                 let _ = client.try_disconnect();
             }
-            event = eventloop.poll() => match event {
+            event = eventloop.poll(), if next_topic.is_none() || poll_anyway => { poll_anyway = false; match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = Duration::from_millis(100);
                     tracing::info!(host = %settings.url.host, port = settings.url.port, session_present = ack.session_present, "Connected to the MQTT broker.");
@@ -235,18 +272,13 @@ async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let Some(r) = &router else { continue };
-                    metrics.received.fetch_add(1, Relaxed);
-                    let msg = RawMessage { topic: p.topic.clone(), payload: p.payload.to_vec(), received_at: now_ms() };
-                    if !r.take(msg).await {
-                        router = None;
+                    if hand.router.is_none() {
                         continue;
                     }
-                    handed_over += 1;
-                    if durable.is_none() {
-                        safe = handed_over;
-                    }
-                    pending_acks.push_back((handed_over, p));
+                    metrics.received.fetch_add(1, Relaxed);
+                    let msg = RawMessage { topic: p.topic.clone(), payload: p.payload.to_vec(), received_at: now_ms() };
+                    hand.waiting.push_back((msg, p));
+                    hand.drain();
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) if finishing => break,
                 Ok(_) => {}
@@ -258,20 +290,66 @@ async fn run(
                     tracing::warn!(error = %e, host = %settings.url.host, port = settings.url.port, retry_in_ms = backoff.as_millis() as u64, "MQTT connection failed; reconnecting.");
                     // Unacknowledged messages will be redelivered by the broker; their acks
                     // belong to the old connection.
-                    pending_acks.clear();
+                    hand.pending_acks.clear();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = &mut finish, if !finishing => break,
                     }
                     backoff = (backoff * 2).min(settings.max_backoff);
                 }
-            }
+            }}
         }
-        while let Some((ticket, p)) = pending_acks.front() {
-            if *ticket > safe || client.try_ack(p).is_err() {
+        while let Some((ticket, p)) = hand.pending_acks.front() {
+            if *ticket > hand.safe || client.try_ack(p).is_err() {
                 break;
             }
-            pending_acks.pop_front();
+            hand.pending_acks.pop_front();
+        }
+    }
+}
+
+/// Received messages on their way into the dataflow, and their acknowledgements.
+struct HandOver {
+    /// Where messages go; `None` once ingest has stopped.
+    router: Option<Intake>,
+    /// Received, not yet taken (no room): handed over in order as room comes.
+    waiting: VecDeque<(RawMessage, rumqttc::Publish)>,
+    /// Messages handed over so far (tickets).
+    handed_over: u64,
+    /// Messages that may be acknowledged (all handed-over ones without a log; the log's
+    /// durable count with one).
+    safe: u64,
+    /// Whether an ingest log decides what is safe.
+    logged: bool,
+    /// Handed-over messages not yet acknowledged, by ticket.
+    pending_acks: VecDeque<(u64, rumqttc::Publish)>,
+}
+
+impl HandOver {
+    /// Hands over waiting messages, in order, while there is room.
+    fn drain(&mut self) {
+        while let Some((msg, p)) = self.waiting.pop_front() {
+            let Some(r) = &self.router else {
+                self.waiting.clear();
+                return;
+            };
+            match r.try_take(msg) {
+                Ok(true) => {
+                    self.handed_over += 1;
+                    if !self.logged {
+                        self.safe = self.handed_over;
+                    }
+                    self.pending_acks.push_back((self.handed_over, p));
+                }
+                Ok(false) => {
+                    self.router = None;
+                    self.waiting.clear();
+                }
+                Err(msg) => {
+                    self.waiting.push_front((msg, p));
+                    return;
+                }
+            }
         }
     }
 }
