@@ -102,6 +102,10 @@ fn permanent(status: u16) -> bool {
 struct Spill {
     dir: PathBuf,
     seq: AtomicU64,
+    /// Bytes in the spill now.
+    bytes: AtomicU64,
+    /// Most it may hold (`influx.max_spill`).
+    max: u64,
 }
 
 impl Spill {
@@ -120,7 +124,20 @@ impl Spill {
             f.sync_data()?;
         }
         std::fs::rename(&tmp, &path)?;
+        self.bytes.fetch_add(batch.len() as u64, Relaxed);
         Ok(path)
+    }
+
+    /// Whether `more` bytes fit under the bound.
+    fn has_room(&self, more: usize) -> bool {
+        self.bytes.load(Relaxed) + more as u64 <= self.max
+    }
+
+    /// A file left the spill (written, rejected or set aside).
+    fn removed(&self, bytes: u64) {
+        let _ = self
+            .bytes
+            .fetch_update(Relaxed, Relaxed, |b| Some(b.saturating_sub(bytes)));
     }
 
     /// Files waiting, oldest first.
@@ -182,6 +199,8 @@ pub struct InfluxTarget {
     pub spill_dir: PathBuf,
     /// Where rejected batches go, with the store's answer.
     pub rejected_dir: PathBuf,
+    /// Most the spill may hold, bytes; past it the sink waits for the replay.
+    pub max_spill: u64,
     /// Spill directories of earlier versions (one flat directory for every store); their
     /// batches are taken into this store's spill, as those versions would have replayed them.
     pub adopt_from: Vec<PathBuf>,
@@ -209,13 +228,22 @@ impl InfluxSink {
             bucket: target.bucket,
             timeout: target.write_timeout,
         };
-        let spill = Spill {
+        let mut spill = Spill {
             dir: target.spill_dir.join(store.key()),
             seq: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            max: target.max_spill,
         };
         let mut adopt = target.adopt_from.clone();
         adopt.push(target.spill_dir.clone());
         adopt_spill(&adopt, &spill.dir);
+        let held: u64 = spill
+            .files()
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
+        spill.bytes = AtomicU64::new(held);
         warn_about_other_stores(&target.spill_dir, &spill.dir);
         let empty = spill.files().is_empty();
         Ok(Self {
@@ -311,6 +339,7 @@ async fn spill(
     points: usize,
     metrics: &Metrics,
 ) -> Result<(), crate::SinkError> {
+    wait_for_room(s, batch.len(), metrics).await;
     let mut attempt = 0;
     loop {
         let put = {
@@ -324,6 +353,7 @@ async fn spill(
                     .influx_points_spilled
                     .fetch_add(points as u64, Relaxed);
                 metrics.clear_problem("sink");
+                metrics.clear_problem("spill");
                 return Ok(());
             }
             Err(source) => {
@@ -347,6 +377,27 @@ async fn spill(
             }
         }
     }
+}
+
+/// Waits while the spill is full (`influx.max_spill`): the sink, and through the bounded
+/// channels the workers and the broker, hold back until the replay makes room.
+async fn wait_for_room(s: &Shared, more: usize, metrics: &Metrics) {
+    if s.spill.has_room(more) {
+        return;
+    }
+    let problem = format!(
+        "the spill for {} is full ({} of influx.max_spill {}); waiting for the store to take it back",
+        s.store.url,
+        aqyl_core::bytesize::label(s.spill.bytes.load(Relaxed)),
+        aqyl_core::bytesize::label(s.spill.max)
+    );
+    tracing::warn!("{problem}; ingest is held back meanwhile.");
+    metrics.set_problem("spill", problem);
+    while !s.spill.has_room(more) && s.spill.bytes.load(Relaxed) > 0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    metrics.clear_problem("spill");
+    tracing::info!("The spill has room again.");
 }
 
 /// Files a batch the store will never take, with its answer, and counts it.
@@ -411,8 +462,11 @@ async fn replay_once(s: &Shared, metrics: &Metrics) -> Replayed {
                 return Replayed::Stopped;
             }
         }
-        if let Err(e) = std::fs::remove_file(path) {
-            tracing::warn!(error = %e, file = %path.display(), "Cannot remove a replayed spill file; it will be written again (harmless).");
+        match std::fs::remove_file(path) {
+            Ok(()) => s.spill.removed(body.len() as u64),
+            Err(e) => {
+                tracing::warn!(error = %e, file = %path.display(), "Cannot remove a replayed spill file; it will be written again (harmless).")
+            }
         }
     }
     let _gate = s.gate.lock();
@@ -447,8 +501,12 @@ fn set_aside(s: &Shared, path: &Path, why: &str) {
         .file_name()
         .map(|n| n.to_os_string())
         .unwrap_or_default();
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     match keep_rejected(s, &name, |to| std::fs::rename(path, to), why) {
-        Ok(to) => tracing::error!(file = %to.display(), "{why}; set aside, the replay goes on."),
+        Ok(to) => {
+            s.spill.removed(size);
+            tracing::error!(file = %to.display(), "{why}; set aside, the replay goes on.")
+        }
         Err(e) => {
             tracing::error!(file = %path.display(), error = %e, "{why}, and it cannot be set aside.")
         }
@@ -498,6 +556,41 @@ fn warn_about_other_stores(root: &Path, ours: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_full_spill_holds_the_sink_back_until_the_replay_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = InfluxSink::new(InfluxTarget {
+            // Nothing listens there: every write fails at once and is spilled.
+            url: "http://127.0.0.1:9".into(),
+            org: "o".into(),
+            bucket: "b".into(),
+            token: "t".into(),
+            max_backoff: Duration::from_millis(100),
+            write_timeout: Duration::from_secs(1),
+            spill_dir: dir.path().join("spill"),
+            rejected_dir: dir.path().join("rejected"),
+            max_spill: 100,
+            adopt_from: vec![],
+        })
+        .unwrap();
+        let metrics = Metrics::default();
+        let batch = format!("m v={} 1\n", "9".repeat(70));
+        sink.write(&batch, 1, &metrics).await.unwrap();
+        assert_eq!(sink.spilled_files().len(), 1);
+        // The second batch does not fit: the write waits, and /health says why.
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(500), sink.write(&batch, 1, &metrics)).await;
+        assert!(waiting.is_err(), "a full spill must hold the sink back");
+        assert!(metrics.problems().iter().any(|p| p.starts_with("spill: ")));
+        // The replay took the first batch back: the next write goes through.
+        sink.shared.spill.removed(batch.len() as u64);
+        tokio::time::timeout(Duration::from_secs(5), sink.write(&batch, 1, &metrics))
+            .await
+            .expect("room again")
+            .unwrap();
+        assert!(metrics.problems().is_empty());
+    }
 
     #[test]
     fn only_data_the_store_can_never_take_is_rejected_for_good() {

@@ -436,6 +436,7 @@ pub fn sinks(loaded: &Loaded) -> anyhow::Result<Sinks> {
                 write_timeout: cfg.influx.write_timeout,
                 spill_dir: loaded.state_dir().join(&cfg.influx.spill_dir),
                 rejected_dir: loaded.state_dir().join("rejected/influx"),
+                max_spill: cfg.influx.max_spill,
                 // Before [state] dir, the spill lived beside the config file.
                 adopt_from: vec![loaded
                     .path

@@ -209,6 +209,14 @@ impl Config {
                 "state.checkpoint_interval must be at least 100ms",
             ));
         }
+        if config.influx.max_spill < 1 << 20 {
+            errors.push(ConfigError::at(
+                path,
+                text,
+                text.find("max_spill"),
+                "influx.max_spill must be at least 1MiB (one batch must fit)",
+            ));
+        }
         if config.influx.batch_size == 0 {
             errors.push(ConfigError::at(
                 path,

@@ -34,6 +34,13 @@ pub struct InfluxConfig {
     /// store is back, also after a restart.
     #[serde(default = "default_spill")]
     pub spill_dir: PathBuf,
+    /// Most the spill may hold (`"1GiB"`, `"500MB"` or bytes). A full spill holds the sink
+    /// back, and through it the workers and the broker, instead of filling the disk.
+    #[serde(
+        default = "default_max_spill",
+        deserialize_with = "crate::bytesize::deserialize"
+    )]
+    pub max_spill: u64,
     /// Longest a point waits before its batch is sent.
     #[serde(
         default = "default_flush",
@@ -65,6 +72,10 @@ fn default_write_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_max_spill() -> u64 {
+    1 << 30
+}
+
 fn default_spill() -> PathBuf {
     PathBuf::from("spill/influx")
 }
@@ -85,6 +96,7 @@ impl Default for InfluxConfig {
             token: Secret::default(),
             batch_size: default_batch(),
             spill_dir: default_spill(),
+            max_spill: default_max_spill(),
             write_timeout: default_write_timeout(),
             flush_interval: default_flush(),
             max_backoff: default_max_backoff(),
