@@ -222,3 +222,107 @@ fn a_spill_that_cannot_be_written_stops_the_service_loudly() {
         "/health said why: {health:?}"
     );
 }
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The demo workload: `sensors` simulated road segments, one CityPulse row each per simulated
+/// 5 minutes, in event-time order.
+fn city(n: usize, sensors: usize) -> Vec<(String, Vec<u8>)> {
+    use aqyl_sim::sensors::{CityConfig, SensorType};
+    use aqyl_sim::simulation::{SimConfig, Simulation};
+    let start = aqyl_sim::time::parse_time("2014-08-01T00:00:00").unwrap();
+    let city = CityConfig {
+        sensors,
+        areas: 5,
+        types: vec![SensorType::Traffic],
+    };
+    Simulation::new(SimConfig::new(city, start, chrono::Duration::days(3650), 7))
+        .unwrap()
+        .take(n)
+        .map(|m| (m.topic.clone(), m.encode(None)))
+        .collect()
+}
+
+#[test]
+fn a_publisher_outrunning_the_service_waits_at_the_broker_not_in_its_memory() {
+    const BOUND_MIB: u64 = 256;
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let dir = aqyl_tests::shipped_config();
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
+    aqyl.wait_online(&status);
+    let msgs = city(120_000, 50);
+    let n = msgs.len() as u64;
+    // Four publishers at once (each sensor on one of them, so its order holds) outrun the
+    // service: the backlog has to wait somewhere.
+    let mut parts: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); 4];
+    for m in msgs {
+        let i = aqyl_core::fnv::stable_hash(&[&m.0]) as usize % 4;
+        parts[i].push(m);
+    }
+    let pid = aqyl.pid();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let port = mqtt.port;
+    let publishers: Vec<_> = parts
+        .into_iter()
+        .map(|part| std::thread::spawn(move || publish(port, &part)))
+        .collect();
+    for p in publishers {
+        p.join().unwrap();
+    }
+    let backlog_at_publish_end = n.saturating_sub(aqyl.metric("aqyl_received_total ").unwrap_or(0));
+    wait_until(WAIT * 2, "the service to take the whole backlog", || {
+        aqyl.metric("aqyl_received_total ") == Some(n)
+    });
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak_mib = peak.load(std::sync::atomic::Ordering::Relaxed) / 1024;
+    println!(
+        "publishers done with {backlog_at_publish_end} of {n} messages still at the broker; aqyl peak RSS {peak_mib} MiB"
+    );
+    assert!(
+        backlog_at_publish_end > 0,
+        "the publishers did not outrun the service; the test proves nothing"
+    );
+    assert!(
+        peak_mib < BOUND_MIB,
+        "peak RSS {peak_mib} MiB while a publisher outran the service (bound {BOUND_MIB} MiB)"
+    );
+    // Nothing lost: every message becomes an observation or a counted rejection (late, say).
+    let accounted = || {
+        let rejected: u64 = reqwest::blocking::get(format!("{}/metrics", aqyl.http))
+            .ok()
+            .and_then(|r| r.text().ok())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("aqyl_rejected_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        aqyl.metric("aqyl_observations_total ").unwrap_or(0)
+            + rejected
+            + aqyl.metric("aqyl_duplicates_total ").unwrap_or(0)
+    };
+    wait_until(WAIT, "every message accounted for", || accounted() == n);
+    aqyl.stop();
+}

@@ -175,6 +175,11 @@ impl Aqyl {
             .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
     }
 
+    /// The process id.
+    fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
     /// Waits until the service exits by itself.
     fn wait_exit(self) {
         wait_until(WAIT, "aqyl to exit", || {
