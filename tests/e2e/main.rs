@@ -46,6 +46,7 @@ fn shipped_replay(
         max_future: None,
         update_horizon: None,
         rule_timing: Default::default(),
+        state_ttl: None,
         rules: std::sync::Arc::new(if rules {
             loaded.rules.clone()
         } else {

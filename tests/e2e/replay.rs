@@ -61,6 +61,7 @@ fn replayed_citypulse_rows_give_the_hand_worked_sax_words() {
         max_future: None,
         update_horizon: None,
         rule_timing: Default::default(),
+        state_ttl: None,
         quality: None,
         rules: Default::default(),
     };

@@ -75,6 +75,7 @@ fn main() {
                 max_future: None,
                 update_horizon: None,
                 rule_timing: Default::default(),
+                state_ttl: None,
                 quality,
                 rules: Default::default(),
             };
@@ -125,6 +126,7 @@ fn state_per_sensor(registry: &aqyl_dataflow::SharedRegistry, sensors: usize) {
         max_future: None,
         update_horizon: None,
         rule_timing: Default::default(),
+        state_ttl: None,
         quality: None,
         rules: Default::default(),
     };

@@ -116,6 +116,7 @@ fn main() {
         rules: Arc::new(Vec::new()),
         quality: Some(quality),
         rule_timing: Default::default(),
+        state_ttl: None,
     };
     let types = [
         SimType::Traffic,

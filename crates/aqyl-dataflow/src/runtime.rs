@@ -66,6 +66,9 @@ pub struct PipelineSpec {
     pub quality: Option<QualitySpec>,
     /// When reading rules judge a reading (`pipeline.rule_timing`).
     pub rule_timing: aqyl_core::config::RuleTiming,
+    /// Per-sensor state of a sensor silent this long (event time) is released
+    /// (`pipeline.state_ttl`); `None`: kept for ever.
+    pub state_ttl: Option<Duration>,
 }
 
 impl PipelineSpec {

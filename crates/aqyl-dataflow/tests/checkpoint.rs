@@ -53,6 +53,7 @@ fn spec(workers: usize) -> PipelineSpec {
         max_future: None,
         update_horizon: None,
         rule_timing: Default::default(),
+        state_ttl: None,
         quality: None,
         rules: Arc::new(rules),
     }

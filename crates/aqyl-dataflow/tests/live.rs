@@ -68,6 +68,7 @@ impl Live {
             max_future: None,
             update_horizon: None,
             rule_timing: Default::default(),
+            state_ttl: None,
             rules: Arc::new(rules),
             quality: None,
         };

@@ -75,6 +75,7 @@ fn run_with(
         max_future: None,
         update_horizon: None,
         rule_timing: Default::default(),
+        state_ttl: None,
         rules: Arc::new(rules),
         quality: Some(q),
     };
@@ -290,6 +291,7 @@ fn start_live(
         max_future: None,
         update_horizon: None,
         rule_timing: Default::default(),
+        state_ttl: None,
         rules: Arc::new(Vec::new()),
         quality: Some(QualitySpec {
             wall_clock: true,

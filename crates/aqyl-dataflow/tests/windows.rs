@@ -41,6 +41,7 @@ fn spec(workers: usize) -> PipelineSpec {
         max_future: None,
         update_horizon: None,
         rule_timing: Default::default(),
+        state_ttl: None,
         quality: None,
         rules: Default::default(),
     }
@@ -636,6 +637,7 @@ fn congestion_incidents_are_the_same_whatever_the_workers_and_arrival_order() {
         let spec = PipelineSpec {
             rules: rules.clone(),
             rule_timing: timing,
+            state_ttl: None,
             ..spec(workers)
         };
         let batch = run_batch(spec, input.iter().map(message).collect()).unwrap();
@@ -1057,6 +1059,7 @@ fn run_rules_timed(
     let spec = PipelineSpec {
         rules: rules.clone(),
         rule_timing: timing,
+        state_ttl: None,
         ..spec(workers)
     };
     run_batch(spec, rs.iter().map(message).collect()).unwrap()

@@ -473,6 +473,7 @@ pub fn pipeline_spec(loaded: &Loaded, registry: aqyl_dataflow::SharedRegistry) -
             .then_some(cfg.pipeline.update_horizon),
         quality: quality_spec(cfg),
         rule_timing: cfg.pipeline.rule_timing,
+        state_ttl: (!cfg.pipeline.state_ttl.is_zero()).then_some(cfg.pipeline.state_ttl),
     }
 }
 

@@ -47,6 +47,15 @@ pub struct PipelineConfig {
     /// event-time order whatever the arrival order; incidents `allowed_lateness` later).
     #[serde(default)]
     pub rule_timing: RuleTiming,
+    /// Per-sensor state (rule state machines, learned baselines, quality ratings and
+    /// trackers) of a sensor silent this long in event time is released, so sensors that come
+    /// and go do not grow memory for ever; an ongoing incident keeps its sensor's rule state.
+    /// A sensor that comes back starts afresh. `"0s"`: never released.
+    #[serde(
+        default = "default_state_ttl",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub state_ttl: Duration,
 }
 
 /// When reading rules judge a reading (`pipeline.rule_timing`).
@@ -95,6 +104,10 @@ fn default_window() -> Spanned<Duration> {
 fn default_lateness() -> Duration {
     Duration::from_secs(600)
 }
+fn default_state_ttl() -> Duration {
+    Duration::from_secs(86_400)
+}
+
 fn default_idle() -> Duration {
     Duration::from_secs(30)
 }
@@ -109,6 +122,7 @@ impl Default for PipelineConfig {
             late: LatePolicy::Drop,
             update_horizon: default_update_horizon(),
             rule_timing: RuleTiming::Arrival,
+            state_ttl: default_state_ttl(),
         }
     }
 }
