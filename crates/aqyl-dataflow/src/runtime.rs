@@ -336,7 +336,10 @@ fn build(
                 sensor_events = states.concat(sensor_events, area_silences);
             }
             if spec.rules.iter().any(|r| r.window.is_some()) {
-                let window_events = per_sensor.clone().window_events(spec.rules.clone(), states);
+                let window_events =
+                    per_sensor
+                        .clone()
+                        .window_events(spec.rules.clone(), timing, states);
                 sensor_events = states.concat(sensor_events, window_events);
             }
             let area_events = sensor_events

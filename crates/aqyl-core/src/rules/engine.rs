@@ -122,6 +122,27 @@ impl RuleState {
         }
     }
 
+    /// Whether an incident of this rule is on for `subject`.
+    fn is_on(&self, subject: &str) -> bool {
+        self.thresholds
+            .get(subject)
+            .is_some_and(Threshold::is_active)
+            || self.sequences.get(subject).is_some_and(Sequence::is_active)
+            || self
+                .silences
+                .get(subject)
+                .is_some_and(|s| s.since.is_some())
+            || self.levels.get(subject).is_some_and(|l| l.0.is_some())
+    }
+
+    /// Drops everything kept for `subject`.
+    fn remove(&mut self, subject: &str) {
+        self.thresholds.remove(subject);
+        self.sequences.remove(subject);
+        self.silences.remove(subject);
+        self.levels.remove(subject);
+    }
+
     /// `end` messages, dated `now` (event time), for every incident still on: the rule is
     /// gone, so nothing else would ever end them.
     fn farewell(&self, now: u64) -> Vec<Event> {
@@ -225,6 +246,42 @@ impl DetectorState {
         gone.iter().flat_map(|r| r.farewell(now)).collect()
     }
 
+    /// Releases what is kept for every subject whose newest reading is older than `before`
+    /// (`pipeline.state_ttl`), unless one of its rules has an incident on (that state is what
+    /// ends it); returns how many subjects it released. A released subject that reports again
+    /// starts afresh.
+    pub fn forget(&mut self, before: u64) -> usize {
+        let stale: Vec<Subject> = self
+            .last_reading
+            .iter()
+            .filter(|(_, (t, _))| *t < before)
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut released = 0;
+        for key in stale {
+            let (sensor_type, subject) = &key;
+            let of_type = |r: &RuleState| r.sensor_type == **sensor_type;
+            if self.rules.iter().any(|r| of_type(r) && r.is_on(subject)) {
+                continue;
+            }
+            for r in self.rules.iter_mut().filter(|r| of_type(r)) {
+                r.remove(subject);
+            }
+            self.last_reading.remove(&key);
+            released += 1;
+        }
+        if released > 0 {
+            let live = &self.last_reading;
+            self.baselines.retain(|(key, _), _| live.contains_key(key));
+        }
+        released
+    }
+
+    /// Subjects it keeps something for.
+    pub fn subjects(&self) -> usize {
+        self.last_reading.len()
+    }
+
     /// Whether it is lined up with `rules`.
     fn is_bound(&self, rules: &[Rule]) -> bool {
         self.rules.len() == rules.len() && self.rules.iter().zip(rules).all(|(s, r)| s.is_of(r))
@@ -239,6 +296,12 @@ pub struct Detector<'a> {
 }
 
 impl<'a> Detector<'a> {
+    /// Releases what is kept for subjects silent since before `before`
+    /// ([`DetectorState::forget`]).
+    pub fn forget(&mut self, before: u64) -> usize {
+        self.state.forget(before)
+    }
+
     /// `rules` working on `state` (bound to them first if it is not: [`DetectorState::bind`]).
     pub fn new(rules: &'a [Rule], state: &'a mut DetectorState) -> Self {
         if !state.is_bound(rules) {
@@ -727,6 +790,50 @@ mod tests {
             .map(|e| (e.rule.as_str(), e.state.as_str(), e.started_at / MINUTE))
             .collect();
         assert_eq!(ended, vec![("slow", "end", 0), ("outage", "end", 15)]);
+    }
+
+    #[test]
+    fn subjects_silent_past_the_ttl_are_forgotten_unless_an_incident_is_on() {
+        let rules = parse(SLOW);
+        let mut state = DetectorState::default();
+        let mut out = Vec::new();
+        {
+            let mut d = Detector::new(&rules, &mut state);
+            for i in 0..1000u64 {
+                let mut r = reading(0, 50.0, 0);
+                r.sensor_id = format!("s{i}");
+                d.observe(&r, Input::Readings, &mut out);
+            }
+            // One sensor crawls: its incident is on.
+            let mut slow = reading(1, 10.0, 0);
+            slow.sensor_id = "jam".into();
+            d.observe(&slow, Input::Readings, &mut out);
+            // One is still reporting.
+            let mut fresh = reading(100, 50.0, 0);
+            fresh.sensor_id = "fresh".into();
+            d.observe(&fresh, Input::Readings, &mut out);
+        }
+        assert_eq!(state.subjects(), 1002);
+        assert_eq!(state.forget(50 * MINUTE), 1000);
+        assert_eq!(
+            state.subjects(),
+            2,
+            "the one in an incident and the fresh one stay"
+        );
+        // The crawl ends normally afterwards: its state was kept.
+        out.clear();
+        let mut back = reading(120, 50.0, 0);
+        back.sensor_id = "jam".into();
+        Detector::new(&rules, &mut state).observe(&back, Input::Readings, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].state, EventState::End);
+        // A forgotten sensor that comes back starts afresh (it is judged, as a new one).
+        let mut again = reading(130, 10.0, 0);
+        again.sensor_id = "s7".into();
+        out.clear();
+        Detector::new(&rules, &mut state).observe(&again, Input::Readings, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(state.forget(0), 0, "nothing is older than 0");
     }
 
     #[test]

@@ -129,6 +129,8 @@ fn detect<'scope>(
             // Follows the input frontier; after a restore it starts from 0 again and catches
             // up at the first activation.
             let mut cap = Some(capability);
+            // When stale state was last released (event time).
+            let mut last_sweep = 0;
             move |(input, frontier), output| {
                 let mut state = state.borrow_mut();
                 let DetectState { pending, detector } = &mut *state;
@@ -191,6 +193,9 @@ fn detect<'scope>(
                 }
                 if let Some(now) = now {
                     detector.advance(now, &mut out);
+                    if let Some(before) = timing.sweep(&mut last_sweep, now) {
+                        detector.forget(before);
+                    }
                     if timing.live && detector.watches_silences() {
                         detector.advance_wall(crate::wall_ms(), &mut out);
                         activator.activate_after(Duration::from_secs(1));

@@ -44,6 +44,8 @@ pub struct Timing {
     /// Running live: absence rules also follow the wall clock, and (with `on_arrival`) area
     /// rules count sensor incidents as they arrive.
     pub live: bool,
+    /// State of subjects silent this long (event-time ms) is released (`pipeline.state_ttl`).
+    pub state_ttl_ms: Option<u64>,
 }
 
 impl Timing {
@@ -52,7 +54,20 @@ impl Timing {
         Self {
             on_arrival: spec.rule_timing == aqyl_core::config::RuleTiming::Arrival,
             live: spec.live(),
+            state_ttl_ms: spec.state_ttl.map(|d| d.as_millis() as u64),
         }
+    }
+
+    /// Whether it is time to release stale state at `now` (sweeping at most every eighth of
+    /// the TTL, so it costs nothing per reading), and what is stale: silent since before the
+    /// returned instant.
+    pub fn sweep(&self, last_sweep: &mut u64, now: u64) -> Option<u64> {
+        let ttl = self.state_ttl_ms?;
+        if now < last_sweep.saturating_add(ttl / 8) || now < ttl {
+            return None;
+        }
+        *last_sweep = now;
+        Some(now - ttl)
     }
 }
 
@@ -73,6 +88,7 @@ mod testing {
     pub(super) const BY_WATERMARK: Timing = Timing {
         on_arrival: false,
         live: false,
+        state_ttl_ms: None,
     };
 
     pub(super) fn rules(text: &str) -> Arc<Vec<Rule>> {

@@ -1,6 +1,7 @@
 //! `WindowEvents`: the rules over closed windows (`window = "<label>"`), in event time
 //! (`events/window`).
 
+use super::Timing;
 use crate::state::OperatorStates;
 use aqyl_core::rules::engine::DetectorState;
 use aqyl_core::rules::{Detector, Input, Rule};
@@ -22,6 +23,7 @@ pub trait WindowEvents<'scope> {
     fn window_events(
         self,
         rules: Arc<Vec<Rule>>,
+        timing: Timing,
         states: &OperatorStates,
     ) -> StreamVec<'scope, u64, Event>;
 }
@@ -43,6 +45,7 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
     fn window_events(
         self,
         rules: Arc<Vec<Rule>>,
+        timing: Timing,
         states: &OperatorStates,
     ) -> StreamVec<'scope, u64, Event> {
         let state = states.register::<WindowState>("events/window");
@@ -72,6 +75,8 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
             move |capability, _info| {
                 // Follows the input frontier; after a restore it starts from 0 again.
                 let mut cap = Some(capability);
+                // When stale state was last released (event time).
+                let mut last_sweep = 0;
                 move |(input, frontier), output| {
                     let mut state = state.borrow_mut();
                     let WindowState { pending, detectors } = &mut *state;
@@ -128,6 +133,11 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                             );
                         }
                     }
+                    if let Some(before) = now.and_then(|now| timing.sweep(&mut last_sweep, now)) {
+                        for detector in detectors.values_mut() {
+                            detector.forget(before);
+                        }
+                    }
                     crate::ordered::emit_and_follow(&mut cap, now, out, output);
                 }
             },
@@ -179,7 +189,9 @@ mod tests {
              [[rule]]\nname = \"falling\"\nsensor_type = \"traffic\"\nwindow = \"5m\"\n\
              enter = \"avgSpeed_mean_rate <= -2\"\n",
         );
-        let op = build(move |s, states| s.window_events(rules.clone(), states));
+        let op = build(move |s, states| {
+            s.window_events(rules.clone(), crate::events::testing::BY_WATERMARK, states)
+        });
         // At the cut (minute 15): slow since the window ending at 10; the window ending at 15
         // waits for the frontier.
         let first = windows(&[(5, 50.0), (10, 10.0), (15, 12.0)]);
