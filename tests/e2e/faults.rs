@@ -326,3 +326,102 @@ fn a_publisher_outrunning_the_service_waits_at_the_broker_not_in_its_memory() {
     wait_until(WAIT, "every message accounted for", || accounted() == n);
     aqyl.stop();
 }
+
+/// A CityPulse traffic row of segment `id` at Unix second `t`.
+fn row(id: &str, t: i64, speed: u32) -> (String, Vec<u8>) {
+    use chrono::TimeZone;
+    let local = chrono_tz::Europe::Copenhagen
+        .timestamp_opt(t, 0)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S");
+    let payload = format!(
+        r#"{{"status":"OK","avgMeasuredTime":60,"avgSpeed":{speed},"extID":668,"medianMeasuredTime":60,"TIMESTAMP":"{local}","vehicleCount":5,"_id":1,"REPORT_ID":1}}"#
+    );
+    (format!("city/traffic/{id}"), payload.into_bytes())
+}
+
+#[test]
+fn state_of_200_000_sensors_that_went_silent_is_released_after_the_ttl() {
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let dir = aqyl_tests::shipped_config();
+    let file = dir.path().join("aqyl.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("state_ttl = \"1d\"", "state_ttl = \"1h\"")
+            .replace("idle_timeout = \"30s\"", "idle_timeout = \"0s\"")
+            .replace(
+                "checkpoint_interval = \"10s\"",
+                "checkpoint_interval = \"1s\"",
+            ),
+    )
+    .unwrap();
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let aqyl = Aqyl::start(&file, &mqtt, &vm);
+    aqyl.wait_online(&status);
+    let t0 = 1_406_851_200; // 2014-08-01T00:00:00Z
+    let ids = 200_000;
+    // One reading each from 200,000 sensors nobody has seen before, and one steady sensor.
+    let many: Vec<_> = (0..ids)
+        .map(|i| row(&format!("x{i}"), t0 + (i % 60) as i64, 50))
+        .collect();
+    let port = mqtt.port;
+    let parts: Vec<Vec<_>> = many.chunks(ids / 4).map(|c| c.to_vec()).collect();
+    let publishers: Vec<_> = parts
+        .into_iter()
+        .map(|part| std::thread::spawn(move || publish(port, &part)))
+        .collect();
+    for p in publishers {
+        p.join().unwrap();
+    }
+    let checkpoint_after = |what: &str| {
+        let before = aqyl.metric("aqyl_checkpoints_total ").unwrap_or(0);
+        wait_until(WAIT, what, || {
+            aqyl.metric("aqyl_checkpoints_total ").unwrap_or(0) >= before + 2
+        });
+        aqyl.metric("aqyl_checkpoint_bytes ").unwrap_or(0)
+    };
+    wait_until(WAIT * 2, "every reading taken", || {
+        aqyl.metric("aqyl_observations_total ") == Some(ids as u64)
+    });
+    let held = checkpoint_after("a checkpoint holding 200,000 sensors");
+    let rss_held = rss_kib(aqyl.pid());
+    println!(
+        "held: checkpoint {held} bytes, pause {:?} s, RSS {} MiB",
+        reqwest::blocking::get(format!("{}/metrics", aqyl.http))
+            .unwrap()
+            .text()
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("aqyl_checkpoint_pause_seconds "))
+            .map(str::to_string),
+        rss_held / 1024
+    );
+    // The steady sensor reports every 5 minutes for three hours: the watermark passes the TTL.
+    let steady: Vec<_> = (0..36)
+        .map(|k| row("steady", t0 + 300 * (k + 1), 50))
+        .collect();
+    publish(port, &steady);
+    wait_until(WAIT, "the steady sensor's readings", || {
+        aqyl.metric("aqyl_observations_total ") == Some(ids as u64 + 36)
+    });
+    let released = checkpoint_after("a checkpoint after the TTL");
+    let rss_after = rss_kib(aqyl.pid());
+    println!(
+        "checkpoint with 200,000 sensors {} KiB, after the TTL {} KiB; RSS {} MiB then {} MiB",
+        held / 1024,
+        released / 1024,
+        rss_held / 1024,
+        rss_after / 1024
+    );
+    assert!(
+        held > 200_000 * 100,
+        "the state of every sensor is held: {held} bytes"
+    );
+    assert!(
+        released < held / 20,
+        "after the TTL the state shrinks to the active sensors: {released} of {held} bytes"
+    );
+    aqyl.stop();
+}
