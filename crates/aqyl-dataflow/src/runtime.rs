@@ -294,6 +294,13 @@ fn build(
         // and late messages of known sensors.
         let (side_input, side) = Feed::<Side>::new(&scope);
         if let Some(q) = spec.quality {
+            let q = QualitySpec {
+                state_ttl_ms: spec
+                    .state_ttl
+                    .map(|ttl| ttl.as_millis() as u64)
+                    .filter(|ttl| *ttl > 0),
+                ..q
+            };
             let scored = observations
                 .clone()
                 .score_quality(side, spec.registry.clone(), q, states);

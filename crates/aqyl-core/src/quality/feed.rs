@@ -66,6 +66,24 @@ impl Feed {
         }
     }
 
+    /// Forgets every sensor whose newest news (a reading after a silence, a keep-alive, or a
+    /// watchdog failure) is older than `before` (`pipeline.state_ttl`: a sensor silent that
+    /// long is gone from the city); returns how many. A sensor still reporting must be heard
+    /// of now and then for this (the scorer says so at least every quarter of the TTL), as
+    /// its watchdog says nothing while it reports. A forgotten sensor that reports again is
+    /// heard of as a new one.
+    pub fn forget_sensors(&mut self, before: u64) -> usize {
+        let n = self.sensors.len();
+        self.sensors
+            .retain(|_, events| events.back().is_some_and(|e| e.0 >= before));
+        n - self.sensors.len()
+    }
+
+    /// The sensors it follows.
+    pub fn sensors(&self) -> usize {
+        self.sensors.len()
+    }
+
     /// Whether the silence of `sensor` at `time` is shared by the other sensors of the type;
     /// `grace` is the watchdog's period (1.05 expected intervals), ms.
     pub fn verdict(&self, sensor: &str, time: u64, grace: u64) -> Neighbours {
@@ -196,6 +214,27 @@ mod tests {
         feed.heard("b", later + 1);
         assert_eq!(feed.verdict("a", later, GRACE), Neighbours::Unchecked);
         assert_eq!(feed.verdict("a", later + 1, GRACE), Neighbours::Disagree);
+    }
+
+    #[test]
+    fn sensors_silent_past_the_ttl_are_forgotten() {
+        let mut feed = Feed::default();
+        for i in 0..100 {
+            feed.heard(&format!("gone{i}"), 0);
+            feed.silent(&format!("gone{i}"), GRACE);
+        }
+        feed.heard("steady", 0);
+        // A keep-alive: the steady sensor is heard of while it reports.
+        feed.heard("steady", 40 * I);
+        feed.heard("back", 0);
+        assert_eq!(feed.sensors(), 102);
+        assert_eq!(feed.forget_sensors(0), 0, "nothing is older than 0");
+        assert_eq!(feed.forget_sensors(30 * I), 101);
+        assert_eq!(feed.sensors(), 1);
+        // One that comes back is new: it is reporting, and that is all that is known.
+        feed.heard("back", 45 * I);
+        feed.silent("steady", 46 * I);
+        assert_eq!(feed.verdict("steady", 46 * I, GRACE), Neighbours::Disagree);
     }
 
     #[test]

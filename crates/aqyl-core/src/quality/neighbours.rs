@@ -44,7 +44,10 @@ pub fn agreement(shifts: &[(String, f64)], neighbours: &[&ZScores], threshold: f
     }
 }
 
-/// The assessments of one area's sensors of one type, waiting for their neighbours.
+/// The assessments of one area's sensors of one type, waiting for their neighbours. What it
+/// holds of a sensor is gone once the frontier is five windows (two and a half expected
+/// intervals) past its newest assessment: nothing of a silent sensor outlives its silence
+/// for long, whatever `pipeline.state_ttl` is.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Neighbourhood {
     /// Time → (sensor id, the assessment until released, its evidence for the others: its
@@ -80,6 +83,19 @@ impl Neighbourhood {
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.by_time.is_empty()
+    }
+
+    /// The sensors it holds anything of (an assessment, or evidence for the others).
+    pub fn sensors(&self) -> usize {
+        let mut ids: Vec<&str> = self
+            .by_time
+            .values()
+            .flatten()
+            .map(|h| h.sensor.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
     }
 
     /// Releases, in time order, every assessment whose neighbours are all in (the frontier

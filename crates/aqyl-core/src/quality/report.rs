@@ -349,6 +349,11 @@ pub struct Alarm {
     problems: Vec<String>,
     /// The newest report's time.
     latest: u64,
+    /// The newest report of an input (a reading, a rejected or a late message; not a
+    /// silence): the sensor is forgotten `pipeline.state_ttl` after it.
+    last_input: u64,
+    /// The ongoing incident's area, for its end when the sensor is forgotten.
+    area: Option<String>,
 }
 
 /// Event type and rule name of quality incidents.
@@ -366,6 +371,9 @@ impl Alarm {
         settings: &AlarmSettings,
         interval_ms: u64,
     ) -> Option<Event> {
+        if !r.findings.silent {
+            self.last_input = self.last_input.max(r.time);
+        }
         if r.time < self.latest {
             // Older than a report already judged: live, a silence overtakes the readings
             // before it that still wait for the watermark. The silence is the newer news.
@@ -399,6 +407,7 @@ impl Alarm {
                     self.problems.join("; ")
                 };
                 self.since = Some(first);
+                self.area = r.area.clone();
                 self.run_start = None;
                 self.problems.clear();
                 let low_since = if first == r.time {
@@ -425,6 +434,7 @@ impl Alarm {
                     return None;
                 }
                 self.since = None;
+                self.area = None;
                 self.run_start = None;
                 (
                     EventState::End,
@@ -437,12 +447,7 @@ impl Alarm {
             }
         };
         Some(Event {
-            // The type is part of the id: two types may share sensor ids.
-            id: crate::rules::incident_id(
-                QUALITY_EVENT,
-                &format!("{}/{}", r.sensor_type, r.sensor_id),
-                started_at,
-            ),
+            id: incident_id(&r.sensor_type, &r.sensor_id, started_at),
             event_type: QUALITY_EVENT.into(),
             subject: r.sensor_id.clone(),
             sensor_type: r.sensor_type.clone(),
@@ -461,6 +466,53 @@ impl Alarm {
     pub fn is_active(&self) -> bool {
         self.since.is_some()
     }
+
+    /// The time of the sensor's newest input (reading, rejected or late message) it has
+    /// judged; if none yet (live, the watchdog's failures may come before the readings that
+    /// wait for the watermark), its newest report's.
+    pub fn last_input(&self) -> u64 {
+        if self.last_input > 0 {
+            self.last_input
+        } else {
+            self.latest
+        }
+    }
+
+    /// The `end` of the ongoing incident, if any, of a sensor forgotten because it has sent
+    /// nothing for `ttl_ms` (`pipeline.state_ttl`): nothing else would ever end it. Same id
+    /// as its start; dated when the sensor had been silent for `ttl_ms` (or at its newest
+    /// report, if later); no values (no reading ends it).
+    pub fn forgotten(&self, sensor_type: &Arc<str>, sensor_id: &str, ttl_ms: u64) -> Option<Event> {
+        let since = self.since?;
+        let ttl = crate::duration::label(std::time::Duration::from_millis(ttl_ms));
+        Some(Event {
+            id: incident_id(sensor_type, sensor_id, since),
+            event_type: QUALITY_EVENT.into(),
+            subject: sensor_id.to_string(),
+            sensor_type: sensor_type.clone(),
+            area: self.area.clone(),
+            state: EventState::End,
+            level: "warning".into(),
+            started_at: since,
+            time: self.last_input().saturating_add(ttl_ms).max(self.latest),
+            rule: QUALITY_EVENT.into(),
+            message: format!(
+                "{sensor_type} sensor {sensor_id} quality incident ended: no reading for {ttl}; \
+                 the sensor is forgotten"
+            ),
+            values: Vec::new(),
+        })
+    }
+}
+
+/// The id of a sensor's `quality` incident that started at `started_at`.
+fn incident_id(sensor_type: &str, sensor_id: &str, started_at: u64) -> String {
+    // The type is part of the id: two types may share sensor ids.
+    crate::rules::incident_id(
+        QUALITY_EVENT,
+        &format!("{sensor_type}/{sensor_id}"),
+        started_at,
+    )
 }
 
 #[cfg(test)]
@@ -628,6 +680,42 @@ mod tests {
         assert_eq!(a.check(&scored(50, 1.0), &HYSTERESIS, 100), None);
         let start = a.check(&silent(210), &HYSTERESIS, 100).unwrap();
         assert_eq!((start.state, start.started_at), (EventState::Start, 105));
+    }
+
+    #[test]
+    fn a_forgotten_sensor_ends_its_incident() {
+        let mut a = Alarm::default();
+        let s = AlarmSettings::immediate(0.6);
+        assert_eq!(a.check(&report(1_000, false), &s, 300_000), None);
+        assert_eq!(a.forgotten(&"parking".into(), "BRUUNS", 3_600_000), None);
+        let start = a.check(&report(2_000, true), &s, 300_000).unwrap();
+        // Two silences after the last reading: they are no input.
+        for t in [400_000, 800_000] {
+            let mut silent = scored(t, 0.4);
+            silent.findings.silent = true;
+            assert_eq!(a.check(&silent, &s, 300_000), None);
+        }
+        assert_eq!(a.last_input(), 2_000);
+        let end = a.forgotten(&"parking".into(), "BRUUNS", 3_600_000).unwrap();
+        assert_eq!(
+            (end.state, end.id.as_str(), end.started_at, end.time),
+            (EventState::End, start.id.as_str(), 2_000, 3_602_000)
+        );
+        assert_eq!(end.area.as_deref(), Some("area-1"));
+        assert_eq!(
+            end.message,
+            "parking sensor BRUUNS quality incident ended: no reading for 1h; the sensor is forgotten"
+        );
+        // A TTL shorter than the silence reported: dated at the newest report.
+        let end = a.forgotten(&"parking".into(), "BRUUNS", 1_000).unwrap();
+        assert_eq!(end.time, 800_000);
+        // Silences before any input (live, readings wait for the watermark): the newest
+        // report counts.
+        let mut early = Alarm::default();
+        let mut silent = scored(5_000, 0.4);
+        silent.findings.silent = true;
+        early.check(&silent, &s, 300_000);
+        assert_eq!(early.last_input(), 5_000);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `FeedSilence`: judges each watchdog failure against the other sensors of its type, a
 //! silent sensor or an outage of the feed (`quality/type`).
 
-use super::{emit_at, Assessed, Scored};
+use super::{emit_at, Assessed, Scored, Sweep};
 use crate::state::OperatorStates;
 use aqyl_core::quality::Feed;
 use serde::{Deserialize, Serialize};
@@ -19,9 +19,9 @@ const FORGET_AFTER: u64 = 2;
 
 /// What `FeedSilence` keeps between activations (and in checkpoints): `quality/type`.
 #[derive(Default, Serialize, Deserialize)]
-struct FeedState {
+pub(super) struct FeedState {
     /// Per sensor type: who reports and who is silent.
-    feeds: BTreeMap<Arc<str>, Feed>,
+    pub(super) feeds: BTreeMap<Arc<str>, Feed>,
     /// Failures waiting for the frontier (event time), by their time.
     pending: BTreeMap<u64, Vec<Scored>>,
     /// The longest watchdog period seen.
@@ -33,9 +33,13 @@ struct FeedState {
 /// Judges each watchdog failure against the other sensors of its type: a silence most of them
 /// share is the feed's (see [`aqyl_core::quality::feed`]). In event time a failure is judged
 /// once the frontier has passed it (every sensor's news up to then is in); live, at once.
+/// With `state_ttl_ms`, a sensor whose newest news is older than that behind the frontier is
+/// forgotten ([`Feed::forget_sensors`]; `ScoreQuality` sends news of a reporting sensor at
+/// least every quarter of the TTL).
 pub(super) fn feed_silence<'scope>(
     assessed: StreamVec<'scope, u64, Assessed>,
     wall_clock: bool,
+    state_ttl_ms: Option<u64>,
     states: &OperatorStates,
 ) -> StreamVec<'scope, u64, Scored> {
     let state = states.register::<FeedState>("quality/type");
@@ -48,6 +52,7 @@ pub(super) fn feed_silence<'scope>(
         "FeedSilence",
         move |capability, _info| {
             let mut cap = Some(capability);
+            let mut sweep = Sweep::default();
             let judge = |feeds: &BTreeMap<Arc<str>, Feed>, mut s: Scored| {
                 if let Some(feed) = feeds.get(&s.sensor_type) {
                     s.assessment.findings.neighbours =
@@ -114,6 +119,12 @@ pub(super) fn feed_silence<'scope>(
                     for feed in feeds.values_mut() {
                         feed.forget_before(cutoff);
                     }
+                }
+                if let Some(before) = sweep.due(state_ttl_ms, now) {
+                    for feed in feeds.values_mut() {
+                        feed.forget_sensors(before);
+                    }
+                    feeds.retain(|_, feed| feed.sensors() > 0);
                 }
                 emit_at(&mut cap, now, out, output);
             }

@@ -34,6 +34,31 @@
 //! holds one capability that follows its input frontier: restored, it starts from the initial
 //! one and moves it up at its first activation (nothing restored is ready before then).
 //!
+//! Sensors come and go. With `pipeline.state_ttl` ([`QualitySpec::state_ttl_ms`]), a sensor
+//! silent for longer than the TTL, in event time, is forgotten: at most every eighth of the
+//! TTL, as its input frontier moves on (the watermark; live, it also follows the wall clock
+//! when the input is idle), each operator releases what it keeps of every sensor whose newest
+//! input (a reading, or a rejected or late message) is older than the frontier minus the TTL,
+//! and its checkpoints no longer hold it. `ScoreQuality` drops the sensor's ratings, detectors
+//! and watchdog check; `TrackQuality` its alarm and roll-ups; `FeedSilence` its membership of
+//! the feed, once its newest news (a reading, or a watchdog failure) is that old: as the feed
+//! check hears of a sensor only when it starts reporting or comes back, `ScoreQuality` tells
+//! it at least every quarter of the TTL that a sensor still reports. `NeighbourCheck` needs no
+//! sweep: it lets go of a sensor's evidence two and a half expected intervals after its newest
+//! assessment, whatever the TTL.
+//!
+//! A forgotten sensor's ongoing `quality` incident ends, as nothing else would ever end it:
+//! `TrackQuality` sends its `end` (the start's incident id, dated when the sensor had been
+//! silent for the TTL, no values; message "<type> sensor <id> quality incident ended: no
+//! reading for <ttl>; the sensor is forgotten"). Its open hourly and daily roll-ups are given
+//! out (closed) as they are, with the reports it sent: nothing it reported is lost. (Should it
+//! come back before such an hour or day is over, that window gets a second roll-up with the
+//! same end, which replaces the first in the store; with the default TTL of a day no hourly
+//! roll-up is still open by then.) A forgotten sensor that reports again starts afresh, like a
+//! new one. The TTL should be well past the watchdog's span (`long_window` expected
+//! intervals): a sensor forgotten while its watchdog still counts is reported silent no more.
+//! Without a TTL nothing is released.
+//!
 //! One operator per file: `ScoreQuality` (`score.rs`), the `keep` filter that splits its
 //! assessments into readings and silences (`keep.rs`), `NeighbourCheck` (`neighbours.rs`),
 //! `FeedSilence` (`feed.rs`), `TrackQuality` (`track.rs`) and `EmitQuality` ([`emit`],
@@ -96,11 +121,15 @@ pub struct QualitySpec {
     pub exclude_incorrect: bool,
     /// The watchdog and the age metric follow the wall clock (live) instead of event time.
     pub wall_clock: bool,
+    /// What is kept of a sensor silent this long (event time, ms) is released
+    /// (`pipeline.state_ttl`, set by the runtime); `None`: kept for ever.
+    pub state_ttl_ms: Option<u64>,
 }
 
 impl QualitySpec {
     /// The settings of `[quality]`, for a pipeline that runs `live` (an idle timeout is set)
-    /// or replays (which decides the `auto` clock).
+    /// or replays (which decides the `auto` clock). No TTL: the runtime sets `state_ttl_ms`
+    /// from `pipeline.state_ttl`.
     pub fn from_config(q: &aqyl_core::config::QualityConfig, live: bool) -> Self {
         Self {
             threshold: q.threshold,
@@ -114,6 +143,7 @@ impl QualitySpec {
             spike_threshold: q.spike_threshold,
             exclude_incorrect: q.exclude_incorrect,
             wall_clock: q.wall_clock(live),
+            state_ttl_ms: None,
         }
     }
 
@@ -283,8 +313,37 @@ fn judge_quality<'scope>(
     let readings = keep(assessed.clone(), states, "Readings", reading);
     let silences = keep(assessed, states, "Silences", move |a| !reading(a));
     let by_area = neighbour_check(readings, spec.spike_threshold, states);
-    let by_type = feed_silence(silences, spec.wall_clock, states);
-    track(by_area, by_type, spec.alarm(), spec.wall_clock, states)
+    let by_type = feed_silence(silences, spec.wall_clock, spec.state_ttl_ms, states);
+    track(
+        by_area,
+        by_type,
+        spec.alarm(),
+        spec.wall_clock,
+        spec.state_ttl_ms,
+        states,
+    )
+}
+
+/// When an operator releases what it keeps of sensors silent past `pipeline.state_ttl`: at
+/// most every eighth of the TTL of event time, so it costs nothing per activation. Not part
+/// of the checkpointed state: a restored operator sweeps at its first activation.
+#[derive(Debug, Default)]
+struct Sweep {
+    /// The frontier at the last sweep.
+    last: u64,
+}
+
+impl Sweep {
+    /// With a TTL, at the input frontier `now`: whether to sweep, and if so the cutoff
+    /// (`now - ttl`): a sensor whose newest input is older is forgotten.
+    fn due(&mut self, ttl: Option<u64>, now: Option<u64>) -> Option<u64> {
+        let (ttl, now) = (ttl?, now?);
+        if now < ttl || now < self.last.saturating_add(ttl / 8) {
+            return None;
+        }
+        self.last = now;
+        Some(now - ttl)
+    }
 }
 
 /// Gives each item at its logical time (at least the held capability's), then moves the

@@ -2,7 +2,7 @@
 //! silences (`quality/sensor`), then hands its assessments on to the checks
 //! ([`judge_quality`](super::judge_quality)).
 
-use super::{judge_quality, latency, Assessed, QualityOut, QualitySpec, Scored, Side};
+use super::{judge_quality, latency, Assessed, QualityOut, QualitySpec, Scored, Side, Sweep};
 use crate::state::OperatorStates;
 use aqyl_core::quality::{Assessment, Input, SensorQuality};
 use aqyl_core::Observation;
@@ -52,7 +52,7 @@ impl Item {
 /// A sensor's state in `ScoreQuality`.
 #[derive(Serialize, Deserialize)]
 pub(super) struct Sensor {
-    key: Key,
+    pub(super) key: Key,
     quality: SensorQuality,
     area: Option<String>,
     /// From its type's descriptor (refreshed, with the settings of `quality`, on restore).
@@ -63,6 +63,9 @@ pub(super) struct Sensor {
     /// watchdog).
     last_wall: i64,
     last_event: u64,
+    /// Event time of its newest input (a reading, a rejected or a late message): it is
+    /// forgotten once the frontier is `state_ttl` past it.
+    last_seen: u64,
     /// The event-time watchdog's scheduled check.
     pub(super) scheduled: Option<u64>,
 }
@@ -85,7 +88,7 @@ pub(super) struct ScoreState {
     pub(super) pending: BTreeMap<u64, Vec<Item>>,
     pub(super) sensors: Sensors,
     /// Event-time watchdog: (check time, sensor slot), one per sensor with a `scheduled`
-    /// check (rebuilt from them on restore).
+    /// check (rebuilt from them on restore, and when sensors are forgotten).
     #[serde(skip)]
     checks: BTreeSet<(u64, usize)>,
 }
@@ -95,14 +98,7 @@ impl ScoreState {
     /// schedule) and brings each sensor's settings up to date with the current `[quality]`
     /// settings and descriptors (a type no longer configured keeps its own).
     fn restored(&mut self, registry: &aqyl_core::ingest::decode::Registry, spec: &QualitySpec) {
-        let Sensors { index, all } = &mut self.sensors;
-        index.clear();
-        self.checks.clear();
-        for (slot, s) in all.iter_mut().enumerate() {
-            index
-                .entry(s.key.0.clone())
-                .or_default()
-                .insert(s.key.1.clone(), slot);
+        for s in self.sensors.all.iter_mut() {
             if let Some(ty) = registry.get(&s.key.0) {
                 let interval = ty.expected_interval.as_millis() as u64;
                 let settings = spec.sensor(interval, ty.flat_line, ty.activity_field.clone());
@@ -116,15 +112,43 @@ impl ScoreState {
             s.scheduled = None;
             if !spec.wall_clock {
                 s.scheduled = s.quality.next_check();
-                if let Some(next) = s.scheduled {
-                    self.checks.insert((next, slot));
-                }
             }
         }
+        self.sensors.reindex(&mut self.checks);
     }
 }
 
 impl Sensors {
+    /// Rebuilds what is derived from `all`: the index, and the watchdog's schedule from each
+    /// sensor's `scheduled` check.
+    fn reindex(&mut self, checks: &mut BTreeSet<(u64, usize)>) {
+        // New maps, sized for what is left.
+        self.index = HashMap::new();
+        checks.clear();
+        for (slot, s) in self.all.iter().enumerate() {
+            self.index
+                .entry(s.key.0.clone())
+                .or_default()
+                .insert(s.key.1.clone(), slot);
+            if let Some(next) = s.scheduled {
+                checks.insert((next, slot));
+            }
+        }
+    }
+
+    /// Forgets every sensor whose newest input is older than `before` (silent past
+    /// `state_ttl`): its ratings, detectors and watchdog check. Returns how many.
+    fn forget(&mut self, before: u64, checks: &mut BTreeSet<(u64, usize)>) -> usize {
+        let n = self.all.len();
+        self.all.retain(|s| s.last_seen >= before);
+        let released = n - self.all.len();
+        if released > 0 {
+            self.all.shrink_to_fit();
+            self.reindex(checks);
+        }
+        released
+    }
+
     /// The sensor's slot, made by `make` on first sight.
     fn slot(&mut self, ty: &Arc<str>, id: &str, make: impl FnOnce() -> Sensor) -> usize {
         if let Some(&i) = self.index.get(&**ty).and_then(|m| m.get(id)) {
@@ -145,7 +169,8 @@ pub trait ScoreQuality<'scope> {
     /// Rates each sensor's readings (this stream: the readings that pass into aggregates
     /// and rules) together with `side` (readings kept out, rejected and late messages). Its
     /// operators' states are registered in `states` as `quality/sensor`, `quality/area`,
-    /// `quality/type` and `quality/alerts`.
+    /// `quality/type` and `quality/alerts`. With `spec.state_ttl_ms`, what they keep of a
+    /// sensor silent that long is released (see the [module](super) docs).
     fn score_quality(
         self,
         side: StreamVec<'scope, u64, Side>,
@@ -181,6 +206,7 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                     let activator = scope.activator_for(info.address.clone());
                     state.borrow_mut().restored(&registry.load(), &spec);
                     let mut cap = Some(capability);
+                    let mut sweep = Sweep::default();
                     move |(readings, f1), (side, f2), output| {
                         let mut state = state.borrow_mut();
                         let ScoreState {
@@ -223,7 +249,14 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                                         &obs.sensor_id,
                                     ) {
                                         let s = &mut sensors.all[slot];
-                                        if s.quality.missing() {
+                                        s.last_seen = s.last_seen.max(obs.event_time);
+                                        if s.quality.missing()
+                                            || keep_alive(
+                                                spec.state_ttl_ms,
+                                                s.last_event,
+                                                obs.event_time,
+                                            )
+                                        {
                                             out.push(Assessed::heard(s, obs.event_time));
                                         }
                                         if obs.event_time >= s.last_event {
@@ -285,6 +318,9 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                             }
                         } else if let Some(n) = now {
                             fire_checks(n, checks, sensors, &mut out);
+                        }
+                        if let Some(before) = sweep.due(spec.state_ttl_ms, now) {
+                            sensors.forget(before, checks);
                         }
                         crate::ordered::emit_and_follow(&mut cap, now, out, output);
                     }
@@ -358,9 +394,20 @@ fn sensor_slot(
             window_ms: interval / 2,
             last_wall: 0,
             last_event: 0,
+            last_seen: 0,
             scheduled: None,
         }
     }))
+}
+
+/// Whether a reading at `t`, after one at `before`, tells the feed check that its sensor still
+/// reports: with a TTL, once per quarter of it. The feed check hears of a sensor only when it
+/// starts or comes back, and forgets one it has heard nothing of for the TTL.
+fn keep_alive(ttl: Option<u64>, before: u64, t: u64) -> bool {
+    ttl.is_some_and(|ttl| {
+        let step = (ttl / 4).max(1);
+        t / step > before / step
+    })
 }
 
 /// Judges one input of one sensor at event time `t`.
@@ -387,6 +434,7 @@ fn judge(
         return;
     };
     let s = &mut sensors.all[slot];
+    s.last_seen = s.last_seen.max(t);
     if let Some(area) = area {
         if s.area.as_ref() != Some(area) {
             s.area = Some(area.clone());
@@ -408,12 +456,14 @@ fn judge(
             } else {
                 o.arrival.stream_time
             };
+            let before = s.last_event;
             if o.event_time >= s.last_event {
                 s.last_wall = o.arrival.ingested_at;
                 s.last_event = o.event_time;
             }
-            if s.quality.missing() {
-                // Back (or new): the feed check counts it as reporting from now on.
+            if s.quality.missing() || keep_alive(spec.state_ttl_ms, before, t) {
+                // Back (or new): the feed check counts it as reporting from now on. Or a
+                // keep-alive, so that the feed check does not forget it.
                 out.push(Assessed::heard(s, t));
             }
             s.quality.judge(

@@ -1,5 +1,7 @@
-//! The whole quality chain (`ScoreQuality` to `EmitQuality`) across a checkpoint.
+//! The whole quality chain (`ScoreQuality` to `EmitQuality`) across a checkpoint, and with
+//! sensors that come and go (`state_ttl`).
 
+use super::feed::FeedState;
 use super::neighbours::AreaState;
 use super::score::ScoreState;
 use super::track::AlertState;
@@ -85,23 +87,8 @@ fn stream(registry: &crate::SharedRegistry) -> Vec<Batch> {
             if id == "s0" && (m == 50 || m == 135) {
                 speed = -5.0;
             }
-            let fields: Vec<(Arc<str>, f64)> =
-                vec![("avgSpeed".into(), speed), ("vehicleCount".into(), count)];
-            let obs = Observation {
-                sensor_type: "traffic".into(),
-                sensor_id: id.into(),
-                area: (id != "s3").then(|| "north".to_string()),
-                event_time: time,
-                received_at: 0,
-                time_from_receive: false,
-                location: None,
-                arrival: aqyl_core::Arrival {
-                    ingested_at: 0,
-                    stream_time: time,
-                    out_of_range: ty.out_of_range_count(&fields) as u16,
-                },
-                fields,
-            };
+            let area = (id != "s3").then_some("north");
+            let obs = reading(ty, id, area, time, speed, count);
             if obs.arrival.out_of_range > 0 {
                 batch.side.push(Side::Incorrect(obs));
             } else {
@@ -133,6 +120,34 @@ fn stream(registry: &crate::SharedRegistry) -> Vec<Batch> {
     batches
 }
 
+/// A traffic reading of sensor `id` at event time `time`.
+fn reading(
+    ty: &SensorType,
+    id: &str,
+    area: Option<&str>,
+    time: u64,
+    speed: f64,
+    count: f64,
+) -> Observation {
+    let fields: Vec<(Arc<str>, f64)> =
+        vec![("avgSpeed".into(), speed), ("vehicleCount".into(), count)];
+    Observation {
+        sensor_type: "traffic".into(),
+        sensor_id: id.into(),
+        area: area.map(str::to_string),
+        event_time: time,
+        received_at: 0,
+        time_from_receive: false,
+        location: None,
+        arrival: aqyl_core::Arrival {
+            ingested_at: 0,
+            stream_time: time,
+            out_of_range: ty.out_of_range_count(&fields) as u16,
+        },
+        fields,
+    }
+}
+
 /// A checkpoint: the input time reached, and the operator states by name.
 type Checkpoint = (u64, Vec<(String, Vec<u8>)>);
 
@@ -147,6 +162,16 @@ struct Run {
 /// a checkpoint `(time it had reached, states)` if given; ends the input if `close`, else
 /// takes the states (a checkpoint).
 fn drive(batches: Vec<Batch>, from: Option<Checkpoint>, close: bool) -> Run {
+    drive_with(spec(), batches, from, close)
+}
+
+/// [`drive`] with the quality settings `spec`.
+fn drive_with(
+    spec: QualitySpec,
+    batches: Vec<Batch>,
+    from: Option<Checkpoint>,
+    close: bool,
+) -> Run {
     let registry = registry();
     let (records_tx, mut records_rx) = tokio::sync::mpsc::channel(1 << 20);
     let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(1 << 20);
@@ -166,7 +191,7 @@ fn drive(batches: Vec<Batch>, from: Option<Checkpoint>, close: bool) -> Run {
         worker.dataflow::<u64, _, _>(|scope| {
             let scored = readings
                 .to_stream(scope)
-                .score_quality(side.to_stream(scope), registry, spec(), &states)
+                .score_quality(side.to_stream(scope), registry, spec, &states)
                 .probe_with(&probe);
             emit(scored, records_tx, events_tx, &states, Default::default());
         });
@@ -301,4 +326,206 @@ fn a_checkpoint_in_the_middle_changes_no_quality_output() {
     assert_eq!(records.len(), whole.records.len());
     assert_eq!(sorted(records), sorted(whole.records));
     assert_eq!(sorted(events), sorted(whole.events));
+}
+
+const HOUR: u64 = 60 * MIN;
+/// The TTL of the tests: well past the watchdog's twenty failures (105 minutes).
+const TTL: u64 = 3 * HOUR;
+
+/// Batches every 5 minutes from minute `from` to minute `to` (inclusive), of the readings
+/// `at(type, minute, time)` gives, the input time trailing them by [`LATENESS`].
+fn every_five_minutes(
+    from: u64,
+    to: u64,
+    mut at: impl FnMut(&SensorType, u64, u64) -> Vec<Observation>,
+) -> Vec<Batch> {
+    let registry = registry();
+    let types = registry.load();
+    let ty = types.get("traffic").unwrap();
+    let mut input = 0;
+    (from..=to)
+        .step_by(5)
+        .map(|m| {
+            let time = T0 + m * MIN;
+            let batch = Batch {
+                at: input,
+                readings: at(ty, m, time),
+                side: Vec::new(),
+                then: time - LATENESS,
+            };
+            input = batch.then;
+            batch
+        })
+        .collect()
+}
+
+/// A sensor reporting healthy values.
+fn healthy(ty: &SensorType, id: &str, time: u64, rng: &mut fastrand::Rng) -> Observation {
+    let speed = 55.0 + rng.f64() * 10.0;
+    let count = 10.0 + rng.u32(0..10) as f64;
+    reading(ty, id, Some("north"), time, speed, count)
+}
+
+/// How many sensors each quality operator keeps something of, from a checkpoint: scoring,
+/// neighbour evidence (area "north"), feed and alarms; and the checkpoint's size in bytes.
+fn kept(taken: &[(String, Vec<u8>)]) -> ([usize; 4], usize) {
+    let by_name: HashMap<String, Vec<u8>> = taken.iter().cloned().collect();
+    let score: ScoreState = crate::state::decode(&by_name["quality/sensor"]).unwrap();
+    let area: AreaState = crate::state::decode(&by_name["quality/area"]).unwrap();
+    let feed: FeedState = crate::state::decode(&by_name["quality/type"]).unwrap();
+    let alerts: AlertState = crate::state::decode(&by_name["quality/alerts"]).unwrap();
+    let counts = [
+        score.sensors.all.len(),
+        area.hoods
+            .get("traffic")
+            .and_then(|areas| areas.get("north"))
+            .map_or(0, |hood| hood.0.sensors()),
+        feed.feeds.get("traffic").map_or(0, |f| f.sensors()),
+        alerts.trackers.get("traffic").map_or(0, BTreeMap::len),
+    ];
+    (counts, taken.iter().map(|(_, b)| b.len()).sum())
+}
+
+/// 2,000 sensors send one reading each (every other one a second, five minutes later) and
+/// are never heard of again; one sensor reports every five minutes for seven hours. Half of
+/// them are in area "north".
+fn come_and_go() -> Vec<Batch> {
+    let mut rng = fastrand::Rng::with_seed(11);
+    every_five_minutes(0, 7 * 60, move |ty, m, time| {
+        let mut readings = vec![healthy(ty, "steady", time, &mut rng)];
+        if m <= 5 {
+            for i in (0..2000).filter(|i| m == 0 || i % 2 == 0) {
+                let mut r = healthy(ty, &format!("gone{i}"), time, &mut rng);
+                if i % 4 >= 2 {
+                    r.area = None;
+                }
+                readings.push(r);
+            }
+        }
+        readings
+    })
+}
+
+/// The settings for [`come_and_go`]: a watchdog that rests after four failures (each of the
+/// 2,000 silences is judged against all the others: twenty each would make a slow test).
+fn come_and_go_spec(state_ttl_ms: Option<u64>) -> QualitySpec {
+    QualitySpec {
+        state_ttl_ms,
+        long_window: 4,
+        ..spec()
+    }
+}
+
+#[test]
+fn sensors_silent_past_the_ttl_are_forgotten_by_every_quality_operator() {
+    let run = drive_with(come_and_go_spec(Some(TTL)), come_and_go(), None, false);
+    let (counts, bytes) = kept(&run.taken);
+    // Scoring, the feed and the alarms keep the steady sensor only; the neighbour check
+    // holds the evidence of the last few intervals, the steady sensor's.
+    assert_eq!(counts, [1, 1, 1, 1], "{bytes} bytes");
+    let by_name: HashMap<String, Vec<u8>> = run.taken.iter().cloned().collect();
+    let score: ScoreState = crate::state::decode(&by_name["quality/sensor"]).unwrap();
+    assert_eq!(score.sensors.all[0].key.1, "steady");
+    assert!(
+        score.sensors.all[0].scheduled.is_some(),
+        "its watchdog still runs"
+    );
+    let alerts: AlertState = crate::state::decode(&by_name["quality/alerts"]).unwrap();
+    assert!(alerts.trackers["traffic"].contains_key("steady"));
+    assert!(bytes < 16 * 1024, "{bytes} bytes left of one sensor");
+    // Their silence was the feed's (all of them stopped at once): no incident to end.
+    assert!(run.events.is_empty(), "{:?}", run.events);
+    // The steady sensor's reports went on to the end (the last two readings wait for the
+    // watermark and their neighbours).
+    let last = run.records.iter().rev().find_map(|r| match r {
+        QualityRecord::Report(r) if r.sensor_id == "steady" => Some(r.time),
+        _ => None,
+    });
+    assert_eq!(last, Some(T0 + 7 * HOUR - 15 * MIN));
+}
+
+#[test]
+fn without_a_ttl_nothing_is_forgotten() {
+    let run = drive_with(come_and_go_spec(None), come_and_go(), None, false);
+    let (counts, bytes) = kept(&run.taken);
+    // The neighbour check forgets old evidence by itself, as before.
+    assert_eq!(counts, [2001, 1, 2001, 2001], "{bytes} bytes");
+    assert!(bytes > 2000 * 512, "{bytes} bytes");
+
+    // A sensor in an incident that falls silent keeps it open for ever.
+    let run = drive(stuck_then_silent(false), None, false);
+    assert_eq!(starts_and_ends(&run.events, "stuck"), [EventState::Start]);
+}
+
+/// "stuck" repeats the same values for two hours (a flat line: a `quality` incident), then
+/// falls silent (the incident goes on: lone silences score low); "steady" reports all along,
+/// for ten hours. With `back`, "stuck" reports healthy values again from hour 9.
+fn stuck_then_silent(back: bool) -> Vec<Batch> {
+    let mut rng = fastrand::Rng::with_seed(5);
+    every_five_minutes(0, 10 * 60, move |ty, m, time| {
+        let mut readings = vec![healthy(ty, "steady", time, &mut rng)];
+        if m <= 120 {
+            readings.push(reading(ty, "stuck", Some("north"), time, 42.0, 7.0));
+        } else if back && m >= 9 * 60 {
+            readings.push(healthy(ty, "stuck", time, &mut rng));
+        }
+        readings
+    })
+}
+
+#[test]
+fn an_incident_of_a_forgotten_sensor_ends_once() {
+    let with_ttl = QualitySpec {
+        state_ttl_ms: Some(TTL),
+        ..spec()
+    };
+    let run = drive_with(with_ttl, stuck_then_silent(true), None, true);
+    let of_stuck: Vec<&Event> = run.events.iter().filter(|e| e.subject == "stuck").collect();
+    assert_eq!(
+        of_stuck.iter().map(|e| e.state).collect::<Vec<_>>(),
+        [EventState::Start, EventState::End],
+        "{of_stuck:#?}"
+    );
+    let (start, end) = (of_stuck[0], of_stuck[1]);
+    assert_eq!(end.id, start.id);
+    assert_eq!(end.started_at, start.started_at);
+    assert_eq!(
+        end.message,
+        "traffic sensor stuck quality incident ended: no reading for 3h; the sensor is forgotten"
+    );
+    // Dated when it had been silent for the TTL.
+    assert_eq!(end.time, T0 + 120 * MIN + TTL);
+    assert!(starts_and_ends(&run.events, "steady").is_empty());
+    // Back after that, it is scored as a new sensor: its reports are healthy from the start.
+    let back: Vec<&aqyl_core::quality::QualityReport> = run
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            QualityRecord::Report(r) if r.sensor_id == "stuck" && r.time >= T0 + 9 * HOUR => {
+                Some(r)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(back.len(), 13);
+    assert!(back.iter().all(|r| r.score > 0.9), "{back:#?}");
+    // Its day's roll-up, still open when it was forgotten, was given out then, with every
+    // report it had sent (readings, then the watchdog's failures).
+    let first_back = run
+        .records
+        .iter()
+        .position(|r| matches!(r, QualityRecord::Report(r) if r.sensor_id == "stuck" && r.time >= T0 + 9 * HOUR))
+        .unwrap();
+    let before = run.records[..first_back]
+        .iter()
+        .filter(|r| matches!(r, QualityRecord::Report(r) if r.sensor_id == "stuck"))
+        .count() as u64;
+    let day = run.records[..first_back].iter().find_map(|r| match r {
+        QualityRecord::Rollup(r) if r.sensor_id == "stuck" && r.window == "1d" => Some(r),
+        _ => None,
+    });
+    assert_eq!(
+        day.map(|d| (d.end, d.count)),
+        Some((T0 + 24 * HOUR, before))
+    );
 }

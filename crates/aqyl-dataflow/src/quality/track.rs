@@ -1,7 +1,7 @@
 //! `TrackQuality`: per sensor, the report (score), the `quality` incidents and the hourly and
 //! daily roll-ups (`quality/alerts`).
 
-use super::{with_nested, QualityOut, Scored};
+use super::{with_nested, QualityOut, Scored, Sweep};
 use crate::state::OperatorStates;
 use aqyl_core::quality::{Alarm, AlarmSettings, QualityRecord, QualityReport, Rollups};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,34 @@ fn track_one(
     out.push(QualityOut::Record(QualityRecord::Report(report)));
 }
 
+/// Forgets the alarm and roll-ups of every sensor whose newest input is older than `before`
+/// (silent past `state_ttl`, `ttl_ms`): its ongoing incident ends
+/// ([`Alarm::forgotten`]) and its open roll-ups are given out as they are.
+fn forget(
+    trackers: &mut BTreeMap<Arc<str>, BTreeMap<String, (Alarm, Rollups)>>,
+    before: u64,
+    ttl_ms: u64,
+    out: &mut Vec<QualityOut>,
+) {
+    for (ty, sensors) in trackers.iter_mut() {
+        sensors.retain(|id, (alarm, rollups)| {
+            if alarm.last_input() >= before {
+                return true;
+            }
+            out.extend(alarm.forgotten(ty, id, ttl_ms).map(QualityOut::Event));
+            let mut closed = Vec::new();
+            rollups.close(u64::MAX, &mut closed);
+            out.extend(
+                closed
+                    .into_iter()
+                    .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
+            );
+            false
+        });
+    }
+    trackers.retain(|_, sensors| !sensors.is_empty());
+}
+
 /// What `TrackQuality` keeps between activations (and in checkpoints): `quality/alerts`.
 #[derive(Default, Serialize, Deserialize)]
 pub(super) struct AlertState {
@@ -55,12 +83,14 @@ pub(super) struct AlertState {
 
 /// Per sensor: the report (score), the alarm and the hourly and daily roll-ups, of the
 /// assessments of both checks (`by_area`, `by_type`). Live, a silence is taken as soon as it
-/// comes (the alarm must not wait for the watermark).
+/// comes (the alarm must not wait for the watermark). With `state_ttl_ms`, a sensor whose
+/// newest input is older than that behind the frontier is forgotten ([`forget`]).
 pub(super) fn track<'scope>(
     by_area: StreamVec<'scope, u64, Scored>,
     by_type: StreamVec<'scope, u64, Scored>,
     alarm: AlarmSettings,
     wall_clock: bool,
+    state_ttl_ms: Option<u64>,
     states: &OperatorStates,
 ) -> StreamVec<'scope, u64, QualityOut> {
     let state = states.register::<AlertState>("quality/alerts");
@@ -72,6 +102,7 @@ pub(super) fn track<'scope>(
         "TrackQuality",
         move |capability, _info| {
             let mut cap = Some(capability);
+            let mut sweep = Sweep::default();
             move |(input1, frontier1), (input2, frontier2), output| {
                 let mut state = state.borrow_mut();
                 let AlertState {
@@ -133,6 +164,9 @@ pub(super) fn track<'scope>(
                                 .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
                         );
                     }
+                }
+                if let (Some(ttl), Some(before)) = (state_ttl_ms, sweep.due(state_ttl_ms, now)) {
+                    forget(trackers, before, ttl, &mut out);
                 }
                 crate::ordered::emit_and_follow(&mut cap, now, out, output);
             }
