@@ -375,6 +375,7 @@ fn state_of_200_000_sensors_that_went_silent_is_released_after_the_ttl() {
     for p in publishers {
         p.join().unwrap();
     }
+    let began = std::time::Instant::now();
     let checkpoint_after = |what: &str| {
         let before = aqyl.metric("aqyl_checkpoints_total ").unwrap_or(0);
         wait_until(WAIT, what, || {
@@ -385,7 +386,9 @@ fn state_of_200_000_sensors_that_went_silent_is_released_after_the_ttl() {
     wait_until(WAIT * 2, "every reading taken", || {
         aqyl.metric("aqyl_observations_total ") == Some(ids as u64)
     });
+    println!("taken in {:?}", began.elapsed());
     let held = checkpoint_after("a checkpoint holding 200,000 sensors");
+    println!("checkpointed at {:?}", began.elapsed());
     let rss_held = rss_kib(aqyl.pid());
     println!(
         "held: checkpoint {held} bytes, pause {:?} s, RSS {} MiB",
