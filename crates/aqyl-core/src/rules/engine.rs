@@ -122,19 +122,6 @@ impl RuleState {
         }
     }
 
-    /// Whether an incident of this rule is on for `subject`.
-    fn is_on(&self, subject: &str) -> bool {
-        self.thresholds
-            .get(subject)
-            .is_some_and(Threshold::is_active)
-            || self.sequences.get(subject).is_some_and(Sequence::is_active)
-            || self
-                .silences
-                .get(subject)
-                .is_some_and(|s| s.since.is_some())
-            || self.levels.get(subject).is_some_and(|l| l.0.is_some())
-    }
-
     /// Drops everything kept for `subject`.
     fn remove(&mut self, subject: &str) {
         self.thresholds.remove(subject);
@@ -143,49 +130,55 @@ impl RuleState {
         self.levels.remove(subject);
     }
 
+    /// When the incident on for `subject` started, if one is.
+    fn started(&self, subject: &str) -> Option<u64> {
+        self.thresholds
+            .get(subject)
+            .and_then(Threshold::active_since)
+            .or_else(|| self.sequences.get(subject).and_then(Sequence::active_since))
+            .or_else(|| self.silences.get(subject).and_then(|s| s.since))
+            .or_else(|| {
+                self.levels
+                    .get(subject)
+                    .and_then(|(level, at)| level.as_ref().map(|_| *at))
+            })
+    }
+
+    /// The `end` of the incident on for `subject`, dated `time`, if one is.
+    fn end(&self, subject: &str, time: u64, why: &str) -> Option<Event> {
+        let started_at = self.started(subject)?;
+        Some(Event {
+            id: incident_id(&self.rule, subject, started_at),
+            event_type: self.event_type.clone(),
+            subject: subject.to_string(),
+            sensor_type: self.sensor_type.as_str().into(),
+            area: self.silences.get(subject).and_then(|x| x.area.clone()),
+            state: EventState::End,
+            level: self.level.clone(),
+            started_at,
+            time: time.max(started_at),
+            rule: self.rule.clone(),
+            message: format!("{} ended: {why}", self.rule),
+            values: Vec::new(),
+        })
+    }
+
     /// `end` messages, dated `now` (event time), for every incident still on: the rule is
     /// gone, so nothing else would ever end them.
     fn farewell(&self, now: u64) -> Vec<Event> {
-        let on = self
+        let mut subjects: Vec<&String> = self
             .thresholds
-            .iter()
-            .filter_map(|(s, t)| Some((s, t.active_since()?)))
-            .chain(
-                self.sequences
-                    .iter()
-                    .filter_map(|(s, q)| Some((s, q.active_since()?))),
-            )
-            .chain(
-                self.silences
-                    .iter()
-                    .filter_map(|(s, x)| Some((s, x.since?))),
-            )
-            .chain(
-                self.levels
-                    .iter()
-                    .filter_map(|(s, (level, at))| level.as_ref().map(|_| (s, *at))),
-            );
-        let mut ended: Vec<Event> = on
-            .map(|(subject, started_at)| Event {
-                id: incident_id(&self.rule, subject, started_at),
-                event_type: self.event_type.clone(),
-                subject: subject.clone(),
-                sensor_type: self.sensor_type.as_str().into(),
-                area: self.silences.get(subject).and_then(|x| x.area.clone()),
-                state: EventState::End,
-                level: self.level.clone(),
-                started_at,
-                time: now.max(started_at),
-                rule: self.rule.clone(),
-                message: format!(
-                    "{} ended: the rule was removed from the configuration",
-                    self.rule
-                ),
-                values: Vec::new(),
-            })
+            .keys()
+            .chain(self.sequences.keys())
+            .chain(self.silences.keys())
+            .chain(self.levels.keys())
             .collect();
-        ended.sort_by(|a, b| a.id.cmp(&b.id));
-        ended
+        subjects.sort();
+        subjects.dedup();
+        subjects
+            .into_iter()
+            .filter_map(|s| self.end(s, now, "the rule was removed from the configuration"))
+            .collect()
     }
 
     /// Whether it is the state of `rule`.
@@ -247,34 +240,39 @@ impl DetectorState {
     }
 
     /// Releases what is kept for every subject whose newest reading is older than `before`
-    /// (`pipeline.state_ttl`), unless one of its rules has an incident on (that state is what
-    /// ends it); returns how many subjects it released. A released subject that reports again
-    /// starts afresh.
-    pub fn forget(&mut self, before: u64) -> usize {
-        let stale: Vec<Subject> = self
+    /// (silent past `pipeline.state_ttl`, `ttl_ms`) and returns the `end` of each incident
+    /// still on for them ("the sensor is forgotten"), dated its newest reading plus the TTL.
+    /// A forgotten subject that reports again starts afresh.
+    pub fn forget(&mut self, before: u64, ttl_ms: u64) -> Vec<Event> {
+        let mut stale: Vec<(Subject, u64)> = self
             .last_reading
             .iter()
             .filter(|(_, (t, _))| *t < before)
-            .map(|(key, _)| key.clone())
+            .map(|(key, (t, _))| (key.clone(), *t))
             .collect();
-        let mut released = 0;
-        for key in stale {
-            let (sensor_type, subject) = &key;
-            let of_type = |r: &RuleState| r.sensor_type == **sensor_type;
-            if self.rules.iter().any(|r| of_type(r) && r.is_on(subject)) {
-                continue;
+        stale.sort();
+        let why = format!(
+            "no reading for {}; the sensor is forgotten",
+            crate::duration::label(std::time::Duration::from_millis(ttl_ms))
+        );
+        let mut ended = Vec::new();
+        let released = !stale.is_empty();
+        for ((sensor_type, subject), last) in stale {
+            for r in self
+                .rules
+                .iter_mut()
+                .filter(|r| r.sensor_type == *sensor_type)
+            {
+                ended.extend(r.end(&subject, last.saturating_add(ttl_ms), &why));
+                r.remove(&subject);
             }
-            for r in self.rules.iter_mut().filter(|r| of_type(r)) {
-                r.remove(subject);
-            }
-            self.last_reading.remove(&key);
-            released += 1;
+            self.last_reading.remove(&(sensor_type, subject));
         }
-        if released > 0 {
+        if released {
             let live = &self.last_reading;
             self.baselines.retain(|(key, _), _| live.contains_key(key));
         }
-        released
+        ended
     }
 
     /// Subjects it keeps something for.
@@ -296,10 +294,10 @@ pub struct Detector<'a> {
 }
 
 impl<'a> Detector<'a> {
-    /// Releases what is kept for subjects silent since before `before`
-    /// ([`DetectorState::forget`]).
-    pub fn forget(&mut self, before: u64) -> usize {
-        self.state.forget(before)
+    /// Releases what is kept for subjects silent since before `before`, ending their
+    /// incidents ([`DetectorState::forget`]).
+    pub fn forget(&mut self, before: u64, ttl_ms: u64, out: &mut Vec<Event>) {
+        out.extend(self.state.forget(before, ttl_ms));
     }
 
     /// `rules` working on `state` (bound to them first if it is not: [`DetectorState::bind`]).
@@ -793,8 +791,8 @@ mod tests {
     }
 
     #[test]
-    fn subjects_silent_past_the_ttl_are_forgotten_unless_an_incident_is_on() {
-        let rules = parse(SLOW);
+    fn subjects_silent_past_the_ttl_are_forgotten_and_their_incidents_end() {
+        let rules = parse(&format!("{SLOW}{OUTAGE}"));
         let mut state = DetectorState::default();
         let mut out = Vec::new();
         {
@@ -804,7 +802,7 @@ mod tests {
                 r.sensor_id = format!("s{i}");
                 d.observe(&r, Input::Readings, &mut out);
             }
-            // One sensor crawls: its incident is on.
+            // One sensor crawls: its incident is on when it goes silent.
             let mut slow = reading(1, 10.0, 0);
             slow.sensor_id = "jam".into();
             d.observe(&slow, Input::Readings, &mut out);
@@ -814,26 +812,32 @@ mod tests {
             d.observe(&fresh, Input::Readings, &mut out);
         }
         assert_eq!(state.subjects(), 1002);
-        assert_eq!(state.forget(50 * MINUTE), 1000);
-        assert_eq!(
-            state.subjects(),
-            2,
-            "the one in an incident and the fresh one stay"
-        );
-        // The crawl ends normally afterwards: its state was kept.
         out.clear();
-        let mut back = reading(120, 50.0, 0);
-        back.sensor_id = "jam".into();
-        Detector::new(&rules, &mut state).observe(&back, Input::Readings, &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].state, EventState::End);
-        // A forgotten sensor that comes back starts afresh (it is judged, as a new one).
+        let ended = state.forget(50 * MINUTE, 30 * MINUTE);
+        assert_eq!(state.subjects(), 1, "only the fresh sensor is left");
+        // The crawl ends once, under its id, dated its last reading plus the TTL.
+        let ended: Vec<_> = ended
+            .iter()
+            .map(|e| {
+                (
+                    e.rule.as_str(),
+                    e.subject.as_str(),
+                    e.state.as_str(),
+                    e.time / MINUTE,
+                )
+            })
+            .collect();
+        assert_eq!(ended, vec![("slow", "jam", "end", 31)]);
+        assert!(
+            state.forget(50 * MINUTE, 30 * MINUTE).is_empty(),
+            "ended once"
+        );
+        // A forgotten sensor that comes back starts afresh (judged as a new one).
         let mut again = reading(130, 10.0, 0);
         again.sensor_id = "s7".into();
-        out.clear();
         Detector::new(&rules, &mut state).observe(&again, Input::Readings, &mut out);
         assert_eq!(out.len(), 1, "{out:?}");
-        assert_eq!(state.forget(0), 0, "nothing is older than 0");
+        assert_eq!(out[0].state, EventState::Start);
     }
 
     #[test]

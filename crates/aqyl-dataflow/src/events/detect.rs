@@ -194,7 +194,8 @@ fn detect<'scope>(
                 if let Some(now) = now {
                     detector.advance(now, &mut out);
                     if let Some(before) = timing.sweep(&mut last_sweep, now) {
-                        detector.forget(before);
+                        let ttl = timing.state_ttl_ms.unwrap_or(0);
+                        detector.forget(before, ttl, &mut out);
                     }
                     if timing.live && detector.watches_silences() {
                         detector.advance_wall(crate::wall_ms(), &mut out);

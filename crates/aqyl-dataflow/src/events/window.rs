@@ -134,9 +134,11 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                         }
                     }
                     if let Some(before) = now.and_then(|now| timing.sweep(&mut last_sweep, now)) {
+                        let ttl = timing.state_ttl_ms.unwrap_or(0);
                         for detector in detectors.values_mut() {
-                            detector.forget(before);
+                            out.extend(detector.forget(before, ttl));
                         }
+                        detectors.retain(|_, d| d.subjects() > 0);
                     }
                     crate::ordered::emit_and_follow(&mut cap, now, out, output);
                 }
