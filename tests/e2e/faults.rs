@@ -404,3 +404,31 @@ fn state_of_200_000_sensors_that_went_silent_is_released_after_the_ttl() {
     );
     aqyl.stop();
 }
+
+#[test]
+fn batches_a_failing_store_answers_500_to_are_kept_for_later_not_rejected() {
+    let mqtt = Mosquitto::start();
+    let (port, requests) = answering_store("500 Internal Server Error", r#"{"code":"internal"}"#);
+    let dir = config_dir(1);
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let aqyl = Aqyl::start_with(
+        &dir.path().join("aqyl.toml"),
+        &mqtt.url(),
+        Some(&format!("http://127.0.0.1:{port}")),
+    );
+    aqyl.wait_online(&status);
+    let msgs: Vec<_> = (0..30).map(|m| reading("five-hundred", m, 20.0)).collect();
+    publish(mqtt.port, &msgs);
+    wait_until(WAIT, "points spilled for a later replay", || {
+        aqyl.metric("aqyl_influx_points_spilled_total ")
+            .unwrap_or(0)
+            > 0
+    });
+    aqyl.stop();
+    assert!(requests.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(super::spilled(dir.path()) > 0, "kept in the spill");
+    assert!(
+        !dir.path().join("state/rejected/influx").exists(),
+        "a 500 is an outage, not a verdict on the data"
+    );
+}
