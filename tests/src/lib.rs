@@ -102,6 +102,19 @@ fn wait_for_port(port: u16, child: &mut Child, name: &str) {
     );
 }
 
+/// Starts `mosquitto -c conf` and waits until it listens on `port`.
+fn spawn_mosquitto(conf: &Path, port: u16) -> Child {
+    let mut child = Command::new(find_exe("mosquitto"))
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start mosquitto");
+    wait_for_port(port, &mut child, "mosquitto");
+    child
+}
+
 /// A running Mosquitto broker.
 pub struct Mosquitto {
     /// Its port on 127.0.0.1.
@@ -149,16 +162,7 @@ impl Mosquitto {
     pub fn restart(&mut self) {
         signal(self.child.id(), "-TERM");
         let _ = self.child.wait();
-        let conf = self._dir.path().join("mosquitto.conf");
-        let mut child = Command::new(find_exe("mosquitto"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start mosquitto");
-        wait_for_port(self.port, &mut child, "mosquitto");
-        self.child = child;
+        self.child = spawn_mosquitto(&self._dir.path().join("mosquitto.conf"), self.port);
     }
 
     fn start_configured(port: u16, extra: &str) -> Self {
@@ -176,17 +180,9 @@ impl Mosquitto {
             ),
         )
         .expect("write mosquitto.conf");
-        let mut child = Command::new(find_exe("mosquitto"))
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start mosquitto");
-        wait_for_port(port, &mut child, "mosquitto");
         Self {
             port,
-            child,
+            child: spawn_mosquitto(&conf, port),
             _dir: dir,
         }
     }
