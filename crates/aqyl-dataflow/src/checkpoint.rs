@@ -130,8 +130,9 @@ impl Rendezvous {
 pub struct Control {
     /// The latest checkpoint asked for (0: none yet).
     requested: AtomicU64,
-    /// End after the requested checkpoint.
-    stop: AtomicBool,
+    /// The checkpoint after which the workers end (0: none). Tied to an id, so a worker that
+    /// has just finished an earlier checkpoint does not end before the others take the last.
+    stop: AtomicU64,
     /// Where all workers meet while taking one.
     pub(crate) rendezvous: Rendezvous,
     /// Set by the leader: no record was in flight at the last meeting.
@@ -152,7 +153,7 @@ impl Control {
         let (taken, rx) = mpsc::unbounded_channel();
         let control = Self {
             requested: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
+            stop: AtomicU64::new(0),
             rendezvous: Rendezvous::new(workers.max(1)),
             quiet: AtomicBool::new(false),
             sent: Mutex::new([0; 4]),
@@ -165,10 +166,12 @@ impl Control {
 
     /// Asks for a checkpoint; with `stop`, the workers end after it.
     pub fn request(&self, stop: bool) {
+        // One requester at a time (the service's checkpointer, then its stop).
+        let id = self.requested.load(SeqCst) + 1;
         if stop {
-            self.stop.store(true, SeqCst);
+            self.stop.store(id, SeqCst);
         }
-        self.requested.fetch_add(1, SeqCst);
+        self.requested.store(id, SeqCst);
     }
 
     /// The checkpoint asked for, if newer than `done`.
@@ -177,9 +180,10 @@ impl Control {
         (r > done).then_some(r)
     }
 
-    /// Whether the workers end after the checkpoint being taken.
-    pub(crate) fn stopping(&self) -> bool {
-        self.stop.load(SeqCst)
+    /// Whether the workers end after checkpoint `taken`.
+    pub(crate) fn stopping(&self, taken: u64) -> bool {
+        let stop = self.stop.load(SeqCst);
+        stop != 0 && taken >= stop
     }
 }
 

@@ -452,7 +452,7 @@ fn run_worker(
                     control.rendezvous.poison();
                     return;
                 }
-                if control.stopping() {
+                if control.stopping(id) {
                     // Open windows stay open: they are in the checkpoint.
                     for id in worker.installed_dataflows() {
                         worker.drop_dataflow(id);
