@@ -39,13 +39,14 @@
 //! TTL, as its input frontier moves on (the watermark; live, it also follows the wall clock
 //! when the input is idle), each operator releases what it keeps of every sensor whose newest
 //! input (a reading, or a rejected or late message) is older than the frontier minus the TTL,
-//! and its checkpoints no longer hold it. `ScoreQuality` drops the sensor's ratings, detectors
-//! and watchdog check; `TrackQuality` its alarm and roll-ups; `FeedSilence` its membership of
-//! the feed, once its newest news (a reading, or a watchdog failure) is that old: as the feed
-//! check hears of a sensor only when it starts reporting or comes back, `ScoreQuality` tells
-//! it at least every quarter of the TTL that a sensor still reports. `NeighbourCheck` needs no
-//! sweep: it lets go of a sensor's evidence two and a half expected intervals after its newest
-//! assessment, whatever the TTL.
+//! and its checkpoints no longer hold it (`TrackQuality` counts from the frontier less the
+//! neighbour check's hold, as the reports it takes come that much later). `ScoreQuality`
+//! drops the sensor's ratings, detectors and watchdog check; `TrackQuality` its alarm and
+//! roll-ups; `FeedSilence` its membership of the feed, once its newest news (a reading, or a
+//! watchdog failure) is that old: as the feed check hears of a sensor only when it starts
+//! reporting or comes back, `ScoreQuality` tells it at least every quarter of the TTL that a
+//! sensor still reports. `NeighbourCheck` needs no sweep: it lets go of a sensor's evidence
+//! two and a half expected intervals after its newest assessment, whatever the TTL.
 //!
 //! A forgotten sensor's ongoing `quality` incident ends, as nothing else would ever end it:
 //! `TrackQuality` sends its `end` (the start's incident id, dated when the sensor had been
@@ -57,7 +58,11 @@
 //! roll-up is still open by then.) A forgotten sensor that reports again starts afresh, like a
 //! new one. The TTL should be well past the watchdog's span (`long_window` expected
 //! intervals): a sensor forgotten while its watchdog still counts is reported silent no more.
-//! Without a TTL nothing is released.
+//! What is given out does not depend on when the sweeps run, nor on how far the frontier
+//! leaps at once (a replay's may leap hours): the watchdog counts a sensor's failures only
+//! up to its newest input plus the TTL, and an input that comes later than that finds the
+//! sensor forgotten, in `ScoreQuality` and `TrackQuality`, whether or not a sweep has come by
+//! since (its incident ends then, and it starts afresh). Without a TTL nothing is released.
 //!
 //! One operator per file: `ScoreQuality` (`score.rs`), the `keep` filter that splits its
 //! assessments into readings and silences (`keep.rs`), `NeighbourCheck` (`neighbours.rs`),

@@ -72,6 +72,18 @@ pub(super) struct Sensor {
 
 type Key = (Arc<str>, String);
 
+impl Sensor {
+    /// With a TTL (`ttl`), when the sensor is forgotten if nothing more comes (its newest
+    /// input plus the TTL): its watchdog counts failures before then only. A frontier that
+    /// leaps far ahead (a replay) would otherwise let the watchdog count a whole frequency
+    /// window of failures of a sensor the same activation forgets, which every operator
+    /// downstream would judge and hold: a sensor past the TTL is reported silent no more,
+    /// however the frontier moves.
+    fn watched_until(&self, ttl: Option<u64>) -> u64 {
+        ttl.map_or(u64::MAX, |ttl| self.last_seen.saturating_add(ttl))
+    }
+}
+
 /// The sensors one worker scores, found by (type, id) without allocating.
 #[derive(Default, Serialize, Deserialize)]
 pub(super) struct Sensors {
@@ -207,6 +219,7 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                     state.borrow_mut().restored(&registry.load(), &spec);
                     let mut cap = Some(capability);
                     let mut sweep = Sweep::default();
+                    let mut last_scan = i64::MIN;
                     move |(readings, f1), (side, f2), output| {
                         let mut state = state.borrow_mut();
                         let ScoreState {
@@ -243,10 +256,11 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                                     // not when the watermark lets it be judged.
                                     if let Some(slot) = sensor_slot(
                                         sensors,
+                                        checks,
                                         &registry,
                                         &spec,
-                                        &obs.sensor_type,
-                                        &obs.sensor_id,
+                                        (&obs.sensor_type, &obs.sensor_id),
+                                        obs.event_time,
                                     ) {
                                         let s = &mut sensors.all[slot];
                                         s.last_seen = s.last_seen.max(obs.event_time);
@@ -296,7 +310,7 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                             .copied();
                         while let Some((t, mut items)) = crate::ordered::pop_ready(pending, now) {
                             if !spec.wall_clock {
-                                fire_checks(t, checks, sensors, &mut out);
+                                fire_checks(t, spec.state_ttl_ms, checks, sensors, &mut out);
                             }
                             items.sort_by(|a, b| a.order().cmp(&b.order()));
                             for item in items {
@@ -305,10 +319,22 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                         }
                         if spec.wall_clock {
                             let wall = wall_ms();
-                            for s in sensors.all.iter_mut() {
+                            // Every sensor's watchdog: work for every sensor, so not at each
+                            // of the many activations input brings, but every `SCAN_MS` (the
+                            // activator below comes back within a second anyway).
+                            let sensors_to_scan = if wall >= last_scan.saturating_add(SCAN_MS) {
+                                last_scan = wall;
+                                &mut sensors.all[..]
+                            } else {
+                                &mut []
+                            };
+                            for s in sensors_to_scan.iter_mut() {
                                 // The sensor's own event clock, advanced by the wall clock.
                                 let elapsed = (wall - s.last_wall).max(0) as u64;
-                                let event_now = s.last_event.saturating_add(elapsed);
+                                let event_now = s
+                                    .last_event
+                                    .saturating_add(elapsed)
+                                    .min(s.watched_until(spec.state_ttl_ms).saturating_sub(1));
                                 while let Some(a) = s.quality.watchdog(event_now) {
                                     out.push(Assessed::Scored(scored(s, a)));
                                 }
@@ -317,7 +343,7 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                                 activator.activate_after(Duration::from_secs(1));
                             }
                         } else if let Some(n) = now {
-                            fire_checks(n, checks, sensors, &mut out);
+                            fire_checks(n, spec.state_ttl_ms, checks, sensors, &mut out);
                         }
                         if let Some(before) = sweep.due(spec.state_ttl_ms, now) {
                             sensors.forget(before, checks);
@@ -332,6 +358,9 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
 
 use crate::wall_ms;
 
+/// Live, how often at most the watchdog looks at every sensor (wall ms).
+const SCAN_MS: i64 = 250;
+
 fn scored(s: &Sensor, assessment: Assessment) -> Scored {
     Scored {
         sensor_type: s.key.0.clone(),
@@ -344,9 +373,11 @@ fn scored(s: &Sensor, assessment: Assessment) -> Scored {
     }
 }
 
-/// Runs the event-time watchdog of every sensor due before `until`.
+/// Runs the event-time watchdog of every sensor due before `until`; with a TTL (`ttl`), only
+/// up to when each sensor is forgotten ([`Sensor::watched_until`]).
 fn fire_checks(
     until: u64,
+    ttl: Option<u64>,
     checks: &mut BTreeSet<(u64, usize)>,
     sensors: &mut Sensors,
     out: &mut Vec<Assessed>,
@@ -362,27 +393,36 @@ fn fire_checks(
             continue;
         };
         s.scheduled = None;
+        let watched = s.watched_until(ttl);
+        if at >= watched {
+            // Forgotten by then: no failure, and no further check (an input reschedules it).
+            continue;
+        }
         if let Some(a) = s.quality.watchdog(at) {
             out.push(Assessed::Scored(scored(s, a)));
         }
-        if let Some(next) = s.quality.next_check() {
+        if let Some(next) = s.quality.next_check().filter(|next| *next < watched) {
             s.scheduled = Some(next);
             checks.insert((next, slot));
         }
     }
 }
 
-/// The sensor's slot, made on first sight (`None` for a type no longer configured).
+/// The slot of the sensor an input at event time `time` is of, made on first sight (`None`
+/// for a type no longer configured). A sensor silent past the TTL until then is made afresh,
+/// as if the sweep had already forgotten it: whether it starts afresh does not depend on
+/// when the sweeps run (a replay's frontier may leap past its TTL and its return at once).
 fn sensor_slot(
     sensors: &mut Sensors,
+    checks: &mut BTreeSet<(u64, usize)>,
     registry: &aqyl_core::ingest::decode::Registry,
     spec: &QualitySpec,
-    sensor_type: &Arc<str>,
-    sensor_id: &str,
+    (sensor_type, sensor_id): (&Arc<str>, &str),
+    time: u64,
 ) -> Option<usize> {
     let ty = registry.get(sensor_type)?;
     let interval = ty.expected_interval.as_millis() as u64;
-    Some(sensors.slot(sensor_type, sensor_id, || {
+    let make = || {
         let quality =
             SensorQuality::new(spec.sensor(interval, ty.flat_line, ty.activity_field.clone()));
         Sensor {
@@ -397,7 +437,16 @@ fn sensor_slot(
             last_seen: 0,
             scheduled: None,
         }
-    }))
+    };
+    let slot = sensors.slot(sensor_type, sensor_id, make);
+    let s = &mut sensors.all[slot];
+    if s.last_seen > 0 && s.watched_until(spec.state_ttl_ms) < time {
+        if let Some(old) = s.scheduled.take() {
+            checks.remove(&(old, slot));
+        }
+        *s = make();
+    }
+    Some(slot)
 }
 
 /// Whether a reading at `t`, after one at `before`, tells the feed check that its sensor still
@@ -430,7 +479,14 @@ fn judge(
     let Some(ty) = registry.get(&sensor_type) else {
         return; // a type removed by a reload
     };
-    let Some(slot) = sensor_slot(sensors, registry, spec, &sensor_type, sensor_id) else {
+    let Some(slot) = sensor_slot(
+        sensors,
+        checks,
+        registry,
+        spec,
+        (&sensor_type, sensor_id),
+        t,
+    ) else {
         return;
     };
     let s = &mut sensors.all[slot];

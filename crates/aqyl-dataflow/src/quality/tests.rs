@@ -529,3 +529,151 @@ fn an_incident_of_a_forgotten_sensor_ends_once() {
         Some((T0 + 24 * HOUR, before))
     );
 }
+
+/// 300 sensors send one reading each in the first minute (half of them in area "north") and
+/// are never heard of again; "steady" reports every five minutes for seven hours. With
+/// `leap`, the frontier leaps past all of it at once after the first minute (a replay whose
+/// backlog a worker takes in one batch), else it moves every five minutes.
+fn one_reading_each(leap: bool) -> Vec<Batch> {
+    let mut rng = fastrand::Rng::with_seed(13);
+    let batches = every_five_minutes(0, 7 * 60, move |ty, m, time| {
+        let mut readings = vec![healthy(ty, "steady", time, &mut rng)];
+        if m == 0 {
+            for i in 0..300u64 {
+                let mut r = healthy(ty, &format!("once{i}"), time + i % 60 * 1000, &mut rng);
+                if i % 2 == 1 {
+                    r.area = None;
+                }
+                readings.push(r);
+            }
+        }
+        readings
+    });
+    if leap {
+        leapt(batches)
+    } else {
+        batches
+    }
+}
+
+/// The same input, with the frontier leaping from the end of the first batch to the end of
+/// the last at once (a replay whose backlog a worker takes in one batch).
+fn leapt(mut batches: Vec<Batch>) -> Vec<Batch> {
+    let rest = batches.split_off(1);
+    let mut all = Batch {
+        at: batches[0].then,
+        readings: Vec::new(),
+        side: Vec::new(),
+        then: rest.last().map_or(batches[0].then, |b| b.then),
+    };
+    for b in rest {
+        all.readings.extend(b.readings);
+        all.side.extend(b.side);
+    }
+    batches.push(all);
+    batches
+}
+
+/// With the shipped settings that matter (a TTL of an hour, shorter than the twenty watchdog
+/// failures of 105 minutes), a sensor's watchdog counts failures until the sensor is
+/// forgotten, and no further, however the frontier moves. When the frontier leapt past the
+/// TTL, it counted all twenty first (the sweep came after the watchdog in the same
+/// activation): every one of them, for each of thousands of vanished sensors, went through the
+/// feed check, which judged each against every other sensor, and waited in the alarms'
+/// operator for the frontier (a checkpoint then held 4 KB a vanished sensor in
+/// `quality/alerts`).
+#[test]
+fn a_sensor_is_reported_silent_until_its_ttl_however_the_frontier_moves() {
+    let spec = QualitySpec {
+        state_ttl_ms: Some(HOUR),
+        ..spec()
+    };
+    assert_eq!(spec.long_window, 20, "the shipped watchdog span");
+    let mut outputs = Vec::new();
+    for leap in [false, true] {
+        let run = drive_with(spec, one_reading_each(leap), None, false);
+        let (counts, bytes) = kept(&run.taken);
+        assert_eq!(counts, [1, 1, 1, 1], "leap {leap}: {bytes} bytes");
+        assert!(bytes < 16 * 1024, "leap {leap}: {bytes} bytes");
+        // Per vanished sensor, its reading and the failures before its TTL: 57.75 minutes
+        // (eleven watchdog periods of 5.25) after the reading, never 63.
+        let mut silences: HashMap<&str, Vec<u64>> = HashMap::new();
+        for r in &run.records {
+            if let QualityRecord::Report(r) = r {
+                if r.sensor_id.starts_with("once") && r.findings.silent {
+                    let read = T0 + r.sensor_id[4..].parse::<u64>().unwrap() % 60 * 1000;
+                    silences
+                        .entry(&r.sensor_id)
+                        .or_default()
+                        .push(r.time - read);
+                }
+            }
+        }
+        assert_eq!(silences.len(), 300, "leap {leap}");
+        let ticks: Vec<u64> = (1..=11).map(|k| k * 315_000).collect();
+        for (id, mut after) in silences {
+            after.sort_unstable();
+            assert_eq!(after, ticks, "leap {leap}: {id}");
+        }
+        // All silent at once: the feed's outage, no incident.
+        assert!(run.events.is_empty(), "leap {leap}: {:?}", run.events);
+        outputs.push(sorted(run.records));
+    }
+    assert!(
+        outputs[0] == outputs[1],
+        "the same reports whether the frontier leaps"
+    );
+}
+
+/// A sensor that comes back after its TTL is forgotten (its incident ends, it is scored
+/// afresh) whether or not a sweep came by in between.
+#[test]
+fn a_sensor_back_after_its_ttl_ends_its_incident_however_the_frontier_moves() {
+    // The frontier leaps from the first reading to the end: no sweep comes between the
+    // sensor's silence and its return, yet it is forgotten, as when the frontier moves every
+    // five minutes.
+    let with_ttl = QualitySpec {
+        state_ttl_ms: Some(TTL),
+        ..spec()
+    };
+    let step = drive_with(with_ttl, stuck_then_silent(true), None, true);
+    let leap = drive_with(with_ttl, leapt(stuck_then_silent(true)), None, true);
+    let of_stuck = |run: &Run| -> Vec<(EventState, u64, u64, String)> {
+        let mut events: Vec<_> = run
+            .events
+            .iter()
+            .filter(|e| e.subject == "stuck")
+            .map(|e| (e.state, e.started_at, e.time, e.message.clone()))
+            .collect();
+        events.sort_by_key(|e| e.2);
+        events
+    };
+    let ended = of_stuck(&leap);
+    assert_eq!(ended, of_stuck(&step));
+    assert_eq!(
+        ended.iter().map(|e| e.0).collect::<Vec<_>>(),
+        [EventState::Start, EventState::End]
+    );
+    assert_eq!(ended[1].2, T0 + 120 * MIN + TTL);
+    assert!(
+        ended[1].3.ends_with("the sensor is forgotten"),
+        "{}",
+        ended[1].3
+    );
+    // Back, it is scored afresh: the same reports either way.
+    let back = |run: &Run| {
+        sorted(
+            run.records
+                .iter()
+                .filter(|r| {
+                    matches!(r, QualityRecord::Report(r)
+                        if r.sensor_id == "stuck" && r.time >= T0 + 9 * HOUR)
+                })
+                .cloned()
+                .collect(),
+        )
+    };
+    let (back_step, back_leap) = (back(&step), back(&leap));
+    assert_eq!(back_leap.len(), 13);
+    assert!(back_leap == back_step);
+}

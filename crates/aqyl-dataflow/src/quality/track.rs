@@ -12,16 +12,30 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
-/// One assessment of one sensor: its report, the alarm and the roll-ups.
+/// One assessment of one sensor: its report, the alarm and the roll-ups. With a TTL
+/// (`ttl_ms`), an input of a sensor silent past it until then finds it forgotten, as if the
+/// sweep had already come by: whether its incident ends and it starts afresh does not depend
+/// on when the sweeps run (a replay's frontier may leap past its TTL and its return at once).
 fn track_one(
     s: Scored,
     trackers: &mut BTreeMap<Arc<str>, BTreeMap<String, (Alarm, Rollups)>>,
     alarm: &AlarmSettings,
+    ttl_ms: Option<u64>,
     out: &mut Vec<QualityOut>,
 ) {
     let interval = s.interval_ms;
     let report = QualityReport::new(s.sensor_type, s.sensor_id, s.area, s.assessment);
     let (ty, id) = (&report.sensor_type, report.sensor_id.as_str());
+    if let (Some(ttl), false) = (ttl_ms, report.findings.silent) {
+        if let Some(sensors) = trackers.get_mut(ty) {
+            let expired = sensors
+                .get(id)
+                .is_some_and(|(a, _)| a.last_input().saturating_add(ttl) < report.time);
+            if let Some((a, mut rollups)) = expired.then(|| sensors.remove(id)).flatten() {
+                release(ty, id, &a, &mut rollups, ttl, out);
+            }
+        }
+    }
     with_nested(trackers, ty, id, |(a, rollups)| {
         if let Some(e) = a.check(&report, alarm, interval) {
             out.push(QualityOut::Event(e));
@@ -51,18 +65,31 @@ fn forget(
             if alarm.last_input() >= before {
                 return true;
             }
-            out.extend(alarm.forgotten(ty, id, ttl_ms).map(QualityOut::Event));
-            let mut closed = Vec::new();
-            rollups.close(u64::MAX, &mut closed);
-            out.extend(
-                closed
-                    .into_iter()
-                    .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
-            );
+            release(ty, id, alarm, rollups, ttl_ms, out);
             false
         });
     }
     trackers.retain(|_, sensors| !sensors.is_empty());
+}
+
+/// What is given out of a forgotten sensor: the end of its ongoing incident, its open
+/// roll-ups.
+fn release(
+    ty: &Arc<str>,
+    id: &str,
+    alarm: &Alarm,
+    rollups: &mut Rollups,
+    ttl_ms: u64,
+    out: &mut Vec<QualityOut>,
+) {
+    out.extend(alarm.forgotten(ty, id, ttl_ms).map(QualityOut::Event));
+    let mut closed = Vec::new();
+    rollups.close(u64::MAX, &mut closed);
+    out.extend(
+        closed
+            .into_iter()
+            .map(|r| QualityOut::Record(QualityRecord::Rollup(r))),
+    );
 }
 
 /// What `TrackQuality` keeps between activations (and in checkpoints): `quality/alerts`.
@@ -84,7 +111,9 @@ pub(super) struct AlertState {
 /// Per sensor: the report (score), the alarm and the hourly and daily roll-ups, of the
 /// assessments of both checks (`by_area`, `by_type`). Live, a silence is taken as soon as it
 /// comes (the alarm must not wait for the watermark). With `state_ttl_ms`, a sensor whose
-/// newest input is older than that behind the frontier is forgotten ([`forget`]).
+/// newest input is older than that behind the frontier (less the neighbour check's hold) is
+/// forgotten ([`forget`]), and so is one whose next input comes later than that after its
+/// newest ([`track_one`]).
 pub(super) fn track<'scope>(
     by_area: StreamVec<'scope, u64, Scored>,
     by_type: StreamVec<'scope, u64, Scored>,
@@ -130,7 +159,7 @@ pub(super) fn track<'scope>(
                 // (Their reports may close an hour's roll-up while readings of that hour still
                 // wait for the watermark; those then count towards the next hour.)
                 for s in now_live {
-                    track_one(s, trackers, &alarm, &mut out);
+                    track_one(s, trackers, &alarm, state_ttl_ms, &mut out);
                 }
                 let now = [frontier1.frontier().first(), frontier2.frontier().first()]
                     .into_iter()
@@ -147,7 +176,7 @@ pub(super) fn track<'scope>(
                     });
                     for s in ready {
                         *held_back = (*held_back).max(s.window_ms);
-                        track_one(s, trackers, &alarm, &mut out);
+                        track_one(s, trackers, &alarm, state_ttl_ms, &mut out);
                     }
                 }
                 // Roll-ups close once every report of their span has come through.
@@ -165,7 +194,11 @@ pub(super) fn track<'scope>(
                         );
                     }
                 }
-                if let (Some(ttl), Some(before)) = (state_ttl_ms, sweep.due(state_ttl_ms, now)) {
+                // Every report up to `held_back` before the frontier is in: a sensor is
+                // forgotten once nothing came from it for the TTL before then.
+                let settled = now.map(|n| n.saturating_sub(*held_back));
+                if let (Some(ttl), Some(before)) = (state_ttl_ms, sweep.due(state_ttl_ms, settled))
+                {
                     forget(trackers, before, ttl, &mut out);
                 }
                 crate::ordered::emit_and_follow(&mut cap, now, out, output);
