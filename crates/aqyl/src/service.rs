@@ -283,7 +283,7 @@ async fn run(
     if let Some((store, snapshot)) = last {
         // Every output emitted before the last snapshot has been written or spilled.
         if metrics.delivery.covers(&snapshot.sent) {
-            crate::durable::commit(&store, &snapshot, &metrics).await?;
+            crate::durable::commit(&store, snapshot, &metrics).await?;
             tracing::info!("Checkpoint committed; the next start goes on from here.");
         } else {
             tracing::warn!("The last checkpoint was not committed (some outputs were not confirmed); the next start replays from the one before.");

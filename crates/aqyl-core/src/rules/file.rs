@@ -101,6 +101,18 @@ pub struct SequenceSteps {
 }
 
 impl Rule {
+    /// Every condition of the rule (enter, exit, levels, sequence steps).
+    pub fn conditions(&self) -> impl Iterator<Item = &Expr> {
+        let steps = self
+            .sequence
+            .iter()
+            .flat_map(|s| [Some(&s.first), s.unless.as_ref()]);
+        [&self.enter, &self.exit]
+            .into_iter()
+            .chain(self.levels.iter().map(|(_, e)| e))
+            .chain(steps.flatten())
+    }
+
     /// Fills the message template for a subject and its values.
     pub fn render(&self, subject: &str, values: &[(std::sync::Arc<str>, f64)]) -> String {
         self.render_level(subject, "", values)
