@@ -18,6 +18,7 @@
 //! `aqyl-mqtt`, the sinks in `aqyl-sink`, the durable state and the HTTP endpoint in the `aqyl`
 //! binary with `aqyl-state`); aqyl-core depends on none of them, so their sections stay here.
 
+mod file_setting;
 mod mqtt;
 mod service;
 mod sinks;
@@ -25,7 +26,8 @@ mod sinks;
 pub use crate::ingest::config::IngestConfig;
 pub use crate::quality::config::{QualityClock, QualityConfig};
 pub use crate::windows::config::{LatePolicy, PipelineConfig, RuleTiming};
-pub use mqtt::{MqttConfig, MqttUrl, OutputsConfig};
+pub use file_setting::{read_secret, FileSetting};
+pub use mqtt::{BrokerSettings, MqttConfig, MqttUrl, OutputsConfig};
 pub use service::{HttpConfig, StateConfig};
 pub use sinks::{FileConfig, InfluxConfig};
 
@@ -150,19 +152,15 @@ pub struct Loaded {
 impl Config {
     /// Parses configuration text (no overrides, no descriptor loading).
     pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
-        let config: Config =
+        let mut config: Config =
             toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+        config.locate_files(path, text);
         let mut errors = Vec::new();
         let at = |span: std::ops::Range<usize>, msg: String| {
             ConfigError::at(path, text, (span.end > 0).then_some(span.start), msg)
         };
-        match MqttUrl::parse(config.mqtt.url.get_ref()) {
-            Err(e) => errors.push(at(config.mqtt.url.span(), e)),
-            Ok(url) if url.tls => errors.push(at(
-                config.mqtt.url.span(),
-                "mqtts:// is not supported yet: connect over mqtt:// (e.g. through a local TLS-terminating broker bridge)".into(),
-            )),
-            Ok(_) => {}
+        if let Err(e) = MqttUrl::parse(config.mqtt.url.get_ref()) {
+            errors.push(at(config.mqtt.url.span(), e));
         }
         if let Some(addr) = &config.http.addr {
             if addr.parse::<std::net::SocketAddr>().is_err() {
@@ -187,10 +185,13 @@ impl Config {
                 "pipeline.window must be at least 1ms".into(),
             ));
         }
-        if config.mqtt.username.is_some() != config.mqtt.password.is_some() {
-            errors.push(ConfigError::file(
+        let has_password = config.mqtt.password.is_some() || config.mqtt.password_file.is_some();
+        if config.mqtt.username.is_some() != has_password {
+            errors.push(ConfigError::at(
                 path,
-                "mqtt.username and mqtt.password must both be set or both be absent",
+                text,
+                text.find("[mqtt]"),
+                "mqtt.username and mqtt.password (or mqtt.password_file) must both be set or both be absent",
             ));
         }
         if config.ingest.queue_capacity == 0 {
@@ -264,8 +265,60 @@ impl Config {
         }
     }
 
-    /// Applies the `AQYL_*` environment overrides; `env` looks a variable up.
+    /// Gives every file setting read from the file its key, line and place beside the file.
+    fn locate_files(&mut self, path: &Path, text: &str) {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let m = &mut self.mqtt;
+        for (setting, key) in [
+            (&mut m.ca_file, "mqtt.ca_file"),
+            (&mut m.client_cert, "mqtt.client_cert"),
+            (&mut m.client_key, "mqtt.client_key"),
+            (&mut m.password_file, "mqtt.password_file"),
+            (&mut self.influx.ca_file, "influx.ca_file"),
+            (&mut self.http.token_file, "http.token_file"),
+        ] {
+            if let Some(s) = setting {
+                s.locate(key, text, base);
+            }
+        }
+    }
+
+    /// Applies the `AQYL_*` environment overrides; `env` looks a variable up. Paths from the
+    /// environment are taken as given (relative to the working directory).
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        let file = |var: &'static str| env(var).map(|p| FileSetting::given(var, p));
+        if env("AQYL_MQTT_PASSWORD").is_some() && env("AQYL_MQTT_PASSWORD_FILE").is_some() {
+            return Err("AQYL_MQTT_PASSWORD and AQYL_MQTT_PASSWORD_FILE are both set; keep one of them".into());
+        }
+        if env("AQYL_HTTP_TOKEN").is_some() && env("AQYL_HTTP_TOKEN_FILE").is_some() {
+            return Err(
+                "AQYL_HTTP_TOKEN and AQYL_HTTP_TOKEN_FILE are both set; keep one of them".into(),
+            );
+        }
+        if let Some(f) = file("AQYL_MQTT_PASSWORD_FILE") {
+            self.mqtt.password = None;
+            self.mqtt.password_file = Some(f);
+        }
+        if let Some(f) = file("AQYL_MQTT_CA_FILE") {
+            self.mqtt.ca_file = Some(f);
+        }
+        if let Some(f) = file("AQYL_MQTT_CLIENT_CERT") {
+            self.mqtt.client_cert = Some(f);
+        }
+        if let Some(f) = file("AQYL_MQTT_CLIENT_KEY") {
+            self.mqtt.client_key = Some(f);
+        }
+        if let Some(f) = file("AQYL_INFLUX_CA_FILE") {
+            self.influx.ca_file = Some(f);
+        }
+        if let Some(t) = env("AQYL_HTTP_TOKEN") {
+            self.http.token_file = None;
+            self.http.token = Some(Secret::new(t));
+        }
+        if let Some(f) = file("AQYL_HTTP_TOKEN_FILE") {
+            self.http.token = None;
+            self.http.token_file = Some(f);
+        }
         if let Some(url) = env("AQYL_MQTT_URL") {
             MqttUrl::parse(&url).map_err(|e| format!("AQYL_MQTT_URL: {e}"))?;
             self.mqtt.url = Spanned::new(0..0, url);
@@ -274,6 +327,7 @@ impl Config {
             self.mqtt.username = Some(u);
         }
         if let Some(p) = env("AQYL_MQTT_PASSWORD") {
+            self.mqtt.password_file = None;
             self.mqtt.password = Some(Secret::new(p));
         }
         if let Some(url) = env("AQYL_INFLUX_URL") {
@@ -295,7 +349,9 @@ impl Config {
         if let Some(dir) = env("AQYL_STATE_DIR") {
             self.state.dir = PathBuf::from(dir);
         }
-        if self.mqtt.username.is_some() != self.mqtt.password.is_some() {
+        if self.mqtt.username.is_some()
+            != (self.mqtt.password.is_some() || self.mqtt.password_file.is_some())
+        {
             return Err("the MQTT username and password must both be set or both be absent".into());
         }
         Ok(())
@@ -315,10 +371,29 @@ pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Loaded,
     config
         .apply_env(env)
         .map_err(|e| ConfigError::file(path, e))?;
+    // The broker's settings and the HTTP token as every command reads them (the password
+    // and token files too); the certificates are read where they are used (aqyl-connect).
+    let mut errors = Vec::new();
+    if let Err(e) = config.mqtt.broker(path) {
+        errors.extend(e.0);
+    }
+    if let Err(e) = config.http.bearer_token(path) {
+        errors.extend(e.0);
+    }
     let base = path.parent().unwrap_or(Path::new("."));
     let sensors_dir = base.join(&config.sensors_dir);
-    let sensor_types = descriptor::load_dir(&sensors_dir)?;
-    let rules = crate::rules::load_rules(&base.join(&config.rules_dir), &sensor_types)?;
+    let loaded = descriptor::load_dir(&sensors_dir).and_then(|sensor_types| {
+        let rules = crate::rules::load_rules(&base.join(&config.rules_dir), &sensor_types)?;
+        Ok((sensor_types, rules))
+    });
+    let (sensor_types, rules) = match loaded {
+        Ok(l) if errors.is_empty() => l,
+        Ok(_) => return Err(ConfigErrors(errors)),
+        Err(e) => {
+            errors.extend(e.0);
+            return Err(ConfigErrors(errors));
+        }
+    };
     Ok(Loaded {
         config,
         sensor_types,
