@@ -173,15 +173,8 @@ pub fn tls_config(broker: &BrokerSettings) -> Result<ClientConfig, SettingError>
                     )
                 })
         }
-        (Some(cert), None) => Err(SettingError::at(
-            cert,
-            "needs its private key too: set mqtt.client_key (AQYL_MQTT_CLIENT_KEY)",
-        )),
-        (None, Some(key)) => Err(SettingError::at(
-            key,
-            "needs its certificate too: set mqtt.client_cert (AQYL_MQTT_CLIENT_CERT)",
-        )),
-        (None, None) => Ok(builder.with_no_client_auth()),
+        // (BrokerSettings::problems, checked first by Connector::new, says which is missing.)
+        _ => Ok(builder.with_no_client_auth()),
     }
 }
 
@@ -268,7 +261,7 @@ pub fn explain(e: &ConnectionError, broker: &BrokerSettings) -> String {
             use rustls::CertificateError as C;
             let what = match c {
                 C::UnknownIssuer | C::BadSignature => format!(
-                    "the broker's certificate is not signed by {trusted}: set mqtt.ca_file / AQYL_MQTT_CA_FILE to the CA that signed it"
+                    "the broker's certificate is not signed by {trusted}: set mqtt.ca_file / AQYL_MQTT_CA_FILE (aqyl-sim: --ca-file) to the CA that signed it"
                 ),
                 C::NotValidForName | C::NotValidForNameContext { .. } => format!(
                     "the broker's certificate does not name the host {:?} of mqtt.url: connect with a host name (or IP address) that the certificate lists",

@@ -7,8 +7,12 @@ use std::path::Path;
 /// Checks the configuration at `path` (environment overrides applied). Returns the report
 /// to print and whether everything is valid.
 pub fn check(path: &Path) -> (String, bool) {
-    match config::load(path, |k| std::env::var(k).ok()) {
-        Ok(loaded) => {
+    let loaded = config::load(path, |k| std::env::var(k).ok()).and_then(|loaded| {
+        let connections = crate::connections::prepare(&loaded)?;
+        Ok((loaded, connections))
+    });
+    match loaded {
+        Ok((loaded, connections)) => {
             let mut out = format!(
                 "{}: ok ({} sensor type{} from {})\n",
                 path.display(),
@@ -65,6 +69,7 @@ pub fn check(path: &Path) -> (String, bool) {
                 out.push_str("  quality: off\n");
             }
             out.push_str(&state_line(&loaded));
+            out.push_str(&crate::connections::describe(&loaded.config, &connections));
             (out, true)
         }
         Err(errors) => {

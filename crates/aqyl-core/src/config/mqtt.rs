@@ -225,11 +225,11 @@ impl BrokerSettings {
         match (&self.client_cert, &self.client_key) {
             (Some(cert), None) => out.push((
                 Some(cert),
-                "needs its private key too: set mqtt.client_key (AQYL_MQTT_CLIENT_KEY)".into(),
+                "needs its private key too: set mqtt.client_key (AQYL_MQTT_CLIENT_KEY, aqyl-sim --client-key)".into(),
             )),
             (None, Some(key)) => out.push((
                 Some(key),
-                "needs its certificate too: set mqtt.client_cert (AQYL_MQTT_CLIENT_CERT)".into(),
+                "needs its certificate too: set mqtt.client_cert (AQYL_MQTT_CLIENT_CERT, aqyl-sim --client-cert)".into(),
             )),
             _ => {}
         }
