@@ -209,14 +209,26 @@ fn private_key(setting: &FileSetting) -> Result<PrivateKeyDer<'static>, SettingE
     }
 }
 
-/// The TLS error inside a connection error, if there is one.
+/// The TLS error inside a connection error, if there is one: rumqttc wraps it in its own
+/// errors, in I/O errors (the handshake, a read after it), or in both.
 fn rustls_error(e: &ConnectionError) -> Option<&rustls::Error> {
-    let io = match e {
-        ConnectionError::Tls(rumqttc::TlsError::TLS(e)) => return Some(e),
-        ConnectionError::Tls(rumqttc::TlsError::Io(io)) | ConnectionError::Io(io) => io,
-        _ => return None,
-    };
-    io.get_ref()?.downcast_ref::<rustls::Error>()
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // An I/O error's `source` skips the error it wraps.
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(tls);
+            }
+        }
+        current = err.source();
+    }
+    None
 }
 
 /// Whether retrying cannot cure the failure: the broker's certificate is not trusted or does

@@ -255,10 +255,20 @@ async fn run(
     };
     if let Some((what, why)) = failed {
         metrics.set_problem(what, why.clone());
-        tracing::error!(error = %why, "Aqyl cannot go on; it stops taking messages and exits so that it is restarted.");
+        if what == "broker" {
+            tracing::error!(error = %why, "The MQTT broker refuses Aqyl, which never connected: fix the configuration (or the broker's). Aqyl exits.");
+        } else {
+            tracing::error!(error = %why, "Aqyl cannot go on; it stops taking messages and exits so that it is restarted.");
+        }
         edge.stop_ingest();
         out.close().await;
         edge.close().await;
+        if durable.is_some() {
+            // Durable workers end only at a stopping checkpoint, and none is taken after a
+            // failure: the next start replays the ingest log from the last one, as after a
+            // crash. Joining them here would wait for ever; they end with the process.
+            std::mem::forget(running);
+        }
         if what == "broker" {
             anyhow::bail!("{why}");
         }
