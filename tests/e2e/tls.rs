@@ -314,8 +314,9 @@ fn a_wrong_ca_a_wrong_password_a_wrong_host_or_no_client_certificate_is_a_clear_
     std::fs::write(&nocert, text.join("\n")).unwrap();
     let run_nocert = ["run", "--config", nocert.to_str().unwrap()];
 
-    // (command, environment, what stderr must say)
-    let cases: Vec<(&str, &[&str], Vec<(&str, &str)>, Vec<String>)> = vec![
+    // (name, command, environment, what stderr must say)
+    type Case<'a> = (&'a str, &'a [&'a str], Vec<(&'a str, &'a str)>, Vec<String>);
+    let cases: Vec<Case> = vec![
         (
             "run-wrong-ca",
             &run,

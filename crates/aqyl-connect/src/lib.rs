@@ -293,3 +293,134 @@ pub fn explain(e: &ConnectionError, broker: &BrokerSettings) -> String {
         None => format!("cannot connect to the broker at {at}: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use aqyl_core::config::{MqttUrl, Secret};
+
+    fn settings(url: &str) -> BrokerSettings {
+        BrokerSettings {
+            url: MqttUrl::parse(url).unwrap(),
+            username: Some("aqyl".into()),
+            password: Some(Secret::new("pw-5e1d")),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+        }
+    }
+
+    fn file(name: &str, path: &Path) -> Option<FileSetting> {
+        Some(FileSetting::given(name, path))
+    }
+
+    fn error(b: &BrokerSettings) -> String {
+        Connector::new(b).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn one_connector_gives_every_connection_the_same_address_transport_and_credentials() {
+        let pki = aqyl_tests::Pki::generate();
+        let mut b = settings("mqtts://127.0.0.1:8883");
+        b.ca_file = file("mqtt.ca_file", &pki.ca);
+        b.client_cert = file("mqtt.client_cert", &pki.client_cert);
+        b.client_key = file("mqtt.client_key", &pki.client_key);
+        let c = Connector::new(&b).unwrap();
+        let o = c.options("aqyl-x");
+        assert_eq!(o.broker_address(), ("127.0.0.1".to_string(), 8883));
+        assert!(matches!(o.transport(), Transport::Tls(_)));
+        assert_eq!(o.client_id(), "aqyl-x");
+        let login = o.credentials().unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("aqyl", "pw-5e1d")
+        );
+        assert_eq!(format!("{c:?}"), "Connector(mqtts://127.0.0.1:8883)");
+        let plain = Connector::new(&settings("mqtt://[::1]:1884")).unwrap();
+        assert!(matches!(plain.options("p").transport(), Transport::Tcp));
+        assert_eq!(plain.address(), "mqtt://[::1]:1884");
+    }
+
+    #[test]
+    fn unusable_tls_files_are_refused_naming_the_setting() {
+        let pki = aqyl_tests::Pki::generate();
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not PEM at all\n").unwrap();
+        let mut b = settings("mqtts://127.0.0.1");
+
+        b.ca_file = file("mqtt.ca_file", &dir.path().join("missing.pem"));
+        let e = error(&b);
+        assert!(
+            e.starts_with("mqtt.ca_file (") && e.contains("cannot read it"),
+            "{e}"
+        );
+        b.ca_file = file("mqtt.ca_file", &garbage);
+        assert!(error(&b).contains("holds no certificate"), "{}", error(&b));
+        // A key where the CA certificate should be.
+        b.ca_file = file("AQYL_MQTT_CA_FILE", &pki.client_key);
+        let e = error(&b);
+        assert!(
+            e.starts_with("AQYL_MQTT_CA_FILE (") && e.contains("holds no certificate"),
+            "{e}"
+        );
+
+        b.ca_file = file("mqtt.ca_file", &pki.ca);
+        b.client_cert = file("mqtt.client_cert", &pki.client_cert);
+        let e = error(&b);
+        assert!(e.contains("needs its private key too"), "{e}");
+        // A certificate where the key should be.
+        b.client_key = file("mqtt.client_key", &pki.client_cert);
+        let e = error(&b);
+        assert!(
+            e.starts_with("mqtt.client_key (") && e.contains("holds no private key"),
+            "{e}"
+        );
+        // The broker's key with the client's certificate.
+        b.client_key = file("mqtt.client_key", &pki.server_key);
+        let e = error(&b);
+        assert!(
+            e.starts_with("mqtt.client_key (")
+                && e.contains("cannot be used with the client certificate"),
+            "{e}"
+        );
+        b.client_key = file("mqtt.client_key", &pki.client_key);
+        assert!(Connector::new(&b).is_ok());
+
+        let mut plain = settings("mqtt://127.0.0.1");
+        plain.ca_file = file("--ca-file", &pki.ca);
+        let e = error(&plain);
+        assert!(
+            e.starts_with("--ca-file (") && e.contains("use mqtts://"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn refusals_that_retrying_cannot_cure_are_told_from_an_unreachable_broker() {
+        let b = settings("mqtts://broker.city:8883");
+        let refused = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
+        assert!(is_permanent(&refused));
+        let why = explain(&refused, &b);
+        assert!(
+            why.starts_with("the broker at mqtts://broker.city:8883 refused user \"aqyl\"")
+                && !why.contains("pw-5e1d"),
+            "{why}"
+        );
+        let untrusted = ConnectionError::Tls(rumqttc::TlsError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        )));
+        assert!(is_permanent(&untrusted));
+        let why = explain(&untrusted, &b);
+        assert!(
+            why.contains("is not signed by the system's CA certificates (no mqtt.ca_file is set)"),
+            "{why}"
+        );
+        let down = ConnectionError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(!is_permanent(&down));
+        assert!(explain(&down, &b)
+            .starts_with("cannot connect to the broker at mqtts://broker.city:8883"));
+    }
+}

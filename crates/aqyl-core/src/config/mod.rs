@@ -286,7 +286,12 @@ impl Config {
     /// Applies the `AQYL_*` environment overrides; `env` looks a variable up. Paths from the
     /// environment are taken as given (relative to the working directory).
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
-        let file = |var: &'static str| env(var).map(|p| FileSetting::given(var, p));
+        // An empty path variable counts as unset (`AQYL_MQTT_CA_FILE=` in a container file).
+        let file = |var: &'static str| {
+            env(var)
+                .filter(|p| !p.is_empty())
+                .map(|p| FileSetting::given(var, p))
+        };
         if env("AQYL_MQTT_PASSWORD").is_some() && env("AQYL_MQTT_PASSWORD_FILE").is_some() {
             return Err(
                 "AQYL_MQTT_PASSWORD and AQYL_MQTT_PASSWORD_FILE are both set; keep one of them"
