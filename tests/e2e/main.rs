@@ -17,6 +17,7 @@ mod live;
 mod quality;
 mod replay;
 mod replay_cli;
+mod tls;
 
 const AQYL: &str = env!("CARGO_BIN_EXE_aqyl");
 const WAIT: Duration = Duration::from_secs(60);
