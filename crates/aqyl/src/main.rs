@@ -6,6 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// mimalloc instead of the system allocator: it gives freed memory back to the operating
+/// system (after 200,000 sensors' state was released, glibc's kept 3.9 GiB resident,
+/// mimalloc 1.8 GiB; see README "Limits").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Aqyl: smart-city sensor streams in, windowed aggregates out.
 ///
 /// Subscribes to city sensor topics over MQTT, decodes each payload with a sensor type
