@@ -291,6 +291,8 @@ impl DetectorState {
 pub struct Detector<'a> {
     rules: &'a [Rule],
     state: &'a mut DetectorState,
+    /// Sensor types some rule reads a `<field>_z` of: only their readings teach baselines.
+    learning: Vec<&'a str>,
 }
 
 impl<'a> Detector<'a> {
@@ -306,7 +308,16 @@ impl<'a> Detector<'a> {
             // (Operators bind a restored state themselves and send what it ends.)
             let _ended = state.bind(rules, 0);
         }
-        Self { rules, state }
+        let learning = rules
+            .iter()
+            .filter(|r| r.reads_baselines())
+            .map(|r| &*r.sensor_type)
+            .collect();
+        Self {
+            rules,
+            state,
+            learning,
+        }
     }
 
     /// Whether any rule reads this input of this sensor type.
@@ -453,16 +464,13 @@ impl<'a> Detector<'a> {
                     continue;
                 }
                 let slots = &mut state.rules[index];
-                let slot = obs.sensor_id.clone();
+                let slot = &obs.sensor_id;
                 // The event time of a message this reading causes.
                 let mut at = obs.event_time;
                 let change = match rule.kind {
                     RuleKind::Area { .. } => None,
                     RuleKind::Absence => {
-                        let s = slots
-                            .silences
-                            .entry(slot)
-                            .or_insert_with(|| Silence::first(obs));
+                        let s = slot_of(&mut slots.silences, slot, || Silence::first(obs));
                         // A gap longer than `for` that no tick saw (the reading after it
                         // arrived before the watermark passed the gap): the silence still
                         // happened, so it starts here and this reading ends it.
@@ -493,7 +501,7 @@ impl<'a> Detector<'a> {
                             continue;
                         };
                         let quiet = rule.quiet.as_deref() == Some(level.as_str());
-                        let current = slots.levels.entry(slot).or_insert((None, 0));
+                        let current = slot_of(&mut slots.levels, slot, || (None, 0));
                         let transition = match (&current.0, quiet) {
                             (None, false) => {
                                 *current = (Some(level.clone()), obs.event_time);
@@ -520,7 +528,7 @@ impl<'a> Detector<'a> {
                             (RuleKind::Sequence { within_ms }, Some(seq)) => {
                                 let first = seq.first.holds(&get);
                                 let unless = seq.unless.as_ref().is_some_and(|u| u.holds(&get));
-                                slots.sequences.entry(slot).or_default().step(
+                                slot_of(&mut slots.sequences, slot, Default::default).step(
                                     within_ms,
                                     obs.event_time,
                                     first,
@@ -529,7 +537,7 @@ impl<'a> Detector<'a> {
                                     exit,
                                 )
                             }
-                            _ => slots.thresholds.entry(slot).or_default().step(
+                            _ => slot_of(&mut slots.thresholds, slot, Default::default).step(
                                 rule.for_ms,
                                 obs.event_time,
                                 enter,
@@ -574,18 +582,42 @@ impl<'a> Detector<'a> {
                 }
             }
         }
-        // The baselines learn the reading after the rules have judged it.
-        for (field, v) in &obs.fields {
-            state
-                .baselines
-                .entry((key.clone(), field.clone()))
-                .and_modify(|b| b.learn(*v))
-                .or_insert_with(|| Baseline::new(*v));
+        // The baselines learn the reading after the rules have judged it (only for types
+        // whose rules read them: learning costs a map entry per field and reading).
+        if self.learning.contains(&&*obs.sensor_type) {
+            for (field, v) in &obs.fields {
+                state
+                    .baselines
+                    .entry((key.clone(), field.clone()))
+                    .and_modify(|b| b.learn(*v))
+                    .or_insert_with(|| Baseline::new(*v));
+            }
         }
-        state
-            .last_reading
-            .insert(key, (obs.event_time, obs.fields.clone()));
+        match state.last_reading.get_mut(&key) {
+            Some(last) => {
+                last.0 = obs.event_time;
+                last.1.clone_from(&obs.fields);
+            }
+            None => {
+                state
+                    .last_reading
+                    .insert(key, (obs.event_time, obs.fields.clone()));
+            }
+        }
     }
+}
+
+/// The state of `subject` in `slots`, made by `new` the first time (its name is copied only
+/// then).
+fn slot_of<'m, V>(
+    slots: &'m mut HashMap<String, V>,
+    subject: &str,
+    new: impl FnOnce() -> V,
+) -> &'m mut V {
+    if !slots.contains_key(subject) {
+        slots.insert(subject.to_string(), new());
+    }
+    slots.get_mut(subject).expect("inserted above")
 }
 
 /// The start of an absence incident of `sensor`, silent since `started_at`.

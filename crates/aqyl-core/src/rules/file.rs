@@ -101,6 +101,17 @@ pub struct SequenceSteps {
 }
 
 impl Rule {
+    /// Whether any of its conditions reads a learned baseline (`<field>_z`).
+    pub fn reads_baselines(&self) -> bool {
+        let sequence = self.sequence.iter().flat_map(|s| std::iter::once(&s.first).chain(&s.unless));
+        let levels = self.levels.iter().map(|(_, when)| when);
+        [&self.enter, &self.exit]
+            .into_iter()
+            .chain(sequence)
+            .chain(levels)
+            .any(|e| e.fields().iter().any(|f| f.ends_with(Z_SUFFIX)))
+    }
+
     /// Fills the message template for a subject and its values.
     pub fn render(&self, subject: &str, values: &[(std::sync::Arc<str>, f64)]) -> String {
         self.render_level(subject, "", values)
