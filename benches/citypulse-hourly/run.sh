@@ -7,6 +7,8 @@
 # DATA_DIR (or $CITYPULSE_TRAFFIC) holds the AarhusTrafficData<REPORT_ID>.csv files; without
 # it the benchmark says so and exits 0. ROUNDS (default 3, or $ROUNDS) pairs are run, Python
 # then Aqyl each round; the medians and their ratio are printed. $AQYL_WORKERS sets --workers.
+# $AQYL_BASELINE names another aqyl binary (an earlier build) to run in the same rounds too,
+# after Python and before this one, and to compare against.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -42,12 +44,19 @@ timed() {
     cat "$work/time" >>"$into"
 }
 
+baseline="${AQYL_BASELINE:-}"
 for ((i = 1; i <= rounds; i++)); do
     timed "$work/python" python3 "$here/reference.py" "$data" "$work/reference.txt"
+    line="round $i: python $(tail -1 "$work/python" | cut -d' ' -f1) s"
+    if [[ -n "$baseline" ]]; then
+        timed "$work/baseline" "$baseline" replay --config "$here/config/aqyl.toml" --out "$work/base" "${workers[@]}" "$data"
+        line="$line, baseline $(tail -1 "$work/baseline" | cut -d' ' -f1) s"
+    fi
     timed "$work/aqyl" "$aqyl" replay --config "$here/config/aqyl.toml" --out "$work/out" "${workers[@]}" "$data"
-    echo "round $i: python $(tail -1 "$work/python" | cut -d' ' -f1) s, aqyl $(tail -1 "$work/aqyl" | cut -d' ' -f1) s"
+    echo "$line, aqyl $(tail -1 "$work/aqyl" | cut -d' ' -f1) s"
 done
 python3 "$here/compare.py" "$work/out/aggregate.lp" "$work/reference.txt"
+[[ -n "$baseline" ]] && python3 "$here/compare.py" "$work/base/aggregate.lp" "$work/reference.txt" >/dev/null
 
 median() { sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 py=$(cut -d' ' -f1 "$work/python" | median)
@@ -60,3 +69,11 @@ awk -v rows="$rows" -v py="$py" -v aq="$aq" -v pm="$py_mem" -v am="$aq_mem" -v n
     printf "  aqyl replay       %6.2f s  %8.0f rows/s  %4.0f MiB peak\n", aq, rows / aq, am / 1024
     printf "  aqyl / python     %6.1fx\n", py / aq
 }'
+if [[ -n "$baseline" ]]; then
+    bl=$(cut -d' ' -f1 "$work/baseline" | median)
+    bl_mem=$(cut -d' ' -f2 "$work/baseline" | median)
+    awk -v rows="$rows" -v py="$py" -v aq="$aq" -v bl="$bl" -v bm="$bl_mem" 'BEGIN {
+        printf "  baseline aqyl     %6.2f s  %8.0f rows/s  %4.0f MiB peak  (%.1fx python)\n", bl, rows / bl, bm / 1024, py / bl
+        printf "  aqyl / baseline   %6.1fx\n", bl / aq
+    }'
+fi

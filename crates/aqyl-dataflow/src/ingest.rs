@@ -3,8 +3,8 @@
 
 use crate::feed::Feed;
 use crate::input::Logged;
-use crate::readings::Readings;
 use crate::quality::Side;
+use crate::readings::Readings;
 use crate::runtime::{Outputs, PipelineSpec};
 use crate::wall_ms;
 use aqyl_core::ingest::decode::Registry;

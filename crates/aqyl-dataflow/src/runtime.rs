@@ -303,7 +303,9 @@ fn build(
                     .filter(|ttl| *ttl > 0),
                 ..q
             };
-            let scored = observations.clone().score_quality(side, spec.registry.clone(), q, states);
+            let scored = observations
+                .clone()
+                .score_quality(side, spec.registry.clone(), q, states);
             crate::quality::emit(
                 scored,
                 outputs.quality.clone(),
@@ -330,12 +332,10 @@ fn build(
         );
         let events = {
             let timing = crate::events::Timing::of(spec);
-            let mut sensor_events = readings.rules.detect_events(
-                spec.rules.clone(),
-                timing,
-                metrics.clone(),
-                states,
-            );
+            let mut sensor_events =
+                readings
+                    .rules
+                    .detect_events(spec.rules.clone(), timing, metrics.clone(), states);
             if spec.rules.iter().any(|r| r.per_area) {
                 let area_silences =
                     readings

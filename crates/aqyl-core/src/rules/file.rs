@@ -103,7 +103,10 @@ pub struct SequenceSteps {
 impl Rule {
     /// Whether any of its conditions reads a learned baseline (`<field>_z`).
     pub fn reads_baselines(&self) -> bool {
-        let sequence = self.sequence.iter().flat_map(|s| std::iter::once(&s.first).chain(&s.unless));
+        let sequence = self
+            .sequence
+            .iter()
+            .flat_map(|s| std::iter::once(&s.first).chain(&s.unless));
         let levels = self.levels.iter().map(|(_, when)| when);
         [&self.enter, &self.exit]
             .into_iter()

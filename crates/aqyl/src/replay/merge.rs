@@ -101,7 +101,10 @@ fn csv_payload(ty: &SensorType, fields: &CsvFields) -> (Option<Value>, Vec<u8>) 
     }
     let mut payload = Vec::with_capacity(256);
     fields.write_json(&mut payload);
-    let pointers = [ty.time.as_ref().map(|t| &t.pointer), ty.sensor_id_field.as_ref()];
+    let pointers = [
+        ty.time.as_ref().map(|t| &t.pointer),
+        ty.sensor_id_field.as_ref(),
+    ];
     let keys: Option<Vec<&str>> = pointers
         .into_iter()
         .flatten()

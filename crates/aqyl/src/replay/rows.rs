@@ -68,7 +68,10 @@ impl CsvFields {
     /// The value of column `name` (the last of that name).
     pub fn get(&self, name: &str) -> Option<&str> {
         let names = &self.header.names;
-        (0..names.len()).rev().find(|i| names[*i] == name).map(|i| self.cell(i))
+        (0..names.len())
+            .rev()
+            .find(|i| names[*i] == name)
+            .map(|i| self.cell(i))
     }
 
     /// The row as a JSON object of strings.
