@@ -43,23 +43,59 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct BrokerArgs {
-    /// MQTT broker URL.
+    /// MQTT broker URL: mqtt://host:port, or mqtts://host:port for TLS.
     #[arg(long, env = "AQYL_MQTT_URL", default_value = "mqtt://127.0.0.1:1883")]
     url: String,
     /// MQTT user name.
     #[arg(long, env = "AQYL_MQTT_USERNAME")]
     username: Option<String>,
-    /// MQTT password.
+    /// MQTT password (visible to other users in the process list: prefer --password-file or
+    /// the environment).
     #[arg(long, env = "AQYL_MQTT_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// File holding the MQTT password (a trailing line ending is not part of it).
+    #[arg(
+        long,
+        env = "AQYL_MQTT_PASSWORD_FILE",
+        value_name = "FILE",
+        conflicts_with = "password"
+    )]
+    password_file: Option<PathBuf>,
+    /// PEM file of the CA certificate(s) to trust for mqtts:// instead of the system's.
+    #[arg(long, env = "AQYL_MQTT_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate, for brokers that require one (mutual TLS).
+    #[arg(long, env = "AQYL_MQTT_CLIENT_CERT", value_name = "FILE")]
+    client_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[arg(long, env = "AQYL_MQTT_CLIENT_KEY", value_name = "FILE")]
+    client_key: Option<PathBuf>,
 }
 
 impl BrokerArgs {
     fn broker(&self) -> Result<Broker> {
-        Ok(Broker::from_url(
+        let file = |flag: &str, p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| aqyl_core::config::FileSetting::given(flag, p))
+        };
+        let password = match (&self.password, file("--password-file", &self.password_file)) {
+            (Some(p), _) => Some(Secret::new(p.clone())),
+            (None, Some(f)) => Some(
+                aqyl_core::config::read_secret(&f)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", f.describe()))?,
+            ),
+            (None, None) => None,
+        };
+        let tls = mqtt::TlsFiles {
+            ca_file: file("--ca-file", &self.ca_file),
+            client_cert: file("--client-cert", &self.client_cert),
+            client_key: file("--client-key", &self.client_key),
+        };
+        Ok(Broker::with_tls(
             &self.url,
             self.username.clone(),
-            self.password.clone().map(Secret::new),
+            password,
+            tls,
         )?)
     }
 }

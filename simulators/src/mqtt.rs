@@ -15,81 +15,87 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 
+use aqyl_connect::Connector;
 /// A password that never prints (shared with the service's configuration).
 pub use aqyl_core::config::Secret;
+use aqyl_core::config::{BrokerSettings, FileSetting, MqttUrl};
 
-/// Where and how to connect.
-#[derive(Debug, Clone, PartialEq)]
+/// Where and how to connect: the broker's address, TLS and credentials, built by the same
+/// code as the service's connections (`aqyl-connect`).
+#[derive(Debug, Clone)]
 pub struct Broker {
-    /// Host name or address.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// User name, if the broker wants one.
-    pub username: Option<String>,
-    /// Password.
-    pub password: Option<Secret>,
+    connector: Connector,
+}
+
+/// TLS files for `mqtts://`, as the flags name them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TlsFiles {
+    /// CA certificates to trust instead of the system's (`--ca-file`).
+    pub ca_file: Option<FileSetting>,
+    /// Client certificate for mutual TLS (`--client-cert`).
+    pub client_cert: Option<FileSetting>,
+    /// Its private key (`--client-key`).
+    pub client_key: Option<FileSetting>,
 }
 
 impl Broker {
-    /// Parses `mqtt://host[:port]` (or `tcp://`); the default port is 1883.
+    /// Parses `mqtt://host[:port]` (or `tcp://`, default port 1883) or `mqtts://host[:port]`
+    /// (or `ssl://`, default port 8883; the system's CA certificates are trusted).
     pub fn from_url(
         url: &str,
         username: Option<String>,
         password: Option<Secret>,
     ) -> Result<Broker> {
-        let bad = |why: &str| Error::Invalid(format!("broker URL {url:?}: {why}"));
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("expected mqtt://host:port"))?;
-        match scheme {
-            "mqtt" | "tcp" => {}
-            "mqtts" | "ssl" => {
-                return Err(bad(
-                    "TLS is not built into aqyl-sim; use a plain mqtt:// listener",
-                ))
-            }
-            _ => return Err(bad("the scheme must be mqtt://")),
-        }
-        let authority = rest.split(['/', '?']).next().unwrap_or_default();
-        if authority.contains('@') {
-            return Err(bad(
-                "put credentials in --username/--password, not in the URL",
-            ));
-        }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h.trim_start_matches('[').trim_end_matches(']'),
-                p.parse().map_err(|_| bad("the port is not a number"))?,
-            ),
-            _ => (authority, 1883),
-        };
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
-        if username.is_some() != password.is_some() {
-            return Err(Error::Invalid(
-                "username and password must both be set or both be absent".into(),
-            ));
-        }
-        Ok(Broker {
-            host: host.to_owned(),
-            port,
+        Self::with_tls(url, username, password, TlsFiles::default())
+    }
+
+    /// [`Broker::from_url`] with TLS files; every file is read and checked here.
+    pub fn with_tls(
+        url: &str,
+        username: Option<String>,
+        password: Option<Secret>,
+        tls: TlsFiles,
+    ) -> Result<Broker> {
+        let url = MqttUrl::parse(url).map_err(|e| {
+            Error::Invalid(e.replace(
+                "mqtt.username/mqtt.password (or AQYL_MQTT_USERNAME/AQYL_MQTT_PASSWORD)",
+                "--username/--password",
+            ))
+        })?;
+        let settings = BrokerSettings {
+            url,
             username,
             password,
-        })
+            ca_file: tls.ca_file,
+            client_cert: tls.client_cert,
+            client_key: tls.client_key,
+        };
+        if settings.username.is_some() != settings.password.is_some() {
+            return Err(Error::Invalid(
+                "username and password must both be set or both be absent (--username with --password or --password-file)".into(),
+            ));
+        }
+        let connector = Connector::new(&settings).map_err(|e| Error::Invalid(e.to_string()))?;
+        Ok(Broker { connector })
+    }
+
+    /// Host name or address.
+    pub fn host(&self) -> &str {
+        &self.connector.settings().url.host
+    }
+
+    /// TCP port.
+    pub fn port(&self) -> u16 {
+        self.connector.settings().url.port
     }
 
     /// rumqttc options for a connection named `client_id`.
     pub fn options(&self, client_id: &str) -> MqttOptions {
-        let mut o = MqttOptions::new(client_id, self.host.clone(), self.port);
+        let mut o = self.connector.options(client_id);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_max_packet_size(1 << 20, 1 << 20);
         o.set_clean_session(true);
         o.set_inflight(1000);
-        if let (Some(u), Some(p)) = (&self.username, &self.password) {
-            o.set_credentials(u.clone(), p.expose());
-        }
         o
     }
 }
@@ -121,6 +127,7 @@ struct Counters {
 type Handler = Box<dyn FnMut(Publish) + Send>;
 
 async fn drive(
+    connector: Connector,
     mut el: EventLoop,
     client: AsyncClient,
     counters: Arc<Counters>,
@@ -158,13 +165,13 @@ async fn drive(
             Ok(_) => {}
             Err(e) => {
                 if let Some(tx) = connected.take() {
-                    let _ = tx.send(Err(e.to_string()));
+                    let _ = tx.send(Err(connector.explain(&e)));
                     return;
                 }
                 if counters.closing.load(Ordering::Relaxed) {
                     break;
                 }
-                tracing::warn!(error = %e, "MQTT connection failed; retrying.");
+                tracing::warn!(error = %connector.explain(&e), "MQTT connection failed; retrying.");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -197,6 +204,7 @@ impl Connection {
         let (tx, rx) = oneshot::channel();
         let n = subscriptions.len() as u64;
         let task = tokio::spawn(drive(
+            broker.connector.clone(),
             el,
             client.clone(),
             counters.clone(),
@@ -204,14 +212,10 @@ impl Connection {
             subscriptions,
             handler,
         ));
-        let addr = format!("{}:{}", broker.host, broker.port);
+        let addr = broker.connector.address();
         match tokio::time::timeout(Duration::from_secs(10), rx).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => {
-                return Err(Error::Mqtt(format!(
-                    "cannot connect to the broker at {addr}: {e}"
-                )))
-            }
+            Ok(Ok(Err(e))) => return Err(Error::Mqtt(e)),
             Ok(Err(_)) | Err(_) => {
                 task.abort();
                 return Err(Error::Mqtt(format!(
@@ -314,13 +318,27 @@ mod tests {
     #[test]
     fn broker_urls() -> Result<()> {
         let b = Broker::from_url("mqtt://127.0.0.1:1884", None, None)?;
-        assert_eq!((b.host.as_str(), b.port), ("127.0.0.1", 1884));
-        assert_eq!(Broker::from_url("mqtt://localhost", None, None)?.port, 1883);
+        assert_eq!((b.host(), b.port()), ("127.0.0.1", 1884));
         assert_eq!(
-            Broker::from_url("mqtt://[::1]:1885", None, None)?.host,
+            Broker::from_url("mqtt://localhost", None, None)?.port(),
+            1883
+        );
+        assert_eq!(
+            Broker::from_url("mqtt://[::1]:1885", None, None)?.host(),
             "::1"
         );
-        assert!(Broker::from_url("mqtts://h:8883", None, None).is_err());
+        let missing = TlsFiles {
+            ca_file: Some(FileSetting::given("--ca-file", "/nonexistent/ca.pem")),
+            ..TlsFiles::default()
+        };
+        let err = Broker::with_tls("mqtts://h", None, None, missing.clone()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--ca-file (/nonexistent/ca.pem): cannot read it"),
+            "{err}"
+        );
+        let plain = Broker::with_tls("mqtt://h", None, None, missing).unwrap_err();
+        assert!(plain.to_string().contains("use mqtts://"), "{plain}");
         assert!(Broker::from_url("127.0.0.1:1883", None, None).is_err());
         assert!(Broker::from_url("mqtt://h", Some("u".into()), None).is_err());
         let b = Broker::from_url("mqtt://h", Some("u".into()), Some(Secret::new("hunter2")))?;

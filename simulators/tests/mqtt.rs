@@ -363,3 +363,72 @@ fn replay_keeps_each_sensors_order_over_several_connections() {
         }
     }
 }
+
+#[test]
+fn run_publishes_over_mqtts_with_a_password_file_and_a_client_certificate() {
+    let pki = aqyl_tests::Pki::generate();
+    let broker = Mosquitto::start_tls(&pki, "sim", "Sim-pw-91c3", true);
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("sim.pass");
+    std::fs::write(&pass, "Sim-pw-91c3\n").unwrap();
+    let collector = Collector::start(broker.port, "city/traffic/#");
+    let url = broker.tls_url();
+    let (ca, cert, key) = (
+        pki.ca.to_str().unwrap(),
+        pki.client_cert.to_str().unwrap(),
+        pki.client_key.to_str().unwrap(),
+    );
+    let pass_arg = pass.to_str().unwrap();
+    let tls = [
+        "--url",
+        &url,
+        "--ca-file",
+        ca,
+        "--client-cert",
+        cert,
+        "--client-key",
+        key,
+        "--username",
+        "sim",
+        "--password-file",
+        pass_arg,
+    ];
+    let city = [
+        "--types",
+        "traffic",
+        "--sensors",
+        "2",
+        "--duration",
+        "10m",
+        "--max",
+        "--qos",
+        "1",
+    ];
+    let args: Vec<&str> = ["run"].iter().chain(&tls).chain(&city).copied().collect();
+    sim(&args);
+    let got = collector.wait_for(4);
+    assert!(got.len() >= 4, "{} messages over TLS", got.len());
+
+    // Another CA, or another password: an error saying what to fix, at once.
+    let failing = |args: Vec<&str>| {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let mut wrong_ca: Vec<&str> = ["run"].iter().chain(&tls).chain(&city).copied().collect();
+    let other = pki.other_ca.to_str().unwrap();
+    wrong_ca[4] = other; // the value of --ca-file
+
+    let err = failing(wrong_ca);
+    assert!(
+        err.contains("is not signed by the CA certificate(s) in --ca-file ("),
+        "{err}"
+    );
+    std::fs::write(&pass, "Wrong-pw-77\n").unwrap();
+    let err = failing(["run"].iter().chain(&tls).chain(&city).copied().collect());
+    assert!(err.contains("refused user \"sim\""), "{err}");
+    assert!(
+        !err.contains("Sim-pw-91c3") && !err.contains("Wrong-pw-77"),
+        "{err}"
+    );
+}

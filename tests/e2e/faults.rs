@@ -328,6 +328,95 @@ fn a_publisher_outrunning_the_service_waits_at_the_broker_not_in_its_memory() {
 }
 
 #[test]
+fn state_of_200_000_sensors_that_went_silent_is_released_after_the_ttl() {
+    use super::hostile::row;
+    let mqtt = Mosquitto::start();
+    let dir = aqyl_tests::shipped_config();
+    let file = dir.path().join("aqyl.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("state_ttl = \"1d\"", "state_ttl = \"1h\"")
+            // A replay of 2014: event time moves with the data only.
+            .replace("idle_timeout = \"30s\"", "idle_timeout = \"0s\"")
+            .replace(
+                "checkpoint_interval = \"10s\"",
+                "checkpoint_interval = \"2s\"",
+            )
+            // Not the store's test: creating the four million series of 200,000 sensors
+            // takes a store minutes, and its back-pressure would hold the workers that long.
+            .replacen("enabled = true", "enabled = false", 1),
+    )
+    .unwrap();
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let aqyl = Aqyl::start_env(
+        &file,
+        &mqtt.url(),
+        None,
+        &[("AQYL_LOG", "info,aqyl::durable=debug")],
+    );
+    aqyl.wait_online(&status);
+    let t0 = 1_406_851_200; // 2014-08-01T00:00:00Z
+    let ids = 200_000;
+    // One reading each from 200,000 sensors nobody has seen before ...
+    let many: Vec<_> = (0..ids)
+        .map(|i| row(&format!("x{i}"), t0 + (i % 60) as i64, 50))
+        .collect();
+    let port = mqtt.port;
+    let publishers: Vec<_> = many
+        .chunks(ids / 4)
+        .map(|c| c.to_vec())
+        .map(|part| std::thread::spawn(move || publish(port, &part)))
+        .collect();
+    for p in publishers {
+        p.join().unwrap();
+    }
+    wait_until(WAIT * 2, "every reading taken", || {
+        aqyl.metric("aqyl_observations_total ") == Some(ids as u64)
+    });
+    let rss_held = rss_kib(aqyl.pid());
+    let taken = aqyl.metric("aqyl_checkpoints_total ").unwrap_or(0);
+    wait_until(WAIT, "a checkpoint of the 200,000 sensors", || {
+        aqyl.metric("aqyl_checkpoints_total ").unwrap_or(0) > taken + 1
+    });
+    let held = aqyl.metric("aqyl_checkpoint_bytes ").unwrap_or(0);
+    assert!(
+        held > 2 << 20,
+        "200,000 sensors held only {held} bytes of state: the test proves nothing"
+    );
+    // ... then eight steady sensors (on every worker) report every 5 minutes for seven hours:
+    // the watermark passes the longest window (4 h) and the TTL.
+    let steady: Vec<_> = (0..84)
+        .flat_map(|k| (0..8).map(move |s| row(&format!("steady{s}"), t0 + 300 * (k + 1), 50)))
+        .collect();
+    publish(port, &steady);
+    wait_until(WAIT, "the steady sensors' readings", || {
+        aqyl.metric("aqyl_observations_total ") == Some(ids as u64 + 8 * 84)
+    });
+    // A checkpoint taken once the frontier has settled holds only what is left.
+    let mut last = 0;
+    let mut checkpoints = aqyl.metric("aqyl_checkpoints_total ").unwrap_or(0);
+    wait_until(WAIT * 2, "the checkpoint to shrink", || {
+        let now = aqyl.metric("aqyl_checkpoints_total ").unwrap_or(0);
+        if now > checkpoints {
+            checkpoints = now;
+            last = aqyl.metric("aqyl_checkpoint_bytes ").unwrap_or(u64::MAX);
+            println!("checkpoint {now}: {last} bytes");
+        }
+        last > 0 && last < 2 << 20
+    });
+    let rss_after = rss_kib(aqyl.pid());
+    println!(
+        "200,000 one-reading sensors: RSS {} MiB, checkpoint {} KiB; after the TTL the checkpoint holds {} KiB, RSS {} MiB",
+        rss_held / 1024,
+        held / 1024,
+        last / 1024,
+        rss_after / 1024
+    );
+    aqyl.stop();
+}
+
+#[test]
 fn batches_a_failing_store_answers_500_to_are_kept_for_later_not_rejected() {
     let mqtt = Mosquitto::start();
     let (port, requests) = answering_store("500 Internal Server Error", r#"{"code":"internal"}"#);

@@ -12,10 +12,12 @@ use std::time::Duration;
 mod detection;
 mod durable;
 mod faults;
+mod hostile;
 mod live;
 mod quality;
 mod replay;
 mod replay_cli;
+mod tls;
 
 const AQYL: &str = env!("CARGO_BIN_EXE_aqyl");
 const WAIT: Duration = Duration::from_secs(60);
@@ -127,7 +129,6 @@ impl Aqyl {
     ) -> Self {
         let http_port = aqyl_tests::free_port();
         let mut command = Command::new(AQYL);
-        command.envs(env.iter().copied());
         if let Some(url) = influx_url {
             command.env("AQYL_INFLUX_URL", url);
         }
@@ -140,6 +141,7 @@ impl Aqyl {
             .env("AQYL_INFLUX_TOKEN", "test-token")
             .env("AQYL_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("AQYL_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

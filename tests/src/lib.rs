@@ -2,7 +2,8 @@
 //!
 //! - [`Mosquitto`]: Debian's `mosquitto` with a config that loses nothing
 //!   (`max_queued_messages 0`: the default of 1000 silently drops QoS 1 messages for a slow
-//!   subscriber).
+//!   subscriber); [`Mosquitto::start_tls`] adds a TLS listener with a password file, with
+//!   certificates from [`Pki`] (made by the `openssl` command).
 //! - [`VictoriaMetrics`]: Debian's `victoria-metrics`, which accepts InfluxDB v2 writes on
 //!   `/api/v2/write`; read back with [`VictoriaMetrics::export`].
 //! - [`Subscriber`] and [`publish`]: plain rumqttc clients for the test's side of MQTT.
@@ -119,8 +120,110 @@ fn spawn_mosquitto(conf: &Path, port: u16) -> Child {
 pub struct Mosquitto {
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// Its TLS port on 127.0.0.1 ([`Mosquitto::start_tls`]).
+    pub tls_port: Option<u16>,
     child: Child,
     _dir: tempfile::TempDir,
+}
+
+/// Certificates made for one test by the `openssl` command, in a private directory: a CA
+/// (`ca`), a broker certificate it signed for the IP address 127.0.0.1 only (so a connection
+/// to `localhost` fails the name check), a client certificate it signed, and an unrelated CA
+/// (`other_ca`) that signed nothing the broker has. All keys are ECDSA P-256, unencrypted.
+pub struct Pki {
+    /// The CA certificate (PEM).
+    pub ca: PathBuf,
+    /// Another CA, which did not sign the broker's certificate.
+    pub other_ca: PathBuf,
+    /// The broker's certificate and key.
+    pub server_cert: PathBuf,
+    /// The broker's key.
+    pub server_key: PathBuf,
+    /// A client certificate signed by `ca` (for mutual TLS).
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Pki {
+    /// Makes the certificates (valid for two days).
+    pub fn generate() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        // One openssl command line (no argument has a space in it).
+        let openssl = |line: &str| {
+            let args: Vec<&str> = line.split_whitespace().collect();
+            let out = Command::new("openssl")
+                .args(&args)
+                .current_dir(d)
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("`openssl` is not installed ({e}): run tests/run, which installs it")
+                });
+            assert!(
+                out.status.success(),
+                "openssl {line} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let new_key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        for (name, cn) in [("ca", "aqyl-test-ca"), ("other-ca", "some-other-ca")] {
+            openssl(&format!(
+                "req -x509 {new_key} -keyout {name}.key -out {name}.pem -days 2 -subj /CN={cn} \
+                 -addext basicConstraints=critical,CA:TRUE \
+                 -addext keyUsage=critical,keyCertSign,cRLSign"
+            ));
+        }
+        let leaves = [
+            (
+                "server",
+                2,
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", 3, "extendedKeyUsage=clientAuth\n"),
+        ];
+        for (name, serial, ext) in leaves {
+            openssl(&format!(
+                "req {new_key} -keyout {name}.key -out {name}.csr -subj /CN=aqyl-test-{name}"
+            ));
+            std::fs::write(
+                d.join(format!("{name}.ext")),
+                format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{ext}"),
+            )
+            .expect("write the extensions");
+            openssl(&format!(
+                "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -set_serial {serial} -days 2 \
+                 -out {name}.pem -extfile {name}.ext"
+            ));
+        }
+        // Started as root, Mosquitto reads its files after dropping to its own user.
+        open_to_all(d);
+        Self {
+            ca: d.join("ca.pem"),
+            other_ca: d.join("other-ca.pem"),
+            server_cert: d.join("server.pem"),
+            server_key: d.join("server.key"),
+            client_cert: d.join("client.pem"),
+            client_key: d.join("client.key"),
+            _dir: dir,
+        }
+    }
+}
+
+/// Makes a test's directory and its files readable by every user (Mosquitto, started as
+/// root, reads its certificates and password file as its own user).
+fn open_to_all(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .expect("open the directory");
+    for entry in std::fs::read_dir(dir)
+        .expect("read the directory")
+        .flatten()
+    {
+        std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o644))
+            .expect("open a file");
+    }
 }
 
 impl Mosquitto {
@@ -165,6 +268,56 @@ impl Mosquitto {
         self.child = spawn_mosquitto(&self._dir.path().join("mosquitto.conf"), self.port);
     }
 
+    /// Starts a broker with two listeners: the plain one on `port` (anonymous, for the
+    /// test's own clients), and a TLS one on `tls_port` with the certificates of `pki`, where
+    /// only `user` with `password` (from a `mosquitto_passwd` file) may connect, and with
+    /// `require_client_cert` only clients presenting a certificate signed by `pki.ca`.
+    pub fn start_tls(pki: &Pki, user: &str, password: &str, require_client_cert: bool) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let passwd = dir.path().join("passwd");
+        let status = Command::new(find_exe("mosquitto_passwd"))
+            .args(["-b", "-c"])
+            .arg(&passwd)
+            .args([user, password])
+            .status()
+            .expect("run mosquitto_passwd");
+        assert!(status.success(), "mosquitto_passwd failed");
+        let (port, tls_port) = (free_port(), free_port());
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "per_listener_settings true\n\
+                 listener {port} 127.0.0.1\nallow_anonymous true\n\
+                 listener {tls_port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
+                 cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_client_cert}\n\
+                 max_queued_messages 0\nmax_inflight_messages 0\nlog_dest stderr\nlog_type error\n",
+                passwd.display(),
+                pki.ca.display(),
+                pki.server_cert.display(),
+                pki.server_key.display(),
+            ),
+        )
+        .expect("write mosquitto.conf");
+        open_to_all(dir.path());
+        let mut child = spawn_mosquitto(&conf, port);
+        wait_for_port(tls_port, &mut child, "mosquitto's TLS listener");
+        Self {
+            port,
+            tls_port: Some(tls_port),
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// `mqtts://127.0.0.1:<tls port>`.
+    pub fn tls_url(&self) -> String {
+        format!(
+            "mqtts://127.0.0.1:{}",
+            self.tls_port.expect("a broker started with start_tls")
+        )
+    }
+
     fn start_configured(port: u16, extra: &str) -> Self {
         Self::start_in(tempfile::tempdir().expect("tempdir"), port, extra)
     }
@@ -182,6 +335,7 @@ impl Mosquitto {
         .expect("write mosquitto.conf");
         Self {
             port,
+            tls_port: None,
             child: spawn_mosquitto(&conf, port),
             _dir: dir,
         }

@@ -1,10 +1,10 @@
 //! The connection task: poll, route, acknowledge, reconnect with backoff, drain on shutdown.
 
-use aqyl_core::config::MqttUrl;
+use aqyl_connect::Connector;
 use aqyl_core::metrics::Metrics;
 use aqyl_core::RawMessage;
 use aqyl_dataflow::input::Router;
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Outgoing, Packet, QoS};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -20,12 +20,10 @@ const MAX_PACKET_BYTES: usize = 256 * 1024 * 1024;
 /// How to reach the broker and what to subscribe to.
 #[derive(Debug, Clone)]
 pub struct MqttSettings {
-    /// Broker address.
-    pub url: MqttUrl,
+    /// Broker address, transport (TLS) and credentials.
+    pub connector: Connector,
     /// Client id (unique per instance, stable across restarts).
     pub client_id: String,
-    /// Credentials.
-    pub credentials: Option<(String, String)>,
     /// Keep-alive.
     pub keep_alive: Duration,
     /// Clean session (off: the broker queues QoS 1 messages while Aqyl is away).
@@ -86,9 +84,15 @@ pub struct MqttEdge {
     filters: Arc<watch::Sender<Vec<String>>>,
     finish: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    refused: crate::Refused,
 }
 
 impl MqttEdge {
+    /// Completes if the broker refuses this connection for good before it ever connected.
+    pub fn refused(&self) -> crate::Refused {
+        self.refused.clone()
+    }
+
     /// Stops taking messages from the broker and drops the router, so the dataflow drains.
     /// Messages that arrive after this are not acknowledged; with a persistent session the
     /// broker delivers them again on the next start.
@@ -120,7 +124,7 @@ impl MqttEdge {
 
 /// Connects (in the background, retrying) and starts the connection task.
 pub fn connect(settings: MqttSettings, intake: Intake, metrics: Arc<Metrics>) -> MqttEdge {
-    let mut options = MqttOptions::new(&settings.client_id, &settings.url.host, settings.url.port);
+    let mut options = settings.connector.options(&settings.client_id);
     options
         .set_keep_alive(settings.keep_alive.max(Duration::from_secs(1)))
         .set_clean_session(settings.clean_session)
@@ -134,17 +138,16 @@ pub fn connect(settings: MqttSettings, intake: Intake, metrics: Arc<Metrics>) ->
             QoS::AtLeastOnce,
             true,
         ));
-    if let Some((user, pass)) = &settings.credentials {
-        options.set_credentials(user, pass);
-    }
     let (client, eventloop) = AsyncClient::new(options, 4096);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (finish_tx, finish_rx) = oneshot::channel();
     let (filters_tx, filters_rx) = watch::channel(settings.filters.clone());
+    let (refused_tx, refused) = crate::Refused::channel();
     let controls = Controls {
         filters: filters_rx,
         stop: stop_rx,
         finish: finish_rx,
+        refused: refused_tx,
     };
     let task = tokio::spawn(run(
         settings,
@@ -160,6 +163,7 @@ pub fn connect(settings: MqttSettings, intake: Intake, metrics: Arc<Metrics>) ->
         filters: Arc::new(filters_tx),
         finish: Some(finish_tx),
         task,
+        refused,
     }
 }
 
@@ -171,6 +175,8 @@ struct Controls {
     stop: watch::Receiver<bool>,
     /// Say `offline` and disconnect.
     finish: oneshot::Receiver<()>,
+    /// Set when the broker refuses the connection for good before it ever connected.
+    refused: watch::Sender<Option<String>>,
 }
 
 async fn run(
@@ -185,7 +191,9 @@ async fn run(
         filters: mut filters_rx,
         mut stop,
         mut finish,
+        refused,
     } = controls;
+    let mut connected_once = false;
     // With a log, a message is acknowledged once the log says it is durable (`durable`
     // counts handed-over messages); without, once it is queued for a worker.
     let mut durable = match &intake {
@@ -256,7 +264,8 @@ async fn run(
             event = eventloop.poll(), if next_topic.is_none() || poll_anyway => { poll_anyway = false; match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = Duration::from_millis(100);
-                    tracing::info!(host = %settings.url.host, port = settings.url.port, session_present = ack.session_present, "Connected to the MQTT broker.");
+                    connected_once = true;
+                    tracing::info!(broker = %settings.connector.address(), session_present = ack.session_present, "Connected to the MQTT broker.");
                     let subs = filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
                     if let Err(e) = client.try_subscribe_many(subs) {
                         tracing::error!(error = %e, "Could not queue the subscriptions.");
@@ -287,7 +296,15 @@ async fn run(
                         break;
                     }
                     metrics.mqtt_connection_errors.fetch_add(1, Relaxed);
-                    tracing::warn!(error = %e, host = %settings.url.host, port = settings.url.port, retry_in_ms = backoff.as_millis() as u64, "MQTT connection failed; reconnecting.");
+                    let why = settings.connector.explain(&e);
+                    if aqyl_connect::is_permanent(&e) {
+                        if !connected_once {
+                            let _ = refused.send(Some(why.clone()));
+                        }
+                        tracing::error!(error = %why, retry_in_ms = backoff.as_millis() as u64, "The MQTT broker refuses the connection; retrying.");
+                    } else {
+                        tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "MQTT connection failed; reconnecting.");
+                    }
                     // Unacknowledged messages will be redelivered by the broker; their acks
                     // belong to the old connection.
                     hand.pending_acks.clear();

@@ -16,3 +16,31 @@ pub mod publish;
 
 pub use connection::{connect, Intake, LogIntake, MqttEdge, MqttSettings};
 pub use output::{connect_output, OutputEdge};
+
+use tokio::sync::watch;
+
+/// Why a connection was never established, when retrying cannot cure it (the broker's
+/// certificate is not trusted, the broker refuses the credentials or this client's
+/// certificate): set once, before the first successful connect. After one, such failures
+/// are logged and retried (a broker being reconfigured must not stop a running service).
+#[derive(Clone)]
+pub struct Refused(watch::Receiver<Option<String>>);
+
+impl Refused {
+    fn channel() -> (watch::Sender<Option<String>>, Self) {
+        let (tx, rx) = watch::channel(None);
+        (tx, Self(rx))
+    }
+
+    /// Waits until the connection is refused for good, and says why with what to fix.
+    pub async fn wait(&mut self) -> String {
+        let why = match self.0.wait_for(Option::is_some).await {
+            Ok(why) => why.clone(),
+            Err(_) => None,
+        };
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
+    }
+}

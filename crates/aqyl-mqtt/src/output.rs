@@ -6,9 +6,9 @@
 //! the ingest connection gets its room back. (On one shared connection the two would wait for
 //! each other.)
 
-use aqyl_core::config::MqttUrl;
+use aqyl_connect::Connector;
 use aqyl_core::metrics::Metrics;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +21,15 @@ pub struct OutputEdge {
     pub client: AsyncClient,
     finish: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    refused: crate::Refused,
 }
 
 impl OutputEdge {
+    /// Completes if the broker refuses this connection for good before it ever connected.
+    pub fn refused(&self) -> crate::Refused {
+        self.refused.clone()
+    }
+
     /// Disconnects once the queued publishes are out (at most 10 s) and waits for the task.
     pub async fn close(mut self) {
         if let Some(f) = self.finish.take() {
@@ -35,30 +41,27 @@ impl OutputEdge {
 
 /// Connects (in the background, retrying) as `<client_id>-out`.
 pub fn connect_output(
-    url: &MqttUrl,
+    connector: &Connector,
     client_id: &str,
-    credentials: Option<(String, String)>,
     keep_alive: Duration,
     max_backoff: Duration,
     metrics: Arc<Metrics>,
 ) -> OutputEdge {
-    let mut options = MqttOptions::new(format!("{client_id}-out"), &url.host, url.port);
+    let mut options = connector.options(format!("{client_id}-out"));
     options
         .set_keep_alive(keep_alive.max(Duration::from_secs(1)))
         .set_clean_session(true)
         .set_request_channel_capacity(4096)
         .set_inflight(1024);
-    if let Some((user, pass)) = &credentials {
-        options.set_credentials(user, pass);
-    }
     let (client, mut eventloop) = AsyncClient::new(options, 4096);
     let (finish_tx, mut finish) = oneshot::channel::<()>();
+    let (refused_tx, refused) = crate::Refused::channel();
     let disconnect = client.clone();
-    let host = url.host.clone();
-    let port = url.port;
+    let connector = connector.clone();
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut finishing = false;
+        let mut connected_once = false;
         loop {
             tokio::select! {
                 _ = &mut finish, if !finishing => {
@@ -68,13 +71,25 @@ pub fn connect_output(
                 }
                 event = eventloop.poll() => match event {
                     Ok(Event::Outgoing(Outgoing::Disconnect)) if finishing => break,
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connected_once = true;
+                        backoff = Duration::from_millis(100);
+                    }
                     Ok(_) => backoff = Duration::from_millis(100),
                     Err(e) => {
                         if finishing {
                             break;
                         }
                         metrics.mqtt_connection_errors.fetch_add(1, Relaxed);
-                        tracing::warn!(error = %e, %host, port, retry_in_ms = backoff.as_millis() as u64, "MQTT output connection failed; reconnecting.");
+                        let why = connector.explain(&e);
+                        if aqyl_connect::is_permanent(&e) {
+                            if !connected_once {
+                                let _ = refused_tx.send(Some(why.clone()));
+                            }
+                            tracing::error!(error = %why, retry_in_ms = backoff.as_millis() as u64, "The MQTT broker refuses the output connection; retrying.");
+                        } else {
+                            tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "MQTT output connection failed; reconnecting.");
+                        }
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(max_backoff);
                     }
@@ -86,5 +101,6 @@ pub fn connect_output(
         client,
         finish: Some(finish_tx),
         task,
+        refused,
     }
 }

@@ -190,7 +190,9 @@ pub struct InfluxTarget {
     /// Bucket.
     pub bucket: String,
     /// API token.
-    pub token: String,
+    pub token: aqyl_core::config::Secret,
+    /// CA certificates to trust for `https://` instead of the built-in roots.
+    pub ca_file: Option<aqyl_core::config::FileSetting>,
     /// Longest wait between replays of the spill.
     pub max_backoff: Duration,
     /// Longest a write may take.
@@ -212,15 +214,68 @@ pub struct InfluxSink {
     replay: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// The InfluxDB client for `url`: with `ca_file`, only the CA certificates in it are
+/// trusted for `https://` (a private CA); without, the public roots built into the client
+/// (Mozilla's, through webpki-roots). Nothing is sent; `aqyl check` builds it too, so a bad
+/// URL or CA file is reported before a start.
+pub fn client(
+    url: &str,
+    org: &str,
+    token: &aqyl_core::config::Secret,
+    ca_file: Option<&aqyl_core::config::FileSetting>,
+) -> Result<influxdb2::Client, crate::SinkError> {
+    let mut roots = Vec::new();
+    if let Some(ca) = ca_file {
+        let bad = |reason: String| crate::SinkError::InfluxCa {
+            setting: ca.describe(),
+            reason,
+        };
+        let pem = ca.read().map_err(bad)?;
+        roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| bad(format!("is not a PEM certificate file ({e})")))?;
+        if roots.is_empty() {
+            return Err(bad(
+                "holds no certificate (no -----BEGIN CERTIFICATE----- block); give the PEM certificate of the CA that signed the store's".into(),
+            ));
+        }
+        // Built once here to parse them, so that a certificate that cannot be used is blamed
+        // on the CA file, not on the URL.
+        http_client(&roots).build().map_err(|e| {
+            bad(format!(
+                "holds a certificate that cannot be used ({e}); give the PEM certificate of the CA that signed the store's"
+            ))
+        })?;
+    }
+    let http = http_client(&roots);
+    influxdb2::ClientBuilder::with_builder(http, url, org, token.expose())
+        .build()
+        .map_err(|e| crate::SinkError::InfluxUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// The HTTP client: rustls, trusting only `roots` when there are any.
+fn http_client(roots: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
+    let mut http = reqwest::ClientBuilder::new().use_rustls_tls();
+    if !roots.is_empty() {
+        http = http.tls_built_in_root_certs(false);
+        for cert in roots {
+            http = http.add_root_certificate(cert.clone());
+        }
+    }
+    http
+}
+
 impl InfluxSink {
     /// Builds a client for the target; nothing is sent yet.
     pub fn new(target: InfluxTarget) -> Result<Self, crate::SinkError> {
-        let client = influxdb2::ClientBuilder::new(&target.url, &target.org, &target.token)
-            .build()
-            .map_err(|e| crate::SinkError::InfluxUrl {
-                url: target.url.clone(),
-                reason: e.to_string(),
-            })?;
+        let client = client(
+            &target.url,
+            &target.org,
+            &target.token,
+            target.ca_file.as_ref(),
+        )?;
         let store = Store {
             client,
             url: target.url,
@@ -565,7 +620,8 @@ mod tests {
             url: "http://127.0.0.1:9".into(),
             org: "o".into(),
             bucket: "b".into(),
-            token: "t".into(),
+            token: aqyl_core::config::Secret::new("t"),
+            ca_file: None,
             max_backoff: Duration::from_millis(100),
             write_timeout: Duration::from_secs(1),
             spill_dir: dir.path().join("spill"),
@@ -614,6 +670,30 @@ mod tests {
         assert_eq!(lp_files(&ours).len(), 1);
         assert!(lp_files(&old).is_empty());
         assert!(old.join("notes.txt").exists(), "only batches are taken");
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_used_is_named_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = aqyl_core::config::Secret::new("t");
+        let setting = |name: &str| {
+            aqyl_core::config::FileSetting::given("AQYL_INFLUX_CA_FILE", dir.path().join(name))
+        };
+        let err = |name: &str| {
+            client("https://store:8086", "o", &token, Some(&setting(name)))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let missing = err("missing.pem");
+        assert!(
+            missing.starts_with("AQYL_INFLUX_CA_FILE (") && missing.contains("cannot read it"),
+            "{missing}"
+        );
+        std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").unwrap();
+        let empty = err("empty.pem");
+        assert!(empty.contains("holds no certificate"), "{empty}");
+        assert!(client("https://store:8086", "o", &token, None).is_ok());
     }
 
     #[test]

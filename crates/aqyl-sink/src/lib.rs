@@ -28,6 +28,14 @@ pub enum SinkError {
         /// Why.
         reason: String,
     },
+    /// `influx.ca_file` cannot be used.
+    #[error("{setting}: {reason}")]
+    InfluxCa {
+        /// The setting and its file.
+        setting: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// A line-protocol file could not be opened or written.
     #[error("cannot write {path}: {source}; check that the directory exists and is writable")]
     File {

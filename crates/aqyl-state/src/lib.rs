@@ -21,14 +21,20 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// The layout this release reads and writes. A state file of another format is refused.
-pub const FORMAT: u64 = 1;
+/// The layout this release reads and writes (of the file and of the checkpoints in it). A
+/// state file of another format is refused. 2: the rule state keeps a digest of each
+/// subject's newest reading, and its fields only where a rule reads a `_rate`.
+pub const FORMAT: u64 = 2;
 
 /// The file name inside the state directory.
 pub const FILE: &str = "state.redb";
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("ingest_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The checkpoint, in chunks of [`CHUNK`] bytes by index: redb keeps a value as one page, and
+/// a page of hundreds of megabytes costs it several times that in memory to write.
+const CHECKPOINT: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoint");
+const CHUNK: usize = 1 << 20;
 
 /// A failure of the state file, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +152,8 @@ impl Store {
             }
             tx.open_table(LOG)
                 .map_err(|e| err(&self.path, "cannot open", e))?;
+            tx.open_table(CHECKPOINT)
+                .map_err(|e| err(&self.path, "cannot open", e))?;
         }
         tx.commit().map_err(|e| err(&self.path, "cannot write", e))
     }
@@ -259,16 +267,23 @@ impl Store {
         let meta = tx
             .open_table(META)
             .map_err(|e| err(&self.path, "cannot read", e))?;
-        let blob = meta
-            .get("checkpoint")
-            .map_err(|e| err(&self.path, "cannot read the checkpoint", e))?
-            .map(|v| v.value().to_vec());
         let from = meta
             .get("log_from")
             .map_err(|e| err(&self.path, "cannot read the checkpoint", e))?
             .map(|v| v.value().to_vec());
+        let chunks = tx
+            .open_table(CHECKPOINT)
+            .map_err(|e| err(&self.path, "cannot read", e))?;
+        let mut blob = Vec::new();
+        for chunk in chunks
+            .iter()
+            .map_err(|e| err(&self.path, "cannot read the checkpoint", e))?
+        {
+            let (_, chunk) = chunk.map_err(|e| err(&self.path, "cannot read the checkpoint", e))?;
+            blob.extend_from_slice(chunk.value());
+        }
         Ok(match (blob, from) {
-            (Some(blob), Some(from)) => Some(Checkpoint {
+            (blob, Some(from)) => Some(Checkpoint {
                 blob,
                 log_from: from.try_into().map(u64::from_le_bytes).unwrap_or(1),
             }),
@@ -283,8 +298,17 @@ impl Store {
             let mut meta = tx
                 .open_table(META)
                 .map_err(|e| err(&self.path, "cannot open", e))?;
-            meta.insert("checkpoint", checkpoint.blob.as_slice())
+            let mut chunks = tx
+                .open_table(CHECKPOINT)
+                .map_err(|e| err(&self.path, "cannot open", e))?;
+            chunks
+                .retain(|_, _| false)
                 .map_err(|e| err(&self.path, "cannot write the checkpoint", e))?;
+            for (i, chunk) in checkpoint.blob.chunks(CHUNK).enumerate() {
+                chunks
+                    .insert(i as u64, chunk)
+                    .map_err(|e| err(&self.path, "cannot write the checkpoint", e))?;
+            }
             meta.insert("log_from", checkpoint.log_from.to_le_bytes().as_slice())
                 .map_err(|e| err(&self.path, "cannot write the checkpoint", e))?;
             let mut log = tx

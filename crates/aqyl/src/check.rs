@@ -7,8 +7,12 @@ use std::path::Path;
 /// Checks the configuration at `path` (environment overrides applied). Returns the report
 /// to print and whether everything is valid.
 pub fn check(path: &Path) -> (String, bool) {
-    match config::load(path, |k| std::env::var(k).ok()) {
-        Ok(loaded) => {
+    let loaded = config::load(path, |k| std::env::var(k).ok()).and_then(|loaded| {
+        let connections = crate::connections::prepare(&loaded)?;
+        Ok((loaded, connections))
+    });
+    match loaded {
+        Ok((loaded, connections)) => {
             let mut out = format!(
                 "{}: ok ({} sensor type{} from {})\n",
                 path.display(),
@@ -65,6 +69,7 @@ pub fn check(path: &Path) -> (String, bool) {
                 out.push_str("  quality: off\n");
             }
             out.push_str(&state_line(&loaded));
+            out.push_str(&crate::connections::describe(&loaded.config, &connections));
             (out, true)
         }
         Err(errors) => {
@@ -247,6 +252,61 @@ mod tests {
         let (report, ok) = check(&path);
         assert!(ok, "{report}");
         assert!(report.contains("traffic"), "{report}");
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked_as_run_would_with_the_line_of_their_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sensors")).unwrap();
+        std::fs::write(
+            dir.path().join("sensors/t.toml"),
+            "name = \"t\"\n[[fields]]\nname = \"v\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+        std::fs::write(dir.path().join("token"), "t0ken-b2e4\n").unwrap();
+        let file = dir.path().join("aqyl.toml");
+        std::fs::write(
+            &file,
+            "[mqtt]\nurl = \"mqtts://broker:8883\"\nusername = \"u\"\npassword = \"pw-0c7d\"\nca_file = \"ca.pem\"\n\n[influx]\nenabled = true\nurl = \"https://store:8086\"\nca_file = \"missing.pem\"\n[http]\naddr = \"127.0.0.1:9464\"\ntoken_file = \"token\"\n",
+        )
+        .unwrap();
+        let (report, ok) = check(&file);
+        assert!(!ok, "{report}");
+        let at = |line: usize, what: &str| {
+            report
+                .lines()
+                .any(|l| l.starts_with(&format!("{}:{line}: {what}", file.display())))
+        };
+        assert!(
+            at(5, "mqtt.ca_file (") && report.contains("holds no certificate"),
+            "{report}"
+        );
+        assert!(
+            at(10, "influx.ca_file (") && report.contains("cannot read it"),
+            "{report}"
+        );
+        assert!(report.ends_with("2 problems found.\n"), "{report}");
+        // Fixed, it is accepted and described, with no secret shown.
+        std::fs::write(
+            &file,
+            "[mqtt]\nurl = \"mqtts://broker:8883\"\nusername = \"u\"\npassword = \"pw-0c7d\"\n[http]\naddr = \"127.0.0.1:9464\"\ntoken_file = \"token\"\n",
+        )
+        .unwrap();
+        let (report, ok) = check(&file);
+        assert!(ok, "{report}");
+        assert!(
+            report.contains("broker: mqtts://broker:8883, TLS trusting the system's CA certificates, user \"u\" (password set)"),
+            "{report}"
+        );
+        assert!(
+            report.contains("http: 127.0.0.1:9464, /metrics needs the bearer token, /health open"),
+            "{report}"
+        );
+        assert!(
+            !report.contains("pw-0c7d") && !report.contains("t0ken-b2e4"),
+            "{report}"
+        );
     }
 
     #[test]

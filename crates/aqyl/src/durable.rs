@@ -151,7 +151,7 @@ pub async fn checkpointer(
             tracing::warn!("A checkpoint was not committed: the sinks have not confirmed its outputs yet (store slow or down). The ingest log keeps growing until one is.");
             continue;
         }
-        if let Err(e) = commit(&store, &snapshot, &metrics).await {
+        if let Err(e) = commit(&store, snapshot, &metrics).await {
             metrics.set_problem("state", e.to_string());
             tracing::error!(error = %e, "Cannot commit a checkpoint.");
         } else {
@@ -160,23 +160,40 @@ pub async fn checkpointer(
     }
 }
 
-/// Commits `snapshot` (in a blocking thread: it fsyncs).
+/// Commits `snapshot`, in a blocking thread (encoding a large state takes a while, and the
+/// commit fsyncs). The snapshot is dropped once encoded, so the state is never held three
+/// times over (operators' parts, the encoded checkpoint, and the file's pages).
 pub async fn commit(
     store: &Arc<Store>,
-    snapshot: &Snapshot,
+    snapshot: Snapshot,
     metrics: &Metrics,
 ) -> anyhow::Result<()> {
-    let blob = snapshot.encode().map_err(anyhow::Error::msg)?;
-    let bytes = blob.len() as u64;
-    let checkpoint = Checkpoint {
-        blob,
-        log_from: snapshot.log_from(),
-    };
     let store = store.clone();
-    tokio::task::spawn_blocking(move || store.commit(&checkpoint))
-        .await?
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (bytes, operators) = tokio::task::spawn_blocking(move || {
+        let operators = operator_bytes(&snapshot);
+        let checkpoint = Checkpoint {
+            blob: snapshot.encode().map_err(anyhow::Error::msg)?,
+            log_from: snapshot.log_from(),
+        };
+        drop(snapshot);
+        store
+            .commit(&checkpoint)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::Ok((checkpoint.blob.len() as u64, operators))
+    })
+    .await??;
     metrics.checkpoints.fetch_add(1, Relaxed);
     metrics.checkpoint_bytes.store(bytes, Relaxed);
+    tracing::debug!(bytes, ?operators, "Checkpoint committed.");
     Ok(())
+}
+
+/// Bytes of each operator's state in `snapshot`, over all workers (what grows, when the
+/// checkpoint does).
+fn operator_bytes(snapshot: &Snapshot) -> std::collections::BTreeMap<String, usize> {
+    let mut sizes = std::collections::BTreeMap::new();
+    for (name, state) in snapshot.workers.iter().flat_map(|w| &w.operators) {
+        *sizes.entry(name.clone()).or_default() += state.len();
+    }
+    sizes
 }

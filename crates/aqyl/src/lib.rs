@@ -5,6 +5,8 @@
 //!   the sinks, publish `offline`.
 //! - [`durable`] is the ingest log, the checkpoints and recovery (`[state] durable`).
 //! - [`demo`] is the zero-install run: embedded broker, synthetic city, file sink.
+//! - [`connections`] builds the broker's connector (TLS, credentials), the HTTP token and the
+//!   store's client from a configuration, for every command that needs them.
 //! - [`check`] validates configuration and descriptors for `aqyl check`.
 //! - [`http`] serves `/metrics` and `/health`.
 //! - [`reload`] reloads changed sensor descriptors while running.
@@ -12,6 +14,7 @@
 //! - [`tail`] prints incidents for `aqyl events tail`.
 
 pub mod check;
+pub mod connections;
 pub mod demo;
 pub mod durable;
 pub mod http;

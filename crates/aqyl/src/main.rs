@@ -16,7 +16,7 @@ use std::time::Duration;
     name = "aqyl",
     version,
     propagate_version = true,
-    after_help = "Start with `aqyl demo`: it needs nothing installed.\nEnvironment: AQYL_MQTT_URL, AQYL_MQTT_USERNAME, AQYL_MQTT_PASSWORD, AQYL_INFLUX_URL, AQYL_INFLUX_ORG,\nAQYL_INFLUX_BUCKET, AQYL_INFLUX_TOKEN, AQYL_HTTP_ADDR override the config file; AQYL_LOG sets the log filter."
+    after_help = "Start with `aqyl demo`: it needs nothing installed.\nEnvironment: AQYL_MQTT_URL, AQYL_MQTT_USERNAME, AQYL_MQTT_PASSWORD, AQYL_MQTT_PASSWORD_FILE,\nAQYL_MQTT_CA_FILE, AQYL_MQTT_CLIENT_CERT, AQYL_MQTT_CLIENT_KEY, AQYL_INFLUX_URL, AQYL_INFLUX_ORG,\nAQYL_INFLUX_BUCKET, AQYL_INFLUX_TOKEN, AQYL_INFLUX_CA_FILE, AQYL_HTTP_ADDR, AQYL_HTTP_TOKEN,\nAQYL_HTTP_TOKEN_FILE, AQYL_STATE_DIR override the config file; AQYL_LOG sets the log filter."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -73,7 +73,7 @@ enum Command {
         /// Print the raw JSON reports, one per line.
         #[arg(long)]
         json: bool,
-        /// Configuration file (for the broker and topic prefix; AQYL_MQTT_URL wins).
+        /// Configuration file (for the broker, its TLS and credentials, and the topic prefix; the AQYL_MQTT_* variables win).
         #[arg(long, short, default_value = "config/aqyl.toml")]
         config: PathBuf,
     },
@@ -120,7 +120,7 @@ enum EventsCommand {
         /// Print the raw JSON payloads.
         #[arg(long)]
         json: bool,
-        /// Configuration file (for the broker and topic prefix; AQYL_MQTT_URL wins).
+        /// Configuration file (for the broker, its TLS and credentials, and the topic prefix; the AQYL_MQTT_* variables win).
         #[arg(long, short, default_value = "config/aqyl.toml")]
         config: PathBuf,
     },
@@ -229,9 +229,9 @@ fn main() -> ExitCode {
                 },
         } => {
             let result = tokio_main(async move {
-                let cfg = client_config(&config)?;
+                let (cfg, broker) = client_config(&config)?;
                 aqyl::tail::run(
-                    cfg.mqtt.url.get_ref(),
+                    &broker,
                     &cfg.outputs.topic_prefix,
                     event_type.as_deref(),
                     json,
@@ -246,14 +246,8 @@ fn main() -> ExitCode {
             config,
         } => {
             let result = tokio_main(async move {
-                let cfg = client_config(&config)?;
-                aqyl::quality_view::show(
-                    cfg.mqtt.url.get_ref(),
-                    &cfg.outputs.topic_prefix,
-                    below,
-                    json,
-                )
-                .await
+                let (cfg, broker) = client_config(&config)?;
+                aqyl::quality_view::show(&broker, &cfg.outputs.topic_prefix, below, json).await
             });
             report(result)
         }
@@ -340,13 +334,16 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// The settings a client command needs (broker, topic prefix): the file if it exists, else
-/// the defaults, with the `AQYL_*` overrides applied.
-fn client_config(path: &std::path::Path) -> anyhow::Result<aqyl_core::config::Config> {
+/// The settings a client command needs (the broker with its TLS and credentials, the topic
+/// prefix): the file if it exists, else the defaults, with the `AQYL_*` overrides applied.
+fn client_config(
+    path: &std::path::Path,
+) -> anyhow::Result<(aqyl_core::config::Config, aqyl_connect::Connector)> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut cfg =
         aqyl_core::config::Config::from_toml(path, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
     cfg.apply_env(|k| std::env::var(k).ok())
-        .map_err(anyhow::Error::msg)?;
-    Ok(cfg)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let broker = aqyl::connections::broker(&cfg, path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((cfg, broker))
 }

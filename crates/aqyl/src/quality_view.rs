@@ -46,10 +46,15 @@ pub fn table(reports: &[serde_json::Value], below: Option<f64>) -> String {
 
 /// Collects the retained reports (until the broker has sent nothing for half a second, at
 /// most 10 s) and prints them as a table, or as JSON lines with `json`.
-pub async fn show(url: &str, prefix: &str, below: Option<f64>, json: bool) -> anyhow::Result<()> {
+pub async fn show(
+    broker: &aqyl_connect::Connector,
+    prefix: &str,
+    below: Option<f64>,
+    json: bool,
+) -> anyhow::Result<()> {
     let filter = format!("{prefix}/quality/#");
-    let (client, mut eventloop, _) =
-        crate::tail::subscribe(url, "quality", &filter, QoS::AtMostOnce).await?;
+    let (client, mut eventloop) =
+        crate::tail::subscribe(broker, "quality", &filter, QoS::AtMostOnce).await?;
     let mut latest: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -64,7 +69,7 @@ pub async fn show(url: &str, prefix: &str, below: Option<f64>, json: bool) -> an
                     }
                 }
                 Ok(_) => {}
-                Err(e) => anyhow::bail!("lost the broker: {e}"),
+                Err(e) => anyhow::bail!("lost the broker: {}", broker.explain(&e)),
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The service: builds the pipeline from a configuration, runs it, drains it on shutdown.
 
 use anyhow::Context;
-use aqyl_core::config::{Loaded, MqttUrl};
+use aqyl_core::config::Loaded;
 use aqyl_core::ingest::decode::Registry;
 use aqyl_core::metrics::Metrics;
 use aqyl_dataflow::{Outputs, PipelineSpec};
@@ -84,10 +84,12 @@ async fn run(
 ) -> anyhow::Result<()> {
     let cfg = &loaded.config;
     let registry = aqyl_dataflow::shared(Registry::new(loaded.sensor_types.clone()));
-    let url = MqttUrl::parse(cfg.mqtt.url.get_ref()).map_err(anyhow::Error::msg)?;
-    if url.tls {
-        anyhow::bail!("mqtts:// is not supported yet: connect over mqtt:// (e.g. through a local TLS-terminating broker bridge)");
-    }
+    let connections = crate::connections::prepare(&loaded).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nFix the configuration (aqyl check --config {}) and start again.",
+            loaded.path.display()
+        )
+    })?;
 
     let sinks = sinks(&loaded)?;
     if sinks.influx.is_none() && sinks.file.is_none() {
@@ -95,7 +97,9 @@ async fn run(
     }
 
     let http = match &cfg.http.addr {
-        Some(addr) => Some(crate::http::serve(addr, metrics.clone()).await?),
+        Some(addr) => {
+            Some(crate::http::serve(addr, metrics.clone(), connections.http_token.clone()).await?)
+        }
         None => None,
     };
 
@@ -153,13 +157,8 @@ async fn run(
         cfg.ingest.catch_all.as_deref(),
     );
     let settings = MqttSettings {
-        url,
+        connector: connections.broker.clone(),
         client_id: cfg.mqtt.client_id.clone().unwrap_or_else(default_client_id),
-        credentials: cfg
-            .mqtt
-            .username
-            .clone()
-            .zip(cfg.mqtt.password.as_ref().map(|p| p.expose().to_string())),
         keep_alive: cfg.mqtt.keep_alive,
         clean_session: cfg.mqtt.clean_session,
         max_backoff: cfg.mqtt.max_reconnect_backoff,
@@ -167,7 +166,8 @@ async fn run(
         filters: filters.clone(),
     };
     tracing::info!(
-        broker = %cfg.mqtt.url.get_ref(),
+        broker = %connections.broker.address(),
+        tls = connections.broker.settings().url.tls,
         client_id = %settings.client_id,
         topics = ?filters,
         workers = *cfg.pipeline.workers.get_ref(),
@@ -177,9 +177,8 @@ async fn run(
         "Aqyl is starting."
     );
     let out = aqyl_mqtt::connect_output(
-        &settings.url,
+        &connections.broker,
         &settings.client_id,
-        settings.credentials.clone(),
         settings.keep_alive,
         settings.max_backoff,
         metrics.clone(),
@@ -234,8 +233,15 @@ async fn run(
             None => std::future::pending().await,
         }
     };
+    // A broker that refuses Aqyl for good (a certificate it does not trust, or credentials or
+    // a client certificate it refuses) before the first connect is a configuration error:
+    // say so and exit instead of retrying for ever.
+    let mut refused_in = edge.refused();
+    let mut refused_out = out.refused();
     let failed = tokio::select! {
         () = stop => None,
+        why = refused_in.wait() => Some(("broker", why)),
+        why = refused_out.wait() => Some(("broker", why)),
         ended = &mut sink_task => Some(("sink", match ended {
             Ok(Ok(())) => "the sink stopped".to_string(),
             Ok(Err(e)) => e.to_string(),
@@ -249,10 +255,23 @@ async fn run(
     };
     if let Some((what, why)) = failed {
         metrics.set_problem(what, why.clone());
-        tracing::error!(error = %why, "Aqyl cannot go on; it stops taking messages and exits so that it is restarted.");
+        if what == "broker" {
+            tracing::error!(error = %why, "The MQTT broker refuses Aqyl, which never connected: fix the configuration (or the broker's). Aqyl exits.");
+        } else {
+            tracing::error!(error = %why, "Aqyl cannot go on; it stops taking messages and exits so that it is restarted.");
+        }
         edge.stop_ingest();
         out.close().await;
         edge.close().await;
+        if durable.is_some() {
+            // Durable workers end only at a stopping checkpoint, and none is taken after a
+            // failure: the next start replays the ingest log from the last one, as after a
+            // crash. Joining them here would wait for ever; they end with the process.
+            std::mem::forget(running);
+        }
+        if what == "broker" {
+            anyhow::bail!("{why}");
+        }
         anyhow::bail!("the {what} cannot go on: {why}");
     }
     if let Some(t) = reload_task {
@@ -283,7 +302,7 @@ async fn run(
     if let Some((store, snapshot)) = last {
         // Every output emitted before the last snapshot has been written or spilled.
         if metrics.delivery.covers(&snapshot.sent) {
-            crate::durable::commit(&store, &snapshot, &metrics).await?;
+            crate::durable::commit(&store, snapshot, &metrics).await?;
             tracing::info!("Checkpoint committed; the next start goes on from here.");
         } else {
             tracing::warn!("The last checkpoint was not committed (some outputs were not confirmed); the next start replays from the one before.");
@@ -431,7 +450,8 @@ pub fn sinks(loaded: &Loaded) -> anyhow::Result<Sinks> {
                 url: cfg.influx.url.clone(),
                 org: cfg.influx.org.clone(),
                 bucket: cfg.influx.bucket.clone(),
-                token: cfg.influx.token.expose().to_string(),
+                token: cfg.influx.token.clone(),
+                ca_file: cfg.influx.ca_file.clone(),
                 max_backoff: cfg.influx.max_backoff,
                 write_timeout: cfg.influx.write_timeout,
                 spill_dir: loaded.state_dir().join(&cfg.influx.spill_dir),

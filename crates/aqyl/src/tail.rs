@@ -1,8 +1,8 @@
 //! `aqyl events tail`: incidents as they happen, one readable line each, for an operator's
 //! terminal. Subscribes to `<prefix>/events/<type or +>/#` on the configured broker.
 
-use aqyl_core::config::MqttUrl;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use aqyl_connect::Connector;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use std::io::Write;
 use std::time::Duration;
 
@@ -22,46 +22,42 @@ pub fn format_event(payload: &[u8]) -> Option<String> {
     ))
 }
 
-/// A client subscribed to `filter` on the broker at `url` (the subscription acknowledged),
-/// for the operator commands. `name` goes into the client id.
+/// A client subscribed to `filter` on the broker (the subscription acknowledged), for the
+/// operator commands. `name` goes into the client id. A broker that cannot be reached, or
+/// that refuses the connection, is an error at once, saying what to fix.
 pub async fn subscribe(
-    url: &str,
+    broker: &Connector,
     name: &str,
     filter: &str,
     qos: QoS,
-) -> anyhow::Result<(AsyncClient, rumqttc::EventLoop, MqttUrl)> {
-    let url = MqttUrl::parse(url).map_err(anyhow::Error::msg)?;
-    let mut opts = MqttOptions::new(
-        format!("aqyl-{name}-{}", std::process::id()),
-        &url.host,
-        url.port,
-    );
+) -> anyhow::Result<(AsyncClient, rumqttc::EventLoop)> {
+    let mut opts = broker.options(format!("aqyl-{name}-{}", std::process::id()));
     opts.set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     client.subscribe(filter, qos).await?;
     loop {
         match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::SubAck(_))) => return Ok((client, eventloop, url)),
+            Ok(Event::Incoming(Packet::SubAck(_))) => return Ok((client, eventloop)),
             Ok(_) => {}
-            Err(e) => anyhow::bail!("cannot reach the broker at {}:{}: {e}", url.host, url.port),
+            Err(e) => anyhow::bail!("{}", broker.explain(&e)),
         }
     }
 }
 
 /// Prints incidents until Ctrl-C. `event_type` narrows to one type; `json` prints payloads.
 pub async fn run(
-    url: &str,
+    broker: &Connector,
     prefix: &str,
     event_type: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
     let filter = format!("{prefix}/events/{}/#", event_type.unwrap_or("+"));
     // Say "listening" only once the broker has the subscription.
-    let (_client, mut eventloop, url) = subscribe(url, "tail", &filter, QoS::AtLeastOnce).await?;
+    let (_client, mut eventloop) = subscribe(broker, "tail", &filter, QoS::AtLeastOnce).await?;
     eprintln!(
-        "Listening on {filter} at {}:{} (Ctrl-C stops).",
-        url.host, url.port
+        "Listening on {filter} at {} (Ctrl-C stops).",
+        broker.address()
     );
     let mut out = std::io::stdout();
     loop {
@@ -77,7 +73,7 @@ pub async fn run(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    eprintln!("Connection to the broker failed ({e}); retrying.");
+                    eprintln!("{}; retrying.", broker.explain(&e));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }

@@ -18,6 +18,7 @@
 //! `aqyl-mqtt`, the sinks in `aqyl-sink`, the durable state and the HTTP endpoint in the `aqyl`
 //! binary with `aqyl-state`); aqyl-core depends on none of them, so their sections stay here.
 
+mod file_setting;
 mod mqtt;
 mod service;
 mod sinks;
@@ -25,7 +26,8 @@ mod sinks;
 pub use crate::ingest::config::IngestConfig;
 pub use crate::quality::config::{QualityClock, QualityConfig};
 pub use crate::windows::config::{LatePolicy, PipelineConfig, RuleTiming};
-pub use mqtt::{MqttConfig, MqttUrl, OutputsConfig};
+pub use file_setting::{read_secret, FileSetting};
+pub use mqtt::{BrokerSettings, MqttConfig, MqttUrl, OutputsConfig};
 pub use service::{HttpConfig, StateConfig};
 pub use sinks::{FileConfig, InfluxConfig};
 
@@ -150,19 +152,15 @@ pub struct Loaded {
 impl Config {
     /// Parses configuration text (no overrides, no descriptor loading).
     pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigErrors> {
-        let config: Config =
+        let mut config: Config =
             toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+        config.locate_files(path, text);
         let mut errors = Vec::new();
         let at = |span: std::ops::Range<usize>, msg: String| {
             ConfigError::at(path, text, (span.end > 0).then_some(span.start), msg)
         };
-        match MqttUrl::parse(config.mqtt.url.get_ref()) {
-            Err(e) => errors.push(at(config.mqtt.url.span(), e)),
-            Ok(url) if url.tls => errors.push(at(
-                config.mqtt.url.span(),
-                "mqtts:// is not supported yet: connect over mqtt:// (e.g. through a local TLS-terminating broker bridge)".into(),
-            )),
-            Ok(_) => {}
+        if let Err(e) = MqttUrl::parse(config.mqtt.url.get_ref()) {
+            errors.push(at(config.mqtt.url.span(), e));
         }
         if let Some(addr) = &config.http.addr {
             if addr.parse::<std::net::SocketAddr>().is_err() {
@@ -187,10 +185,13 @@ impl Config {
                 "pipeline.window must be at least 1ms".into(),
             ));
         }
-        if config.mqtt.username.is_some() != config.mqtt.password.is_some() {
-            errors.push(ConfigError::file(
+        let has_password = config.mqtt.password.is_some() || config.mqtt.password_file.is_some();
+        if config.mqtt.username.is_some() != has_password {
+            errors.push(ConfigError::at(
                 path,
-                "mqtt.username and mqtt.password must both be set or both be absent",
+                text,
+                text.find("[mqtt]"),
+                "mqtt.username and mqtt.password (or mqtt.password_file) must both be set or both be absent",
             ));
         }
         if config.ingest.queue_capacity == 0 {
@@ -264,8 +265,68 @@ impl Config {
         }
     }
 
-    /// Applies the `AQYL_*` environment overrides; `env` looks a variable up.
+    /// Gives every file setting read from the file its key, line and place beside the file.
+    fn locate_files(&mut self, path: &Path, text: &str) {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let m = &mut self.mqtt;
+        for (setting, key) in [
+            (&mut m.ca_file, "mqtt.ca_file"),
+            (&mut m.client_cert, "mqtt.client_cert"),
+            (&mut m.client_key, "mqtt.client_key"),
+            (&mut m.password_file, "mqtt.password_file"),
+            (&mut self.influx.ca_file, "influx.ca_file"),
+            (&mut self.http.token_file, "http.token_file"),
+        ] {
+            if let Some(s) = setting {
+                s.locate(key, text, base);
+            }
+        }
+    }
+
+    /// Applies the `AQYL_*` environment overrides; `env` looks a variable up. Paths from the
+    /// environment are taken as given (relative to the working directory).
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        // An empty path variable counts as unset (`AQYL_MQTT_CA_FILE=` in a container file).
+        let file = |var: &'static str| {
+            env(var)
+                .filter(|p| !p.is_empty())
+                .map(|p| FileSetting::given(var, p))
+        };
+        if env("AQYL_MQTT_PASSWORD").is_some() && env("AQYL_MQTT_PASSWORD_FILE").is_some() {
+            return Err(
+                "AQYL_MQTT_PASSWORD and AQYL_MQTT_PASSWORD_FILE are both set; keep one of them"
+                    .into(),
+            );
+        }
+        if env("AQYL_HTTP_TOKEN").is_some() && env("AQYL_HTTP_TOKEN_FILE").is_some() {
+            return Err(
+                "AQYL_HTTP_TOKEN and AQYL_HTTP_TOKEN_FILE are both set; keep one of them".into(),
+            );
+        }
+        if let Some(f) = file("AQYL_MQTT_PASSWORD_FILE") {
+            self.mqtt.password = None;
+            self.mqtt.password_file = Some(f);
+        }
+        if let Some(f) = file("AQYL_MQTT_CA_FILE") {
+            self.mqtt.ca_file = Some(f);
+        }
+        if let Some(f) = file("AQYL_MQTT_CLIENT_CERT") {
+            self.mqtt.client_cert = Some(f);
+        }
+        if let Some(f) = file("AQYL_MQTT_CLIENT_KEY") {
+            self.mqtt.client_key = Some(f);
+        }
+        if let Some(f) = file("AQYL_INFLUX_CA_FILE") {
+            self.influx.ca_file = Some(f);
+        }
+        if let Some(t) = env("AQYL_HTTP_TOKEN") {
+            self.http.token_file = None;
+            self.http.token = Some(Secret::new(t));
+        }
+        if let Some(f) = file("AQYL_HTTP_TOKEN_FILE") {
+            self.http.token = None;
+            self.http.token_file = Some(f);
+        }
         if let Some(url) = env("AQYL_MQTT_URL") {
             MqttUrl::parse(&url).map_err(|e| format!("AQYL_MQTT_URL: {e}"))?;
             self.mqtt.url = Spanned::new(0..0, url);
@@ -274,6 +335,7 @@ impl Config {
             self.mqtt.username = Some(u);
         }
         if let Some(p) = env("AQYL_MQTT_PASSWORD") {
+            self.mqtt.password_file = None;
             self.mqtt.password = Some(Secret::new(p));
         }
         if let Some(url) = env("AQYL_INFLUX_URL") {
@@ -295,7 +357,9 @@ impl Config {
         if let Some(dir) = env("AQYL_STATE_DIR") {
             self.state.dir = PathBuf::from(dir);
         }
-        if self.mqtt.username.is_some() != self.mqtt.password.is_some() {
+        if self.mqtt.username.is_some()
+            != (self.mqtt.password.is_some() || self.mqtt.password_file.is_some())
+        {
             return Err("the MQTT username and password must both be set or both be absent".into());
         }
         Ok(())
@@ -315,10 +379,29 @@ pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Loaded,
     config
         .apply_env(env)
         .map_err(|e| ConfigError::file(path, e))?;
+    // The broker's settings and the HTTP token as every command reads them (the password
+    // and token files too); the certificates are read where they are used (aqyl-connect).
+    let mut errors = Vec::new();
+    if let Err(e) = config.mqtt.broker(path) {
+        errors.extend(e.0);
+    }
+    if let Err(e) = config.http.bearer_token(path) {
+        errors.extend(e.0);
+    }
     let base = path.parent().unwrap_or(Path::new("."));
     let sensors_dir = base.join(&config.sensors_dir);
-    let sensor_types = descriptor::load_dir(&sensors_dir)?;
-    let rules = crate::rules::load_rules(&base.join(&config.rules_dir), &sensor_types)?;
+    let loaded = descriptor::load_dir(&sensors_dir).and_then(|sensor_types| {
+        let rules = crate::rules::load_rules(&base.join(&config.rules_dir), &sensor_types)?;
+        Ok((sensor_types, rules))
+    });
+    let (sensor_types, rules) = match loaded {
+        Ok(l) if errors.is_empty() => l,
+        Ok(_) => return Err(ConfigErrors(errors)),
+        Err(e) => {
+            errors.extend(e.0);
+            return Err(ConfigErrors(errors));
+        }
+    };
     Ok(Loaded {
         config,
         sensor_types,
@@ -478,16 +561,174 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_credential_files_are_resolved_beside_the_config_and_named_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aqyl.toml");
+        std::fs::write(dir.path().join("mqtt.pass"), "hunter2-from-file\r\n").unwrap();
+        let text = "[mqtt]\nurl = \"mqtts://broker.city:8883\"\nusername = \"aqyl\"\npassword_file = \"mqtt.pass\"\nca_file = \"tls/ca.pem\"\nclient_cert = \"/etc/aqyl/client.pem\"\nclient_key = \"/etc/aqyl/client.key\"\n[influx]\nca_file = \"tls/store-ca.pem\"\n";
+        let c = Config::from_toml(&path, text).unwrap();
+        let ca = c.mqtt.ca_file.clone().unwrap();
+        assert_eq!(
+            ca.path,
+            dir.path().join("tls/ca.pem"),
+            "relative to the file"
+        );
+        assert_eq!((ca.name.as_str(), ca.line), ("mqtt.ca_file", Some(5)));
+        assert_eq!(
+            c.mqtt.client_cert.as_ref().unwrap().path,
+            PathBuf::from("/etc/aqyl/client.pem"),
+            "absolute paths stay"
+        );
+        assert_eq!(c.influx.ca_file.as_ref().unwrap().line, Some(9));
+        let broker = c.mqtt.broker(&path).unwrap();
+        assert!(broker.url.tls);
+        assert_eq!(broker.address(), "mqtts://broker.city:8883");
+        assert_eq!(
+            broker.password.as_ref().unwrap().expose(),
+            "hunter2-from-file",
+            "the trailing line ending is not part of the password"
+        );
+        for shown in [format!("{c:?}"), format!("{broker:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+
+        // The environment wins, its paths taken as given.
+        let mut env_c = c.clone();
+        env_c
+            .apply_env(|k| match k {
+                "AQYL_MQTT_CA_FILE" => Some("other/ca.pem".into()),
+                "AQYL_MQTT_PASSWORD" => Some("from-env".into()),
+                "AQYL_INFLUX_CA_FILE" => Some("/srv/ca.pem".into()),
+                "AQYL_HTTP_TOKEN_FILE" => Some("/run/secrets/token".into()),
+                _ => None,
+            })
+            .unwrap();
+        let ca = env_c.mqtt.ca_file.as_ref().unwrap();
+        assert_eq!(
+            (ca.path.as_path(), ca.name.as_str(), ca.line),
+            (Path::new("other/ca.pem"), "AQYL_MQTT_CA_FILE", None)
+        );
+        assert!(
+            env_c.mqtt.password_file.is_none(),
+            "the variable's password wins"
+        );
+        assert_eq!(
+            env_c.mqtt.broker(&path).unwrap().password.unwrap().expose(),
+            "from-env"
+        );
+        assert_eq!(
+            env_c.influx.ca_file.unwrap().path,
+            PathBuf::from("/srv/ca.pem")
+        );
+        assert_eq!(env_c.http.token_file.unwrap().name, "AQYL_HTTP_TOKEN_FILE");
+        let both = c.clone().apply_env(|k| {
+            matches!(k, "AQYL_MQTT_PASSWORD" | "AQYL_MQTT_PASSWORD_FILE").then(|| "x".into())
+        });
+        assert!(both.unwrap_err().contains("keep one of them"));
+    }
+
+    #[test]
+    fn broker_settings_that_cannot_work_are_refused_with_the_line_and_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aqyl.toml");
+        let errors = |text: &str| -> Vec<String> {
+            match Config::from_toml(&path, text).map(|c| c.mqtt.broker(&path)) {
+                Ok(Ok(_)) => Vec::new(),
+                Ok(Err(e)) | Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+            }
+        };
+        let file = path.display().to_string();
+        // TLS files with a plain URL: the password would cross the network in the clear.
+        let plain = errors("[mqtt]\nurl = \"mqtt://broker\"\nca_file = \"ca.pem\"\n");
+        assert_eq!(plain.len(), 1, "{plain:?}");
+        assert!(
+            plain[0].starts_with(&format!("{file}:3: mqtt.ca_file ("))
+                && plain[0].contains("use mqtts://"),
+            "{plain:?}"
+        );
+        let half = errors("[mqtt]\nurl = \"mqtts://broker\"\nclient_cert = \"c.pem\"\n");
+        assert!(
+            half[0].starts_with(&format!("{file}:3: mqtt.client_cert"))
+                && half[0].contains("set mqtt.client_key"),
+            "{half:?}"
+        );
+        let missing = errors("[mqtt]\nusername = \"u\"\npassword_file = \"nope.pass\"\n");
+        assert!(
+            missing[0].starts_with(&format!("{file}:3: mqtt.password_file ("))
+                && missing[0].contains("cannot read it"),
+            "{missing:?}"
+        );
+        std::fs::write(dir.path().join("empty.pass"), "\n").unwrap();
+        let empty = errors("[mqtt]\nusername = \"u\"\npassword_file = \"empty.pass\"\n");
+        assert!(empty[0].contains("it is empty"), "{empty:?}");
+        let twice =
+            errors("[mqtt]\nusername = \"u\"\npassword = \"p\"\npassword_file = \"empty.pass\"\n");
+        assert!(
+            twice[0].starts_with(&format!("{file}:4:")) && twice[0].contains("keep one of them"),
+            "{twice:?}"
+        );
+        let lonely = errors("[mqtt]\npassword_file = \"empty.pass\"\n");
+        assert!(lonely[0].contains("must both be set"), "{lonely:?}");
+        assert!(errors("[mqtt]\nurl = \"mqtts://broker\"\n").is_empty());
+    }
+
+    #[test]
+    fn the_http_token_comes_from_the_file_or_the_setting_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aqyl.toml");
+        std::fs::write(dir.path().join("token"), "t0ken\n").unwrap();
+        let token = |text: &str| {
+            Config::from_toml(&path, text)
+                .unwrap()
+                .http
+                .bearer_token(&path)
+                .map(|t| t.map(|t| t.expose().to_string()))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(token(""), Ok(None));
+        assert_eq!(token("[http]\ntoken = \"abc\"\n"), Ok(Some("abc".into())));
+        assert_eq!(
+            token("[http]\ntoken_file = \"token\"\n"),
+            Ok(Some("t0ken".into()))
+        );
+        let both = token("[http]\ntoken = \"abc\"\ntoken_file = \"token\"\n").unwrap_err();
+        assert!(
+            both.contains(":3: http.token_file (") && both.contains("keep one"),
+            "{both}"
+        );
+        assert!(token("[http]\ntoken = \"\"\n")
+            .unwrap_err()
+            .contains("empty"));
+        let c = Config::from_toml(&path, "[http]\ntoken = \"abc\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("abc"), "redacted in Debug");
+    }
+
+    #[test]
+    fn load_reports_every_problem_of_the_broker_and_the_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sensors")).unwrap();
+        let file = dir.path().join("aqyl.toml");
+        std::fs::write(
+            &file,
+            "[mqtt]\nusername = \"u\"\npassword_file = \"missing\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("sensors/t.toml"), "name = 3\n").unwrap();
+        let err = load(&file, |_| None).unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.0[0].message.starts_with("mqtt.password_file"), "{err}");
+        assert!(err.0[1].file.ends_with("t.toml"), "{err}");
+    }
+
+    #[test]
     fn check_refuses_what_run_would_refuse_with_the_line() {
         let err = |text: &str| {
             Config::from_toml(Path::new("aqyl.toml"), text)
                 .unwrap_err()
                 .to_string()
         };
-        let tls = err("[mqtt]\nurl = \"mqtts://broker\"\n");
         assert!(
-            tls.contains("aqyl.toml:2") && tls.contains("not supported yet"),
-            "{tls}"
+            Config::from_toml(Path::new("aqyl.toml"), "[mqtt]\nurl = \"mqtts://broker\"\n").is_ok()
         );
         let http = err("[http]\naddr = \"not an address\"\n");
         assert!(

@@ -3,8 +3,10 @@
 //! and the publisher are in `aqyl-mqtt`, which aqyl-core does not depend on, so the sections
 //! stay here.
 
-use super::Secret;
+use super::{FileSetting, Secret};
+use crate::error::{ConfigError, ConfigErrors};
 use serde::Deserialize;
+use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -12,7 +14,7 @@ use toml::Spanned;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// Broker URL, `mqtt://host:port` (env `AQYL_MQTT_URL`).
+    /// Broker URL, `mqtt://host:port`, or `mqtts://host:port` for TLS (env `AQYL_MQTT_URL`).
     #[serde(default = "default_mqtt_url")]
     pub url: Spanned<String>,
     /// Client id; default `aqyl-<hostname>`. Keep it stable across restarts so the broker
@@ -22,6 +24,19 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Password (env `AQYL_MQTT_PASSWORD`).
     pub password: Option<Secret>,
+    /// A file holding the password (a container secret), instead of `password`; a trailing
+    /// line ending is not part of it (env `AQYL_MQTT_PASSWORD_FILE`).
+    pub password_file: Option<FileSetting>,
+    /// PEM file of the CA certificate(s) that signed the broker's certificate, for
+    /// `mqtts://`; only these are trusted then. Without it the system's roots are (env
+    /// `AQYL_MQTT_CA_FILE`).
+    pub ca_file: Option<FileSetting>,
+    /// PEM file of this client's certificate (chain), for brokers that require one (mutual
+    /// TLS); with `client_key` (env `AQYL_MQTT_CLIENT_CERT`).
+    pub client_cert: Option<FileSetting>,
+    /// PEM file of the client certificate's private key (PKCS#8, PKCS#1 or SEC1) (env
+    /// `AQYL_MQTT_CLIENT_KEY`).
+    pub client_key: Option<FileSetting>,
     /// Keep-alive interval.
     #[serde(
         default = "default_keep_alive",
@@ -60,6 +75,10 @@ impl Default for MqttConfig {
             client_id: None,
             username: None,
             password: None,
+            password_file: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
             keep_alive: default_keep_alive(),
             clean_session: false,
             subscription_prefix: String::new(),
@@ -116,6 +135,121 @@ impl MqttUrl {
             port,
             tls,
         })
+    }
+}
+
+impl MqttConfig {
+    /// How to reach and log into the broker, the password read from `password_file` when
+    /// set. Every problem is named with its setting; `config` is the configuration file.
+    pub fn broker(&self, config: &Path) -> Result<BrokerSettings, ConfigErrors> {
+        let url = MqttUrl::parse(self.url.get_ref())
+            .map_err(|e| ConfigError::file(config, format!("mqtt.url: {e}")))?;
+        let mut errors = Vec::new();
+        let password = match (&self.password, &self.password_file) {
+            (Some(_), Some(file)) => {
+                errors.push(file.error(config, "set as well as a password (mqtt.password or AQYL_MQTT_PASSWORD); keep one of them"));
+                None
+            }
+            (Some(p), None) => Some(p.clone()),
+            (None, Some(file)) => match super::file_setting::read_secret(file) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    errors.push(file.error(config, e));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let broker = BrokerSettings {
+            url,
+            username: self.username.clone(),
+            password,
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        };
+        if errors.is_empty() {
+            for (setting, message) in broker.problems() {
+                errors.push(match setting {
+                    Some(s) => s.error(config, message),
+                    None => ConfigError::file(config, message),
+                });
+            }
+        }
+        if errors.is_empty() {
+            Ok(broker)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// How to reach and log into the broker: what every command that talks to it needs, the
+/// password already read from its file. Built from `[mqtt]` ([`MqttConfig::broker`]) or from
+/// a command's flags (`aqyl-sim`); `aqyl-connect` turns it into client options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerSettings {
+    /// Where.
+    pub url: MqttUrl,
+    /// User name.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<Secret>,
+    /// CA certificates to trust instead of the system's (TLS only).
+    pub ca_file: Option<FileSetting>,
+    /// Client certificate (mutual TLS).
+    pub client_cert: Option<FileSetting>,
+    /// Its private key.
+    pub client_key: Option<FileSetting>,
+}
+
+impl BrokerSettings {
+    /// Settings that contradict each other, each with the file setting it concerns (if any)
+    /// and what to do. Files are not read here.
+    pub fn problems(&self) -> Vec<(Option<&FileSetting>, String)> {
+        let mut out = Vec::new();
+        if !self.url.tls {
+            for s in [&self.ca_file, &self.client_cert, &self.client_key]
+                .into_iter()
+                .flatten()
+            {
+                out.push((
+                    Some(s),
+                    format!(
+                        "set, but the broker URL is plain mqtt://{}:{}, not TLS: use mqtts:// (port 8883 by default) or remove the TLS settings",
+                        self.url.host, self.url.port
+                    ),
+                ));
+            }
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(cert), None) => out.push((
+                Some(cert),
+                "needs its private key too: set mqtt.client_key (AQYL_MQTT_CLIENT_KEY, aqyl-sim --client-key)".into(),
+            )),
+            (None, Some(key)) => out.push((
+                Some(key),
+                "needs its certificate too: set mqtt.client_cert (AQYL_MQTT_CLIENT_CERT, aqyl-sim --client-cert)".into(),
+            )),
+            _ => {}
+        }
+        if self.username.is_some() != self.password.is_some() {
+            out.push((
+                None,
+                "the MQTT user name and password must both be set or both be absent (mqtt.username with mqtt.password or mqtt.password_file, or AQYL_MQTT_USERNAME with AQYL_MQTT_PASSWORD or AQYL_MQTT_PASSWORD_FILE)".into(),
+            ));
+        }
+        out
+    }
+
+    /// `mqtts://host:port`, for messages (no credentials).
+    pub fn address(&self) -> String {
+        let scheme = if self.url.tls { "mqtts" } else { "mqtt" };
+        if self.url.host.contains(':') {
+            format!("{scheme}://[{}]:{}", self.url.host, self.url.port)
+        } else {
+            format!("{scheme}://{}:{}", self.url.host, self.url.port)
+        }
     }
 }
 

@@ -2,8 +2,10 @@
 //! the `aqyl` binary's durable ingest with `aqyl-state`), and `[http]`, its metrics and health
 //! endpoint. Neither component is in aqyl-core, so the sections stay here.
 
+use super::{FileSetting, Secret};
+use crate::error::{ConfigError, ConfigErrors};
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// `[state]`: one directory per running instance for everything it keeps on disk (the ingest
@@ -59,4 +61,34 @@ impl Default for StateConfig {
 pub struct HttpConfig {
     /// Listen address such as `127.0.0.1:9464` (env `AQYL_HTTP_ADDR`); off when absent.
     pub addr: Option<String>,
+    /// Bearer token that `GET /metrics` requires (`Authorization: Bearer <token>`); `/health`
+    /// stays open for probes (env `AQYL_HTTP_TOKEN`).
+    pub token: Option<Secret>,
+    /// A file holding the token instead, trailing line ending trimmed (env
+    /// `AQYL_HTTP_TOKEN_FILE`).
+    pub token_file: Option<FileSetting>,
+}
+
+impl HttpConfig {
+    /// The bearer token, read from `token_file` when set; `config` is the configuration file.
+    pub fn bearer_token(&self, config: &Path) -> Result<Option<Secret>, ConfigErrors> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(file)) => Err(file
+                .error(
+                    config,
+                    "set as well as http.token (or AQYL_HTTP_TOKEN); keep one of them",
+                )
+                .into()),
+            (Some(t), None) if t.expose().is_empty() => Err(ConfigError::file(
+                config,
+                "http.token is empty; set a token or remove it",
+            )
+            .into()),
+            (Some(t), None) => Ok(Some(t.clone())),
+            (None, Some(file)) => super::file_setting::read_secret(file)
+                .map(Some)
+                .map_err(|e| file.error(config, e).into()),
+            (None, None) => Ok(None),
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! stay here.
 
 use super::mqtt::default_max_backoff;
-use super::Secret;
+use super::{FileSetting, Secret};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,6 +27,9 @@ pub struct InfluxConfig {
     /// API token (env `AQYL_INFLUX_TOKEN`).
     #[serde(default)]
     pub token: Secret,
+    /// PEM file of the CA certificate(s) to trust for an `https://` URL instead of the
+    /// system's roots, e.g. a private CA (env `AQYL_INFLUX_CA_FILE`).
+    pub ca_file: Option<FileSetting>,
     /// Most points per write request.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
@@ -94,6 +97,7 @@ impl Default for InfluxConfig {
             org: default_org(),
             bucket: default_org(),
             token: Secret::default(),
+            ca_file: None,
             batch_size: default_batch(),
             spill_dir: default_spill(),
             max_spill: default_max_spill(),

@@ -35,7 +35,8 @@ fn sensor_key(obs: &Observation) -> u64 {
     crate::fnv::stable_hash(&[&obs.sensor_type, &obs.sensor_id])
 }
 
-fn content(obs: &Observation) -> u64 {
+/// A digest of a reading's fields (names and values).
+pub(crate) fn content(obs: &Observation) -> u64 {
     fnv1a(
         obs.fields
             .iter()

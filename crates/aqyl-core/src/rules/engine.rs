@@ -15,6 +15,7 @@ use super::file::{Input, Rule, RuleKind};
 use super::state::{
     incident_id, rate, Baseline, Sequence, Threshold, Transition, RATE_SUFFIX, Z_SUFFIX,
 };
+use crate::ingest::dedup::content;
 use crate::{Event, EventState, Observation};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -36,11 +37,11 @@ struct Silence {
 }
 
 /// Where `obs` stands against its subject's newest judged reading `last` (time, fields).
-fn order_against(last: Option<&(u64, Fields)>, obs: &Observation) -> Order {
+fn order_against(last: Option<&Last>, obs: &Observation) -> Order {
     match last {
         None => Order::Newer,
-        Some((t, _)) if obs.event_time > *t => Order::Newer,
-        Some((t, fields)) if obs.event_time == *t && *fields == obs.fields => Order::Repeat,
+        Some(last) if obs.event_time > last.time => Order::Newer,
+        Some(last) if obs.event_time == last.time && last.digest == content(obs) => Order::Repeat,
         Some(_) => Order::Older,
     }
 }
@@ -83,6 +84,17 @@ pub enum Order {
 type Subject = (Arc<str>, String);
 /// A reading's fields.
 type Fields = Vec<(Arc<str>, f64)>;
+
+/// A subject's newest judged reading.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Last {
+    /// Its event time.
+    time: u64,
+    /// A digest of its fields (to tell a repeat from a different reading of that time).
+    digest: u64,
+    /// Its fields, when a rule reads a `_rate` (otherwise empty).
+    fields: Fields,
+}
 
 /// Whether any of `rules` reads this input of this sensor type.
 pub fn watches(rules: &[Rule], sensor_type: &str, input: Input<'_>) -> bool {
@@ -194,10 +206,59 @@ impl RuleState {
 pub struct DetectorState {
     /// Per rule, in the order of the rules it is bound to.
     rules: Vec<RuleState>,
-    /// Each subject's previous reading, (type, id) → (event time, fields), for `_rate`.
-    last_reading: HashMap<Subject, (u64, Fields)>,
-    /// Per subject and field: the learned baseline behind `<field>_z`.
+    /// Each subject's previous reading, (type, id) → (event time, fields); the fields only
+    /// when a rule of its type reads a `_rate`.
+    last_reading: HashMap<Subject, Last>,
+    /// Per subject and field: the learned baseline behind `<field>_z`, for the fields rules
+    /// read so.
     baselines: HashMap<(Subject, Arc<str>), Baseline>,
+    /// What the bound rules read beyond a reading's own fields (derived from them again
+    /// after a restore).
+    #[serde(skip)]
+    reads: Reads,
+}
+
+/// What rules read beyond a reading's own fields, so that nothing else is kept per subject:
+/// the fields whose baselines (`<field>_z`) and the sensor types whose previous readings
+/// (`<field>_rate`) they need.
+#[derive(Debug, Clone, Default)]
+struct Reads {
+    /// Derived from the rules bound (a fresh or restored state has not derived them yet).
+    known: bool,
+    /// (sensor type, field) read as `<field>_z`.
+    z: Vec<(String, String)>,
+    /// Sensor types some rule reads a `<field>_rate` of.
+    rate: Vec<String>,
+}
+
+impl Reads {
+    fn of(rules: &[Rule]) -> Self {
+        let mut reads = Reads {
+            known: true,
+            ..Reads::default()
+        };
+        for rule in rules {
+            for field in rule.conditions().flat_map(|e| e.fields()) {
+                if field.ends_with(RATE_SUFFIX) && !reads.rate.contains(&rule.sensor_type) {
+                    reads.rate.push(rule.sensor_type.clone());
+                } else if let Some(base) = field.strip_suffix(Z_SUFFIX) {
+                    let key = (rule.sensor_type.clone(), base.to_string());
+                    if !reads.z.contains(&key) {
+                        reads.z.push(key);
+                    }
+                }
+            }
+        }
+        reads
+    }
+
+    fn z(&self, sensor_type: &str, field: &str) -> bool {
+        self.z.iter().any(|(t, f)| t == sensor_type && f == field)
+    }
+
+    fn rate(&self, sensor_type: &str) -> bool {
+        self.rate.iter().any(|t| t == sensor_type)
+    }
 }
 
 impl DetectorState {
@@ -206,6 +267,7 @@ impl DetectorState {
     /// fits its kind; a new rule starts empty; the state of a rule that is gone is dropped,
     /// and its ongoing incidents are returned as `end` messages dated `now` (event time).
     pub fn bind(&mut self, rules: &[Rule], now: u64) -> Vec<Event> {
+        self.reads = Reads::of(rules);
         let mut old: HashMap<String, RuleState> = std::mem::take(&mut self.rules)
             .into_iter()
             .map(|r| (r.rule.clone(), r))
@@ -247,8 +309,8 @@ impl DetectorState {
         let mut stale: Vec<(Subject, u64)> = self
             .last_reading
             .iter()
-            .filter(|(_, (t, _))| *t < before)
-            .map(|(key, (t, _))| (key.clone(), *t))
+            .filter(|(_, last)| last.time < before)
+            .map(|(key, last)| (key.clone(), last.time))
             .collect();
         stale.sort();
         let why = format!(
@@ -291,8 +353,6 @@ impl DetectorState {
 pub struct Detector<'a> {
     rules: &'a [Rule],
     state: &'a mut DetectorState,
-    /// Sensor types some rule reads a `<field>_z` of: only their readings teach baselines.
-    learning: Vec<&'a str>,
 }
 
 impl<'a> Detector<'a> {
@@ -304,20 +364,14 @@ impl<'a> Detector<'a> {
 
     /// `rules` working on `state` (bound to them first if it is not: [`DetectorState::bind`]).
     pub fn new(rules: &'a [Rule], state: &'a mut DetectorState) -> Self {
+        if !state.reads.known {
+            state.reads = Reads::of(rules);
+        }
         if !state.is_bound(rules) {
             // (Operators bind a restored state themselves and send what it ends.)
             let _ended = state.bind(rules, 0);
         }
-        let learning = rules
-            .iter()
-            .filter(|r| r.reads_baselines())
-            .map(|r| &*r.sensor_type)
-            .collect();
-        Self {
-            rules,
-            state,
-            learning,
-        }
+        Self { rules, state }
     }
 
     /// Whether any rule reads this input of this sensor type.
@@ -446,7 +500,7 @@ impl<'a> Detector<'a> {
             let previous = state
                 .last_reading
                 .get(&key)
-                .map(|(t, f)| (*t, f.as_slice()));
+                .map(|last| (last.time, last.fields.as_slice()));
             let baselines = &state.baselines;
             let value = |f: &str| obs.fields.iter().find(|(n, _)| &**n == f).map(|v| v.1);
             let get = |f: &str| {
@@ -582,10 +636,9 @@ impl<'a> Detector<'a> {
                 }
             }
         }
-        // The baselines learn the reading after the rules have judged it (only for types
-        // whose rules read them: learning costs a map entry per field and reading).
-        if self.learning.contains(&&*obs.sensor_type) {
-            for (field, v) in &obs.fields {
+        // The baselines learn the reading after the rules have judged it.
+        for (field, v) in &obs.fields {
+            if state.reads.z(&obs.sensor_type, field) {
                 state
                     .baselines
                     .entry((key.clone(), field.clone()))
@@ -593,17 +646,17 @@ impl<'a> Detector<'a> {
                     .or_insert_with(|| Baseline::new(*v));
             }
         }
-        match state.last_reading.get_mut(&key) {
-            Some(last) => {
-                last.0 = obs.event_time;
-                last.1.clone_from(&obs.fields);
-            }
-            None => {
-                state
-                    .last_reading
-                    .insert(key, (obs.event_time, obs.fields.clone()));
-            }
-        }
+        let fields = if state.reads.rate(&obs.sensor_type) {
+            obs.fields.clone()
+        } else {
+            Fields::new()
+        };
+        let last = Last {
+            time: obs.event_time,
+            digest: content(obs),
+            fields,
+        };
+        state.last_reading.insert(key, last);
     }
 }
 

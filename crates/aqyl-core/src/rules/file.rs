@@ -101,18 +101,16 @@ pub struct SequenceSteps {
 }
 
 impl Rule {
-    /// Whether any of its conditions reads a learned baseline (`<field>_z`).
-    pub fn reads_baselines(&self) -> bool {
-        let sequence = self
+    /// Every condition of the rule (enter, exit, levels, sequence steps).
+    pub fn conditions(&self) -> impl Iterator<Item = &Expr> {
+        let steps = self
             .sequence
             .iter()
-            .flat_map(|s| std::iter::once(&s.first).chain(&s.unless));
-        let levels = self.levels.iter().map(|(_, when)| when);
+            .flat_map(|s| [Some(&s.first), s.unless.as_ref()]);
         [&self.enter, &self.exit]
             .into_iter()
-            .chain(sequence)
-            .chain(levels)
-            .any(|e| e.fields().iter().any(|f| f.ends_with(Z_SUFFIX)))
+            .chain(self.levels.iter().map(|(_, e)| e))
+            .chain(steps.flatten())
     }
 
     /// Fills the message template for a subject and its values.
