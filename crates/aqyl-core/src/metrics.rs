@@ -362,14 +362,25 @@ mod tests {
         m.quality_bands[quality_band(0.95)].store(7, Relaxed);
         let text = m.render_prometheus();
         assert!(text.contains("# HELP aqyl_received_total MQTT messages received on ingest topics.\n# TYPE aqyl_received_total counter\naqyl_received_total 3\n"), "{text}");
-        assert!(text.contains("# TYPE aqyl_checkpoint_pause_seconds gauge\naqyl_checkpoint_pause_seconds 1.5\n"), "{text}");
+        assert!(
+            text.contains(
+                "# TYPE aqyl_checkpoint_pause_seconds gauge\naqyl_checkpoint_pause_seconds 1.5\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("aqyl_checkpoint_bytes 4096\n"), "{text}");
-        assert!(text.contains("aqyl_quality_sensors{band=\"0.8-1.0\"} 7\n"), "{text}");
+        assert!(
+            text.contains("aqyl_quality_sensors{band=\"0.8-1.0\"} 7\n"),
+            "{text}"
+        );
         let mut names = std::collections::HashSet::new();
         for (name, _, kind, _) in m.declared() {
             assert!(names.insert(name), "{name} is declared twice");
             assert_eq!(kind == Kind::Counter, name.ends_with("_total"), "{name}");
-            assert!(text.contains(&format!("\n{name} ")), "{name} is not exposed: {text}");
+            assert!(
+                text.contains(&format!("\n{name} ")),
+                "{name} is not exposed: {text}"
+            );
         }
     }
 

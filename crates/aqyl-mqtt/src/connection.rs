@@ -265,6 +265,7 @@ async fn run(
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = Duration::from_millis(100);
                     connected_once = true;
+                    metrics.clear_problem("broker");
                     tracing::info!(broker = %settings.connector.address(), session_present = ack.session_present, "Connected to the MQTT broker.");
                     let subs = filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
                     if let Err(e) = client.try_subscribe_many(subs) {
@@ -297,6 +298,10 @@ async fn run(
                     }
                     metrics.mqtt_connection_errors.fetch_add(1, Relaxed);
                     let why = settings.connector.explain(&e);
+                    // Shown by /health until the next connection; /ready waits for the
+                    // subscriptions again.
+                    metrics.subscriptions.store(0, Relaxed);
+                    metrics.set_problem("broker", format!("the ingest connection is down: {why}"));
                     if aqyl_connect::is_permanent(&e) {
                         if !connected_once {
                             let _ = refused.send(Some(why.clone()));

@@ -73,6 +73,7 @@ pub fn connect_output(
                     Ok(Event::Outgoing(Outgoing::Disconnect)) if finishing => break,
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected_once = true;
+                        metrics.clear_problem("broker output");
                         backoff = Duration::from_millis(100);
                     }
                     Ok(_) => backoff = Duration::from_millis(100),
@@ -82,6 +83,7 @@ pub fn connect_output(
                         }
                         metrics.mqtt_connection_errors.fetch_add(1, Relaxed);
                         let why = connector.explain(&e);
+                        metrics.set_problem("broker output", format!("the output connection is down: {why}"));
                         if aqyl_connect::is_permanent(&e) {
                             if !connected_once {
                                 let _ = refused_tx.send(Some(why.clone()));

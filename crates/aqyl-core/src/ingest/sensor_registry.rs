@@ -111,6 +111,11 @@ impl SensorRegistry {
         Self::parse(path, &text)
     }
 
+    /// Every sensor and its facts, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &SensorInfo)> {
+        self.sensors.iter().map(|(id, info)| (id.as_str(), info))
+    }
+
     /// A sensor's facts.
     pub fn get(&self, sensor_id: &str) -> Option<&SensorInfo> {
         self.sensors.get(sensor_id)
