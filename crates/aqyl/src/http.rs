@@ -270,20 +270,15 @@ async fn live_feed(State(state): State<AppState>) -> Response {
                     (None, rx, board, slot),
                 ));
             }
-            loop {
-                match rx.recv().await {
-                    Ok(changes) => {
-                        let event = SseEvent::default().event("changes").data(&*changes);
-                        return Some((Ok(event), (None, rx, board, slot)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let snapshot = board.snapshot().to_string();
-                        let event = SseEvent::default().event("snapshot").data(snapshot);
-                        return Some((Ok(event), (None, rx, board, slot)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-                }
-            }
+            let event = match rx.recv().await {
+                Ok(changes) => SseEvent::default().event("changes").data(&*changes),
+                // Fell behind by more than the feed keeps: start again from a snapshot.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => SseEvent::default()
+                    .event("snapshot")
+                    .data(board.snapshot().to_string()),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((Ok(event), (None, rx, board, slot)))
         },
     );
     Sse::new(stream)
