@@ -246,6 +246,13 @@ pub fn client(
             ))
         })?;
     }
+    // influxdb2 panics on a URL it cannot parse: refuse it here.
+    if let Err(e) = reqwest::Url::parse(url) {
+        return Err(crate::SinkError::InfluxUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        });
+    }
     let http = http_client(&roots);
     influxdb2::ClientBuilder::with_builder(http, url, org, token.expose())
         .build()
