@@ -335,15 +335,12 @@ impl InfluxSink {
     pub fn start_replay(&mut self, metrics: Arc<Metrics>) {
         let shared = self.shared.clone();
         self.replay = Some(tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = aqyl_core::backoff::Backoff::new(shared.max_backoff);
             loop {
                 match replay_once(&shared, &metrics).await {
                     Replayed::Nothing => tokio::time::sleep(Duration::from_millis(250)).await,
-                    Replayed::All => backoff = Duration::from_millis(100),
-                    Replayed::Stopped => {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(shared.max_backoff);
-                    }
+                    Replayed::All => backoff.reset(),
+                    Replayed::Stopped => tokio::time::sleep(backoff.next_wait()).await,
                 }
             }
         }));
