@@ -18,6 +18,11 @@ use tokio::sync::{broadcast, mpsc};
 
 /// How often changes are sent to the pages.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// Sensors without a registry position the board keeps (a flood of ids nobody registered
+/// must not grow it without bound; the dataflow forgets them after `pipeline.state_ttl`).
+pub const MAX_UNPLACED: usize = 10_000;
+/// Incidents the board lists; more are counted (`more_incidents`), not kept.
+pub const MAX_INCIDENTS: usize = 10_000;
 
 /// A sensor's key on the page: `<sensor_type>/<sensor_id>`.
 fn key(sensor_type: &str, sensor_id: &str) -> String {
@@ -43,6 +48,24 @@ struct Board {
     /// Incidents under way by (event type, subject): the latest message of each.
     incidents: BTreeMap<(String, String), Value>,
     incidents_changed: bool,
+    /// Incidents under way beyond [`MAX_INCIDENTS`].
+    more_incidents: u64,
+    /// Sensors in `sensors` without a registry position.
+    unplaced: usize,
+}
+
+impl Board {
+    /// The sensor of `k`, added unless it would be one unplaced sensor too many.
+    fn sensor(&mut self, k: &str) -> Option<&mut Sensor> {
+        if !self.sensors.contains_key(k) {
+            if self.unplaced >= MAX_UNPLACED {
+                return None;
+            }
+            self.unplaced += 1;
+            self.sensors.insert(k.to_string(), Sensor::default());
+        }
+        self.sensors.get_mut(k)
+    }
 }
 
 /// The live state the status page shows.
@@ -100,7 +123,7 @@ impl StatusBoard {
                 continue;
             };
             let k = key(&r.sensor_type, &r.sensor_id);
-            let s = b.sensors.entry(k.clone()).or_default();
+            let Some(s) = b.sensor(&k) else { continue };
             if let Some(old) = &s.report {
                 bands[quality_band(old.score)] -= 1;
             }
@@ -125,9 +148,16 @@ impl StatusBoard {
     pub fn event(&self, e: &Event) {
         let mut b = self.lock();
         let k = (e.event_type.clone(), e.subject.clone());
+        let known = b.incidents.contains_key(&k);
         match e.state {
-            EventState::End => {
+            EventState::End if known => {
                 b.incidents.remove(&k);
+            }
+            EventState::End => b.more_incidents = b.more_incidents.saturating_sub(1),
+            _ if !known && b.incidents.len() >= MAX_INCIDENTS => {
+                if e.state == EventState::Start {
+                    b.more_incidents += 1;
+                }
             }
             _ => {
                 let v = serde_json::from_str(&e.to_json()).unwrap_or(Value::Null);
@@ -137,7 +167,7 @@ impl StatusBoard {
         b.incidents_changed = true;
         self.metrics
             .incidents_active
-            .store(b.incidents.len() as u64, Relaxed);
+            .store(b.incidents.len() as u64 + b.more_incidents, Relaxed);
     }
 
     /// Takes in a closed window (a sensor's; area roll-ups are not shown per sensor).
@@ -146,10 +176,9 @@ impl StatusBoard {
             return;
         }
         let mut b = self.lock();
-        let s = b
-            .sensors
-            .entry(key(&a.sensor_type, &a.subject))
-            .or_default();
+        let Some(s) = b.sensor(&key(&a.sensor_type, &a.subject)) else {
+            return;
+        };
         let newer = s.windows.get(&a.field).is_none_or(|w| w.end <= a.end);
         if newer {
             s.windows.insert(a.field.clone(), a.clone());
@@ -176,6 +205,7 @@ impl StatusBoard {
         json!({
             "sensors": sensors,
             "incidents": b.incidents.values().collect::<Vec<_>>(),
+            "more_incidents": b.more_incidents,
             "tiles": self.tiles,
         })
     }
@@ -245,6 +275,7 @@ impl StatusBoard {
         let mut out = json!({ "scores": scores });
         if std::mem::take(&mut b.incidents_changed) {
             out["incidents"] = json!(b.incidents.values().collect::<Vec<_>>());
+            out["more_incidents"] = json!(b.more_incidents);
         }
         Some(out.to_string())
     }
@@ -341,5 +372,58 @@ mod tests {
         let changes: Value = serde_json::from_str(&b.take_changes().unwrap()).unwrap();
         assert_eq!(changes["incidents"], json!([]));
         assert_eq!(b.snapshot()["incidents"], json!([]));
+    }
+
+    #[test]
+    fn a_flood_of_unregistered_sensors_and_incidents_is_bounded() {
+        let b = board();
+        let stats = aqyl_core::windows::window::WindowStats {
+            count: 1,
+            mean: 1.0,
+            min: 1.0,
+            max: 1.0,
+            stddev: 0.0,
+            p50: 1.0,
+            p95: 1.0,
+        };
+        for i in 0..MAX_UNPLACED + 5 {
+            b.aggregate(&Aggregate {
+                sensor_type: "traffic".into(),
+                scope: Scope::Sensor,
+                subject: format!("x{i}"),
+                field: "avgSpeed".into(),
+                window: "5m".into(),
+                start: 0,
+                end: 300_000,
+                stats,
+                sax: None,
+                sax_code: None,
+            });
+        }
+        assert_eq!(b.lock().sensors.len(), MAX_UNPLACED);
+        let event = |i: usize, state| Event {
+            id: format!("i{i}"),
+            event_type: "outage".into(),
+            subject: format!("x{i}"),
+            sensor_type: "traffic".into(),
+            area: None,
+            state,
+            level: "warning".into(),
+            started_at: 0,
+            time: 0,
+            rule: "sensor_outage".into(),
+            message: String::new(),
+            values: Vec::new(),
+        };
+        for i in 0..MAX_INCIDENTS + 3 {
+            b.event(&event(i, EventState::Start));
+        }
+        assert_eq!(b.lock().incidents.len(), MAX_INCIDENTS);
+        let active = |b: &StatusBoard| b.metrics.incidents_active.load(Relaxed);
+        assert_eq!(active(&b), (MAX_INCIDENTS + 3) as u64, "all counted");
+        b.event(&event(MAX_INCIDENTS + 1, EventState::End));
+        b.event(&event(0, EventState::End));
+        assert_eq!(active(&b), (MAX_INCIDENTS + 1) as u64);
+        assert_eq!(b.snapshot()["more_incidents"], 2);
     }
 }
