@@ -284,10 +284,22 @@ fn a_publisher_outrunning_the_service_waits_at_the_broker_not_in_its_memory() {
         })
     };
     let port = mqtt.port;
+    // The service is held still for the publishers' first second (SIGSTOP), so they are
+    // ahead of it however fast this machine runs it; then it races them for the rest.
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
     let publishers: Vec<_> = parts
         .into_iter()
         .map(|part| std::thread::spawn(move || publish(port, &part)))
         .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    signal("-CONT");
     for p in publishers {
         p.join().unwrap();
     }

@@ -6,18 +6,9 @@ use super::{config_dir, Aqyl, AQYL, WAIT};
 use aqyl_tests::{publish, wait_until, Mosquitto, Subscriber, VictoriaMetrics};
 use std::time::Duration;
 
-/// A CityPulse traffic row of segment `id` at Unix second `t` (Copenhagen local time, as the
-/// shipped descriptor reads it).
+/// A CityPulse traffic row of segment `id` at Unix second `t`, 5 vehicles.
 pub(super) fn row(id: &str, t: i64, speed: u32) -> (String, Vec<u8>) {
-    use chrono::TimeZone;
-    let local = chrono_tz::Europe::Copenhagen
-        .timestamp_opt(t, 0)
-        .unwrap()
-        .format("%Y-%m-%dT%H:%M:%S");
-    let payload = format!(
-        r#"{{"status":"OK","avgMeasuredTime":60,"avgSpeed":{speed},"extID":668,"medianMeasuredTime":60,"TIMESTAMP":"{local}","vehicleCount":5,"_id":1,"REPORT_ID":1}}"#
-    );
-    (format!("city/traffic/{id}"), payload.into_bytes())
+    super::citypulse_row(id, t, speed, 5)
 }
 
 fn now_s() -> i64 {

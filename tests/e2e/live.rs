@@ -6,7 +6,6 @@
 
 use super::Aqyl;
 use aqyl_tests::{publish, shipped_config, wait_until, Mosquitto, Subscriber, VictoriaMetrics};
-use chrono::TimeZone;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Far below the 10 minutes a reading waits for the watermark, far above a loaded machine's
@@ -24,17 +23,9 @@ fn next_second() -> i64 {
     now.as_secs() as i64 + 1
 }
 
-/// A CityPulse row of `SEGMENT` at `unix_s`, in Copenhagen local time as the shipped
-/// descriptor reads it.
+/// A CityPulse row of `SEGMENT` at `unix_s`.
 fn reading(unix_s: i64, speed: u32, vehicles: u32) -> (String, Vec<u8>) {
-    let local = chrono_tz::Europe::Copenhagen
-        .timestamp_opt(unix_s, 0)
-        .unwrap()
-        .format("%Y-%m-%dT%H:%M:%S");
-    let payload = format!(
-        r#"{{"status":"OK","avgMeasuredTime":60,"avgSpeed":{speed},"extID":668,"medianMeasuredTime":60,"TIMESTAMP":"{local}","vehicleCount":{vehicles},"_id":1,"REPORT_ID":{SEGMENT}}}"#
-    );
-    (format!("city/traffic/{SEGMENT}"), payload.into_bytes())
+    super::citypulse_row(SEGMENT, unix_s, speed, vehicles)
 }
 
 fn json(payload: &[u8]) -> serde_json::Value {

@@ -10,7 +10,6 @@
 
 use super::{Aqyl, AQYL, WAIT};
 use aqyl_tests::{shipped_config, wait_until, Mosquitto, Pki, Subscriber};
-use chrono::TimeZone;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -101,16 +100,9 @@ fn exits(mut child: Child, dir: &Path, name: &str) -> (std::process::ExitStatus,
     }
 }
 
-/// A CityPulse row of `SEGMENT` at `unix_s`, in Copenhagen local time.
+/// A CityPulse row of `SEGMENT` at `unix_s`.
 fn reading(unix_s: i64, speed: u32, vehicles: u32) -> (String, Vec<u8>) {
-    let local = chrono_tz::Europe::Copenhagen
-        .timestamp_opt(unix_s, 0)
-        .unwrap()
-        .format("%Y-%m-%dT%H:%M:%S");
-    let payload = format!(
-        r#"{{"status":"OK","avgMeasuredTime":60,"avgSpeed":{speed},"extID":668,"medianMeasuredTime":60,"TIMESTAMP":"{local}","vehicleCount":{vehicles},"_id":1,"REPORT_ID":{SEGMENT}}}"#
-    );
-    (format!("city/traffic/{SEGMENT}"), payload.into_bytes())
+    super::citypulse_row(SEGMENT, unix_s, speed, vehicles)
 }
 
 /// Publishes over TLS with the simulator's client (`aqyl-sim --ca-file ... --password-file

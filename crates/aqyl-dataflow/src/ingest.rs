@@ -4,6 +4,7 @@
 use crate::feed::Feed;
 use crate::input::Logged;
 use crate::quality::Side;
+use crate::readings::Readings;
 use crate::runtime::{Outputs, PipelineSpec};
 use crate::wall_ms;
 use aqyl_core::ingest::decode::Registry;
@@ -43,8 +44,8 @@ impl IngestState {
 
 /// Where a worker's ingest sends what it takes.
 pub struct Sides<'a> {
-    /// Readings for every operator.
-    pub input: &'a mut Feed<Observation>,
+    /// Readings, for the operators that use them.
+    pub input: &'a mut Readings,
     /// Input only quality scoring sees.
     pub side: &'a mut Feed<Side>,
     /// The dataflow's outputs (dead letters).
@@ -169,7 +170,7 @@ fn take_reading(
             to.metrics.quality_excluded.fetch_add(1, Relaxed);
             to.side.send(Side::Incorrect(obs));
         } else {
-            to.input.send(obs);
+            to.input.send(obs, registry);
         }
     } else if spec
         .update_horizon
@@ -179,7 +180,7 @@ fn take_reading(
         // emits the correction.
         to.metrics.late_updates.fetch_add(1, Relaxed);
         to.metrics.observations.fetch_add(1, Relaxed);
-        to.input.send(obs);
+        to.input.send(obs, registry);
     } else {
         late(state, obs, msg, spec, to, (now, tick));
     }

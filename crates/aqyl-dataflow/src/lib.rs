@@ -14,7 +14,8 @@
 //!
 //! - Getting in: [`input`] (per-worker channels, routed by topic), [`runtime`] (the workers,
 //!   [`start`], [`run_batch`]), [`ingest`] (a worker's decoding, duplicates, dead letters and
-//!   watermark), [`feed`] (a worker's way into the dataflow).
+//!   watermark), [`feed`] (a worker's way into the dataflow), [`readings`] (its inputs of
+//!   readings, one per kind of consumer).
 //! - Operators, one per file: [`aggregate`] (`Aggregate`), [`sensor_sax`] (`AdaptiveSax`),
 //!   [`events`] (`DetectEvents`, `WindowEvents`, `AreaEvents`: `events/detect.rs`, `window.rs`,
 //!   `area.rs`), [`quality`] (`ScoreQuality`, the `keep` filter, `NeighbourCheck`,
@@ -31,6 +32,7 @@ pub mod ingest;
 pub mod input;
 pub mod ordered;
 pub mod quality;
+pub mod readings;
 pub mod runtime;
 pub mod sensor_sax;
 pub mod state;

@@ -8,6 +8,7 @@ use crate::feed::Feed;
 use crate::ingest::{IngestState, Sides};
 use crate::input::Logged;
 use crate::quality::{QualitySpec, ScoreQuality, Side};
+use crate::readings::Readings;
 use crate::sensor_sax::AdaptiveSax;
 use crate::state::OperatorStates;
 use crate::{input, wall_ms};
@@ -282,14 +283,15 @@ fn build(
     worker: &mut timely::worker::Worker,
     shared: &Shared,
     states: &OperatorStates,
-) -> (Feed<aqyl_core::Observation>, Feed<Side>) {
+) -> (Readings, Feed<Side>) {
     let spec = &shared.spec;
     let metrics = &shared.metrics;
     let outputs = &shared.outputs;
     let default_window = WindowSpec::tumbling(spec.window);
     let horizon = spec.update_horizon.map(|h| h.as_millis() as u64);
     worker.dataflow::<u64, _, _>(|scope| {
-        let (input, observations) = Feed::<aqyl_core::Observation>::new(&scope);
+        let (input, readings) = Readings::new(&scope, &spec.rules);
+        let observations = readings.all;
         // Input only quality scoring sees: readings kept out for failing correctness, rejected
         // and late messages of known sensors.
         let (side_input, side) = Feed::<Side>::new(&scope);
@@ -312,8 +314,7 @@ fn build(
                 metrics.clone(),
             );
         }
-        let observations_for_sax = observations.clone();
-        let per_sensor = observations.clone().aggregate(
+        let per_sensor = observations.aggregate(
             Scope::Sensor,
             spec.registry.clone(),
             default_window.clone(),
@@ -321,7 +322,7 @@ fn build(
             metrics.clone(),
             states,
         );
-        let per_area = observations.clone().aggregate(
+        let per_area = readings.areas.clone().aggregate(
             Scope::Area,
             spec.registry.clone(),
             default_window,
@@ -331,15 +332,15 @@ fn build(
         );
         let events = {
             let timing = crate::events::Timing::of(spec);
-            let mut sensor_events = observations.clone().detect_events(
-                spec.rules.clone(),
-                timing,
-                metrics.clone(),
-                states,
-            );
+            let mut sensor_events =
+                readings
+                    .rules
+                    .detect_events(spec.rules.clone(), timing, metrics.clone(), states);
             if spec.rules.iter().any(|r| r.per_area) {
                 let area_silences =
-                    observations.detect_area_events(spec.rules.clone(), timing, states);
+                    readings
+                        .areas
+                        .detect_area_events(spec.rules.clone(), timing, states);
                 sensor_events = states.concat(sensor_events, area_silences);
             }
             if spec.rules.iter().any(|r| r.window.is_some()) {
@@ -362,8 +363,9 @@ fn build(
             Output::Events,
             metrics,
         );
-        let adaptive =
-            observations_for_sax.adaptive_sax(spec.registry.clone(), metrics.clone(), states);
+        let adaptive = readings
+            .sax
+            .adaptive_sax(spec.registry.clone(), metrics.clone(), states);
         let aggregates = states.concat(states.concat(per_sensor, per_area), adaptive);
         emit(
             aggregates,
@@ -532,7 +534,7 @@ fn run_worker(
 /// A worker's ingest and inputs, as a checkpoint sees them.
 struct WorkerIo<'a> {
     ingest: &'a mut IngestState,
-    input: &'a mut Feed<aqyl_core::Observation>,
+    input: &'a mut Readings,
     side: &'a mut Feed<Side>,
     rx: &'a mpsc::Receiver<Logged>,
 }

@@ -268,6 +268,7 @@ fn a_rejected_message_of_a_known_sensor_costs_it_completeness() {
 /// A live pipeline (quality by the wall clock, a reading expected every 200 ms, two workers)
 /// with `allowed_lateness` and `idle_timeout`; its router, workers, events and quality records.
 fn start_live(
+    expected_interval: &str,
     allowed_lateness: Duration,
     idle_timeout: Duration,
 ) -> (
@@ -278,7 +279,7 @@ fn start_live(
 ) {
     let descriptor = DESCRIPTOR.replace(
         "expected_interval = \"5m\"",
-        "expected_interval = \"200ms\"",
+        &format!("expected_interval = \"{expected_interval}\""),
     );
     let types = vec![SensorType::from_toml(Path::new("traffic.toml"), &descriptor).unwrap()];
     let spec = PipelineSpec {
@@ -316,11 +317,12 @@ fn now_ms() -> u64 {
 #[test]
 fn live_the_watchdog_notices_silence_by_the_wall_clock() {
     let (router, running, mut ev_rx, mut q_rx) =
-        start_live(Duration::from_secs(1), Duration::from_millis(100));
+        start_live("600ms", Duration::from_secs(3), Duration::from_millis(100));
     let now = now_ms;
-    // Fifteen readings 100 ms apart, as they happen, then nothing. The allowed lateness (1 s)
-    // is five expected intervals: readings wait that long to be judged, yet while they keep
-    // coming the sensor must not be called silent.
+    // Fifteen readings 100 ms apart, as they happen, then nothing. The allowed lateness (3 s)
+    // is five expected intervals (600 ms): readings wait that long to be judged, yet while
+    // they keep coming the sensor must not be called silent. (Readings six times as often as
+    // expected, so that a loaded machine pausing this thread cannot make a real silence.)
     let mut early_silence = Vec::new();
     for i in 0..15 {
         let ts = now();
@@ -372,8 +374,10 @@ fn live_the_watchdog_notices_silence_by_the_wall_clock() {
     drop(router);
     // Drain so the workers can finish.
     let drain = std::thread::spawn(move || while q_rx.blocking_recv().is_some() {});
+    let drain_events = std::thread::spawn(move || while ev_rx.blocking_recv().is_some() {});
     running.join().unwrap();
     drain.join().unwrap();
+    drain_events.join().unwrap();
 }
 
 /// A sensor whose very first message is unusable (its area not known yet) and whose later
@@ -621,7 +625,7 @@ fn an_empty_road_repeating_its_speed_is_not_stuck_a_stuck_detector_is() {
 fn live_a_silence_is_reported_at_once_whatever_the_neighbour_check_holds() {
     // Readings wait a minute for the watermark: the neighbour check holds them as long.
     let (router, running, mut ev_rx, mut q_rx) =
-        start_live(Duration::from_secs(60), Duration::from_secs(60));
+        start_live("200ms", Duration::from_secs(60), Duration::from_secs(60));
     let now = now_ms;
     let send = |id: &str, i: u64| {
         let ts = now();

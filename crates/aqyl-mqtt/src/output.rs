@@ -30,7 +30,8 @@ impl OutputEdge {
         self.refused.clone()
     }
 
-    /// Disconnects once the queued publishes are out (at most 10 s) and waits for the task.
+    /// Disconnects after the queued publishes and waits (at most 10 s) until the broker has
+    /// closed the connection, i.e. has read every one of them.
     pub async fn close(mut self) {
         if let Some(f) = self.finish.take() {
             let _ = f.send(());
@@ -70,7 +71,11 @@ pub fn connect_output(
                     let _ = disconnect.try_disconnect();
                 }
                 event = eventloop.poll() => match event {
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) if finishing => break,
+                    // Not done yet: the broker has taken every publish before the
+                    // DISCONNECT only when it closes the connection (which it does after
+                    // reading it). Only then may `offline` go out on the ingest connection,
+                    // or a subscriber could see it before the last outputs.
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) if finishing => {}
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected_once = true;
                         metrics.clear_problem("broker output");

@@ -6,6 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// mimalloc instead of the system allocator: it gives freed memory back to the operating
+/// system (after 200,000 sensors' state was released, glibc's kept 3.9 GiB resident,
+/// mimalloc 1.8 GiB; see README "Limits").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Aqyl: smart-city sensor streams in, windowed aggregates out.
 ///
 /// Subscribes to city sensor topics over MQTT, decodes each payload with a sensor type
@@ -156,21 +162,31 @@ fn init_tracing(default: &str) {
         .init();
 }
 
-async fn shutdown_signal() {
+/// Completes on Ctrl-C or SIGTERM. The SIGTERM handler is installed when this is called, not
+/// when the future is first polled (after start-up: restoring the checkpoint, replaying the
+/// log): a SIGTERM while the service starts must stop it cleanly, not kill it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return std::future::pending().await,
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        #[cfg(unix)]
+        {
+            let Ok(mut term) = term else {
+                return std::future::pending().await;
             };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        after_signal();
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// What happens once the service was asked to stop.
+fn after_signal() {
     // A second Ctrl-C while draining (e.g. a sink that stays down) exits at once.
     tokio::spawn(async {
         let _ = tokio::signal::ctrl_c().await;

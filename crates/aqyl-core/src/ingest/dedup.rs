@@ -12,13 +12,23 @@
 use crate::fnv::fnv1a;
 use crate::Observation;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+
+/// Drops the stamps before `keep_from` (the oldest first).
+fn forget_before(seen: &mut BTreeSet<(u64, u64)>, keep_from: u64) {
+    while seen.first().is_some_and(|(t, _)| *t < keep_from) {
+        seen.pop_first();
+    }
+}
 
 /// The readings of recent event times, per sensor.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Dedup {
-    /// Sensor key → (event time, content hash) of readings at or after the horizon.
-    seen: HashMap<u64, Vec<(u64, u64)>>,
+    /// Sensor key → (event time, content hash) of readings at or after the horizon, ordered
+    /// by time: a long lateness keeps thousands per sensor (8 days of 5-minute readings), so
+    /// a lookup and forgetting the oldest must not scan them all. (Serialized as a sequence,
+    /// as the `Vec` it replaced: checkpoints read either way.)
+    seen: HashMap<u64, BTreeSet<(u64, u64)>>,
 }
 
 fn sensor_key(obs: &Observation) -> u64 {
@@ -42,16 +52,16 @@ impl Dedup {
         let stamp = (obs.event_time, content(obs));
         let Some(seen) = self.seen.get_mut(&key) else {
             if obs.event_time >= keep_from {
-                self.seen.insert(key, vec![stamp]);
+                self.seen.insert(key, BTreeSet::from([stamp]));
             }
             return true;
         };
         if seen.contains(&stamp) {
             return false;
         }
-        seen.retain(|(t, _)| *t >= keep_from);
+        forget_before(seen, keep_from);
         if obs.event_time >= keep_from {
-            seen.push(stamp);
+            seen.insert(stamp);
         }
         if seen.is_empty() {
             self.seen.remove(&key);
@@ -62,7 +72,7 @@ impl Dedup {
     /// Forgets every reading before `keep_from` (and sensors with none left).
     pub fn forget_before(&mut self, keep_from: u64) {
         self.seen.retain(|_, seen| {
-            seen.retain(|(t, _)| *t >= keep_from);
+            forget_before(seen, keep_from);
             !seen.is_empty()
         });
     }

@@ -207,8 +207,7 @@ mod tests {
         .unwrap();
         assert_eq!(r.get("s,1").unwrap().area.as_deref(), Some("Aarhus, north"));
         assert_eq!(r.len(), 2);
-        let e = SensorRegistry::parse(Path::new("r.csv"), "# c\n\ns,1,1\nt,\"1\",x\n")
-            .unwrap_err();
+        let e = SensorRegistry::parse(Path::new("r.csv"), "# c\n\ns,1,1\nt,\"1\",x\n").unwrap_err();
         assert_eq!(e.0[0].line, Some(4), "{e:?}");
     }
 

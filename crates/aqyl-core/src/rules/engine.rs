@@ -518,16 +518,13 @@ impl<'a> Detector<'a> {
                     continue;
                 }
                 let slots = &mut state.rules[index];
-                let slot = obs.sensor_id.clone();
+                let slot = &obs.sensor_id;
                 // The event time of a message this reading causes.
                 let mut at = obs.event_time;
                 let change = match rule.kind {
                     RuleKind::Area { .. } => None,
                     RuleKind::Absence => {
-                        let s = slots
-                            .silences
-                            .entry(slot)
-                            .or_insert_with(|| Silence::first(obs));
+                        let s = slot_of(&mut slots.silences, slot, || Silence::first(obs));
                         // A gap longer than `for` that no tick saw (the reading after it
                         // arrived before the watermark passed the gap): the silence still
                         // happened, so it starts here and this reading ends it.
@@ -558,7 +555,7 @@ impl<'a> Detector<'a> {
                             continue;
                         };
                         let quiet = rule.quiet.as_deref() == Some(level.as_str());
-                        let current = slots.levels.entry(slot).or_insert((None, 0));
+                        let current = slot_of(&mut slots.levels, slot, || (None, 0));
                         let transition = match (&current.0, quiet) {
                             (None, false) => {
                                 *current = (Some(level.clone()), obs.event_time);
@@ -585,7 +582,7 @@ impl<'a> Detector<'a> {
                             (RuleKind::Sequence { within_ms }, Some(seq)) => {
                                 let first = seq.first.holds(&get);
                                 let unless = seq.unless.as_ref().is_some_and(|u| u.holds(&get));
-                                slots.sequences.entry(slot).or_default().step(
+                                slot_of(&mut slots.sequences, slot, Default::default).step(
                                     within_ms,
                                     obs.event_time,
                                     first,
@@ -594,7 +591,7 @@ impl<'a> Detector<'a> {
                                     exit,
                                 )
                             }
-                            _ => slots.thresholds.entry(slot).or_default().step(
+                            _ => slot_of(&mut slots.thresholds, slot, Default::default).step(
                                 rule.for_ms,
                                 obs.event_time,
                                 enter,
@@ -661,6 +658,19 @@ impl<'a> Detector<'a> {
         };
         state.last_reading.insert(key, last);
     }
+}
+
+/// The state of `subject` in `slots`, made by `new` the first time (its name is copied only
+/// then).
+fn slot_of<'m, V>(
+    slots: &'m mut HashMap<String, V>,
+    subject: &str,
+    new: impl FnOnce() -> V,
+) -> &'m mut V {
+    if !slots.contains_key(subject) {
+        slots.insert(subject.to_string(), new());
+    }
+    slots.get_mut(subject).expect("inserted above")
 }
 
 /// The start of an absence incident of `sensor`, silent since `started_at`.

@@ -4,12 +4,13 @@
 
 use serde_json::{Map, Value};
 use std::io::{BufRead, Read};
+use std::sync::Arc;
 
 /// What a row holds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowData {
     /// A CSV row: values by column name, every value a string as written.
-    Fields(Map<String, Value>),
+    Fields(CsvFields),
     /// A JSON line or SenML pack, as read (parsed later by whoever needs it).
     Text(Vec<u8>),
 }
@@ -24,6 +25,86 @@ pub struct Row {
     pub data: Result<RowData, String>,
 }
 
+/// The column names of a CSV file, shared by its rows.
+#[derive(Debug, PartialEq)]
+pub struct Header {
+    names: Vec<String>,
+    /// The row as a JSON object, in the order `serde_json` writes a map (sorted keys; a
+    /// repeated name keeps its last column): each key written as JSON with its colon, and
+    /// the column of its value.
+    json_keys: Vec<(String, usize)>,
+}
+
+impl Header {
+    fn new(names: Vec<String>) -> Self {
+        let mut order: Vec<usize> = (0..names.len()).collect();
+        order.sort_by(|a, b| names[*a].cmp(&names[*b]).then(b.cmp(a)));
+        order.dedup_by(|later, first| names[*later] == names[*first]);
+        let json_keys = order
+            .into_iter()
+            .map(|i| {
+                let key = serde_json::to_string(&names[i]).unwrap_or_default();
+                (format!("{key}:"), i)
+            })
+            .collect();
+        Self { names, json_keys }
+    }
+}
+
+/// The cells of a CSV row (checked to be UTF-8 and as many as the header's names), read as an
+/// object keyed by column name without building one: a replay writes it straight to JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvFields {
+    header: Arc<Header>,
+    cells: csv::ByteRecord,
+}
+
+impl CsvFields {
+    fn cell(&self, i: usize) -> &str {
+        // Checked when read (CsvRows::next_row).
+        std::str::from_utf8(&self.cells[i]).unwrap_or_default()
+    }
+
+    /// The value of column `name` (the last of that name).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let names = &self.header.names;
+        (0..names.len())
+            .rev()
+            .find(|i| names[*i] == name)
+            .map(|i| self.cell(i))
+    }
+
+    /// The row as a JSON object of strings.
+    pub fn object(&self) -> Map<String, Value> {
+        self.header
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), Value::String(self.cell(i).to_string())))
+            .collect()
+    }
+
+    /// The object of only the columns `keys`, for reading a few of them as JSON.
+    pub fn project(&self, keys: &[&str]) -> Map<String, Value> {
+        keys.iter()
+            .filter_map(|k| Some((k.to_string(), Value::String(self.get(k)?.to_string()))))
+            .collect()
+    }
+
+    /// Appends the row as JSON, the bytes `serde_json` writes for [`CsvFields::object`].
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        for (n, (key, i)) in self.header.json_keys.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(key.as_bytes());
+            let _ = serde_json::to_writer(&mut *out, self.cell(*i));
+        }
+        out.push(b'}');
+    }
+}
+
 /// Reads a file's rows.
 pub trait Rows {
     /// The next row; `Ok(None)` at the end; `Err` when the file itself cannot be read on.
@@ -33,7 +114,7 @@ pub trait Rows {
 /// CSV rows keyed by the header line.
 pub struct CsvRows<R: Read> {
     reader: csv::Reader<R>,
-    header: Vec<String>,
+    header: Arc<Header>,
     record: csv::ByteRecord,
 }
 
@@ -60,32 +141,33 @@ impl<R: Read> CsvRows<R> {
         }
         Ok(Self {
             reader,
-            header,
+            header: Arc::new(Header::new(header)),
             record: csv::ByteRecord::new(),
         })
     }
 
     /// The column names.
     pub fn header(&self) -> &[String] {
-        &self.header
+        &self.header.names
     }
 
-    fn object(&self) -> Result<Map<String, Value>, String> {
-        if self.record.len() != self.header.len() {
+    fn fields(&self) -> Result<CsvFields, String> {
+        let names = &self.header.names;
+        if self.record.len() != names.len() {
             return Err(format!(
                 "expected {} columns ({}), got {}",
-                self.header.len(),
-                self.header.join(","),
+                names.len(),
+                names.join(","),
                 self.record.len()
             ));
         }
-        let mut map = Map::with_capacity(self.header.len());
-        for (name, cell) in self.header.iter().zip(self.record.iter()) {
-            let text =
-                std::str::from_utf8(cell).map_err(|_| format!("column {name:?} is not UTF-8"))?;
-            map.insert(name.clone(), Value::String(text.to_string()));
+        for (name, cell) in names.iter().zip(self.record.iter()) {
+            std::str::from_utf8(cell).map_err(|_| format!("column {name:?} is not UTF-8"))?;
         }
-        Ok(map)
+        Ok(CsvFields {
+            header: self.header.clone(),
+            cells: self.record.clone(),
+        })
     }
 }
 
@@ -110,7 +192,7 @@ impl<R: Read> Rows for CsvRows<R> {
                     }
                     return Ok(Some(Row {
                         line,
-                        data: self.object().map(RowData::Fields),
+                        data: self.fields().map(RowData::Fields),
                     }));
                 }
                 Err(e) => {
@@ -224,13 +306,37 @@ mod tests {
         std::iter::from_fn(|| rows.next_row().unwrap()).collect()
     }
 
-    fn fields(pairs: &[(&str, &str)]) -> RowData {
-        RowData::Fields(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-                .collect(),
-        )
+    fn fields(pairs: &[(&str, &str)]) -> Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect()
+    }
+
+    fn object(data: &Result<RowData, String>) -> Result<Map<String, Value>, String> {
+        match data {
+            Ok(RowData::Fields(f)) => Ok(f.object()),
+            Ok(other) => Err(format!("not CSV: {other:?}")),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    #[test]
+    fn csv_rows_write_the_json_serde_json_writes_for_their_object() {
+        let text = "b,a,\u{e9}t\u{e9},a,q\n1,2,\"x\"\"y\",4,\"\\ \u{1}\"\n";
+        let mut rows = CsvRows::new(text.as_bytes(), b',').unwrap();
+        let Some(Row {
+            data: Ok(RowData::Fields(f)),
+            ..
+        }) = rows.next_row().unwrap()
+        else {
+            panic!("no row")
+        };
+        let mut json = Vec::new();
+        f.write_json(&mut json);
+        assert_eq!(json, serde_json::to_vec(&f.object()).unwrap());
+        assert_eq!(f.get("a"), Some("4"));
+        assert_eq!(f.project(&["a", "zz"]), fields(&[("a", "4")]));
     }
 
     #[test]
@@ -242,7 +348,7 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].line, 2);
         assert_eq!(
-            got[0].data,
+            object(&got[0].data),
             Ok(fields(&[
                 ("TIMESTAMP", "2014-08-01T07:50:00"),
                 ("avgSpeed", "50"),
@@ -251,7 +357,7 @@ mod tests {
         );
         assert_eq!(got[1].line, 3);
         assert_eq!(
-            got[1].data,
+            object(&got[1].data),
             Ok(fields(&[
                 ("TIMESTAMP", "2014-08-01T07:55:00"),
                 ("avgSpeed", "4,5"),
@@ -270,7 +376,7 @@ mod tests {
             got[1].data,
             Err("expected 2 columns (a,b), got 1".to_string())
         );
-        assert_eq!(got[2].data, Ok(fields(&[("a", "4"), ("b", "5")])));
+        assert_eq!(object(&got[2].data), Ok(fields(&[("a", "4"), ("b", "5")])));
         assert!(CsvRows::new("".as_bytes(), b',').is_err());
         let bom = CsvRows::new("\u{feff}ts,v\n1,2\n".as_bytes(), b',').unwrap();
         assert_eq!(bom.header(), ["ts", "v"]);
