@@ -135,7 +135,7 @@ async fn drive(
     subscriptions: Vec<(String, QoS)>,
     mut handler: Option<Handler>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = aqyl_core::backoff::Backoff::new(Duration::from_secs(5));
     loop {
         match el.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -147,7 +147,7 @@ async fn drive(
                 counters.acked.fetch_add(1, Ordering::Relaxed);
             }
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 for (filter, q) in &subscriptions {
                     // The event loop is this task: never await on the request channel here.
                     if let Err(e) = client.try_subscribe(filter.clone(), *q) {
@@ -172,8 +172,7 @@ async fn drive(
                     break;
                 }
                 tracing::warn!(error = %connector.explain(&e), "MQTT connection failed; retrying.");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_wait()).await;
             }
         }
     }

@@ -14,6 +14,7 @@ mod durable;
 mod faults;
 mod hostile;
 mod live;
+mod ops;
 mod quality;
 mod replay;
 mod replay_cli;

@@ -34,6 +34,7 @@
 //! assert_eq!((stats.count, stats.mean, stats.min, stats.max), (3, 2.0, 1.0, 3.0));
 //! ```
 
+pub mod backoff;
 pub mod bytesize;
 pub mod config;
 pub mod duration;

@@ -1,80 +1,108 @@
 //! Counters for everything Aqyl receives, rejects, computes and writes. Shared by the MQTT
 //! edge, the dataflow workers and the sinks; rendered for the demo summary and for Prometheus
 //! at `GET /metrics` when `AQYL_HTTP_ADDR` (or `http.addr`) is set.
+//!
+//! Each metric is declared once, in the table of [`declare_metrics!`]: its field, its kind,
+//! its exposed name and its help text. The field is a plain [`AtomicU64`], so counting costs
+//! one relaxed atomic add on the hot path; a scrape reads every field and hands the values to
+//! the Prometheus project's own client library (`prometheus-client`), which writes the text
+//! exposition format (HELP and TYPE lines, escaping, label sets).
 
 use crate::ingest::deadletter::Reason;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
-/// Process-wide counters (lock-free).
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// MQTT messages received on ingest topics.
-    pub received: AtomicU64,
-    /// Observations decoded and accepted into the dataflow.
-    pub observations: AtomicU64,
-    /// Rejected inputs per [`Reason`] (index = `Reason::index`), late records included.
-    pub rejected: [AtomicU64; Reason::ALL.len()],
-    /// Windows closed (one per sensor, field and window).
-    pub windows_closed: AtomicU64,
-    /// Late records that corrected a closed window (`pipeline.late = "update"`).
-    pub late_updates: AtomicU64,
-    /// Readings the rules did not judge because their sensor had already sent a newer one
-    /// (`pipeline.rule_timing = "arrival"`).
-    pub rules_out_of_order: AtomicU64,
-    /// Points written successfully to the InfluxDB sink.
-    pub influx_points_written: AtomicU64,
-    /// Failed InfluxDB write attempts (each retried).
-    pub influx_write_failures: AtomicU64,
-    /// Points InfluxDB rejected for good (kept in the rejected directory with its answer).
-    pub influx_points_rejected: AtomicU64,
-    /// Points spilled to disk during an InfluxDB outage (replayed later).
-    pub influx_points_spilled: AtomicU64,
-    /// Points appended to line-protocol files.
-    pub file_points_written: AtomicU64,
-    /// Points that could not be encoded (e.g. a control character in a tag).
-    pub points_unencodable: AtomicU64,
-    /// Dead-letter messages published.
-    pub deadletters_published: AtomicU64,
-    /// Aggregates published on MQTT (`outputs.aggregates`).
-    pub aggregates_published: AtomicU64,
-    /// Incident lifecycle messages published.
-    pub events_published: AtomicU64,
-    /// Quality reports published (retained, `aqyl/quality/<sensor_id>`).
-    pub quality_reports_published: AtomicU64,
-    /// Quality reports not published because the connection's queue was full (the next
-    /// report of the sensor replaces them; the store gets every report).
-    pub quality_reports_skipped: AtomicU64,
-    /// Readings kept out of aggregates and rules because they failed correctness.
-    pub quality_excluded: AtomicU64,
-    /// Quality incidents started (a sensor's score fell below the threshold).
-    pub quality_incidents: AtomicU64,
-    /// MQTT connection errors (each followed by a reconnect attempt).
-    pub mqtt_connection_errors: AtomicU64,
-    /// Subscription filters in force (set when the broker acknowledges a subscription).
-    pub subscriptions: AtomicU64,
-    /// Components that cannot do their job right now, with why: `/health` answers 503 while
-    /// any is listed.
-    pub problems: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
-    /// Successful reloads of the sensor descriptors.
-    pub descriptor_reloads: AtomicU64,
-    /// Descriptor changes rejected as invalid (the previous descriptors stay in force).
-    pub descriptor_reload_failures: AtomicU64,
-    /// Readings dropped as duplicates (same sensor, event time and values as one already
-    /// taken: a QoS 1 redelivery, or a message logged again after a crash).
-    pub duplicates: AtomicU64,
-    /// Checkpoints committed to the state file.
-    pub checkpoints: AtomicU64,
-    /// Checkpoints taken but not committed (the sinks did not confirm their outputs in time).
-    pub checkpoints_skipped: AtomicU64,
-    /// Messages replayed from the ingest log at start (recovery).
-    pub log_replayed: AtomicU64,
-    /// How long the workers paused for the last checkpoint, microseconds (gauge).
-    pub checkpoint_pause_us: AtomicU64,
-    /// Size of the last committed checkpoint, bytes (gauge).
-    pub checkpoint_bytes: AtomicU64,
-    /// Outputs the dataflow handed to the sinks, and those the sinks made durable.
-    pub delivery: Delivery,
+/// The content type of [`Metrics::render_prometheus`]'s output (text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// How a declared metric is exposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only ever grows; the exposed name ends in `_total`.
+    Counter,
+    /// A level that goes up and down.
+    Gauge,
+    /// A gauge kept in microseconds and exposed in seconds.
+    MicrosAsSeconds,
+}
+
+/// Declares the [`Metrics`] struct from one table: `field: Kind "exposed_name" "help";`.
+/// The help text is also the field's documentation.
+macro_rules! declare_metrics {
+    ($( $field:ident : $kind:ident $name:literal $help:literal; )*) => {
+        /// Process-wide counters (lock-free).
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $( #[doc = $help] pub $field: AtomicU64, )*
+            /// Rejected inputs per [`Reason`] (index = `Reason::index`), late records included;
+            /// exposed as `aqyl_rejected_total{reason="..."}`.
+            pub rejected: [AtomicU64; Reason::ALL.len()],
+            /// Sensors whose latest quality score lies in each fifth of 0..=1 (a gauge, kept by
+            /// the status board); exposed as `aqyl_quality_sensors{band="0.0-0.2"}` etc.
+            pub quality_bands: [AtomicU64; QUALITY_BANDS.len()],
+            /// Components that cannot do their job right now, with why: `/health` answers 503
+            /// while any is listed.
+            pub problems: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
+            /// Whatever keeps the service from taking messages yet (recovery under way, the
+            /// broker subscription not acknowledged): `/ready` answers 503 while any is listed.
+            pub not_ready: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
+            /// Set once the service has finished starting (recovery done).
+            pub started: AtomicBool,
+            /// Outputs the dataflow handed to the sinks, and those the sinks made durable.
+            pub delivery: Delivery,
+        }
+
+        impl Metrics {
+            /// Every declared metric: exposed name, help, kind and its field.
+            pub fn declared(&self) -> impl Iterator<Item = (&'static str, &'static str, Kind, &AtomicU64)> {
+                [$( ($name, $help, Kind::$kind, &self.$field) ),*].into_iter()
+            }
+        }
+    };
+}
+
+/// The bands of [`Metrics::quality_bands`], as exposed.
+pub const QUALITY_BANDS: [&str; 5] = ["0.0-0.2", "0.2-0.4", "0.4-0.6", "0.6-0.8", "0.8-1.0"];
+
+/// The band of [`QUALITY_BANDS`] a score falls in.
+pub fn quality_band(score: f64) -> usize {
+    ((score.clamp(0.0, 1.0) * 5.0) as usize).min(QUALITY_BANDS.len() - 1)
+}
+
+declare_metrics! {
+    received: Counter "aqyl_received_total" "MQTT messages received on ingest topics.";
+    observations: Counter "aqyl_observations_total" "Observations decoded and accepted into the dataflow.";
+    windows_closed: Counter "aqyl_windows_closed_total" "Windows closed (one per sensor, field and window).";
+    duplicates: Counter "aqyl_duplicates_total" "Readings dropped as duplicates (same sensor, event time and values as one already taken: a QoS 1 redelivery, or a message logged again after a crash).";
+    checkpoints: Counter "aqyl_checkpoints_total" "Checkpoints of the dataflow's state committed.";
+    checkpoints_skipped: Counter "aqyl_checkpoints_skipped_total" "Checkpoints taken but not committed because the sinks did not confirm their outputs in time.";
+    log_replayed: Counter "aqyl_log_replayed_total" "Messages replayed from the ingest log at start (recovery).";
+    late_updates: Counter "aqyl_late_updates_total" "Late records that corrected a closed window (pipeline.late = \"update\").";
+    rules_out_of_order: Counter "aqyl_rules_out_of_order_total" "Readings the rules did not judge because their sensor had already sent a newer one (pipeline.rule_timing = \"arrival\").";
+    influx_points_written: Counter "aqyl_influx_points_written_total" "Points written successfully to InfluxDB.";
+    influx_write_failures: Counter "aqyl_influx_write_failures_total" "Failed InfluxDB write attempts (each retried).";
+    influx_points_rejected: Counter "aqyl_influx_points_rejected_total" "Points InfluxDB rejected for good (kept in the rejected directory with its answer).";
+    influx_points_spilled: Counter "aqyl_influx_points_spilled_total" "Points spilled to disk during an InfluxDB outage (replayed later).";
+    file_points_written: Counter "aqyl_file_points_written_total" "Points appended to line-protocol files.";
+    points_unencodable: Counter "aqyl_points_unencodable_total" "Points that could not be encoded (e.g. a control character in a tag).";
+    deadletters_published: Counter "aqyl_deadletters_published_total" "Dead-letter messages published.";
+    aggregates_published: Counter "aqyl_aggregates_published_total" "Aggregates published on MQTT (outputs.aggregates).";
+    events_published: Counter "aqyl_events_published_total" "Incident lifecycle messages published.";
+    quality_reports_published: Counter "aqyl_quality_reports_published_total" "Quality reports published (retained, aqyl/quality/<sensor_id>).";
+    quality_reports_skipped: Counter "aqyl_quality_reports_skipped_total" "Quality reports not published because the MQTT connection's queue was full (the sensor's next report replaces them; the store gets every report).";
+    quality_incidents: Counter "aqyl_quality_incidents_total" "Quality incidents started (a score fell below quality.threshold).";
+    quality_excluded: Counter "aqyl_quality_excluded_total" "Readings kept out of aggregates and rules because they failed correctness (a value outside its range).";
+    mqtt_connection_errors: Counter "aqyl_mqtt_connection_errors_total" "MQTT connection errors (each followed by a reconnect attempt).";
+    descriptor_reloads: Counter "aqyl_descriptor_reloads_total" "Successful reloads of the sensor descriptors.";
+    descriptor_reload_failures: Counter "aqyl_descriptor_reload_failures_total" "Descriptor changes rejected as invalid (the previous descriptors stay in force).";
+    checkpoint_pause_us: MicrosAsSeconds "aqyl_checkpoint_pause_seconds" "How long the workers paused for the last checkpoint.";
+    checkpoint_bytes: Gauge "aqyl_checkpoint_bytes" "Size of the last committed checkpoint, bytes.";
+    subscriptions: Gauge "aqyl_subscriptions" "Subscription filters in force (set when the broker acknowledges a subscription).";
+    incidents_active: Gauge "aqyl_incidents_active" "Incidents under way (started and not ended), as the status board counts them.";
 }
 
 /// What the dataflow has emitted and what has reached its destination, per output, so a
@@ -205,165 +233,104 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition format.
-    pub fn render_prometheus(&self) -> String {
-        let mut out = String::new();
-        let mut counter = |name: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(
-                out,
-                "# HELP aqyl_{name} {help}\n# TYPE aqyl_{name} counter\naqyl_{name} {}",
-                v.load(Relaxed)
-            );
-        };
-        counter(
-            "received_total",
-            "MQTT messages received on ingest topics.",
-            &self.received,
-        );
-        counter(
-            "observations_total",
-            "Observations accepted into the dataflow.",
-            &self.observations,
-        );
-        counter(
-            "windows_closed_total",
-            "Windows closed.",
-            &self.windows_closed,
-        );
-        counter(
-            "duplicates_total",
-            "Readings dropped as duplicates (redelivered or logged twice).",
-            &self.duplicates,
-        );
-        counter(
-            "checkpoints_total",
-            "Checkpoints of the dataflow's state committed.",
-            &self.checkpoints,
-        );
-        counter(
-            "checkpoints_skipped_total",
-            "Checkpoints not committed because the sinks did not confirm in time.",
-            &self.checkpoints_skipped,
-        );
-        counter(
-            "log_replayed_total",
-            "Messages replayed from the ingest log at start.",
-            &self.log_replayed,
-        );
-        counter(
-            "late_updates_total",
-            "Late records that corrected a closed window.",
-            &self.late_updates,
-        );
-        counter(
-            "rules_out_of_order_total",
-            "Readings not judged by the rules because their sensor had sent a newer one.",
-            &self.rules_out_of_order,
-        );
-        counter(
-            "influx_points_written_total",
-            "Points written to InfluxDB.",
-            &self.influx_points_written,
-        );
-        counter(
-            "influx_write_failures_total",
-            "Failed InfluxDB write attempts.",
-            &self.influx_write_failures,
-        );
-        counter(
-            "influx_points_rejected_total",
-            "Points InfluxDB rejected for good (kept in the rejected directory).",
-            &self.influx_points_rejected,
-        );
-        counter(
-            "influx_points_spilled_total",
-            "Points spilled to disk during an InfluxDB outage.",
-            &self.influx_points_spilled,
-        );
-        counter(
-            "file_points_written_total",
-            "Points appended to line-protocol files.",
-            &self.file_points_written,
-        );
-        counter(
-            "points_unencodable_total",
-            "Points that could not be encoded.",
-            &self.points_unencodable,
-        );
-        counter(
-            "deadletters_published_total",
-            "Dead-letter messages published.",
-            &self.deadletters_published,
-        );
-        counter(
-            "aggregates_published_total",
-            "Aggregates published on MQTT.",
-            &self.aggregates_published,
-        );
-        counter(
-            "events_published_total",
-            "Incident lifecycle messages published.",
-            &self.events_published,
-        );
-        counter(
-            "quality_reports_published_total",
-            "Quality reports published on MQTT.",
-            &self.quality_reports_published,
-        );
-        counter(
-            "quality_reports_skipped_total",
-            "Quality reports skipped because the MQTT connection's queue was full.",
-            &self.quality_reports_skipped,
-        );
-        counter(
-            "quality_incidents_total",
-            "Quality incidents started (a score fell below quality.threshold).",
-            &self.quality_incidents,
-        );
-        counter(
-            "quality_excluded_total",
-            "Readings kept out of aggregates and rules because a value is outside its range.",
-            &self.quality_excluded,
-        );
-        counter(
-            "mqtt_connection_errors_total",
-            "MQTT connection errors.",
-            &self.mqtt_connection_errors,
-        );
-        counter(
-            "descriptor_reloads_total",
-            "Successful reloads of the sensor descriptors.",
-            &self.descriptor_reloads,
-        );
-        counter(
-            "descriptor_reload_failures_total",
-            "Invalid descriptor changes that were rejected.",
-            &self.descriptor_reload_failures,
-        );
-        let _ = writeln!(
-            out,
-            "# HELP aqyl_checkpoint_pause_seconds How long the workers paused for the last checkpoint.\n# TYPE aqyl_checkpoint_pause_seconds gauge\naqyl_checkpoint_pause_seconds {}",
-            self.checkpoint_pause_us.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "# HELP aqyl_checkpoint_bytes Size of the last committed checkpoint.\n# TYPE aqyl_checkpoint_bytes gauge\naqyl_checkpoint_bytes {}",
-            self.checkpoint_bytes.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP aqyl_subscriptions Subscription filters in force.\n# TYPE aqyl_subscriptions gauge\naqyl_subscriptions {}",
-            self.subscriptions.load(Relaxed)
-        );
-        let _ = writeln!(out, "# HELP aqyl_rejected_total Rejected inputs by reason.\n# TYPE aqyl_rejected_total counter");
-        for r in Reason::ALL {
-            let _ = writeln!(
-                out,
-                "aqyl_rejected_total{{reason=\"{r}\"}} {}",
-                self.rejected[r.index()].load(Relaxed)
-            );
+    /// Records that the service cannot take messages yet because of `what` (shown by `/ready`).
+    pub fn set_not_ready(&self, what: &'static str, why: String) {
+        if let Ok(mut p) = self.not_ready.lock() {
+            p.insert(what, why);
         }
+    }
+
+    /// Records that `what` no longer keeps the service from taking messages.
+    pub fn clear_not_ready(&self, what: &'static str) {
+        if let Ok(mut p) = self.not_ready.lock() {
+            p.remove(what);
+        }
+    }
+
+    /// Why the service is not ready, one line each; empty when it is: started (recovery
+    /// done) and subscribed. (A store that is down does not make it unready: it spills.)
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut why: Vec<String> = self
+            .not_ready
+            .lock()
+            .map(|p| p.iter().map(|(c, why)| format!("{c}: {why}")).collect())
+            .unwrap_or_default();
+        if !self.started.load(Relaxed) {
+            why.push("service: starting (recovery under way)".into());
+        }
+        if self.subscriptions.load(Relaxed) == 0 {
+            why.push("broker: the ingest subscriptions are not acknowledged yet".into());
+        }
+        why
+    }
+
+    /// Prometheus text exposition format (version 0.0.4, [`CONTENT_TYPE`]).
+    pub fn render_prometheus(&self) -> String {
+        let scrape = Scrape {
+            declared: self
+                .declared()
+                .map(|(name, help, kind, v)| (name, help, kind, v.load(Relaxed)))
+                .collect(),
+            rejected: std::array::from_fn(|i| self.rejected[i].load(Relaxed)),
+            bands: std::array::from_fn(|i| self.quality_bands[i].load(Relaxed)),
+        };
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(scrape));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
         out
+    }
+}
+
+/// The values of one scrape, encoded by `prometheus-client`.
+#[derive(Debug)]
+struct Scrape {
+    declared: Vec<(&'static str, &'static str, Kind, u64)>,
+    rejected: [u64; Reason::ALL.len()],
+    bands: [u64; QUALITY_BANDS.len()],
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for &(name, help, kind, v) in &self.declared {
+            match kind {
+                Kind::Counter => {
+                    // The library appends `_total` to a counter's name.
+                    let name = name.strip_suffix("_total").unwrap_or(name);
+                    let c = ConstCounter::new(v);
+                    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+                }
+                Kind::Gauge => {
+                    let g = ConstGauge::new(v);
+                    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+                }
+                Kind::MicrosAsSeconds => {
+                    let g = ConstGauge::new(v as f64 / 1e6);
+                    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "aqyl_rejected",
+            "Rejected inputs by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in Reason::ALL {
+            let labels = [("reason", r.to_string())];
+            ConstCounter::new(self.rejected[r.index()]).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "aqyl_quality_sensors",
+            "Sensors whose latest quality score lies in each band (lower bound inclusive).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (band, n) in QUALITY_BANDS.iter().zip(self.bands) {
+            ConstGauge::new(n).encode(family.encode_family(&[("band", *band)])?)?;
+        }
+        Ok(())
     }
 }
 
@@ -384,5 +351,47 @@ mod tests {
         assert!(m
             .render_prometheus()
             .contains("aqyl_rejected_total{reason=\"wrong_type\"} 2\n"));
+    }
+
+    #[test]
+    fn every_metric_is_exposed_once_with_its_help_and_type() {
+        let m = Metrics::default();
+        m.received.fetch_add(3, Relaxed);
+        m.checkpoint_pause_us.store(1_500_000, Relaxed);
+        m.checkpoint_bytes.store(4096, Relaxed);
+        m.quality_bands[quality_band(0.95)].store(7, Relaxed);
+        let text = m.render_prometheus();
+        assert!(text.contains("# HELP aqyl_received_total MQTT messages received on ingest topics.\n# TYPE aqyl_received_total counter\naqyl_received_total 3\n"), "{text}");
+        assert!(
+            text.contains(
+                "# TYPE aqyl_checkpoint_pause_seconds gauge\naqyl_checkpoint_pause_seconds 1.5\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("aqyl_checkpoint_bytes 4096\n"), "{text}");
+        assert!(
+            text.contains("aqyl_quality_sensors{band=\"0.8-1.0\"} 7\n"),
+            "{text}"
+        );
+        let mut names = std::collections::HashSet::new();
+        for (name, _, kind, _) in m.declared() {
+            assert!(names.insert(name), "{name} is declared twice");
+            assert_eq!(kind == Kind::Counter, name.ends_with("_total"), "{name}");
+            assert!(
+                text.contains(&format!("\n{name} ")),
+                "{name} is not exposed: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn ready_only_once_started_and_subscribed() {
+        let m = Metrics::default();
+        assert_eq!(m.not_ready().len(), 2, "{:?}", m.not_ready());
+        m.started.store(true, Relaxed);
+        m.subscriptions.store(3, Relaxed);
+        assert!(m.not_ready().is_empty());
+        m.set_not_ready("broker", "disconnected".into());
+        assert_eq!(m.not_ready(), ["broker: disconnected"]);
     }
 }

@@ -208,7 +208,7 @@ async fn run(
         logged: durable.is_some(),
         pending_acks: VecDeque::new(),
     };
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = aqyl_core::backoff::Backoff::new(settings.max_backoff);
     let mut finishing = false;
     let mut filters = settings.filters.clone();
     // While the dataflow has no room, the event loop is still polled this often, so the
@@ -263,8 +263,9 @@ async fn run(
             }
             event = eventloop.poll(), if next_topic.is_none() || poll_anyway => { poll_anyway = false; match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     connected_once = true;
+                    metrics.clear_problem("broker");
                     tracing::info!(broker = %settings.connector.address(), session_present = ack.session_present, "Connected to the MQTT broker.");
                     let subs = filters.iter().map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce));
                     if let Err(e) = client.try_subscribe_many(subs) {
@@ -297,22 +298,25 @@ async fn run(
                     }
                     metrics.mqtt_connection_errors.fetch_add(1, Relaxed);
                     let why = settings.connector.explain(&e);
+                    // Shown by /health until the next connection; /ready waits for the
+                    // subscriptions again.
+                    metrics.subscriptions.store(0, Relaxed);
+                    metrics.set_problem("broker", format!("the ingest connection is down: {why}"));
                     if aqyl_connect::is_permanent(&e) {
                         if !connected_once {
                             let _ = refused.send(Some(why.clone()));
                         }
-                        tracing::error!(error = %why, retry_in_ms = backoff.as_millis() as u64, "The MQTT broker refuses the connection; retrying.");
+                        tracing::error!(error = %why, retry_in_ms = backoff.current().as_millis() as u64, "The MQTT broker refuses the connection; retrying.");
                     } else {
-                        tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "MQTT connection failed; reconnecting.");
+                        tracing::warn!(error = %why, retry_in_ms = backoff.current().as_millis() as u64, "MQTT connection failed; reconnecting.");
                     }
                     // Unacknowledged messages will be redelivered by the broker; their acks
                     // belong to the old connection.
                     hand.pending_acks.clear();
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(backoff.next_wait()) => {}
                         _ = &mut finish, if !finishing => break,
                     }
-                    backoff = (backoff * 2).min(settings.max_backoff);
                 }
             }}
         }

@@ -60,7 +60,7 @@ pub fn connect_output(
     let disconnect = client.clone();
     let connector = connector.clone();
     let task = tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = aqyl_core::backoff::Backoff::new(max_backoff);
         let mut finishing = false;
         let mut connected_once = false;
         loop {
@@ -78,25 +78,26 @@ pub fn connect_output(
                     Ok(Event::Outgoing(Outgoing::Disconnect)) if finishing => {}
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected_once = true;
-                        backoff = Duration::from_millis(100);
+                        metrics.clear_problem("broker output");
+                        backoff.reset();
                     }
-                    Ok(_) => backoff = Duration::from_millis(100),
+                    Ok(_) => backoff.reset(),
                     Err(e) => {
                         if finishing {
                             break;
                         }
                         metrics.mqtt_connection_errors.fetch_add(1, Relaxed);
                         let why = connector.explain(&e);
+                        metrics.set_problem("broker output", format!("the output connection is down: {why}"));
                         if aqyl_connect::is_permanent(&e) {
                             if !connected_once {
                                 let _ = refused_tx.send(Some(why.clone()));
                             }
-                            tracing::error!(error = %why, retry_in_ms = backoff.as_millis() as u64, "The MQTT broker refuses the output connection; retrying.");
+                            tracing::error!(error = %why, retry_in_ms = backoff.current().as_millis() as u64, "The MQTT broker refuses the output connection; retrying.");
                         } else {
-                            tracing::warn!(error = %why, retry_in_ms = backoff.as_millis() as u64, "MQTT output connection failed; reconnecting.");
+                            tracing::warn!(error = %why, retry_in_ms = backoff.current().as_millis() as u64, "MQTT output connection failed; reconnecting.");
                         }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(max_backoff);
+                        tokio::time::sleep(backoff.next_wait()).await;
                     }
                 }
             }

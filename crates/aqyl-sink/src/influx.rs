@@ -246,6 +246,13 @@ pub fn client(
             ))
         })?;
     }
+    // influxdb2 panics on a URL it cannot parse: refuse it here.
+    if let Err(e) = reqwest::Url::parse(url) {
+        return Err(crate::SinkError::InfluxUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        });
+    }
     let http = http_client(&roots);
     influxdb2::ClientBuilder::with_builder(http, url, org, token.expose())
         .build()
@@ -328,15 +335,12 @@ impl InfluxSink {
     pub fn start_replay(&mut self, metrics: Arc<Metrics>) {
         let shared = self.shared.clone();
         self.replay = Some(tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = aqyl_core::backoff::Backoff::new(shared.max_backoff);
             loop {
                 match replay_once(&shared, &metrics).await {
                     Replayed::Nothing => tokio::time::sleep(Duration::from_millis(250)).await,
-                    Replayed::All => backoff = Duration::from_millis(100),
-                    Replayed::Stopped => {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(shared.max_backoff);
-                    }
+                    Replayed::All => backoff.reset(),
+                    Replayed::Stopped => tokio::time::sleep(backoff.next_wait()).await,
                 }
             }
         }));

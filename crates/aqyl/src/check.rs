@@ -255,6 +255,47 @@ mod tests {
     }
 
     #[test]
+    fn an_unparsable_influx_url_is_an_error_at_its_line_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sensors")).unwrap();
+        std::fs::write(
+            dir.path().join("sensors/t.toml"),
+            "name = \"t\"\n[[fields]]\nname = \"v\"\n",
+        )
+        .unwrap();
+        let file = dir.path().join("aqyl.toml");
+        for (url, why) in [
+            ("http//store:8086", "not an http:// or https:// URL"),
+            ("http://store:80x6", "invalid port"),
+            ("http://", "no host"),
+            ("http://[::1:8086", "unclosed"),
+        ] {
+            std::fs::write(
+                &file,
+                format!("[mqtt]\nurl = \"mqtt://broker:1883\"\n\n[influx]\nenabled = true\nurl = \"{url}\"\n"),
+            )
+            .unwrap();
+            let (report, ok) = check(&file);
+            assert!(!ok, "{report}");
+            let line = format!("{}:6: influx.url: ", file.display());
+            assert!(
+                report
+                    .lines()
+                    .any(|l| l.starts_with(&line) && l.contains(why)),
+                "{url}: {report}"
+            );
+        }
+        // Written with a dotted key at the top, the line is still found.
+        std::fs::write(&file, "\ninflux.enabled = true\ninflux.url = \"ftp://x\"\n").unwrap();
+        let (report, ok) = check(&file);
+        assert!(!ok, "{report}");
+        assert!(
+            report.contains(&format!("{}:3: influx.url: ", file.display())),
+            "{report}"
+        );
+    }
+
+    #[test]
     fn tls_files_are_read_and_checked_as_run_would_with_the_line_of_their_setting() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("sensors")).unwrap();

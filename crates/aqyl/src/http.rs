@@ -1,37 +1,72 @@
-//! A minimal HTTP endpoint: `GET /metrics` (Prometheus text format) and `GET /health` (`ok`,
-//! or 503 with what cannot do its job, e.g. a sink whose spill cannot be written).
+//! The HTTP endpoint, on axum (over hyper 1, both already built for the embedded demo broker):
 //!
-//! With `http.token` (or `http.token_file`), `/metrics` answers only requests that carry
-//! `Authorization: Bearer <token>` (401 otherwise); `/health` stays open, since it tells
-//! nothing but whether Aqyl works and the probes of service managers and orchestrators send
-//! no credentials.
-//! Hand-written over a TCP listener because it serves two fixed plain-text responses; a web
-//! framework would add more build time than code it saves.
+//! | path | answer |
+//! | --- | --- |
+//! | `GET /` | the status page: a map of the sensors coloured by quality, the incidents |
+//! | `GET /events` | the page's live feed (server-sent events): a snapshot, then batched changes |
+//! | `GET /api/status` | the snapshot as JSON |
+//! | `GET /api/sensor?key=<type>/<id>` | one sensor's latest report, windows and incidents |
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /health` | `ok`, or 503 with what cannot do its job (broker, sink, spill, state, workers) |
+//! | `GET /ready` | `ready`, or 503 while recovery runs or the ingest subscription is not in place |
+//!
+//! With `http.token` (or `http.token_file`), `/metrics`, the page and its data answer only
+//! requests that carry `Authorization: Bearer <token>` or, for a browser, `?token=<token>`
+//! (401 otherwise); `/health` and `/ready` stay open, since they tell nothing but whether Aqyl
+//! works and the probes of service managers and orchestrators send no credentials.
 //!
 //! It must never hurt the service it reports on: at most [`MAX_CONNECTIONS`] connections are
 //! served at once and further ones are closed as soon as they are accepted (so idle clients
-//! can neither use up Aqyl's file descriptors nor queue a health check behind them for long),
-//! a client gets [`IO_TIMEOUT`] to send its request and again to take the answer, and a failed
-//! `accept` (out of file descriptors) backs off instead of spinning.
+//! can neither use up Aqyl's file descriptors nor queue a health check behind them for long);
+//! a client gets [`IO_TIMEOUT`] to send a request's headers (also between requests on a kept
+//! connection), a write may stall for no longer than [`IO_TIMEOUT`], a request is answered
+//! within [`REQUEST_TIMEOUT`] or gets 503, at most [`MAX_LIVE_PAGES`] pages follow the live
+//! feed at once, and a failed `accept` (out of file descriptors) backs off instead of spinning.
 
+use crate::status::StatusBoard;
 use anyhow::Context;
 use aqyl_core::config::Secret;
 use aqyl_core::metrics::Metrics;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 128;
-/// Time a client has to send its request, and again to take the answer.
+/// Pages following the live feed at once (each holds a connection).
+pub const MAX_LIVE_PAGES: usize = 32;
+/// Time a client has to send a request's headers; the longest a write may stall.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time a request has to be answered (the live feed excepted).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds `addr` and serves until the returned task is aborted; with `token`, `/metrics`
-/// requires it as a bearer token.
+/// The status page: one file, its script and style inline, nothing fetched from elsewhere.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
+    token: Option<Arc<Secret>>,
+    live_pages: Arc<tokio::sync::Semaphore>,
+}
+
+/// Binds `addr` and serves until the returned task is aborted; with `token`, `/metrics` and
+/// the status page require it.
 pub async fn serve(
     addr: &str,
     metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
     token: Option<Secret>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await.with_context(|| {
@@ -42,28 +77,232 @@ pub async fn serve(
         .map(|a| a.ip().is_loopback())
         .unwrap_or(false);
     if !loopback && token.is_none() {
-        tracing::warn!(%addr, "/metrics is served beyond this machine without a token: set http.token or http.token_file (AQYL_HTTP_TOKEN, AQYL_HTTP_TOKEN_FILE), or listen on 127.0.0.1.");
+        tracing::warn!(%addr, "/metrics and the status page are served beyond this machine without a token: set http.token or http.token_file (AQYL_HTTP_TOKEN, AQYL_HTTP_TOKEN_FILE), or listen on 127.0.0.1.");
     }
-    tracing::info!(%addr, token = token.is_some(), "Serving /metrics and /health.");
+    tracing::info!(%addr, token = token.is_some(), "Serving the status page, /metrics, /health and /ready.");
     Ok(tokio::spawn(accept_loop(
         listener,
-        metrics,
-        token.map(Arc::new),
+        router(metrics, board, token),
     )))
 }
 
-async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, token: Option<Arc<Secret>>) {
+fn router(metrics: Arc<Metrics>, board: Arc<StatusBoard>, token: Option<Secret>) -> Router {
+    let state = AppState {
+        metrics,
+        board,
+        token: token.map(Arc::new),
+        live_pages: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE_PAGES)),
+    };
+    let guarded = Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(metrics_text))
+        .route("/api/status", get(status_json))
+        .route("/api/sensor", get(sensor_json))
+        .layer(axum::middleware::from_fn(with_timeout))
+        .route("/events", get(live_feed))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .layer(axum::middleware::from_fn(with_timeout))
+        .merge(guarded)
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "try /, /metrics, /health or /ready\n",
+            )
+        })
+        .with_state(state)
+}
+
+/// Answers 503 when the request takes longer than [`REQUEST_TIMEOUT`].
+async fn with_timeout(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the request timed out\n").into_response(),
+    }
+}
+
+/// Lets a request through when no token is configured, or when it carries the token.
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(request).await;
+    };
+    if authorized(request.headers(), request.uri().query(), token) {
+        return next.run(request).await;
+    }
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        "this needs the bearer token of http.token: send Authorization: Bearer <token> (or, from a browser, add ?token=<token>)\n",
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"aqyl\""),
+    );
+    response
+}
+
+/// Whether the request carries the token: `Authorization: Bearer <token>`, or `token=` in
+/// the query. The comparison takes as long wherever the first difference is.
+fn authorized(headers: &HeaderMap, query: Option<&str>, token: &Secret) -> bool {
+    let from_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|value| {
+            let (scheme, credentials) = value.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| credentials.trim().to_string())
+        });
+    let from_query = || {
+        query?
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| percent_decode(v))
+    };
+    let Some(given) = from_header.or_else(from_query) else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), token.expose().as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `%XX` and `+` decoded (a token from a URL).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STATUS_PAGE,
+    )
+}
+
+async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, aqyl_core::metrics::CONTENT_TYPE)],
+        state.metrics.render_prometheus(),
+    )
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    match state.metrics.problems() {
+        problems if problems.is_empty() => "ok\n".into_response(),
+        problems => (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n").into_response(),
+    }
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.metrics.not_ready() {
+        why if why.is_empty() => "ready\n".into_response(),
+        why => (StatusCode::SERVICE_UNAVAILABLE, why.join("\n") + "\n").into_response(),
+    }
+}
+
+async fn status_json(State(state): State<AppState>) -> Response {
+    axum::Json(state.board.snapshot()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct SensorQuery {
+    key: String,
+}
+
+async fn sensor_json(State(state): State<AppState>, Query(q): Query<SensorQuery>) -> Response {
+    match state.board.sensor(&q.key) {
+        Some(v) => axum::Json(v).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such sensor\n").into_response(),
+    }
+}
+
+/// The live feed: `snapshot` (everything), then `changes` every batch; a page that falls
+/// behind by more than the feed keeps gets a fresh `snapshot`.
+async fn live_feed(State(state): State<AppState>) -> Response {
+    let Ok(slot) = state.live_pages.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many pages follow the live feed; close one\n",
+        )
+            .into_response();
+    };
+    let board = state.board.clone();
+    let rx = board.subscribe();
+    let first = board.snapshot().to_string();
+    let stream = futures_util::stream::unfold(
+        (Some(first), rx, board, slot),
+        |(pending, mut rx, board, slot)| async move {
+            if let Some(snapshot) = pending {
+                let event = SseEvent::default().event("snapshot").data(snapshot);
+                return Some((
+                    Ok::<_, std::convert::Infallible>(event),
+                    (None, rx, board, slot),
+                ));
+            }
+            let event = match rx.recv().await {
+                Ok(changes) => SseEvent::default().event("changes").data(&*changes),
+                // Fell behind by more than the feed keeps: start again from a snapshot.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => SseEvent::default()
+                    .event("snapshot")
+                    .data(board.snapshot().to_string()),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((Ok(event), (None, rx, board, slot)))
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+async fn accept_loop(listener: TcpListener, router: Router) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let service = hyper_util::service::TowerToHyperService::new(router);
     loop {
         match listener.accept().await {
             Ok((socket, _)) => {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     continue; // all slots busy: closed at once (dropped), the client may retry
                 };
-                let metrics = metrics.clone();
-                let token = token.clone();
+                let service = service.clone();
                 tokio::spawn(async move {
-                    answer(socket, &metrics, token.as_deref()).await;
+                    let io = hyper_util::rt::TokioIo::new(StallLimit::new(socket));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(IO_TIMEOUT)
+                        .serve_connection(io, service)
+                        .await;
                     drop(slot);
                 });
             }
@@ -75,77 +314,137 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, token: Option
     }
 }
 
-/// Whether the request's headers carry `Authorization: Bearer <token>`. The comparison
-/// takes as long wherever the first difference is.
-fn authorized(request: &str, token: &Secret) -> bool {
-    let given = request
-        .lines()
-        .skip(1)
-        .take_while(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
-        .and_then(|(_, value)| {
-            let value = value.trim();
-            let (scheme, credentials) = value.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| credentials.trim())
-        });
-    let Some(given) = given else { return false };
-    let (a, b) = (given.as_bytes(), token.expose().as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// A connection whose writes fail once they have made no progress for [`IO_TIMEOUT`] (a
+/// client that does not take its answer).
+struct StallLimit {
+    inner: TcpStream,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-async fn answer(mut socket: TcpStream, metrics: &Metrics, token: Option<&Secret>) {
-    let mut buf = [0u8; 4096];
-    let Ok(Ok(n)) = tokio::time::timeout(IO_TIMEOUT, socket.read(&mut buf)).await else {
-        return; // an idle or slow client: its slot goes to the next one
-    };
-    let request = String::from_utf8_lossy(&buf[..n]);
-    let path = request.split_whitespace().nth(1).unwrap_or("/");
-    let mut extra = "";
-    let (status, body) = match path {
-        "/metrics" if token.is_some_and(|t| !authorized(&request, t)) => {
-            extra = "www-authenticate: Bearer realm=\"aqyl\"\r\n";
-            (
-                "401 Unauthorized",
-                "/metrics needs the bearer token of http.token: send Authorization: Bearer <token>\n"
-                    .to_string(),
-            )
+impl StallLimit {
+    fn new(inner: TcpStream) -> Self {
+        Self {
+            inner,
+            stalled: None,
         }
-        "/metrics" => ("200 OK", metrics.render_prometheus()),
-        "/health" => match metrics.problems() {
-            problems if problems.is_empty() => ("200 OK", "ok\n".to_string()),
-            problems => ("503 Service Unavailable", problems.join("\n") + "\n"),
-        },
-        _ => ("404 Not Found", "try /metrics or /health\n".to_string()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = tokio::time::timeout(IO_TIMEOUT, socket.write_all(response.as_bytes())).await;
+    }
+
+    fn check<T>(&mut self, cx: &mut TaskContext<'_>, polled: Poll<T>) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Ready(v) => {
+                self.stalled = None;
+                Poll::Ready(Ok(v))
+            }
+            Poll::Pending => {
+                let timer = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(IO_TIMEOUT)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+use std::future::Future;
+
+impl AsyncRead for StallLimit {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StallLimit {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        match polled {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.check(cx, Poll::<usize>::Pending),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        match polled {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.check(cx, Poll::<usize>::Pending),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    fn spawn(listener: TcpListener, token: Option<Secret>) -> tokio::task::JoinHandle<()> {
+        let metrics = Arc::new(Metrics::default());
+        let registry = aqyl_core::ingest::decode::Registry::new(Vec::new());
+        let board = StatusBoard::new(&registry, None, metrics.clone());
+        tokio::spawn(accept_loop(listener, router(metrics, board, token)))
+    }
+
+    async fn get_with(
+        addr: std::net::SocketAddr,
+        path: &str,
+        headers: &str,
+    ) -> std::io::Result<String> {
         let mut s = TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-            .await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{headers}\r\n")
+                .as_bytes(),
+        )
+        .await?;
         let mut out = String::new();
         s.read_to_string(&mut out).await?;
         Ok(out)
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+        get_with(addr, path, "").await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn health_answers_while_a_thousand_idle_connections_are_open() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(accept_loop(listener, Arc::new(Metrics::default()), None));
+        let task = spawn(listener, None);
         let mut idle = Vec::new();
         for _ in 0..1000 {
             idle.push(TcpStream::connect(addr).await.unwrap());
@@ -181,35 +480,50 @@ mod tests {
         task.abort();
     }
 
-    async fn get_with(addr: std::net::SocketAddr, path: &str, headers: &str) -> String {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n{headers}\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    }
-
     #[tokio::test]
-    async fn metrics_need_the_bearer_token_and_health_stays_open() {
+    async fn metrics_and_the_page_need_the_bearer_token_and_health_stays_open() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let token = Some(Arc::new(Secret::new("s3cr3t-t0ken")));
-        let task = tokio::spawn(accept_loop(listener, Arc::new(Metrics::default()), token));
-        let none = get_with(addr, "/metrics", "").await;
+        let task = spawn(listener, Some(Secret::new("s3cr3t-t0ken")));
+        let get = |path: &'static str, headers: &'static str| async move {
+            get_with(addr, path, headers).await.unwrap()
+        };
+        let none = get("/metrics", "").await;
         assert!(none.starts_with("HTTP/1.1 401 Unauthorized"), "{none}");
         assert!(none.contains("www-authenticate: Bearer"), "{none}");
         assert!(!none.contains("s3cr3t"), "the answer never shows the token");
-        let wrong = get_with(addr, "/metrics", "Authorization: Bearer s3cr3t-t0keN\r\n").await;
+        let wrong = get("/metrics", "Authorization: Bearer s3cr3t-t0keN\r\n").await;
         assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
-        let basic = get_with(addr, "/metrics", "Authorization: Basic s3cr3t-t0ken\r\n").await;
+        let basic = get("/metrics", "Authorization: Basic s3cr3t-t0ken\r\n").await;
         assert!(basic.starts_with("HTTP/1.1 401"), "{basic}");
-        let right = get_with(addr, "/metrics", "authorization: bearer s3cr3t-t0ken\r\n").await;
+        let right = get("/metrics", "authorization: bearer s3cr3t-t0ken\r\n").await;
         assert!(right.starts_with("HTTP/1.1 200 OK"), "{right}");
         assert!(right.contains("aqyl_received_total"), "{right}");
-        let health = get_with(addr, "/health", "").await;
+        assert!(
+            right.contains("content-type: text/plain; version=0.0.4"),
+            "{right}"
+        );
+        for path in ["/", "/api/status", "/events"] {
+            let page = get(path, "").await;
+            assert!(page.starts_with("HTTP/1.1 401"), "{path}: {page}");
+        }
+        let page = get("/?token=s3cr3t%2Dt0ken", "").await;
+        assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+        assert!(page.contains("<canvas"), "{page}");
+        let status = get("/api/status?token=s3cr3t-t0ken", "").await;
+        assert!(status.contains("\"sensors\":[]"), "{status}");
+        let health = get("/health", "").await;
         assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
+        let ready = get("/ready", "").await;
+        assert!(ready.starts_with("HTTP/1.1 503"), "not started: {ready}");
+        assert!(ready.contains("recovery under way"), "{ready}");
+        let missing = get("/nothing", "").await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
         task.abort();
+    }
+
+    #[test]
+    fn tokens_in_urls_are_percent_decoded() {
+        assert_eq!(percent_decode("a%2Db+c%zz%4"), "a-b c%zz%4");
     }
 }

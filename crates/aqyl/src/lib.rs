@@ -22,4 +22,5 @@ pub mod quality_view;
 pub mod reload;
 pub mod replay;
 pub mod service;
+pub mod status;
 pub mod tail;

@@ -96,12 +96,24 @@ async fn run(
         tracing::warn!("No sink is enabled: aggregates are computed but not stored. Enable [influx] or [file], or set AQYL_INFLUX_URL.");
     }
 
-    let http = match &cfg.http.addr {
-        Some(addr) => {
-            Some(crate::http::serve(addr, metrics.clone(), connections.http_token.clone()).await?)
-        }
-        None => None,
+    // The status page's board sees every incident, quality report and closed window on its
+    // way to the publishers and sinks (only when the HTTP endpoint is on).
+    let board = cfg.http.addr.as_ref().map(|_| {
+        crate::status::StatusBoard::new(&registry.load(), cfg.http.tiles.clone(), metrics.clone())
+    });
+    let http = match (&cfg.http.addr, &board) {
+        (Some(addr), Some(board)) => Some(
+            crate::http::serve(
+                addr,
+                metrics.clone(),
+                board.clone(),
+                connections.http_token.clone(),
+            )
+            .await?,
+        ),
+        _ => None,
     };
+    let board_task = board.clone().map(|b| tokio::spawn(b.publish()));
 
     use aqyl_dataflow::runtime::{AGGREGATE_CAPACITY, DEADLETTER_CAPACITY, EVENT_CAPACITY};
     let (agg_tx, agg_rx) = mpsc::channel(AGGREGATE_CAPACITY);
@@ -110,6 +122,14 @@ async fn run(
     let (ev_sink_tx, ev_sink_rx) = mpsc::channel(EVENT_CAPACITY);
     let (q_tx, q_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
     let (q_sink_tx, q_sink_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
+    let (agg_rx, ev_rx, q_rx) = match &board {
+        Some(b) => (
+            b.tee(agg_rx, |b, a| b.aggregate(a)),
+            b.tee(ev_rx, |b, e| b.event(e)),
+            b.tee(q_rx, |b, q: &Vec<_>| b.quality(q)),
+        ),
+        None => (agg_rx, ev_rx, q_rx),
+    };
     let spec = pipeline_spec(&loaded, registry.clone());
     let outputs = Outputs {
         aggregates: agg_tx,
@@ -126,6 +146,10 @@ async fn run(
                 .map_err(|e| anyhow::anyhow!("cannot start the dataflow: {e}"))?;
         (aqyl_mqtt::Intake::Direct(router), running, None)
     };
+    // Recovery is done: /ready waits only for the broker's subscription acknowledgement now.
+    metrics
+        .started
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     // With MQTT aggregates on, a small tee hands every aggregate to both the sinks and the
     // publisher; otherwise the sinks read the dataflow's channel directly.
     let (sink_rx, live_rx) = if cfg.outputs.aggregates {
@@ -253,6 +277,9 @@ async fn run(
             Err(e) => format!("the ingest log writer panicked: {e}"),
         })),
     };
+    if let Some(b) = &board {
+        b.stopping();
+    }
     if let Some((what, why)) = failed {
         metrics.set_problem(what, why.clone());
         if what == "broker" {
@@ -313,6 +340,9 @@ async fn run(
     edge.close().await;
     if let Some(h) = http {
         h.abort();
+    }
+    if let Some(t) = board_task {
+        t.abort();
     }
     let s = metrics.snapshot();
     tracing::info!(

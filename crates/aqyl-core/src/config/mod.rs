@@ -162,6 +162,21 @@ impl Config {
         if let Err(e) = MqttUrl::parse(config.mqtt.url.get_ref()) {
             errors.push(at(config.mqtt.url.span(), e));
         }
+        if let Err(e) = sinks::check_influx_url(&config.influx.url) {
+            // The line of `url` in [influx] (or of the value, written with a dotted key).
+            let key = text.find("[influx]").and_then(|t| {
+                let table = &text[t..];
+                let end = table[1..].find("\n[").map_or(table.len(), |e| e + 1);
+                table[..end].find("\nurl").map(|u| t + u + 1)
+            });
+            let value = text.find(&format!("\"{}\"", config.influx.url));
+            errors.push(ConfigError::at(
+                path,
+                text,
+                key.or(value),
+                format!("influx.url: {e}"),
+            ));
+        }
         if let Some(addr) = &config.http.addr {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 errors.push(ConfigError::at(
@@ -339,6 +354,7 @@ impl Config {
             self.mqtt.password = Some(Secret::new(p));
         }
         if let Some(url) = env("AQYL_INFLUX_URL") {
+            sinks::check_influx_url(&url).map_err(|e| format!("AQYL_INFLUX_URL: {e}"))?;
             self.influx.url = url;
             self.influx.enabled = true;
         }

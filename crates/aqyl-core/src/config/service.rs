@@ -67,6 +67,10 @@ pub struct HttpConfig {
     /// A file holding the token instead, trailing line ending trimmed (env
     /// `AQYL_HTTP_TOKEN_FILE`).
     pub token_file: Option<FileSetting>,
+    /// A map tile URL template for the status page (`https://tile.example/{z}/{x}/{y}.png`);
+    /// without it the page draws the sensors on a plain projection and needs nothing from
+    /// outside.
+    pub tiles: Option<String>,
 }
 
 impl HttpConfig {

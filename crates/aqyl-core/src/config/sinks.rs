@@ -65,6 +65,43 @@ pub struct InfluxConfig {
     pub max_backoff: Duration,
 }
 
+/// Why `url` cannot be the store's base URL: it must be `http://` or `https://`, a host, an
+/// optional port and an optional path, without spaces.
+pub fn check_influx_url(url: &str) -> Result<(), String> {
+    let fix = "write it like http://127.0.0.1:8086";
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} is not an http:// or https:// URL; {fix}"))?;
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{url:?} contains a space or a control character; {fix}"
+        ));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?} has an unclosed [IPv6] host; {fix}"))?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match host_port.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host; {fix}"));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().is_err() {
+            return Err(format!("{url:?} has an invalid port {p:?}; {fix}"));
+        }
+    }
+    Ok(())
+}
+
 fn default_influx_url() -> String {
     "http://127.0.0.1:8086".into()
 }

@@ -1,5 +1,6 @@
 //! The sensor registry of a sensor type: fixed facts about each sensor that its payloads do
-//! not carry, read from a CSV file (`sensor_id,lat,lon,area`; `#` starts a comment line).
+//! not carry, read from a CSV file (`sensor_id,lat,lon,area`; `#` starts a comment line;
+//! cells may be quoted, `"Aarhus, north"`).
 //! Decoding takes a sensor's area from it when neither the topic nor the payload names one.
 
 use crate::error::{ConfigError, ConfigErrors};
@@ -31,17 +32,46 @@ impl SensorRegistry {
         let mut errors = Vec::new();
         let mut sensors = HashMap::new();
         let mut header_seen = false;
-        for (i, line) in text.lines().enumerate() {
+        // The csv crate: quoted cells ("Aarhus, north") and `#` comment lines; the line of
+        // each record for the messages.
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .comment(Some(b'#'))
+            .trim(csv::Trim::All)
+            .from_reader(text.as_bytes());
+        let mut record = csv::StringRecord::new();
+        loop {
+            let line = reader.position().line() as usize;
             let at = |msg: String| ConfigError {
                 file: path.to_path_buf(),
-                line: Some(i + 1),
+                line: Some(line),
                 message: msg,
             };
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
+            match reader.read_record(&mut record) {
+                Ok(false) => break,
+                Ok(true) => {}
+                Err(e) => {
+                    let line = e.position().map_or(line, |p| p.line() as usize);
+                    errors.push(ConfigError {
+                        file: path.to_path_buf(),
+                        line: Some(line),
+                        message: format!("not a CSV line: {e}"),
+                    });
+                    continue;
+                }
+            }
+            // The reader's position is now past the record: its own line is the record's.
+            let line = record.position().map_or(line, |p| p.line() as usize);
+            let at = |msg: String| {
+                let mut e = at(msg);
+                e.line = Some(line);
+                e
+            };
+            let cells: Vec<&str> = record.iter().collect();
+            if cells.iter().all(|c| c.is_empty()) {
                 continue;
             }
-            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
             if !header_seen {
                 header_seen = true;
                 if cells.first() == Some(&"sensor_id") {
@@ -49,7 +79,8 @@ impl SensorRegistry {
                         && cells[..] != ["sensor_id", "lat", "lon"]
                     {
                         errors.push(at(format!(
-                            "the header must be sensor_id,lat,lon[,area]; got {line:?}"
+                            "the header must be sensor_id,lat,lon[,area]; got {:?}",
+                            cells.join(",")
                         )));
                     }
                     continue;
@@ -111,6 +142,11 @@ impl SensorRegistry {
         Self::parse(path, &text)
     }
 
+    /// Every sensor and its facts, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &SensorInfo)> {
+        self.sensors.iter().map(|(id, info)| (id.as_str(), info))
+    }
+
     /// A sensor's facts.
     pub fn get(&self, sensor_id: &str) -> Option<&SensorInfo> {
         self.sensors.get(sensor_id)
@@ -160,6 +196,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(e, "r.csv:2: sensor \"a\" is listed twice");
+    }
+
+    #[test]
+    fn quoted_cells_keep_their_commas() {
+        let r = SensorRegistry::parse(
+            Path::new("r.csv"),
+            "# a comment\nsensor_id,lat,lon,area\n\"s,1\",56.1,10.2,\"Aarhus, north\"\ns2,56.2,10.3\n",
+        )
+        .unwrap();
+        assert_eq!(r.get("s,1").unwrap().area.as_deref(), Some("Aarhus, north"));
+        assert_eq!(r.len(), 2);
+        let e = SensorRegistry::parse(Path::new("r.csv"), "# c\n\ns,1,1\nt,\"1\",x\n").unwrap_err();
+        assert_eq!(e.0[0].line, Some(4), "{e:?}");
     }
 
     #[test]
