@@ -254,8 +254,8 @@ mod tests {
         assert!(report.contains("traffic"), "{report}");
     }
 
-    #[test]
-    fn an_unparsable_influx_url_is_an_error_at_its_line_not_a_panic() {
+    /// A directory with one minimal sensor type, for a config file written beside it.
+    fn one_sensor_type() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("sensors")).unwrap();
         std::fs::write(
@@ -263,6 +263,12 @@ mod tests {
             "name = \"t\"\n[[fields]]\nname = \"v\"\n",
         )
         .unwrap();
+        dir
+    }
+
+    #[test]
+    fn an_unparsable_influx_url_is_an_error_at_its_line_not_a_panic() {
+        let dir = one_sensor_type();
         let file = dir.path().join("aqyl.toml");
         for (url, why) in [
             ("http//store:8086", "not an http:// or https:// URL"),
@@ -297,13 +303,7 @@ mod tests {
 
     #[test]
     fn tls_files_are_read_and_checked_as_run_would_with_the_line_of_their_setting() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("sensors")).unwrap();
-        std::fs::write(
-            dir.path().join("sensors/t.toml"),
-            "name = \"t\"\n[[fields]]\nname = \"v\"\n",
-        )
-        .unwrap();
+        let dir = one_sensor_type();
         std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
         std::fs::write(dir.path().join("token"), "t0ken-b2e4\n").unwrap();
         let file = dir.path().join("aqyl.toml");
