@@ -329,11 +329,15 @@ impl StallLimit {
         }
     }
 
-    fn check<T>(&mut self, cx: &mut TaskContext<'_>, polled: Poll<T>) -> Poll<std::io::Result<T>> {
+    fn check<T>(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
         match polled {
-            Poll::Ready(v) => {
+            Poll::Ready(r) => {
                 self.stalled = None;
-                Poll::Ready(Ok(v))
+                Poll::Ready(r)
             }
             Poll::Pending => {
                 let timer = self
@@ -367,13 +371,7 @@ impl AsyncWrite for StallLimit {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        match polled {
-            Poll::Ready(r) => {
-                self.stalled = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.check(cx, Poll::<usize>::Pending),
-        }
+        self.check(cx, polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
@@ -393,13 +391,7 @@ impl AsyncWrite for StallLimit {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        match polled {
-            Poll::Ready(r) => {
-                self.stalled = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.check(cx, Poll::<usize>::Pending),
-        }
+        self.check(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
