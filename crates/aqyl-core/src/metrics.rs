@@ -19,6 +19,32 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 /// The content type of [`Metrics::render_prometheus`]'s output (text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
+/// Components and why each is not well (for `/health` and `/ready`).
+#[derive(Debug, Default)]
+pub struct Reasons(std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>);
+
+impl Reasons {
+    fn set(&self, component: &'static str, why: String) {
+        if let Ok(mut r) = self.0.lock() {
+            r.insert(component, why);
+        }
+    }
+
+    fn clear(&self, component: &'static str) {
+        if let Ok(mut r) = self.0.lock() {
+            r.remove(component);
+        }
+    }
+
+    /// `component: why`, one line each, by component.
+    fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|r| r.iter().map(|(c, why)| format!("{c}: {why}")).collect())
+            .unwrap_or_default()
+    }
+}
+
 /// How a declared metric is exposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -46,10 +72,10 @@ macro_rules! declare_metrics {
             pub quality_bands: [AtomicU64; QUALITY_BANDS.len()],
             /// Components that cannot do their job right now, with why: `/health` answers 503
             /// while any is listed.
-            pub problems: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
+            pub problems: Reasons,
             /// Whatever keeps the service from taking messages yet (recovery under way, the
             /// broker subscription not acknowledged): `/ready` answers 503 while any is listed.
-            pub not_ready: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
+            pub not_ready: Reasons,
             /// Set once the service has finished starting (recovery done).
             pub started: AtomicBool,
             /// Outputs the dataflow handed to the sinks, and those the sinks made durable.
@@ -190,24 +216,17 @@ impl Snapshot {
 impl Metrics {
     /// Records that `component` cannot do its job, and why (shown by `/health`).
     pub fn set_problem(&self, component: &'static str, why: String) {
-        if let Ok(mut p) = self.problems.lock() {
-            p.insert(component, why);
-        }
+        self.problems.set(component, why);
     }
 
     /// Records that `component` works again.
     pub fn clear_problem(&self, component: &'static str) {
-        if let Ok(mut p) = self.problems.lock() {
-            p.remove(component);
-        }
+        self.problems.clear(component);
     }
 
     /// What is wrong now, one line per component; empty when all is well.
     pub fn problems(&self) -> Vec<String> {
-        self.problems
-            .lock()
-            .map(|p| p.iter().map(|(c, why)| format!("{c}: {why}")).collect())
-            .unwrap_or_default()
+        self.problems.lines()
     }
 
     /// Counts one rejection.
@@ -235,26 +254,18 @@ impl Metrics {
 
     /// Records that the service cannot take messages yet because of `what` (shown by `/ready`).
     pub fn set_not_ready(&self, what: &'static str, why: String) {
-        if let Ok(mut p) = self.not_ready.lock() {
-            p.insert(what, why);
-        }
+        self.not_ready.set(what, why);
     }
 
     /// Records that `what` no longer keeps the service from taking messages.
     pub fn clear_not_ready(&self, what: &'static str) {
-        if let Ok(mut p) = self.not_ready.lock() {
-            p.remove(what);
-        }
+        self.not_ready.clear(what);
     }
 
     /// Why the service is not ready, one line each; empty when it is: started (recovery
     /// done) and subscribed. (A store that is down does not make it unready: it spills.)
     pub fn not_ready(&self) -> Vec<String> {
-        let mut why: Vec<String> = self
-            .not_ready
-            .lock()
-            .map(|p| p.iter().map(|(c, why)| format!("{c}: {why}")).collect())
-            .unwrap_or_default();
+        let mut why = self.not_ready.lines();
         if !self.started.load(Relaxed) {
             why.push("service: starting (recovery under way)".into());
         }
