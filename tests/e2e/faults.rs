@@ -26,9 +26,7 @@ fn a_frozen_store_neither_stops_the_pipeline_nor_loses_data() {
     let vm = VictoriaMetrics::start();
     let dir = config_dir(1);
     with_write_timeout(dir.path());
-    let status = Subscriber::start(mqtt.port, "aqyl/status");
-    let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
-    aqyl.wait_online(&status);
+    let aqyl = Aqyl::online(&dir.path().join("aqyl.toml"), &mqtt, &vm);
     vm.freeze();
     // Two hours of one segment: 25 five-minute windows to write while the store hangs.
     let msgs: Vec<_> = (0..125)
@@ -259,9 +257,7 @@ fn a_publisher_outrunning_the_service_waits_at_the_broker_not_in_its_memory() {
     let mqtt = Mosquitto::start();
     let vm = VictoriaMetrics::start();
     let dir = aqyl_tests::shipped_config();
-    let status = Subscriber::start(mqtt.port, "aqyl/status");
-    let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
-    aqyl.wait_online(&status);
+    let aqyl = Aqyl::online(&dir.path().join("aqyl.toml"), &mqtt, &vm);
     let msgs = city(120_000, 50);
     let n = msgs.len() as u64;
     // Four publishers at once (each sensor on one of them, so its order holds) outrun the

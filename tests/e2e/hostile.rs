@@ -69,9 +69,7 @@ fn a_thousand_idle_http_clients_neither_silence_health_nor_starve_the_pipeline()
     let mqtt = Mosquitto::start();
     let vm = VictoriaMetrics::start();
     let dir = config_dir(1);
-    let status = Subscriber::start(mqtt.port, "aqyl/status");
-    let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
-    aqyl.wait_online(&status);
+    let aqyl = Aqyl::online(&dir.path().join("aqyl.toml"), &mqtt, &vm);
     let addr = aqyl.http.trim_start_matches("http://").to_string();
     // A thousand clients connect and never send a byte.
     let idle: Vec<_> = (0..1000)

@@ -115,6 +115,14 @@ impl Aqyl {
         Self::start_with(config, &mqtt.url(), Some(&vm.url()))
     }
 
+    /// [`Aqyl::start`], then waits until it is online (subscribed).
+    fn online(config: &Path, mqtt: &Mosquitto, vm: &VictoriaMetrics) -> Self {
+        let status = Subscriber::start(mqtt.port, "aqyl/status");
+        let aqyl = Self::start(config, mqtt, vm);
+        aqyl.wait_online(&status);
+        aqyl
+    }
+
     /// With `influx_url` `None`, the store stays as the config file says (setting
     /// `AQYL_INFLUX_URL` would enable it).
     fn start_with(config: &Path, mqtt_url: &str, influx_url: Option<&str>) -> Self {
@@ -736,9 +744,7 @@ fn a_new_sensor_type_is_plugged_in_at_run_time_and_a_broken_one_is_refused() {
     let mqtt = Mosquitto::start();
     let vm = VictoriaMetrics::start();
     let dir = config_dir(2);
-    let status = Subscriber::start(mqtt.port, "aqyl/status");
-    let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
-    aqyl.wait_online(&status);
+    let aqyl = Aqyl::online(&dir.path().join("aqyl.toml"), &mqtt, &vm);
     wait_until(WAIT, "the traffic subscription", || {
         aqyl.metric("aqyl_subscriptions ") == Some(1)
     });

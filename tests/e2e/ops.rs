@@ -317,9 +317,7 @@ fn prometheus_scrapes_aqyl_and_the_dashboard_queries_only_what_it_exposes() {
     let mqtt = Mosquitto::start();
     let vm = VictoriaMetrics::start();
     let dir = config_dir(1);
-    let status = Subscriber::start(mqtt.port, "aqyl/status");
-    let aqyl = Aqyl::start(&dir.path().join("aqyl.toml"), &mqtt, &vm);
-    aqyl.wait_online(&status);
+    let aqyl = Aqyl::online(&dir.path().join("aqyl.toml"), &mqtt, &vm);
     let t0 = 1_406_851_200;
     let msgs: Vec<_> = (0..25)
         .map(|m| reading("158355", t0 + 60 * m, 40, 5))
