@@ -18,6 +18,7 @@ mod ops;
 mod quality;
 mod replay;
 mod replay_cli;
+mod subscriptions;
 mod tls;
 
 const AQYL: &str = env!("CARGO_BIN_EXE_aqyl");

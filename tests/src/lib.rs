@@ -46,13 +46,13 @@ pub fn find_exe(name: &str) -> PathBuf {
 }
 
 /// A private copy of the shipped configuration (`config/aqyl.toml`, `config/sensors/`,
-/// `config/rules/`) in a temporary directory: `aqyl run --config <dir>/aqyl.toml` then runs
+/// `config/rules/`, `config/subscriptions/`) in a temporary directory: `aqyl run --config <dir>/aqyl.toml` then runs
 /// exactly as shipped, while its state directory (`[state] dir`, relative to the file, with
 /// the store spill) stays private.
 pub fn shipped_config() -> tempfile::TempDir {
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
     let dir = tempfile::tempdir().expect("tempdir");
-    for entry in ["aqyl.toml", "sensors", "rules"] {
+    for entry in ["aqyl.toml", "sensors", "rules", "subscriptions"] {
         copy_tree(&from.join(entry), &dir.path().join(entry));
     }
     dir

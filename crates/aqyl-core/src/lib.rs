@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod output;
 pub mod quality;
 pub mod rules;
+pub mod subscriptions;
 pub mod windows;
 
 pub use error::{ConfigError, ConfigErrors};

@@ -3,6 +3,7 @@
 
 use aqyl_core::metrics::Metrics;
 use aqyl_core::quality::QualityRecord;
+use aqyl_core::subscriptions::Selector;
 use aqyl_core::{Aggregate, DeadLetter, Event, EventState};
 use rumqttc::{AsyncClient, QoS};
 use std::sync::atomic::Ordering::Relaxed;
@@ -60,12 +61,15 @@ pub async fn aggregates(
 
 /// Publishes incident lifecycle messages on `<prefix>/events/<event_type>/<subject>` (QoS 1),
 /// keeps the ongoing incident retained on `<prefix>/active/<event_type>/<subject>` (cleared
-/// with an empty retained message when it ends), and forwards each message to `sink`.
+/// with an empty retained message when it ends), publishes it again on
+/// `<prefix>/subscriptions/<name>/<event_type>/<subject>` (QoS 1) for every contextual
+/// subscription that selects it, and forwards each message to `sink`.
 pub async fn events(
     client: AsyncClient,
     prefix: String,
     mut rx: mpsc::Receiver<Event>,
     sink: mpsc::Sender<Event>,
+    (mut selector, registry): (Selector, aqyl_dataflow::SharedRegistry),
     metrics: Arc<Metrics>,
 ) {
     while let Some(e) = rx.recv().await {
@@ -75,6 +79,15 @@ pub async fn events(
             EventState::End => String::new(),
             _ => json.clone(),
         };
+        for sub in selector.select(&e, &registry.load_full()) {
+            let topic = sub.topic(&prefix, &e);
+            if let Err(err) = client
+                .publish(topic, QoS::AtLeastOnce, false, json.clone())
+                .await
+            {
+                tracing::warn!(subscription = %sub.name, subject = %e.subject, error = %err, "Could not publish an incident to a subscription.");
+            }
+        }
         let published = client
             .publish(e.topic(&prefix), QoS::AtLeastOnce, false, json)
             .await

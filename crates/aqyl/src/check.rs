@@ -44,6 +44,7 @@ pub fn check(path: &Path) -> (String, bool) {
                     r.name, on, r.enter_text
                 ));
             }
+            out.push_str(&subscription_lines(&loaded));
             let live = !loaded.config.pipeline.idle_timeout.is_zero();
             out.push_str(&rule_timing_line(&loaded.config.pipeline, live));
             let q = &loaded.config.quality;
@@ -194,6 +195,11 @@ mod tests {
         assert!(out.contains("rule sudden_slowdown"), "{out}");
         assert!(out.contains("on pollution 1h windows"), "{out}");
         assert!(
+            out.contains("subscription north-west: congestion, traffic_jam, area_congestion; in grid-11-03 -> aqyl/subscriptions/north-west/..."),
+            "{out}"
+        );
+        assert!(!out.contains("warning: subscription"), "{out}");
+        assert!(
             out.contains("quality: threshold 0.6, watchdog by the wall clock"),
             "{out}"
         );
@@ -264,6 +270,38 @@ mod tests {
         )
         .unwrap();
         dir
+    }
+
+    #[test]
+    fn subscriptions_are_listed_their_typos_warned_about_and_their_mistakes_refused() {
+        let dir = one_sensor_type();
+        let file = dir.path().join("aqyl.toml");
+        std::fs::write(&file, "[mqtt]\nurl = \"mqtt://broker:1883\"\n").unwrap();
+        std::fs::create_dir(dir.path().join("subscriptions")).unwrap();
+        let subs = dir.path().join("subscriptions/ops.toml");
+        std::fs::write(
+            &subs,
+            "[[subscription]]\nname = \"typo\"\nevent_types = [\"congestoin\"]\n",
+        )
+        .unwrap();
+        let (report, ok) = check(&file);
+        assert!(ok, "{report}");
+        assert!(report.contains("subscription typo: congestoin"), "{report}");
+        assert!(
+            report.contains("warning: subscription typo: no rule raises event type \"congestoin\""),
+            "{report}"
+        );
+        std::fs::write(
+            &subs,
+            "[[subscription]]\nname = \"ok\"\n\n[[subscription]]\nname = \"box\"\nbbox = [56.2, 10.1]\n",
+        )
+        .unwrap();
+        let (report, ok) = check(&file);
+        assert!(!ok, "{report}");
+        assert!(
+            report.contains(&format!("{}:4: subscription \"box\": bbox", subs.display())),
+            "{report}"
+        );
     }
 
     #[test]
@@ -432,6 +470,28 @@ mod shipped_descriptors {
         }
         assert_eq!(per_type.len(), 5, "{per_type:?}");
     }
+}
+
+/// One line per contextual subscription (what it selects, where it is published) and a
+/// warning for whatever in it can never match.
+fn subscription_lines(loaded: &config::Loaded) -> String {
+    let mut event_types: Vec<&str> = loaded.rules.iter().map(|r| r.event_type.as_str()).collect();
+    event_types.push(aqyl_core::quality::QUALITY_EVENT);
+    let registry = aqyl_core::ingest::decode::Registry::new(loaded.sensor_types.clone());
+    let prefix = &loaded.config.outputs.topic_prefix;
+    let mut out = String::new();
+    for s in &loaded.subscriptions {
+        out.push_str(&format!(
+            "  subscription {}: {} -> {prefix}/subscriptions/{}/...\n",
+            s.name,
+            s.describe(),
+            s.name
+        ));
+        for w in s.unknowns(&event_types, &registry) {
+            out.push_str(&format!("  warning: subscription {}: {w}\n", s.name));
+        }
+    }
+    out
 }
 
 /// How the rules follow time, as `aqyl check` says it.

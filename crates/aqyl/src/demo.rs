@@ -173,6 +173,7 @@ clock = "event"
         path: path.into(),
         sensors_dir: "<embedded>".into(),
         rules,
+        subscriptions: Vec::new(),
     })
 }
 

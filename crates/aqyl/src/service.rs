@@ -227,11 +227,13 @@ async fn run(
             metrics.clone(),
         ))
     });
+    let selector = aqyl_core::subscriptions::Selector::new(loaded.subscriptions.clone());
     let ev_task = tokio::spawn(aqyl_mqtt::publish::events(
         out.client.clone(),
         prefix.clone(),
         ev_rx,
         ev_sink_tx,
+        (selector, registry.clone()),
         metrics.clone(),
     ));
     let q_task = tokio::spawn(aqyl_mqtt::publish::quality(

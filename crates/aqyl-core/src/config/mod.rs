@@ -77,6 +77,9 @@ pub struct Config {
     /// Directory of event rules (`*.toml`), relative to the config file.
     #[serde(default = "default_rules_dir")]
     pub rules_dir: PathBuf,
+    /// Directory of contextual subscriptions (`*.toml`), relative to the config file.
+    #[serde(default = "default_subscriptions_dir")]
+    pub subscriptions_dir: PathBuf,
     /// How often `aqyl run` looks for changed descriptors and reloads them (`"0s"`: never).
     #[serde(
         default = "default_reload",
@@ -116,6 +119,10 @@ fn default_rules_dir() -> PathBuf {
     PathBuf::from("rules")
 }
 
+fn default_subscriptions_dir() -> PathBuf {
+    PathBuf::from("subscriptions")
+}
+
 fn default_reload() -> Duration {
     Duration::from_secs(2)
 }
@@ -147,6 +154,8 @@ pub struct Loaded {
     pub sensors_dir: PathBuf,
     /// The event rules from `rules_dir`.
     pub rules: Vec<crate::rules::Rule>,
+    /// The contextual subscriptions from `subscriptions_dir`.
+    pub subscriptions: Vec<crate::subscriptions::Subscription>,
 }
 
 impl Config {
@@ -419,6 +428,11 @@ pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Loaded,
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let sensors_dir = base.join(&config.sensors_dir);
+    let subscriptions = crate::subscriptions::load_dir(&base.join(&config.subscriptions_dir))
+        .unwrap_or_else(|e| {
+            errors.extend(e.0);
+            Vec::new()
+        });
     let loaded = descriptor::load_dir(&sensors_dir).and_then(|sensor_types| {
         let rules = crate::rules::load_rules(&base.join(&config.rules_dir), &sensor_types)?;
         Ok((sensor_types, rules))
@@ -435,6 +449,7 @@ pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Loaded,
         config,
         sensor_types,
         rules,
+        subscriptions,
         path: path.to_path_buf(),
         sensors_dir,
     })

@@ -1,0 +1,489 @@
+//! Contextual subscriptions: named selections of incidents (by event type, level, sensor
+//! type, area, bounding box or route) that the service delivers on
+//! `<prefix>/subscriptions/<name>/<event_type>/<subject>`, so an operator or a city service
+//! subscribes to what concerns it instead of filtering every incident itself.
+//!
+//! A subscription file (`config/subscriptions/*.toml`) holds `[[subscription]]` tables:
+//!
+//! ```toml
+//! [[subscription]]
+//! name = "ring-road"                     # topic segment: letters, digits, '-', '_'
+//! event_types = ["congestion"]           # any of these (all when absent)
+//! levels = ["warning", "critical"]       # any of these
+//! sensor_types = ["traffic"]
+//! areas = ["grid-11-03"]                 # the incident's area (or an area incident's subject)
+//! bbox = [56.10, 10.10, 56.20, 10.25]    # south, west, north, east (WGS 84)
+//! route = ["158324", "158355"]           # the incident's sensor is one of these segments
+//! ```
+//!
+//! Every criterion given must hold; within one, any listed value does. Position criteria
+//! (`bbox`, `route`) use the sensor registries: an incident of a sensor matches `bbox` when
+//! the sensor lies inside, and an area incident when any registered sensor of the area does;
+//! an area incident matches `route` when the area holds a segment of the route.
+
+use crate::error::{ConfigError, ConfigErrors};
+use crate::ingest::decode::Registry;
+use crate::Event;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// One named selection of incidents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    /// Its name, a topic segment.
+    pub name: String,
+    /// Event types (any); empty: all.
+    pub event_types: Vec<String>,
+    /// Levels (any); empty: all.
+    pub levels: Vec<String>,
+    /// Sensor types (any); empty: all.
+    pub sensor_types: Vec<String>,
+    /// Areas (any); empty: all.
+    pub areas: Vec<String>,
+    /// South, west, north, east.
+    pub bbox: Option<[f64; 4]>,
+    /// Sensor ids (any); empty: all.
+    pub route: Vec<String>,
+}
+
+/// A (sensor type, name) key: a sensor id or an area.
+type Key = (String, String);
+
+/// Where the registered sensors are, for the position criteria.
+#[derive(Debug, Default)]
+pub struct Places {
+    /// (sensor type, sensor id) → (lat, lon, area).
+    sensors: HashMap<Key, (f64, f64, Option<String>)>,
+    /// (sensor type, area) → its sensors' positions and ids.
+    areas: HashMap<Key, Vec<(f64, f64, String)>>,
+}
+
+impl Places {
+    /// The positions of every sensor of `registry`'s sensor registries.
+    pub fn of(registry: &Registry) -> Self {
+        let mut places = Places::default();
+        for ty in registry.types() {
+            let Some(reg) = &ty.registry else { continue };
+            for (id, info) in reg.iter() {
+                let area = info.area.as_deref().map(str::to_string);
+                if let Some(a) = &area {
+                    places
+                        .areas
+                        .entry((ty.name.to_string(), a.clone()))
+                        .or_default()
+                        .push((info.lat, info.lon, id.to_string()));
+                }
+                places.sensors.insert(
+                    (ty.name.to_string(), id.to_string()),
+                    (info.lat, info.lon, area),
+                );
+            }
+        }
+        places
+    }
+}
+
+/// The subscriptions with the registry positions they are judged against, renewed when the
+/// registry is (a descriptor reload).
+#[derive(Debug, Default)]
+pub struct Selector {
+    subscriptions: Vec<Subscription>,
+    places: Places,
+    /// The registry `places` were taken from (its address).
+    from: usize,
+}
+
+impl Selector {
+    /// A selector of `subscriptions`.
+    pub fn new(subscriptions: Vec<Subscription>) -> Self {
+        Selector {
+            subscriptions,
+            ..Selector::default()
+        }
+    }
+
+    /// The subscriptions that select `e`, with the positions of `registry`.
+    pub fn select<'a>(
+        &'a mut self,
+        e: &'a Event,
+        registry: &std::sync::Arc<Registry>,
+    ) -> impl Iterator<Item = &'a Subscription> + 'a {
+        let from = std::sync::Arc::as_ptr(registry) as usize;
+        if from != self.from && !self.subscriptions.is_empty() {
+            self.places = Places::of(registry);
+            self.from = from;
+        }
+        let places = &self.places;
+        self.subscriptions
+            .iter()
+            .filter(move |s| s.matches(e, places))
+    }
+}
+
+impl Subscription {
+    /// What it selects, for a human: `congestion, traffic_jam; in grid-11-03`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let list = |l: &[String]| l.join(", ");
+        if !self.event_types.is_empty() {
+            parts.push(list(&self.event_types));
+        }
+        if !self.levels.is_empty() {
+            parts.push(format!("level {}", list(&self.levels)));
+        }
+        if !self.sensor_types.is_empty() {
+            parts.push(format!("of {}", list(&self.sensor_types)));
+        }
+        if !self.areas.is_empty() {
+            parts.push(format!("in {}", list(&self.areas)));
+        }
+        if let Some([s, w, n, e]) = self.bbox {
+            parts.push(format!("within [{s}, {w}, {n}, {e}]"));
+        }
+        if !self.route.is_empty() {
+            parts.push(format!("on a route of {} segments", self.route.len()));
+        }
+        if parts.is_empty() {
+            "every incident".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    /// What in it can never match with these rules and registries: event types no rule
+    /// raises, sensor types, areas and route segments no registry knows. (Areas can also come
+    /// from topics, so these are warnings, not errors.)
+    pub fn unknowns(&self, event_types: &[&str], registry: &Registry) -> Vec<String> {
+        let places = Places::of(registry);
+        let mut out = Vec::new();
+        for t in &self.event_types {
+            if !event_types.contains(&t.as_str()) {
+                out.push(format!("no rule raises event type {t:?}"));
+            }
+        }
+        for t in &self.sensor_types {
+            if registry.get(t).is_none() {
+                out.push(format!("no sensor type {t:?}"));
+            }
+        }
+        for a in &self.areas {
+            if !places.areas.keys().any(|(_, area)| area == a) {
+                out.push(format!("no registered sensor is in area {a:?}"));
+            }
+        }
+        for id in &self.route {
+            if !places.sensors.keys().any(|(_, s)| s == id) {
+                out.push(format!("route segment {id:?} is in no sensor registry"));
+            }
+        }
+        out
+    }
+
+    /// Whether `e` is one of the incidents this subscription selects.
+    pub fn matches(&self, e: &Event, places: &Places) -> bool {
+        let any = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
+        if !(any(&self.event_types, &e.event_type)
+            && any(&self.levels, &e.level)
+            && any(&self.sensor_types, &e.sensor_type))
+        {
+            return false;
+        }
+        let ty = e.sensor_type.to_string();
+        let sensor = places.sensors.get(&(ty.clone(), e.subject.clone()));
+        // An incident about an area has the area as its subject (and no sensor of that id).
+        let area_members = match sensor {
+            None => places.areas.get(&(ty, e.subject.clone())),
+            Some(_) => None,
+        };
+        let area = e
+            .area
+            .clone()
+            .or_else(|| sensor.and_then(|s| s.2.clone()))
+            .or_else(|| area_members.map(|_| e.subject.clone()));
+        if !self.areas.is_empty() && !area.is_some_and(|a| self.areas.contains(&a)) {
+            return false;
+        }
+        if let Some([south, west, north, east]) = self.bbox {
+            let inside =
+                |lat: f64, lon: f64| (south..=north).contains(&lat) && (west..=east).contains(&lon);
+            let hit = match (sensor, area_members) {
+                (Some(s), _) => inside(s.0, s.1),
+                (None, Some(members)) => members.iter().any(|m| inside(m.0, m.1)),
+                (None, None) => false,
+            };
+            if !hit {
+                return false;
+            }
+        }
+        if !self.route.is_empty() {
+            let on_route = match area_members {
+                Some(members) => members.iter().any(|m| self.route.contains(&m.2)),
+                None => self.route.contains(&e.subject),
+            };
+            if !on_route {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The topic of `e` for this subscription:
+    /// `<prefix>/subscriptions/<name>/<event_type>/<subject>`.
+    pub fn topic(&self, prefix: &str, e: &Event) -> String {
+        format!(
+            "{prefix}/subscriptions/{}/{}/{}",
+            self.name,
+            e.event_type,
+            crate::output::topic_level(&e.subject)
+        )
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionFile {
+    #[serde(default)]
+    subscription: Vec<toml::Spanned<Entry>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    name: String,
+    #[serde(default)]
+    event_types: Vec<String>,
+    #[serde(default)]
+    levels: Vec<String>,
+    #[serde(default)]
+    sensor_types: Vec<String>,
+    #[serde(default)]
+    areas: Vec<String>,
+    bbox: Option<Vec<f64>>,
+    #[serde(default)]
+    route: Vec<String>,
+}
+
+/// A name that is one MQTT topic segment and safe in a URL.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Parses one subscription file; `path` names it in errors (`file:line`).
+pub fn parse(path: &Path, text: &str) -> Result<Vec<Subscription>, ConfigErrors> {
+    let file: SubscriptionFile = toml::from_str(text).map_err(|e| {
+        ConfigError::at(
+            path,
+            text,
+            e.span().map(|s| s.start),
+            e.message().to_string(),
+        )
+    })?;
+    let (mut subs, mut errors) = (Vec::new(), Vec::new());
+    for spanned in file.subscription {
+        let at = spanned.span().start;
+        let e = spanned.into_inner();
+        let mut problem = |msg: String| errors.push(ConfigError::at(path, text, Some(at), msg));
+        if !valid_name(&e.name) {
+            problem(format!(
+                "subscription name {:?}: use 1 to 64 letters, digits, '-' or '_' (it is a topic segment)",
+                e.name
+            ));
+            continue;
+        }
+        let bbox = match e.bbox.as_deref() {
+            None => None,
+            Some(&[s, w, n, east])
+                if (-90.0..=90.0).contains(&s)
+                    && (-90.0..=90.0).contains(&n)
+                    && (-180.0..=180.0).contains(&w)
+                    && (-180.0..=180.0).contains(&east)
+                    && s <= n
+                    && w <= east =>
+            {
+                Some([s, w, n, east])
+            }
+            Some(other) => {
+                problem(format!(
+                    "subscription {:?}: bbox {other:?} must be [south, west, north, east] in degrees, south <= north and west <= east",
+                    e.name
+                ));
+                continue;
+            }
+        };
+        subs.push(Subscription {
+            name: e.name,
+            event_types: e.event_types,
+            levels: e.levels,
+            sensor_types: e.sensor_types,
+            areas: e.areas,
+            bbox,
+            route: e.route,
+        });
+    }
+    if errors.is_empty() {
+        Ok(subs)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Loads every `*.toml` file of `dir` (a missing directory means no subscriptions); names
+/// must be unique across files.
+pub fn load_dir(dir: &Path) -> Result<Vec<Subscription>, ConfigErrors> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    let (mut subs, mut errors) = (Vec::<Subscription>::new(), Vec::new());
+    let mut names = HashSet::new();
+    for path in paths {
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| ConfigErrors(vec![ConfigError::file(&path, format!("cannot read: {e}"))]))
+            .and_then(|text| parse(&path, &text));
+        match parsed {
+            Ok(list) => {
+                for s in list {
+                    if !names.insert(s.name.clone()) {
+                        errors.push(ConfigError::file(
+                            &path,
+                            format!("subscription {:?} is defined twice; names are topics and must be unique", s.name),
+                        ));
+                    }
+                    subs.push(s);
+                }
+            }
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    if errors.is_empty() {
+        Ok(subs)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EventState;
+    use std::sync::Arc;
+
+    fn places() -> Places {
+        let mut p = Places::default();
+        for (id, lat, lon, area) in [
+            ("a1", 56.10, 10.10, "north"),
+            ("a2", 56.12, 10.12, "north"),
+            ("b1", 56.30, 10.30, "south"),
+        ] {
+            p.sensors
+                .insert(("traffic".into(), id.into()), (lat, lon, Some(area.into())));
+            p.areas
+                .entry(("traffic".into(), area.into()))
+                .or_default()
+                .push((lat, lon, id.into()));
+        }
+        p
+    }
+
+    fn event(event_type: &str, subject: &str, level: &str) -> Event {
+        Event {
+            id: "x".into(),
+            event_type: event_type.into(),
+            subject: subject.into(),
+            sensor_type: Arc::from("traffic"),
+            area: None,
+            state: EventState::Start,
+            level: level.into(),
+            started_at: 0,
+            time: 0,
+            rule: "r".into(),
+            message: String::new(),
+            values: Vec::new(),
+        }
+    }
+
+    fn sub(text: &str) -> Subscription {
+        let text = format!("[[subscription]]\nname = \"s\"\n{text}");
+        parse(Path::new("s.toml"), &text).unwrap().remove(0)
+    }
+
+    #[test]
+    fn each_criterion_narrows_and_a_list_widens() {
+        let p = places();
+        let all = sub("");
+        assert!(all.matches(&event("congestion", "b1", "info"), &p));
+        let types = sub("event_types = [\"congestion\", \"outage\"]");
+        assert!(types.matches(&event("outage", "a1", "info"), &p));
+        assert!(!types.matches(&event("jam", "a1", "info"), &p));
+        let level = sub("levels = [\"critical\"]\nevent_types = [\"congestion\"]");
+        assert!(level.matches(&event("congestion", "a1", "critical"), &p));
+        assert!(!level.matches(&event("congestion", "a1", "warning"), &p));
+        assert!(!level.matches(&event("outage", "a1", "critical"), &p));
+    }
+
+    #[test]
+    fn areas_bounding_boxes_and_routes_use_the_registry() {
+        let p = places();
+        let north = sub("areas = [\"north\"]");
+        assert!(north.matches(&event("congestion", "a2", "warning"), &p));
+        assert!(!north.matches(&event("congestion", "b1", "warning"), &p));
+        // An area incident: the area is its subject.
+        assert!(north.matches(&event("area_congestion", "north", "warning"), &p));
+        let bbox = sub("bbox = [56.09, 10.09, 56.11, 10.11]");
+        assert!(bbox.matches(&event("congestion", "a1", "warning"), &p));
+        assert!(!bbox.matches(&event("congestion", "a2", "warning"), &p));
+        assert!(bbox.matches(&event("area_congestion", "north", "warning"), &p));
+        assert!(!bbox.matches(&event("area_congestion", "south", "warning"), &p));
+        assert!(!bbox.matches(&event("congestion", "unregistered", "warning"), &p));
+        let route = sub("route = [\"a2\", \"b1\"]");
+        assert!(route.matches(&event("congestion", "b1", "warning"), &p));
+        assert!(!route.matches(&event("congestion", "a1", "warning"), &p));
+        assert!(route.matches(&event("area_congestion", "north", "warning"), &p));
+    }
+
+    #[test]
+    fn the_topic_is_the_lifecycle_topic_under_the_subscription() {
+        let s = sub("");
+        let e = event("congestion", "a1", "warning");
+        assert_eq!(s.topic("aqyl", &e), "aqyl/subscriptions/s/congestion/a1");
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_the_line() {
+        let err = |text: &str| parse(Path::new("s.toml"), text).unwrap_err().to_string();
+        let name = err("[[subscription]]\nname = \"a/b\"\n");
+        assert!(
+            name.contains("s.toml:1") && name.contains("topic segment"),
+            "{name}"
+        );
+        let bbox = err("\n[[subscription]]\nname = \"x\"\nbbox = [56.2, 10.1, 56.1, 10.2]\n");
+        assert!(
+            bbox.contains("s.toml:2") && bbox.contains("south <= north"),
+            "{bbox}"
+        );
+        let unknown = err("[[subscription]]\nname = \"x\"\nlevel = \"critical\"\n");
+        assert!(
+            unknown.contains("s.toml:3") && unknown.contains("level"),
+            "{unknown}"
+        );
+    }
+
+    #[test]
+    fn names_are_unique_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["a.toml", "b.toml"] {
+            std::fs::write(dir.path().join(f), "[[subscription]]\nname = \"same\"\n").unwrap();
+        }
+        let e = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("b.toml") && e.contains("twice"), "{e}");
+        assert!(load_dir(&dir.path().join("missing")).unwrap().is_empty());
+    }
+}
