@@ -1,0 +1,481 @@
+//! The sensor catalogue as the OGC SensorThings API 1.1 (read), at `/v1.1`, over the live
+//! city state ([`crate::city::state`]) and the sensor types; and each sensor's SOSA/SSN
+//! description as JSON-LD ([`jsonld`]).
+//!
+//! - [`entities`]: the entity sets, ids, links and navigation.
+//! - [`query`]: `$top`, `$skip`, `$count`, `$orderby`, `$select`, `$expand`.
+//! - [`filter`]: the `$filter` parser and evaluator; [`geo`]: its geometry.
+//! - [`path`]: resource paths such as `Things('traffic%2F158324')/Datastreams`.
+//!
+//! Answers follow the standard: collections as `{"value": [...]}` with `@iot.count` when
+//! asked and `@iot.nextLink` while more remain; 404 for an unknown entity or set, 400 with a
+//! message for a query that cannot be answered, both as `{"code", "type": "error",
+//! "message"}`.
+
+pub mod entities;
+pub mod filter;
+pub mod geo;
+pub mod jsonld;
+pub mod path;
+pub mod query;
+
+use crate::city::state::CityState;
+use aqyl_dataflow::SharedRegistry;
+use entities::{navs, Ctx, Ent, Nav, Set};
+use filter::Resolve;
+use query::Options;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// Most entities one request may examine (a filter over every kept Observation of a big
+/// city would otherwise hold a connection for seconds); past it the client is asked to
+/// narrow the request.
+pub const MAX_SCAN: usize = 200_000;
+
+/// What the catalogue reads.
+#[derive(Clone)]
+pub struct Catalogue {
+    /// The live city state.
+    pub state: Arc<CityState>,
+    /// The sensor types (reloaded while running).
+    pub registry: SharedRegistry,
+}
+
+/// An answer: status, content type and body.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Content type.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: String,
+}
+
+impl Answer {
+    fn json(v: &Value) -> Self {
+        Self {
+            status: 200,
+            content_type: "application/json",
+            body: v.to_string(),
+        }
+    }
+
+    /// An error in the standard's shape.
+    pub fn error(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            body: json!({"code": status, "type": "error", "message": message.into()}).to_string(),
+        }
+    }
+}
+
+type Fail = (u16, String);
+
+fn bad(msg: impl Into<String>) -> Fail {
+    (400, msg.into())
+}
+
+fn missing(msg: impl Into<String>) -> Fail {
+    (404, msg.into())
+}
+
+impl Catalogue {
+    /// The request's view: the current sensor types and the sensors now. `root` is
+    /// `http://host`, for links.
+    pub fn ctx(&self, root: &str) -> Ctx {
+        Ctx {
+            registry: self.registry.load_full(),
+            sensors: self.state.sensors(),
+            base: format!("{root}/v1.1"),
+        }
+    }
+
+    /// Answers `GET /v1.1<path>?<query>` (`path` and `query` as sent, still
+    /// percent-encoded).
+    pub fn get(&self, root: &str, path: &str, query: &str) -> Answer {
+        let ctx = self.ctx(root);
+        match answer(&ctx, path, query) {
+            Ok(a) => a,
+            Err((status, message)) => Answer::error(status, message),
+        }
+    }
+}
+
+/// Most sensors one `/api/state` answer lists when no `limit` is given, and at most.
+pub const STATE_LIMIT: usize = 100_000;
+
+impl Catalogue {
+    /// Answers `GET /api/state?<query>`: `type`, `area`, `bbox` select, `offset` and `limit`
+    /// page.
+    pub fn state_answer(&self, query: &str) -> Answer {
+        let params = query::pairs(query);
+        let pairs = params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let sel = match crate::city::select::Selection::from_query(pairs) {
+            Ok(s) => s,
+            Err(e) => return Answer::error(400, e),
+        };
+        let number = |key: &str, default: usize| -> Result<usize, String> {
+            match params.iter().find(|(k, _)| k == key) {
+                None => Ok(default),
+                Some((_, v)) => v
+                    .parse()
+                    .map_err(|_| format!("{key} must be a whole number, got {v:?}")),
+            }
+        };
+        match (number("offset", 0), number("limit", STATE_LIMIT)) {
+            (Ok(offset), Ok(limit)) => {
+                Answer::json(&self.state.select(&sel, offset, limit.min(STATE_LIMIT)))
+            }
+            (Err(e), _) | (_, Err(e)) => Answer::error(400, e),
+        }
+    }
+
+    /// Answers `GET /sensors/<rest>`: a sensor's SOSA/SSN description.
+    pub fn jsonld_answer(&self, root: &str, rest: &str) -> Answer {
+        let Some((ty, id)) = jsonld::parse_path(rest) else {
+            return Answer::error(
+                404,
+                "a sensor's description is at /sensors/<type>/<id>.jsonld (the id percent-encoded)",
+            );
+        };
+        let registry = self.registry.load_full();
+        match (self.state.sensor(&ty, &id), registry.get(&ty)) {
+            (Some(s), Some(t)) => Answer {
+                status: 200,
+                content_type: "application/ld+json",
+                body: jsonld::sensor(root, &s, t).to_string(),
+            },
+            _ => Answer::error(404, format!("no {ty} sensor {id:?} has reported")),
+        }
+    }
+}
+
+/// What a resource path addresses.
+enum Target {
+    Root,
+    /// A whole entity set.
+    Set(Set),
+    /// A navigation collection and its URL.
+    List(Vec<Ent>, String),
+    Entity(Ent),
+    /// A property of an entity (`/name`), or its raw value (`/name/$value`).
+    Property(Ent, String, bool),
+}
+
+fn answer(ctx: &Ctx, path: &str, query: &str) -> Result<Answer, Fail> {
+    let segments = path::parse(path).map_err(bad)?;
+    let params = query::pairs(query);
+    let opts = Options::parse(params.iter().map(|(k, v)| (k.as_str(), v.as_str()))).map_err(bad)?;
+    let mut target = Target::Root;
+    for seg in &segments {
+        target = match (target, seg) {
+            (Target::Root, seg) => {
+                let set = Set::by_name(&seg.name).ok_or_else(|| {
+                    missing(format!(
+                        "no entity set {:?}; there are {}",
+                        seg.name,
+                        Set::ALL.map(Set::name).join(", ")
+                    ))
+                })?;
+                match &seg.id {
+                    Some(id) => Target::Entity(
+                        ctx.by_id(set, id)
+                            .ok_or_else(|| missing(format!("no {} with id {id:?}", set.name())))?,
+                    ),
+                    None => Target::Set(set),
+                }
+            }
+            (Target::Entity(e), seg) if navs(&e).contains(&seg.name.as_str()) => {
+                let link = format!("{}/{}", ctx.self_link(&e), seg.name);
+                match (ctx.navigate(&e, &seg.name), &seg.id) {
+                    (Some(Nav::Many(list)), Some(id)) => Target::Entity(
+                        list.into_iter()
+                            .find(|x| entities::id(x) == *id)
+                            .ok_or_else(|| {
+                                missing(format!("no {} with id {id:?} here", seg.name))
+                            })?,
+                    ),
+                    (Some(Nav::Many(list)), None) => Target::List(list, link),
+                    (Some(Nav::One(Some(x))), None) => Target::Entity(x),
+                    _ => return Err(missing(format!("nothing at {}", seg.name))),
+                }
+            }
+            (Target::Entity(e), seg) if seg.id.is_none() => {
+                if !ctx.json(&e).contains_key(&seg.name) {
+                    return Err(missing(format!(
+                        "{} has no property or navigation {:?}",
+                        entities::set_of(&e).name(),
+                        seg.name
+                    )));
+                }
+                Target::Property(e, seg.name.clone(), false)
+            }
+            (Target::Property(e, name, false), seg) if seg.name == "$value" && seg.id.is_none() => {
+                Target::Property(e, name, true)
+            }
+            (_, seg) => {
+                return Err(bad(format!(
+                    "{:?} cannot follow here: address one entity with (id) before its properties",
+                    seg.name
+                )))
+            }
+        };
+    }
+    let self_url = format!("{}{}", ctx.base, path::canonical(&segments));
+    Ok(match target {
+        Target::Root => Answer::json(&root(ctx)),
+        Target::Set(set) => Answer::json(&collection(
+            ctx,
+            ctx.all(set),
+            &opts,
+            &self_url,
+            Some(&params),
+        )?),
+        Target::List(list, link) => Answer::json(&collection(
+            ctx,
+            list.into_iter(),
+            &opts,
+            &link,
+            Some(&params),
+        )?),
+        Target::Entity(e) => Answer::json(&Value::Object(render(ctx, &e, &opts)?)),
+        Target::Property(e, name, raw) => {
+            let v = ctx.json(&e).remove(&name).unwrap_or(Value::Null);
+            if raw {
+                Answer {
+                    status: 200,
+                    content_type: "text/plain; charset=utf-8",
+                    body: match v {
+                        Value::String(s) => s,
+                        v => v.to_string(),
+                    },
+                }
+            } else {
+                Answer::json(&json!({ name: v }))
+            }
+        }
+    })
+}
+
+/// The service document.
+fn root(ctx: &Ctx) -> Value {
+    json!({
+        "value": Set::ALL.map(|s| json!({"name": s.name(), "url": format!("{}/{}", ctx.base, s.name())})),
+        "serverSettings": {
+            "conformance": [
+                "http://www.opengis.net/spec/iot_sensing/1.1/req/datamodel",
+                "http://www.opengis.net/spec/iot_sensing/1.1/req/resource-path/resource-path-to-entities",
+                "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data",
+            ],
+        },
+    })
+}
+
+/// An entity bound to the request, for `$filter` and `$orderby` paths.
+struct Bound<'a> {
+    ctx: &'a Ctx,
+    ent: &'a Ent,
+    json: std::cell::OnceCell<Value>,
+}
+
+impl<'a> Bound<'a> {
+    fn new(ctx: &'a Ctx, ent: &'a Ent) -> Self {
+        Self {
+            ctx,
+            ent,
+            json: std::cell::OnceCell::new(),
+        }
+    }
+}
+
+impl Resolve for Bound<'_> {
+    fn resolve(&self, path: &[String]) -> Vec<Value> {
+        let Some((first, rest)) = path.split_first() else {
+            return vec![self
+                .json
+                .get_or_init(|| Value::Object(self.ctx.json(self.ent)))
+                .clone()];
+        };
+        if navs(self.ent).contains(&first.as_str()) {
+            let related = match self.ctx.navigate(self.ent, first) {
+                Some(Nav::Many(list)) => list,
+                Some(Nav::One(one)) => one.into_iter().collect(),
+                None => Vec::new(),
+            };
+            let mut out = Vec::new();
+            for e in &related {
+                out.extend(Bound::new(self.ctx, e).resolve(rest));
+                if out.len() >= 10_000 {
+                    break;
+                }
+            }
+            return out;
+        }
+        let json = self
+            .json
+            .get_or_init(|| Value::Object(self.ctx.json(self.ent)));
+        let key = if first == "id" {
+            "@iot.id"
+        } else {
+            first.as_str()
+        };
+        let mut cur = json.get(key);
+        for p in rest {
+            cur = cur.and_then(|v| v.get(p.as_str()));
+        }
+        cur.cloned().into_iter().collect()
+    }
+}
+
+/// A page of a collection with its count and next link. `params` are the request's query
+/// parameters (for the next link); `None` for an expanded collection, whose next link is
+/// its own URL with `$top` and `$skip`.
+fn collection(
+    ctx: &Ctx,
+    items: impl Iterator<Item = Ent>,
+    o: &Options,
+    url: &str,
+    params: Option<&[(String, String)]>,
+) -> Result<Value, Fail> {
+    let page = o.page();
+    // Without an order or a count, stop as soon as the page (and one more) is found.
+    let enough = (o.orderby.is_empty() && !o.count).then(|| o.skip + page + 1);
+    let mut matched: Vec<Ent> = Vec::new();
+    for (examined, e) in items.enumerate() {
+        if examined >= MAX_SCAN {
+            return Err(bad(format!(
+                "the request would examine more than {MAX_SCAN} entities; narrow it (e.g. Datastreams(id)/Observations, or a $filter on a smaller set)"
+            )));
+        }
+        if let Some(f) = &o.filter {
+            if !filter::matches(f, &Bound::new(ctx, &e)) {
+                continue;
+            }
+        }
+        matched.push(e);
+        if enough.is_some_and(|n| matched.len() >= n) {
+            break;
+        }
+    }
+    if !o.orderby.is_empty() {
+        let mut keyed: Vec<(Vec<Value>, Ent)> = matched
+            .into_iter()
+            .map(|e| {
+                let b = Bound::new(ctx, &e);
+                let keys = o
+                    .orderby
+                    .iter()
+                    .map(|(p, _)| b.resolve(p).into_iter().next().unwrap_or(Value::Null))
+                    .collect();
+                drop(b);
+                (keys, e)
+            })
+            .collect();
+        keyed.sort_by(|(a, _), (b, _)| {
+            for (i, (_, desc)) in o.orderby.iter().enumerate() {
+                let ord = filter::compare_values(&a[i], &b[i]);
+                let ord = if *desc { ord.reverse() } else { ord };
+                if ord.is_ne() {
+                    return ord;
+                }
+            }
+            std::cmp::Ordering::Equal
+        });
+        matched = keyed.into_iter().map(|(_, e)| e).collect();
+    }
+    let total = matched.len();
+    let more = total > o.skip + page;
+    let mut values = Vec::new();
+    for e in matched.iter().skip(o.skip).take(page) {
+        values.push(Value::Object(render(ctx, e, o)?));
+    }
+    let mut out = Map::new();
+    if o.count {
+        out.insert("@iot.count".into(), json!(total));
+    }
+    out.insert("value".into(), Value::Array(values));
+    if more {
+        out.insert(
+            "@iot.nextLink".into(),
+            json!(next_link(url, params, o.skip + page, page)),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+fn next_link(url: &str, params: Option<&[(String, String)]>, skip: usize, top: usize) -> String {
+    let mut q: Vec<String> = params
+        .unwrap_or_default()
+        .iter()
+        .filter(|(k, _)| k != "$skip" && k != "$top")
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                path::encode_component(k),
+                path::encode_component(v)
+            )
+        })
+        .collect();
+    q.push(format!("$top={top}"));
+    q.push(format!("$skip={skip}"));
+    format!("{url}?{}", q.join("&"))
+}
+
+/// An entity with its expansions, its properties cut to `$select`.
+fn render(ctx: &Ctx, e: &Ent, o: &Options) -> Result<Map<String, Value>, Fail> {
+    let mut m = ctx.json(e);
+    let mut expanded = Vec::new();
+    for x in &o.expand {
+        let nav = x.nav.as_str();
+        match ctx.navigate(e, nav) {
+            None => {
+                return Err(bad(format!(
+                    "$expand: {} has no navigation property {nav:?}; it has {}",
+                    entities::set_of(e).name(),
+                    navs(e).join(", ")
+                )))
+            }
+            Some(Nav::Many(list)) => {
+                let url = format!("{}/{nav}", ctx.self_link(e));
+                let Value::Object(mut c) =
+                    collection(ctx, list.into_iter(), &x.options, &url, None)?
+                else {
+                    continue;
+                };
+                m.insert(nav.into(), c.remove("value").unwrap_or(Value::Null));
+                for (k, v) in c {
+                    m.insert(format!("{nav}{k}"), v);
+                }
+            }
+            Some(Nav::One(one)) => {
+                let v = match one {
+                    Some(t) => Value::Object(render(ctx, &t, &x.options)?),
+                    None => Value::Null,
+                };
+                m.insert(nav.into(), v);
+            }
+        }
+        expanded.push(nav);
+    }
+    if let Some(names) = &o.select {
+        let keep = |k: &str| {
+            expanded
+                .iter()
+                .any(|n| k == *n || k.starts_with(&format!("{n}@")))
+                || names.iter().any(|n| {
+                    let n = if n == "id" {
+                        "@iot.id"
+                    } else if n == "selfLink" {
+                        "@iot.selfLink"
+                    } else {
+                        n.as_str()
+                    };
+                    k == n || k == format!("{n}@iot.navigationLink")
+                })
+        };
+        m.retain(|k, _| keep(k));
+    }
+    Ok(m)
+}
