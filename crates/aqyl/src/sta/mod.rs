@@ -479,3 +479,189 @@ fn render(ctx: &Ctx, e: &Ent, o: &Options) -> Result<Map<String, Value>, Fail> {
     }
     Ok(m)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::city::state::tests::{obs, schema};
+    use aqyl_core::ingest::decode::Registry;
+    use aqyl_core::ingest::descriptor::SensorType;
+
+    /// A catalogue of `n` traffic sensors (positions along a line, areas alternating), each
+    /// with `readings` readings of avgSpeed and vehicleCount.
+    fn catalogue(n: usize, readings: u64) -> Catalogue {
+        let ty = SensorType::from_toml(
+            std::path::Path::new("traffic.toml"),
+            "name = \"traffic\"\n[[fields]]\nname = \"avgSpeed\"\nunit = \"km/h\"\n[[fields]]\nname = \"vehicleCount\"\n",
+        )
+        .unwrap();
+        let state = CityState::new(16, 1000, None);
+        let sc = schema(&["avgSpeed", "vehicleCount"]);
+        for i in 0..n {
+            for r in 0..readings {
+                let mut o = obs(
+                    "traffic",
+                    &format!("s{i:02}"),
+                    1000 * (r + 1),
+                    &[
+                        ("avgSpeed", (10 * i) as f64 + r as f64),
+                        ("vehicleCount", r as f64),
+                    ],
+                );
+                o.area = Some(if i % 2 == 0 { "even" } else { "odd" }.into());
+                o.location = Some((56.0 + i as f64 * 0.01, 10.0));
+                state.reading(&o, &sc);
+            }
+        }
+        Catalogue {
+            state,
+            registry: aqyl_dataflow::shared(Registry::new(vec![ty])),
+        }
+    }
+
+    fn get(c: &Catalogue, path: &str, query: &str) -> (u16, Value) {
+        let a = c.get("http://h", path, query);
+        (a.status, serde_json::from_str(&a.body).unwrap())
+    }
+
+    fn names(v: &Value) -> Vec<String> {
+        v["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn pages_follow_next_links_to_the_end_with_a_count() {
+        let c = catalogue(7, 1);
+        let (status, first) = get(&c, "/Things", "$top=3&$count=true&token=t");
+        assert_eq!(status, 200);
+        assert_eq!(first["@iot.count"], 7);
+        assert_eq!(names(&first), ["s00", "s01", "s02"]);
+        let mut all = names(&first);
+        let mut next = first["@iot.nextLink"].as_str().unwrap().to_string();
+        assert!(next.contains("token=t"), "{next}");
+        loop {
+            let (path, query) = next
+                .strip_prefix("http://h/v1.1")
+                .unwrap()
+                .split_once('?')
+                .unwrap();
+            let (_, page) = get(&c, path, query);
+            all.extend(names(&page));
+            match page["@iot.nextLink"].as_str() {
+                Some(n) => next = n.to_string(),
+                None => break,
+            }
+        }
+        assert_eq!(all.len(), 7);
+        assert_eq!(all, (0..7).map(|i| format!("s{i:02}")).collect::<Vec<_>>());
+        let (_, past) = get(&c, "/Things", "$skip=10");
+        assert_eq!(past["value"], json!([]));
+        assert!(past.get("@iot.nextLink").is_none());
+    }
+
+    #[test]
+    fn order_select_expand_and_navigation() {
+        let c = catalogue(4, 3);
+        let (_, v) = get(
+            &c,
+            "/Things",
+            "$orderby=properties/area%20desc,name%20desc&$select=name",
+        );
+        assert_eq!(names(&v), ["s03", "s01", "s02", "s00"]);
+        assert_eq!(
+            v["value"][0].as_object().unwrap().len(),
+            1,
+            "only name: {v}"
+        );
+        let (_, ds) = get(
+            &c,
+            "/Things('traffic%2Fs01')/Datastreams",
+            "$filter=ObservedProperty/name%20eq%20'avgSpeed'&$expand=Observations($top=2;$select=result),Thing($select=id)",
+        );
+        let d = &ds["value"][0];
+        assert_eq!(d["name"], "s01/avgSpeed");
+        assert_eq!(d["unitOfMeasurement"]["symbol"], "km/h");
+        assert_eq!(
+            d["Observations"],
+            json!([{"result": 12.0}, {"result": 11.0}]),
+            "newest first"
+        );
+        assert!(d["Observations@iot.nextLink"].is_string());
+        assert_eq!(d["Thing"], json!({"@iot.id": "traffic/s01"}));
+        let (_, o) = get(
+            &c,
+            "/Observations",
+            "$filter=Datastream/Thing/name%20eq%20's02'%20and%20result%20ge%2021&$orderby=result",
+        );
+        let results: Vec<f64> = o["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["result"].as_f64().unwrap())
+            .collect();
+        assert_eq!(results, [21.0, 22.0]);
+        let (_, near) = get(&c, "/Locations", "$filter=geo.distance(location,%20geography'POINT(10%2056.02)')%20lt%200.015&$expand=Things($select=name)");
+        assert_eq!(near["value"].as_array().unwrap().len(), 3, "{near}");
+        let (_, one) = get(
+            &c,
+            "/Datastreams('traffic%2Fs00%2FavgSpeed')/Observations",
+            "$top=1",
+        );
+        let id = one["value"][0]["@iot.id"].as_str().unwrap();
+        let (status, _) = get(&c, &format!("/Observations('{id}')/Datastream/Thing"), "");
+        assert_eq!(status, 200);
+        let (_, name) = get(&c, "/Things('traffic%2Fs00')/name", "");
+        assert_eq!(name, json!({"name": "s00"}));
+        let raw = c.get("http://h", "/Things('traffic%2Fs00')/name/$value", "");
+        assert_eq!(raw.body, "s00");
+        let (_, sensor) = get(&c, "/Sensors('traffic')/Datastreams", "$count=true&$top=0");
+        assert_eq!(sensor["@iot.count"], 8);
+        let (_, root) = get(&c, "", "");
+        assert_eq!(root["value"].as_array().unwrap().len(), Set::ALL.len());
+    }
+
+    #[test]
+    fn errors_are_the_standards_404_and_400_with_a_message() {
+        let c = catalogue(1, 1);
+        for (path, query, status, says) in [
+            ("/Things('traffic%2Fnope')", "", 404, "no Things"),
+            ("/Gadgets", "", 404, "no entity set"),
+            ("/Things('traffic%2Fs00')/Nothing", "", 404, "no property"),
+            ("/Things", "$top=x", 400, "whole number"),
+            ("/Things", "$filter=name%20eq", 400, "$filter"),
+            ("/Things", "$expand=Sensor", 400, "no navigation property"),
+            ("/Things/name", "", 400, "cannot follow"),
+            ("/Things('x", "", 400, "no closing quote"),
+        ] {
+            let (got, body) = get(&c, path, query);
+            assert_eq!(got, status, "{path}?{query}: {body}");
+            assert_eq!(body["code"], status);
+            assert_eq!(body["type"], "error");
+            assert!(
+                body["message"].as_str().unwrap().contains(says),
+                "{path}: {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn state_answers_select_and_page() {
+        let c = catalogue(5, 1);
+        let v: Value = serde_json::from_str(&c.state_answer("area=odd&limit=1").body).unwrap();
+        assert_eq!(v["total"], 2);
+        assert_eq!(v["sensors"][0]["sensor_id"], "s01");
+        assert_eq!(c.state_answer("limit=x").status, 400);
+        assert_eq!(c.state_answer("bbox=9,55,11,56.015").status, 200);
+        let v: Value = serde_json::from_str(&c.state_answer("bbox=9,55,11,56.015").body).unwrap();
+        assert_eq!(v["total"], 2, "s00 and s01 lie in the box");
+        let ld = c.jsonld_answer("http://h", "traffic/s00.jsonld");
+        assert_eq!(ld.status, 200);
+        assert_eq!(ld.content_type, "application/ld+json");
+        assert_eq!(c.jsonld_answer("http://h", "traffic/zz.jsonld").status, 404);
+    }
+}
