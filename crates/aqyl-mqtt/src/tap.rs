@@ -8,40 +8,31 @@
 //! a view that falls behind skips messages (counted) rather than queueing them in the broker.
 
 use aqyl_connect::Connector;
+use aqyl_core::metrics::Metrics;
 use aqyl_core::RawMessage;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-/// What the tap counts.
-#[derive(Debug, Default)]
-pub struct TapCounters {
-    /// Messages handed over.
-    pub taken: AtomicU64,
-    /// Messages skipped because the consumer was behind.
-    pub skipped: AtomicU64,
-}
-
 /// Connects as `<client_id>-city` (in the background, retrying), subscribes to `filters` and
 /// follows its changes (descriptor reloads), and hands each message to `tx` while it has room.
-/// Ends when `tx` closes.
+/// Ends when `tx` closes. Skipped messages are counted in `aqyl_city_readings_skipped_total`.
 pub fn tap(
     connector: &Connector,
     client_id: &str,
     mut filters: watch::Receiver<Vec<String>>,
     tx: mpsc::Sender<RawMessage>,
     max_backoff: Duration,
-) -> (tokio::task::JoinHandle<()>, Arc<TapCounters>) {
+    metrics: Arc<Metrics>,
+) -> tokio::task::JoinHandle<()> {
     let mut options = connector.options(format!("{client_id}-city"));
     options
         .set_keep_alive(Duration::from_secs(30))
         .set_clean_session(true)
         .set_max_packet_size(1 << 24, 1 << 24);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let counters = Arc::new(TapCounters::default());
-    let c = counters.clone();
     let connector = connector.clone();
     let task = tokio::spawn(async move {
         let mut backoff = aqyl_core::backoff::Backoff::new(max_backoff);
@@ -81,10 +72,12 @@ pub fn tap(
                             received_at: now_ms(),
                         };
                         match tx.try_send(msg) {
-                            Ok(()) => c.taken.fetch_add(1, Relaxed),
-                            Err(mpsc::error::TrySendError::Full(_)) => c.skipped.fetch_add(1, Relaxed),
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                metrics.city_readings_skipped.fetch_add(1, Relaxed);
+                            }
                             Err(mpsc::error::TrySendError::Closed(_)) => break,
-                        };
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -96,7 +89,7 @@ pub fn tap(
         }
         let _ = client.try_disconnect();
     });
-    (task, counters)
+    task
 }
 
 fn now_ms() -> i64 {

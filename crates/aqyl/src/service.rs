@@ -107,6 +107,7 @@ async fn run(
             cfg.city.observations,
             cfg.city.max_sensors,
             (!cfg.pipeline.state_ttl.is_zero()).then_some(cfg.pipeline.state_ttl),
+            metrics.clone(),
         )
     });
     let catalogue = city.clone().map(|state| crate::sta::Catalogue {
@@ -227,10 +228,9 @@ async fn run(
         settings.max_backoff,
         metrics.clone(),
     );
-    let client_id = settings.client_id.clone();
     let edge = aqyl_mqtt::connect(settings, intake, metrics.clone());
     let city_tasks = CityTasks(match &city {
-        Some(c) => city_tasks(&loaded, c, &registry, &edge, &out, &client_id, &connections),
+        Some(c) => city_tasks(&loaded, c, &registry, &edge, &out, &connections, &metrics),
         None => Vec::new(),
     });
     let live_task = live_rx.map(|rx| {
@@ -402,8 +402,8 @@ fn city_tasks(
     registry: &aqyl_dataflow::SharedRegistry,
     edge: &aqyl_mqtt::MqttEdge,
     out: &aqyl_mqtt::OutputEdge,
-    client_id: &str,
     connections: &crate::connections::Connections,
+    metrics: &Arc<Metrics>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let cfg = &loaded.config;
     let (tap_tx, tap_rx) = mpsc::channel(crate::city::TAP_QUEUE);
@@ -417,12 +417,14 @@ fn city_tasks(
             let _ = filters_tx.send(reg.load().filters());
         }
     });
-    let (tap, _) = aqyl_mqtt::tap::tap(
+    let client_id = cfg.mqtt.client_id.clone().unwrap_or_else(default_client_id);
+    let tap = aqyl_mqtt::tap::tap(
         &connections.broker,
-        client_id,
+        &client_id,
         filters_rx,
         tap_tx,
         cfg.mqtt.max_reconnect_backoff,
+        metrics.clone(),
     );
     let feed = tokio::spawn(crate::city::feed(
         tap_rx,
@@ -437,6 +439,7 @@ fn city_tasks(
             cfg.outputs.topic_prefix.clone(),
             city.clone(),
             cfg.city.state_interval,
+            metrics.clone(),
         )));
     }
     tasks

@@ -17,6 +17,7 @@
 //! report, id and position.
 
 use super::select::Selection;
+use aqyl_core::metrics::Metrics;
 use aqyl_core::quality::{QualityRecord, QualityReport};
 use aqyl_core::{Event, EventState, Observation};
 use serde_json::{json, Value};
@@ -110,25 +111,16 @@ struct Inner {
     clock: u64,
 }
 
-/// Counters of what the state left out.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Readings of sensors beyond `max_sensors`.
-    pub sensors_refused: AtomicU64,
-    /// Incidents beyond [`MAX_INCIDENTS`].
-    pub incidents_refused: AtomicU64,
-    /// Sensors released after `state_ttl` of silence.
-    pub released: AtomicU64,
-}
-
 /// The live city state (see the module doc).
 pub struct CityState {
     inner: Mutex<Inner>,
     depth: usize,
     max_sensors: usize,
     ttl_ms: Option<u64>,
-    /// What was left out.
-    pub counters: Counters,
+    /// Counts readings, refusals and the sensors kept (`aqyl_city_*`).
+    metrics: Arc<Metrics>,
+    /// Incidents beyond [`MAX_INCIDENTS`] (an area incident is counted once).
+    incidents_refused: AtomicU64,
 }
 
 /// A sensor's state as published on its topic and listed by `/api/state`.
@@ -143,13 +135,19 @@ pub struct Change {
 impl CityState {
     /// An empty state keeping `depth` readings per sensor, at most `max_sensors` sensors, and
     /// releasing sensors silent for `ttl` (event time; `None`: never).
-    pub fn new(depth: usize, max_sensors: usize, ttl: Option<std::time::Duration>) -> Arc<Self> {
+    pub fn new(
+        depth: usize,
+        max_sensors: usize,
+        ttl: Option<std::time::Duration>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner::default()),
             depth: depth.max(1),
             max_sensors,
             ttl_ms: ttl.map(|t| t.as_millis() as u64),
-            counters: Counters::default(),
+            metrics,
+            incidents_refused: AtomicU64::new(0),
         })
     }
 
@@ -172,7 +170,7 @@ impl CityState {
         b.clock = b.clock.max(obs.event_time);
         if !b.sensors.contains_key(&key) {
             if b.sensors.len() >= self.max_sensors {
-                self.counters.sensors_refused.fetch_add(1, Relaxed);
+                self.metrics.city_sensors_refused.fetch_add(1, Relaxed);
                 return;
             }
             let fresh = SensorState {
@@ -184,7 +182,11 @@ impl CityState {
                 quality: None,
             };
             b.sensors.insert(key.clone(), Arc::new(fresh));
+            self.metrics
+                .city_sensors
+                .store(b.sensors.len() as u64, Relaxed);
         }
+        self.metrics.city_readings.fetch_add(1, Relaxed);
         let Some(slot) = b.sensors.get_mut(&key) else {
             return;
         };
@@ -253,7 +255,7 @@ impl CityState {
                 b.incidents.remove(&k);
             }
             _ if !known && b.incidents.len() >= MAX_INCIDENTS => {
-                self.counters.incidents_refused.fetch_add(1, Relaxed);
+                self.incidents_refused.fetch_add(1, Relaxed);
                 return;
             }
             _ => {
@@ -302,8 +304,10 @@ impl CityState {
             b.sensors.remove(&k);
             b.dirty.remove(&k);
             b.released.push(k);
-            self.counters.released.fetch_add(1, Relaxed);
         }
+        self.metrics
+            .city_sensors
+            .store(b.sensors.len() as u64, Relaxed);
     }
 
     /// What changed since the last call: each changed sensor's state once (however often it
@@ -386,6 +390,7 @@ impl CityState {
             "offset": offset,
             "sensors": listed,
             "incidents_under_way": incidents.len(),
+            "incidents_not_kept": self.incidents_refused.load(Relaxed),
         })
     }
 }
@@ -490,7 +495,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_ring_keeps_the_newest_readings_in_event_time_order() {
-        let st = CityState::new(3, 10, None);
+        let st = CityState::new(3, 10, None, Arc::new(Metrics::default()));
         let sc = schema(&["avgSpeed", "vehicleCount"]);
         for t in [5, 1, 3, 4, 2, 4] {
             st.reading(
@@ -509,19 +514,20 @@ pub(crate) mod tests {
 
     #[test]
     fn sensors_beyond_the_limit_are_counted_not_kept() {
-        let st = CityState::new(2, 2, None);
+        let st = CityState::new(2, 2, None, Arc::new(Metrics::default()));
         let sc = schema(&["v"]);
         for id in ["a", "b", "c", "d"] {
             st.reading(&obs("t", id, 1, &[("v", 1.0)]), &sc);
         }
         assert_eq!(st.sensors().len(), 2);
-        assert_eq!(st.counters.sensors_refused.load(Relaxed), 2);
+        assert_eq!(st.metrics.city_sensors_refused.load(Relaxed), 2);
+        assert_eq!(st.metrics.city_sensors.load(Relaxed), 2);
     }
 
     #[test]
     fn changes_are_coalesced_and_released_sensors_are_cleared() {
         let day = std::time::Duration::from_secs(86_400);
-        let st = CityState::new(4, 10, Some(day));
+        let st = CityState::new(4, 10, Some(day), Arc::new(Metrics::default()));
         let sc = schema(&["avgSpeed"]);
         st.reading(&obs("traffic", "a", 1_000, &[("avgSpeed", 50.0)]), &sc);
         st.reading(&obs("traffic", "a", 2_000, &[("avgSpeed", 20.0)]), &sc);
@@ -552,7 +558,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_reload_that_changes_the_fields_keeps_the_values_that_remain() {
-        let st = CityState::new(4, 10, None);
+        let st = CityState::new(4, 10, None, Arc::new(Metrics::default()));
         st.reading(
             &obs("traffic", "a", 1, &[("avgSpeed", 50.0), ("x", 1.0)]),
             &schema(&["avgSpeed", "x"]),
@@ -567,7 +573,7 @@ pub(crate) mod tests {
 
     #[test]
     fn select_filters_and_pages() {
-        let st = CityState::new(2, 10, None);
+        let st = CityState::new(2, 10, None, Arc::new(Metrics::default()));
         let sc = schema(&["v"]);
         for id in ["a", "b", "c"] {
             st.reading(&obs("traffic", id, 1, &[("v", 1.0)]), &sc);

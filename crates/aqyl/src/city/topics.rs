@@ -32,6 +32,7 @@ pub async fn publish(
     prefix: String,
     state: Arc<CityState>,
     interval: Duration,
+    metrics: Arc<aqyl_core::metrics::Metrics>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -42,11 +43,13 @@ pub async fn publish(
         for change in state.take_changes() {
             let payload = change.state.map(|s| s.to_string()).unwrap_or_default();
             let t = topic(&prefix, &change.key);
-            if client
-                .try_publish(t, QoS::AtMostOnce, true, payload)
-                .is_err()
-            {
-                failed.push(change.key);
+            match client.try_publish(t, QoS::AtMostOnce, true, payload) {
+                Ok(()) => {
+                    metrics
+                        .city_states_published
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(_) => failed.push(change.key),
             }
         }
         if !failed.is_empty() {

@@ -496,7 +496,7 @@ mod tests {
             "name = \"traffic\"\n[[fields]]\nname = \"avgSpeed\"\nunit = \"km/h\"\n[[fields]]\nname = \"vehicleCount\"\n",
         )
         .unwrap();
-        let state = CityState::new(16, 1000, None);
+        let state = CityState::new(16, 1000, None, Default::default());
         let sc = schema(&["avgSpeed", "vehicleCount"]);
         for i in 0..n {
             for r in 0..readings {
