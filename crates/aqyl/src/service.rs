@@ -432,17 +432,18 @@ fn city_tasks(
         city.clone(),
         cfg.ingest.max_payload_bytes,
     ));
-    let mut tasks = vec![follow, tap, feed];
-    if !cfg.city.state_interval.is_zero() {
-        tasks.push(tokio::spawn(crate::city::topics::publish(
+    let topics = if cfg.city.state_interval.is_zero() {
+        tokio::spawn(crate::city::topics::sweep(city.clone()))
+    } else {
+        tokio::spawn(crate::city::topics::publish(
             out.client.clone(),
             cfg.outputs.topic_prefix.clone(),
             city.clone(),
             cfg.city.state_interval,
             metrics.clone(),
-        )));
-    }
-    tasks
+        ))
+    };
+    vec![follow, tap, feed, topics]
 }
 
 /// A durable run's moving parts.

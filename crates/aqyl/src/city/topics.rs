@@ -62,6 +62,18 @@ pub async fn publish(
     }
 }
 
+/// Without state topics (`city.state_interval = "0s"`): releases sensors silent for the TTL
+/// every second and drops the changes nobody publishes, until aborted.
+pub async fn sweep(state: Arc<CityState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        state.sweep();
+        state.take_changes();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
