@@ -585,7 +585,14 @@ mod tests {
             right.contains("content-type: text/plain; version=0.0.4"),
             "{right}"
         );
-        for path in ["/", "/api/status", "/events"] {
+        for path in [
+            "/",
+            "/api/status",
+            "/events",
+            "/api/state",
+            "/v1.1/Things",
+            "/sensors/traffic/1.jsonld",
+        ] {
             let page = get(path, "").await;
             assert!(page.starts_with("HTTP/1.1 401"), "{path}: {page}");
         }

@@ -650,6 +650,29 @@ mod tests {
     }
 
     #[test]
+    fn the_catalogue_follows_descriptor_reloads() {
+        let c = catalogue(2, 1);
+        let count =
+            |c: &Catalogue, set: &str| get(c, set, "$count=true&$top=0").1["@iot.count"].clone();
+        assert_eq!(count(&c, "/Datastreams"), 4);
+        // A reload adds a field: every sensor gets its Datastream, empty until it reports.
+        let ty = SensorType::from_toml(
+            std::path::Path::new("traffic.toml"),
+            "name = \"traffic\"\n[[fields]]\nname = \"avgSpeed\"\n[[fields]]\nname = \"vehicleCount\"\n[[fields]]\nname = \"occupancy\"\nunit = \"%\"\n",
+        )
+        .unwrap();
+        c.registry.store(Arc::new(Registry::new(vec![ty])));
+        assert_eq!(count(&c, "/Datastreams"), 6);
+        assert_eq!(count(&c, "/ObservedProperties"), 3);
+        let (_, op) = get(&c, "/ObservedProperties('traffic%2Foccupancy')", "");
+        assert_eq!(op["properties"]["unit"], "%");
+        // A reload that removes the type hides its sensors.
+        c.registry.store(Arc::new(Registry::new(Vec::new())));
+        assert_eq!(count(&c, "/Things"), 0);
+        assert_eq!(get(&c, "/Things('traffic%2Fs00')", "").0, 404);
+    }
+
+    #[test]
     fn state_answers_select_and_page() {
         let c = catalogue(5, 1);
         let v: Value = serde_json::from_str(&c.state_answer("area=odd&limit=1").body).unwrap();
@@ -663,5 +686,66 @@ mod tests {
         assert_eq!(ld.status, 200);
         assert_eq!(ld.content_type, "application/ld+json");
         assert_eq!(c.jsonld_answer("http://h", "traffic/zz.jsonld").status, 404);
+    }
+}
+
+#[cfg(test)]
+mod scale {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Not a benchmark: prints how long typical catalogue requests take over 10,000 sensors
+    /// with full rings (`cargo test -p aqyl --lib scale -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn ten_thousand_sensors() {
+        use crate::city::state::tests::{obs, schema};
+        let ty = aqyl_core::ingest::descriptor::SensorType::from_toml(
+            std::path::Path::new("traffic.toml"),
+            "name = \"traffic\"\n[[fields]]\nname = \"avgSpeed\"\n[[fields]]\nname = \"vehicleCount\"\n[[fields]]\nname = \"avgMeasuredTime\"\n[[fields]]\nname = \"medianMeasuredTime\"\n",
+        )
+        .unwrap();
+        let state = CityState::new(16, 100_000, None, Default::default());
+        let sc = schema(&[
+            "avgSpeed",
+            "vehicleCount",
+            "avgMeasuredTime",
+            "medianMeasuredTime",
+        ]);
+        let t = std::time::Instant::now();
+        for i in 0..10_000 {
+            for r in 0..16u64 {
+                let o = obs(
+                    "traffic",
+                    &format!("{i}"),
+                    1000 * (r + 1),
+                    &[
+                        ("avgSpeed", r as f64),
+                        ("vehicleCount", 1.0),
+                        ("avgMeasuredTime", 2.0),
+                        ("medianMeasuredTime", 3.0),
+                    ],
+                );
+                state.reading(&o, &sc);
+            }
+        }
+        println!("160,000 readings taken in {:?}", t.elapsed());
+        let c = Catalogue {
+            state,
+            registry: aqyl_dataflow::shared(aqyl_core::ingest::decode::Registry::new(vec![ty])),
+        };
+        for (path, query) in [
+            ("/Things", "$count=true&$top=100"),
+            ("/Datastreams", "$filter=ObservedProperty/name%20eq%20'avgSpeed'&$count=true"),
+            ("/Things", "$filter=geo.intersects(Locations/location,geography'POLYGON((10.1%2056.1,10.3%2056.1,10.3%2056.2,10.1%2056.2,10.1%2056.1))')&$count=true"),
+            ("/Datastreams('traffic%2F5000%2FavgSpeed')/Observations", ""),
+        ] {
+            let t = std::time::Instant::now();
+            let a = c.get("http://h", path, query);
+            println!("{path}?{query}: {} in {:?} ({} bytes)", a.status, t.elapsed(), a.body.len());
+        }
+        let t = std::time::Instant::now();
+        let v = c.state_answer("");
+        println!("/api/state: {} bytes in {:?}", v.body.len(), t.elapsed());
     }
 }
