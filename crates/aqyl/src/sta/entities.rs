@@ -96,6 +96,11 @@ pub enum Nav {
     One(Option<Ent>),
 }
 
+/// Most entities one request may visit (examined, navigated to, rendered): nested `$expand`
+/// items and `$filter` paths through navigation multiply, and a URL must not make a request
+/// visit the whole city many times over.
+pub const MAX_WORK: usize = 1_000_000;
+
 /// What a request sees: the sensor types and the sensors as they were when it came.
 pub struct Ctx {
     /// The current sensor types.
@@ -104,9 +109,23 @@ pub struct Ctx {
     pub sensors: Vec<Arc<SensorState>>,
     /// `http://host/v1.1`, for links.
     pub base: String,
+    /// Entities visited so far (see [`MAX_WORK`]).
+    pub work: std::cell::Cell<usize>,
 }
 
 impl Ctx {
+    /// Counts `n` more entities visited; false once the request has visited too many.
+    pub fn spend(&self, n: usize) -> bool {
+        let w = self.work.get().saturating_add(n);
+        self.work.set(w);
+        w <= MAX_WORK
+    }
+
+    /// Whether the request has visited more than [`MAX_WORK`] entities.
+    pub fn exhausted(&self) -> bool {
+        self.work.get() > MAX_WORK
+    }
+
     fn ty(&self, name: &str) -> Option<&SensorType> {
         self.registry.get(name)
     }
@@ -208,6 +227,26 @@ impl Ctx {
 
     /// Follows the navigation property `nav` of `e`; `None` when `e` has no such property.
     pub fn navigate(&self, e: &Ent, nav: &str) -> Option<Nav> {
+        let found = self.navigate_uncounted(e, nav)?;
+        self.spend(match &found {
+            Nav::Many(list) => list.len().max(1),
+            Nav::One(_) => 1,
+        });
+        Some(found)
+    }
+
+    fn navigate_uncounted(&self, e: &Ent, nav: &str) -> Option<Nav> {
+        if self.exhausted() {
+            return Some(match e {
+                Ent::Datastream(..) | Ent::Observation(..)
+                    if matches!(nav, "Thing" | "Sensor" | "ObservedProperty" | "Datastream") =>
+                {
+                    Nav::One(None)
+                }
+                _ => Nav::Many(Vec::new()),
+            })
+            .filter(|_| navs(e).contains(&nav));
+        }
         use Nav::*;
         Some(match (e, nav) {
             (Ent::Thing(s), "Datastreams") => Many(

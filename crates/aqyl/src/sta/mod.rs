@@ -89,6 +89,7 @@ impl Catalogue {
             registry: self.registry.load_full(),
             sensors: self.state.sensors(),
             base: format!("{root}/v1.1"),
+            work: std::cell::Cell::new(0),
         }
     }
 
@@ -97,6 +98,13 @@ impl Catalogue {
     pub fn get(&self, root: &str, path: &str, query: &str) -> Answer {
         let ctx = self.ctx(root);
         match answer(&ctx, path, query) {
+            _ if ctx.exhausted() => Answer::error(
+                400,
+                format!(
+                    "the request would visit more than {} entities (nested $expand, or $filter paths through navigation); narrow it",
+                    entities::MAX_WORK
+                ),
+            ),
             Ok(a) => a,
             Err((status, message)) => Answer::error(status, message),
         }
@@ -299,6 +307,9 @@ impl Resolve for Bound<'_> {
                 .clone()];
         };
         if navs(self.ent).contains(&first.as_str()) {
+            if self.ctx.exhausted() {
+                return Vec::new();
+            }
             let related = match self.ctx.navigate(self.ent, first) {
                 Some(Nav::Many(list)) => list,
                 Some(Nav::One(one)) => one.into_iter().collect(),
@@ -344,7 +355,7 @@ fn collection(
     let enough = (o.orderby.is_empty() && !o.count).then(|| o.skip + page + 1);
     let mut matched: Vec<Ent> = Vec::new();
     for (examined, e) in items.enumerate() {
-        if examined >= MAX_SCAN {
+        if examined >= MAX_SCAN || !ctx.spend(1) {
             return Err(bad(format!(
                 "the request would examine more than {MAX_SCAN} entities; narrow it (e.g. Datastreams(id)/Observations, or a $filter on a smaller set)"
             )));
@@ -425,6 +436,9 @@ fn next_link(url: &str, params: Option<&[(String, String)]>, skip: usize, top: u
 
 /// An entity with its expansions, its properties cut to `$select`.
 fn render(ctx: &Ctx, e: &Ent, o: &Options) -> Result<Map<String, Value>, Fail> {
+    if !ctx.spend(1) {
+        return Err(bad("the answer would hold too many entities"));
+    }
     let mut m = ctx.json(e);
     let mut expanded = Vec::new();
     for x in &o.expand {
@@ -647,6 +661,34 @@ mod tests {
                 "{path}: {body}"
             );
         }
+    }
+
+    #[test]
+    fn hostile_expands_and_navigation_chains_are_cut_off_with_a_400() {
+        let c = catalogue(300, 16);
+        // Four levels, eight items at each: each Thing's answer would repeat the same
+        // entities thousands of times.
+        let level = |nav: &str, inner: &str| format!("{nav}($expand={})", [inner; 8].join(","));
+        let l3 = level("Datastreams", "Thing");
+        let l2 = level("Thing", &l3);
+        let l1 = level("Datastreams", &l2);
+        let many = [l1.as_str(); 8].join(",");
+        let (status, body) = get(&c, "/Things", &format!("$top=1000&$expand={many}"));
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("more than"),
+            "{body}"
+        );
+        let chain = "Datastreams/Thing/".repeat(12) + "nothing";
+        let (status, body) = get(&c, "/Sensors", &format!("$filter={chain}%20eq%201"));
+        assert_eq!(status, 400, "{body}");
+        // An ordinary request is far from the limit.
+        let (status, _) = get(
+            &c,
+            "/Things",
+            "$expand=Datastreams($expand=Observations($top=3))",
+        );
+        assert_eq!(status, 200);
     }
 
     #[test]
