@@ -165,15 +165,19 @@ fn live_city_state_is_served_by_area_and_box_and_retained_per_sensor_coalesced()
     let (status_code, _) = get(&format!("{}/v1.1/Things", aqyl.http));
     assert_eq!(status_code, 401, "so does the catalogue");
     let url = |q: &str| format!("{}/api/state?{token}&{q}", aqyl.http);
-    wait_until(WAIT, "three sensors with the congestion under way", || {
-        let v = get_json(&url("type=traffic"));
-        v["total"] == 3
-            && v["sensors"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|s| s["incidents"].as_array().is_some_and(|i| !i.is_empty()))
-    });
+    wait_until(
+        WAIT,
+        "three sensors, a quality report and the congestion",
+        || {
+            let v = get_json(&url("type=traffic"));
+            v["total"] == 3
+                && v["sensors"].as_array().unwrap().iter().any(|s| {
+                    s["incidents"].as_array().is_some_and(|i| i.len() == 3)
+                        && s["quality"]["score"].is_number()
+                        && s["reading"]["time"] == "2014-08-01T06:35:00.000Z"
+                })
+        },
+    );
     let v = get_json(&url("type=traffic"));
     let congested = v["sensors"]
         .as_array()
