@@ -120,6 +120,18 @@ fn frost_sta_client_lists_filters_and_reads_the_catalogue_of_a_simulated_city() 
     assert_eq!(ld["sosa:observes"].as_array().unwrap().len(), 4, "{ld}");
     assert!(ld["sosa:isHostedBy"]["geo:lat"].is_number(), "{ld}");
     assert!(!ld["sosa:madeObservation"].as_array().unwrap().is_empty());
+    let negotiated = reqwest::blocking::Client::new()
+        .get(format!("{}/v1.1/Things('traffic%2F158324')", aqyl.http))
+        .header("accept", "application/ld+json")
+        .send()
+        .unwrap();
+    assert_eq!(
+        negotiated.headers()["content-type"],
+        "application/ld+json",
+        "content negotiation"
+    );
+    let negotiated: Value = negotiated.json().unwrap();
+    assert_eq!(negotiated["@id"], ld["@id"]);
 }
 
 /// A config of `config_dir` with the traffic rules and a bearer token.

@@ -11,7 +11,7 @@
 //! | `GET /ready` | `ready`, or 503 while recovery runs or the ingest subscription is not in place |
 //! | `GET /api/state?type=&area=&bbox=&limit=&offset=` | the live city state ([`crate::city`]) |
 //! | `GET /v1.1/...` | the sensor catalogue, OGC SensorThings API 1.1 ([`crate::sta`]) |
-//! | `GET /sensors/<type>/<id>.jsonld` | a sensor's SOSA/SSN description |
+//! | `GET /sensors/<type>/<id>.jsonld` | a sensor's SOSA/SSN description (also `GET /v1.1/Things(id)` with `Accept: application/ld+json`) |
 //!
 //! With `http.token` (or `http.token_file`), `/metrics`, the page, its data and the city
 //! services answer only
@@ -312,7 +312,19 @@ async fn sensor_things(State(state): State<AppState>, request: Request) -> Respo
         .unwrap_or_default()
         .to_string();
     let query = uri.query().unwrap_or_default().to_string();
-    off_runtime(move || city.get(&root, &path, &query)).await
+    // A Thing asked for as JSON-LD is its SOSA/SSN description (content negotiation).
+    let ld = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/ld+json"));
+    off_runtime(
+        move || match ld.then(|| city.thing_jsonld(&root, &path)).flatten() {
+            Some(answer) => answer,
+            None => city.get(&root, &path, &query),
+        },
+    )
+    .await
 }
 
 async fn city_state(State(state): State<AppState>, request: Request) -> Response {

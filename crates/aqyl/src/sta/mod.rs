@@ -140,6 +140,20 @@ impl Catalogue {
         }
     }
 
+    /// Answers `GET /v1.1/Things(<id>)` asked for with `Accept: application/ld+json` (content
+    /// negotiation): the Thing's SOSA/SSN description; `None` for any other path.
+    pub fn thing_jsonld(&self, root: &str, path: &str) -> Option<Answer> {
+        let segments = path::parse(path).ok()?;
+        let [path::Segment { name, id: Some(id) }] = segments.as_slice() else {
+            return None;
+        };
+        if name != "Things" {
+            return None;
+        }
+        let (ty, sensor) = id.split_once('/')?;
+        Some(self.describe(root, ty, sensor))
+    }
+
     /// Answers `GET /sensors/<rest>`: a sensor's SOSA/SSN description.
     pub fn jsonld_answer(&self, root: &str, rest: &str) -> Answer {
         let Some((ty, id)) = jsonld::parse_path(rest) else {
@@ -148,8 +162,12 @@ impl Catalogue {
                 "a sensor's description is at /sensors/<type>/<id>.jsonld (the id percent-encoded)",
             );
         };
+        self.describe(root, &ty, &id)
+    }
+
+    fn describe(&self, root: &str, ty: &str, id: &str) -> Answer {
         let registry = self.registry.load_full();
-        match (self.state.sensor(&ty, &id), registry.get(&ty)) {
+        match (self.state.sensor(ty, id), registry.get(ty)) {
             (Some(s), Some(t)) => Answer {
                 status: 200,
                 content_type: "application/ld+json",
@@ -728,6 +746,11 @@ mod tests {
         assert_eq!(ld.status, 200);
         assert_eq!(ld.content_type, "application/ld+json");
         assert_eq!(c.jsonld_answer("http://h", "traffic/zz.jsonld").status, 404);
+        let negotiated = c
+            .thing_jsonld("http://h", "/Things('traffic%2Fs00')")
+            .unwrap();
+        assert_eq!(negotiated.body, ld.body);
+        assert!(c.thing_jsonld("http://h", "/Things").is_none());
     }
 }
 
