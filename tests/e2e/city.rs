@@ -137,12 +137,7 @@ fn frost_sta_client_lists_filters_and_reads_the_catalogue_of_a_simulated_city() 
 /// A config of `config_dir` with the traffic rules and a bearer token.
 fn traffic_config(extra: &str) -> tempfile::TempDir {
     let dir = config_dir(1);
-    std::fs::create_dir(dir.path().join("rules")).unwrap();
-    std::fs::copy(
-        repo().join("config/rules/traffic.toml"),
-        dir.path().join("rules/traffic.toml"),
-    )
-    .unwrap();
+    super::with_traffic_rules(dir.path());
     let file = dir.path().join("aqyl.toml");
     let mut text = std::fs::read_to_string(&file).unwrap();
     text = text.replace("[pipeline]\n", "[pipeline]\nstate_ttl = \"1h\"\n");

@@ -232,6 +232,16 @@ impl Drop for Aqyl {
     }
 }
 
+/// Adds the shipped traffic rules to a config directory of [`config_dir`].
+fn with_traffic_rules(dir: &Path) {
+    std::fs::create_dir(dir.join("rules")).unwrap();
+    std::fs::copy(
+        repo().join("config/rules/traffic.toml"),
+        dir.join("rules/traffic.toml"),
+    )
+    .unwrap();
+}
+
 /// A CityPulse traffic row of segment `id` at Unix second `unix_s`, in Copenhagen local time
 /// as the shipped descriptor reads it.
 fn citypulse_row(id: &str, unix_s: i64, speed: u32, vehicles: u32) -> (String, Vec<u8>) {
@@ -984,12 +994,7 @@ fn incidents_are_published_kept_for_late_subscribers_and_cleared_when_over() {
     let mqtt = Mosquitto::start();
     let vm = VictoriaMetrics::start();
     let dir = config_dir(1);
-    std::fs::create_dir(dir.path().join("rules")).unwrap();
-    std::fs::copy(
-        repo().join("config/rules/traffic.toml"),
-        dir.path().join("rules/traffic.toml"),
-    )
-    .unwrap();
+    with_traffic_rules(dir.path());
     // The readings below repeat the same values, which quality scoring rightly calls stuck;
     // this test counts the rule incidents only (quality incidents have their own test).
     let config = dir.path().join("aqyl.toml");

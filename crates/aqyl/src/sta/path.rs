@@ -23,7 +23,7 @@ pub fn parse(raw: &str) -> Result<Vec<Segment>, String> {
     if raw.len() > MAX_LEN {
         return Err(format!("the path is longer than {MAX_LEN} bytes"));
     }
-    let text = decode(raw);
+    let text = super::query::percent_decode(raw, false);
     let chars: Vec<char> = text.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -95,29 +95,6 @@ pub fn canonical(segments: &[Segment]) -> String {
             None => format!("/{}", s.name),
         })
         .collect()
-}
-
-/// `%XX` decoded (a path: `+` stays).
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            if let Some(b) = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A query component percent-encoded (all but unreserved characters and `$`).

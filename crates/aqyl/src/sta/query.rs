@@ -209,6 +209,12 @@ fn split_top(text: &str, sep: char) -> Result<Vec<String>, String> {
 
 /// Decodes `%XX` and `+` of a query component.
 pub fn decode_component(s: &str) -> String {
+    percent_decode(s, true)
+}
+
+/// Decodes `%XX` (an invalid escape stays as written), and `+` as a space when `plus` (query
+/// components; a path keeps its `+`). Bytes that are not UTF-8 become U+FFFD.
+pub fn percent_decode(s: &str, plus: bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -226,7 +232,7 @@ pub fn decode_component(s: &str) -> String {
                 }
                 None => out.push(b'%'),
             },
-            b'+' => out.push(b' '),
+            b'+' if plus => out.push(b' '),
             b => out.push(b),
         }
         i += 1;
