@@ -1,6 +1,8 @@
 //! Which sensors a client asks about: by sensor type, by area and by bounding box. Written
-//! once here for `/api/state`; anything else that selects by place (subscriptions) uses the
-//! same [`Selection`].
+//! once here for `/api/state`; anything else that selects by place uses the same
+//! [`Selection`] (incidents through
+//! [`CityState::incident_selected`](super::state::CityState::incident_selected), which finds
+//! their sensors' positions: what contextual subscriptions need).
 
 use std::fmt;
 

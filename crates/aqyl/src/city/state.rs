@@ -364,6 +364,32 @@ impl CityState {
         self.lock().incidents.values().cloned().collect()
     }
 
+    /// Whether an incident lies in a selection: its sensor type, its area (an area incident's
+    /// subject is the area), and for a box the position of its sensor, or of any sensor of its
+    /// area. What contextual subscriptions select incidents by.
+    pub fn incident_selected(&self, sel: &Selection, e: &Event) -> bool {
+        let b = self.lock();
+        let own = b.sensors.get(&SensorKey {
+            sensor_type: e.sensor_type.clone(),
+            sensor_id: e.subject.clone(),
+        });
+        let area = e
+            .area
+            .as_deref()
+            .or(own.and_then(|s| s.area.as_deref()))
+            .or(own.is_none().then_some(e.subject.as_str()));
+        match (own, sel.bbox) {
+            (Some(s), _) => sel.matches(&e.sensor_type, area, s.position),
+            (None, None) => sel.matches(&e.sensor_type, area, None),
+            // An area incident: in the box when one of the area's sensors is.
+            (None, Some(_)) => b
+                .sensors
+                .values()
+                .filter(|s| s.area.as_deref() == Some(e.subject.as_str()))
+                .any(|s| sel.matches(&e.sensor_type, area, s.position)),
+        }
+    }
+
     /// `/api/state`: the selected sensors' states, `offset` and `limit` applied, with the
     /// number selected.
     pub fn select(&self, sel: &Selection, offset: usize, limit: usize) -> Value {
@@ -569,6 +595,26 @@ pub(crate) mod tests {
         assert_eq!(s.value(&s.readings[0], "avgSpeed"), Some(50.0));
         assert_eq!(s.value(&s.readings[0], "x"), None);
         assert_eq!(s.value(&s.readings[1], "vehicleCount"), Some(7.0));
+    }
+
+    #[test]
+    fn incidents_are_selected_by_type_area_and_the_box_of_their_sensors() {
+        let st = CityState::new(2, 10, None, Arc::new(Metrics::default()));
+        st.reading(&obs("traffic", "a", 1, &[("v", 1.0)]), &schema(&["v"]));
+        let sel = |q: &[(&str, &str)]| Selection::from_query(q.iter().copied()).unwrap();
+        let own = event("a", EventState::Start);
+        let mut area = event("north", EventState::Start);
+        area.area = None;
+        let inside = [("bbox", "10.1,56.1,10.3,56.2")];
+        let outside = [("bbox", "0,0,1,1")];
+        for e in [&own, &area] {
+            assert!(st.incident_selected(&sel(&[("type", "traffic")]), e));
+            assert!(!st.incident_selected(&sel(&[("type", "parking")]), e));
+            assert!(st.incident_selected(&sel(&[("area", "north")]), e), "{e:?}");
+            assert!(!st.incident_selected(&sel(&[("area", "south")]), e));
+            assert!(st.incident_selected(&sel(&inside), e), "{e:?}");
+            assert!(!st.incident_selected(&sel(&outside), e));
+        }
     }
 
     #[test]
