@@ -8,8 +8,8 @@ use aqyl_sim::sensors::{CityConfig, SensorType};
 use aqyl_sim::simulation::{SimConfig, Simulation};
 use aqyl_tests::{publish, shipped_config, wait_until, Mosquitto, Subscriber, VictoriaMetrics};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// The Python of the virtualenv `tests/run` makes (`AQYL_TEST_PYTHON`, or
 /// `<target>/sta-venv/bin/python` beside the binary under test).
@@ -48,6 +48,12 @@ fn frost_sta_client_lists_filters_and_reads_the_catalogue_of_a_simulated_city() 
     let vm = VictoriaMetrics::start();
     let config = shipped_config();
     let aqyl = Aqyl::online(&config.path().join("aqyl.toml"), &mqtt, &vm);
+    // The city tap has a connection of its own: readings published before it subscribed
+    // would not reach the catalogue.
+    wait_until(WAIT, "the city tap's subscriptions", || {
+        aqyl.metric("aqyl_city_subscriptions ")
+            .is_some_and(|n| n > 0)
+    });
 
     // aqyl-sim's city: 3 sensors of each of the five types over two hours of readings.
     let city = CityConfig {
@@ -65,26 +71,43 @@ fn frost_sta_client_lists_filters_and_reads_the_catalogue_of_a_simulated_city() 
     publish(mqtt.port, &msgs);
     let sensors: std::collections::BTreeSet<&str> = msgs.iter().map(|(t, _)| t.as_str()).collect();
 
-    // Wait until the catalogue has every sensor and its readings stop changing.
+    // Wait until the catalogue has every sensor's last reading (its time as Aqyl's own
+    // decoder reads it; the client below compares the values independently).
+    let loaded = aqyl_core::config::load(&config.path().join("aqyl.toml"), |_| None).unwrap();
+    let registry = aqyl_core::ingest::decode::Registry::new(loaded.sensor_types.clone());
+    let mut last: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (topic, payload) in &msgs {
+        let raw = aqyl_core::RawMessage {
+            topic: topic.clone(),
+            payload: payload.clone(),
+            received_at: 0,
+        };
+        for o in registry.decode(&raw, 1 << 20).unwrap() {
+            let t = last
+                .entry((o.sensor_type.to_string(), o.sensor_id))
+                .or_default();
+            *t = (*t).max(o.event_time);
+        }
+    }
+    assert_eq!(last.len(), sensors.len());
     let state = format!("{}/api/state", aqyl.http);
-    let readings = || -> Vec<Value> {
+    wait_until(WAIT, "every simulated sensor's last reading", || {
         let v = get_json(&state);
-        v["sensors"]
+        let now: BTreeMap<(String, String), Value> = v["sensors"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|s| s["reading"].clone())
-            .collect()
-    };
-    let mut last = Vec::new();
-    wait_until(WAIT, "every simulated sensor's latest reading", || {
-        let now = readings();
-        let settled = now.len() == sensors.len() && now == last;
-        last = now;
-        if !settled {
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        settled
+            .map(|s| {
+                let key = (
+                    s["sensor_type"].as_str().unwrap().to_string(),
+                    s["sensor_id"].as_str().unwrap().to_string(),
+                );
+                (key, s["reading"]["time"].clone())
+            })
+            .collect();
+        last.iter().all(|(k, t)| {
+            now.get(k) == Some(&Value::from(aqyl_core::output::rfc3339_ms(*t as i64)))
+        })
     });
 
     let published: Vec<Value> = msgs
@@ -154,6 +177,14 @@ fn live_city_state_is_served_by_area_and_box_and_retained_per_sensor_coalesced()
     let status = Subscriber::start(mqtt.port, "aqyl/status");
     let aqyl = Aqyl::start_with(&dir.path().join("aqyl.toml"), &mqtt.url(), None);
     aqyl.wait_online(&status);
+    wait_until(WAIT, "the city tap's subscriptions", || {
+        reqwest::blocking::Client::new()
+            .get(format!("{}/metrics", aqyl.http))
+            .bearer_auth("city-token")
+            .send()
+            .and_then(|r| r.text())
+            .is_ok_and(|m| m.lines().any(|l| l == "aqyl_city_subscriptions 1"))
+    });
 
     // Segment 158324 congested (20 readings in one burst), 158325 flowing, and a hostile id.
     let t0 = 1_406_869_200; // 2014-08-01 05:00 UTC

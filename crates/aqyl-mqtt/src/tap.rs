@@ -65,6 +65,9 @@ pub fn tap(
                             tracing::warn!(error = %e, "The city tap could not queue its subscriptions.");
                         }
                     }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        metrics.city_subscriptions.store(current.len() as u64, Relaxed);
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let msg = RawMessage {
                             topic: p.topic.clone(),
@@ -81,6 +84,7 @@ pub fn tap(
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        metrics.city_subscriptions.store(0, Relaxed);
                         tracing::warn!(error = %connector.explain(&e), retry_in_ms = backoff.current().as_millis() as u64, "The city tap's MQTT connection failed; reconnecting.");
                         tokio::time::sleep(backoff.next_wait()).await;
                     }
