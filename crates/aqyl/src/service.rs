@@ -431,6 +431,7 @@ fn city_tasks(
         registry.clone(),
         city.clone(),
         cfg.ingest.max_payload_bytes,
+        (!cfg.ingest.max_future.is_zero()).then_some(cfg.ingest.max_future),
     ));
     let topics = if cfg.city.state_interval.is_zero() {
         tokio::spawn(crate::city::topics::sweep(city.clone()))

@@ -26,12 +26,16 @@ pub const TAP_QUEUE: usize = 8192;
 
 /// Decodes each tapped message with the current registry and takes its readings into
 /// `state`, until `rx` closes. Messages no descriptor accepts are the pipeline's business
-/// (it dead-letters them); here they are passed over.
+/// (it dead-letters them); here they are passed over, and so are readings stamped further
+/// ahead of their receipt than `max_future` (`ingest.max_future`, as the pipeline refuses
+/// them): one sensor with a clock in 2099 would otherwise move the state's clock and release
+/// every other sensor.
 pub async fn feed(
     mut rx: mpsc::Receiver<RawMessage>,
     registry: SharedRegistry,
     state: Arc<CityState>,
     max_payload: usize,
+    max_future: Option<std::time::Duration>,
 ) {
     let mut schemas = Schemas::default();
     let mut decoded = Vec::new();
@@ -42,6 +46,13 @@ pub async fn feed(
             continue;
         }
         for obs in &decoded {
+            let ahead = max_future.is_some_and(|m| {
+                obs.event_time
+                    > (msg.received_at.max(0) as u64).saturating_add(m.as_millis() as u64)
+            });
+            if ahead {
+                continue;
+            }
             if let Some(schema) = schemas.of(&reg, &obs.sensor_type) {
                 state.reading(obs, &schema);
             }
@@ -93,4 +104,56 @@ pub fn tee<T: Send + 'static>(
         }
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use aqyl_core::ingest::descriptor::SensorType;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_sensor_clock_in_2099_neither_enters_nor_releases_the_city() {
+        let ty = SensorType::from_toml(
+            std::path::Path::new("traffic.toml"),
+            "name = \"traffic\"\n[time]\nfield = \"/TIMESTAMP\"\nformat = \"%Y-%m-%dT%H:%M:%S\"\ntimezone = \"Europe/Copenhagen\"\n[[fields]]\nname = \"avgSpeed\"\n",
+        )
+        .unwrap();
+        let registry = aqyl_dataflow::shared(Registry::new(vec![ty]));
+        let state = CityState::new(4, 10, Some(Duration::from_secs(3600)), Default::default());
+        let (tx, rx) = mpsc::channel(8);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        for (id, at) in [
+            ("ok", "2014-08-01T07:00:00"),
+            ("clock", "2099-01-01T00:00:00"),
+        ] {
+            tx.send(RawMessage {
+                topic: format!("city/traffic/{id}"),
+                payload: format!(r#"{{"avgSpeed":50,"TIMESTAMP":"{at}"}}"#).into_bytes(),
+                received_at: now,
+            })
+            .await
+            .unwrap();
+        }
+        drop(tx);
+        feed(
+            rx,
+            registry,
+            state.clone(),
+            65536,
+            Some(Duration::from_secs(300)),
+        )
+        .await;
+        state.sweep();
+        let ids: Vec<String> = state
+            .sensors()
+            .iter()
+            .map(|s| s.key.sensor_id.clone())
+            .collect();
+        assert_eq!(ids, ["ok"]);
+    }
 }

@@ -415,7 +415,8 @@ fn collection(
         matched = keyed.into_iter().map(|(_, e)| e).collect();
     }
     let total = matched.len();
-    let more = total > o.skip + page;
+    // `$top=0` asks for the count alone: no next link, or a client would follow it for ever.
+    let more = page > 0 && total > o.skip + page;
     let mut values = Vec::new();
     for e in matched.iter().skip(o.skip).take(page) {
         values.push(Value::Object(render(ctx, e, o)?));
@@ -591,6 +592,11 @@ mod tests {
         }
         assert_eq!(all.len(), 7);
         assert_eq!(all, (0..7).map(|i| format!("s{i:02}")).collect::<Vec<_>>());
+        let (_, none) = get(&c, "/Things", "$top=0&$count=true");
+        assert_eq!(
+            (none["@iot.count"].clone(), none.get("@iot.nextLink")),
+            (json!(7), None)
+        );
         let (_, past) = get(&c, "/Things", "$skip=10");
         assert_eq!(past["value"], json!([]));
         assert!(past.get("@iot.nextLink").is_none());
