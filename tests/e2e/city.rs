@@ -3,10 +3,12 @@
 //! by `aqyl-sim`'s city, and the live city state on `/api/state` and the retained
 //! `aqyl/state/<sensor_type>/<sensor_id>` topics, over a real Mosquitto.
 
-use super::{citypulse_row, config_dir, repo, Aqyl, AQYL, WAIT};
+use super::{config_dir, repo, Aqyl, AQYL, WAIT};
 use aqyl_sim::sensors::{CityConfig, SensorType};
 use aqyl_sim::simulation::{SimConfig, Simulation};
-use aqyl_tests::{publish, shipped_config, wait_until, Mosquitto, Subscriber, VictoriaMetrics};
+use aqyl_tests::{
+    citypulse_row, publish, shipped_config, wait_until, Mosquitto, Subscriber, VictoriaMetrics,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

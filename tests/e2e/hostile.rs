@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// A CityPulse traffic row of segment `id` at Unix second `t`, 5 vehicles.
 pub(super) fn row(id: &str, t: i64, speed: u32) -> (String, Vec<u8>) {
-    super::citypulse_row(id, t, speed, 5)
+    aqyl_tests::citypulse_row(id, t, speed, 5)
 }
 
 fn now_s() -> i64 {

@@ -25,7 +25,7 @@ fn next_second() -> i64 {
 
 /// A CityPulse row of `SEGMENT` at `unix_s`.
 fn reading(unix_s: i64, speed: u32, vehicles: u32) -> (String, Vec<u8>) {
-    super::citypulse_row(SEGMENT, unix_s, speed, vehicles)
+    aqyl_tests::citypulse_row(SEGMENT, unix_s, speed, vehicles)
 }
 
 fn json(payload: &[u8]) -> serde_json::Value {

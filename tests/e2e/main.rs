@@ -242,20 +242,6 @@ fn with_traffic_rules(dir: &Path) {
     .unwrap();
 }
 
-/// A CityPulse traffic row of segment `id` at Unix second `unix_s`, in Copenhagen local time
-/// as the shipped descriptor reads it.
-fn citypulse_row(id: &str, unix_s: i64, speed: u32, vehicles: u32) -> (String, Vec<u8>) {
-    use chrono::TimeZone;
-    let local = chrono_tz::Europe::Copenhagen
-        .timestamp_opt(unix_s, 0)
-        .unwrap()
-        .format("%Y-%m-%dT%H:%M:%S");
-    let payload = format!(
-        r#"{{"status":"OK","avgMeasuredTime":60,"avgSpeed":{speed},"extID":668,"medianMeasuredTime":60,"TIMESTAMP":"{local}","vehicleCount":{vehicles},"_id":1,"REPORT_ID":1}}"#
-    );
-    (format!("city/traffic/{id}"), payload.into_bytes())
-}
-
 /// Copenhagen local time string for minute `m` after 2014-08-01 07:00 (UTC+2).
 fn local(m: u64) -> String {
     format!("2014-08-01T{:02}:{:02}:00", 7 + m / 60, m % 60)

@@ -4,12 +4,12 @@
 //! following the broker connection.
 
 use super::{config_dir, repo, Aqyl, WAIT};
+use aqyl_tests::browser::{chromium, cutting_proxy};
 use aqyl_tests::{
-    free_port, publish, shipped_config, wait_until, Mosquitto, Subscriber, VictoriaMetrics,
+    citypulse_row, find_exe, free_port, publish, shipped_config, wait_until, Mosquitto, Subscriber,
+    VictoriaMetrics,
 };
-use chrono::TimeZone;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,19 +20,6 @@ const SEGMENT: &str = "158324";
 
 fn now_s() -> i64 {
     chrono::Utc::now().timestamp()
-}
-
-/// A CityPulse row of segment `id` at `unix_s` (Copenhagen local time, as the shipped
-/// descriptor reads it).
-fn reading(id: &str, unix_s: i64, speed: u32, vehicles: u32) -> (String, Vec<u8>) {
-    let local = chrono_tz::Europe::Copenhagen
-        .timestamp_opt(unix_s, 0)
-        .unwrap()
-        .format("%Y-%m-%dT%H:%M:%S");
-    let payload = format!(
-        r#"{{"status":"OK","avgMeasuredTime":60,"avgSpeed":{speed},"extID":668,"medianMeasuredTime":60,"TIMESTAMP":"{local}","vehicleCount":{vehicles},"_id":1,"REPORT_ID":{id}}}"#
-    );
-    (format!("city/traffic/{id}"), payload.into_bytes())
 }
 
 /// The segment ids of the shipped traffic registry.
@@ -54,101 +41,6 @@ fn get(url: &str) -> (u16, String) {
         Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
         Err(e) => (0, e.to_string()),
     }
-}
-
-/// An executable from PATH or /usr/bin, or a panic that says how to install it.
-fn exe(name: &str) -> PathBuf {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/bin", "/usr/sbin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
-        panic!("`{name}` is not installed: run tests/run, which installs it with apt-get")
-    })
-}
-
-/// Headless Chromium on `url`: `--dump-dom` (returned) or a `--screenshot` into `png`,
-/// after letting the page run for `budget_ms` of virtual time.
-fn chromium(url: &str, budget_ms: u64, png: Option<&Path>) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let mut command = Command::new(exe("chromium"));
-    command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--hide-scrollbars",
-            "--no-first-run",
-            "--window-size=1400,860",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--virtual-time-budget={budget_ms}"));
-    match png {
-        Some(p) => command.arg(format!("--screenshot={}", p.display())),
-        None => command.arg("--dump-dom"),
-    };
-    let child = command
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromium");
-    let pid = child.id();
-    // A browser that hangs must not hang the suite.
-    let done = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            for _ in 0..1200 {
-                if done.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-        })
-    };
-    let out = child.wait_with_output().unwrap();
-    done.store(true, Ordering::Relaxed);
-    watchdog.join().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A loopback proxy in front of `upstream` that ends every connection after `life`: a
-/// headless browser's virtual time stands still while a response is still loading, so the
-/// page's live feed (which never ends by itself) is cut after it has delivered the snapshot
-/// and some batches of changes. Returns the proxy's address.
-fn cutting_proxy(upstream: &str, life: Duration) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let upstream = upstream.to_string();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { return };
-            let Ok(server) = std::net::TcpStream::connect(&upstream) else {
-                continue;
-            };
-            let pipe = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from, &mut to);
-                    let _ = to.shutdown(std::net::Shutdown::Both);
-                })
-            };
-            let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            pipe(client, server);
-            pipe(s2, c2.try_clone().unwrap());
-            std::thread::spawn(move || {
-                std::thread::sleep(life);
-                let _ = c2.shutdown(std::net::Shutdown::Both);
-            });
-        }
-    });
-    addr
 }
 
 /// The number in the element `<b id="{id}">N</b>` of a dumped page.
@@ -180,7 +72,12 @@ fn the_status_page_shows_the_city_live_in_headless_chromium() {
             } else {
                 (45 + (i % 30) as u32, 3)
             };
-            msgs.push(reading(id, t0 + k * 300 + (i % 50) as i64, speed, vehicles));
+            msgs.push(citypulse_row(
+                id,
+                t0 + k * 300 + (i % 50) as i64,
+                speed,
+                vehicles,
+            ));
         }
     }
     publish(mqtt.port, &msgs);
@@ -205,7 +102,7 @@ fn the_status_page_shows_the_city_live_in_headless_chromium() {
             while running.load(Ordering::Relaxed) {
                 let id = &ids[(n * 7 + 1) % ids.len()];
                 if id != SEGMENT {
-                    publish(port, &[reading(id, now_s(), 15, 14)]);
+                    publish(port, &[citypulse_row(id, now_s(), 15, 14)]);
                 }
                 n += 1;
                 std::thread::sleep(Duration::from_secs(1));
@@ -320,7 +217,7 @@ fn prometheus_scrapes_aqyl_and_the_dashboard_queries_only_what_it_exposes() {
     let aqyl = Aqyl::online(&dir.path().join("aqyl.toml"), &mqtt, &vm);
     let t0 = 1_406_851_200;
     let msgs: Vec<_> = (0..25)
-        .map(|m| reading("158355", t0 + 60 * m, 40, 5))
+        .map(|m| citypulse_row("158355", t0 + 60 * m, 40, 5))
         .collect();
     publish(mqtt.port, &msgs);
     wait_until(WAIT, "every reading accepted", || {
@@ -351,7 +248,7 @@ fn prometheus_scrapes_aqyl_and_the_dashboard_queries_only_what_it_exposes() {
         ),
     )
     .unwrap();
-    let mut prometheus = Command::new(exe("prometheus"))
+    let mut prometheus = Command::new(find_exe("prometheus"))
         .arg(format!(
             "--config.file={}",
             data.path().join("prometheus.yml").display()
@@ -439,4 +336,102 @@ fn health_and_ready_follow_the_broker_connection() {
     });
     aqyl.stop();
     drop(back);
+}
+
+/// The tile (column, row) of a position at zoom `z` (Web Mercator, as map tile servers cut).
+fn tile_of(lat: f64, lon: f64, z: u32) -> (u32, u32) {
+    let n = f64::from(1u32 << z);
+    let x = (lon + 180.0) / 360.0 * n;
+    let rad = lat.to_radians();
+    let y = (1.0 - (rad.tan() + 1.0 / rad.cos()).ln() / std::f64::consts::PI) / 2.0 * n;
+    (x as u32, y as u32)
+}
+
+#[test]
+fn with_http_tiles_the_page_draws_the_map_tiles_under_the_city() {
+    // A tile server that answers every request with a small grey PNG and keeps the paths.
+    const PNG: &[u8] = &[
+        0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44,
+        0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x00, 0x00, 0x00, 0x00, 0x3a,
+        0x7e, 0x9b, 0x55, 0x00, 0x00, 0x00, 0x0a, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x68,
+        0x00, 0x00, 0x00, 0x82, 0x00, 0x81, 0x4c, 0x17, 0xd7, 0xdf, 0x00, 0x00, 0x00, 0x00, 0x49,
+        0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+    ];
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tiles_at = server.local_addr().unwrap();
+    let paths = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let paths = paths.clone();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            for conn in server.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let mut line = String::new();
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                if let Some(path) = line.split_whitespace().nth(1) {
+                    paths.lock().unwrap().push(path.to_string());
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n",
+                    PNG.len()
+                );
+                let _ = conn.write_all(head.as_bytes());
+                let _ = conn.write_all(PNG);
+            }
+        });
+    }
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let dir = shipped_config();
+    let config = dir.path().join("aqyl.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[http]\n",
+        &format!("[http]\ntiles = \"http://{tiles_at}/{{z}}/{{x}}/{{y}}.png\"\n"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let aqyl = Aqyl::online(&config, &mqtt, &vm);
+
+    let page = format!(
+        "http://{}/",
+        cutting_proxy(
+            aqyl.http.trim_start_matches("http://"),
+            Duration::from_secs(3)
+        )
+    );
+    let dom = chromium(&page, 1000, None);
+    assert!(dom.contains("id=\"sensor-count\""), "{dom}");
+    // The registry's Aarhus fills the map: the tiles asked for are of one zoom level, and
+    // central Aarhus (Rådhuspladsen) lies on one of them.
+    let asked: Vec<(u32, u32, u32)> = paths
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            let mut it = p
+                .trim_start_matches('/')
+                .trim_end_matches(".png")
+                .split('/');
+            Some((
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+                it.next()?.parse().ok()?,
+            ))
+        })
+        .collect();
+    assert!(!asked.is_empty(), "no tile was asked for: {dom}");
+    let z = asked[0].0;
+    assert!(
+        (8..=16).contains(&z) && asked.iter().all(|t| t.0 == z),
+        "a city's zoom: {asked:?}"
+    );
+    let centre = tile_of(56.1535, 10.2039, z);
+    assert!(
+        asked.iter().any(|t| (t.1, t.2) == centre),
+        "central Aarhus {centre:?} at zoom {z} is among {asked:?}"
+    );
+    aqyl.stop();
 }

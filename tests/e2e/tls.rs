@@ -102,7 +102,7 @@ fn exits(mut child: Child, dir: &Path, name: &str) -> (std::process::ExitStatus,
 
 /// A CityPulse row of `SEGMENT` at `unix_s`.
 fn reading(unix_s: i64, speed: u32, vehicles: u32) -> (String, Vec<u8>) {
-    super::citypulse_row(SEGMENT, unix_s, speed, vehicles)
+    aqyl_tests::citypulse_row(SEGMENT, unix_s, speed, vehicles)
 }
 
 /// Publishes over TLS with the simulator's client (`aqyl-sim --ca-file ... --password-file

@@ -7,10 +7,13 @@
 //! - [`VictoriaMetrics`]: Debian's `victoria-metrics`, which accepts InfluxDB v2 writes on
 //!   `/api/v2/write`; read back with [`VictoriaMetrics::export`].
 //! - [`Subscriber`] and [`publish`]: plain rumqttc clients for the test's side of MQTT.
+//! - [`browser`]: headless Chromium on a page.
 //! - [`shipped_config`]: a private copy of the shipped `config/`, for `aqyl run` as shipped.
 //!
 //! Each process is killed when its handle drops. Waits are bounded and fail with a message
 //! that says what did not happen; nothing asserts on timing.
+
+pub mod browser;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -26,8 +29,9 @@ pub fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
-/// Finds an executable on PATH or in the usual sbin directories.
-fn find_exe(name: &str) -> PathBuf {
+/// Finds an executable on PATH or in the usual sbin directories, or panics saying how to
+/// install it.
+pub fn find_exe(name: &str) -> PathBuf {
     let path = std::env::var("PATH").unwrap_or_default();
     for dir in path
         .split(':')
@@ -38,7 +42,7 @@ fn find_exe(name: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("`{name}` is not installed: run the test command from the README (tests/run), which installs mosquitto and victoria-metrics with apt-get")
+    panic!("`{name}` is not installed: run the test command from the README (tests/run), which installs it with apt-get")
 }
 
 /// A private copy of the shipped configuration (`config/aqyl.toml`, `config/sensors/`,
@@ -594,4 +598,18 @@ pub fn publish(port: u16, messages: &[(String, Vec<u8>)]) {
             break;
         }
     }
+}
+
+/// A CityPulse traffic row of segment `id` at Unix second `unix_s`, in Copenhagen local time
+/// as the shipped descriptor reads it.
+pub fn citypulse_row(id: &str, unix_s: i64, speed: u32, vehicles: u32) -> (String, Vec<u8>) {
+    use chrono::TimeZone;
+    let local = chrono_tz::Europe::Copenhagen
+        .timestamp_opt(unix_s, 0)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%S");
+    let payload = format!(
+        r#"{{"status":"OK","avgMeasuredTime":60,"avgSpeed":{speed},"extID":668,"medianMeasuredTime":60,"TIMESTAMP":"{local}","vehicleCount":{vehicles},"_id":1,"REPORT_ID":1}}"#
+    );
+    (format!("city/traffic/{id}"), payload.into_bytes())
 }

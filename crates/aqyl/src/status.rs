@@ -185,27 +185,38 @@ impl StatusBoard {
         }
     }
 
-    /// Everything the page draws: sensors (key, position, area, score), incidents, tiles.
+    /// Everything the page draws: sensors (key, position, area, score), incidents, tiles. The
+    /// board is locked only to copy the figures out (the outputs pass through it), not to
+    /// sort and encode them.
     pub fn snapshot(&self) -> Value {
-        let b = self.lock();
-        let mut sensors: Vec<Value> = b
-            .sensors
-            .iter()
-            .map(|(k, s)| {
-                json!([
-                    k,
-                    s.lat,
-                    s.lon,
-                    s.area,
-                    s.report.as_ref().map(|r| round(r.score))
-                ])
-            })
-            .collect();
-        sensors.sort_unstable_by(|a, b| a[0].as_str().cmp(&b[0].as_str()));
+        type Row = (
+            String,
+            Option<f64>,
+            Option<f64>,
+            Option<String>,
+            Option<f64>,
+        );
+        let (mut sensors, incidents, more): (Vec<Row>, Vec<Value>, u64) = {
+            let b = self.lock();
+            let sensors = b
+                .sensors
+                .iter()
+                .map(|(k, s)| {
+                    let score = s.report.as_ref().map(|r| round(r.score));
+                    (k.clone(), s.lat, s.lon, s.area.clone(), score)
+                })
+                .collect();
+            (
+                sensors,
+                b.incidents.values().cloned().collect(),
+                b.more_incidents,
+            )
+        };
+        sensors.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         json!({
             "sensors": sensors,
-            "incidents": b.incidents.values().collect::<Vec<_>>(),
-            "more_incidents": b.more_incidents,
+            "incidents": incidents,
+            "more_incidents": more,
             "tiles": self.tiles,
         })
     }

@@ -190,6 +190,19 @@ impl Config {
                 ));
             }
         }
+        if let Some(problem) = config
+            .http
+            .tiles
+            .as_deref()
+            .and_then(service::tiles_problem)
+        {
+            errors.push(ConfigError::at(
+                path,
+                text,
+                text.find("tiles"),
+                format!("http.tiles: {problem}"),
+            ));
+        }
         let workers = *config.pipeline.workers.get_ref();
         if !(1..=256).contains(&workers) {
             errors.push(at(
@@ -764,6 +777,11 @@ mod tests {
         assert!(
             http.contains("aqyl.toml:1") && http.contains("IP:port"),
             "{http}"
+        );
+        let tiles = err("[http]\ntiles = \"https://tile.example/{z}/{x}.png\"\n");
+        assert!(
+            tiles.contains("aqyl.toml:2") && tiles.contains("{y}"),
+            "{tiles}"
         );
         let batch = err("[influx]\nbatch_size = 0\n");
         assert!(

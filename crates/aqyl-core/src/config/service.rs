@@ -122,6 +122,26 @@ pub struct HttpConfig {
     pub tiles: Option<String>,
 }
 
+/// What is wrong with a map tile URL template (`http.tiles`), if anything: the page fetches
+/// it with `{z}`, `{x}` and `{y}` replaced, over http or https.
+pub fn tiles_problem(template: &str) -> Option<String> {
+    if !(template.starts_with("https://") || template.starts_with("http://")) {
+        return Some(format!(
+            "{template:?} is not an http:// or https:// URL; write it as e.g. \"https://tile.openstreetmap.org/{{z}}/{{x}}/{{y}}.png\""
+        ));
+    }
+    let missing: Vec<&str> = ["{z}", "{x}", "{y}"]
+        .into_iter()
+        .filter(|p| !template.contains(p))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{template:?} lacks {}; the page fills in the zoom {{z}} and the tile column {{x}} and row {{y}}",
+            missing.join(" and ")
+        )
+    })
+}
+
 impl HttpConfig {
     /// The bearer token, read from `token_file` when set; `config` is the configuration file.
     pub fn bearer_token(&self, config: &Path) -> Result<Option<Secret>, ConfigErrors> {
