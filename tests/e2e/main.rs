@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod city;
 mod detection;
 mod durable;
 mod faults;
@@ -230,6 +231,16 @@ impl Drop for Aqyl {
             let _ = child.wait();
         }
     }
+}
+
+/// Adds the shipped traffic rules to a config directory of [`config_dir`].
+fn with_traffic_rules(dir: &Path) {
+    std::fs::create_dir(dir.join("rules")).unwrap();
+    std::fs::copy(
+        repo().join("config/rules/traffic.toml"),
+        dir.join("rules/traffic.toml"),
+    )
+    .unwrap();
 }
 
 /// Copenhagen local time string for minute `m` after 2014-08-01 07:00 (UTC+2).
@@ -970,12 +981,7 @@ fn incidents_are_published_kept_for_late_subscribers_and_cleared_when_over() {
     let mqtt = Mosquitto::start();
     let vm = VictoriaMetrics::start();
     let dir = config_dir(1);
-    std::fs::create_dir(dir.path().join("rules")).unwrap();
-    std::fs::copy(
-        repo().join("config/rules/traffic.toml"),
-        dir.path().join("rules/traffic.toml"),
-    )
-    .unwrap();
+    with_traffic_rules(dir.path());
     // The readings below repeat the same values, which quality scoring rightly calls stuck;
     // this test counts the rule incidents only (quality incidents have their own test).
     let config = dir.path().join("aqyl.toml");

@@ -129,6 +129,12 @@ declare_metrics! {
     checkpoint_bytes: Gauge "aqyl_checkpoint_bytes" "Size of the last committed checkpoint, bytes.";
     subscriptions: Gauge "aqyl_subscriptions" "Subscription filters in force (set when the broker acknowledges a subscription).";
     incidents_active: Gauge "aqyl_incidents_active" "Incidents under way (started and not ended), as the status board counts them.";
+    city_sensors: Gauge "aqyl_city_sensors" "Sensors in the live city state (and the SensorThings catalogue).";
+    city_subscriptions: Gauge "aqyl_city_subscriptions" "Sensor topic filters the city tap is subscribed to (set when the broker acknowledges; 0 while its connection is down).";
+    city_readings: Counter "aqyl_city_readings_total" "Readings taken into the live city state from the city tap.";
+    city_readings_skipped: Counter "aqyl_city_readings_skipped_total" "Messages the city tap skipped because decoding was behind (a sensor's state catches up with its next reading).";
+    city_sensors_refused: Counter "aqyl_city_sensors_refused_total" "Readings of sensors beyond city.max_sensors, left out of the city state.";
+    city_states_published: Counter "aqyl_city_states_published_total" "Sensor states published (retained, aqyl/state/<sensor_type>/<sensor_id>; cleared ones included).";
 }
 
 /// What the dataflow has emitted and what has reached its destination, per output, so a

@@ -12,7 +12,7 @@
 //! levels = ["warning", "critical"]       # any of these
 //! sensor_types = ["traffic"]
 //! areas = ["grid-11-03"]                 # the incident's area (or an area incident's subject)
-//! bbox = [56.10, 10.10, 56.20, 10.25]    # south, west, north, east (WGS 84)
+//! bbox = [10.10, 56.10, 10.25, 56.20]    # west, south, east, north (GeoJSON order)
 //! route = ["158324", "158355"]           # the incident's sensor is one of these segments
 //! ```
 //!
@@ -40,7 +40,8 @@ pub struct Subscription {
     pub sensor_types: Vec<String>,
     /// Areas (any); empty: all.
     pub areas: Vec<String>,
-    /// South, west, north, east.
+    /// West, south, east, north (longitude and latitude, GeoJSON's `bbox` order, as
+    /// `/api/state?bbox=` takes it).
     pub bbox: Option<[f64; 4]>,
     /// Sensor ids (any); empty: all.
     pub route: Vec<String>,
@@ -137,8 +138,8 @@ impl Subscription {
         if !self.areas.is_empty() {
             parts.push(format!("in {}", list(&self.areas)));
         }
-        if let Some([s, w, n, e]) = self.bbox {
-            parts.push(format!("within [{s}, {w}, {n}, {e}]"));
+        if let Some([w, s, e, n]) = self.bbox {
+            parts.push(format!("within [{w}, {s}, {e}, {n}]"));
         }
         if !self.route.is_empty() {
             parts.push(format!("on a route of {} segments", self.route.len()));
@@ -203,7 +204,7 @@ impl Subscription {
         if !self.areas.is_empty() && !area.is_some_and(|a| self.areas.contains(&a)) {
             return false;
         }
-        if let Some([south, west, north, east]) = self.bbox {
+        if let Some([west, south, east, north]) = self.bbox {
             let inside =
                 |lat: f64, lon: f64| (south..=north).contains(&lat) && (west..=east).contains(&lon);
             let hit = match (sensor, area_members) {
@@ -296,7 +297,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Subscription>, ConfigErrors>
         }
         let bbox = match e.bbox.as_deref() {
             None => None,
-            Some(&[s, w, n, east])
+            Some(&[w, s, east, n])
                 if (-90.0..=90.0).contains(&s)
                     && (-90.0..=90.0).contains(&n)
                     && (-180.0..=180.0).contains(&w)
@@ -304,11 +305,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Subscription>, ConfigErrors>
                     && s <= n
                     && w <= east =>
             {
-                Some([s, w, n, east])
+                Some([w, s, east, n])
             }
             Some(other) => {
                 problem(format!(
-                    "subscription {:?}: bbox {other:?} must be [south, west, north, east] in degrees, south <= north and west <= east",
+                    "subscription {:?}: bbox {other:?} must be [west, south, east, north] in degrees (GeoJSON order), west <= east and south <= north",
                     e.name
                 ));
                 continue;
@@ -437,7 +438,7 @@ mod tests {
         assert!(!north.matches(&event("congestion", "b1", "warning"), &p));
         // An area incident: the area is its subject.
         assert!(north.matches(&event("area_congestion", "north", "warning"), &p));
-        let bbox = sub("bbox = [56.09, 10.09, 56.11, 10.11]");
+        let bbox = sub("bbox = [10.09, 56.09, 10.11, 56.11]");
         assert!(bbox.matches(&event("congestion", "a1", "warning"), &p));
         assert!(!bbox.matches(&event("congestion", "a2", "warning"), &p));
         assert!(bbox.matches(&event("area_congestion", "north", "warning"), &p));
@@ -464,7 +465,7 @@ mod tests {
             name.contains("s.toml:1") && name.contains("topic segment"),
             "{name}"
         );
-        let bbox = err("\n[[subscription]]\nname = \"x\"\nbbox = [56.2, 10.1, 56.1, 10.2]\n");
+        let bbox = err("\n[[subscription]]\nname = \"x\"\nbbox = [10.1, 56.2, 10.2, 56.1]\n");
         assert!(
             bbox.contains("s.toml:2") && bbox.contains("south <= north"),
             "{bbox}"

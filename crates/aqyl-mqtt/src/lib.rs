@@ -8,11 +8,13 @@
 //! (manual acks): on disk in the ingest log, or (without durability) queued for a worker; on a connection error it logs, counts, waits with exponential backoff
 //! and polls again, which is how rumqttc reconnects. Subscriptions are renewed on every
 //! connect. The broker keeps a persistent session (clean session off) and a retained last
-//! will sets `aqyl/status` to `offline` if Aqyl dies.
+//! will sets `aqyl/status` to `offline` if Aqyl dies. The city services read the sensor topics
+//! on a third connection of their own ([`tap`]), so they never slow ingest down.
 
 pub mod connection;
 pub mod output;
 pub mod publish;
+pub mod tap;
 
 pub use connection::{connect, Intake, LogIntake, MqttEdge, MqttSettings};
 pub use output::{connect_output, OutputEdge};

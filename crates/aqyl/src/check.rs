@@ -383,6 +383,10 @@ mod tests {
             "{report}"
         );
         assert!(
+            report.contains("city: 16 readings per sensor, at most 100000 sensors, state topics every 1s, /api/state and /v1.1 (SensorThings) on http"),
+            "{report}"
+        );
+        assert!(
             !report.contains("pw-0c7d") && !report.contains("t0ken-b2e4"),
             "{report}"
         );

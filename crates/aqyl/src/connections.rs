@@ -98,6 +98,26 @@ pub fn describe(cfg: &Config, c: &Connections) -> String {
             }
         ));
     }
+    let city = &cfg.city;
+    out.push_str(&if !city.enabled {
+        "  city: off (no /api/state, /v1.1 or state topics)\n".to_string()
+    } else {
+        format!(
+            "  city: {} readings per sensor, at most {} sensors, state topics {}{}\n",
+            city.observations,
+            city.max_sensors,
+            if city.state_interval.is_zero() {
+                "off".to_string()
+            } else {
+                format!("every {}", aqyl_core::duration::label(city.state_interval))
+            },
+            if cfg.http.addr.is_some() {
+                ", /api/state and /v1.1 (SensorThings) on http"
+            } else {
+                ""
+            }
+        )
+    });
     if cfg.influx.enabled && cfg.influx.url.starts_with("https") {
         out.push_str(&match &cfg.influx.ca_file {
             Some(ca) => format!("  influx: TLS trusting {}\n", ca.describe()),

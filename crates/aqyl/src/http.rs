@@ -9,8 +9,12 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /health` | `ok`, or 503 with what cannot do its job (broker, sink, spill, state, workers) |
 //! | `GET /ready` | `ready`, or 503 while recovery runs or the ingest subscription is not in place |
+//! | `GET /api/state?type=&area=&bbox=&limit=&offset=` | the live city state ([`crate::city`]) |
+//! | `GET /v1.1/...` | the sensor catalogue, OGC SensorThings API 1.1 ([`crate::sta`]) |
+//! | `GET /sensors/<type>/<id>.jsonld` | a sensor's SOSA/SSN description (also `GET /v1.1/Things(id)` with `Accept: application/ld+json`) |
 //!
-//! With `http.token` (or `http.token_file`), `/metrics`, the page and its data answer only
+//! With `http.token` (or `http.token_file`), `/metrics`, the page, its data and the city
+//! services answer only
 //! requests that carry `Authorization: Bearer <token>` or, for a browser, `?token=<token>`
 //! (401 otherwise); `/health` and `/ready` stay open, since they tell nothing but whether Aqyl
 //! works and the probes of service managers and orchestrators send no credentials.
@@ -59,6 +63,7 @@ struct AppState {
     board: Arc<StatusBoard>,
     token: Option<Arc<Secret>>,
     live_pages: Arc<tokio::sync::Semaphore>,
+    city: Option<crate::sta::Catalogue>,
 }
 
 /// Binds `addr` and serves until the returned task is aborted; with `token`, `/metrics` and
@@ -68,6 +73,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     board: Arc<StatusBoard>,
     token: Option<Secret>,
+    city: Option<crate::sta::Catalogue>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (http.addr / AQYL_HTTP_ADDR); is the port in use?")
@@ -82,22 +88,32 @@ pub async fn serve(
     tracing::info!(%addr, token = token.is_some(), "Serving the status page, /metrics, /health and /ready.");
     Ok(tokio::spawn(accept_loop(
         listener,
-        router(metrics, board, token),
+        router(metrics, board, token, city),
     )))
 }
 
-fn router(metrics: Arc<Metrics>, board: Arc<StatusBoard>, token: Option<Secret>) -> Router {
+fn router(
+    metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
+    token: Option<Secret>,
+    city: Option<crate::sta::Catalogue>,
+) -> Router {
     let state = AppState {
         metrics,
         board,
         token: token.map(Arc::new),
         live_pages: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE_PAGES)),
+        city,
     };
     let guarded = Router::new()
         .route("/", get(page))
         .route("/metrics", get(metrics_text))
         .route("/api/status", get(status_json))
         .route("/api/sensor", get(sensor_json))
+        .route("/api/state", get(city_state))
+        .route("/v1.1", get(sensor_things))
+        .route("/v1.1/*rest", get(sensor_things))
+        .route("/sensors/*rest", get(sensor_jsonld))
         .layer(axum::middleware::from_fn(with_timeout))
         .route("/events", get(live_feed))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -174,30 +190,7 @@ fn authorized(headers: &HeaderMap, query: Option<&str>, token: &Secret) -> bool 
 
 /// `%XX` and `+` decoded (a token from a URL).
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    crate::sta::query::decode_component(s)
 }
 
 async fn page() -> impl IntoResponse {
@@ -245,6 +238,92 @@ async fn sensor_json(State(state): State<AppState>, Query(q): Query<SensorQuery>
         Some(v) => axum::Json(v).into_response(),
         None => (StatusCode::NOT_FOUND, "no such sensor\n").into_response(),
     }
+}
+
+/// `http://<host>` of the request, for links (a Host header with anything but host-name and
+/// port characters is not trusted).
+fn root_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+        })
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+fn city_off() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "the city services are off ([city] enabled = false)\n",
+    )
+        .into_response()
+}
+
+/// Runs a city request off the runtime's threads (a big catalogue query takes a while).
+async fn off_runtime(f: impl FnOnce() -> crate::sta::Answer + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(a) => (
+            StatusCode::from_u16(a.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            [(header::CONTENT_TYPE, a.content_type)],
+            a.body,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "the request failed\n").into_response(),
+    }
+}
+
+async fn sensor_things(State(state): State<AppState>, request: Request) -> Response {
+    let Some(city) = state.city.clone() else {
+        return city_off();
+    };
+    let root = root_url(request.headers());
+    let uri = request.uri();
+    let path = uri
+        .path()
+        .strip_prefix("/v1.1")
+        .unwrap_or_default()
+        .to_string();
+    let query = uri.query().unwrap_or_default().to_string();
+    // A Thing asked for as JSON-LD is its SOSA/SSN description (content negotiation).
+    let ld = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/ld+json"));
+    off_runtime(
+        move || match ld.then(|| city.thing_jsonld(&root, &path)).flatten() {
+            Some(answer) => answer,
+            None => city.get(&root, &path, &query),
+        },
+    )
+    .await
+}
+
+async fn city_state(State(state): State<AppState>, request: Request) -> Response {
+    let Some(city) = state.city.clone() else {
+        return city_off();
+    };
+    let query = request.uri().query().unwrap_or_default().to_string();
+    off_runtime(move || city.state_answer(&query)).await
+}
+
+async fn sensor_jsonld(State(state): State<AppState>, request: Request) -> Response {
+    let Some(city) = state.city.clone() else {
+        return city_off();
+    };
+    let root = root_url(request.headers());
+    let rest = request
+        .uri()
+        .path()
+        .strip_prefix("/sensors/")
+        .unwrap_or_default()
+        .to_string();
+    off_runtime(move || city.jsonld_answer(&root, &rest)).await
 }
 
 /// The live feed: `snapshot` (everything), then `changes` every batch; a page that falls
@@ -409,7 +488,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let registry = aqyl_core::ingest::decode::Registry::new(Vec::new());
         let board = StatusBoard::new(&registry, None, metrics.clone());
-        tokio::spawn(accept_loop(listener, router(metrics, board, token)))
+        tokio::spawn(accept_loop(listener, router(metrics, board, token, None)))
     }
 
     async fn get_with(
@@ -495,7 +574,14 @@ mod tests {
             right.contains("content-type: text/plain; version=0.0.4"),
             "{right}"
         );
-        for path in ["/", "/api/status", "/events"] {
+        for path in [
+            "/",
+            "/api/status",
+            "/events",
+            "/api/state",
+            "/v1.1/Things",
+            "/sensors/traffic/1.jsonld",
+        ] {
             let page = get(path, "").await;
             assert!(page.starts_with("HTTP/1.1 401"), "{path}: {page}");
         }

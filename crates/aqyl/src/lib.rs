@@ -12,8 +12,12 @@
 //! - [`reload`] reloads changed sensor descriptors while running.
 //! - [`replay`] runs the same dataflow over CSV, JSON-lines and SenML files (`aqyl replay`).
 //! - [`tail`] prints incidents for `aqyl events tail`.
+//! - [`city`] keeps the live city state (latest reading, quality and incidents of every
+//!   sensor) and publishes it on the retained state topics.
+//! - [`sta`] serves the sensor catalogue as the OGC SensorThings API and SOSA/SSN JSON-LD.
 
 pub mod check;
+pub mod city;
 pub mod connections;
 pub mod demo;
 pub mod durable;
@@ -22,5 +26,6 @@ pub mod quality_view;
 pub mod reload;
 pub mod replay;
 pub mod service;
+pub mod sta;
 pub mod status;
 pub mod tail;

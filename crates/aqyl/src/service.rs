@@ -101,6 +101,19 @@ async fn run(
     let board = cfg.http.addr.as_ref().map(|_| {
         crate::status::StatusBoard::new(&registry.load(), cfg.http.tiles.clone(), metrics.clone())
     });
+    // The city services' state: every sensor's latest readings, quality and incidents.
+    let city = cfg.city.enabled.then(|| {
+        crate::city::state::CityState::new(
+            cfg.city.observations,
+            cfg.city.max_sensors,
+            (!cfg.pipeline.state_ttl.is_zero()).then_some(cfg.pipeline.state_ttl),
+            metrics.clone(),
+        )
+    });
+    let catalogue = city.clone().map(|state| crate::sta::Catalogue {
+        state,
+        registry: registry.clone(),
+    });
     let http = match (&cfg.http.addr, &board) {
         (Some(addr), Some(board)) => Some(
             crate::http::serve(
@@ -108,6 +121,7 @@ async fn run(
                 metrics.clone(),
                 board.clone(),
                 connections.http_token.clone(),
+                catalogue,
             )
             .await?,
         ),
@@ -129,6 +143,13 @@ async fn run(
             b.tee(q_rx, |b, q: &Vec<_>| b.quality(q)),
         ),
         None => (agg_rx, ev_rx, q_rx),
+    };
+    let (ev_rx, q_rx) = match &city {
+        Some(c) => (
+            crate::city::tee(c, ev_rx, |c, e| c.event(e)),
+            crate::city::tee(c, q_rx, |c, q: &Vec<_>| c.quality(q)),
+        ),
+        None => (ev_rx, q_rx),
     };
     let spec = pipeline_spec(&loaded, registry.clone());
     let outputs = Outputs {
@@ -208,6 +229,10 @@ async fn run(
         metrics.clone(),
     );
     let edge = aqyl_mqtt::connect(settings, intake, metrics.clone());
+    let city_tasks = CityTasks(match &city {
+        Some(c) => city_tasks(&loaded, c, &registry, &edge, &out, &connections, &metrics),
+        None => Vec::new(),
+    });
     let live_task = live_rx.map(|rx| {
         tokio::spawn(aqyl_mqtt::publish::aggregates(
             out.client.clone(),
@@ -283,6 +308,7 @@ async fn run(
         b.stopping();
     }
     if let Some((what, why)) = failed {
+        drop(city_tasks);
         metrics.set_problem(what, why.clone());
         if what == "broker" {
             tracing::error!(error = %why, "The MQTT broker refuses Aqyl, which never connected: fix the configuration (or the broker's). Aqyl exits.");
@@ -338,6 +364,7 @@ async fn run(
         }
     }
     // Every output is queued: send it, then say `offline` and disconnect.
+    drop(city_tasks);
     out.close().await;
     edge.close().await;
     if let Some(h) = http {
@@ -356,6 +383,70 @@ async fn run(
         "Aqyl stopped cleanly."
     );
     Ok(())
+}
+
+/// The city services' tasks, aborted when dropped.
+struct CityTasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for CityTasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the city services' feed: the tap connection (following descriptor reloads), the
+/// decoding into the city state, and the state topics' publisher.
+fn city_tasks(
+    loaded: &Loaded,
+    city: &Arc<crate::city::state::CityState>,
+    registry: &aqyl_dataflow::SharedRegistry,
+    edge: &aqyl_mqtt::MqttEdge,
+    out: &aqyl_mqtt::OutputEdge,
+    connections: &crate::connections::Connections,
+    metrics: &Arc<Metrics>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let cfg = &loaded.config;
+    let (tap_tx, tap_rx) = mpsc::channel(crate::city::TAP_QUEUE);
+    // The tap reads the types' own filters (no shared-subscription prefix, no catch-all),
+    // recomputed whenever a reload changes the ingest subscriptions.
+    let (filters_tx, filters_rx) = tokio::sync::watch::channel(registry.load().filters());
+    let mut ingest_filters = edge.filters_handle().subscribe();
+    let reg = registry.clone();
+    let follow = tokio::spawn(async move {
+        while ingest_filters.changed().await.is_ok() {
+            let _ = filters_tx.send(reg.load().filters());
+        }
+    });
+    let client_id = cfg.mqtt.client_id.clone().unwrap_or_else(default_client_id);
+    let tap = aqyl_mqtt::tap::tap(
+        &connections.broker,
+        &client_id,
+        filters_rx,
+        tap_tx,
+        cfg.mqtt.max_reconnect_backoff,
+        metrics.clone(),
+    );
+    let feed = tokio::spawn(crate::city::feed(
+        tap_rx,
+        registry.clone(),
+        city.clone(),
+        cfg.ingest.max_payload_bytes,
+        (!cfg.ingest.max_future.is_zero()).then_some(cfg.ingest.max_future),
+    ));
+    let topics = if cfg.city.state_interval.is_zero() {
+        tokio::spawn(crate::city::topics::sweep(city.clone()))
+    } else {
+        tokio::spawn(crate::city::topics::publish(
+            out.client.clone(),
+            cfg.outputs.topic_prefix.clone(),
+            city.clone(),
+            cfg.city.state_interval,
+            metrics.clone(),
+        ))
+    };
+    vec![follow, tap, feed, topics]
 }
 
 /// A durable run's moving parts.

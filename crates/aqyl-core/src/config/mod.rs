@@ -28,7 +28,7 @@ pub use crate::quality::config::{QualityClock, QualityConfig};
 pub use crate::windows::config::{LatePolicy, PipelineConfig, RuleTiming};
 pub use file_setting::{read_secret, FileSetting};
 pub use mqtt::{BrokerSettings, MqttConfig, MqttUrl, OutputsConfig};
-pub use service::{HttpConfig, StateConfig};
+pub use service::{CityConfig, HttpConfig, StateConfig};
 pub use sinks::{FileConfig, InfluxConfig};
 
 use crate::error::{ConfigError, ConfigErrors};
@@ -113,6 +113,9 @@ pub struct Config {
     /// Where this instance keeps its state on disk.
     #[serde(default)]
     pub state: StateConfig,
+    /// City services: live state and the sensor catalogue.
+    #[serde(default)]
+    pub city: CityConfig,
 }
 
 fn default_rules_dir() -> PathBuf {
@@ -253,6 +256,17 @@ impl Config {
                 text,
                 text.find("max_spill"),
                 "influx.max_spill must be at least 1MiB (one batch must fit)",
+            ));
+        }
+        if !(1..=1000).contains(&config.city.observations) || config.city.max_sensors == 0 {
+            errors.push(ConfigError::at(
+                path,
+                text,
+                text.find("[city]"),
+                format!(
+                    "[city]: observations must be 1 to 1000 and max_sensors at least 1; got observations {} and max_sensors {}",
+                    config.city.observations, config.city.max_sensors
+                ),
             ));
         }
         if config.influx.batch_size == 0 {

@@ -55,6 +55,55 @@ impl Default for StateConfig {
     }
 }
 
+/// `[city]`: the city services on top of the pipeline: the live city state (retained on
+/// `<prefix>/state/<sensor_type>/<sensor_id>` and served at `/api/state`) and the sensor
+/// catalogue (OGC SensorThings API at `/v1.1`, SOSA/SSN JSON-LD at `/sensors/...`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CityConfig {
+    /// Keep the city state and serve the catalogue. It reads the sensor topics on a
+    /// connection of its own (QoS 0), so it costs one more delivery and decoding of every
+    /// reading; turn it off when only the pipeline's outputs matter (throughput runs).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Readings kept per sensor, newest first, for `Observations` (1 to 1000).
+    #[serde(default = "default_observations")]
+    pub observations: usize,
+    /// A sensor's retained state message is published at most once per this interval,
+    /// carrying whatever changed meanwhile (`"0s"`: no state topics).
+    #[serde(
+        default = "default_state_interval",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub state_interval: Duration,
+    /// Most sensors kept; readings of further sensors are counted and left out.
+    #[serde(default = "default_max_sensors")]
+    pub max_sensors: usize,
+}
+
+impl Default for CityConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            observations: default_observations(),
+            state_interval: default_state_interval(),
+            max_sensors: default_max_sensors(),
+        }
+    }
+}
+
+fn default_observations() -> usize {
+    16
+}
+
+fn default_state_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_max_sensors() -> usize {
+    100_000
+}
+
 /// `[http]`: metrics and health endpoint.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,0 +1,588 @@
+//! The live city state: for every sensor that has reported, its place, its latest readings
+//! (a bounded ring), its latest quality report, and the incidents under way. The SensorThings
+//! catalogue, `/api/state` and the retained state topics all read it.
+//!
+//! Bounded: at most `max_sensors` sensors (readings of more are counted and left out), at
+//! most `depth` readings each, at most [`MAX_INCIDENTS`] incidents. A sensor silent for
+//! `state_ttl` (event time, as the dataflow releases its state) is released, and its retained
+//! topic cleared.
+//!
+//! Sensors are kept behind `Arc`s: a query copies the `Arc`s under the lock and builds its
+//! answer after releasing it, so a slow client never holds up the readings; a reading that
+//! arrives while a query still holds its sensor copies that sensor once (`Arc::make_mut`).
+//!
+//! Memory: a reading costs 16 bytes of times, a boxed slice of one `f64` per field and the
+//! allocator's overhead: about 100 bytes for a five-field type. With the default depth of 16,
+//! 10,000 sensors keep about 16 MB of readings, plus about 1 KB a sensor for its quality
+//! report, id and position.
+
+use super::select::Selection;
+use aqyl_core::metrics::Metrics;
+use aqyl_core::quality::{QualityRecord, QualityReport};
+use aqyl_core::{Event, EventState, Observation};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+/// Incidents kept; more are counted, not kept.
+pub const MAX_INCIDENTS: usize = 10_000;
+
+/// A sensor's identity: its type and id (ordered by type, then id: the catalogue's order).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SensorKey {
+    /// Sensor type.
+    pub sensor_type: Arc<str>,
+    /// Sensor id.
+    pub sensor_id: String,
+}
+
+/// One reading as kept: times and one value per field of the sensor's schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    /// Event time, Unix ms.
+    pub time: u64,
+    /// When Aqyl received it, Unix ms.
+    pub received_at: i64,
+    /// Values in the order of [`SensorState::fields`]; NaN where the reading had none.
+    pub values: Box<[f64]>,
+}
+
+/// What the city knows of one sensor.
+#[derive(Debug, Clone)]
+pub struct SensorState {
+    /// Type and id.
+    pub key: SensorKey,
+    /// Area, from the topic, payload or registry.
+    pub area: Option<String>,
+    /// Latest position (latitude, longitude), from the payload or the registry.
+    pub position: Option<(f64, f64)>,
+    /// Field names of the readings (the type's fields when the latest reading came).
+    pub fields: Arc<[Arc<str>]>,
+    /// Readings, oldest first, newest last.
+    pub readings: VecDeque<Reading>,
+    /// The latest quality report.
+    pub quality: Option<Arc<QualityReport>>,
+}
+
+impl SensorState {
+    /// The newest reading.
+    pub fn latest(&self) -> Option<&Reading> {
+        self.readings.back()
+    }
+
+    /// The value of `field` in `reading`, if it had one.
+    pub fn value(&self, reading: &Reading, field: &str) -> Option<f64> {
+        let i = self.fields.iter().position(|f| &**f == field)?;
+        reading.values.get(i).copied().filter(|v| !v.is_nan())
+    }
+}
+
+/// An incident under way.
+#[derive(Debug, Clone)]
+pub struct Incident {
+    /// Sensor type of its subject.
+    pub sensor_type: Arc<str>,
+    /// Its subject: a sensor id, or an area for area rules.
+    pub subject: String,
+    /// The area of its subject, when known.
+    pub area: Option<String>,
+    /// Its latest message, as published.
+    pub json: Arc<Value>,
+}
+
+impl Incident {
+    /// Whether it is about `s`: the sensor itself, or the sensor's area.
+    pub fn concerns(&self, s: &SensorState) -> bool {
+        (self.subject == s.key.sensor_id && self.sensor_type == s.key.sensor_type)
+            || s.area.as_deref() == Some(self.subject.as_str())
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    sensors: BTreeMap<SensorKey, Arc<SensorState>>,
+    incidents: BTreeMap<(String, String), Incident>,
+    /// Sensors whose state changed since the last [`CityState::take_changes`].
+    dirty: BTreeSet<SensorKey>,
+    /// Sensors released since the last [`CityState::take_changes`].
+    released: Vec<SensorKey>,
+    /// The newest event time seen: the clock `state_ttl` is measured on.
+    clock: u64,
+}
+
+/// The live city state (see the module doc).
+pub struct CityState {
+    inner: Mutex<Inner>,
+    depth: usize,
+    max_sensors: usize,
+    ttl_ms: Option<u64>,
+    /// Counts readings, refusals and the sensors kept (`aqyl_city_*`).
+    metrics: Arc<Metrics>,
+    /// Incidents beyond [`MAX_INCIDENTS`] (an area incident is counted once).
+    incidents_refused: AtomicU64,
+}
+
+/// A sensor's state as published on its topic and listed by `/api/state`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The sensor.
+    pub key: SensorKey,
+    /// Its state, or `None` when it was released (the retained topic is cleared).
+    pub state: Option<Value>,
+}
+
+impl CityState {
+    /// An empty state keeping `depth` readings per sensor, at most `max_sensors` sensors, and
+    /// releasing sensors silent for `ttl` (event time; `None`: never).
+    pub fn new(
+        depth: usize,
+        max_sensors: usize,
+        ttl: Option<std::time::Duration>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner::default()),
+            depth: depth.max(1),
+            max_sensors,
+            ttl_ms: ttl.map(|t| t.as_millis() as u64),
+            metrics,
+            incidents_refused: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Readings kept per sensor.
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// Takes in a decoded reading; `schema` is its type's field names now.
+    pub fn reading(&self, obs: &Observation, schema: &Arc<[Arc<str>]>) {
+        let key = SensorKey {
+            sensor_type: obs.sensor_type.clone(),
+            sensor_id: obs.sensor_id.clone(),
+        };
+        let mut b = self.lock();
+        b.clock = b.clock.max(obs.event_time);
+        if !b.sensors.contains_key(&key) {
+            if b.sensors.len() >= self.max_sensors {
+                self.metrics.city_sensors_refused.fetch_add(1, Relaxed);
+                return;
+            }
+            let fresh = SensorState {
+                key: key.clone(),
+                area: None,
+                position: None,
+                fields: schema.clone(),
+                readings: VecDeque::new(),
+                quality: None,
+            };
+            b.sensors.insert(key.clone(), Arc::new(fresh));
+            self.metrics
+                .city_sensors
+                .store(b.sensors.len() as u64, Relaxed);
+        }
+        self.metrics.city_readings.fetch_add(1, Relaxed);
+        let Some(slot) = b.sensors.get_mut(&key) else {
+            return;
+        };
+        let s = Arc::make_mut(slot);
+        if !same_schema(&s.fields, schema) {
+            remap(s, schema);
+        }
+        if obs.area.is_some() {
+            s.area = obs.area.clone();
+        }
+        if obs.location.is_some() {
+            s.position = obs.location;
+        }
+        let mut values = vec![f64::NAN; s.fields.len()].into_boxed_slice();
+        for (name, v) in &obs.fields {
+            if let Some(i) = s.fields.iter().position(|f| f == name) {
+                values[i] = *v;
+            }
+        }
+        let reading = Reading {
+            time: obs.event_time,
+            received_at: obs.received_at,
+            values,
+        };
+        // Kept in event-time order; a redelivered reading (same time) replaces its copy.
+        let at = s.readings.partition_point(|r| r.time <= reading.time);
+        if at > 0 && s.readings[at - 1].time == reading.time {
+            s.readings[at - 1] = reading;
+        } else if at == 0 && s.readings.len() >= self.depth {
+            return; // older than everything kept
+        } else {
+            s.readings.insert(at, reading);
+            while s.readings.len() > self.depth {
+                s.readings.pop_front();
+            }
+        }
+        b.dirty.insert(key);
+    }
+
+    /// Takes in a batch of quality records (reports of sensors not heard from are left out:
+    /// the catalogue lists sensors that have sent a reading).
+    pub fn quality(&self, batch: &[QualityRecord]) {
+        let mut b = self.lock();
+        for q in batch {
+            let QualityRecord::Report(r) = q else {
+                continue;
+            };
+            let key = SensorKey {
+                sensor_type: r.sensor_type.clone(),
+                sensor_id: r.sensor_id.clone(),
+            };
+            if let Some(slot) = b.sensors.get_mut(&key) {
+                Arc::make_mut(slot).quality = Some(Arc::new(r.clone()));
+                b.dirty.insert(key);
+            }
+        }
+    }
+
+    /// Takes in an incident message.
+    pub fn event(&self, e: &Event) {
+        let mut b = self.lock();
+        let k = (e.event_type.clone(), e.subject.clone());
+        let known = b.incidents.contains_key(&k);
+        match e.state {
+            EventState::End => {
+                b.incidents.remove(&k);
+            }
+            _ if !known && b.incidents.len() >= MAX_INCIDENTS => {
+                self.incidents_refused.fetch_add(1, Relaxed);
+                return;
+            }
+            _ => {
+                let json = serde_json::from_str(&e.to_json()).unwrap_or(Value::Null);
+                b.incidents.insert(
+                    k,
+                    Incident {
+                        sensor_type: e.sensor_type.clone(),
+                        subject: e.subject.clone(),
+                        area: e.area.clone(),
+                        json: Arc::new(json),
+                    },
+                );
+            }
+        }
+        // Every sensor it concerns has a new state.
+        let own = SensorKey {
+            sensor_type: e.sensor_type.clone(),
+            sensor_id: e.subject.clone(),
+        };
+        if b.sensors.contains_key(&own) {
+            b.dirty.insert(own);
+        } else {
+            let in_area: Vec<SensorKey> = b
+                .sensors
+                .values()
+                .filter(|s| s.area.as_deref() == Some(e.subject.as_str()))
+                .map(|s| s.key.clone())
+                .collect();
+            b.dirty.extend(in_area);
+        }
+    }
+
+    /// Releases the sensors silent for longer than the TTL (in event time).
+    pub fn sweep(&self) {
+        let Some(ttl) = self.ttl_ms else { return };
+        let mut b = self.lock();
+        let horizon = b.clock.saturating_sub(ttl);
+        let gone: Vec<SensorKey> = b
+            .sensors
+            .values()
+            .filter(|s| s.latest().is_none_or(|r| r.time < horizon))
+            .map(|s| s.key.clone())
+            .collect();
+        for k in gone {
+            b.sensors.remove(&k);
+            b.dirty.remove(&k);
+            b.released.push(k);
+        }
+        self.metrics
+            .city_sensors
+            .store(b.sensors.len() as u64, Relaxed);
+    }
+
+    /// What changed since the last call: each changed sensor's state once (however often it
+    /// changed), and the released sensors.
+    pub fn take_changes(&self) -> Vec<Change> {
+        let mut b = self.lock();
+        let dirty = std::mem::take(&mut b.dirty);
+        let released = std::mem::take(&mut b.released);
+        let mut out: Vec<Change> = released
+            .into_iter()
+            .map(|key| Change { key, state: None })
+            .collect();
+        for key in dirty {
+            if let Some(s) = b.sensors.get(&key) {
+                let incidents = incidents_of(&b.incidents, s);
+                out.push(Change {
+                    state: Some(state_json(s, &incidents)),
+                    key,
+                });
+            }
+        }
+        out
+    }
+
+    /// Hands changes back whose publication failed: the next round sends them again (the
+    /// state as it is then, or the clearing of a sensor released meanwhile).
+    pub fn retry(&self, keys: impl IntoIterator<Item = SensorKey>) {
+        let mut b = self.lock();
+        for k in keys {
+            if b.sensors.contains_key(&k) {
+                b.dirty.insert(k);
+            } else {
+                b.released.push(k);
+            }
+        }
+    }
+
+    /// Every sensor, in key order (copies of the `Arc`s: the lock is not held afterwards).
+    pub fn sensors(&self) -> Vec<Arc<SensorState>> {
+        self.lock().sensors.values().cloned().collect()
+    }
+
+    /// One sensor.
+    pub fn sensor(&self, sensor_type: &str, sensor_id: &str) -> Option<Arc<SensorState>> {
+        let key = SensorKey {
+            sensor_type: sensor_type.into(),
+            sensor_id: sensor_id.to_string(),
+        };
+        self.lock().sensors.get(&key).cloned()
+    }
+
+    /// Incidents under way.
+    pub fn incidents(&self) -> Vec<Incident> {
+        self.lock().incidents.values().cloned().collect()
+    }
+
+    /// `/api/state`: the selected sensors' states, `offset` and `limit` applied, with the
+    /// number selected.
+    pub fn select(&self, sel: &Selection, offset: usize, limit: usize) -> Value {
+        let sensors = self.sensors();
+        let incidents = self.incidents();
+        let mut total = 0usize;
+        let mut listed = Vec::new();
+        for s in &sensors {
+            if !sel.matches(&s.key.sensor_type, s.area.as_deref(), s.position) {
+                continue;
+            }
+            if total >= offset && listed.len() < limit {
+                let mine: Vec<Arc<Value>> = incidents
+                    .iter()
+                    .filter(|i| i.concerns(s))
+                    .map(|i| i.json.clone())
+                    .collect();
+                listed.push(state_json(s, &mine));
+            }
+            total += 1;
+        }
+        json!({
+            "total": total,
+            "offset": offset,
+            "sensors": listed,
+            "incidents_under_way": incidents.len(),
+            "incidents_not_kept": self.incidents_refused.load(Relaxed),
+        })
+    }
+}
+
+fn incidents_of(all: &BTreeMap<(String, String), Incident>, s: &SensorState) -> Vec<Arc<Value>> {
+    all.values()
+        .filter(|i| i.concerns(s))
+        .map(|i| i.json.clone())
+        .collect()
+}
+
+fn same_schema(a: &[Arc<str>], b: &[Arc<str>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
+}
+
+/// Moves a sensor's readings to a new schema (after a descriptor reload): values of fields
+/// that remain stay, new fields are empty.
+fn remap(s: &mut SensorState, schema: &Arc<[Arc<str>]>) {
+    let from: Vec<Option<usize>> = schema
+        .iter()
+        .map(|f| s.fields.iter().position(|g| g == f))
+        .collect();
+    for r in s.readings.iter_mut() {
+        r.values = from
+            .iter()
+            .map(|i| i.and_then(|i| r.values.get(i).copied()).unwrap_or(f64::NAN))
+            .collect();
+    }
+    s.fields = schema.clone();
+}
+
+/// A sensor's state: the payload of its retained topic and its entry in `/api/state`.
+pub fn state_json(s: &SensorState, incidents: &[Arc<Value>]) -> Value {
+    let reading = s.latest().map(|r| {
+        let mut fields = serde_json::Map::new();
+        for (name, v) in s.fields.iter().zip(r.values.iter()) {
+            if !v.is_nan() {
+                fields.insert(name.to_string(), json!(v));
+            }
+        }
+        json!({
+            "time": aqyl_core::output::rfc3339_ms(r.time as i64),
+            "received_at": aqyl_core::output::rfc3339_ms(r.received_at),
+            "fields": fields,
+        })
+    });
+    let quality = s
+        .quality
+        .as_ref()
+        .and_then(|q| serde_json::from_str::<Value>(&q.to_json()).ok());
+    json!({
+        "sensor_type": &*s.key.sensor_type,
+        "sensor_id": s.key.sensor_id,
+        "area": s.area,
+        "lat": s.position.map(|p| p.0),
+        "lon": s.position.map(|p| p.1),
+        "reading": reading,
+        "quality": quality,
+        "incidents": incidents.iter().map(|v| &**v).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    pub(crate) fn schema(names: &[&str]) -> Arc<[Arc<str>]> {
+        names.iter().map(|n| Arc::from(*n)).collect()
+    }
+
+    pub(crate) fn obs(ty: &str, id: &str, t: u64, fields: &[(&str, f64)]) -> Observation {
+        Observation {
+            sensor_type: ty.into(),
+            sensor_id: id.into(),
+            area: Some("north".into()),
+            event_time: t,
+            received_at: t as i64 + 5,
+            time_from_receive: false,
+            location: Some((56.15, 10.2)),
+            fields: fields.iter().map(|(n, v)| (Arc::from(*n), *v)).collect(),
+            arrival: Default::default(),
+        }
+    }
+
+    fn event(subject: &str, state: EventState) -> Event {
+        Event {
+            id: "i1".into(),
+            event_type: "congestion".into(),
+            subject: subject.into(),
+            sensor_type: "traffic".into(),
+            area: Some("north".into()),
+            state,
+            level: "warning".into(),
+            started_at: 0,
+            time: 0,
+            rule: "jam".into(),
+            message: "slow".into(),
+            values: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_readings_in_event_time_order() {
+        let st = CityState::new(3, 10, None, Arc::new(Metrics::default()));
+        let sc = schema(&["avgSpeed", "vehicleCount"]);
+        for t in [5, 1, 3, 4, 2, 4] {
+            st.reading(
+                &obs("traffic", "a", t * 1000, &[("avgSpeed", t as f64)]),
+                &sc,
+            );
+        }
+        let s = st.sensor("traffic", "a").unwrap();
+        let times: Vec<u64> = s.readings.iter().map(|r| r.time / 1000).collect();
+        assert_eq!(times, [3, 4, 5], "the three newest, a duplicate kept once");
+        assert_eq!(s.value(s.latest().unwrap(), "avgSpeed"), Some(5.0));
+        assert_eq!(s.value(s.latest().unwrap(), "vehicleCount"), None, "absent");
+        st.reading(&obs("traffic", "a", 1000, &[("avgSpeed", 1.0)]), &sc);
+        assert_eq!(st.sensor("traffic", "a").unwrap().readings.len(), 3);
+    }
+
+    #[test]
+    fn sensors_beyond_the_limit_are_counted_not_kept() {
+        let st = CityState::new(2, 2, None, Arc::new(Metrics::default()));
+        let sc = schema(&["v"]);
+        for id in ["a", "b", "c", "d"] {
+            st.reading(&obs("t", id, 1, &[("v", 1.0)]), &sc);
+        }
+        assert_eq!(st.sensors().len(), 2);
+        assert_eq!(st.metrics.city_sensors_refused.load(Relaxed), 2);
+        assert_eq!(st.metrics.city_sensors.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn changes_are_coalesced_and_released_sensors_are_cleared() {
+        let day = std::time::Duration::from_secs(86_400);
+        let st = CityState::new(4, 10, Some(day), Arc::new(Metrics::default()));
+        let sc = schema(&["avgSpeed"]);
+        st.reading(&obs("traffic", "a", 1_000, &[("avgSpeed", 50.0)]), &sc);
+        st.reading(&obs("traffic", "a", 2_000, &[("avgSpeed", 20.0)]), &sc);
+        st.event(&event("a", EventState::Start));
+        let changes = st.take_changes();
+        assert_eq!(changes.len(), 1, "three changes, one message: {changes:?}");
+        let state = changes[0].state.as_ref().unwrap();
+        assert_eq!(state["reading"]["fields"]["avgSpeed"], 20.0);
+        assert_eq!(state["incidents"][0]["subject"], "a");
+        assert!(st.take_changes().is_empty());
+        // An area incident concerns every sensor of the area.
+        st.reading(&obs("traffic", "b", 3_000, &[("avgSpeed", 50.0)]), &sc);
+        st.take_changes();
+        st.event(&event("north", EventState::Start));
+        assert_eq!(st.take_changes().len(), 2);
+        // A day later in event time, only b is still heard from.
+        st.reading(
+            &obs("traffic", "b", 3_000 + day.as_millis() as u64, &[]),
+            &sc,
+        );
+        st.sweep();
+        let changes = st.take_changes();
+        let cleared: Vec<_> = changes.iter().filter(|c| c.state.is_none()).collect();
+        assert_eq!(cleared.len(), 1, "{changes:?}");
+        assert_eq!(cleared[0].key.sensor_id, "a");
+        assert!(st.sensor("traffic", "a").is_none());
+    }
+
+    #[test]
+    fn a_reload_that_changes_the_fields_keeps_the_values_that_remain() {
+        let st = CityState::new(4, 10, None, Arc::new(Metrics::default()));
+        st.reading(
+            &obs("traffic", "a", 1, &[("avgSpeed", 50.0), ("x", 1.0)]),
+            &schema(&["avgSpeed", "x"]),
+        );
+        let new = schema(&["vehicleCount", "avgSpeed"]);
+        st.reading(&obs("traffic", "a", 2, &[("vehicleCount", 7.0)]), &new);
+        let s = st.sensor("traffic", "a").unwrap();
+        assert_eq!(s.value(&s.readings[0], "avgSpeed"), Some(50.0));
+        assert_eq!(s.value(&s.readings[0], "x"), None);
+        assert_eq!(s.value(&s.readings[1], "vehicleCount"), Some(7.0));
+    }
+
+    #[test]
+    fn select_filters_and_pages() {
+        let st = CityState::new(2, 10, None, Arc::new(Metrics::default()));
+        let sc = schema(&["v"]);
+        for id in ["a", "b", "c"] {
+            st.reading(&obs("traffic", id, 1, &[("v", 1.0)]), &sc);
+        }
+        st.reading(&obs("parking", "p", 1, &[("v", 1.0)]), &sc);
+        let sel = Selection::from_query([("type", "traffic")]).unwrap();
+        let v = st.select(&sel, 1, 1);
+        assert_eq!(v["total"], 3);
+        assert_eq!(v["sensors"].as_array().unwrap().len(), 1);
+        assert_eq!(v["sensors"][0]["sensor_id"], "b");
+    }
+}
