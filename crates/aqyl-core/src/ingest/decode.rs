@@ -350,7 +350,7 @@ pub fn observe_cells<'c>(
     if ty.format != PayloadFormat::Json
         || ty.json_keys.is_none()
         || topic_id.contains('/')
-        || ty.topic.topic_of(topic_id).is_none()
+        || ty.topic.has_area()
     {
         return None;
     }
