@@ -81,7 +81,7 @@ pub fn run(opts: &Options) -> anyhow::Result<Summary> {
     // Every input opens before any output is replaced.
     let counters = Arc::new(Counters::default());
     let files = sources.len();
-    let merges = share_out(sources, spec.workers.max(1))
+    let merges = share_out(&ty.name, sources, spec.workers.max(1))
         .into_iter()
         .map(|part| Merge::open(ty.clone(), part, spec.max_payload_bytes, counters.clone()))
         .collect::<anyhow::Result<Vec<Merge>>>()?;
@@ -105,26 +105,55 @@ pub fn run(opts: &Options) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-/// Shares the files out among `workers`, largest first to the least loaded (by bytes), so
-/// each worker reads about as much. Files whose rows name their sensors go together to one
-/// worker: a sensor's rows in several such files keep the order the merge gives them.
-fn share_out(sources: Vec<files::Source>, workers: usize) -> Vec<Vec<files::Source>> {
+/// Shares the files out among `workers` so that each reads about as many bytes and as few
+/// rows as possible cross to another worker: a file of one sensor goes to the worker that
+/// owns the sensor's state (the one the dataflow's exchange sends its readings to), then
+/// files move from the most to the least loaded worker while that evens them out. Files
+/// whose rows name their sensors go together to one worker: a sensor's rows in several such
+/// files keep the order the merge gives them.
+fn share_out(
+    sensor_type: &str,
+    sources: Vec<files::Source>,
+    workers: usize,
+) -> Vec<Vec<files::Source>> {
     let size = |s: &files::Source| std::fs::metadata(&s.path).map_or(0, |m| m.len());
-    let mut parts: Vec<(u64, Vec<files::Source>)> = (0..workers).map(|_| (0, Vec::new())).collect();
-    let (mut by_file, by_field): (Vec<_>, Vec<_>) = sources
+    let mut parts: Vec<Vec<(u64, files::Source)>> = (0..workers).map(|_| Vec::new()).collect();
+    for source in sources {
+        let home = match &source.sensor {
+            files::SensorOf::File(id) => {
+                (aqyl_dataflow::stable_hash(&[sensor_type, id]) % workers as u64) as usize
+            }
+            files::SensorOf::Field { .. } => 0,
+        };
+        parts[home].push((size(&source), source));
+    }
+    let load = |p: &Vec<(u64, files::Source)>| p.iter().map(|f| f.0).sum::<u64>();
+    loop {
+        let loads: Vec<u64> = parts.iter().map(load).collect();
+        let (Some(most), Some(least)) = (
+            (0..workers).max_by_key(|w| (loads[*w], std::cmp::Reverse(*w))),
+            (0..workers).min_by_key(|w| (loads[*w], *w)),
+        ) else {
+            break;
+        };
+        // The file whose move evens the two loads best, if moving it lowers the larger.
+        let gap = loads[most] - loads[least];
+        let movable = parts[most]
+            .iter()
+            .enumerate()
+            .filter(|(_, (bytes, s))| {
+                *bytes > 0 && *bytes < gap && matches!(s.sensor, files::SensorOf::File(_))
+            })
+            .min_by_key(|(i, (bytes, _))| (gap.abs_diff(2 * bytes), *i))
+            .map(|(i, _)| i);
+        let Some(i) = movable else { break };
+        let file = parts[most].remove(i);
+        parts[least].push(file);
+    }
+    parts
         .into_iter()
-        .partition(|s| matches!(s.sensor, files::SensorOf::File(_)));
-    if !by_field.is_empty() {
-        parts[0].0 = by_field.iter().map(size).sum();
-        parts[0].1 = by_field;
-    }
-    by_file.sort_by_key(|s| std::cmp::Reverse(size(s)));
-    for source in by_file {
-        let least = (0..workers).min_by_key(|w| parts[*w].0).unwrap_or(0);
-        parts[least].0 += size(&source);
-        parts[least].1.push(source);
-    }
-    parts.into_iter().map(|(_, p)| p).collect()
+        .map(|p| p.into_iter().map(|(_, s)| s).collect())
+        .collect()
 }
 
 /// The files to replay and how many were skipped in the directories given; an error when
