@@ -430,8 +430,8 @@ fn emit<T: Clone + 'static>(
     let metrics = metrics.clone();
     stream.sink(states.counted(Pipeline), name, move |(input, _)| {
         input.for_each(|_cap, data| {
+            metrics.delivery.sent(output, data.len() as u64);
             for record in data.drain(..) {
-                metrics.delivery.sent(output, 1);
                 // Timely workers are plain threads, never a runtime's: blocking is allowed.
                 if channel.blocking_send(record).is_err() {
                     // Shutdown was forced; nothing can take it any more.

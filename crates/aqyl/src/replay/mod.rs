@@ -18,16 +18,15 @@ use anyhow::Context;
 use aqyl_core::config::Loaded;
 use aqyl_core::ingest::decode::Registry;
 use aqyl_core::ingest::descriptor::{PayloadFormat, SensorType};
-use aqyl_core::metrics::Metrics;
-use aqyl_core::quality::QualityRecord;
-use aqyl_core::{Aggregate, DeadLetter, Event, Reason};
+use aqyl_core::metrics::{Metrics, Output as Delivered};
+use aqyl_core::{DeadLetter, Reason};
 use aqyl_dataflow::{Outputs, PipelineSpec};
 use aqyl_sink::{file::FileSink, Sinks};
 use merge::{Counters, Merge};
 use report::{Progress, Summary};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -47,14 +46,6 @@ pub struct Options {
     pub paths: Vec<PathBuf>,
     /// Show the progress line (stderr is a terminal).
     pub progress: bool,
-}
-
-/// Counts of what the dataflow emitted.
-#[derive(Debug, Default)]
-struct Counts {
-    windows: AtomicU64,
-    events: AtomicU64,
-    quality: AtomicU64,
 }
 
 /// Runs the replay to the end and returns its summary. Bad rows are dead-lettered and
@@ -356,20 +347,13 @@ fn execute(
     progress: bool,
 ) -> anyhow::Result<Counted> {
     let metrics = Arc::new(Metrics::default());
-    let counts = Arc::new(Counts::default());
     let (outputs, received) = Outputs::channels();
-    let (sink_agg, sink_ev, sink_q) = tees(
-        received.aggregates,
-        received.events,
-        received.quality,
-        &counts,
-    );
     let dl_rx = received.deadletters;
     let sink_task = rt.spawn(aqyl_sink::run(
         out.sinks,
-        sink_agg,
-        sink_ev,
-        sink_q,
+        received.aggregates,
+        received.events,
+        received.quality,
         metrics.clone(),
     ));
     let dl_task = rt.spawn_blocking(move || write_dead_letters(dl_rx, out.dead_letters));
@@ -411,53 +395,12 @@ fn execute(
     Ok(Counted {
         rows: counters.rows.load(Relaxed),
         observations: metrics.observations.load(Relaxed),
-        windows: counts.windows.load(Relaxed),
-        events: counts.events.load(Relaxed),
-        quality: counts.quality.load(Relaxed),
+        // What the dataflow emitted (each counts as sent before it is handed on).
+        windows: metrics.delivery.sent[Delivered::Aggregates as usize].load(Relaxed),
+        events: metrics.delivery.sent[Delivered::Events as usize].load(Relaxed),
+        quality: metrics.delivery.sent[Delivered::Quality as usize].load(Relaxed),
         dead_letters,
     })
-}
-
-type Tees = (
-    mpsc::Receiver<Aggregate>,
-    mpsc::Receiver<Event>,
-    mpsc::Receiver<Vec<QualityRecord>>,
-);
-
-/// Counts what passes from the dataflow to the sinks.
-fn tees(
-    mut agg: mpsc::Receiver<Aggregate>,
-    mut ev: mpsc::Receiver<Event>,
-    mut q: mpsc::Receiver<Vec<QualityRecord>>,
-    counts: &Arc<Counts>,
-) -> Tees {
-    let (agg_tx, agg_rx) = mpsc::channel(aqyl_dataflow::runtime::AGGREGATE_CAPACITY);
-    let (ev_tx, ev_rx) = mpsc::channel(aqyl_dataflow::runtime::EVENT_CAPACITY);
-    let (q_tx, q_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
-    let c = counts.clone();
-    tokio::spawn(async move {
-        while let Some(a) = agg.recv().await {
-            c.windows.fetch_add(1, Relaxed);
-            let _ = agg_tx.send(a).await;
-        }
-    });
-    let c = counts.clone();
-    tokio::spawn(async move {
-        while let Some(e) = ev.recv().await {
-            c.events.fetch_add(1, Relaxed);
-            let _ = ev_tx.send(e).await;
-        }
-    });
-    let c = counts.clone();
-    tokio::spawn(async move {
-        while let Some(batch) = q.recv().await {
-            c.quality.fetch_add(batch.len() as u64, Relaxed);
-            if q_tx.send(batch).await.is_err() {
-                break;
-            }
-        }
-    });
-    (agg_rx, ev_rx, q_rx)
 }
 
 /// Writes each dead letter as one JSON line and counts them by reason.
