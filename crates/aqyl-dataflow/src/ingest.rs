@@ -54,6 +54,9 @@ pub struct Sides<'a> {
     pub metrics: &'a Metrics,
     /// The largest event time any worker has seen.
     pub shared_max: &'a AtomicU64,
+    /// Readings let in since the batch began, added to `metrics.observations` once per
+    /// batch (a counter every worker writes is a cache line they pass around).
+    pub observations: u64,
 }
 
 /// Takes one message: decodes it and sends each reading on, or dead-letters it.
@@ -99,7 +102,8 @@ pub fn take(
     }
 }
 
-/// Takes one reading a worker's [`Source`] decoded (row `row` of its last batch).
+/// Takes one reading a worker's [`Source`] decoded (row `row` of its last batch), at `clocks`
+/// (wall and monotonic ms, read once per batch).
 pub fn take_decoded(
     state: &mut IngestState,
     obs: Observation,
@@ -107,9 +111,8 @@ pub fn take_decoded(
     registry: &Registry,
     spec: &PipelineSpec,
     to: &mut Sides<'_>,
+    (now, tick): (i64, i64),
 ) {
-    let now = wall_ms();
-    let tick = crate::runtime::mono_ms();
     let origin = Origin::Row(source, row);
     take_reading(state, obs, origin, registry, spec, to, (now, tick));
 }
@@ -207,9 +210,14 @@ fn take_reading(
         },
     };
     if !state.watermark.is_late(obs.event_time) {
+        let newest = state.watermark.max_event();
         state.watermark.observe(obs.event_time, tick);
-        to.shared_max.fetch_max(obs.event_time, Relaxed);
-        to.metrics.observations.fetch_add(1, Relaxed);
+        if newest.is_none_or(|m| obs.event_time > m) {
+            // Only a new maximum can raise the shared one (every maximum this worker had
+            // came from here, from the shared one, or was published when restored).
+            to.shared_max.fetch_max(obs.event_time, Relaxed);
+        }
+        to.observations += 1;
         if obs.arrival.out_of_range > 0 && spec.quality.is_some_and(|q| q.exclude_incorrect) {
             // Scored, but kept out of aggregates and rules.
             to.metrics.quality_excluded.fetch_add(1, Relaxed);
@@ -224,7 +232,7 @@ fn take_reading(
         // Sent at the current input time; Aggregate files it into its closed window and
         // emits the correction.
         to.metrics.late_updates.fetch_add(1, Relaxed);
-        to.metrics.observations.fetch_add(1, Relaxed);
+        to.observations += 1;
         to.input.send(obs, registry);
     } else {
         late(state, obs, msg, spec, to, (now, tick));

@@ -468,6 +468,8 @@ fn run_worker(
             side.advance_to(r.input_time);
             let mut ingest = r.ingest;
             ingest.watermark.rebase(mono_ms());
+            let newest = ingest.watermark.max_event().unwrap_or(0);
+            shared.shared_max.fetch_max(newest, Relaxed);
             ingest
         }
         None => IngestState::new(spec),
@@ -519,6 +521,7 @@ fn run_worker(
                 outputs: &shared.outputs,
                 metrics: &shared.metrics,
                 shared_max: &shared.shared_max,
+                observations: 0,
             };
             match &mut intake {
                 Intake::Channel(rx) => {
@@ -546,6 +549,7 @@ fn run_worker(
                 Intake::Source(source) => {
                     closed = !source.read(&mut batch, SOURCE_BATCH);
                     taken = batch.len();
+                    let clocks = (wall_ms(), mono_ms());
                     for item in batch.drain(..) {
                         match item {
                             Taken::Reading { obs, row } => crate::ingest::take_decoded(
@@ -555,6 +559,7 @@ fn run_worker(
                                 &registry,
                                 spec,
                                 &mut to,
+                                clocks,
                             ),
                             Taken::Message(msg) => crate::ingest::take(
                                 &mut ingest,
@@ -572,6 +577,7 @@ fn run_worker(
                     }
                 }
             }
+            shared.metrics.observations.fetch_add(to.observations, Relaxed);
         }
         let tick = mono_ms();
         if taken > 0 {

@@ -70,7 +70,11 @@ impl Registry {
 
     /// The sensor type called `name`.
     pub fn get(&self, name: &str) -> Option<&SensorType> {
-        self.types.iter().find(|t| &*t.name == name)
+        // Readings carry their type's own name (an `Arc` of it), so the same address is the
+        // usual match, and the comparison of text the fallback.
+        let same = |t: &&SensorType| std::ptr::eq(&*t.name, name);
+        let at = self.types.iter().find(same);
+        at.or_else(|| self.types.iter().find(|t| &*t.name == name))
     }
 
     /// The MQTT filters to subscribe to, one per type.
@@ -594,10 +598,7 @@ fn read_time(rule: &TimeRule, payload: &Value) -> Result<i64, String> {
         TimeFormat::EpochSeconds => number()? * 1000.0,
         TimeFormat::EpochMillis => number()?,
         TimeFormat::Rfc3339 => {
-            return Err(format!(
-                "expected an RFC 3339 string, got {}",
-                kind_of(v)
-            ))
+            return Err(format!("expected an RFC 3339 string, got {}", kind_of(v)))
         }
         TimeFormat::Local { pattern, .. } => {
             return Err(format!(

@@ -184,8 +184,14 @@ mod tests {
             rng ^= rng << 17;
             rng
         };
-        let mut samples = vec![0.0, -0.0, 1.0, -1.0, 0.1, 1e15, 1e16, 1e17, 1e-5, 1e-7, 123.456];
-        samples.extend((0..20_000).map(|_| f64::from_bits(next())).filter(|x| x.is_finite()));
+        let mut samples = vec![
+            0.0, -0.0, 1.0, -1.0, 0.1, 1e15, 1e16, 1e17, 1e-5, 1e-7, 123.456,
+        ];
+        samples.extend(
+            (0..20_000)
+                .map(|_| f64::from_bits(next()))
+                .filter(|x| x.is_finite()),
+        );
         samples.extend((0..20_000).map(|_| (next() % 1_000_000) as f64 / 1000.0));
         for scale in [1e-6, 1e-3, 1.0, 1e3, 1e6, 1e9, 1e12, 1e15, 1e18] {
             let mut unit = || (next() >> 11) as f64 / (1u64 << 53) as f64;

@@ -283,11 +283,14 @@ impl Merge {
                 Some(Err(row)) => taken(row_item(&self.ty, &s.source.sensor, &s.name, row)),
                 Some(Ok(line)) => {
                     s.line = line;
-                    match decode_cells(&self.ty, &s.source.sensor, columns, &s.record, self.max_payload) {
-                        Some(obs) => (
-                            Some(obs.event_time as i64),
-                            Taken::Reading { obs, row: 0 },
-                        ),
+                    match decode_cells(
+                        &self.ty,
+                        &s.source.sensor,
+                        columns,
+                        &s.record,
+                        self.max_payload,
+                    ) {
+                        Some(obs) => (Some(obs.event_time as i64), Taken::Reading { obs, row: 0 }),
                         None => {
                             let data = Ok(RowData::Fields(rows.fields_of(&s.record)));
                             let row = Row { line, data };
@@ -453,9 +456,9 @@ fn open_rows(source: &Source, ty: &SensorType, max_payload: usize) -> anyhow::Re
             Reader::Csv { rows, columns }
         }
         FileFormat::JsonLines => Reader::Other(Box::new(JsonLines::new(file))),
-        FileFormat::Senml => Reader::Other(Box::new(
-            SenmlRows::new(file, max_payload).map_err(fail)?,
-        )),
+        FileFormat::Senml => {
+            Reader::Other(Box::new(SenmlRows::new(file, max_payload).map_err(fail)?))
+        }
     })
 }
 
