@@ -577,7 +577,10 @@ fn run_worker(
                     }
                 }
             }
-            shared.metrics.observations.fetch_add(to.observations, Relaxed);
+            shared
+                .metrics
+                .observations
+                .fetch_add(to.observations, Relaxed);
         }
         let tick = mono_ms();
         if taken > 0 {

@@ -367,7 +367,7 @@ pub fn observe_cells<'c>(
     if !(0..=MAX_EVENT_MS).contains(&event_time) {
         return None;
     }
-    let sensor_id = match ty.sensor_id_field.as_ref().and_then(|p| at(p)) {
+    let sensor_id = match ty.sensor_id_field.as_ref().and_then(&at) {
         Some(id) => {
             let id = id.trim();
             validate_sensor_id(id).ok()?;
@@ -375,7 +375,7 @@ pub fn observe_cells<'c>(
         }
         None => topic_id,
     };
-    let area = match ty.area_field.as_ref().and_then(|p| at(p)) {
+    let area = match ty.area_field.as_ref().and_then(&at) {
         Some(a) => {
             validate_sensor_id(a).ok()?;
             Some(a.to_string())

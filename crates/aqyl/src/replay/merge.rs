@@ -378,17 +378,19 @@ impl aqyl_dataflow::input::Source for Merge {
     }
 
     fn message(&self, row: usize) -> RawMessage {
+        let unknown = || RawMessage {
+            topic: self.ty.topic.as_str().to_string(),
+            payload: Vec::new(),
+            received_at: 0,
+        };
         let Some(g) = self.given.get(row) else {
-            return RawMessage {
-                topic: String::new(),
-                payload: Vec::new(),
-                received_at: 0,
-            };
+            return unknown();
         };
         let s = &self.streams[g.stream];
         let fields = match &s.reader {
             Reader::Csv { rows, .. } => rows.fields_of(&g.record),
-            Reader::Other(_) => unreachable!("only CSV rows are decoded by the merge"),
+            // Only CSV rows are decoded here; other rows travel as messages.
+            Reader::Other(_) => return unknown(),
         };
         let row = Row {
             line: g.line,
@@ -465,6 +467,7 @@ fn open_rows(source: &Source, ty: &SensorType, max_payload: usize) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aqyl_dataflow::input::Source as _;
     use std::path::Path;
 
     fn ty(text: &str) -> SensorType {
@@ -602,23 +605,37 @@ mod tests {
             "b.csv",
             &[("08:05", 2), ("08:20", 2), ("08:10", 2), ("08:25", 2)],
         );
-        let mut merge = Merge::open(t, vec![a, b], 1 << 16).unwrap();
+        let counters = Arc::new(Counters::default());
+        let mut merge = Merge::open(t, vec![a, b], 1 << 16, counters.clone()).unwrap();
         let mut order = Vec::new();
-        while let Some(item) = merge.next_item().unwrap() {
-            let Item::Message(m) = item else {
-                panic!("{item:?}")
-            };
-            let v: Value = serde_json::from_slice(&m.payload).unwrap();
-            order.push(format!(
-                "{}@{}",
-                v["REPORT_ID"].as_str().unwrap(),
-                &v["TIMESTAMP"].as_str().unwrap()[11..16]
-            ));
+        let mut more = true;
+        while more {
+            let mut batch = Vec::new();
+            // Small batches: a row's message stays available until the next batch.
+            more = merge.read(&mut batch, 3);
+            for item in batch {
+                let Taken::Reading { obs, row } = item else {
+                    panic!("{item:?}")
+                };
+                // 08:00 in Copenhagen in August is 06:00 UTC.
+                let minutes = (obs.event_time - 1_406_872_800_000) / 60_000;
+                order.push(format!(
+                    "{}@{:02}:{:02}",
+                    obs.sensor_id,
+                    8 + minutes / 60,
+                    minutes % 60
+                ));
+                let m = merge.message(row);
+                let v: Value = serde_json::from_slice(&m.payload).unwrap();
+                assert_eq!(v["REPORT_ID"].as_str(), Some(&*obs.sensor_id));
+                assert_eq!(m.topic, format!("city/traffic/{}", obs.sensor_id));
+            }
         }
         assert_eq!(
             order,
             ["1@08:00", "2@08:05", "1@08:15", "2@08:20", "2@08:10", "2@08:25", "1@08:30"]
         );
-        assert_eq!((merge.rows, merge.files_done), (7, 2));
+        let files_done = counters.files_done.load(Relaxed);
+        assert_eq!((counters.rows.load(Relaxed), files_done), (7, 2));
     }
 }
