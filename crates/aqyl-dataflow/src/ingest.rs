@@ -2,7 +2,7 @@
 //! what cannot be used, keeping the watermark, and feeding the dataflow.
 
 use crate::feed::Feed;
-use crate::input::Logged;
+use crate::input::{Logged, Source};
 use crate::quality::Side;
 use crate::readings::Readings;
 use crate::runtime::{Outputs, PipelineSpec};
@@ -54,6 +54,9 @@ pub struct Sides<'a> {
     pub metrics: &'a Metrics,
     /// The largest event time any worker has seen.
     pub shared_max: &'a AtomicU64,
+    /// Readings let in since the batch began, added to `metrics.observations` once per
+    /// batch (a counter every worker writes is a cache line they pass around).
+    pub observations: u64,
 }
 
 /// Takes one message: decodes it and sends each reading on, or dead-letters it.
@@ -94,7 +97,59 @@ pub fn take(
         return;
     }
     for obs in decoded.drain(..) {
-        take_reading(state, obs, &msg, registry, spec, to, (now, tick));
+        let origin = Origin::Message(&msg);
+        take_reading(state, obs, origin, registry, spec, to, (now, tick));
+    }
+}
+
+/// Takes one reading a worker's [`Source`] decoded (row `row` of its last batch), at `clocks`
+/// (wall and monotonic ms, read once per batch).
+pub fn take_decoded(
+    state: &mut IngestState,
+    obs: Observation,
+    (source, row): (&dyn Source, usize),
+    registry: &Registry,
+    spec: &PipelineSpec,
+    to: &mut Sides<'_>,
+    (now, tick): (i64, i64),
+) {
+    let origin = Origin::Row(source, row);
+    take_reading(state, obs, origin, registry, spec, to, (now, tick));
+}
+
+/// Where a reading came from, for its dead letter.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    /// Decoded from this message.
+    Message(&'a RawMessage),
+    /// Decoded by a source from a row of its last batch (received at 0: from no broker).
+    Row(&'a dyn Source, usize),
+}
+
+impl Origin<'_> {
+    fn received_at(self) -> i64 {
+        match self {
+            Self::Message(m) => m.received_at,
+            Self::Row(..) => 0,
+        }
+    }
+
+    /// The dead letter of the reading's message.
+    fn dead_letter(self, sensor_type: &str, reason: Reason, detail: String) -> DeadLetter {
+        let letter = |m: &RawMessage| {
+            DeadLetter::new(
+                sensor_type,
+                reason,
+                detail,
+                &m.topic,
+                &m.payload,
+                m.received_at,
+            )
+        };
+        match self {
+            Self::Message(m) => letter(m),
+            Self::Row(source, row) => letter(&source.message(row)),
+        }
     }
 }
 
@@ -116,24 +171,17 @@ fn horizon(state: &mut IngestState, spec: &PipelineSpec, tick: i64) -> u64 {
 fn take_reading(
     state: &mut IngestState,
     mut obs: Observation,
-    msg: &RawMessage,
+    msg: Origin<'_>,
     registry: &Registry,
     spec: &PipelineSpec,
     to: &mut Sides<'_>,
     (now, tick): (i64, i64),
 ) {
-    if let Some(detail) = too_far_ahead(&obs, msg.received_at, spec.max_future) {
+    if let Some(detail) = too_far_ahead(&obs, msg.received_at(), spec.max_future) {
         to.metrics.reject(Reason::Future);
         dead_letter(
             to,
-            DeadLetter::new(
-                &obs.sensor_type,
-                Reason::Future,
-                detail.clone(),
-                &msg.topic,
-                &msg.payload,
-                msg.received_at,
-            ),
+            msg.dead_letter(&obs.sensor_type, Reason::Future, detail.clone()),
         );
         // A sensor whose clock runs ahead sends unusable readings.
         if spec.quality.is_some() {
@@ -143,7 +191,7 @@ fn take_reading(
                 sensor_id: obs.sensor_id,
                 reason: Reason::Future,
                 detail,
-                latency_ms: crate::quality::latency(msg.received_at, now),
+                latency_ms: crate::quality::latency(msg.received_at(), now),
             });
         }
         return;
@@ -162,9 +210,14 @@ fn take_reading(
         },
     };
     if !state.watermark.is_late(obs.event_time) {
+        let newest = state.watermark.max_event();
         state.watermark.observe(obs.event_time, tick);
-        to.shared_max.fetch_max(obs.event_time, Relaxed);
-        to.metrics.observations.fetch_add(1, Relaxed);
+        if newest.is_none_or(|m| obs.event_time > m) {
+            // Only a new maximum can raise the shared one (every maximum this worker had
+            // came from here, from the shared one, or was published when restored).
+            to.shared_max.fetch_max(obs.event_time, Relaxed);
+        }
+        to.observations += 1;
         if obs.arrival.out_of_range > 0 && spec.quality.is_some_and(|q| q.exclude_incorrect) {
             // Scored, but kept out of aggregates and rules.
             to.metrics.quality_excluded.fetch_add(1, Relaxed);
@@ -179,7 +232,7 @@ fn take_reading(
         // Sent at the current input time; Aggregate files it into its closed window and
         // emits the correction.
         to.metrics.late_updates.fetch_add(1, Relaxed);
-        to.metrics.observations.fetch_add(1, Relaxed);
+        to.observations += 1;
         to.input.send(obs, registry);
     } else {
         late(state, obs, msg, spec, to, (now, tick));
@@ -189,7 +242,7 @@ fn take_reading(
 fn late(
     state: &mut IngestState,
     obs: Observation,
-    msg: &RawMessage,
+    msg: Origin<'_>,
     spec: &PipelineSpec,
     to: &mut Sides<'_>,
     (now, tick): (i64, i64),
@@ -202,24 +255,14 @@ fn late(
         aqyl_core::output::rfc3339_ms(watermark as i64),
         aqyl_core::duration::label(spec.allowed_lateness),
     );
-    dead_letter(
-        to,
-        DeadLetter::new(
-            &obs.sensor_type,
-            Reason::Late,
-            detail,
-            &msg.topic,
-            &msg.payload,
-            msg.received_at,
-        ),
-    );
+    dead_letter(to, msg.dead_letter(&obs.sensor_type, Reason::Late, detail));
     if spec.quality.is_some() {
         to.side.send(Side::Late {
             at: watermark,
             sensor_type: obs.sensor_type.clone(),
             sensor_id: obs.sensor_id.clone(),
             age_ms: obs.arrival.stream_time.saturating_sub(obs.event_time),
-            latency_ms: crate::quality::latency(msg.received_at, now),
+            latency_ms: crate::quality::latency(msg.received_at(), now),
         });
     }
 }

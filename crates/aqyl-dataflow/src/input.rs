@@ -1,8 +1,12 @@
 //! How messages enter the dataflow: one bounded channel per worker, chosen by a stable hash
 //! of the topic so each sensor's messages stay in order on one worker. A full channel makes
 //! the sender wait, which back-pressures the MQTT connection instead of dropping anything.
+//!
+//! A finite input (a replay of files) can instead give each worker a [`Source`] of its own
+//! that the worker reads itself, a batch at a time, between steps of the dataflow: no channel
+//! hand-off per message, no thread beside the workers, and readings already decoded.
 
-use aqyl_core::RawMessage;
+use aqyl_core::{DeadLetter, Observation, RawMessage};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
@@ -94,4 +98,31 @@ impl Router {
         self.routed.fetch_max(seq, SeqCst);
         sent
     }
+}
+
+/// What a [`Source`] gives a worker.
+#[derive(Debug)]
+pub enum Taken {
+    /// A decoded reading; `row` names it for [`Source::message`].
+    Reading {
+        /// The reading, as decoding its message would give it.
+        obs: Observation,
+        /// Its row in the source's last batch.
+        row: usize,
+    },
+    /// A message to decode, as if it came from the broker.
+    Message(RawMessage),
+    /// Input rejected before decoding.
+    Rejected(DeadLetter),
+}
+
+/// A worker's own finite input (see the module doc).
+pub trait Source: Send {
+    /// Appends up to `max` items to `out`; false once the input has ended (or failed: the
+    /// source keeps the error for its owner to report).
+    fn read(&mut self, out: &mut Vec<Taken>, max: usize) -> bool;
+
+    /// The message a reading of the last batch would have been published as (for its dead
+    /// letter when it turns out late): called rarely, so it may be slow.
+    fn message(&self, row: usize) -> RawMessage;
 }

@@ -47,7 +47,8 @@ pub fn shared(registry: aqyl_core::ingest::decode::Registry) -> SharedRegistry {
 }
 
 pub use runtime::{
-    run_batch, start, start_durable, Batch, Durable, Outputs, PipelineSpec, Receivers, Running,
+    run_batch, start, start_durable, start_sources, Batch, Durable, Outputs, PipelineSpec,
+    Receivers, Running,
 };
 
 /// The wall clock, Unix ms.

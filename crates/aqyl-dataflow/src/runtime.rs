@@ -6,7 +6,7 @@ use crate::checkpoint::{Control, Snapshot, WorkerState};
 use crate::events::{AreaEvents, DetectEvents, WindowEvents};
 use crate::feed::Feed;
 use crate::ingest::{IngestState, Sides};
-use crate::input::Logged;
+use crate::input::{Logged, Source, Taken};
 use crate::quality::{QualitySpec, ScoreQuality, Side};
 use crate::readings::Readings;
 use crate::sensor_sax::AdaptiveSax;
@@ -37,6 +37,8 @@ pub const DEADLETTER_CAPACITY: usize = 16_384;
 
 /// Most messages a worker takes from its channel before stepping the dataflow.
 const BATCH: usize = 1024;
+/// Most items a worker reads from its own source before stepping the dataflow.
+const SOURCE_BATCH: usize = 4096;
 /// How long an idle worker parks before looking at its channel and the clock again.
 const PARK: Duration = Duration::from_millis(5);
 
@@ -182,6 +184,28 @@ pub fn start_durable(
     start_with(spec, capacity, outputs, metrics, Some(durable))
 }
 
+/// Starts the workers on their own threads, each reading its own [`Source`] (one per worker:
+/// their number is the number of workers). Each worker ends its input when its source ends,
+/// drains every open window and stops.
+pub fn start_sources(
+    mut spec: PipelineSpec,
+    sources: Vec<Box<dyn Source>>,
+    outputs: Outputs,
+    metrics: Arc<Metrics>,
+) -> Result<Running, String> {
+    spec.workers = sources.len().max(1);
+    let intakes = sources.into_iter().map(Intake::Source).collect();
+    start_intakes(spec, intakes, None, outputs, metrics, None)
+}
+
+/// Where a worker's input comes from.
+enum Intake {
+    /// Messages routed to this worker.
+    Channel(mpsc::Receiver<Logged>),
+    /// Its own source.
+    Source(Box<dyn Source>),
+}
+
 /// What every worker shares.
 struct Shared {
     spec: PipelineSpec,
@@ -196,8 +220,8 @@ struct Shared {
     control: Option<Arc<Control>>,
 }
 
-/// A worker's own start: its input channel and the part of the snapshot it restores.
-type Start = (mpsc::Receiver<Logged>, Option<WorkerState>);
+/// A worker's own start: its input and the part of the snapshot it restores.
+type Start = (Intake, Option<WorkerState>);
 
 fn start_with(
     spec: PipelineSpec,
@@ -208,6 +232,21 @@ fn start_with(
 ) -> Result<(input::Router, Running), String> {
     let workers = spec.workers.max(1);
     let (router, receivers) = input::channels(workers, capacity);
+    let intakes = receivers.into_iter().map(Intake::Channel).collect();
+    let routed = router.routed();
+    let running = start_intakes(spec, intakes, Some(routed), outputs, metrics, durable)?;
+    Ok((router, running))
+}
+
+fn start_intakes(
+    spec: PipelineSpec,
+    intakes: Vec<Intake>,
+    routed: Option<Arc<AtomicU64>>,
+    outputs: Outputs,
+    metrics: Arc<Metrics>,
+    durable: Option<Durable>,
+) -> Result<Running, String> {
+    let workers = spec.workers.max(1);
     let (control, restore) = match durable {
         Some(d) => (Some(d.control), d.restore),
         None => (None, None),
@@ -223,7 +262,7 @@ fn start_with(
         Some(s) => s.workers.into_iter().map(Some).collect(),
         None => vec![None; workers],
     };
-    let starts: Vec<Option<Start>> = receivers.into_iter().zip(parts).map(Some).collect();
+    let starts: Vec<Option<Start>> = intakes.into_iter().zip(parts).map(Some).collect();
     let starts = Arc::new(Mutex::new(starts));
     let shared = Arc::new(Shared {
         spec,
@@ -231,7 +270,7 @@ fn start_with(
         metrics,
         shared_max: AtomicU64::new(0),
         in_flight: Arc::new(AtomicI64::new(0)),
-        routed: router.routed(),
+        routed: routed.unwrap_or_default(),
         control,
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -247,13 +286,13 @@ fn start_with(
             .ok()
             .and_then(|mut s| s.get_mut(index).and_then(Option::take));
         let ready = ready_tx.lock().map(|t| t.clone());
-        let (Some((rx, restore)), Ok(ready)) = (own, ready) else {
+        let (Some((intake, restore)), Ok(ready)) = (own, ready) else {
             tracing::error!(index, "worker found no input channel; it will not ingest");
             return;
         };
         // A worker that dies must not leave the others waiting for it at a checkpoint.
         let _guard = PoisonOnPanic(shared.control.clone());
-        run_worker(worker, &shared, rx, restore, ready);
+        run_worker(worker, &shared, intake, restore, ready);
     })?;
     for _ in 0..workers {
         match ready_rx.recv() {
@@ -262,7 +301,7 @@ fn start_with(
             Err(_) => return Err("a dataflow worker ended while starting".into()),
         }
     }
-    Ok((router, Running { guards }))
+    Ok(Running { guards })
 }
 
 /// Poisons the checkpoint rendezvous when its worker thread unwinds.
@@ -391,8 +430,8 @@ fn emit<T: Clone + 'static>(
     let metrics = metrics.clone();
     stream.sink(states.counted(Pipeline), name, move |(input, _)| {
         input.for_each(|_cap, data| {
+            metrics.delivery.sent(output, data.len() as u64);
             for record in data.drain(..) {
-                metrics.delivery.sent(output, 1);
                 // Timely workers are plain threads, never a runtime's: blocking is allowed.
                 if channel.blocking_send(record).is_err() {
                     // Shutdown was forced; nothing can take it any more.
@@ -406,7 +445,7 @@ fn emit<T: Clone + 'static>(
 fn run_worker(
     worker: &mut timely::worker::Worker,
     shared: &Shared,
-    mut rx: mpsc::Receiver<Logged>,
+    mut intake: Intake,
     restore: Option<WorkerState>,
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -429,6 +468,8 @@ fn run_worker(
             side.advance_to(r.input_time);
             let mut ingest = r.ingest;
             ingest.watermark.rebase(mono_ms());
+            let newest = ingest.watermark.max_event().unwrap_or(0);
+            shared.shared_max.fetch_max(newest, Relaxed);
             ingest
         }
         None => IngestState::new(spec),
@@ -438,16 +479,22 @@ fn run_worker(
     // stepped system clock (NTP, a VM resumed) neither stalls nor jumps event time.
     let mut last_message = mono_ms();
     let mut decoded = Vec::with_capacity(4);
+    let mut batch = Vec::with_capacity(SOURCE_BATCH);
     let mut checkpointed = 0;
     loop {
         if let Some(control) = &shared.control {
             if let Some(id) = control.pending(checkpointed) {
                 checkpointed = id;
+                let Intake::Channel(rx) = &intake else {
+                    tracing::error!("A worker reading its own source cannot be checkpointed.");
+                    control.rendezvous.poison();
+                    return;
+                };
                 let mut io = WorkerIo {
                     ingest: &mut ingest,
                     input: &mut input,
                     side: &mut side,
-                    rx: &rx,
+                    rx,
                 };
                 if let Err(e) = checkpoint(worker, shared, control, &states, &mut io) {
                     tracing::error!(error = %e, "A checkpoint failed; this worker stops.");
@@ -474,27 +521,66 @@ fn run_worker(
                 outputs: &shared.outputs,
                 metrics: &shared.metrics,
                 shared_max: &shared.shared_max,
+                observations: 0,
             };
-            while taken < BATCH {
-                match rx.try_recv() {
-                    Ok(logged) => {
-                        taken += 1;
-                        crate::ingest::take(
-                            &mut ingest,
-                            logged,
-                            &registry,
-                            spec,
-                            &mut to,
-                            &mut decoded,
-                        );
+            match &mut intake {
+                Intake::Channel(rx) => {
+                    while taken < BATCH {
+                        match rx.try_recv() {
+                            Ok(logged) => {
+                                taken += 1;
+                                crate::ingest::take(
+                                    &mut ingest,
+                                    logged,
+                                    &registry,
+                                    spec,
+                                    &mut to,
+                                    &mut decoded,
+                                );
+                            }
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => {
+                                closed = true;
+                                break;
+                            }
+                        }
                     }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        closed = true;
-                        break;
+                }
+                Intake::Source(source) => {
+                    closed = !source.read(&mut batch, SOURCE_BATCH);
+                    taken = batch.len();
+                    let clocks = (wall_ms(), mono_ms());
+                    for item in batch.drain(..) {
+                        match item {
+                            Taken::Reading { obs, row } => crate::ingest::take_decoded(
+                                &mut ingest,
+                                obs,
+                                (&**source, row),
+                                &registry,
+                                spec,
+                                &mut to,
+                                clocks,
+                            ),
+                            Taken::Message(msg) => crate::ingest::take(
+                                &mut ingest,
+                                Logged { seq: 0, msg },
+                                &registry,
+                                spec,
+                                &mut to,
+                                &mut decoded,
+                            ),
+                            Taken::Rejected(d) => {
+                                // Counted by the source's owner, as a row, not a message.
+                                let _ = shared.outputs.deadletters.blocking_send(d);
+                            }
+                        }
                     }
                 }
             }
+            shared
+                .metrics
+                .observations
+                .fetch_add(to.observations, Relaxed);
         }
         let tick = mono_ms();
         if taken > 0 {

@@ -8,7 +8,9 @@
 //! cargo bench -p aqyl --bench throughput -- --messages 200000 --rounds 3 --quality 2
 //! ```
 //! `--quality 0` turns quality scoring off; `--quality 2` also runs the service without it in
-//! each round, to pair the two. `--rules 0` runs without the traffic rules.
+//! each round, to pair the two. `--rules 0` runs without the traffic rules. With
+//! `AQYL_BASELINE=/path/to/aqyl` (an earlier build) that binary runs too in each round, right
+//! after the bare subscriber, and the ratio of the two builds is printed.
 //! Needs `mosquitto` (the test command installs it). Prints one line per round and a summary.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark driver: failing loudly is right
@@ -142,6 +144,7 @@ fn metric(http: &str, name: &str) -> Option<u64> {
 /// The service: `aqyl run` (release binary), 2 workers, no sink, as a separate process.
 /// Returns (seconds until every observation was accepted, publish seconds, peak RSS KiB).
 async fn aqyl_round(
+    bin: &std::path::Path,
     port: u16,
     msgs: Arc<Vec<(String, Vec<u8>)>>,
     workers: usize,
@@ -204,7 +207,7 @@ async fn aqyl_round(
             }
         }
     });
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aqyl"))
+    let mut child = Command::new(bin)
         .args(["run", "--config"])
         .arg(dir.path().join("aqyl.toml"))
         .env("AQYL_MQTT_URL", format!("mqtt://127.0.0.1:{port}"))
@@ -280,9 +283,13 @@ fn main() {
     let (mut bare, mut svc, mut peak) = (Vec::new(), Vec::new(), 0);
     let mut unscored = Vec::new();
     let mut volatile = Vec::new();
+    let mut base_svc = Vec::new();
+    let this = std::path::Path::new(env!("CARGO_BIN_EXE_aqyl"));
+    let baseline = std::env::var_os("AQYL_BASELINE").map(std::path::PathBuf::from);
     for round in 1..=rounds {
         if quality == 2 {
             let (a, _, _) = rt.block_on(aqyl_round(
+                this,
                 broker.port,
                 msgs.clone(),
                 workers,
@@ -298,6 +305,7 @@ fn main() {
         }
         if durable == 2 {
             let (a, _, _) = rt.block_on(aqyl_round(
+                this,
                 broker.port,
                 msgs.clone(),
                 workers,
@@ -312,7 +320,21 @@ fn main() {
             volatile.push(n as f64 / a);
         }
         let (b, bp) = rt.block_on(bare_round(broker.port, msgs.clone()));
+        if let Some(base) = &baseline {
+            let (a, _, _) = rt.block_on(aqyl_round(
+                base,
+                broker.port,
+                msgs.clone(),
+                workers,
+                quality != 0,
+                rules,
+                durable != 0,
+            ));
+            println!("round {round}: baseline aqyl {:>8.0} obs/s", n as f64 / a);
+            base_svc.push(n as f64 / a);
+        }
         let (a, ap, rss) = rt.block_on(aqyl_round(
+            this,
             broker.port,
             msgs.clone(),
             workers,
@@ -357,4 +379,12 @@ fn main() {
         ms / mb,
         peak / 1024
     );
+    if !base_svc.is_empty() {
+        let mbase = median(&mut base_svc);
+        println!(
+            "median: baseline aqyl {mbase:.0} obs/s (baseline/bare = {:.2}), aqyl/baseline = {:.2}",
+            mbase / mb,
+            ms / mbase
+        );
+    }
 }

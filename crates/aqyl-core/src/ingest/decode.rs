@@ -70,7 +70,11 @@ impl Registry {
 
     /// The sensor type called `name`.
     pub fn get(&self, name: &str) -> Option<&SensorType> {
-        self.types.iter().find(|t| &*t.name == name)
+        // Readings carry their type's own name (an `Arc` of it), so the same address is the
+        // usual match, and the comparison of text the fallback.
+        let same = |t: &&SensorType| std::ptr::eq(&*t.name, name);
+        let at = self.types.iter().find(same);
+        at.or_else(|| self.types.iter().find(|t| &*t.name == name))
     }
 
     /// The MQTT filters to subscribe to, one per type.
@@ -335,6 +339,96 @@ fn observe(
     })
 }
 
+/// Decodes one row of text cells, looked up by column name (a CSV row), as [`Registry::decode`]
+/// decodes the JSON object of those strings published on the type's topic for `topic_id`, for
+/// a row that decodes cleanly; without building the JSON text or a `serde_json::Value`.
+///
+/// `None` whenever decoding would reject the row, or cannot be done from top-level keys alone
+/// (a CSV or SenML type, a nested pointer, an `{area}` in the topic, a topic id with a `/`):
+/// the caller then decodes the row's JSON and gets the exact rejection.
+pub fn observe_cells<'c>(
+    ty: &SensorType,
+    topic_id: &str,
+    cell: impl Fn(&str) -> Option<&'c str>,
+) -> Option<Observation> {
+    if ty.format != PayloadFormat::Json
+        || ty.json_keys.is_none()
+        || topic_id.contains('/')
+        || ty.topic.has_area()
+    {
+        return None;
+    }
+    validate_sensor_id(topic_id).ok()?;
+    let at = |p: &Pointer| cell(p.top_level_key()?);
+    let (event_time, time_from_receive) = match &ty.time {
+        Some(rule) => (text_time(rule, at(&rule.pointer)?).ok()?, false),
+        None => (0, true),
+    };
+    if !(0..=MAX_EVENT_MS).contains(&event_time) {
+        return None;
+    }
+    let sensor_id = match ty.sensor_id_field.as_ref().and_then(&at) {
+        Some(id) => {
+            let id = id.trim();
+            validate_sensor_id(id).ok()?;
+            id
+        }
+        None => topic_id,
+    };
+    let area = match ty.area_field.as_ref().and_then(&at) {
+        Some(a) => {
+            validate_sensor_id(a).ok()?;
+            Some(a.to_string())
+        }
+        None => None,
+    };
+    let area = area.or_else(|| {
+        ty.registry
+            .as_ref()?
+            .get(sensor_id)?
+            .area
+            .as_deref()
+            .map(str::to_string)
+    });
+    let location = match &ty.location {
+        Some((lat, lon)) => match (at(lat), at(lon)) {
+            (Some(a), Some(b)) => match (
+                text_number(a, FieldType::Number),
+                text_number(b, FieldType::Number),
+            ) {
+                (Ok(Some(a)), Ok(Some(b))) if a.abs() <= 90.0 && b.abs() <= 180.0 => Some((a, b)),
+                _ => return None,
+            },
+            _ => None,
+        },
+        None => None,
+    }
+    .or_else(|| ty.registry.as_ref()?.get(sensor_id).map(|s| (s.lat, s.lon)));
+    let mut fields = Vec::with_capacity(ty.fields.len());
+    for f in &ty.fields {
+        let value = match at(&f.pointer) {
+            Some(text) => text_number(text, f.kind).ok()?,
+            None => None,
+        };
+        match value {
+            Some(v) => fields.push((f.name.clone(), f.conversion.map_or(v, |c| c.apply(v)))),
+            None if !f.required => {}
+            None => return None,
+        }
+    }
+    Some(Observation {
+        sensor_type: ty.name.clone(),
+        sensor_id: sensor_id.to_string(),
+        area,
+        event_time: event_time as u64,
+        received_at: 0,
+        time_from_receive,
+        location,
+        fields,
+        arrival: Default::default(),
+    })
+}
+
 /// The sensor id at `pointer` in a payload (`sensor_id_field`): a string, or a whole number
 /// written in decimal (`"REPORT_ID": 158324` gives `158324`), validated like a topic's id.
 /// On error, the reason to dead-letter with and a sentence.
@@ -407,16 +501,27 @@ fn truncate(s: &str, max: usize) -> String {
 fn read_number(v: Option<&Value>, kind: FieldType) -> Result<Option<f64>, String> {
     let x = match v {
         None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() || s.trim().eq_ignore_ascii_case("na") => {
-            return Ok(None)
-        }
+        Some(Value::String(s)) => return text_number(s, kind),
         Some(Value::Number(n)) => n.as_f64().ok_or_else(|| format!("the number {n}"))?,
-        Some(Value::String(s)) => s
-            .trim()
-            .parse::<f64>()
-            .map_err(|_| kind_of(&Value::String(s.clone())))?,
         Some(other) => return Err(kind_of(other)),
     };
+    checked_number(x, kind)
+}
+
+/// [`read_number`] of a string (numbers written as text, as CSV cells are).
+fn text_number(s: &str, kind: FieldType) -> Result<Option<f64>, String> {
+    let t = s.trim();
+    if t.is_empty() || t.eq_ignore_ascii_case("na") {
+        return Ok(None);
+    }
+    let x = t
+        .parse::<f64>()
+        .map_err(|_| kind_of(&Value::String(s.to_string())))?;
+    checked_number(x, kind)
+}
+
+/// A number read, checked to be finite (and whole for an integer field).
+fn checked_number(x: f64, kind: FieldType) -> Result<Option<f64>, String> {
     if !x.is_finite() {
         return Err(format!("the non-finite value {x}"));
     }
@@ -480,13 +585,12 @@ fn read_time(rule: &TimeRule, payload: &Value) -> Result<i64, String> {
         .pointer
         .lookup(payload)
         .ok_or_else(|| format!("time field {} is missing", rule.pointer))?;
+    if let Value::String(s) = v {
+        return text_time(rule, s);
+    }
     let number = || -> Result<f64, String> {
         match v {
             Value::Number(n) => n.as_f64().ok_or_else(|| "unreadable number".to_string()),
-            Value::String(s) => s
-                .trim()
-                .parse::<f64>()
-                .map_err(|_| format!("expected a number, got {}", kind_of(v))),
             _ => Err(format!("expected a number, got {}", kind_of(v))),
         }
     };
@@ -494,9 +598,40 @@ fn read_time(rule: &TimeRule, payload: &Value) -> Result<i64, String> {
         TimeFormat::EpochSeconds => number()? * 1000.0,
         TimeFormat::EpochMillis => number()?,
         TimeFormat::Rfc3339 => {
-            let s = v
-                .as_str()
-                .ok_or_else(|| format!("expected an RFC 3339 string, got {}", kind_of(v)))?;
+            return Err(format!("expected an RFC 3339 string, got {}", kind_of(v)))
+        }
+        TimeFormat::Local { pattern, .. } => {
+            return Err(format!(
+                "expected a time string like {pattern:?}, got {}",
+                kind_of(v)
+            ))
+        }
+    };
+    epoch_ms(ms)
+}
+
+/// An epoch time in ms, checked to lie in 1970..9999.
+fn epoch_ms(ms: f64) -> Result<i64, String> {
+    if !ms.is_finite() || ms < 0.0 || ms > MAX_EVENT_MS as f64 {
+        return Err(format!("epoch value {ms} ms is outside 1970..9999"));
+    }
+    Ok(ms as i64)
+}
+
+/// [`read_time`] of a string value.
+fn text_time(rule: &TimeRule, s: &str) -> Result<i64, String> {
+    let number = || -> Result<f64, String> {
+        s.trim().parse::<f64>().map_err(|_| {
+            format!(
+                "expected a number, got {}",
+                kind_of(&Value::String(s.to_string()))
+            )
+        })
+    };
+    let ms = match &rule.format {
+        TimeFormat::EpochSeconds => number()? * 1000.0,
+        TimeFormat::EpochMillis => number()?,
+        TimeFormat::Rfc3339 => {
             return chrono::DateTime::parse_from_rfc3339(s.trim())
                 .map(|t| t.timestamp_millis())
                 .map_err(|e| format!("{:?} is not RFC 3339 ({e})", truncate(s, 40)));
@@ -506,12 +641,6 @@ fn read_time(rule: &TimeRule, payload: &Value) -> Result<i64, String> {
             items,
             zone,
         } => {
-            let s = v.as_str().ok_or_else(|| {
-                format!(
-                    "expected a time string like {pattern:?}, got {}",
-                    kind_of(v)
-                )
-            })?;
             let naive = match iso_local(pattern, s.trim()) {
                 Some(naive) => naive,
                 None => chrono_local(items, s).map_err(|e| {
@@ -532,10 +661,7 @@ fn read_time(rule: &TimeRule, payload: &Value) -> Result<i64, String> {
             };
         }
     };
-    if !ms.is_finite() || ms < 0.0 || ms > MAX_EVENT_MS as f64 {
-        return Err(format!("epoch value {ms} ms is outside 1970..9999"));
-    }
-    Ok(ms as i64)
+    epoch_ms(ms)
 }
 
 #[cfg(test)]

@@ -453,6 +453,11 @@ impl TopicPattern {
         &self.text
     }
 
+    /// Whether the pattern has an `{area}` capture (which a file row cannot fill).
+    pub fn has_area(&self) -> bool {
+        self.segments.contains(&Segment::Area)
+    }
+
     /// The concrete topic of `sensor_id` (for replays); `None` when the pattern also has an
     /// `{area}` capture, which a file row cannot fill.
     pub fn topic_of(&self, sensor_id: &str) -> Option<String> {

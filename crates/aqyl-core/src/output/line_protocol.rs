@@ -60,11 +60,20 @@ pub enum LineError {
     },
 }
 
+/// Whether `s` holds a control character (a byte scan for ASCII text, the common case).
+fn has_control(s: &str) -> bool {
+    if s.is_ascii() {
+        s.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        s.chars().any(char::is_control)
+    }
+}
+
 fn check(what: &'static str, s: &str) -> Result<(), LineError> {
     if s.is_empty() {
         return Err(LineError::Empty { what });
     }
-    if s.chars().any(char::is_control) {
+    if has_control(s) {
         return Err(LineError::ControlCharacter {
             what,
             value: s.to_string(),
@@ -74,11 +83,37 @@ fn check(what: &'static str, s: &str) -> Result<(), LineError> {
 }
 
 fn escape(out: &mut String, s: &str, specials: &[char]) {
+    // Specials are ASCII, so text without any of their bytes is written as it is.
+    let special = |b: u8| b == b'\\' || specials.iter().any(|c| *c as u32 == u32::from(b));
+    if !s.bytes().any(special) {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         if c == '\\' || specials.contains(&c) {
             out.push('\\');
         }
         out.push(c);
+    }
+}
+
+/// Appends a finite float as `{x}` (`Display`) writes it: the shortest digits that read back
+/// as `x`, never an exponent, no `.0` for whole numbers. Through `ryu` (the same shortest
+/// digits, several times faster than `core::fmt`), falling back to `Display` where `ryu`
+/// would write an exponent, and for 16 digits or more, where two shortest candidates can tie
+/// and the two break the tie differently.
+fn write_float(out: &mut String, x: f64) {
+    let mut buf = ryu::Buffer::new();
+    let text = buf.format_finite(x);
+    let digits = text
+        .bytes()
+        .skip_while(|b| matches!(b, b'-' | b'0' | b'.'))
+        .filter(u8::is_ascii_digit)
+        .count();
+    if digits >= 16 || text.contains('e') {
+        let _ = write!(out, "{x}");
+    } else {
+        out.push_str(text.strip_suffix(".0").unwrap_or(text));
     }
 }
 
@@ -100,7 +135,7 @@ pub fn encode(point: &Point<'_>, out: &mut String) -> Result<(), LineError> {
                     field: k.to_string(),
                 })
             }
-            FieldValue::Str(s) if s.chars().any(char::is_control) => {
+            FieldValue::Str(s) if has_control(s) => {
                 return Err(LineError::ControlCharacter {
                     what: "string field",
                     value: s.to_string(),
@@ -121,9 +156,7 @@ pub fn encode(point: &Point<'_>, out: &mut String) -> Result<(), LineError> {
         escape(out, k, &[',', '=', ' ']);
         out.push('=');
         match v {
-            FieldValue::Float(x) => {
-                let _ = write!(out, "{x}");
-            }
+            FieldValue::Float(x) => write_float(out, *x),
             FieldValue::Int(n) => {
                 let _ = write!(out, "{n}i");
             }
@@ -141,6 +174,35 @@ pub fn encode(point: &Point<'_>, out: &mut String) -> Result<(), LineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floats_are_written_as_display_writes_them() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut samples = vec![
+            0.0, -0.0, 1.0, -1.0, 0.1, 1e15, 1e16, 1e17, 1e-5, 1e-7, 123.456,
+        ];
+        samples.extend(
+            (0..20_000)
+                .map(|_| f64::from_bits(next()))
+                .filter(|x| x.is_finite()),
+        );
+        samples.extend((0..20_000).map(|_| (next() % 1_000_000) as f64 / 1000.0));
+        for scale in [1e-6, 1e-3, 1.0, 1e3, 1e6, 1e9, 1e12, 1e15, 1e18] {
+            let mut unit = || (next() >> 11) as f64 / (1u64 << 53) as f64;
+            samples.extend((0..20_000).map(|_| (unit() - 0.5) * scale));
+        }
+        for x in samples {
+            let mut out = String::new();
+            write_float(&mut out, x);
+            assert_eq!(out, format!("{x}"));
+        }
+    }
 
     /// A reader of line protocol following InfluxDB's rules (a backslash escapes the next
     /// character), written independently of the encoder to check round-trips.

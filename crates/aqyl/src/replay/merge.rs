@@ -10,13 +10,19 @@
 
 use super::files::{FileFormat, SensorOf, Source};
 use super::rows::{CsvFields, CsvRows, JsonLines, Row, RowData, Rows, SenmlRows};
-use aqyl_core::ingest::decode::{event_time_of, payload_sensor_id};
-use aqyl_core::ingest::descriptor::{PayloadFormat, SensorType, SENML_TIME_KEY};
-use aqyl_core::{DeadLetter, RawMessage, Reason};
+use aqyl_core::ingest::decode::{event_time_of, observe_cells, payload_sensor_id};
+use aqyl_core::ingest::descriptor::{
+    validate_sensor_id, PayloadFormat, SensorType, SENML_TIME_KEY,
+};
+use aqyl_core::{DeadLetter, Observation, RawMessage, Reason};
+use aqyl_dataflow::input::Taken;
 use serde_json::Value;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::BufReader;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::{Arc, Mutex};
 
 /// What a row gives.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,74 +157,171 @@ fn senml_time(ty: &SensorType, pack: &[u8]) -> Option<i64> {
     Some((seconds * 1000.0) as i64)
 }
 
+/// How a file's rows are read.
+enum Reader {
+    /// CSV, read into the stream's reused record; `columns` are the type's top-level keys and
+    /// their columns, for decoding straight from the cells.
+    Csv {
+        rows: CsvRows<BufReader<std::fs::File>>,
+        columns: Vec<(String, Option<usize>)>,
+    },
+    /// JSON lines and SenML, a row at a time.
+    Other(Box<dyn Rows + Send>),
+}
+
+/// What the dataflow takes of a row's item.
+fn taken((time, item): (Option<i64>, Item)) -> (Option<i64>, Taken) {
+    let taken = match item {
+        Item::Message(m) => Taken::Message(m),
+        Item::Rejected(d) => Taken::Rejected(d),
+    };
+    (time, taken)
+}
+
 /// One open file.
 struct Stream {
     source: Source,
     name: String,
-    rows: Box<dyn Rows>,
+    reader: Reader,
     /// Its head row's item, waiting for its turn.
-    head: Option<Item>,
+    head: Option<Taken>,
+    /// The cells of the head row when it is a decoded reading (kept for its dead letter).
+    record: csv::ByteRecord,
+    /// The line of the head row.
+    line: u64,
     /// The merge key of its last row (rows without a readable time keep it).
     key: i64,
 }
 
-/// All files, merged by event time.
+/// A row of the last batch given out, kept for [`Source::message`].
+struct Given {
+    stream: usize,
+    line: u64,
+    record: csv::ByteRecord,
+}
+
+/// Progress of every worker's files, for the progress line and the summary.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Rows read.
+    pub rows: AtomicU64,
+    /// Files read to the end.
+    pub files_done: AtomicU64,
+    /// The newest event time read so far (Unix ms; `i64::MIN`: none).
+    pub newest: AtomicI64,
+    /// The first error reading a file (the replay stops with it).
+    pub error: Mutex<Option<String>>,
+}
+
+/// Files, merged by event time: a worker's share of a replay, read by the worker itself (see
+/// [`aqyl_dataflow::input::Source`]). CSV rows of a JSON type are decoded straight from their
+/// cells ([`observe_cells`]); other rows become messages for the decoder.
 pub struct Merge {
     ty: SensorType,
     streams: Vec<Stream>,
     heap: BinaryHeap<Reverse<(i64, usize)>>,
-    /// Files read to the end.
-    pub files_done: usize,
-    /// Rows read.
-    pub rows: u64,
-    /// The newest event time read so far (Unix ms), for progress.
-    pub newest: Option<i64>,
+    /// The readings of the last batch, by row.
+    given: Vec<Given>,
+    /// Records to read rows into (those of the batch before), so reading allocates nothing.
+    spare: Vec<csv::ByteRecord>,
+    max_payload: usize,
+    counters: Arc<Counters>,
+    /// Counted since the last batch.
+    rows: u64,
+    files_done: u64,
+    newest: i64,
 }
 
 impl Merge {
-    /// Opens every file and reads its first row. `max_payload` bounds a whole-file SenML pack.
-    pub fn open(ty: SensorType, sources: Vec<Source>, max_payload: usize) -> anyhow::Result<Self> {
+    /// Opens every file and reads its first row. `max_payload` bounds a payload (a whole-file
+    /// SenML pack, a CSV row written as JSON).
+    pub fn open(
+        ty: SensorType,
+        sources: Vec<Source>,
+        max_payload: usize,
+        counters: Arc<Counters>,
+    ) -> anyhow::Result<Self> {
         let mut merge = Self {
             ty,
             streams: Vec::with_capacity(sources.len()),
             heap: BinaryHeap::with_capacity(sources.len()),
-            files_done: 0,
+            given: Vec::new(),
+            spare: Vec::new(),
+            max_payload,
+            counters,
             rows: 0,
-            newest: None,
+            files_done: 0,
+            newest: i64::MIN,
         };
         for source in sources {
-            let rows = open_rows(&source, &merge.ty, max_payload)?;
+            let reader = open_rows(&source, &merge.ty, max_payload)?;
             merge.streams.push(Stream {
                 name: source.path.display().to_string(),
                 source,
-                rows,
+                reader,
                 head: None,
+                record: csv::ByteRecord::new(),
+                line: 0,
                 key: i64::MIN,
             });
             merge.advance(merge.streams.len() - 1)?;
         }
+        merge.count();
         Ok(merge)
     }
 
     /// Reads the next row of stream `i` into its head, or marks it done.
     fn advance(&mut self, i: usize) -> anyhow::Result<()> {
         let s = &mut self.streams[i];
-        let row = s
-            .rows
-            .next_row()
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", s.name))?;
-        match row {
-            None => self.files_done += 1,
-            Some(row) => {
-                self.rows += 1;
-                let (time, item) = row_item(&self.ty, &s.source.sensor, &s.name, row);
-                s.key = time.unwrap_or(s.key);
-                self.newest = self.newest.max(time);
-                s.head = Some(item);
-                self.heap.push(Reverse((s.key, i)));
-            }
-        }
+        let fail = |e: std::io::Error| anyhow::anyhow!("cannot read {}: {e}", s.name);
+        let (time, item) = match &mut s.reader {
+            Reader::Csv { rows, columns } => match rows.next_record(&mut s.record).map_err(fail)? {
+                None => {
+                    self.files_done += 1;
+                    return Ok(());
+                }
+                Some(Err(row)) => taken(row_item(&self.ty, &s.source.sensor, &s.name, row)),
+                Some(Ok(line)) => {
+                    s.line = line;
+                    match decode_cells(
+                        &self.ty,
+                        &s.source.sensor,
+                        columns,
+                        &s.record,
+                        self.max_payload,
+                    ) {
+                        Some(obs) => (Some(obs.event_time as i64), Taken::Reading { obs, row: 0 }),
+                        None => {
+                            let data = Ok(RowData::Fields(rows.fields_of(&s.record)));
+                            let row = Row { line, data };
+                            taken(row_item(&self.ty, &s.source.sensor, &s.name, row))
+                        }
+                    }
+                }
+            },
+            Reader::Other(rows) => match rows.next_row().map_err(fail)? {
+                None => {
+                    self.files_done += 1;
+                    return Ok(());
+                }
+                Some(row) => taken(row_item(&self.ty, &s.source.sensor, &s.name, row)),
+            },
+        };
+        self.rows += 1;
+        s.key = time.unwrap_or(s.key);
+        self.newest = self.newest.max(time.unwrap_or(i64::MIN));
+        s.head = Some(item);
+        self.heap.push(Reverse((s.key, i)));
         Ok(())
+    }
+
+    /// Adds what was counted since the last call to the shared counters.
+    fn count(&mut self) {
+        let c = &self.counters;
+        c.rows.fetch_add(std::mem::take(&mut self.rows), Relaxed);
+        c.files_done
+            .fetch_add(std::mem::take(&mut self.files_done), Relaxed);
+        c.newest.fetch_max(self.newest, Relaxed);
     }
 
     /// How many files are merged.
@@ -227,21 +330,120 @@ impl Merge {
     }
 
     /// The next item in event-time order (ties: file order), `None` when every file is done.
-    pub fn next_item(&mut self) -> anyhow::Result<Option<Item>> {
+    /// A reading's cells are kept as row `self.given.len()`.
+    fn next_taken(&mut self) -> anyhow::Result<Option<Taken>> {
         let Some(Reverse((_, i))) = self.heap.pop() else {
             return Ok(None);
         };
-        let item = self.streams[i].head.take();
+        let mut item = self.streams[i].head.take();
+        if let Some(Taken::Reading { row, .. }) = &mut item {
+            *row = self.given.len();
+            let s = &mut self.streams[i];
+            let mut record = self.spare.pop().unwrap_or_default();
+            std::mem::swap(&mut record, &mut s.record);
+            self.given.push(Given {
+                stream: i,
+                line: s.line,
+                record,
+            });
+        }
         self.advance(i)?;
         Ok(item)
     }
 }
 
-fn open_rows(
-    source: &Source,
+impl aqyl_dataflow::input::Source for Merge {
+    fn read(&mut self, out: &mut Vec<Taken>, max: usize) -> bool {
+        // The last batch is done with: its records take the next rows.
+        self.spare.extend(self.given.drain(..).map(|g| g.record));
+        let mut more = true;
+        while out.len() < max {
+            match self.next_taken() {
+                Ok(Some(item)) => out.push(item),
+                Ok(None) => {
+                    more = false;
+                    break;
+                }
+                Err(e) => {
+                    if let Ok(mut error) = self.counters.error.lock() {
+                        error.get_or_insert(format!("{e:#}"));
+                    }
+                    more = false;
+                    break;
+                }
+            }
+        }
+        self.count();
+        more
+    }
+
+    fn message(&self, row: usize) -> RawMessage {
+        let unknown = || RawMessage {
+            topic: self.ty.topic.as_str().to_string(),
+            payload: Vec::new(),
+            received_at: 0,
+        };
+        let Some(g) = self.given.get(row) else {
+            return unknown();
+        };
+        let s = &self.streams[g.stream];
+        let fields = match &s.reader {
+            Reader::Csv { rows, .. } => rows.fields_of(&g.record),
+            // Only CSV rows are decoded here; other rows travel as messages.
+            Reader::Other(_) => return unknown(),
+        };
+        let row = Row {
+            line: g.line,
+            data: Ok(RowData::Fields(fields)),
+        };
+        match row_item(&self.ty, &s.source.sensor, &s.name, row).1 {
+            Item::Message(m) => m,
+            Item::Rejected(d) => RawMessage {
+                topic: d.topic,
+                payload: d.payload.into_bytes(),
+                received_at: 0,
+            },
+        }
+    }
+}
+
+/// The reading of a CSV row of a JSON type, decoded from its cells as the decoder would
+/// decode the row written as JSON; `None` when that needs the JSON (a row the decoder would
+/// reject, or one that could be too long), which the caller then builds.
+fn decode_cells(
     ty: &SensorType,
+    sensor: &SensorOf,
+    columns: &[(String, Option<usize>)],
+    record: &csv::ByteRecord,
     max_payload: usize,
-) -> anyhow::Result<Box<dyn Rows>> {
+) -> Option<Observation> {
+    // The JSON of a row is at most its cells escaped (6 bytes a byte) and its keys.
+    if record.as_slice().len() * 6 + 64 * (record.len() + 1) >= max_payload {
+        return None;
+    }
+    let cell = |key: &str| -> Option<&str> {
+        let (_, column) = columns.iter().find(|(k, _)| k == key)?;
+        std::str::from_utf8(record.get((*column)?)?).ok()
+    };
+    let topic_id = match sensor {
+        SensorOf::File(id) => id.as_str(),
+        SensorOf::Field { fallback } => {
+            let key = ty.sensor_id_field.as_ref()?.top_level_key()?;
+            match cell(key) {
+                // The row's own id, when it can name a topic as it is.
+                Some(id) => {
+                    let id = id.trim();
+                    validate_sensor_id(id).ok()?;
+                    id
+                }
+                None => fallback.as_deref()?,
+            }
+        }
+    };
+    observe_cells(ty, topic_id, cell)
+}
+
+fn open_rows(source: &Source, ty: &SensorType, max_payload: usize) -> anyhow::Result<Reader> {
     let path = &source.path;
     let fail = |e: std::io::Error| anyhow::anyhow!("cannot read {}: {e}", path.display());
     let file = BufReader::with_capacity(1 << 16, std::fs::File::open(path).map_err(fail)?);
@@ -251,16 +453,21 @@ fn open_rows(
                 PayloadFormat::Csv { delimiter, .. } => *delimiter,
                 _ => b',',
             };
-            Box::new(CsvRows::new(file, delimiter).map_err(fail)?)
+            let rows = CsvRows::new(file, delimiter).map_err(fail)?;
+            let columns = rows.columns(ty.json_keys.as_deref().unwrap_or_default());
+            Reader::Csv { rows, columns }
         }
-        FileFormat::JsonLines => Box::new(JsonLines::new(file)),
-        FileFormat::Senml => Box::new(SenmlRows::new(file, max_payload).map_err(fail)?),
+        FileFormat::JsonLines => Reader::Other(Box::new(JsonLines::new(file))),
+        FileFormat::Senml => {
+            Reader::Other(Box::new(SenmlRows::new(file, max_payload).map_err(fail)?))
+        }
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aqyl_dataflow::input::Source as _;
     use std::path::Path;
 
     fn ty(text: &str) -> SensorType {
@@ -398,23 +605,37 @@ mod tests {
             "b.csv",
             &[("08:05", 2), ("08:20", 2), ("08:10", 2), ("08:25", 2)],
         );
-        let mut merge = Merge::open(t, vec![a, b], 1 << 16).unwrap();
+        let counters = Arc::new(Counters::default());
+        let mut merge = Merge::open(t, vec![a, b], 1 << 16, counters.clone()).unwrap();
         let mut order = Vec::new();
-        while let Some(item) = merge.next_item().unwrap() {
-            let Item::Message(m) = item else {
-                panic!("{item:?}")
-            };
-            let v: Value = serde_json::from_slice(&m.payload).unwrap();
-            order.push(format!(
-                "{}@{}",
-                v["REPORT_ID"].as_str().unwrap(),
-                &v["TIMESTAMP"].as_str().unwrap()[11..16]
-            ));
+        let mut more = true;
+        while more {
+            let mut batch = Vec::new();
+            // Small batches: a row's message stays available until the next batch.
+            more = merge.read(&mut batch, 3);
+            for item in batch {
+                let Taken::Reading { obs, row } = item else {
+                    panic!("{item:?}")
+                };
+                // 08:00 in Copenhagen in August is 06:00 UTC.
+                let minutes = (obs.event_time - 1_406_872_800_000) / 60_000;
+                order.push(format!(
+                    "{}@{:02}:{:02}",
+                    obs.sensor_id,
+                    8 + minutes / 60,
+                    minutes % 60
+                ));
+                let m = merge.message(row);
+                let v: Value = serde_json::from_slice(&m.payload).unwrap();
+                assert_eq!(v["REPORT_ID"].as_str(), Some(&*obs.sensor_id));
+                assert_eq!(m.topic, format!("city/traffic/{}", obs.sensor_id));
+            }
         }
         assert_eq!(
             order,
             ["1@08:00", "2@08:05", "1@08:15", "2@08:20", "2@08:10", "2@08:25", "1@08:30"]
         );
-        assert_eq!((merge.rows, merge.files_done), (7, 2));
+        let files_done = counters.files_done.load(Relaxed);
+        assert_eq!((counters.rows.load(Relaxed), files_done), (7, 2));
     }
 }

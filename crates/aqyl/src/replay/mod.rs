@@ -2,11 +2,12 @@
 //!
 //! The pipeline is the one `aqyl run` builds from the configuration (windows, SAX, areas,
 //! rules, quality), run in event time only: no wall-clock idle advance, the quality clock in
-//! event time. Rows are read one at a time ([`rows`]), turned into the messages a sensor would
-//! have published and merged across files by event time ([`merge`]), and fed to the workers
-//! with back-pressure, while the outputs are drained concurrently: memory does not grow with
-//! the input. At the end of input the input closes and every open window is emitted.
-//! [`report`] prints progress and the summary.
+//! event time. The files are shared out among the timely workers, and each worker reads its
+//! own: rows one at a time ([`rows`]), merged across its files by event time and decoded
+//! ([`merge`]) between steps of the dataflow, while the outputs are drained concurrently (a
+//! full output channel makes the workers wait): memory does not grow with the input. At the
+//! end of input the input closes and every open window is emitted. [`report`] prints
+//! progress and the summary.
 
 pub mod files;
 pub mod merge;
@@ -17,16 +18,15 @@ use anyhow::Context;
 use aqyl_core::config::Loaded;
 use aqyl_core::ingest::decode::Registry;
 use aqyl_core::ingest::descriptor::{PayloadFormat, SensorType};
-use aqyl_core::metrics::Metrics;
-use aqyl_core::quality::QualityRecord;
-use aqyl_core::{Aggregate, DeadLetter, Event, Reason};
+use aqyl_core::metrics::{Metrics, Output as Delivered};
+use aqyl_core::{DeadLetter, Reason};
 use aqyl_dataflow::{Outputs, PipelineSpec};
 use aqyl_sink::{file::FileSink, Sinks};
-use merge::{Item, Merge};
+use merge::{Counters, Merge};
 use report::{Progress, Summary};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -46,20 +46,6 @@ pub struct Options {
     pub paths: Vec<PathBuf>,
     /// Show the progress line (stderr is a terminal).
     pub progress: bool,
-}
-
-/// Most points (aggregates, events, quality records) that may wait for the sinks before the
-/// reading of rows waits: encoding line protocol is slower than the dataflow, and without a
-/// bound the queue between them would grow with the input (the dataflow's output channels
-/// are unbounded, as live the broker's pace bounds them).
-const MAX_BACKLOG: u64 = 100_000;
-
-/// Counts of what the dataflow emitted.
-#[derive(Debug, Default)]
-struct Counts {
-    windows: AtomicU64,
-    events: AtomicU64,
-    quality: AtomicU64,
 }
 
 /// Runs the replay to the end and returns its summary. Bad rows are dead-lettered and
@@ -84,24 +70,22 @@ pub fn run(opts: &Options) -> anyhow::Result<Summary> {
     let _guard = rt.enter();
     let sensor_type = ty.name.to_string();
     // Every input opens before any output is replaced.
-    let merge = Merge::open(ty, sources, spec.max_payload_bytes)?;
+    let counters = Arc::new(Counters::default());
+    let files = sources.len();
+    let merges = share_out(&ty.name, sources, spec.workers.max(1))
+        .into_iter()
+        .map(|part| Merge::open(ty.clone(), part, spec.max_payload_bytes, counters.clone()))
+        .collect::<anyhow::Result<Vec<Merge>>>()?;
     let out = Output::open(&loaded, opts.out.as_deref())?;
     let mut summary = Summary {
         sensor_type,
-        files: merge.files(),
+        files,
         skipped_files,
         output: out.description.clone(),
         dead_letter_file: out.dead_letter_path.clone(),
         ..Default::default()
     };
-    let counts = execute(
-        &rt,
-        spec,
-        loaded.config.ingest.queue_capacity,
-        out,
-        merge,
-        opts.progress,
-    )?;
+    let counts = execute(&rt, spec, out, merges, counters, opts.progress)?;
     summary.rows = counts.rows;
     summary.observations = counts.observations;
     summary.windows = counts.windows;
@@ -110,6 +94,57 @@ pub fn run(opts: &Options) -> anyhow::Result<Summary> {
     summary.dead_letters = counts.dead_letters;
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// Shares the files out among `workers` so that each reads about as many bytes and as few
+/// rows as possible cross to another worker: a file of one sensor goes to the worker that
+/// owns the sensor's state (the one the dataflow's exchange sends its readings to), then
+/// files move from the most to the least loaded worker while that evens them out. Files
+/// whose rows name their sensors go together to one worker: a sensor's rows in several such
+/// files keep the order the merge gives them.
+fn share_out(
+    sensor_type: &str,
+    sources: Vec<files::Source>,
+    workers: usize,
+) -> Vec<Vec<files::Source>> {
+    let size = |s: &files::Source| std::fs::metadata(&s.path).map_or(0, |m| m.len());
+    let mut parts: Vec<Vec<(u64, files::Source)>> = (0..workers).map(|_| Vec::new()).collect();
+    for source in sources {
+        let home = match &source.sensor {
+            files::SensorOf::File(id) => {
+                (aqyl_dataflow::stable_hash(&[sensor_type, id]) % workers as u64) as usize
+            }
+            files::SensorOf::Field { .. } => 0,
+        };
+        parts[home].push((size(&source), source));
+    }
+    let load = |p: &Vec<(u64, files::Source)>| p.iter().map(|f| f.0).sum::<u64>();
+    loop {
+        let loads: Vec<u64> = parts.iter().map(load).collect();
+        let (Some(most), Some(least)) = (
+            (0..workers).max_by_key(|w| (loads[*w], std::cmp::Reverse(*w))),
+            (0..workers).min_by_key(|w| (loads[*w], *w)),
+        ) else {
+            break;
+        };
+        // The file whose move evens the two loads best, if moving it lowers the larger.
+        let gap = loads[most] - loads[least];
+        let movable = parts[most]
+            .iter()
+            .enumerate()
+            .filter(|(_, (bytes, s))| {
+                *bytes > 0 && *bytes < gap && matches!(s.sensor, files::SensorOf::File(_))
+            })
+            .min_by_key(|(i, (bytes, _))| (gap.abs_diff(2 * bytes), *i))
+            .map(|(i, _)| i);
+        let Some(i) = movable else { break };
+        let file = parts[most].remove(i);
+        parts[least].push(file);
+    }
+    parts
+        .into_iter()
+        .map(|p| p.into_iter().map(|(_, s)| s).collect())
+        .collect()
 }
 
 /// The files to replay and how many were skipped in the directories given; an error when
@@ -301,140 +336,71 @@ struct Counted {
     dead_letters: [u64; Reason::ALL.len()],
 }
 
-/// Starts the dataflow and the output tasks, feeds every row, closes the input and waits until
-/// every window is closed and written.
+/// Starts the dataflow, each worker reading its share of the files, and the output tasks;
+/// waits until every window is closed and written.
 fn execute(
     rt: &tokio::runtime::Runtime,
     spec: PipelineSpec,
-    capacity: usize,
     out: Output,
-    mut merge: Merge,
+    merges: Vec<Merge>,
+    counters: Arc<Counters>,
     progress: bool,
 ) -> anyhow::Result<Counted> {
     let metrics = Arc::new(Metrics::default());
-    let counts = Arc::new(Counts::default());
     let (outputs, received) = Outputs::channels();
-    let (sink_agg, sink_ev, sink_q) = tees(
-        received.aggregates,
-        received.events,
-        received.quality,
-        &counts,
-    );
     let dl_rx = received.deadletters;
     let sink_task = rt.spawn(aqyl_sink::run(
         out.sinks,
-        sink_agg,
-        sink_ev,
-        sink_q,
+        received.aggregates,
+        received.events,
+        received.quality,
         metrics.clone(),
     ));
     let dl_task = rt.spawn_blocking(move || write_dead_letters(dl_rx, out.dead_letters));
-    let rejected = outputs.deadletters.clone();
-    let (router, running) = aqyl_dataflow::start(spec, capacity, outputs, metrics.clone())
+    let files: usize = merges.iter().map(Merge::files).sum();
+    let sources = merges
+        .into_iter()
+        .map(|m| Box::new(m) as Box<dyn aqyl_dataflow::input::Source>)
+        .collect();
+    let running = aqyl_dataflow::start_sources(spec, sources, outputs, metrics.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the dataflow: {e}"))?;
-    let files = merge.files();
     let mut progress = Progress::new(progress);
-    let fed = (|| -> anyhow::Result<()> {
-        while let Some(item) = merge.next_item()? {
-            match item {
-                Item::Message(m) => {
-                    if !router.route_blocking(m) {
-                        anyhow::bail!("the dataflow stopped before the input ended");
-                    }
-                }
-                Item::Rejected(d) => {
-                    let _ = rejected.blocking_send(d);
-                }
-            }
-            if merge.rows % 1024 == 0 {
-                progress.tick(merge.rows, merge.files_done, files, merge.newest);
-                // A sink that stopped (on error) ends the wait; its error is reported below.
-                while backlog(&counts, &metrics) > MAX_BACKLOG && !sink_task.is_finished() {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                }
-            }
-        }
-        Ok(())
-    })();
-    // Closing the input (even after an error) lets every window close and the workers stop.
-    drop(router);
-    drop(rejected);
-    let joined = running
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let joiner = std::thread::spawn(move || {
+        let joined = running.join();
+        let _ = done_tx.send(());
+        joined
+    });
+    let newest = || Some(counters.newest.load(Relaxed)).filter(|t| *t > i64::MIN);
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        done_rx.recv_timeout(std::time::Duration::from_millis(100))
+    {
+        let files_done = counters.files_done.load(Relaxed) as usize;
+        progress.tick(counters.rows.load(Relaxed), files_done, files, newest());
+    }
+    let joined = joiner
         .join()
-        .map_err(|e| anyhow::anyhow!("the dataflow failed: {e}"));
+        .map_err(|_| anyhow::anyhow!("the dataflow panicked"))
+        .and_then(|r| r.map_err(|e| anyhow::anyhow!("the dataflow failed: {e}")));
     let written = rt.block_on(async {
         sink_task.await.context("the sink task panicked")??;
         dl_task.await.context("the dead-letter writer panicked")?
     });
     progress.finish();
-    fed?;
+    if let Some(e) = counters.error.lock().ok().and_then(|mut e| e.take()) {
+        anyhow::bail!(e);
+    }
     joined?;
     let dead_letters = written?;
     Ok(Counted {
-        rows: merge.rows,
+        rows: counters.rows.load(Relaxed),
         observations: metrics.observations.load(Relaxed),
-        windows: counts.windows.load(Relaxed),
-        events: counts.events.load(Relaxed),
-        quality: counts.quality.load(Relaxed),
+        // What the dataflow emitted (each counts as sent before it is handed on).
+        windows: metrics.delivery.sent[Delivered::Aggregates as usize].load(Relaxed),
+        events: metrics.delivery.sent[Delivered::Events as usize].load(Relaxed),
+        quality: metrics.delivery.sent[Delivered::Quality as usize].load(Relaxed),
         dead_letters,
     })
-}
-
-/// Points handed to the dataflow's outputs that the sinks have not written (or spilled) yet.
-fn backlog(counts: &Counts, metrics: &Metrics) -> u64 {
-    // Closed windows as the dataflow counts them: some may still wait for the counting tee.
-    let windows = counts
-        .windows
-        .load(Relaxed)
-        .max(metrics.windows_closed.load(Relaxed));
-    let emitted = windows + counts.events.load(Relaxed) + counts.quality.load(Relaxed);
-    let influx =
-        metrics.influx_points_written.load(Relaxed) + metrics.influx_points_spilled.load(Relaxed);
-    let done = metrics.file_points_written.load(Relaxed).max(influx)
-        + metrics.points_unencodable.load(Relaxed);
-    emitted.saturating_sub(done)
-}
-
-type Tees = (
-    mpsc::Receiver<Aggregate>,
-    mpsc::Receiver<Event>,
-    mpsc::Receiver<Vec<QualityRecord>>,
-);
-
-/// Counts what passes from the dataflow to the sinks.
-fn tees(
-    mut agg: mpsc::Receiver<Aggregate>,
-    mut ev: mpsc::Receiver<Event>,
-    mut q: mpsc::Receiver<Vec<QualityRecord>>,
-    counts: &Arc<Counts>,
-) -> Tees {
-    let (agg_tx, agg_rx) = mpsc::channel(aqyl_dataflow::runtime::AGGREGATE_CAPACITY);
-    let (ev_tx, ev_rx) = mpsc::channel(aqyl_dataflow::runtime::EVENT_CAPACITY);
-    let (q_tx, q_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
-    let c = counts.clone();
-    tokio::spawn(async move {
-        while let Some(a) = agg.recv().await {
-            c.windows.fetch_add(1, Relaxed);
-            let _ = agg_tx.send(a).await;
-        }
-    });
-    let c = counts.clone();
-    tokio::spawn(async move {
-        while let Some(e) = ev.recv().await {
-            c.events.fetch_add(1, Relaxed);
-            let _ = ev_tx.send(e).await;
-        }
-    });
-    let c = counts.clone();
-    tokio::spawn(async move {
-        while let Some(batch) = q.recv().await {
-            c.quality.fetch_add(batch.len() as u64, Relaxed);
-            if q_tx.send(batch).await.is_err() {
-                break;
-            }
-        }
-    });
-    (agg_rx, ev_rx, q_rx)
 }
 
 /// Writes each dead letter as one JSON line and counts them by reason.

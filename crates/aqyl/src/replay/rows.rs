@@ -61,7 +61,7 @@ pub struct CsvFields {
 
 impl CsvFields {
     fn cell(&self, i: usize) -> &str {
-        // Checked when read (CsvRows::next_row).
+        // Checked when read (CsvRows::next_record).
         std::str::from_utf8(&self.cells[i]).unwrap_or_default()
     }
 
@@ -151,23 +151,76 @@ impl<R: Read> CsvRows<R> {
         &self.header.names
     }
 
-    fn fields(&self) -> Result<CsvFields, String> {
+    /// The column of each of `keys` (the last of that name), `None` for a key that is no
+    /// column.
+    pub fn columns(&self, keys: &[String]) -> Vec<(String, Option<usize>)> {
         let names = &self.header.names;
-        if self.record.len() != names.len() {
+        keys.iter()
+            .map(|k| (k.clone(), (0..names.len()).rev().find(|i| names[*i] == *k)))
+            .collect()
+    }
+
+    /// Checks a record read by [`CsvRows::next_record`]: as many cells as names, each UTF-8.
+    fn check(&self, record: &csv::ByteRecord) -> Result<(), String> {
+        let names = &self.header.names;
+        if record.len() != names.len() {
             return Err(format!(
                 "expected {} columns ({}), got {}",
                 names.len(),
                 names.join(","),
-                self.record.len()
+                record.len()
             ));
         }
-        for (name, cell) in names.iter().zip(self.record.iter()) {
+        if record.as_slice().is_ascii() {
+            return Ok(());
+        }
+        for (name, cell) in names.iter().zip(record.iter()) {
             std::str::from_utf8(cell).map_err(|_| format!("column {name:?} is not UTF-8"))?;
         }
-        Ok(CsvFields {
+        Ok(())
+    }
+
+    /// The fields of a record [`CsvRows::next_record`] read and checked.
+    pub fn fields_of(&self, record: &csv::ByteRecord) -> CsvFields {
+        CsvFields {
             header: self.header.clone(),
-            cells: self.record.clone(),
-        })
+            cells: record.clone(),
+        }
+    }
+
+    /// Reads the next row into `record`, reusing its memory: `Ok(None)` at the end,
+    /// `Ok(Some(Ok(line)))` a row with its line number whose cells are checked, and
+    /// `Ok(Some(Err(row)))` a row that cannot be read (as [`Rows::next_row`] gives it).
+    pub fn next_record(
+        &mut self,
+        record: &mut csv::ByteRecord,
+    ) -> std::io::Result<Option<Result<u64, Row>>> {
+        loop {
+            match self.reader.read_byte_record(record) {
+                Ok(false) => return Ok(None),
+                Ok(true) => {
+                    let line = record.position().map_or(0, |p| p.line());
+                    // A blank line is no row (the csv crate skips most; a lone space is not).
+                    if record.len() == 1 && record[0].trim_ascii().is_empty() {
+                        continue;
+                    }
+                    return Ok(Some(match self.check(record) {
+                        Ok(()) => Ok(line),
+                        Err(e) => Err(Row { line, data: Err(e) }),
+                    }));
+                }
+                Err(e) => {
+                    let line = e.position().map_or(0, |p| p.line());
+                    if let csv::ErrorKind::Io(_) = e.kind() {
+                        return Err(csv_io(e));
+                    }
+                    return Ok(Some(Err(Row {
+                        line,
+                        data: Err(format!("not a CSV row: {e}")),
+                    })));
+                }
+            }
+        }
     }
 }
 
@@ -181,32 +234,18 @@ fn csv_io(e: csv::Error) -> std::io::Error {
 
 impl<R: Read> Rows for CsvRows<R> {
     fn next_row(&mut self) -> std::io::Result<Option<Row>> {
-        loop {
-            match self.reader.read_byte_record(&mut self.record) {
-                Ok(false) => return Ok(None),
-                Ok(true) => {
-                    let line = self.record.position().map_or(0, |p| p.line());
-                    // A blank line is no row (the csv crate skips most; a lone space is not).
-                    if self.record.len() == 1 && self.record[0].trim_ascii().is_empty() {
-                        continue;
-                    }
-                    return Ok(Some(Row {
-                        line,
-                        data: self.fields().map(RowData::Fields),
-                    }));
-                }
-                Err(e) => {
-                    let line = e.position().map_or(0, |p| p.line());
-                    if let csv::ErrorKind::Io(_) = e.kind() {
-                        return Err(csv_io(e));
-                    }
-                    return Ok(Some(Row {
-                        line,
-                        data: Err(format!("not a CSV row: {e}")),
-                    }));
-                }
-            }
-        }
+        let mut record = std::mem::take(&mut self.record);
+        let row = self.next_record(&mut record).map(|r| {
+            r.map(|r| match r {
+                Ok(line) => Row {
+                    line,
+                    data: Ok(RowData::Fields(self.fields_of(&record))),
+                },
+                Err(row) => row,
+            })
+        });
+        self.record = record;
+        row
     }
 }
 
