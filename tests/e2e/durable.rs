@@ -3,7 +3,6 @@
 
 use super::{Aqyl, WAIT};
 use aqyl_tests::{publish, shipped_config, wait_until, Mosquitto, Subscriber, VictoriaMetrics};
-use chrono::TimeZone;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
@@ -30,14 +29,12 @@ fn stream() -> Vec<(String, Vec<u8>)> {
             } else {
                 (55 + (step * 7 + i as i64) % 20, (step + i as i64) % 8)
             };
-            let local = chrono_tz::Europe::Copenhagen
-                .timestamp_opt(t, 0)
-                .unwrap()
-                .format("%Y-%m-%dT%H:%M:%S");
-            let payload = format!(
-                r#"{{"status":"OK","avgMeasuredTime":60,"avgSpeed":{speed},"extID":668,"medianMeasuredTime":60,"TIMESTAMP":"{local}","vehicleCount":{vehicles},"_id":{step},"REPORT_ID":{seg}}}"#
-            );
-            out.push((format!("city/traffic/{seg}"), payload.into_bytes()));
+            out.push(aqyl_tests::citypulse_row(
+                seg,
+                t,
+                speed as u32,
+                vehicles as u32,
+            ));
         }
     }
     out
