@@ -136,21 +136,19 @@ async fn run(
     let (ev_sink_tx, ev_sink_rx) = mpsc::channel(EVENT_CAPACITY);
     let (q_tx, q_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
     let (q_sink_tx, q_sink_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
-    let (agg_rx, ev_rx, q_rx) = match &board {
-        Some(b) => (
-            b.tee(agg_rx, |b, a| b.aggregate(a)),
-            b.tee(ev_rx, |b, e| b.event(e)),
-            b.tee(q_rx, |b, q: &Vec<_>| b.quality(q)),
-        ),
-        None => (agg_rx, ev_rx, q_rx),
+    // The status board and the city state see the outputs on their way, through one tee per
+    // output that shows each item to both.
+    let views = Views {
+        board: board.clone(),
+        city: city.clone(),
     };
-    let (ev_rx, q_rx) = match &city {
-        Some(c) => (
-            crate::city::tee(c, ev_rx, |c, e| c.event(e)),
-            crate::city::tee(c, q_rx, |c, q: &Vec<_>| c.quality(q)),
-        ),
-        None => (ev_rx, q_rx),
-    };
+    let agg_rx = views.tee(agg_rx, |b, a| b.aggregate(a), None);
+    let ev_rx = views.tee(ev_rx, |b, e| b.event(e), Some(|c, e| c.event(e)));
+    let q_rx = views.tee(
+        q_rx,
+        |b, q: &Vec<_>| b.quality(q),
+        Some(|c: &crate::city::state::CityState, q: &Vec<_>| c.quality(q)),
+    );
     let spec = pipeline_spec(&loaded, registry.clone());
     let outputs = Outputs {
         aggregates: agg_tx,
@@ -598,6 +596,49 @@ pub fn sinks(loaded: &Loaded) -> anyhow::Result<Sinks> {
         batch_size: cfg.influx.batch_size,
         flush_interval: cfg.influx.flush_interval,
     })
+}
+
+/// The views that watch the dataflow's outputs: the status page's board and the city state.
+struct Views {
+    board: Option<Arc<crate::status::StatusBoard>>,
+    city: Option<Arc<crate::city::state::CityState>>,
+}
+
+impl Views {
+    /// Passes every item of `rx` on (in order, waiting while the next stage is behind) after
+    /// showing it to the board and, with `to_city`, to the city state; `rx` itself when no
+    /// view watches it. If `rx` ends before the service stops, the dataflow's workers have
+    /// stopped: the board tells `/health`.
+    fn tee<T: Send + 'static>(
+        &self,
+        mut rx: mpsc::Receiver<T>,
+        to_board: fn(&crate::status::StatusBoard, &T),
+        to_city: Option<fn(&crate::city::state::CityState, &T)>,
+    ) -> mpsc::Receiver<T> {
+        let city = self.city.clone().zip(to_city);
+        if self.board.is_none() && city.is_none() {
+            return rx;
+        }
+        let board = self.board.clone();
+        let (tx, out) = mpsc::channel(rx.max_capacity());
+        tokio::spawn(async move {
+            while let Some(item) = rx.recv().await {
+                if let Some(b) = &board {
+                    to_board(b, &item);
+                }
+                if let Some((c, see)) = &city {
+                    see(c, &item);
+                }
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+            if let Some(b) = &board {
+                b.output_ended();
+            }
+        });
+        out
+    }
 }
 
 /// The dataflow `aqyl run` builds from a configuration (`aqyl replay` starts from the same).

@@ -1,7 +1,7 @@
 //! The status board behind the page at `/`: every sensor of the registries with its position,
 //! each sensor's latest quality report and closed windows, and the incidents under way. The
 //! service hands it the dataflow's outputs on their way to the publishers and sinks
-//! ([`StatusBoard::tee`]); the page gets a snapshot, then the changes in batches
+//! (`crate::service`'s tee); the page gets a snapshot, then the changes in batches
 //! ([`BATCH_INTERVAL`]) over server-sent events, so 10,000 sensors cost one small message per
 //! batch rather than one per report.
 
@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 /// How often changes are sent to the pages.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -309,31 +309,15 @@ impl StatusBoard {
         }
     }
 
-    /// Passes every item of `rx` on (in order, waiting while the next stage is behind) after
-    /// `see` has shown it to the board. If `rx` ends before the service stops, the dataflow's
-    /// workers have stopped: `/health` says so.
-    pub fn tee<T: Send + 'static>(
-        self: &Arc<Self>,
-        mut rx: mpsc::Receiver<T>,
-        see: fn(&StatusBoard, &T),
-    ) -> mpsc::Receiver<T> {
-        let (tx, out) = mpsc::channel(rx.max_capacity());
-        let board = self.clone();
-        tokio::spawn(async move {
-            while let Some(item) = rx.recv().await {
-                see(&board, &item);
-                if tx.send(item).await.is_err() {
-                    break;
-                }
-            }
-            if !board.stopping.load(Relaxed) {
-                board.metrics.set_problem(
-                    "workers",
-                    "the dataflow's workers stopped: no reading is processed".into(),
-                );
-            }
-        });
-        out
+    /// Says that an output of the dataflow ended: unless the service is stopping, its workers
+    /// have stopped, and `/health` says so.
+    pub fn output_ended(&self) {
+        if !self.stopping.load(Relaxed) {
+            self.metrics.set_problem(
+                "workers",
+                "the dataflow's workers stopped: no reading is processed".into(),
+            );
+        }
     }
 }
 

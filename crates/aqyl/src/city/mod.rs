@@ -86,26 +86,6 @@ impl Schemas {
     }
 }
 
-/// Passes every item of `rx` on, in order (waiting while the next stage is behind), after
-/// `see` has shown it to the city state.
-pub fn tee<T: Send + 'static>(
-    state: &Arc<CityState>,
-    mut rx: mpsc::Receiver<T>,
-    see: fn(&CityState, &T),
-) -> mpsc::Receiver<T> {
-    let (tx, out) = mpsc::channel(rx.max_capacity());
-    let state = state.clone();
-    tokio::spawn(async move {
-        while let Some(item) = rx.recv().await {
-            see(&state, &item);
-            if tx.send(item).await.is_err() {
-                break;
-            }
-        }
-    });
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
