@@ -29,6 +29,32 @@ pub fn free_port() -> u16 {
         .expect("no free loopback port")
 }
 
+/// `n` distinct free ports on 127.0.0.1 below the kernel's ephemeral range (so no outgoing
+/// connection takes one before the process that is to listen on it does), for a cluster's
+/// peer addresses.
+pub fn free_ports_below_ephemeral(n: usize) -> Vec<u16> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let seed = std::process::id() as u64 ^ nanos;
+    let mut held = Vec::new();
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    while held.len() < n {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let port = 20_000 + ((x >> 33) % 12_000) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    held.iter()
+        .map(|l| l.local_addr().expect("a bound port").port())
+        .collect()
+}
+
 /// Finds an executable on PATH or in the usual sbin directories, or panics saying how to
 /// install it.
 pub fn find_exe(name: &str) -> PathBuf {

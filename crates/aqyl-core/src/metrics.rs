@@ -80,6 +80,9 @@ macro_rules! declare_metrics {
             pub started: AtomicBool,
             /// Outputs the dataflow handed to the sinks, and those the sinks made durable.
             pub delivery: Delivery,
+            /// In a cluster, this process's index: every metric carries it as the label
+            /// `process`.
+            pub process: std::sync::OnceLock<String>,
         }
 
         impl Metrics {
@@ -291,7 +294,11 @@ impl Metrics {
             rejected: std::array::from_fn(|i| self.rejected[i].load(Relaxed)),
             bands: std::array::from_fn(|i| self.quality_bands[i].load(Relaxed)),
         };
-        let mut registry = prometheus_client::registry::Registry::default();
+        let labels = self
+            .process
+            .get()
+            .map(|p| (std::borrow::Cow::Borrowed("process"), p.clone().into()));
+        let mut registry = prometheus_client::registry::Registry::with_labels(labels.into_iter());
         registry.register_collector(Box::new(scrape));
         let mut out = String::new();
         // Writing to a String cannot fail.
@@ -368,6 +375,13 @@ mod tests {
         assert!(m
             .render_prometheus()
             .contains("aqyl_rejected_total{reason=\"wrong_type\"} 2\n"));
+        m.process.set("1".into()).unwrap();
+        let text = m.render_prometheus();
+        assert!(
+            text.contains("aqyl_rejected_total{process=\"1\",reason=\"wrong_type\"} 2\n")
+                && text.contains("aqyl_received_total{process=\"1\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[test]

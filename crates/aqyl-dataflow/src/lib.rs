@@ -26,8 +26,10 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+pub mod cluster;
 pub mod events;
 pub mod feed;
+pub mod gossip;
 pub mod ingest;
 pub mod input;
 pub mod ordered;
@@ -47,8 +49,8 @@ pub fn shared(registry: aqyl_core::ingest::decode::Registry) -> SharedRegistry {
 }
 
 pub use runtime::{
-    run_batch, start, start_durable, start_sources, Batch, Durable, Outputs, PipelineSpec,
-    Receivers, Running,
+    run_batch, start, start_cluster, start_durable, start_sources, Batch, Durable, Outputs,
+    PipelineSpec, Receivers, Running,
 };
 
 /// The wall clock, Unix ms.

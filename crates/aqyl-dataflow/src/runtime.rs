@@ -3,8 +3,10 @@
 
 use crate::aggregate::Aggregate;
 use crate::checkpoint::{Control, Snapshot, WorkerState};
+use crate::cluster::ClusterSpec;
 use crate::events::{AreaEvents, DetectEvents, WindowEvents};
 use crate::feed::Feed;
+use crate::gossip::Gossip;
 use crate::ingest::{IngestState, Sides};
 use crate::input::{Logged, Source, Taken};
 use crate::quality::{QualitySpec, ScoreQuality, Side};
@@ -168,7 +170,20 @@ pub fn start(
     outputs: Outputs,
     metrics: Arc<Metrics>,
 ) -> Result<(input::Router, Running), String> {
-    start_with(spec, capacity, outputs, metrics, None)
+    start_with(spec, capacity, outputs, metrics, None, None)
+}
+
+/// [`start`] for one process of a cluster: its workers are `cluster.process`'s share of the
+/// cluster's, and records are exchanged with the other processes, whose routers end the
+/// input only once every one has been dropped. Returns once every process is connected.
+pub fn start_cluster(
+    spec: PipelineSpec,
+    capacity: usize,
+    outputs: Outputs,
+    metrics: Arc<Metrics>,
+    cluster: ClusterSpec,
+) -> Result<(input::Router, Running), String> {
+    start_with(spec, capacity, outputs, metrics, None, Some(cluster))
 }
 
 /// [`start`] for a durable dataflow: restored from `durable.restore`, checkpointed when
@@ -181,7 +196,7 @@ pub fn start_durable(
     metrics: Arc<Metrics>,
     durable: Durable,
 ) -> Result<(input::Router, Running), String> {
-    start_with(spec, capacity, outputs, metrics, Some(durable))
+    start_with(spec, capacity, outputs, metrics, Some(durable), None)
 }
 
 /// Starts the workers on their own threads, each reading its own [`Source`] (one per worker:
@@ -195,7 +210,7 @@ pub fn start_sources(
 ) -> Result<Running, String> {
     spec.workers = sources.len().max(1);
     let intakes = sources.into_iter().map(Intake::Source).collect();
-    start_intakes(spec, intakes, None, outputs, metrics, None)
+    start_intakes(spec, intakes, None, outputs, metrics, (None, None))
 }
 
 /// Where a worker's input comes from.
@@ -211,8 +226,10 @@ struct Shared {
     spec: PipelineSpec,
     outputs: Outputs,
     metrics: Arc<Metrics>,
-    /// The largest event time any worker has seen.
-    shared_max: AtomicU64,
+    /// The largest event time any worker has seen (in a cluster: any worker of any process).
+    shared_max: Arc<AtomicU64>,
+    /// This process's place in a cluster, if it runs in one.
+    cluster: Option<ClusterSpec>,
     /// Records in flight between operators (see [`crate::state`]).
     in_flight: Arc<AtomicI64>,
     /// The largest log sequence number routed to any worker.
@@ -229,12 +246,20 @@ fn start_with(
     outputs: Outputs,
     metrics: Arc<Metrics>,
     durable: Option<Durable>,
+    cluster: Option<ClusterSpec>,
 ) -> Result<(input::Router, Running), String> {
     let workers = spec.workers.max(1);
     let (router, receivers) = input::channels(workers, capacity);
     let intakes = receivers.into_iter().map(Intake::Channel).collect();
     let routed = router.routed();
-    let running = start_intakes(spec, intakes, Some(routed), outputs, metrics, durable)?;
+    let running = start_intakes(
+        spec,
+        intakes,
+        Some(routed),
+        outputs,
+        metrics,
+        (durable, cluster),
+    )?;
     Ok((router, running))
 }
 
@@ -244,9 +269,14 @@ fn start_intakes(
     routed: Option<Arc<AtomicU64>>,
     outputs: Outputs,
     metrics: Arc<Metrics>,
-    durable: Option<Durable>,
+    (durable, cluster): (Option<Durable>, Option<ClusterSpec>),
 ) -> Result<Running, String> {
     let workers = spec.workers.max(1);
+    if durable.is_some() && cluster.is_some() {
+        return Err(
+            "a cluster does not take checkpoints yet: run it with [state] durable = false".into(),
+        );
+    }
     let (control, restore) = match durable {
         Some(d) => (Some(d.control), d.restore),
         None => (None, None),
@@ -268,19 +298,22 @@ fn start_intakes(
         spec,
         outputs,
         metrics,
-        shared_max: AtomicU64::new(0),
+        shared_max: Arc::new(AtomicU64::new(0)),
         in_flight: Arc::new(AtomicI64::new(0)),
         routed: routed.unwrap_or_default(),
         control,
+        cluster: cluster.clone(),
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let ready_tx = Mutex::new(ready_tx);
-    let config = timely::Config {
-        communication: timely::CommunicationConfig::Process(workers),
-        worker: WorkerConfig::default(),
+    let (allocators, others) = match &cluster {
+        Some(c) => crate::cluster::connect(c, workers)?,
+        None => timely::CommunicationConfig::Process(workers).try_build()?,
     };
-    let guards = timely::execute(config, move |worker| {
-        let index = worker.index();
+    // Worker indices are global in a cluster: this process's start at `first`.
+    let first = cluster.as_ref().map_or(0, |c| c.first_worker(workers));
+    let run = move |worker: &mut timely::worker::Worker| {
+        let index = worker.index() - first;
         let own = starts
             .lock()
             .ok()
@@ -293,7 +326,8 @@ fn start_intakes(
         // A worker that dies must not leave the others waiting for it at a checkpoint.
         let _guard = PoisonOnPanic(shared.control.clone());
         run_worker(worker, &shared, intake, restore, ready);
-    })?;
+    };
+    let guards = timely::execute::execute_from(allocators, others, WorkerConfig::default(), run)?;
     for _ in 0..workers {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -474,6 +508,10 @@ fn run_worker(
         }
         None => IngestState::new(spec),
     };
+    let mut gossip = shared
+        .cluster
+        .as_ref()
+        .map(|_| Gossip::new(worker, shared.shared_max.clone()));
     let _ = ready.send(Ok(()));
     // The watermark's idle advance measures wall-clock *durations*: a monotonic clock, so a
     // stepped system clock (NTP, a VM resumed) neither stalls nor jumps event time.
@@ -595,6 +633,9 @@ fn run_worker(
             .idle_timeout
             .is_some_and(|t| tick - last_message > t.as_millis() as i64);
         let max = shared.shared_max.load(Relaxed);
+        if let Some(g) = &mut gossip {
+            g.tell(max, tick);
+        }
         if max > 0 && idle {
             ingest.watermark.observe_max(max, tick);
         }
@@ -614,6 +655,9 @@ fn run_worker(
     // Closing the input lets the frontier run out: every open window closes and is emitted.
     input.close();
     side.close();
+    if let Some(g) = &mut gossip {
+        g.close();
+    }
     while worker.step_or_park(Some(PARK)) {}
 }
 

@@ -18,6 +18,7 @@
 
 pub mod check;
 pub mod city;
+pub mod cluster;
 pub mod connections;
 pub mod demo;
 pub mod durable;

@@ -83,6 +83,11 @@ async fn run(
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let cfg = &loaded.config;
+    tokio::pin!(stop);
+    let cluster = crate::cluster::spec(cfg);
+    if let Some(c) = &cluster {
+        let _ = metrics.process.set(c.process.to_string());
+    }
     let registry = aqyl_dataflow::shared(Registry::new(loaded.sensor_types.clone()));
     let connections = crate::connections::prepare(&loaded).map_err(|e| {
         anyhow::anyhow!(
@@ -101,8 +106,12 @@ async fn run(
     let board = cfg.http.addr.as_ref().map(|_| {
         crate::status::StatusBoard::new(&registry.load(), cfg.http.tiles.clone(), metrics.clone())
     });
-    // The city services' state: every sensor's latest readings, quality and incidents.
-    let city = cfg.city.enabled.then(|| {
+    // The city services' state: every sensor's latest readings, quality and incidents (in a
+    // cluster, on process 0 only).
+    if cfg.city.enabled && crate::cluster::process(cfg) > 0 {
+        tracing::info!("The city services (/api/state, /v1.1, aqyl/state/...) run on process 0 of the cluster.");
+    }
+    let city = (cfg.city.enabled && crate::cluster::process(cfg) == 0).then(|| {
         crate::city::state::CityState::new(
             cfg.city.observations,
             cfg.city.max_sensors,
@@ -156,7 +165,25 @@ async fn run(
         events: ev_tx,
         quality: q_tx,
     };
-    let (intake, running, mut durable) = if cfg.state.durable {
+    let (intake, running, mut durable) = if let Some(c) = cluster {
+        let flag = c.stop.clone();
+        let capacity = cfg.ingest.queue_capacity;
+        let m = metrics.clone();
+        let starting = tokio::task::spawn_blocking(move || {
+            aqyl_dataflow::start_cluster(spec, capacity, outputs, m, c)
+        });
+        let (router, running) = tokio::select! {
+            started = starting => started
+                .context("starting the dataflow panicked")?
+                .map_err(|e| anyhow::anyhow!("cannot start the dataflow: {e}"))?,
+            () = &mut stop => {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!("Stopped before the cluster formed.");
+                return Ok(());
+            }
+        };
+        (aqyl_mqtt::Intake::Direct(router), running, None)
+    } else if cfg.state.durable {
         let (intake, running, durable) = start_durable(&loaded, spec, outputs, &metrics).await?;
         (intake, running, Some(durable))
     } else {
@@ -194,18 +221,19 @@ async fn run(
     ));
 
     let prefix = cfg.outputs.topic_prefix.clone();
+    let subscription_prefix = crate::cluster::subscription_prefix(cfg);
     let filters = crate::reload::subscriptions(
         &registry.load(),
-        &cfg.mqtt.subscription_prefix,
+        &subscription_prefix,
         cfg.ingest.catch_all.as_deref(),
     );
     let settings = MqttSettings {
         connector: connections.broker.clone(),
-        client_id: cfg.mqtt.client_id.clone().unwrap_or_else(default_client_id),
+        client_id: crate::cluster::client_id(cfg, default_client_id),
         keep_alive: cfg.mqtt.keep_alive,
         clean_session: cfg.mqtt.clean_session,
         max_backoff: cfg.mqtt.max_reconnect_backoff,
-        status_topic: format!("{prefix}/status"),
+        status_topic: crate::cluster::status_topic(cfg),
         filters: filters.clone(),
     };
     tracing::info!(
@@ -214,6 +242,8 @@ async fn run(
         client_id = %settings.client_id,
         topics = ?filters,
         workers = *cfg.pipeline.workers.get_ref(),
+        process = crate::cluster::process(cfg),
+        processes = cfg.cluster.processes(),
         window = %aqyl_core::duration::label(*cfg.pipeline.window.get_ref()),
         influx = cfg.influx.enabled,
         file = cfg.file.enabled,
@@ -245,7 +275,7 @@ async fn run(
             loaded.config.reload_interval,
             registry.clone(),
             edge.filters_handle(),
-            cfg.mqtt.subscription_prefix.clone(),
+            subscription_prefix,
             cfg.ingest.catch_all.clone(),
             metrics.clone(),
         ))
@@ -288,7 +318,7 @@ async fn run(
     let mut refused_in = edge.refused();
     let mut refused_out = out.refused();
     let failed = tokio::select! {
-        () = stop => None,
+        () = &mut stop => None,
         why = refused_in.wait() => Some(("broker", why)),
         why = refused_out.wait() => Some(("broker", why)),
         ended = &mut sink_task => Some(("sink", match ended {
@@ -417,7 +447,7 @@ fn city_tasks(
             let _ = filters_tx.send(reg.load().filters());
         }
     });
-    let client_id = cfg.mqtt.client_id.clone().unwrap_or_else(default_client_id);
+    let client_id = crate::cluster::client_id(cfg, default_client_id);
     let tap = aqyl_mqtt::tap::tap(
         &connections.broker,
         &client_id,

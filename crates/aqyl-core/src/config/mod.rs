@@ -13,11 +13,13 @@
 //! | `[mqtt]`, `[outputs]` | [`MqttConfig`], [`MqttUrl`], [`OutputsConfig`] | `config/mqtt.rs` |
 //! | `[influx]`, `[file]` | [`InfluxConfig`], [`FileConfig`] | `config/sinks.rs` |
 //! | `[state]`, `[http]` | [`StateConfig`], [`HttpConfig`] | `config/service.rs` |
+//! | `[cluster]` | [`ClusterConfig`] | `config/cluster.rs` |
 //!
-//! The last three files hold the sections of components in other crates (the MQTT edge in
+//! The last four files hold the sections of components in other crates (the MQTT edge in
 //! `aqyl-mqtt`, the sinks in `aqyl-sink`, the durable state and the HTTP endpoint in the `aqyl`
 //! binary with `aqyl-state`); aqyl-core depends on none of them, so their sections stay here.
 
+mod cluster;
 mod file_setting;
 mod mqtt;
 mod service;
@@ -26,6 +28,7 @@ mod sinks;
 pub use crate::ingest::config::IngestConfig;
 pub use crate::quality::config::{QualityClock, QualityConfig};
 pub use crate::windows::config::{LatePolicy, PipelineConfig, RuleTiming};
+pub use cluster::ClusterConfig;
 pub use file_setting::{read_secret, FileSetting};
 pub use mqtt::{BrokerSettings, MqttConfig, MqttUrl, OutputsConfig};
 pub use service::{CityConfig, HttpConfig, StateConfig};
@@ -116,6 +119,9 @@ pub struct Config {
     /// City services: live state and the sensor catalogue.
     #[serde(default)]
     pub city: CityConfig,
+    /// One dataflow over several processes.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 fn default_rules_dir() -> PathBuf {
@@ -309,11 +315,31 @@ impl Config {
                 "[quality]: threshold must be within 0..1, long_window and short_window at least 2, flat_line at least 2, spike_window at least 4 and spike_threshold above 0",
             ));
         }
+        if config.mqtt.subscription_prefix.starts_with("$share/") {
+            errors.push(ConfigError::at(
+                path,
+                text,
+                text.find("subscription_prefix"),
+                "mqtt.subscription_prefix starts with $share/: independent instances on a shared subscription each see part of every sensor's readings and write partial windows over one another. Run them as one cluster ([cluster] hosts and process), which subscribes through $share/<cluster.group>/ itself, and leave this prefix for a topic namespace",
+            ));
+        }
+        if let Some(problem) = config.cluster_problem() {
+            errors.push(ConfigError::at(path, text, text.find("[cluster]"), problem));
+        }
         if errors.is_empty() {
             Ok(config)
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+
+    /// What is wrong with `[cluster]`, alone or with the other sections.
+    fn cluster_problem(&self) -> Option<String> {
+        self.cluster.problem().or_else(|| {
+            (self.cluster.enabled() && self.state.durable).then(|| {
+                "a cluster of several processes does not take checkpoints yet: set durable = false in [state] (a process that stops loses its open windows; the broker keeps what was not yet acknowledged)".to_string()
+            })
+        })
     }
 
     /// Gives every file setting read from the file its key, line and place beside the file.
@@ -408,6 +434,17 @@ impl Config {
         }
         if let Some(dir) = env("AQYL_STATE_DIR") {
             self.state.dir = PathBuf::from(dir);
+        }
+        if let Some(d) = env("AQYL_STATE_DURABLE") {
+            self.state.durable = match d.trim() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(format!("AQYL_STATE_DURABLE is {d:?}; write true or false")),
+            };
+        }
+        self.cluster.apply_env(&env)?;
+        if let Some(problem) = self.cluster_problem() {
+            return Err(problem);
         }
         if self.mqtt.username.is_some()
             != (self.mqtt.password.is_some() || self.mqtt.password_file.is_some())

@@ -46,8 +46,9 @@ pub struct MqttConfig {
     /// Start with a clean session (loses messages queued while Aqyl was away). Default false.
     #[serde(default)]
     pub clean_session: bool,
-    /// Prefix added to every ingest subscription, e.g. `$share/aqyl/` to spread the load over
-    /// several instances with MQTT shared subscriptions.
+    /// Prefix added to every ingest subscription (a topic namespace). Not `$share/...`:
+    /// instances sharing a subscription would each see part of every sensor's readings; a
+    /// cluster (`[cluster]`) spreads the load and keeps every sensor whole.
     #[serde(default)]
     pub subscription_prefix: String,
     /// Longest wait between reconnect attempts (backoff doubles from 100 ms up to this).

@@ -1,0 +1,229 @@
+//! Cluster mode: three `aqyl run` processes of one worker each, on loopback, against a real
+//! Mosquitto and VictoriaMetrics, give exactly the store contents and incidents of one
+//! process with one worker on the same input, and each process reads part of the input.
+
+use super::{config_dir, with_traffic_rules, Aqyl, WAIT};
+use aqyl_tests::{
+    citypulse_row, free_ports_below_ephemeral, publish, wait_until, Mosquitto, Subscriber,
+    VictoriaMetrics,
+};
+use std::process::Command;
+
+/// Segments of the shipped registry (so areas and area rules take part).
+fn segments(n: usize) -> Vec<String> {
+    let csv =
+        std::fs::read_to_string(super::repo().join("config/sensors/registry/aarhus-traffic.csv"))
+            .unwrap();
+    csv.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("sensor_id"))
+        .filter_map(|l| l.split(',').next())
+        .take(n)
+        .map(String::from)
+        .collect()
+}
+
+/// Two hours of 5-minute readings from 40 segments, in time order: congestions that start
+/// and end, and a few segments that fall silent halfway (outages).
+fn input() -> Vec<(String, Vec<u8>)> {
+    let t0 = 1_406_869_200; // 2014-08-01 05:00 UTC
+    let ids = segments(40);
+    let mut out = Vec::new();
+    for step in 0..24i64 {
+        for (k, id) in ids.iter().enumerate() {
+            if k % 7 == 0 && step >= 12 {
+                continue;
+            }
+            let congested = (step / 4 + k as i64) % 3 == 0;
+            let (speed, vehicles) = if congested { (20, 15) } else { (60, 3) };
+            out.push(citypulse_row(id, t0 + step * 300, speed, vehicles));
+        }
+    }
+    out
+}
+
+/// A config directory for one process: the e2e defaults, the shipped traffic rules, rules
+/// judged at the watermark (in a cluster the broker may hand a sensor's consecutive readings
+/// to different processes, so only event time gives the one-process result exactly).
+fn config(cluster: Option<(&[String], usize)>) -> tempfile::TempDir {
+    let dir = config_dir(1);
+    with_traffic_rules(dir.path());
+    let file = dir.path().join("aqyl.toml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text = text.replace("[pipeline]\n", "[pipeline]\nrule_timing = \"watermark\"\n");
+    if let Some((hosts, process)) = cluster {
+        text = text.replace(
+            &format!("client_id = \"aqyl-e2e-{}\"", std::process::id()),
+            "client_id = \"aqyl-cluster\"",
+        );
+        let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
+        text.push_str(&format!(
+            "[cluster]\nhosts = [{}]\nprocess = {process}\n",
+            hosts.join(", ")
+        ));
+    }
+    std::fs::write(&file, text).unwrap();
+    dir
+}
+
+/// Peer addresses for `n` processes on loopback.
+fn hosts(n: usize) -> Vec<String> {
+    free_ports_below_ephemeral(n)
+        .into_iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect()
+}
+
+/// SIGTERM to every process at once (a cluster drains together), then a clean exit of each.
+fn stop_all(processes: Vec<Aqyl>) {
+    for p in &processes {
+        let ok = Command::new("kill")
+            .args(["-TERM", &p.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    for p in processes {
+        let mut exit = None;
+        wait_until(WAIT, "a cluster process to exit after SIGTERM", || {
+            exit = p.child.lock().unwrap().try_wait().unwrap();
+            exit.is_some()
+        });
+        assert!(exit.unwrap().success(), "aqyl exited with {exit:?}");
+    }
+}
+
+/// What a run left: the store's aggregate and event series, and the incident messages
+/// (sorted JSON).
+type Outcome = (Vec<aqyl_tests::Series>, Vec<String>);
+
+fn outcome(vm: &VictoriaMetrics, events: &Subscriber) -> Outcome {
+    let mut store = vm.export(r#"{__name__=~"aggregate_.*|event_.*"}"#);
+    // Samples of one timestamp (two incidents ending at once) come in no set order.
+    for s in &mut store {
+        s.samples
+            .sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    }
+    let mut messages: Vec<String> = events
+        .messages()
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    messages.sort();
+    (store, messages)
+}
+
+/// One process with one worker.
+fn single(input: &[(String, Vec<u8>)]) -> Outcome {
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let events = Subscriber::start(mqtt.port, "aqyl/events/#");
+    let dir = config(None);
+    let aqyl = Aqyl::online(&dir.path().join("aqyl.toml"), &mqtt, &vm);
+    publish(mqtt.port, input);
+    wait_until(WAIT, "every reading taken", || {
+        aqyl.metric("aqyl_received_total") == Some(input.len() as u64)
+    });
+    aqyl.stop();
+    outcome(&vm, &events)
+}
+
+/// Three processes with one worker each; also returns what each process received.
+fn cluster(input: &[(String, Vec<u8>)]) -> (Outcome, Vec<u64>) {
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let events = Subscriber::start(mqtt.port, "aqyl/events/#");
+    let hosts = hosts(3);
+    let dirs: Vec<_> = (0..3).map(|i| config(Some((&hosts, i)))).collect();
+    let statuses = [
+        Subscriber::start(mqtt.port, "aqyl/status"),
+        Subscriber::start(mqtt.port, "aqyl/cluster/1/status"),
+        Subscriber::start(mqtt.port, "aqyl/cluster/2/status"),
+    ];
+    let processes: Vec<Aqyl> = dirs
+        .iter()
+        .map(|d| Aqyl::start(&d.path().join("aqyl.toml"), &mqtt, &vm))
+        .collect();
+    for (p, status) in processes.iter().zip(&statuses) {
+        p.wait_online(status);
+    }
+    publish(mqtt.port, input);
+    let received = |p: &Aqyl, i: usize| {
+        p.metric(&format!("aqyl_received_total{{process=\"{i}\"}}"))
+            .unwrap_or(0)
+    };
+    wait_until(WAIT, "every reading taken by the cluster", || {
+        let total: u64 = processes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| received(p, i))
+            .sum();
+        total == input.len() as u64
+    });
+    let each: Vec<u64> = processes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| received(p, i))
+        .collect();
+    stop_all(processes);
+    (outcome(&vm, &events), each)
+}
+
+#[test]
+fn three_processes_give_exactly_what_one_gives_and_share_the_input() {
+    let input = input();
+    let (one, one_events) = single(&input);
+    let ((three, three_events), received) = cluster(&input);
+    assert!(
+        one.iter().any(|s| s.label("__name__") == "aggregate_mean")
+            && one_events.iter().any(|e| e.contains("\"area_congestion\""))
+            && one_events.iter().any(|e| e.contains("\"outage\"")),
+        "the input exercises windows, area incidents and outages: {} series, {:?}",
+        one.len(),
+        one_events.first()
+    );
+    println!(
+        "{} series, {} incident messages; readings per process: {received:?}",
+        one.len(),
+        one_events.len()
+    );
+    assert!(
+        received.iter().all(|r| *r > 0),
+        "every process read part of the input: {received:?}"
+    );
+    assert_eq!(one.len(), three.len(), "the same series in the store");
+    for (a, b) in one.iter().zip(&three) {
+        assert_eq!(a, b, "the same samples in every series");
+    }
+    assert_eq!(one_events, three_events, "the same incident messages");
+}
+
+#[test]
+fn a_stranger_on_the_cluster_port_is_refused_without_harm() {
+    // Process 0 of a two-process cluster waits for its peer; a stranger's HTTP request on the
+    // cluster port is refused without harm, and the cluster forms once the peer comes.
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let hosts = hosts(2);
+    let dirs: Vec<_> = (0..2).map(|i| config(Some((&hosts, i)))).collect();
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let first = Aqyl::start(&dirs[0].path().join("aqyl.toml"), &mqtt, &vm);
+    wait_until(WAIT, "process 0 to listen for its peers", || {
+        std::net::TcpStream::connect(&hosts[0]).is_ok()
+    });
+    let answer = reqwest::blocking::get(format!("http://{}/health", hosts[0]));
+    assert!(
+        answer.is_err(),
+        "the cluster port speaks no HTTP: {answer:?}"
+    );
+    let second = Aqyl::start(&dirs[1].path().join("aqyl.toml"), &mqtt, &vm);
+    first.wait_online(&status);
+    publish(mqtt.port, &input()[..40]);
+    wait_until(WAIT, "both processes alive and reading", || {
+        first.metric("aqyl_received_total{process=\"0\"}").is_some()
+            && second
+                .metric("aqyl_received_total{process=\"1\"}")
+                .is_some()
+    });
+    stop_all(vec![first, second]);
+}
