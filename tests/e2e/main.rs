@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 mod city;
+mod deploy;
 mod detection;
 mod durable;
 mod faults;
