@@ -11,6 +11,7 @@ use std::time::Duration;
 
 mod city;
 mod cluster;
+mod deploy;
 mod detection;
 mod durable;
 mod faults;
