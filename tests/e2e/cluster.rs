@@ -227,3 +227,35 @@ fn a_stranger_on_the_cluster_port_is_refused_without_harm() {
     });
     stop_all(vec![first, second]);
 }
+
+#[test]
+fn when_a_process_dies_the_others_stop_and_say_why() {
+    // kill -9 of one process: the others cannot go on with part of the cluster's state
+    // gone; they exit non-zero so that a supervisor restarts the whole cluster.
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let hosts = hosts(2);
+    let dirs: Vec<_> = (0..2).map(|i| config(Some((&hosts, i)))).collect();
+    let status = Subscriber::start(mqtt.port, "aqyl/status");
+    let processes: Vec<Aqyl> = dirs
+        .iter()
+        .map(|d| Aqyl::start(&d.path().join("aqyl.toml"), &mqtt, &vm))
+        .collect();
+    processes[0].wait_online(&status);
+    publish(mqtt.port, &input()[..80]);
+    let mut processes = processes.into_iter();
+    let (first, second) = (processes.next().unwrap(), processes.next().unwrap());
+    second.crash();
+    let mut exit = None;
+    wait_until(WAIT, "process 0 to exit after process 1 died", || {
+        exit = first.child.lock().unwrap().try_wait().unwrap();
+        exit.is_some()
+    });
+    assert!(!exit.unwrap().success(), "process 0 exited with {exit:?}");
+    wait_until(WAIT, "aqyl/status offline", || {
+        status
+            .messages()
+            .last()
+            .is_some_and(|m| m.payload == b"offline")
+    });
+}

@@ -19,7 +19,7 @@ use aqyl_core::quality::QualityRecord;
 use aqyl_core::windows::window::WindowSpec;
 use aqyl_core::{Aggregate as AggregateRecord, DeadLetter, RawMessage, Scope};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use timely::dataflow::channels::pact::Pipeline;
@@ -141,9 +141,16 @@ impl Outputs {
 /// durable, after a checkpoint with `stop`.
 pub struct Running {
     guards: timely::communication::initialize::WorkerGuards<()>,
+    ended: Arc<AtomicBool>,
 }
 
 impl Running {
+    /// Set once any worker has ended (before its input did, a failure: a panic, or in a
+    /// cluster a process that died or lost its connection).
+    pub fn worker_ended(&self) -> Arc<AtomicBool> {
+        self.ended.clone()
+    }
+
     /// Waits for the workers to finish and reports panics and failures.
     pub fn join(self) -> Result<(), String> {
         for r in self.guards.join() {
@@ -312,7 +319,10 @@ fn start_intakes(
     };
     // Worker indices are global in a cluster: this process's start at `first`.
     let first = cluster.as_ref().map_or(0, |c| c.first_worker(workers));
+    let ended = Arc::new(AtomicBool::new(false));
+    let ended_in_worker = ended.clone();
     let run = move |worker: &mut timely::worker::Worker| {
+        let _ended = SetOnDrop(ended_in_worker.clone());
         let index = worker.index() - first;
         let own = starts
             .lock()
@@ -335,7 +345,16 @@ fn start_intakes(
             Err(_) => return Err("a dataflow worker ended while starting".into()),
         }
     }
-    Ok(Running { guards })
+    Ok(Running { guards, ended })
+}
+
+/// Sets its flag when dropped: when its worker ends, by returning or by a panic.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, SeqCst);
+    }
 }
 
 /// Poisons the checkpoint rendezvous when its worker thread unwinds.

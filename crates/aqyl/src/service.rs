@@ -315,6 +315,7 @@ async fn run(
     // A broker that refuses Aqyl for good (a certificate it does not trust, or credentials or
     // a client certificate it refuses) before the first connect is a configuration error:
     // say so and exit instead of retrying for ever.
+    let ended = running.worker_ended();
     let mut refused_in = edge.refused();
     let mut refused_out = out.refused();
     let failed = tokio::select! {
@@ -326,6 +327,7 @@ async fn run(
             Ok(Err(e)) => e.to_string(),
             Err(e) => format!("the sink task panicked: {e}"),
         })),
+        () = worker_ended(ended.clone()) => Some(("dataflow", String::new())),
         ended = log_ended => Some(("state", match ended {
             Ok(Ok(())) => "the ingest log writer stopped".to_string(),
             Ok(Err(e)) => format!("{e:#}"),
@@ -335,6 +337,18 @@ async fn run(
     if let Some(b) = &board {
         b.stopping();
     }
+    // A worker that ends closes the outputs, so the sink may notice first: name the cause.
+    let failed = match failed {
+        Some(_) if ended.load(std::sync::atomic::Ordering::SeqCst) => Some((
+            "dataflow",
+            if cfg.cluster.enabled() {
+                "a dataflow worker stopped: another process of the cluster died or its connection broke (see the error above); every process stops, and all must be restarted together".to_string()
+            } else {
+                "a dataflow worker stopped (see the error above)".to_string()
+            },
+        )),
+        f => f,
+    };
     if let Some((what, why)) = failed {
         drop(city_tasks);
         metrics.set_problem(what, why.clone());
@@ -346,12 +360,11 @@ async fn run(
         edge.stop_ingest();
         out.close().await;
         edge.close().await;
-        if durable.is_some() {
-            // Durable workers end only at a stopping checkpoint, and none is taken after a
-            // failure: the next start replays the ingest log from the last one, as after a
-            // crash. Joining them here would wait for ever; they end with the process.
-            std::mem::forget(running);
-        }
+        // Durable workers end only at a stopping checkpoint, and none is taken after a
+        // failure: the next start replays the ingest log from the last one, as after a crash.
+        // Joining them here would wait for ever (or, after a worker's panic, panic again);
+        // they end with the process.
+        std::mem::forget(running);
         if what == "broker" {
             anyhow::bail!("{why}");
         }
@@ -411,6 +424,13 @@ async fn run(
         "Aqyl stopped cleanly."
     );
     Ok(())
+}
+
+/// Completes when a dataflow worker has ended (checked every 200 ms).
+async fn worker_ended(ended: Arc<std::sync::atomic::AtomicBool>) {
+    while !ended.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The city services' tasks, aborted when dropped.
