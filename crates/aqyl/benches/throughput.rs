@@ -7,6 +7,8 @@
 //! cargo bench -p aqyl --bench throughput -- --messages 200000 --rounds 3
 //! cargo bench -p aqyl --bench throughput -- --messages 200000 --rounds 3 --quality 2
 //! ```
+//! `--processes 1,2,3` compares clusters of those sizes on loopback instead (each process
+//! with `--workers` workers, durability off), each round in turn after the bare subscriber.
 //! `--quality 0` turns quality scoring off; `--quality 2` also runs the service without it in
 //! each round, to pair the two. `--rules 0` runs without the traffic rules. With
 //! `AQYL_BASELINE=/path/to/aqyl` (an earlier build) that binary runs too in each round, right
@@ -141,17 +143,33 @@ fn metric(http: &str, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }
 
-/// The service: `aqyl run` (release binary), 2 workers, no sink, as a separate process.
-/// Returns (seconds until every observation was accepted, publish seconds, peak RSS KiB).
-async fn aqyl_round(
-    bin: &std::path::Path,
-    port: u16,
-    msgs: Arc<Vec<(String, Vec<u8>)>>,
+/// How a round runs the service.
+#[derive(Clone, Copy)]
+struct Setup {
     workers: usize,
     quality: bool,
     rules: bool,
     durable: bool,
+    /// Processes of one cluster (1: no cluster).
+    processes: usize,
+}
+
+/// The service: `aqyl run` (release binary), no sink, as separate processes (one, or the
+/// processes of a cluster on loopback). Returns (seconds until every observation was
+/// accepted, publish seconds, peak RSS KiB summed over the processes).
+async fn aqyl_round(
+    bin: &std::path::Path,
+    port: u16,
+    msgs: Arc<Vec<(String, Vec<u8>)>>,
+    setup: Setup,
 ) -> (f64, f64, u64) {
+    let Setup {
+        workers,
+        quality,
+        rules,
+        durable,
+        processes,
+    } = setup;
     let n = msgs.len() as u64;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("sensors")).unwrap();
@@ -181,42 +199,64 @@ async fn aqyl_round(
     if !rules {
         std::fs::remove_file(dir.path().join("rules/traffic.toml")).unwrap();
     }
-    std::fs::write(
-        dir.path().join("aqyl.toml"),
-        format!("[mqtt]\nclient_id = \"bench-aqyl-{}\"\nclean_session = true\n[pipeline]\nworkers = {workers}\nidle_timeout = \"0s\"\n# The publishers run on 4 connections at full speed, so event time is skewed between\n# sensors by far more than live traffic ever is; the lateness must cover that skew.\nallowed_lateness = \"1d\"\n[quality]\nenabled = {quality}\n[state]\ndurable = {durable}\n", free_port()),
-    )
-    .unwrap();
-    let http_port = free_port();
-    let http = format!("http://127.0.0.1:{http_port}");
+    let hosts: Vec<String> = aqyl_tests::free_ports_below_ephemeral(processes)
+        .iter()
+        .map(|p| format!("\"127.0.0.1:{p}\""))
+        .collect();
+    let client = free_port();
+    let configs: Vec<std::path::PathBuf> = (0..processes)
+        .map(|i| {
+            let cluster = if processes > 1 {
+                format!("[cluster]\nhosts = [{}]\nprocess = {i}\n", hosts.join(", "))
+            } else {
+                String::new()
+            };
+            let file = dir.path().join(format!("aqyl-{i}.toml"));
+            std::fs::write(
+                &file,
+                format!("[mqtt]\nclient_id = \"bench-aqyl-{client}\"\nclean_session = true\n[pipeline]\nworkers = {workers}\nidle_timeout = \"0s\"\n# The publishers run on 4 connections at full speed, so event time is skewed between\n# sensors by far more than live traffic ever is; the lateness must cover that skew.\nallowed_lateness = \"1d\"\n[quality]\nenabled = {quality}\n[state]\ndurable = {durable}\ndir = \"state-{i}\"\n{cluster}"),
+            )
+            .unwrap();
+            file
+        })
+        .collect();
+    let https: Vec<String> = (0..processes)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
     let status = Arc::new(AtomicU64::new(0));
-    // Wait for "online" (published after the subscription) before publishing.
+    // Wait for every process's "online" (published after its subscription) before publishing.
     let mut opts = MqttOptions::new(format!("bench-status-{}", free_port()), "127.0.0.1", port);
     opts.set_clean_session(true);
     let (sclient, mut sloop) = AsyncClient::new(opts, 10);
-    sclient
-        .subscribe("aqyl/status", QoS::AtLeastOnce)
-        .await
-        .unwrap();
+    for topic in ["aqyl/status", "aqyl/cluster/+/status"] {
+        sclient.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+    }
     let s2 = status.clone();
     let watcher = tokio::spawn(async move {
         while let Ok(ev) = sloop.poll().await {
             if let Event::Incoming(Packet::Publish(p)) = ev {
                 if &p.payload[..] == b"online" {
-                    s2.store(1, Relaxed);
+                    s2.fetch_add(1, Relaxed);
                 }
             }
         }
     });
-    let mut child = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(dir.path().join("aqyl.toml"))
-        .env("AQYL_MQTT_URL", format!("mqtt://127.0.0.1:{port}"))
-        .env("AQYL_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-        .env("AQYL_LOG", "error")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    while status.load(Relaxed) == 0 {
+    let mut children: Vec<std::process::Child> = configs
+        .iter()
+        .zip(&https)
+        .map(|(config, http)| {
+            Command::new(bin)
+                .args(["run", "--config"])
+                .arg(config)
+                .env("AQYL_MQTT_URL", format!("mqtt://127.0.0.1:{port}"))
+                .env("AQYL_HTTP_ADDR", http)
+                .env("AQYL_LOG", "error")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    while status.load(Relaxed) < processes as u64 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let start = Instant::now();
@@ -224,38 +264,126 @@ async fn aqyl_round(
         publish(port, msgs).await;
         start.elapsed().as_secs_f64()
     });
-    let h = http.clone();
-    tokio::task::spawn_blocking(move || {
-        while metric(&h, "aqyl_observations_total ").unwrap_or(0)
-            + metric(&h, "aqyl_rejected_total{reason=\"late\"} ").unwrap_or(0)
-            < n
-        {
+    let total = move |name: &str| -> u64 {
+        https
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let label = if processes > 1 {
+                    format!("process=\"{i}\"")
+                } else {
+                    String::new()
+                };
+                let name = match name.split_once('{') {
+                    Some((n, rest)) => format!("{n}{{{label},{rest}"),
+                    None if processes > 1 => format!("{name}{{{label}}}"),
+                    None => name.to_string(),
+                };
+                metric(&format!("http://{h}"), &format!("{name} ")).unwrap_or(0)
+            })
+            .sum()
+    };
+    let late = tokio::task::spawn_blocking(move || {
+        while total("aqyl_observations_total") + total("aqyl_rejected_total{reason=\"late\"}") < n {
             std::thread::sleep(Duration::from_millis(5));
         }
+        total("aqyl_rejected_total{reason=\"late\"}")
     })
     .await
     .unwrap();
     let secs = start.elapsed().as_secs_f64();
-    let late = metric(&http, "aqyl_rejected_total{reason=\"late\"} ").unwrap_or(0);
     assert_eq!(
         late, 0,
         "records were late: raise allowed_lateness for this publish skew"
     );
     let published = publish_task.await.unwrap();
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+    let rss = children
+        .iter()
+        .map(|child| {
+            std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmHWM:"))
+                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                })
+                .unwrap_or(0)
         })
-        .unwrap_or(0);
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+        .sum();
+    // A cluster drains together: every process is told to stop before any is waited for.
+    for child in &children {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
+    for child in &mut children {
+        let _ = child.wait();
+    }
     watcher.abort();
     (secs, published, rss)
+}
+
+/// `--processes 1,2,3`: compare clusters of these sizes (and the bare subscriber).
+fn processes_list() -> Option<Vec<usize>> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == "--processes")?;
+    let list = args
+        .get(i + 1)?
+        .split(',')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    Some(list)
+}
+
+/// Each round: the bare subscriber, then a cluster of each size in `list` (durability off,
+/// as a cluster needs), in turn; medians and ratios against one process at the end.
+fn scale_out(
+    rt: &tokio::runtime::Runtime,
+    bin: &std::path::Path,
+    broker: &Mosquitto,
+    msgs: &Arc<Vec<(String, Vec<u8>)>>,
+    setup: Setup,
+    list: &[usize],
+    rounds: usize,
+) {
+    let n = msgs.len() as f64;
+    let mut bare = Vec::new();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); list.len()];
+    let mut peaks: Vec<u64> = vec![0; list.len()];
+    for round in 1..=rounds {
+        let (b, _) = rt.block_on(bare_round(broker.port, msgs.clone()));
+        bare.push(n / b);
+        let mut line = format!("round {round}: bare {:>8.0} msg/s", n / b);
+        for (k, &processes) in list.iter().enumerate() {
+            let cluster = Setup {
+                processes,
+                durable: false,
+                ..setup
+            };
+            let (a, _, rss) = rt.block_on(aqyl_round(bin, broker.port, msgs.clone(), cluster));
+            rates[k].push(n / a);
+            peaks[k] = peaks[k].max(rss);
+            line += &format!(" | {processes} process(es) {:>8.0} obs/s", n / a);
+        }
+        println!("{line}");
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mb = median(&mut bare);
+    let one = median(&mut rates[0].clone());
+    for (k, &processes) in list.iter().enumerate() {
+        let m = median(&mut rates[k]);
+        println!(
+            "median: {processes} process(es) x {} worker(s): {m:.0} obs/s, /bare {:.2}, /{} process(es) {:.2}, peak RSS {} MiB in all",
+            setup.workers,
+            m / mb,
+            list[0],
+            m / one,
+            peaks[k] / 1024
+        );
+    }
 }
 
 fn main() {
@@ -286,16 +414,26 @@ fn main() {
     let mut base_svc = Vec::new();
     let this = std::path::Path::new(env!("CARGO_BIN_EXE_aqyl"));
     let baseline = std::env::var_os("AQYL_BASELINE").map(std::path::PathBuf::from);
+    let setup = Setup {
+        workers,
+        quality: quality != 0,
+        rules,
+        durable: durable != 0,
+        processes: 1,
+    };
+    if let Some(list) = processes_list() {
+        return scale_out(&rt, this, &broker, &msgs, setup, &list, rounds);
+    }
     for round in 1..=rounds {
         if quality == 2 {
             let (a, _, _) = rt.block_on(aqyl_round(
                 this,
                 broker.port,
                 msgs.clone(),
-                workers,
-                false,
-                rules,
-                durable != 0,
+                Setup {
+                    quality: false,
+                    ..setup
+                },
             ));
             println!(
                 "round {round}: aqyl without quality scoring {:>8.0} obs/s",
@@ -308,10 +446,10 @@ fn main() {
                 this,
                 broker.port,
                 msgs.clone(),
-                workers,
-                quality != 0,
-                rules,
-                false,
+                Setup {
+                    durable: false,
+                    ..setup
+                },
             ));
             println!(
                 "round {round}: aqyl without durability {:>8.0} obs/s",
@@ -321,27 +459,11 @@ fn main() {
         }
         let (b, bp) = rt.block_on(bare_round(broker.port, msgs.clone()));
         if let Some(base) = &baseline {
-            let (a, _, _) = rt.block_on(aqyl_round(
-                base,
-                broker.port,
-                msgs.clone(),
-                workers,
-                quality != 0,
-                rules,
-                durable != 0,
-            ));
+            let (a, _, _) = rt.block_on(aqyl_round(base, broker.port, msgs.clone(), setup));
             println!("round {round}: baseline aqyl {:>8.0} obs/s", n as f64 / a);
             base_svc.push(n as f64 / a);
         }
-        let (a, ap, rss) = rt.block_on(aqyl_round(
-            this,
-            broker.port,
-            msgs.clone(),
-            workers,
-            quality != 0,
-            rules,
-            durable != 0,
-        ));
+        let (a, ap, rss) = rt.block_on(aqyl_round(this, broker.port, msgs.clone(), setup));
         peak = peak.max(rss);
         println!(
             "round {round}: bare subscriber {:>8.0} msg/s (publish {:>8.0} msg/s) | aqyl {:>8.0} obs/s (publish {:>8.0} msg/s) | ratio aqyl/bare {:.2} | aqyl peak RSS {} MiB",

@@ -70,6 +70,7 @@ pub fn check(path: &Path) -> (String, bool) {
                 out.push_str("  quality: off\n");
             }
             out.push_str(&state_line(&loaded));
+            out.push_str(&cluster_line(&loaded.config));
             out.push_str(&crate::connections::describe(&loaded.config, &connections));
             (out, true)
         }
@@ -216,6 +217,23 @@ mod tests {
         assert!(
             out.contains("incidents after more than 1 expected interval(s) below 0.6, ended after as long at or above 0.7"),
             "{out}"
+        );
+    }
+
+    #[test]
+    fn a_cluster_process_is_described() {
+        let dir = one_sensor_type();
+        let file = dir.path().join("aqyl.toml");
+        std::fs::write(
+            &file,
+            "[state]\ndurable = false\n[cluster]\nhosts = [\"a:2101\", \"b:2101\"]\nprocess = 1\n",
+        )
+        .unwrap();
+        let (report, ok) = check(&file);
+        assert!(ok, "{report}");
+        assert!(
+            report.contains("  cluster: process 1 of 2 (2 worker(s) each), peers a:2101, b:2101, listening on 0.0.0.0:2101; MQTT through $share/aqyl/*, client id suffix -1\n"),
+            "{report}"
         );
     }
 
@@ -515,6 +533,23 @@ fn state_line(loaded: &aqyl_core::config::Loaded) -> String {
             dir.display()
         )
     }
+}
+
+fn cluster_line(cfg: &aqyl_core::config::Config) -> String {
+    let c = &cfg.cluster;
+    if !c.enabled() {
+        return String::new();
+    }
+    format!(
+        "  cluster: process {} of {} ({} worker(s) each), peers {}, listening on {}; MQTT through {}*, client id suffix -{}\n",
+        c.process,
+        c.processes(),
+        cfg.pipeline.workers.get_ref(),
+        c.hosts.join(", "),
+        c.listen_addr(),
+        crate::cluster::subscription_prefix(cfg),
+        c.process
+    )
 }
 
 fn rule_timing_line(p: &aqyl_core::config::PipelineConfig, live: bool) -> String {
