@@ -65,12 +65,14 @@ fn config(cluster: Option<(&[String], usize)>) -> tempfile::TempDir {
     dir
 }
 
-/// Peer addresses for `n` processes on loopback.
-fn hosts(n: usize) -> Vec<String> {
-    free_ports_below_ephemeral(n)
+/// Peer addresses for `n` processes on loopback, and each process's config directory.
+fn cluster_configs(n: usize) -> (Vec<String>, Vec<tempfile::TempDir>) {
+    let hosts: Vec<String> = free_ports_below_ephemeral(n)
         .into_iter()
         .map(|p| format!("127.0.0.1:{p}"))
-        .collect()
+        .collect();
+    let dirs = (0..n).map(|i| config(Some((&hosts, i)))).collect();
+    (hosts, dirs)
 }
 
 /// SIGTERM to every process at once (a cluster drains together), then a clean exit of each.
@@ -133,8 +135,7 @@ fn cluster(input: &[(String, Vec<u8>)]) -> (Outcome, Vec<u64>) {
     let mqtt = Mosquitto::start();
     let vm = VictoriaMetrics::start();
     let events = Subscriber::start(mqtt.port, "aqyl/events/#");
-    let hosts = hosts(3);
-    let dirs: Vec<_> = (0..3).map(|i| config(Some((&hosts, i)))).collect();
+    let (_, dirs) = cluster_configs(3);
     let statuses = [
         Subscriber::start(mqtt.port, "aqyl/status"),
         Subscriber::start(mqtt.port, "aqyl/cluster/1/status"),
@@ -204,8 +205,7 @@ fn a_stranger_on_the_cluster_port_is_refused_without_harm() {
     // cluster port is refused without harm, and the cluster forms once the peer comes.
     let mqtt = Mosquitto::start();
     let vm = VictoriaMetrics::start();
-    let hosts = hosts(2);
-    let dirs: Vec<_> = (0..2).map(|i| config(Some((&hosts, i)))).collect();
+    let (hosts, dirs) = cluster_configs(2);
     let status = Subscriber::start(mqtt.port, "aqyl/status");
     let first = Aqyl::start(&dirs[0].path().join("aqyl.toml"), &mqtt, &vm);
     wait_until(WAIT, "process 0 to listen for its peers", || {
@@ -234,8 +234,7 @@ fn when_a_process_dies_the_others_stop_and_say_why() {
     // gone; they exit non-zero so that a supervisor restarts the whole cluster.
     let mqtt = Mosquitto::start();
     let vm = VictoriaMetrics::start();
-    let hosts = hosts(2);
-    let dirs: Vec<_> = (0..2).map(|i| config(Some((&hosts, i)))).collect();
+    let (_, dirs) = cluster_configs(2);
     let status = Subscriber::start(mqtt.port, "aqyl/status");
     let processes: Vec<Aqyl> = dirs
         .iter()
