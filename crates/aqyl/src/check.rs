@@ -44,6 +44,21 @@ pub fn check(path: &Path) -> (String, bool) {
                     r.name, on, r.enter_text
                 ));
             }
+            for c in &loaded.corroborate {
+                out.push_str(&format!(
+                    "  corroborate {}: {} confirmed by {} reports{} within {} m and {}\n",
+                    c.name,
+                    c.event_types.join(", "),
+                    c.reports,
+                    if c.categories.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" of {}", c.categories.join(", "))
+                    },
+                    c.max_distance_m,
+                    aqyl_core::duration::label(std::time::Duration::from_millis(c.within_ms)),
+                ));
+            }
             out.push_str(&subscription_lines(&loaded));
             let live = !loaded.config.pipeline.idle_timeout.is_zero();
             out.push_str(&rule_timing_line(&loaded.config.pipeline, live));
