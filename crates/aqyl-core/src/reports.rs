@@ -194,6 +194,15 @@ fn position(v: Option<serde_json::Value>) -> Result<Position, Rejection> {
             "is missing; send {\"lat\": <degrees>, \"lon\": <degrees>}".into(),
         )
     })?;
+    // serde would also take `[a, b]` for the struct: refuse it, `[lon, lat]` is the GeoJSON
+    // order and too easily sent backwards.
+    if !v.is_object() {
+        return Err(bad(
+            Reason::WrongType,
+            "position",
+            format!("expected an object, got {v}; send {{\"lat\": <degrees>, \"lon\": <degrees>}}"),
+        ));
+    }
     let p: Position = serde_json::from_value(v).map_err(|e| {
         bad(
             Reason::WrongType,

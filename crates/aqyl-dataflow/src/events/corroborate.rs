@@ -118,7 +118,30 @@ mod tests {
     use crate::state::testing::{build, same_across_a_checkpoint, Step};
     use aqyl_core::EventState;
     use std::path::Path;
-    use timely::dataflow::operators::Map;
+    use timely::dataflow::channels::pact::Pipeline;
+
+    /// What `pick` takes of the test's input, through a counted channel.
+    fn split<'s, T: Clone + 'static>(
+        s: StreamVec<'s, u64, In>,
+        states: &OperatorStates,
+        name: &str,
+        pick: fn(In) -> Option<T>,
+    ) -> StreamVec<'s, u64, T> {
+        s.unary::<CapacityContainerBuilder<Vec<T>>, _, _, _>(
+            states.counted(Pipeline),
+            name,
+            move |_, _| {
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        let mut picked: Vec<T> = data.drain(..).filter_map(pick).collect();
+                        if !picked.is_empty() {
+                            output.session(&cap).give_container(&mut picked);
+                        }
+                    });
+                }
+            },
+        )
+    }
 
     /// The test's one input: incidents and readings.
     #[derive(Clone, Debug)]
@@ -188,11 +211,11 @@ mod tests {
     fn an_incident_under_way_at_a_checkpoint_is_confirmed_after_it() {
         let (rules, registry) = (rules(), registry());
         let op = build(move |s, states| {
-            let incidents = s.clone().flat_map(|i| match i {
+            let incidents = split(s.clone(), states, "Incidents", |i| match i {
                 In::Incident(e) => Some(e),
                 In::Reading(_) => None,
             });
-            let readings = s.flat_map(|i| match i {
+            let readings = split(s, states, "Readings", |i| match i {
                 In::Reading(o) => Some(o),
                 In::Incident(_) => None,
             });
@@ -216,10 +239,9 @@ mod tests {
         ];
         let out = same_across_a_checkpoint(op, first, second);
         assert_eq!(out.len(), 1, "{out:?}");
-        let json: serde_json::Value = serde_json::from_str(&out[0].to_json()).unwrap();
-        assert_eq!(json["state"], "update");
-        assert_eq!(json["id"], "inc");
-        assert_eq!(json["values"]["corroborated"], true);
-        assert_eq!(json["values"]["report_id"], "near");
+        let (u, json) = (&out[0], out[0].to_json());
+        assert_eq!((u.state, u.id.as_str()), (EventState::Update, "inc"));
+        assert!(json.contains("\"corroborated\":true"), "{json}");
+        assert!(json.contains("\"report_id\":\"near\""), "{json}");
     }
 }
