@@ -264,7 +264,10 @@ mod tests {
         assert!(!ok);
         assert!(report.starts_with("rejected (wrong_type): field \"vehiclecount\" (at /vehiclecount): expected an integer, got the string \"full\""), "{report}");
         let (report, ok) = sensors_test(&config, "trafic", &bad, None);
-        assert!(!ok && report.contains("known: noise, parking"), "{report}");
+        assert!(
+            !ok && report.contains("known: citizen_report, noise, parking"),
+            "{report}"
+        );
     }
 
     #[test]
