@@ -368,7 +368,19 @@ pub fn from_json(name: &str, body: &[u8]) -> Result<Subscription, String> {
             ))
         }
     }
-    let entry: Entry = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    let entry: Entry = serde_json::from_value(value.clone()).map_err(|e| {
+        // serde names an unknown key but not the key whose value is wrong: find it.
+        let wrong = value.as_object().and_then(|o| {
+            o.iter().find(|(k, v)| {
+                let alone = serde_json::json!({ "name": name, k.as_str(): v });
+                serde_json::from_value::<Entry>(alone).is_err()
+            })
+        });
+        match wrong {
+            Some((key, _)) if !e.to_string().contains(&format!("`{key}`")) => format!("{key}: {e}"),
+            _ => e.to_string(),
+        }
+    })?;
     build(entry, Origin::Http)
 }
 
@@ -561,7 +573,10 @@ mod tests {
         let unknown = err("ring", r#"{"level":"critical"}"#);
         assert!(unknown.contains("unknown field `level`"), "{unknown}");
         let wrong = err("ring", r#"{"route":"158324"}"#);
-        assert!(wrong.contains("expected a sequence"), "{wrong}");
+        assert!(
+            wrong.starts_with("route: ") && wrong.contains("expected a sequence"),
+            "{wrong}"
+        );
         let bbox = err("ring", r#"{"bbox":[10.2,56.1,10.1,56.2]}"#);
         assert!(
             bbox.contains("bbox") && bbox.contains("west <= east"),
