@@ -45,14 +45,27 @@ pub struct Subscriptions {
     files: Vec<Subscription>,
     http: Mutex<Vec<Subscription>>,
     store: PathBuf,
+    /// Why the kept subscriptions could not be read, if they could not: writes are then
+    /// refused, so that they never replace a file that could not be read.
+    unreadable: Option<String>,
 }
 
 impl Subscriptions {
     /// The file subscriptions and the HTTP ones kept in `state_dir` (an HTTP one whose name a
-    /// file now uses is left out, with a warning: the file wins).
+    /// file now uses is left out, with a warning: the file wins). A kept file that is not
+    /// what Aqyl wrote is an error; one that cannot be read (a state directory that is not
+    /// usable, which the rest of the service reports in its own way) is logged, and the
+    /// service goes on with the file subscriptions and refuses writes.
     pub fn open(files: Vec<Subscription>, state_dir: &Path) -> anyhow::Result<Arc<Self>> {
         let store = state_dir.join(FILE_NAME);
-        let mut http = read_store(&store)?;
+        let (mut http, unreadable) = match read_store(&store) {
+            Ok(list) => (list, None),
+            Err(Unreadable::Io(why)) => {
+                tracing::error!(file = %store.display(), error = %why, "Cannot read the subscriptions created over HTTP; going on without them, and refusing changes until the state directory is usable.");
+                (Vec::new(), Some(why))
+            }
+            Err(Unreadable::Damaged(e)) => return Err(e),
+        };
         http.retain(|h| {
             let clash = files.iter().any(|f| f.name == h.name);
             if clash {
@@ -65,6 +78,7 @@ impl Subscriptions {
             files,
             http: Mutex::new(http),
             store,
+            unreadable,
         };
         this.publish(&this.lock());
         Ok(Arc::new(this))
@@ -94,6 +108,16 @@ impl Subscriptions {
         self.shared.store(Arc::new(all));
     }
 
+    fn refuse_if_unreadable(&self) -> Result<(), Refusal> {
+        match &self.unreadable {
+            None => Ok(()),
+            Some(why) => Err(refuse(
+                500,
+                format!("the subscriptions created over HTTP could not be read at start ({why}); make the state directory usable and restart"),
+            )),
+        }
+    }
+
     fn file_one(&self, name: &str) -> Option<Refusal> {
         self.files.iter().find(|f| f.name == name).map(|f| {
             let at = match &f.origin {
@@ -117,6 +141,7 @@ impl Subscriptions {
             return Err(r);
         }
         let sub = subscriptions::from_json(name, body).map_err(|m| refuse(400, m))?;
+        self.refuse_if_unreadable()?;
         let mut http = self.lock();
         let mut next = http.clone();
         let full = next.len() >= MAX_HTTP_SUBSCRIPTIONS;
@@ -147,6 +172,7 @@ impl Subscriptions {
         if let Some(r) = self.file_one(name) {
             return Err(r);
         }
+        self.refuse_if_unreadable()?;
         let mut http = self.lock();
         if !http.iter().any(|s| s.name == name) {
             return Err(refuse(404, format!("no subscription {name:?}")));
@@ -159,21 +185,26 @@ impl Subscriptions {
     }
 }
 
+/// Why the kept subscriptions were not read.
+enum Unreadable {
+    /// The file could not be read.
+    Io(String),
+    /// It was read and is not what Aqyl writes.
+    Damaged(anyhow::Error),
+}
+
 /// The kept HTTP subscriptions (none when the file is not there yet).
-fn read_store(path: &Path) -> anyhow::Result<Vec<Subscription>> {
+fn read_store(path: &Path) -> Result<Vec<Subscription>, Unreadable> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => anyhow::bail!(
-            "{}: cannot read the subscriptions created over HTTP: {e}; fix its permissions",
-            path.display()
-        ),
+        Err(e) => return Err(Unreadable::Io(e.to_string())),
     };
     let bad = |why: String| {
-        anyhow::anyhow!(
+        Unreadable::Damaged(anyhow::anyhow!(
             "{}: {why}; this file holds the subscriptions created over HTTP: repair it, or move it aside to start without them",
             path.display()
-        )
+        ))
     };
     let doc: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
@@ -257,6 +288,22 @@ mod tests {
         assert_eq!(again.get("ring").unwrap().levels, ["warning"]);
         assert_eq!(again.get("ring").unwrap().origin, Origin::Http);
         assert!(!dir.path().join("subscriptions.json.tmp").exists());
+    }
+
+    #[test]
+    fn an_unusable_state_directory_leaves_the_file_subscriptions_and_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-directory");
+        std::fs::write(&file, "").unwrap();
+        let subs = Subscriptions::open(file_sub(), &file).unwrap();
+        assert_eq!(subs.list().len(), 1);
+        let refused = subs.put("mine", b"{}").unwrap_err();
+        assert_eq!(refused.status, 500);
+        assert!(
+            refused.message.contains("state directory"),
+            "{}",
+            refused.message
+        );
     }
 
     #[test]
