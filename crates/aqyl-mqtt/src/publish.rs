@@ -189,3 +189,35 @@ pub async fn quality(
         let _ = sink.send(batch).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn a_follower_that_falls_behind_is_told_how_many_it_missed_and_the_sender_never_waits() {
+        let feeds = Feeds::default();
+        let mut rx = feeds.follow("mine");
+        // Nobody follows "other": nothing is kept for it.
+        feeds.send("other", &Arc::from("x"));
+        let extra = 10;
+        for i in 0..FEED_CAPACITY + extra {
+            feeds.send("mine", &Arc::from(i.to_string().as_str()));
+        }
+        match rx.try_recv() {
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                assert_eq!(missed, extra as u64)
+            }
+            other => panic!("expected a lag, got {other:?}"),
+        }
+        assert_eq!(
+            rx.try_recv().ok().as_deref(),
+            Some(extra.to_string().as_str())
+        );
+        drop(rx);
+        // The last follower gone, the next message drops the feed.
+        feeds.send("mine", &Arc::from("y"));
+        assert!(feeds.0.lock().unwrap().is_empty());
+    }
+}

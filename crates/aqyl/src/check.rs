@@ -210,6 +210,10 @@ mod tests {
         assert!(out.contains("rule sudden_slowdown"), "{out}");
         assert!(out.contains("on pollution 1h windows"), "{out}");
         assert!(
+            out.contains("corroborate congestion_reported: congestion confirmed by citizen_report reports of traffic within 500 m and 15m"),
+            "{out}"
+        );
+        assert!(
             out.contains("subscription north-west: congestion, traffic_jam, area_congestion; in grid-11-03 -> aqyl/subscriptions/north-west/..."),
             "{out}"
         );
