@@ -321,6 +321,29 @@ pub fn validate(body: &[u8], max_bytes: usize, id: String) -> Result<Report, Rej
     })
 }
 
+/// Refuses a report whose `time` is more than `max_future_ms` ahead of `now_ms` (both Unix
+/// ms; `max_future_ms` 0: no check), as ingest would dead-letter it as `future` after the
+/// client had been told it was accepted.
+pub fn check_time(report: &Report, now_ms: i64, max_future_ms: i64) -> Result<(), Rejection> {
+    let Ok(t) = chrono::DateTime::parse_from_rfc3339(&report.time) else {
+        return Ok(()); // validated already
+    };
+    let ahead = t.timestamp_millis() - now_ms;
+    if max_future_ms > 0 && ahead > max_future_ms {
+        return Err(bad(
+            Reason::Future,
+            "time",
+            format!(
+                "{} is {} s ahead of this server's clock (at most {} s are accepted, ingest.max_future); check the sender's clock",
+                report.time,
+                ahead / 1000,
+                max_future_ms / 1000
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A new report id: `r` and 16 hex digits from `random` (a topic level, unguessable enough
 /// that ids do not collide).
 pub fn new_id(random: u64) -> String {
@@ -495,6 +518,22 @@ mod tests {
         assert!(unknown.message.contains("colour"), "{}", unknown.message);
         assert_eq!(rejected("{not json").reason, Reason::MalformedJson);
         assert_eq!(rejected("[1]").reason, Reason::NotAnObject);
+    }
+
+    #[test]
+    fn a_report_from_a_clock_ahead_is_refused_naming_the_time() {
+        let r = validate(GOOD.as_bytes(), 8192, "r".into()).unwrap();
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-30T08:15:00Z")
+            .unwrap()
+            .timestamp_millis();
+        assert!(check_time(&r, at - 299_000, 300_000).is_ok());
+        let e = check_time(&r, at - 301_000, 300_000).unwrap_err();
+        assert_eq!(
+            (e.reason, e.status, e.field),
+            (Reason::Future, 400, Some("time"))
+        );
+        assert!(e.message.contains("301 s ahead"), "{}", e.message);
+        assert!(check_time(&r, 0, 0).is_ok(), "0: no check");
     }
 
     #[test]

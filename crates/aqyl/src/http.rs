@@ -870,6 +870,7 @@ mod tests {
             reports: Some(crate::reports::Reports::new(
                 aqyl_core::reports::ReportsConfig::default(),
                 "aqyl",
+                Duration::from_secs(300),
                 metrics.clone(),
             )),
         };

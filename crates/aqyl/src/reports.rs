@@ -41,18 +41,27 @@ pub struct Reports {
     limiter: Mutex<reports::RateLimiter>,
     client: OnceLock<AsyncClient>,
     deadletter_topic: String,
+    /// `ingest.max_future`, ms (0: no check).
+    max_future_ms: i64,
     metrics: Arc<Metrics>,
     clock: Instant,
 }
 
 impl Reports {
-    /// An intake with `config`, dead-lettering under `prefix` (`outputs.topic_prefix`).
-    pub fn new(config: ReportsConfig, prefix: &str, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// An intake with `config`, dead-lettering under `prefix` (`outputs.topic_prefix`),
+    /// refusing times further ahead than `max_future` (`ingest.max_future`; zero: no check).
+    pub fn new(
+        config: ReportsConfig,
+        prefix: &str,
+        max_future: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Reports {
             limiter: Mutex::new(reports::RateLimiter::new(config.per_minute)),
             config,
             client: OnceLock::new(),
             deadletter_topic: format!("{prefix}/deadletter/{SENSOR_TYPE}"),
+            max_future_ms: max_future.as_millis() as i64,
             metrics,
             clock: Instant::now(),
         })
@@ -99,6 +108,9 @@ impl Reports {
                 reports::new_id(fastrand::u64(..)),
             )
         };
+        let now = chrono::Utc::now().timestamp_millis();
+        let checked =
+            checked.and_then(|r| reports::check_time(&r, now, self.max_future_ms).map(|()| r));
         let report = match checked {
             Ok(r) => r,
             Err(r) => return self.refuse(r, body, size, None),

@@ -125,6 +125,7 @@ async fn run(
         crate::reports::Reports::new(
             cfg.reports.clone(),
             &cfg.outputs.topic_prefix,
+            cfg.ingest.max_future,
             metrics.clone(),
         )
     });
