@@ -21,6 +21,7 @@ mod ops;
 mod quality;
 mod replay;
 mod replay_cli;
+mod reports;
 mod subscriptions;
 mod tls;
 
@@ -42,6 +43,7 @@ fn shipped_replay(
     let mut config = loaded.config.clone();
     config.pipeline.idle_timeout = Duration::ZERO;
     let spec = aqyl_dataflow::PipelineSpec {
+        corroborate: Default::default(),
         registry: aqyl_dataflow::shared(aqyl_core::ingest::decode::Registry::new(
             loaded.sensor_types.clone(),
         )),

@@ -52,6 +52,7 @@ fn replayed_citypulse_rows_give_the_hand_worked_sax_words() {
     .unwrap();
     let traffic = SensorType::from_toml(std::path::Path::new("traffic.toml"), &descriptor).unwrap();
     let spec = PipelineSpec {
+        corroborate: Default::default(),
         registry: aqyl_dataflow::shared(Registry::new(vec![traffic])),
         workers: 2,
         window: Duration::from_secs(300),

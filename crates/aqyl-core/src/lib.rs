@@ -16,6 +16,8 @@
 //!   incident lifecycle messages ([`Event`]).
 //! - [`quality`]: Quality of Information: metrics and ratings, per-sensor assessment,
 //!   neighbours, the feed check, the score, reports and `quality` incidents.
+//! - [`reports`]: citizen reports sent over HTTP: their checks and the per-client rate
+//!   limit.
 //! - [`output`]: line protocol, and the MQTT topic level and timestamp encodings every output
 //!   shares.
 //!
@@ -44,6 +46,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod output;
 pub mod quality;
+pub mod reports;
 pub mod rules;
 pub mod subscriptions;
 pub mod windows;

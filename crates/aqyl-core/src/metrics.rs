@@ -67,6 +67,9 @@ macro_rules! declare_metrics {
             /// Rejected inputs per [`Reason`] (index = `Reason::index`), late records included;
             /// exposed as `aqyl_rejected_total{reason="..."}`.
             pub rejected: [AtomicU64; Reason::ALL.len()],
+            /// Citizen reports refused by `POST /api/reports`, per [`Reason`]; exposed as
+            /// `aqyl_reports_rejected_total{reason="..."}`.
+            pub reports_rejected: [AtomicU64; Reason::ALL.len()],
             /// Sensors whose latest quality score lies in each fifth of 0..=1 (a gauge, kept by
             /// the status board); exposed as `aqyl_quality_sensors{band="0.0-0.2"}` etc.
             pub quality_bands: [AtomicU64; QUALITY_BANDS.len()],
@@ -137,6 +140,7 @@ declare_metrics! {
     city_readings: Counter "aqyl_city_readings_total" "Readings taken into the live city state from the city tap.";
     city_readings_skipped: Counter "aqyl_city_readings_skipped_total" "Messages the city tap skipped because decoding was behind (a sensor's state catches up with its next reading).";
     city_sensors_refused: Counter "aqyl_city_sensors_refused_total" "Readings of sensors beyond city.max_sensors, left out of the city state.";
+    reports_accepted: Counter "aqyl_reports_accepted_total" "Citizen reports accepted by POST /api/reports and handed to the broker.";
     city_states_published: Counter "aqyl_city_states_published_total" "Sensor states published (retained, aqyl/state/<sensor_type>/<sensor_id>; cleared ones included).";
 }
 
@@ -292,6 +296,7 @@ impl Metrics {
                 .map(|(name, help, kind, v)| (name, help, kind, v.load(Relaxed)))
                 .collect(),
             rejected: std::array::from_fn(|i| self.rejected[i].load(Relaxed)),
+            reports_rejected: std::array::from_fn(|i| self.reports_rejected[i].load(Relaxed)),
             bands: std::array::from_fn(|i| self.quality_bands[i].load(Relaxed)),
         };
         let labels = self
@@ -312,6 +317,7 @@ impl Metrics {
 struct Scrape {
     declared: Vec<(&'static str, &'static str, Kind, u64)>,
     rejected: [u64; Reason::ALL.len()],
+    reports_rejected: [u64; Reason::ALL.len()],
     bands: [u64; QUALITY_BANDS.len()],
 }
 
@@ -344,6 +350,17 @@ impl Collector for Scrape {
         for r in Reason::ALL {
             let labels = [("reason", r.to_string())];
             ConstCounter::new(self.rejected[r.index()]).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "aqyl_reports_rejected",
+            "Citizen reports refused by POST /api/reports, by reason (each also dead-lettered).",
+            None,
+            MetricType::Counter,
+        )?;
+        for r in Reason::ALL {
+            let labels = [("reason", r.to_string())];
+            ConstCounter::new(self.reports_rejected[r.index()])
+                .encode(family.encode_family(&labels)?)?;
         }
         let mut family = encoder.encode_descriptor(
             "aqyl_quality_sensors",

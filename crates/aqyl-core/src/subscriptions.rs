@@ -26,12 +26,34 @@ use crate::ingest::decode::Registry;
 use crate::Event;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
+
+/// The subscriptions in force, shared between the publisher that delivers them and whatever
+/// changes them (the HTTP endpoint): swapped whole, read without a lock.
+pub type Shared = Arc<arc_swap::ArcSwap<Vec<Subscription>>>;
+
+/// Where a subscription came from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    /// A `[[subscription]]` table of a file: edit the file to change it.
+    File {
+        /// The file.
+        path: String,
+        /// The line of its `[[subscription]]`.
+        line: usize,
+    },
+    /// Created over HTTP (`PUT /api/subscriptions/<name>`), kept in the state directory.
+    Http,
+}
 
 /// One named selection of incidents.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Subscription {
     /// Its name, a topic segment.
     pub name: String,
+    /// Where it came from.
+    pub origin: Origin,
     /// Event types (any); empty: all.
     pub event_types: Vec<String>,
     /// Levels (any); empty: all.
@@ -88,17 +110,24 @@ impl Places {
 /// registry is (a descriptor reload).
 #[derive(Debug, Default)]
 pub struct Selector {
-    subscriptions: Vec<Subscription>,
+    shared: Shared,
+    /// The list in force for the incident being judged.
+    subscriptions: Arc<Vec<Subscription>>,
     places: Places,
     /// The registry `places` were taken from (its address).
     from: usize,
 }
 
 impl Selector {
-    /// A selector of `subscriptions`.
+    /// A selector of a fixed list of `subscriptions`.
     pub fn new(subscriptions: Vec<Subscription>) -> Self {
+        Selector::of(Arc::new(arc_swap::ArcSwap::from_pointee(subscriptions)))
+    }
+
+    /// A selector of whatever list `shared` holds when each incident is judged.
+    pub fn of(shared: Shared) -> Self {
         Selector {
-            subscriptions,
+            shared,
             ..Selector::default()
         }
     }
@@ -109,6 +138,7 @@ impl Selector {
         e: &'a Event,
         registry: &std::sync::Arc<Registry>,
     ) -> impl Iterator<Item = &'a Subscription> + 'a {
+        self.subscriptions = self.shared.load_full();
         let from = std::sync::Arc::as_ptr(registry) as usize;
         if from != self.from && !self.subscriptions.is_empty() {
             self.places = Places::of(registry);
@@ -273,6 +303,87 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// A subscription name that is not a topic segment, said so that a user can fix it.
+pub fn name_problem(name: &str) -> Option<String> {
+    (!valid_name(name)).then(|| {
+        format!(
+            "subscription name {name:?}: use 1 to 64 letters, digits, '-' or '_' (it is a topic segment)"
+        )
+    })
+}
+
+/// Checks one entry (from a file or from HTTP): the same rules whatever its origin.
+fn build(e: Entry, origin: Origin) -> Result<Subscription, String> {
+    if let Some(problem) = name_problem(&e.name) {
+        return Err(problem);
+    }
+    let bbox = match e.bbox.as_deref() {
+        None => None,
+        Some(&[w, s, east, n])
+            if (-90.0..=90.0).contains(&s)
+                && (-90.0..=90.0).contains(&n)
+                && (-180.0..=180.0).contains(&w)
+                && (-180.0..=180.0).contains(&east)
+                && s <= n
+                && w <= east =>
+        {
+            Some([w, s, east, n])
+        }
+        Some(other) => {
+            return Err(format!(
+                "subscription {:?}: bbox {other:?} must be [west, south, east, north] in degrees (GeoJSON order), west <= east and south <= north",
+                e.name
+            ))
+        }
+    };
+    Ok(Subscription {
+        name: e.name,
+        origin,
+        event_types: e.event_types,
+        levels: e.levels,
+        sensor_types: e.sensor_types,
+        areas: e.areas,
+        bbox,
+        route: e.route,
+    })
+}
+
+/// Parses a subscription sent over HTTP as a JSON object with the keys of a file's
+/// `[[subscription]]` table; `name` comes from the URL (the body may repeat it). The error
+/// names the key that is wrong.
+pub fn from_json(name: &str, body: &[u8]) -> Result<Subscription, String> {
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| format!("the body is not JSON: {e}; send an object such as {{\"event_types\": [\"congestion\"]}}"))?;
+    let Some(object) = value.as_object_mut() else {
+        return Err("the body must be a JSON object with the keys of a [[subscription]] table (event_types, levels, sensor_types, areas, bbox, route)".into());
+    };
+    match object.get("name") {
+        None => {
+            object.insert("name".into(), name.into());
+        }
+        Some(given) if given.as_str() == Some(name) => {}
+        Some(given) => {
+            return Err(format!(
+                "name: the body names {given} but the URL {name:?}; leave name out of the body or make them equal"
+            ))
+        }
+    }
+    let entry: Entry = serde_json::from_value(value.clone()).map_err(|e| {
+        // serde names an unknown key but not the key whose value is wrong: find it.
+        let wrong = value.as_object().and_then(|o| {
+            o.iter().find(|(k, v)| {
+                let alone = serde_json::json!({ "name": name, k.as_str(): v });
+                serde_json::from_value::<Entry>(alone).is_err()
+            })
+        });
+        match wrong {
+            Some((key, _)) if !e.to_string().contains(&format!("`{key}`")) => format!("{key}: {e}"),
+            _ => e.to_string(),
+        }
+    })?;
+    build(entry, Origin::Http)
+}
+
 /// Parses one subscription file; `path` names it in errors (`file:line`).
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Subscription>, ConfigErrors> {
     let file: SubscriptionFile = toml::from_str(text).map_err(|e| {
@@ -286,44 +397,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Subscription>, ConfigErrors>
     let (mut subs, mut errors) = (Vec::new(), Vec::new());
     for spanned in file.subscription {
         let at = spanned.span().start;
-        let e = spanned.into_inner();
-        let mut problem = |msg: String| errors.push(ConfigError::at(path, text, Some(at), msg));
-        if !valid_name(&e.name) {
-            problem(format!(
-                "subscription name {:?}: use 1 to 64 letters, digits, '-' or '_' (it is a topic segment)",
-                e.name
-            ));
-            continue;
-        }
-        let bbox = match e.bbox.as_deref() {
-            None => None,
-            Some(&[w, s, east, n])
-                if (-90.0..=90.0).contains(&s)
-                    && (-90.0..=90.0).contains(&n)
-                    && (-180.0..=180.0).contains(&w)
-                    && (-180.0..=180.0).contains(&east)
-                    && s <= n
-                    && w <= east =>
-            {
-                Some([w, s, east, n])
-            }
-            Some(other) => {
-                problem(format!(
-                    "subscription {:?}: bbox {other:?} must be [west, south, east, north] in degrees (GeoJSON order), west <= east and south <= north",
-                    e.name
-                ));
-                continue;
-            }
+        let origin = Origin::File {
+            path: path.display().to_string(),
+            line: text[..at.min(text.len())].matches('\n').count() + 1,
         };
-        subs.push(Subscription {
-            name: e.name,
-            event_types: e.event_types,
-            levels: e.levels,
-            sensor_types: e.sensor_types,
-            areas: e.areas,
-            bbox,
-            route: e.route,
-        });
+        match build(spanned.into_inner(), origin) {
+            Ok(s) => subs.push(s),
+            Err(msg) => errors.push(ConfigError::at(path, text, Some(at), msg)),
+        }
     }
     if errors.is_empty() {
         Ok(subs)
@@ -396,6 +477,7 @@ mod tests {
 
     fn event(event_type: &str, subject: &str, level: &str) -> Event {
         Event {
+            extra: Vec::new(),
             id: "x".into(),
             event_type: event_type.into(),
             subject: subject.into(),
@@ -475,6 +557,54 @@ mod tests {
             unknown.contains("s.toml:3") && unknown.contains("level"),
             "{unknown}"
         );
+    }
+
+    #[test]
+    fn http_bodies_are_checked_like_files_and_errors_name_the_key() {
+        let s = from_json(
+            "ring",
+            br#"{"event_types":["congestion"],"bbox":[10.1,56.1,10.2,56.2]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.name, "ring");
+        assert_eq!(s.origin, Origin::Http);
+        assert_eq!(s.bbox, Some([10.1, 56.1, 10.2, 56.2]));
+        let err = |name: &str, body: &str| from_json(name, body.as_bytes()).unwrap_err();
+        let unknown = err("ring", r#"{"level":"critical"}"#);
+        assert!(unknown.contains("unknown field `level`"), "{unknown}");
+        let wrong = err("ring", r#"{"route":"158324"}"#);
+        assert!(
+            wrong.starts_with("route: ") && wrong.contains("expected a sequence"),
+            "{wrong}"
+        );
+        let bbox = err("ring", r#"{"bbox":[10.2,56.1,10.1,56.2]}"#);
+        assert!(
+            bbox.contains("bbox") && bbox.contains("west <= east"),
+            "{bbox}"
+        );
+        assert!(err("a/b", "{}").contains("topic segment"));
+        assert!(err("ring", r#"{"name":"other"}"#).starts_with("name:"));
+        assert!(err("ring", "[1]").contains("JSON object"));
+        assert!(err("ring", "{").contains("not JSON"));
+        // The same subscription from a file selects the same incidents.
+        let file = sub("event_types = [\"congestion\"]\nbbox = [10.1, 56.1, 10.2, 56.2]");
+        assert_eq!(file.bbox, s.bbox);
+        assert!(matches!(file.origin, Origin::File { line: 1, .. }));
+    }
+
+    #[test]
+    fn a_selector_follows_the_shared_list() {
+        let shared: Shared = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
+        let mut selector = Selector::of(shared.clone());
+        let registry = Arc::new(Registry::new(Vec::new()));
+        let e = event("congestion", "a1", "warning");
+        assert_eq!(selector.select(&e, &registry).count(), 0);
+        shared.store(Arc::new(vec![sub("")]));
+        let names: Vec<String> = selector
+            .select(&e, &registry)
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(names, ["s"]);
     }
 
     #[test]

@@ -61,6 +61,7 @@ fn spec(registry: &aqyl_dataflow::SharedRegistry, workers: usize) -> PipelineSpe
         state_ttl: None,
         quality: None,
         rules: Default::default(),
+        corroborate: Default::default(),
     }
 }
 

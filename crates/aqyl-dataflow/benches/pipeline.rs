@@ -66,6 +66,7 @@ fn main() {
         for _ in 0..3 {
             let msgs = workload(n, sensors);
             let spec = PipelineSpec {
+                corroborate: Default::default(),
                 registry: registry.clone(),
                 workers,
                 window: Duration::from_secs(300),
@@ -117,6 +118,7 @@ fn state_per_sensor(registry: &aqyl_dataflow::SharedRegistry, sensors: usize) {
     let drain = std::thread::spawn(move || while agg_rx.blocking_recv().is_some() {});
     let metrics = Arc::new(Metrics::default());
     let spec = PipelineSpec {
+        corroborate: Default::default(),
         registry: registry.clone(),
         workers: 2,
         window: Duration::from_secs(300),

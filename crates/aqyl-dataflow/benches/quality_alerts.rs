@@ -103,6 +103,7 @@ fn main() {
     let c = &loaded.config;
     let quality = QualitySpec::from_config(&c.quality, false);
     let spec = PipelineSpec {
+        corroborate: Default::default(),
         registry: aqyl_dataflow::shared(aqyl_core::ingest::decode::Registry::new(
             loaded.sensor_types.clone(),
         )),

@@ -64,6 +64,8 @@ pub struct PipelineSpec {
     pub max_future: Option<Duration>,
     /// Event rules evaluated per sensor.
     pub rules: Arc<Vec<aqyl_core::rules::Rule>>,
+    /// Confirmations of incidents by reports near them (`[[corroborate]]` in rule files).
+    pub corroborate: Arc<Vec<aqyl_core::rules::corroborate::CorroborateRule>>,
     /// With `Some(horizon)`, a late record within `horizon` of the watermark corrects its
     /// closed window (which is re-emitted) instead of being dropped (`pipeline.late`).
     pub update_horizon: Option<Duration>,
@@ -406,7 +408,7 @@ fn build(
                 metrics.clone(),
             );
         }
-        let per_sensor = observations.aggregate(
+        let per_sensor = observations.clone().aggregate(
             Scope::Sensor,
             spec.registry.clone(),
             default_window.clone(),
@@ -445,7 +447,19 @@ fn build(
             let area_events = sensor_events
                 .clone()
                 .area_events(spec.rules.clone(), timing, states);
-            states.concat(sensor_events, area_events)
+            let events = states.concat(sensor_events, area_events);
+            if spec.corroborate.is_empty() {
+                events
+            } else {
+                use crate::events::Corroborate;
+                let confirmed = events.clone().corroborate(
+                    observations.clone(),
+                    spec.corroborate.clone(),
+                    spec.registry.clone(),
+                    states,
+                );
+                states.concat(events, confirmed)
+            }
         };
         emit(
             events,

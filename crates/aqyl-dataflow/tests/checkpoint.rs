@@ -44,6 +44,7 @@ fn spec(workers: usize) -> PipelineSpec {
         aqyl_core::rules::parse_rules(Path::new("r.toml"), CONGESTION, std::slice::from_ref(&t))
             .unwrap();
     PipelineSpec {
+        corroborate: Default::default(),
         registry: aqyl_dataflow::shared(Registry::new(vec![t])),
         workers,
         window: Duration::from_secs(300),

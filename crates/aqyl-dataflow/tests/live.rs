@@ -58,6 +58,7 @@ impl Live {
         let types = vec![SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap()];
         let rules = aqyl_core::rules::parse_rules(Path::new("r.toml"), RULES, &types).unwrap();
         let spec = PipelineSpec {
+            corroborate: Default::default(),
             registry: aqyl_dataflow::shared(Registry::new(types)),
             workers,
             window: Duration::from_secs(300),

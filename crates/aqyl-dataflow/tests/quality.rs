@@ -66,6 +66,7 @@ fn run_with(
     let types = vec![SensorType::from_toml(Path::new("traffic.toml"), descriptor).unwrap()];
     let rules = aqyl_core::rules::parse_rules(Path::new("r.toml"), rules, &types).unwrap();
     let spec = PipelineSpec {
+        corroborate: Default::default(),
         registry: aqyl_dataflow::shared(Registry::new(types)),
         workers,
         window: Duration::from_secs(3600),
@@ -283,6 +284,7 @@ fn start_live(
     );
     let types = vec![SensorType::from_toml(Path::new("traffic.toml"), &descriptor).unwrap()];
     let spec = PipelineSpec {
+        corroborate: Default::default(),
         registry: aqyl_dataflow::shared(Registry::new(types)),
         workers: 2,
         window: Duration::from_secs(60),

@@ -32,6 +32,7 @@ const MINUTE: u64 = 60_000;
 fn spec(workers: usize) -> PipelineSpec {
     let t = SensorType::from_toml(Path::new("traffic.toml"), DESCRIPTOR).unwrap();
     PipelineSpec {
+        corroborate: Default::default(),
         registry: aqyl_dataflow::shared(Registry::new(vec![t])),
         workers,
         window: Duration::from_secs(300),
@@ -204,6 +205,7 @@ fn a_reading_from_the_far_future_is_dead_lettered_and_makes_no_one_else_late() {
         },
     );
     let guarded = PipelineSpec {
+        corroborate: Default::default(),
         max_future: Some(Duration::from_secs(300)),
         ..spec(1)
     };
@@ -291,6 +293,7 @@ fields = ["avgSpeed"]
 fn multi_spec(workers: usize) -> PipelineSpec {
     let t = SensorType::from_toml(Path::new("traffic.toml"), MULTI).unwrap();
     PipelineSpec {
+        corroborate: Default::default(),
         registry: aqyl_dataflow::shared(Registry::new(vec![t])),
         ..spec(workers)
     }
@@ -430,6 +433,7 @@ fn area_roll_ups_combine_the_sensors_of_each_area() {
     );
     let t = SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap();
     let spec = PipelineSpec {
+        corroborate: Default::default(),
         registry: aqyl_dataflow::shared(Registry::new(vec![t])),
         ..spec(3)
     };
@@ -496,6 +500,7 @@ fn area_roll_ups_combine_the_sensors_of_each_area() {
 #[test]
 fn late_records_update_their_closed_window_within_the_horizon() {
     let spec = PipelineSpec {
+        corroborate: Default::default(),
         update_horizon: Some(Duration::from_secs(3600)),
         quality: None,
         ..spec(2)
@@ -591,6 +596,7 @@ fn sensor_sax_matches_the_state_machine_fed_in_time_order() {
     let shuffled: Vec<_> = keyed.into_iter().map(|k| k.1).collect();
     for (workers, input) in [(1, &rs), (4, &rs), (4, &shuffled)] {
         let spec = PipelineSpec {
+            corroborate: Default::default(),
             registry: registry.clone(),
             ..spec(workers)
         };
@@ -635,6 +641,7 @@ fn congestion_incidents_are_the_same_whatever_the_workers_and_arrival_order() {
     }
     let run_events = |workers: usize, timing: RuleTiming, input: &[(String, u64, f64, f64)]| {
         let spec = PipelineSpec {
+            corroborate: Default::default(),
             rules: rules.clone(),
             rule_timing: timing,
             state_ttl: None,
@@ -876,6 +883,7 @@ fn an_area_incident_needs_k_of_its_sensors() {
     for workers in [1, 3] {
         let types = vec![SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap()];
         let spec = PipelineSpec {
+            corroborate: Default::default(),
             registry: aqyl_dataflow::shared(Registry::new(types)),
             rules: rules.clone(),
             ..spec(workers)
@@ -1057,6 +1065,7 @@ fn run_rules_timed(
     rs: &[(String, u64, f64, f64)],
 ) -> aqyl_dataflow::Batch {
     let spec = PipelineSpec {
+        corroborate: Default::default(),
         rules: rules.clone(),
         rule_timing: timing,
         state_ttl: None,
@@ -1249,6 +1258,7 @@ fn an_area_goes_silent_only_when_all_its_sensors_do() {
     for workers in [1, 3] {
         let types = vec![SensorType::from_toml(Path::new("traffic.toml"), &text).unwrap()];
         let spec = PipelineSpec {
+            corroborate: Default::default(),
             registry: aqyl_dataflow::shared(Registry::new(types)),
             rules: rules.clone(),
             ..spec(workers)

@@ -6,9 +6,43 @@ use aqyl_core::quality::QualityRecord;
 use aqyl_core::subscriptions::Selector;
 use aqyl_core::{Aggregate, DeadLetter, Event, EventState};
 use rumqttc::{AsyncClient, QoS};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, mpsc};
+
+/// Messages a follower of a subscription's live feed may fall behind by before it is told it
+/// lagged (and how many it missed).
+pub const FEED_CAPACITY: usize = 256;
+
+/// The live feeds of the contextual subscriptions (the server-sent-event streams of
+/// `GET /api/subscriptions/<name>/events`): one bounded broadcast per subscription someone
+/// follows. Sending never waits: a follower that falls behind misses messages and is told,
+/// and the publisher goes on.
+#[derive(Debug, Clone, Default)]
+pub struct Feeds(Arc<Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>>);
+
+impl Feeds {
+    /// Follows the messages that subscription `name` selects from now on.
+    pub fn follow(&self, name: &str) -> broadcast::Receiver<Arc<str>> {
+        let mut feeds = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        feeds
+            .entry(name.to_string())
+            .or_insert_with(|| broadcast::channel(FEED_CAPACITY).0)
+            .subscribe()
+    }
+
+    /// Hands `json` to the followers of `name`, if any (a feed nobody follows any longer is
+    /// dropped).
+    fn send(&self, name: &str, json: &Arc<str>) {
+        let mut feeds = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = feeds.get(name) {
+            if tx.send(json.clone()).is_err() {
+                feeds.remove(name);
+            }
+        }
+    }
+}
 
 /// Publishes each dead letter on `<prefix>/deadletter/<sensor_type>` (QoS 1) until the
 /// channel closes. Every record is also logged at debug level.
@@ -63,13 +97,14 @@ pub async fn aggregates(
 /// keeps the ongoing incident retained on `<prefix>/active/<event_type>/<subject>` (cleared
 /// with an empty retained message when it ends), publishes it again on
 /// `<prefix>/subscriptions/<name>/<event_type>/<subject>` (QoS 1) for every contextual
-/// subscription that selects it, and forwards each message to `sink`.
+/// subscription that selects it (and to the subscription's live feed, see [`Feeds`]), and
+/// forwards each message to `sink`.
 pub async fn events(
     client: AsyncClient,
     prefix: String,
     mut rx: mpsc::Receiver<Event>,
     sink: mpsc::Sender<Event>,
-    (mut selector, registry): (Selector, aqyl_dataflow::SharedRegistry),
+    (mut selector, registry, feeds): (Selector, aqyl_dataflow::SharedRegistry, Feeds),
     metrics: Arc<Metrics>,
 ) {
     while let Some(e) = rx.recv().await {
@@ -79,7 +114,10 @@ pub async fn events(
             EventState::End => String::new(),
             _ => json.clone(),
         };
+        let mut shared: Option<Arc<str>> = None;
         for sub in selector.select(&e, &registry.load_full()) {
+            let live = shared.get_or_insert_with(|| Arc::from(json.as_str()));
+            feeds.send(&sub.name, live);
             let topic = sub.topic(&prefix, &e);
             if let Err(err) = client
                 .publish(topic, QoS::AtLeastOnce, false, json.clone())
@@ -149,5 +187,37 @@ pub async fn quality(
             }
         }
         let _ = sink.send(batch).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn a_follower_that_falls_behind_is_told_how_many_it_missed_and_the_sender_never_waits() {
+        let feeds = Feeds::default();
+        let mut rx = feeds.follow("mine");
+        // Nobody follows "other": nothing is kept for it.
+        feeds.send("other", &Arc::from("x"));
+        let extra = 10;
+        for i in 0..FEED_CAPACITY + extra {
+            feeds.send("mine", &Arc::from(i.to_string().as_str()));
+        }
+        match rx.try_recv() {
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                assert_eq!(missed, extra as u64)
+            }
+            other => panic!("expected a lag, got {other:?}"),
+        }
+        assert_eq!(
+            rx.try_recv().ok().as_deref(),
+            Some(extra.to_string().as_str())
+        );
+        drop(rx);
+        // The last follower gone, the next message drops the feed.
+        feeds.send("mine", &Arc::from("y"));
+        assert!(feeds.0.lock().unwrap().is_empty());
     }
 }

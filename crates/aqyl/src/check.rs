@@ -44,6 +44,21 @@ pub fn check(path: &Path) -> (String, bool) {
                     r.name, on, r.enter_text
                 ));
             }
+            for c in &loaded.corroborate {
+                out.push_str(&format!(
+                    "  corroborate {}: {} confirmed by {} reports{} within {} m and {}\n",
+                    c.name,
+                    c.event_types.join(", "),
+                    c.reports,
+                    if c.categories.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" of {}", c.categories.join(", "))
+                    },
+                    c.max_distance_m,
+                    aqyl_core::duration::label(std::time::Duration::from_millis(c.within_ms)),
+                ));
+            }
             out.push_str(&subscription_lines(&loaded));
             let live = !loaded.config.pipeline.idle_timeout.is_zero();
             out.push_str(&rule_timing_line(&loaded.config.pipeline, live));
@@ -196,6 +211,10 @@ mod tests {
         assert!(out.contains("rule sudden_slowdown"), "{out}");
         assert!(out.contains("on pollution 1h windows"), "{out}");
         assert!(
+            out.contains("corroborate congestion_reported: congestion confirmed by citizen_report reports of traffic within 500 m and 15m"),
+            "{out}"
+        );
+        assert!(
             out.contains("subscription north-west: congestion, traffic_jam, area_congestion; in grid-11-03 -> aqyl/subscriptions/north-west/..."),
             "{out}"
         );
@@ -267,7 +286,10 @@ mod tests {
         assert!(!ok);
         assert!(report.starts_with("rejected (wrong_type): field \"vehiclecount\" (at /vehiclecount): expected an integer, got the string \"full\""), "{report}");
         let (report, ok) = sensors_test(&config, "trafic", &bad, None);
-        assert!(!ok && report.contains("known: noise, parking"), "{report}");
+        assert!(
+            !ok && report.contains("known: citizen_report, noise, parking"),
+            "{report}"
+        );
     }
 
     #[test]

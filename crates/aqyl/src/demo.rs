@@ -174,6 +174,7 @@ clock = "event"
         sensors_dir: "<embedded>".into(),
         rules,
         subscriptions: Vec::new(),
+        corroborate: Vec::new(),
     })
 }
 

@@ -12,6 +12,13 @@
 //! | `GET /api/state?type=&area=&bbox=&limit=&offset=` | the live city state ([`crate::city`]) |
 //! | `GET /v1.1/...` | the sensor catalogue, OGC SensorThings API 1.1 ([`crate::sta`]) |
 //! | `GET /sensors/<type>/<id>.jsonld` | a sensor's SOSA/SSN description (also `GET /v1.1/Things(id)` with `Accept: application/ld+json`) |
+//! | `GET /api/subscriptions` | the contextual subscriptions, from files and over HTTP, with where each came from |
+//! | `PUT`, `GET`, `DELETE /api/subscriptions/<name>` | create or replace, read, delete one created over HTTP ([`crate::city::subscriptions`]) |
+//! | `GET /api/subscriptions/<name>/events` | server-sent events: each incident message the subscription selects, as it is published |
+//! | `POST /api/reports` | a citizen report ([`crate::reports`]) |
+//!
+//! Writes (`PUT`, `DELETE`, `POST`) need the token: without `http.token` they are refused
+//! (403) rather than left open to anyone who reaches the port.
 //!
 //! With `http.token` (or `http.token_file`), `/metrics`, the page, its data and the city
 //! services answer only
@@ -31,12 +38,13 @@ use crate::status::StatusBoard;
 use anyhow::Context;
 use aqyl_core::config::Secret;
 use aqyl_core::metrics::Metrics;
+use axum::extract::Path as UrlPath;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -64,6 +72,21 @@ struct AppState {
     token: Option<Arc<Secret>>,
     live_pages: Arc<tokio::sync::Semaphore>,
     city: Option<crate::sta::Catalogue>,
+    api: Api,
+}
+
+/// The city services that take requests: contextual subscriptions (with their live feeds)
+/// and citizen reports. Each is off (404) when absent.
+#[derive(Clone, Default)]
+pub struct Api {
+    /// The subscriptions, from files and over HTTP.
+    pub subscriptions: Option<Arc<crate::city::subscriptions::Subscriptions>>,
+    /// Their live feeds (fed by the incident publisher).
+    pub feeds: aqyl_mqtt::publish::Feeds,
+    /// The output topic prefix (`outputs.topic_prefix`), for the topics shown.
+    pub prefix: String,
+    /// The intake of citizen reports.
+    pub reports: Option<Arc<crate::reports::Reports>>,
 }
 
 /// Binds `addr` and serves until the returned task is aborted; with `token`, `/metrics` and
@@ -74,6 +97,7 @@ pub async fn serve(
     board: Arc<StatusBoard>,
     token: Option<Secret>,
     city: Option<crate::sta::Catalogue>,
+    api: Api,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await.with_context(|| {
         format!("cannot listen on {addr} (http.addr / AQYL_HTTP_ADDR); is the port in use?")
@@ -88,7 +112,7 @@ pub async fn serve(
     tracing::info!(%addr, token = token.is_some(), "Serving the status page, /metrics, /health and /ready.");
     Ok(tokio::spawn(accept_loop(
         listener,
-        router(metrics, board, token, city),
+        router(metrics, board, token, city, api),
     )))
 }
 
@@ -97,6 +121,7 @@ fn router(
     board: Arc<StatusBoard>,
     token: Option<Secret>,
     city: Option<crate::sta::Catalogue>,
+    api: Api,
 ) -> Router {
     let state = AppState {
         metrics,
@@ -104,6 +129,7 @@ fn router(
         token: token.map(Arc::new),
         live_pages: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE_PAGES)),
         city,
+        api,
     };
     let guarded = Router::new()
         .route("/", get(page))
@@ -114,8 +140,17 @@ fn router(
         .route("/v1.1", get(sensor_things))
         .route("/v1.1/*rest", get(sensor_things))
         .route("/sensors/*rest", get(sensor_jsonld))
+        .route("/api/subscriptions", get(list_subscriptions))
+        .route(
+            "/api/subscriptions/:name",
+            get(get_subscription)
+                .put(put_subscription)
+                .delete(delete_subscription),
+        )
+        .route("/api/reports", post(post_report))
         .layer(axum::middleware::from_fn(with_timeout))
         .route("/events", get(live_feed))
+        .route("/api/subscriptions/:name/events", get(subscription_feed))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,
@@ -365,16 +400,230 @@ async fn live_feed(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+fn json(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn json_error(status: u16, message: impl Into<String>) -> Response {
+    json(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        serde_json::json!({ "error": message.into() }),
+    )
+}
+
+fn subscriptions_off() -> Response {
+    json_error(
+        404,
+        "contextual subscriptions over HTTP are off: the service has no state directory for them",
+    )
+}
+
+/// Writes need the token; without one configured they are refused, not left open.
+fn writes_refused(state: &AppState) -> Option<Response> {
+    state.token.is_none().then(|| {
+        json_error(
+            403,
+            "writing needs a token: set http.token or http.token_file (AQYL_HTTP_TOKEN, AQYL_HTTP_TOKEN_FILE) and send Authorization: Bearer <token>",
+        )
+    })
+}
+
+/// A subscription as listed: its settings, where it came from, what it selects and its topic.
+fn subscription_json(
+    prefix: &str,
+    s: &aqyl_core::subscriptions::Subscription,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("selects".into(), s.describe().into());
+        o.insert(
+            "topic".into(),
+            format!("{prefix}/subscriptions/{}/#", s.name).into(),
+        );
+        o.insert(
+            "events".into(),
+            format!("/api/subscriptions/{}/events", s.name).into(),
+        );
+    }
+    v
+}
+
+async fn list_subscriptions(State(state): State<AppState>) -> Response {
+    let Some(subs) = &state.api.subscriptions else {
+        return subscriptions_off();
+    };
+    let list: Vec<_> = subs
+        .list()
+        .iter()
+        .map(|s| subscription_json(&state.api.prefix, s))
+        .collect();
+    json(StatusCode::OK, serde_json::json!({ "subscriptions": list }))
+}
+
+async fn get_subscription(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    let Some(subs) = &state.api.subscriptions else {
+        return subscriptions_off();
+    };
+    match subs.get(&name) {
+        Some(s) => json(StatusCode::OK, subscription_json(&state.api.prefix, &s)),
+        None => json_error(404, format!("no subscription {name:?}")),
+    }
+}
+
+async fn put_subscription(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(subs) = state.api.subscriptions.clone() else {
+        return subscriptions_off();
+    };
+    if let Some(refused) = writes_refused(&state) {
+        return refused;
+    }
+    // The store writes and syncs a file: off the runtime's threads.
+    let answer = tokio::task::spawn_blocking(move || subs.put(&name, &body)).await;
+    match answer {
+        Ok(Ok((put, s))) => {
+            tracing::info!(subscription = %s.name, selects = %s.describe(), "Subscription set over HTTP.");
+            let status = match put {
+                crate::city::subscriptions::Put::Created => StatusCode::CREATED,
+                crate::city::subscriptions::Put::Replaced => StatusCode::OK,
+            };
+            json(status, subscription_json(&state.api.prefix, &s))
+        }
+        Ok(Err(r)) => json_error(r.status, r.message),
+        Err(_) => json_error(500, "the request failed"),
+    }
+}
+
+async fn delete_subscription(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    let Some(subs) = state.api.subscriptions.clone() else {
+        return subscriptions_off();
+    };
+    if let Some(refused) = writes_refused(&state) {
+        return refused;
+    }
+    let n = name.clone();
+    match tokio::task::spawn_blocking(move || subs.delete(&n)).await {
+        Ok(Ok(())) => {
+            tracing::info!(subscription = %name, "Subscription deleted over HTTP.");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(Err(r)) => json_error(r.status, r.message),
+        Err(_) => json_error(500, "the request failed"),
+    }
+}
+
+/// A subscription's live feed: `incident` events (the message as published on MQTT), and a
+/// `lagged` event with how many were missed when the client fell more than
+/// [`aqyl_mqtt::publish::FEED_CAPACITY`] behind. Shares [`MAX_LIVE_PAGES`] with the page.
+async fn subscription_feed(
+    State(state): State<AppState>,
+    UrlPath(name): UrlPath<String>,
+) -> Response {
+    let Some(subs) = &state.api.subscriptions else {
+        return subscriptions_off();
+    };
+    if subs.get(&name).is_none() {
+        return json_error(404, format!("no subscription {name:?}"));
+    }
+    let Ok(slot) = state.live_pages.clone().try_acquire_owned() else {
+        return json_error(503, "too many live feeds are followed at once; close one");
+    };
+    let rx = state.api.feeds.follow(&name);
+    let stream = futures_util::stream::unfold((rx, slot), |(mut rx, slot)| async move {
+        use tokio::sync::broadcast::error::RecvError;
+        let event = match rx.recv().await {
+            Ok(message) => SseEvent::default().event("incident").data(&*message),
+            Err(RecvError::Lagged(missed)) => SseEvent::default()
+                .event("lagged")
+                .data(serde_json::json!({ "missed": missed }).to_string()),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), (rx, slot)))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// Reads at most `limit` bytes of a body, and one chunk beyond (enough to know it is longer).
+async fn read_limited(body: axum::body::Body, limit: usize) -> Vec<u8> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut out = Vec::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        out.extend_from_slice(&chunk[..chunk.len().min(limit + 1 - out.len())]);
+        if out.len() > limit {
+            break;
+        }
+    }
+    out
+}
+
+async fn post_report(State(state): State<AppState>, request: Request) -> Response {
+    let Some(reports) = state.api.reports.clone() else {
+        return json_error(404, "citizen reports are off ([reports] enabled = false)");
+    };
+    if let Some(refused) = writes_refused(&state) {
+        return refused;
+    }
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let limit = reports.max_bytes();
+    // A declared size beyond the limit is refused without reading the body.
+    let body = if declared.is_some_and(|d| d > limit) {
+        Vec::new()
+    } else {
+        read_limited(request.into_body(), limit).await
+    };
+    let answer = reports.receive(&peer, &body, declared).await;
+    let mut response = json(
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        answer.body,
+    );
+    if let Some(wait) = answer.retry_after {
+        if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    response
+}
+
 async fn accept_loop(listener: TcpListener, router: Router) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let service = hyper_util::service::TowerToHyperService::new(router);
     loop {
         match listener.accept().await {
-            Ok((socket, _)) => {
+            Ok((socket, peer)) => {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     continue; // all slots busy: closed at once (dropped), the client may retry
                 };
                 let service = service.clone();
+                // Handlers that need the peer (the reports' rate limit) find it here.
+                let service = hyper::service::service_fn(
+                    move |mut request: hyper::Request<hyper::body::Incoming>| {
+                        request
+                            .extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        hyper::service::Service::call(&service, request)
+                    },
+                );
                 tokio::spawn(async move {
                     let io = hyper_util::rt::TokioIo::new(StallLimit::new(socket));
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -488,7 +737,10 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let registry = aqyl_core::ingest::decode::Registry::new(Vec::new());
         let board = StatusBoard::new(&registry, None, metrics.clone());
-        tokio::spawn(accept_loop(listener, router(metrics, board, token, None)))
+        tokio::spawn(accept_loop(
+            listener,
+            router(metrics, board, token, None, Api::default()),
+        ))
     }
 
     async fn get_with(
@@ -597,6 +849,121 @@ mod tests {
         assert!(ready.contains("recovery under way"), "{ready}");
         let missing = get("/nothing", "").await;
         assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        task.abort();
+    }
+
+    /// A router with subscriptions (kept in `dir`) and reports (no broker connection).
+    fn spawn_api(
+        listener: TcpListener,
+        token: Option<Secret>,
+        dir: &std::path::Path,
+    ) -> tokio::task::JoinHandle<()> {
+        let metrics = Arc::new(Metrics::default());
+        let registry = aqyl_core::ingest::decode::Registry::new(Vec::new());
+        let board = StatusBoard::new(&registry, None, metrics.clone());
+        let api = Api {
+            subscriptions: Some(
+                crate::city::subscriptions::Subscriptions::open(Vec::new(), dir).unwrap(),
+            ),
+            feeds: Default::default(),
+            prefix: "aqyl".into(),
+            reports: Some(crate::reports::Reports::new(
+                aqyl_core::reports::ReportsConfig::default(),
+                "aqyl",
+                Duration::from_secs(300),
+                metrics.clone(),
+            )),
+        };
+        tokio::spawn(accept_loop(
+            listener,
+            router(metrics, board, token, None, api),
+        ))
+    }
+
+    async fn send(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        auth: bool,
+        body: &str,
+    ) -> String {
+        let auth = if auth {
+            "authorization: Bearer t0k\r\n"
+        } else {
+            ""
+        };
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn writes_are_refused_without_a_configured_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = spawn_api(listener, None, dir.path());
+        let put = send(addr, "PUT", "/api/subscriptions/mine", false, "{}").await;
+        assert!(put.starts_with("HTTP/1.1 403"), "{put}");
+        assert!(put.contains("http.token"), "{put}");
+        let post = send(addr, "POST", "/api/reports", false, "{}").await;
+        assert!(post.starts_with("HTTP/1.1 403"), "{post}");
+        let list = send(addr, "GET", "/api/subscriptions", false, "").await;
+        assert!(
+            list.starts_with("HTTP/1.1 200") && list.contains("\"subscriptions\":[]"),
+            "{list}"
+        );
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn subscriptions_and_reports_take_writes_with_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = spawn_api(listener, Some(Secret::new("t0k")), dir.path());
+        let body = r#"{"levels":["critical"]}"#;
+        let anon = send(addr, "PUT", "/api/subscriptions/mine", false, body).await;
+        assert!(anon.starts_with("HTTP/1.1 401"), "{anon}");
+        let made = send(addr, "PUT", "/api/subscriptions/mine", true, body).await;
+        assert!(made.starts_with("HTTP/1.1 201"), "{made}");
+        assert!(made.contains("aqyl/subscriptions/mine/#"), "{made}");
+        let bad = send(
+            addr,
+            "PUT",
+            "/api/subscriptions/bad",
+            true,
+            r#"{"levels":"x"}"#,
+        )
+        .await;
+        assert!(
+            bad.starts_with("HTTP/1.1 400") && bad.contains("invalid type"),
+            "{bad}"
+        );
+        let feed = send(addr, "GET", "/api/subscriptions/nothing/events", true, "").await;
+        assert!(feed.starts_with("HTTP/1.1 404"), "{feed}");
+        let json = send(addr, "POST", "/api/reports", true, "{\"category\":").await;
+        assert!(
+            json.starts_with("HTTP/1.1 400") && json.contains("malformed_json"),
+            "{json}"
+        );
+        let big = send(addr, "POST", "/api/reports", true, &" ".repeat(9000)).await;
+        assert!(
+            big.starts_with("HTTP/1.1 413") && big.contains("oversized"),
+            "{big}"
+        );
+        let good = r#"{"category":"traffic","position":{"lat":56.1,"lon":10.2},"time":"2026-11-30T08:00:00Z","text":"queue"}"#;
+        let unconnected = send(addr, "POST", "/api/reports", true, good).await;
+        assert!(unconnected.starts_with("HTTP/1.1 503"), "{unconnected}");
+        assert!(unconnected.contains("retry-after: 1"), "{unconnected}");
+        let gone = send(addr, "DELETE", "/api/subscriptions/mine", true, "").await;
+        assert!(gone.starts_with("HTTP/1.1 204"), "{gone}");
         task.abort();
     }
 

@@ -9,6 +9,7 @@
 //!   store's client from a configuration, for every command that needs them.
 //! - [`check`] validates configuration and descriptors for `aqyl check`.
 //! - [`http`] serves `/metrics` and `/health`.
+//! - [`reports`] takes citizen reports over HTTP and publishes them on their MQTT topic.
 //! - [`reload`] reloads changed sensor descriptors while running.
 //! - [`replay`] runs the same dataflow over CSV, JSON-lines and SenML files (`aqyl replay`).
 //! - [`tail`] prints incidents for `aqyl events tail`.
@@ -26,6 +27,7 @@ pub mod http;
 pub mod quality_view;
 pub mod reload;
 pub mod replay;
+pub mod reports;
 pub mod service;
 pub mod sta;
 pub mod status;

@@ -123,6 +123,27 @@ async fn run(
         state,
         registry: registry.clone(),
     });
+    // Contextual subscriptions: the files', and those created over HTTP (kept in the state
+    // directory), selected by the incident publisher and followed by live feeds.
+    let subscriptions = crate::city::subscriptions::Subscriptions::open(
+        loaded.subscriptions.clone(),
+        &loaded.state_dir(),
+    )?;
+    let feeds = aqyl_mqtt::publish::Feeds::default();
+    let reports = cfg.reports.enabled.then(|| {
+        crate::reports::Reports::new(
+            cfg.reports.clone(),
+            &cfg.outputs.topic_prefix,
+            cfg.ingest.max_future,
+            metrics.clone(),
+        )
+    });
+    let api = crate::http::Api {
+        subscriptions: Some(subscriptions.clone()),
+        feeds: feeds.clone(),
+        prefix: cfg.outputs.topic_prefix.clone(),
+        reports: reports.clone(),
+    };
     let http = match (&cfg.http.addr, &board) {
         (Some(addr), Some(board)) => Some(
             crate::http::serve(
@@ -131,6 +152,7 @@ async fn run(
                 board.clone(),
                 connections.http_token.clone(),
                 catalogue,
+                api,
             )
             .await?,
         ),
@@ -256,6 +278,9 @@ async fn run(
         settings.max_backoff,
         metrics.clone(),
     );
+    if let Some(r) = &reports {
+        r.connect(out.client.clone());
+    }
     let edge = aqyl_mqtt::connect(settings, intake, metrics.clone());
     let city_tasks = CityTasks(match &city {
         Some(c) => city_tasks(&loaded, c, &registry, &edge, &out, &connections, &metrics),
@@ -280,13 +305,13 @@ async fn run(
             metrics.clone(),
         ))
     });
-    let selector = aqyl_core::subscriptions::Selector::new(loaded.subscriptions.clone());
+    let selector = aqyl_core::subscriptions::Selector::of(subscriptions.shared());
     let ev_task = tokio::spawn(aqyl_mqtt::publish::events(
         out.client.clone(),
         prefix.clone(),
         ev_rx,
         ev_sink_tx,
-        (selector, registry.clone()),
+        (selector, registry.clone(), feeds),
         metrics.clone(),
     ));
     let q_task = tokio::spawn(aqyl_mqtt::publish::quality(
@@ -695,6 +720,7 @@ impl Views {
 pub fn pipeline_spec(loaded: &Loaded, registry: aqyl_dataflow::SharedRegistry) -> PipelineSpec {
     let cfg = &loaded.config;
     PipelineSpec {
+        corroborate: Arc::new(loaded.corroborate.clone()),
         registry,
         workers: *cfg.pipeline.workers.get_ref(),
         window: *cfg.pipeline.window.get_ref(),

@@ -343,6 +343,7 @@ mod tests {
         let b = board();
         assert!(b.take_changes().is_none(), "nothing happened");
         let mut e = Event {
+            extra: Vec::new(),
             id: "i1".into(),
             event_type: "congestion".into(),
             subject: "158324".into(),
@@ -397,6 +398,7 @@ mod tests {
         }
         assert_eq!(b.lock().sensors.len(), MAX_UNPLACED);
         let event = |i: usize, state| Event {
+            extra: Vec::new(),
             id: format!("i{i}"),
             event_type: "outage".into(),
             subject: format!("x{i}"),

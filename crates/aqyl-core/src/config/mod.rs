@@ -122,6 +122,9 @@ pub struct Config {
     /// One dataflow over several processes.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// Citizen reports over HTTP (`POST /api/reports`).
+    #[serde(default)]
+    pub reports: crate::reports::ReportsConfig,
 }
 
 fn default_rules_dir() -> PathBuf {
@@ -165,6 +168,8 @@ pub struct Loaded {
     pub rules: Vec<crate::rules::Rule>,
     /// The contextual subscriptions from `subscriptions_dir`.
     pub subscriptions: Vec<crate::subscriptions::Subscription>,
+    /// The `[[corroborate]]` sections of the rule files.
+    pub corroborate: Vec<crate::rules::corroborate::CorroborateRule>,
 }
 
 impl Config {
@@ -217,6 +222,9 @@ impl Config {
                 text.find("tiles"),
                 format!("http.tiles: {problem}"),
             ));
+        }
+        for problem in config.reports.problems() {
+            errors.push(ConfigError::at(path, text, text.find("[reports]"), problem));
         }
         let workers = *config.pipeline.workers.get_ref();
         if !(1..=256).contains(&workers) {
@@ -485,10 +493,13 @@ pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Loaded,
             Vec::new()
         });
     let loaded = descriptor::load_dir(&sensors_dir).and_then(|sensor_types| {
-        let rules = crate::rules::load_rules(&base.join(&config.rules_dir), &sensor_types)?;
-        Ok((sensor_types, rules))
+        let rules_dir = base.join(&config.rules_dir);
+        let rules = crate::rules::load_rules(&rules_dir, &sensor_types)?;
+        let names: Vec<&str> = sensor_types.iter().map(|t| &*t.name).collect();
+        let corroborate = crate::rules::corroborate::load_dir(&rules_dir, &names)?;
+        Ok((sensor_types, (rules, corroborate)))
     });
-    let (sensor_types, rules) = match loaded {
+    let (sensor_types, (rules, corroborate)) = match loaded {
         Ok(l) if errors.is_empty() => l,
         Ok(_) => return Err(ConfigErrors(errors)),
         Err(e) => {
@@ -501,6 +512,7 @@ pub fn load(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Loaded,
         sensor_types,
         rules,
         subscriptions,
+        corroborate,
         path: path.to_path_buf(),
         sensors_dir,
     })

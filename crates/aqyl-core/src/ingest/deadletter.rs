@@ -37,11 +37,16 @@ pub enum Reason {
     /// clock gone wrong would otherwise drag the watermark forward and make every other
     /// sensor's readings late.
     Future,
+    /// A value of the right type that is not allowed: a position off the globe, a URL that is
+    /// not http(s), a name that is not a topic segment (citizen reports).
+    InvalidValue,
+    /// The client sent more than its share (citizen reports, `reports.per_minute`).
+    RateLimited,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::MalformedJson,
         Reason::MalformedSenml,
         Reason::MalformedCsv,
@@ -54,6 +59,8 @@ impl Reason {
         Reason::UnknownTopic,
         Reason::Late,
         Reason::Future,
+        Reason::InvalidValue,
+        Reason::RateLimited,
     ];
 
     /// The reason as written in records, logs and metric labels.
@@ -71,6 +78,8 @@ impl Reason {
             Reason::UnknownTopic => "unknown_topic",
             Reason::Late => "late",
             Reason::Future => "future",
+            Reason::InvalidValue => "invalid_value",
+            Reason::RateLimited => "rate_limited",
         }
     }
 

@@ -447,6 +447,7 @@ impl Alarm {
             }
         };
         Some(Event {
+            extra: Vec::new(),
             id: incident_id(&r.sensor_type, &r.sensor_id, started_at),
             event_type: QUALITY_EVENT.into(),
             subject: r.sensor_id.clone(),
@@ -486,6 +487,7 @@ impl Alarm {
         let since = self.since?;
         let ttl = crate::duration::label(std::time::Duration::from_millis(ttl_ms));
         Some(Event {
+            extra: Vec::new(),
             id: incident_id(sensor_type, sensor_id, since),
             event_type: QUALITY_EVENT.into(),
             subject: sensor_id.to_string(),

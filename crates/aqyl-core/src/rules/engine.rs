@@ -160,6 +160,7 @@ impl RuleState {
     fn end(&self, subject: &str, time: u64, why: &str) -> Option<Event> {
         let started_at = self.started(subject)?;
         Some(Event {
+            extra: Vec::new(),
             id: incident_id(&self.rule, subject, started_at),
             event_type: self.event_type.clone(),
             subject: subject.to_string(),
@@ -620,6 +621,7 @@ impl<'a> Detector<'a> {
                 };
                 if let Some((state, level, started_at, message)) = change {
                     out.push(Event {
+                        extra: Vec::new(),
                         id: incident_id(&rule.name, &obs.sensor_id, started_at),
                         event_type: rule.event_type.clone(),
                         subject: obs.sensor_id.clone(),
@@ -676,6 +678,7 @@ fn slot_of<'m, V>(
 /// The start of an absence incident of `sensor`, silent since `started_at`.
 fn silence_start(rule: &Rule, sensor: &str, s: &Silence, started_at: u64) -> Event {
     Event {
+        extra: Vec::new(),
         id: incident_id(&rule.name, sensor, started_at),
         event_type: rule.event_type.clone(),
         subject: sensor.to_string(),

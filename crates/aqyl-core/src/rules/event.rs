@@ -55,6 +55,11 @@ pub struct Event {
     pub message: String,
     /// The reading's values that triggered this message.
     pub values: Vec<(Arc<str>, f64)>,
+    /// Values that are not numbers (a corroborating report's id, `corroborated: true`),
+    /// written into `values` of the JSON message after the numbers. Neither kept in
+    /// checkpoints (an incident's state never holds them) nor written to the store.
+    #[serde(skip)]
+    pub extra: Vec<(Arc<str>, serde_json::Value)>,
 }
 
 impl Event {
@@ -82,6 +87,7 @@ impl Event {
             .values
             .iter()
             .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .chain(self.extra.iter().map(|(k, v)| (k.to_string(), v.clone())))
             .collect();
         serde_json::json!({
             "id": self.id,
@@ -132,6 +138,7 @@ mod tests {
     #[test]
     fn payload_topics_and_line() {
         let e = Event {
+            extra: Vec::new(),
             id: "abc".into(),
             event_type: "congestion".into(),
             subject: "158324".into(),

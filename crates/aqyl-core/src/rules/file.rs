@@ -141,6 +141,9 @@ impl Rule {
 struct RulesFile {
     #[serde(default)]
     rule: Vec<toml::Spanned<RuleFile>>,
+    /// Read by [`super::corroborate`]; here only allowed.
+    #[serde(default, rename = "corroborate")]
+    _corroborate: Vec<toml::Value>,
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -1,6 +1,7 @@
 //! Event rules: condition expressions ([`expr`]), the per-subject state machines
 //! ([`state`]), the rule files of `config/rules/` ([`file`]), the engine of one worker
-//! ([`engine`]) and the incident lifecycle messages they give out ([`event`]).
+//! ([`engine`]), the incident lifecycle messages they give out ([`event`]), and the
+//! confirmation of incidents by reports near them ([`corroborate`]).
 //!
 //! Everything here is pure: the dataflow's `DetectEvents` operator feeds readings in event-time
 //! order and turns transitions into lifecycle messages.
@@ -8,6 +9,7 @@
 //! [`Event`](event::Event) lives here, with the rules that define incidents (their ids come from
 //! [`incident_id`]); quality scoring raises its `quality` incidents with the same type.
 
+pub mod corroborate;
 pub mod engine;
 pub mod event;
 pub mod expr;

@@ -148,6 +148,7 @@ impl AreaCounts<'_> {
             };
             let sensors: Vec<&str> = members.iter().map(String::as_str).collect();
             out.push(Event {
+                extra: Vec::new(),
                 id: incident_id(&rule.name, &area, started_at),
                 event_type: rule.event_type.clone(),
                 subject: area.clone(),
@@ -182,6 +183,7 @@ mod tests {
 
     fn incident(sensor: &str, area: &str, state: EventState, minute: u64) -> Event {
         Event {
+            extra: Vec::new(),
             id: incident_id("slow", sensor, 0),
             event_type: "slow".into(),
             subject: sensor.into(),

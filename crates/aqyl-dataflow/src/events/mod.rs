@@ -4,7 +4,9 @@
 //!   `per = "area"` rules per area;
 //! - [`WindowEvents`] (`window.rs`): the rules over closed windows (`window = "<label>"`);
 //! - [`AreaEvents`] (`area.rs`): area incidents, at least k of an area's sensors in an
-//!   incident of a sensor rule.
+//!   incident of a sensor rule;
+//! - [`Corroborate`] (`corroborate.rs`): incidents confirmed by reports near them
+//!   (`[[corroborate]]`), on one worker.
 //!
 //! With `pipeline.rule_timing = "arrival"` (the default) a reading newer than everything its
 //! sensor has sent is judged the moment it arrives, so an incident's message leaves within
@@ -23,15 +25,17 @@
 //!
 //! Each operator's state (what its rules have learned, ongoing incidents included, and what
 //! waits for the frontier) is registered for checkpoints: `events/sensor`,
-//! `events/area_silence`, `events/window` and `events/area`. The rules are not part of it: a
+//! `events/area_silence`, `events/window`, `events/area` and `events/corroborate`. The rules are not part of it: a
 //! restored state is matched to the rules of the configuration by rule name, and the state of
 //! a rule that is gone is dropped.
 
 mod area;
+mod corroborate;
 mod detect;
 mod window;
 
 pub use area::AreaEvents;
+pub use corroborate::Corroborate;
 pub use detect::DetectEvents;
 pub use window::WindowEvents;
 

@@ -8,7 +8,7 @@ use timely::dataflow::StreamVec;
 
 /// The records of `stream` for which `predicate` holds (timely's `filter`, through a counted
 /// channel).
-pub(super) fn keep<'scope, D: Clone + 'static>(
+pub(crate) fn keep<'scope, D: Clone + 'static>(
     stream: StreamVec<'scope, u64, D>,
     states: &OperatorStates,
     name: &str,

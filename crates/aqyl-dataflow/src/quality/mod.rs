@@ -72,7 +72,7 @@
 
 mod emit;
 mod feed;
-mod keep;
+pub(crate) mod keep;
 mod neighbours;
 mod score;
 #[cfg(test)]

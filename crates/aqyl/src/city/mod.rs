@@ -7,10 +7,13 @@
 //! - [`state`]: the store (bounded: sensors, readings per sensor, incidents; released after
 //!   `state_ttl`).
 //! - [`select`]: selections by type, area and bounding box.
+//! - [`subscriptions`]: the contextual subscriptions, from files and over HTTP (kept in the
+//!   state directory).
 //! - [`topics`]: the retained `<prefix>/state/<sensor_type>/<sensor_id>` messages, coalesced.
 
 pub mod select;
 pub mod state;
+pub mod subscriptions;
 pub mod topics;
 
 use aqyl_core::ingest::decode::Registry;

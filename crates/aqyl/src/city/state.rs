@@ -478,6 +478,7 @@ pub(crate) mod tests {
 
     fn event(subject: &str, state: EventState) -> Event {
         Event {
+            extra: Vec::new(),
             id: "i1".into(),
             event_type: "congestion".into(),
             subject: subject.into(),
