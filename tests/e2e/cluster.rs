@@ -258,3 +258,55 @@ fn when_a_process_dies_the_others_stop_and_say_why() {
             .is_some_and(|m| m.payload == b"offline")
     });
 }
+
+#[test]
+fn a_process_without_messages_follows_the_clusters_newest_event_time() {
+    // Live (idle timeout 1 s): two readings 20 minutes apart, which the broker hands to the
+    // two processes in turn. The process that got the older one only sees newer event time
+    // through the cluster; without that, the window of the older reading would stay open.
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let (_, dirs) = cluster_configs(2);
+    for d in &dirs {
+        let file = d.path().join("aqyl.toml");
+        let text = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("idle_timeout = \"0s\"", "idle_timeout = \"1s\"")
+            .replace("allowed_lateness = \"10m\"", "allowed_lateness = \"1m\"");
+        std::fs::write(&file, text).unwrap();
+    }
+    let statuses = [
+        Subscriber::start(mqtt.port, "aqyl/status"),
+        Subscriber::start(mqtt.port, "aqyl/cluster/1/status"),
+    ];
+    let processes: Vec<Aqyl> = dirs
+        .iter()
+        .map(|d| Aqyl::start(&d.path().join("aqyl.toml"), &mqtt, &vm))
+        .collect();
+    for (p, status) in processes.iter().zip(&statuses) {
+        p.wait_online(status);
+    }
+    let ids = segments(2);
+    let t0 = 1_406_869_200; // 2014-08-01 05:00 UTC
+    publish(mqtt.port, &[citypulse_row(&ids[0], t0, 50, 5)]);
+    publish(mqtt.port, &[citypulse_row(&ids[1], t0 + 1200, 50, 5)]);
+    let received = |i: usize| {
+        processes[i]
+            .metric(&format!("aqyl_received_total{{process=\"{i}\"}}"))
+            .unwrap_or(0)
+    };
+    wait_until(WAIT, "both readings taken", || {
+        received(0) + received(1) == 2
+    });
+    assert_eq!(
+        (received(0), received(1)),
+        (1, 1),
+        "the broker handed one reading to each process"
+    );
+    wait_until(WAIT, "the older reading's window in the store", || {
+        vm.export(r#"{__name__="aggregate_count"}"#)
+            .iter()
+            .any(|s| s.label("sensor_id") == ids[0] && s.samples.iter().any(|x| x.0 > 0))
+    });
+    stop_all(processes);
+}
