@@ -75,6 +75,25 @@ fn cluster_configs(n: usize) -> (Vec<String>, Vec<tempfile::TempDir>) {
     (hosts, dirs)
 }
 
+/// Starts a process per config directory and waits until each says `online` on its status
+/// topic (process 0 on `aqyl/status`, process `i` on `aqyl/cluster/<i>/status`).
+fn start_online(dirs: &[tempfile::TempDir], mqtt: &Mosquitto, vm: &VictoriaMetrics) -> Vec<Aqyl> {
+    let statuses: Vec<Subscriber> = (0..dirs.len())
+        .map(|i| match i {
+            0 => Subscriber::start(mqtt.port, "aqyl/status"),
+            i => Subscriber::start(mqtt.port, &format!("aqyl/cluster/{i}/status")),
+        })
+        .collect();
+    let processes: Vec<Aqyl> = dirs
+        .iter()
+        .map(|d| Aqyl::start(&d.path().join("aqyl.toml"), mqtt, vm))
+        .collect();
+    for (p, status) in processes.iter().zip(&statuses) {
+        p.wait_online(status);
+    }
+    processes
+}
+
 /// SIGTERM to every process at once (a cluster drains together), then a clean exit of each.
 fn stop_all(processes: Vec<Aqyl>) {
     for p in &processes {
@@ -136,18 +155,7 @@ fn cluster(input: &[(String, Vec<u8>)]) -> (Outcome, Vec<u64>) {
     let vm = VictoriaMetrics::start();
     let events = Subscriber::start(mqtt.port, "aqyl/events/#");
     let (_, dirs) = cluster_configs(3);
-    let statuses = [
-        Subscriber::start(mqtt.port, "aqyl/status"),
-        Subscriber::start(mqtt.port, "aqyl/cluster/1/status"),
-        Subscriber::start(mqtt.port, "aqyl/cluster/2/status"),
-    ];
-    let processes: Vec<Aqyl> = dirs
-        .iter()
-        .map(|d| Aqyl::start(&d.path().join("aqyl.toml"), &mqtt, &vm))
-        .collect();
-    for (p, status) in processes.iter().zip(&statuses) {
-        p.wait_online(status);
-    }
+    let processes = start_online(&dirs, &mqtt, &vm);
     publish(mqtt.port, input);
     let received = |p: &Aqyl, i: usize| {
         p.metric(&format!("aqyl_received_total{{process=\"{i}\"}}"))
@@ -275,17 +283,7 @@ fn a_process_without_messages_follows_the_clusters_newest_event_time() {
             .replace("allowed_lateness = \"10m\"", "allowed_lateness = \"1m\"");
         std::fs::write(&file, text).unwrap();
     }
-    let statuses = [
-        Subscriber::start(mqtt.port, "aqyl/status"),
-        Subscriber::start(mqtt.port, "aqyl/cluster/1/status"),
-    ];
-    let processes: Vec<Aqyl> = dirs
-        .iter()
-        .map(|d| Aqyl::start(&d.path().join("aqyl.toml"), &mqtt, &vm))
-        .collect();
-    for (p, status) in processes.iter().zip(&statuses) {
-        p.wait_online(status);
-    }
+    let processes = start_online(&dirs, &mqtt, &vm);
     let ids = segments(2);
     let t0 = 1_406_869_200; // 2014-08-01 05:00 UTC
     publish(mqtt.port, &[citypulse_row(&ids[0], t0, 50, 5)]);
