@@ -88,6 +88,27 @@ pub fn line_of(source: &str, offset: usize) -> usize {
         + 1
 }
 
+/// The `*.toml` files of a configuration directory (rules, subscriptions), sorted by path,
+/// each with its text or the error of reading it; a missing directory has none.
+pub fn toml_files(dir: &Path) -> Vec<(PathBuf, Result<String, ConfigError>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::file(&path, format!("cannot read: {e}")));
+            (path, text)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -416,19 +416,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Subscription>, ConfigErrors>
 /// Loads every `*.toml` file of `dir` (a missing directory means no subscriptions); names
 /// must be unique across files.
 pub fn load_dir(dir: &Path) -> Result<Vec<Subscription>, ConfigErrors> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(Vec::new());
-    };
-    let mut paths: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
     let (mut subs, mut errors) = (Vec::<Subscription>::new(), Vec::new());
     let mut names = HashSet::new();
-    for path in paths {
-        let parsed = std::fs::read_to_string(&path)
-            .map_err(|e| ConfigErrors(vec![ConfigError::file(&path, format!("cannot read: {e}"))]))
+    for (path, text) in crate::error::toml_files(dir) {
+        let parsed = text
+            .map_err(|e| ConfigErrors(vec![e]))
             .and_then(|text| parse(&path, &text));
         match parsed {
             Ok(list) => {

@@ -352,7 +352,7 @@ async fn run(
             Ok(Err(e)) => e.to_string(),
             Err(e) => format!("the sink task panicked: {e}"),
         })),
-        () = worker_ended(ended.clone()) => Some(("dataflow", String::new())),
+        () = worker_ended(ended.clone()) => Some(("dataflow", worker_stopped(cfg.cluster.enabled()))),
         ended = log_ended => Some(("state", match ended {
             Ok(Ok(())) => "the ingest log writer stopped".to_string(),
             Ok(Err(e)) => format!("{e:#}"),
@@ -364,14 +364,9 @@ async fn run(
     }
     // A worker that ends closes the outputs, so the sink may notice first: name the cause.
     let failed = match failed {
-        Some(_) if ended.load(std::sync::atomic::Ordering::SeqCst) => Some((
-            "dataflow",
-            if cfg.cluster.enabled() {
-                "a dataflow worker stopped: another process of the cluster died or its connection broke (see the error above); every process stops, and all must be restarted together".to_string()
-            } else {
-                "a dataflow worker stopped (see the error above)".to_string()
-            },
-        )),
+        Some(_) if ended.load(std::sync::atomic::Ordering::SeqCst) => {
+            Some(("dataflow", worker_stopped(cfg.cluster.enabled())))
+        }
         f => f,
     };
     if let Some((what, why)) = failed {
@@ -449,6 +444,15 @@ async fn run(
         "Aqyl stopped cleanly."
     );
     Ok(())
+}
+
+/// Why the service stops when a dataflow worker has ended.
+fn worker_stopped(cluster: bool) -> String {
+    if cluster {
+        "a dataflow worker stopped: another process of the cluster died or its connection broke (see the error above); every process stops, and all must be restarted together".into()
+    } else {
+        "a dataflow worker stopped (see the error above)".into()
+    }
 }
 
 /// Completes when a dataflow worker has ended (checked every 200 ms).

@@ -299,18 +299,10 @@ pub fn parse(
 
 /// The `[[corroborate]]` sections of every `*.toml` file of `dir`.
 pub fn load_dir(dir: &Path, types: &[&str]) -> Result<Vec<CorroborateRule>, ConfigErrors> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(Vec::new());
-    };
-    let mut paths: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
     let (mut out, mut errors) = (Vec::new(), Vec::new());
-    for path in paths {
-        let parsed = std::fs::read_to_string(&path)
-            .map_err(|e| ConfigErrors(vec![ConfigError::file(&path, format!("cannot read: {e}"))]))
+    for (path, text) in crate::error::toml_files(dir) {
+        let parsed = text
+            .map_err(|e| ConfigErrors(vec![e]))
             .and_then(|text| parse(&path, &text, types));
         match parsed {
             Ok(mut r) => out.append(&mut r),

@@ -579,20 +579,12 @@ pub fn load_rules(
     dir: &std::path::Path,
     types: &[crate::ingest::descriptor::SensorType],
 ) -> Result<Vec<Rule>, crate::ConfigErrors> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(Vec::new());
-    };
-    let mut paths: Vec<std::path::PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
     let (mut rules, mut errors) = (Vec::new(), Vec::new());
-    for path in paths {
-        let text = match std::fs::read_to_string(&path) {
+    for (path, text) in crate::error::toml_files(dir) {
+        let text = match text {
             Ok(t) => t,
             Err(e) => {
-                errors.push(crate::ConfigError::file(&path, format!("cannot read: {e}")));
+                errors.push(e);
                 continue;
             }
         };
