@@ -281,11 +281,6 @@ fn start_intakes(
     (durable, cluster): (Option<Durable>, Option<ClusterSpec>),
 ) -> Result<Running, String> {
     let workers = spec.workers.max(1);
-    if durable.is_some() && cluster.is_some() {
-        return Err(
-            "a cluster does not take checkpoints yet: run it with [state] durable = false".into(),
-        );
-    }
     let (control, restore) = match durable {
         Some(d) => (Some(d.control), d.restore),
         None => (None, None),
