@@ -91,6 +91,34 @@ fn the_status_page_shows_the_city_live_in_headless_chromium() {
             .as_array()
             .is_some_and(|s| s.iter().filter(|s| s[4].is_number()).count() >= ids.len() / 2)
     });
+    // The page is a view of the city state: a segment's score on the map is the score of its
+    // entry in /api/state, which the detail view shows.
+    let (_, body) = get(&format!("{}/api/status", aqyl.http));
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let row = page["sensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[0] == format!("traffic/{SEGMENT}"))
+        .cloned()
+        .unwrap();
+    let (_, body) = get(&format!(
+        "{}/api/state?type=traffic&id={SEGMENT}",
+        aqyl.http
+    ));
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let entry = &state["sensors"][0];
+    assert_eq!(state["total"], 1, "{state}");
+    if let Some(score) = row[4].as_f64() {
+        let q = entry["quality"]["score"].as_f64().unwrap();
+        assert!((q - score).abs() < 1e-3, "page {row}, state {entry}");
+    }
+    assert!(
+        entry["incidents"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|e| e["event_type"] == "congestion")),
+        "{entry}"
+    );
 
     // The city keeps running while the browser watches: every second another segment
     // crawls, and its congestion starts on arrival.

@@ -5,7 +5,6 @@
 //! | `GET /` | the status page: a map of the sensors coloured by quality, the incidents |
 //! | `GET /events` | the page's live feed (server-sent events): a snapshot, then batched changes |
 //! | `GET /api/status` | the snapshot as JSON |
-//! | `GET /api/sensor?key=<type>/<id>` | one sensor's latest report, windows and incidents |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /health` | `ok`, or 503 with what cannot do its job (broker, sink, spill, state, workers) |
 //! | `GET /ready` | `ready`, or 503 while recovery runs or the ingest subscription is not in place |
@@ -39,7 +38,7 @@ use anyhow::Context;
 use aqyl_core::config::Secret;
 use aqyl_core::metrics::Metrics;
 use axum::extract::Path as UrlPath;
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -135,7 +134,6 @@ fn router(
         .route("/", get(page))
         .route("/metrics", get(metrics_text))
         .route("/api/status", get(status_json))
-        .route("/api/sensor", get(sensor_json))
         .route("/api/state", get(city_state))
         .route("/v1.1", get(sensor_things))
         .route("/v1.1/*rest", get(sensor_things))
@@ -263,18 +261,6 @@ async fn status_json(State(state): State<AppState>) -> Response {
     axum::Json(state.board.snapshot()).into_response()
 }
 
-#[derive(serde::Deserialize)]
-struct SensorQuery {
-    key: String,
-}
-
-async fn sensor_json(State(state): State<AppState>, Query(q): Query<SensorQuery>) -> Response {
-    match state.board.sensor(&q.key) {
-        Some(v) => axum::Json(v).into_response(),
-        None => (StatusCode::NOT_FOUND, "no such sensor\n").into_response(),
-    }
-}
-
 /// `http://<host>` of the request, for links (a Host header with anything but host-name and
 /// port characters is not trusted).
 fn root_url(headers: &HeaderMap) -> String {
@@ -339,12 +325,12 @@ async fn sensor_things(State(state): State<AppState>, request: Request) -> Respo
     .await
 }
 
+/// `/api/state`: answered whenever the page is served (with the city services off, from
+/// the dataflow's outputs alone: see [`crate::city::state`]).
 async fn city_state(State(state): State<AppState>, request: Request) -> Response {
-    let Some(city) = state.city.clone() else {
-        return city_off();
-    };
+    let city = state.board.city().clone();
     let query = request.uri().query().unwrap_or_default().to_string();
-    off_runtime(move || city.state_answer(&query)).await
+    off_runtime(move || crate::sta::state_answer(&city, &query)).await
 }
 
 async fn sensor_jsonld(State(state): State<AppState>, request: Request) -> Response {
@@ -736,7 +722,8 @@ mod tests {
     fn spawn(listener: TcpListener, token: Option<Secret>) -> tokio::task::JoinHandle<()> {
         let metrics = Arc::new(Metrics::default());
         let registry = aqyl_core::ingest::decode::Registry::new(Vec::new());
-        let board = StatusBoard::new(&registry, None, metrics.clone());
+        let city = crate::city::state::CityState::new(4, 100, None, metrics.clone());
+        let board = StatusBoard::new(&registry, city, None, metrics.clone());
         tokio::spawn(accept_loop(
             listener,
             router(metrics, board, token, None, Api::default()),
@@ -860,7 +847,8 @@ mod tests {
     ) -> tokio::task::JoinHandle<()> {
         let metrics = Arc::new(Metrics::default());
         let registry = aqyl_core::ingest::decode::Registry::new(Vec::new());
-        let board = StatusBoard::new(&registry, None, metrics.clone());
+        let city = crate::city::state::CityState::new(4, 100, None, metrics.clone());
+        let board = StatusBoard::new(&registry, city, None, metrics.clone());
         let api = Api {
             subscriptions: Some(
                 crate::city::subscriptions::Subscriptions::open(Vec::new(), dir).unwrap(),

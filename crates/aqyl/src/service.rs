@@ -101,28 +101,40 @@ async fn run(
         tracing::warn!("No sink is enabled: aggregates are computed but not stored. Enable [influx] or [file], or set AQYL_INFLUX_URL.");
     }
 
-    // The status page's board sees every incident, quality report and closed window on its
-    // way to the publishers and sinks (only when the HTTP endpoint is on).
-    let board = cfg.http.addr.as_ref().map(|_| {
-        crate::status::StatusBoard::new(&registry.load(), cfg.http.tiles.clone(), metrics.clone())
-    });
-    // The city services' state: every sensor's latest readings, quality and incidents (in a
-    // cluster, on process 0 only).
-    if cfg.city.enabled && crate::cluster::process(cfg) > 0 {
-        tracing::info!("The city services (/api/state, /v1.1, aqyl/state/...) run on process 0 of the cluster.");
+    // The city state: every sensor's latest readings, quality, windows and incidents, which
+    // the city services (in a cluster, on process 0 only) and the status page read. Without
+    // the city services it is kept for the page alone, from the dataflow's outputs.
+    let city_services = cfg.city.enabled && crate::cluster::process(cfg) == 0;
+    if cfg.city.enabled && !city_services {
+        tracing::info!("The city services (/v1.1, aqyl/state/..., the city tap) run on process 0 of the cluster.");
     }
-    let city = (cfg.city.enabled && crate::cluster::process(cfg) == 0).then(|| {
-        crate::city::state::CityState::new(
+    let city = (city_services || cfg.http.addr.is_some()).then(|| {
+        let state = crate::city::state::CityState::new(
             cfg.city.observations,
             cfg.city.max_sensors,
             (!cfg.pipeline.state_ttl.is_zero()).then_some(cfg.pipeline.state_ttl),
             metrics.clone(),
+        );
+        if !city_services {
+            state.admit_from_outputs();
+        }
+        state
+    });
+    let board = cfg.http.addr.as_ref().zip(city.as_ref()).map(|(_, city)| {
+        crate::status::StatusBoard::new(
+            &registry.load(),
+            city.clone(),
+            cfg.http.tiles.clone(),
+            metrics.clone(),
         )
     });
-    let catalogue = city.clone().map(|state| crate::sta::Catalogue {
-        state,
-        registry: registry.clone(),
-    });
+    let catalogue = city
+        .clone()
+        .filter(|_| city_services)
+        .map(|state| crate::sta::Catalogue {
+            state,
+            registry: registry.clone(),
+        });
     // Contextual subscriptions: the files', and those created over HTTP (kept in the state
     // directory), selected by the incident publisher and followed by live feeds.
     let subscriptions = crate::city::subscriptions::Subscriptions::open(
@@ -167,19 +179,14 @@ async fn run(
     let (ev_sink_tx, ev_sink_rx) = mpsc::channel(EVENT_CAPACITY);
     let (q_tx, q_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
     let (q_sink_tx, q_sink_rx) = mpsc::channel(aqyl_dataflow::runtime::QUALITY_BATCHES);
-    // The status board and the city state see the outputs on their way, through one tee per
-    // output that shows each item to both.
+    // The city state sees the outputs on their way, through one tee per output.
     let views = Views {
         board: board.clone(),
         city: city.clone(),
     };
-    let agg_rx = views.tee(agg_rx, |b, a| b.aggregate(a), None);
-    let ev_rx = views.tee(ev_rx, |b, e| b.event(e), Some(|c, e| c.event(e)));
-    let q_rx = views.tee(
-        q_rx,
-        |b, q: &Vec<_>| b.quality(q),
-        Some(|c: &crate::city::state::CityState, q: &Vec<_>| c.quality(q)),
-    );
+    let agg_rx = views.tee(agg_rx, |c, a| c.aggregate(a));
+    let ev_rx = views.tee(ev_rx, |c, e| c.event(e));
+    let q_rx = views.tee(q_rx, |c, q: &Vec<_>| c.quality(q));
     let spec = pipeline_spec(&loaded, registry.clone());
     let outputs = Outputs {
         aggregates: agg_tx,
@@ -282,7 +289,7 @@ async fn run(
         r.connect(out.client.clone());
     }
     let edge = aqyl_mqtt::connect(settings, intake, metrics.clone());
-    let city_tasks = CityTasks(match &city {
+    let city_tasks = CityTasks(match city.as_ref().filter(|_| city_services) {
         Some(c) => city_tasks(&loaded, c, &registry, &edge, &out, &connections, &metrics),
         None => Vec::new(),
     });
@@ -677,7 +684,7 @@ pub fn sinks(loaded: &Loaded) -> anyhow::Result<Sinks> {
     })
 }
 
-/// The views that watch the dataflow's outputs: the status page's board and the city state.
+/// What watches the dataflow's outputs: the city state (which the status page shows).
 struct Views {
     board: Option<Arc<crate::status::StatusBoard>>,
     city: Option<Arc<crate::city::state::CityState>>,
@@ -685,29 +692,22 @@ struct Views {
 
 impl Views {
     /// Passes every item of `rx` on (in order, waiting while the next stage is behind) after
-    /// showing it to the board and, with `to_city`, to the city state; `rx` itself when no
-    /// view watches it. If `rx` ends before the service stops, the dataflow's workers have
-    /// stopped: the board tells `/health`.
+    /// showing it to the city state with `see`; `rx` itself when there is no city state. If
+    /// `rx` ends before the service stops, the dataflow's workers have stopped: the board
+    /// tells `/health`.
     fn tee<T: Send + 'static>(
         &self,
         mut rx: mpsc::Receiver<T>,
-        to_board: fn(&crate::status::StatusBoard, &T),
-        to_city: Option<fn(&crate::city::state::CityState, &T)>,
+        see: fn(&crate::city::state::CityState, &T),
     ) -> mpsc::Receiver<T> {
-        let city = self.city.clone().zip(to_city);
-        if self.board.is_none() && city.is_none() {
+        let Some(city) = self.city.clone() else {
             return rx;
-        }
+        };
         let board = self.board.clone();
         let (tx, out) = mpsc::channel(rx.max_capacity());
         tokio::spawn(async move {
             while let Some(item) = rx.recv().await {
-                if let Some(b) = &board {
-                    to_board(b, &item);
-                }
-                if let Some((c, see)) = &city {
-                    see(c, &item);
-                }
+                see(&city, &item);
                 if tx.send(item).await.is_err() {
                     return;
                 }

@@ -60,6 +60,8 @@ pub struct Selection {
     pub types: Vec<String>,
     /// Areas (any of them).
     pub areas: Vec<String>,
+    /// Sensor ids (any of them).
+    pub ids: Vec<String>,
     /// A box the sensor's position must lie in (a sensor without a position is not in it).
     pub bbox: Option<BBox>,
 }
@@ -68,7 +70,8 @@ pub struct Selection {
 pub const MAX_VALUES: usize = 256;
 
 impl Selection {
-    /// From query parameters: `type` and `area` (repeated, or comma-separated) and `bbox`.
+    /// From query parameters: `type`, `area` and `id` (repeated, or comma-separated; an id
+    /// with a comma in it is asked for alone, as `id=` once with `type=`) and `bbox`.
     /// Other parameters are left to the caller.
     pub fn from_query<'a>(
         params: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -78,26 +81,30 @@ impl Selection {
             match k {
                 "type" => s.types.extend(v.split(',').map(str::to_string)),
                 "area" => s.areas.extend(v.split(',').map(str::to_string)),
+                "id" => s.ids.push(v.to_string()),
                 "bbox" => s.bbox = Some(BBox::parse(v)?),
                 _ => {}
             }
-            if s.types.len() + s.areas.len() > MAX_VALUES {
+            if s.types.len() + s.areas.len() + s.ids.len() > MAX_VALUES {
                 return Err(format!(
-                    "at most {MAX_VALUES} types and areas may be asked for at once"
+                    "at most {MAX_VALUES} types, areas and ids may be asked for at once"
                 ));
             }
         }
         Ok(s)
     }
 
-    /// Whether a sensor of `sensor_type`, in `area`, at `position` (lat, lon) is selected.
+    /// Whether sensor `sensor_id` of `sensor_type`, in `area`, at `position` (lat, lon) is
+    /// selected.
     pub fn matches(
         &self,
         sensor_type: &str,
+        sensor_id: &str,
         area: Option<&str>,
         position: Option<(f64, f64)>,
     ) -> bool {
         (self.types.is_empty() || self.types.iter().any(|t| t == sensor_type))
+            && (self.ids.is_empty() || self.ids.iter().any(|i| i == sensor_id))
             && (self.areas.is_empty() || area.is_some_and(|a| self.areas.iter().any(|x| x == a)))
             && self
                 .bbox
@@ -108,6 +115,9 @@ impl Selection {
 impl fmt::Display for Selection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "types {:?}, areas {:?}", self.types, self.areas)?;
+        if !self.ids.is_empty() {
+            write!(f, ", ids {:?}", self.ids)?;
+        }
         if let Some(b) = self.bbox {
             write!(
                 f,
@@ -133,17 +143,23 @@ mod tests {
             ("limit", "3"),
         ])
         .unwrap();
-        assert!(s.matches("traffic", Some("north"), Some((56.2, 10.2))));
+        assert!(s.matches("traffic", "a", Some("north"), Some((56.2, 10.2))));
         assert!(
-            s.matches("parking", Some("north"), Some((56.0, 10.5))),
+            s.matches("parking", "a", Some("north"), Some((56.0, 10.5))),
             "edges count"
         );
-        assert!(!s.matches("weather", Some("north"), Some((56.2, 10.2))));
-        assert!(!s.matches("traffic", Some("south"), Some((56.2, 10.2))));
-        assert!(!s.matches("traffic", None, Some((56.2, 10.2))));
-        assert!(!s.matches("traffic", Some("north"), Some((57.0, 10.2))));
-        assert!(!s.matches("traffic", Some("north"), None));
-        assert!(Selection::default().matches("x", None, None));
+        assert!(!s.matches("weather", "a", Some("north"), Some((56.2, 10.2))));
+        assert!(!s.matches("traffic", "a", Some("south"), Some((56.2, 10.2))));
+        assert!(!s.matches("traffic", "a", None, Some((56.2, 10.2))));
+        assert!(!s.matches("traffic", "a", Some("north"), Some((57.0, 10.2))));
+        assert!(!s.matches("traffic", "a", Some("north"), None));
+        assert!(Selection::default().matches("x", "a", None, None));
+        let one = Selection::from_query([("type", "traffic"), ("id", "a,b")]).unwrap();
+        assert!(
+            one.matches("traffic", "a,b", None, None),
+            "an id may hold a comma"
+        );
+        assert!(!one.matches("traffic", "a", None, None));
     }
 
     #[test]

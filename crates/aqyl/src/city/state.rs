@@ -1,6 +1,12 @@
 //! The live city state: for every sensor that has reported, its place, its latest readings
-//! (a bounded ring), its latest quality report, and the incidents under way. The SensorThings
-//! catalogue, `/api/state` and the retained state topics all read it.
+//! (a bounded ring), its latest quality report and closed windows, and the incidents under
+//! way. The SensorThings catalogue, `/api/state`, the retained state topics and the status
+//! page ([`crate::status`]) all read it.
+//!
+//! Sensors enter with their first reading (from the city tap). Where no tap feeds readings
+//! (`[city] enabled = false`, or a process of a cluster other than 0), the state is built for
+//! the status page alone and is told so ([`CityState::admit_from_outputs`]): a sensor then
+//! enters with its first quality report or closed window.
 //!
 //! Bounded: at most `max_sensors` sensors (readings of more are counted and left out), at
 //! most `depth` readings each, at most [`MAX_INCIDENTS`] incidents. A sensor silent for
@@ -17,12 +23,12 @@
 //! report, id and position.
 
 use super::select::Selection;
-use aqyl_core::metrics::Metrics;
+use aqyl_core::metrics::{quality_band, Metrics, QUALITY_BANDS};
 use aqyl_core::quality::{QualityRecord, QualityReport};
-use aqyl_core::{Event, EventState, Observation};
+use aqyl_core::{Aggregate, Event, EventState, Observation, Scope};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 /// Incidents kept; more are counted, not kept.
@@ -63,9 +69,30 @@ pub struct SensorState {
     pub readings: VecDeque<Reading>,
     /// The latest quality report.
     pub quality: Option<Arc<QualityReport>>,
+    /// The latest closed window per field.
+    pub windows: BTreeMap<Arc<str>, Arc<Aggregate>>,
+    /// The newest event time heard of it (a reading's, a window's start): `state_ttl` counts
+    /// from here.
+    pub seen: u64,
+    /// [`CityState::changes_since`]'s sequence number of its latest change.
+    pub changed: u64,
 }
 
 impl SensorState {
+    fn new(key: SensorKey, fields: Arc<[Arc<str>]>) -> Self {
+        Self {
+            key,
+            area: None,
+            position: None,
+            fields,
+            readings: VecDeque::new(),
+            quality: None,
+            windows: BTreeMap::new(),
+            seen: 0,
+            changed: 0,
+        }
+    }
+
     /// The newest reading.
     pub fn latest(&self) -> Option<&Reading> {
         self.readings.back()
@@ -109,6 +136,34 @@ struct Inner {
     released: Vec<SensorKey>,
     /// The newest event time seen: the clock `state_ttl` is measured on.
     clock: u64,
+    /// Counts changes, for [`CityState::changes_since`].
+    seq: u64,
+    /// `seq` at the latest change of the incidents.
+    incidents_changed: u64,
+    /// Incidents under way beyond [`MAX_INCIDENTS`] (started, not kept, not yet ended).
+    more_incidents: u64,
+}
+
+impl Inner {
+    /// Marks `key`'s sensor changed (for the topics and for the page).
+    fn touch(&mut self, key: &SensorKey) {
+        self.seq += 1;
+        let seq = self.seq;
+        if let Some(slot) = self.sensors.get_mut(key) {
+            Arc::make_mut(slot).changed = seq;
+            self.dirty.insert(key.clone());
+        }
+    }
+}
+
+/// What changed since a [`CityState::changes_since`] sequence number.
+pub struct PageChanges {
+    /// The sensors that changed, as they are now.
+    pub sensors: Vec<Arc<SensorState>>,
+    /// The incidents under way, if they changed.
+    pub incidents: Option<Vec<Incident>>,
+    /// The sequence number to ask from next time.
+    pub seq: u64,
 }
 
 /// The live city state (see the module doc).
@@ -121,6 +176,8 @@ pub struct CityState {
     metrics: Arc<Metrics>,
     /// Incidents beyond [`MAX_INCIDENTS`] (an area incident is counted once).
     incidents_refused: AtomicU64,
+    /// Whether quality reports and windows admit sensors (no tap feeds readings).
+    admit_outputs: AtomicBool,
 }
 
 /// A sensor's state as published on its topic and listed by `/api/state`.
@@ -148,7 +205,63 @@ impl CityState {
             ttl_ms: ttl.map(|t| t.as_millis() as u64),
             metrics,
             incidents_refused: AtomicU64::new(0),
+            admit_outputs: AtomicBool::new(false),
         })
+    }
+
+    /// Says that no tap feeds readings: a sensor enters with its first quality report or
+    /// closed window instead.
+    pub fn admit_from_outputs(&self) {
+        self.admit_outputs.store(true, Relaxed);
+    }
+
+    /// Incidents not kept (beyond [`MAX_INCIDENTS`]) since the start.
+    pub fn incidents_refused(&self) -> u64 {
+        self.incidents_refused.load(Relaxed)
+    }
+
+    /// The sequence number of the latest change.
+    pub fn seq(&self) -> u64 {
+        self.lock().seq
+    }
+
+    /// Incidents under way that are not kept (beyond [`MAX_INCIDENTS`]).
+    pub fn more_incidents(&self) -> u64 {
+        self.lock().more_incidents
+    }
+
+    /// The slot of `key`, added (with `fields`) unless the state is full.
+    fn admit<'a>(
+        &self,
+        b: &'a mut Inner,
+        key: &SensorKey,
+        fields: impl FnOnce() -> Arc<[Arc<str>]>,
+    ) -> Option<&'a mut Arc<SensorState>> {
+        if !b.sensors.contains_key(key) {
+            if b.sensors.len() >= self.max_sensors {
+                self.metrics.city_sensors_refused.fetch_add(1, Relaxed);
+                return None;
+            }
+            let fresh = SensorState::new(key.clone(), fields());
+            b.sensors.insert(key.clone(), Arc::new(fresh));
+            self.metrics
+                .city_sensors
+                .store(b.sensors.len() as u64, Relaxed);
+        }
+        b.sensors.get_mut(key)
+    }
+
+    /// The slot of `key` for an output of the dataflow: added only when no tap feeds readings.
+    fn output_slot<'a>(
+        &self,
+        b: &'a mut Inner,
+        key: &SensorKey,
+    ) -> Option<&'a mut Arc<SensorState>> {
+        if self.admit_outputs.load(Relaxed) {
+            self.admit(b, key, || Arc::from(Vec::new()))
+        } else {
+            b.sensors.get_mut(key)
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -168,29 +281,12 @@ impl CityState {
         };
         let mut b = self.lock();
         b.clock = b.clock.max(obs.event_time);
-        if !b.sensors.contains_key(&key) {
-            if b.sensors.len() >= self.max_sensors {
-                self.metrics.city_sensors_refused.fetch_add(1, Relaxed);
-                return;
-            }
-            let fresh = SensorState {
-                key: key.clone(),
-                area: None,
-                position: None,
-                fields: schema.clone(),
-                readings: VecDeque::new(),
-                quality: None,
-            };
-            b.sensors.insert(key.clone(), Arc::new(fresh));
-            self.metrics
-                .city_sensors
-                .store(b.sensors.len() as u64, Relaxed);
-        }
-        self.metrics.city_readings.fetch_add(1, Relaxed);
-        let Some(slot) = b.sensors.get_mut(&key) else {
+        let Some(slot) = self.admit(&mut b, &key, || schema.clone()) else {
             return;
         };
+        self.metrics.city_readings.fetch_add(1, Relaxed);
         let s = Arc::make_mut(slot);
+        s.seen = s.seen.max(obs.event_time);
         if !same_schema(&s.fields, schema) {
             remap(s, schema);
         }
@@ -223,12 +319,14 @@ impl CityState {
                 s.readings.pop_front();
             }
         }
-        b.dirty.insert(key);
+        b.touch(&key);
     }
 
-    /// Takes in a batch of quality records (reports of sensors not heard from are left out:
-    /// the catalogue lists sensors that have sent a reading).
+    /// Takes in a batch of quality records (reports of sensors not heard from are left out,
+    /// unless no tap feeds readings: the catalogue lists sensors that have sent a reading),
+    /// and keeps `aqyl_quality_sensors{band}` up to date.
     pub fn quality(&self, batch: &[QualityRecord]) {
+        let mut bands = [0i64; QUALITY_BANDS.len()];
         let mut b = self.lock();
         for q in batch {
             let QualityRecord::Report(r) = q else {
@@ -238,11 +336,64 @@ impl CityState {
                 sensor_type: r.sensor_type.clone(),
                 sensor_id: r.sensor_id.clone(),
             };
-            if let Some(slot) = b.sensors.get_mut(&key) {
-                Arc::make_mut(slot).quality = Some(Arc::new(r.clone()));
-                b.dirty.insert(key);
+            let Some(slot) = self.output_slot(&mut b, &key) else {
+                continue;
+            };
+            let s = Arc::make_mut(slot);
+            if let Some(old) = &s.quality {
+                bands[quality_band(old.score)] -= 1;
+            }
+            bands[quality_band(r.score)] += 1;
+            if s.area.is_none() {
+                s.area = r.area.clone();
+            }
+            s.quality = Some(Arc::new(r.clone()));
+            b.touch(&key);
+        }
+        drop(b);
+        self.count_bands(bands);
+    }
+
+    fn count_incidents(&self, b: &Inner) {
+        self.metrics
+            .incidents_active
+            .store(b.incidents.len() as u64 + b.more_incidents, Relaxed);
+    }
+
+    fn count_bands(&self, bands: [i64; QUALITY_BANDS.len()]) {
+        for (slot, d) in self.metrics.quality_bands.iter().zip(bands) {
+            if d >= 0 {
+                slot.fetch_add(d as u64, Relaxed);
+            } else {
+                slot.fetch_sub(d.unsigned_abs(), Relaxed);
             }
         }
+    }
+
+    /// Takes in a closed window of a sensor (area roll-ups are not kept per sensor): the
+    /// latest per field.
+    pub fn aggregate(&self, a: &Aggregate) {
+        if a.scope != Scope::Sensor {
+            return;
+        }
+        let key = SensorKey {
+            sensor_type: a.sensor_type.clone(),
+            sensor_id: a.subject.clone(),
+        };
+        let mut b = self.lock();
+        let Some(slot) = self.output_slot(&mut b, &key) else {
+            return;
+        };
+        if slot.windows.get(&a.field).is_some_and(|w| w.end > a.end) {
+            return;
+        }
+        // A window says the sensor reported at or after its start (its end may lie well
+        // beyond the last reading).
+        let s = Arc::make_mut(slot);
+        s.seen = s.seen.max(a.start);
+        s.windows.insert(a.field.clone(), Arc::new(a.clone()));
+        b.clock = b.clock.max(a.start);
+        b.touch(&key);
     }
 
     /// Takes in an incident message.
@@ -251,11 +402,16 @@ impl CityState {
         let k = (e.event_type.clone(), e.subject.clone());
         let known = b.incidents.contains_key(&k);
         match e.state {
-            EventState::End => {
+            EventState::End if known => {
                 b.incidents.remove(&k);
             }
+            EventState::End => b.more_incidents = b.more_incidents.saturating_sub(1),
             _ if !known && b.incidents.len() >= MAX_INCIDENTS => {
-                self.incidents_refused.fetch_add(1, Relaxed);
+                if e.state == EventState::Start {
+                    self.incidents_refused.fetch_add(1, Relaxed);
+                    b.more_incidents += 1;
+                    self.count_incidents(&b);
+                }
                 return;
             }
             _ => {
@@ -271,13 +427,16 @@ impl CityState {
                 );
             }
         }
+        self.count_incidents(&b);
+        b.seq += 1;
+        b.incidents_changed = b.seq;
         // Every sensor it concerns has a new state.
         let own = SensorKey {
             sensor_type: e.sensor_type.clone(),
             sensor_id: e.subject.clone(),
         };
         if b.sensors.contains_key(&own) {
-            b.dirty.insert(own);
+            b.touch(&own);
         } else {
             let in_area: Vec<SensorKey> = b
                 .sensors
@@ -285,7 +444,9 @@ impl CityState {
                 .filter(|s| s.area.as_deref() == Some(e.subject.as_str()))
                 .map(|s| s.key.clone())
                 .collect();
-            b.dirty.extend(in_area);
+            for k in &in_area {
+                b.touch(k);
+            }
         }
     }
 
@@ -297,17 +458,39 @@ impl CityState {
         let gone: Vec<SensorKey> = b
             .sensors
             .values()
-            .filter(|s| s.latest().is_none_or(|r| r.time < horizon))
+            .filter(|s| s.seen < horizon)
             .map(|s| s.key.clone())
             .collect();
+        let mut bands = [0i64; QUALITY_BANDS.len()];
         for k in gone {
-            b.sensors.remove(&k);
+            if let Some(q) = b.sensors.remove(&k).and_then(|s| s.quality.clone()) {
+                bands[quality_band(q.score)] -= 1;
+            }
             b.dirty.remove(&k);
             b.released.push(k);
         }
         self.metrics
             .city_sensors
             .store(b.sensors.len() as u64, Relaxed);
+        drop(b);
+        self.count_bands(bands);
+    }
+
+    /// The sensors changed after sequence number `seq`, and the incidents if they
+    /// changed after it: what the status page's live feed sends. Released sensors are not
+    /// listed (the page keeps showing a sensor until it is reloaded).
+    pub fn changes_since(&self, seq: u64) -> PageChanges {
+        let b = self.lock();
+        PageChanges {
+            sensors: b
+                .sensors
+                .values()
+                .filter(|s| s.changed > seq)
+                .cloned()
+                .collect(),
+            incidents: (b.incidents_changed > seq).then(|| b.incidents.values().cloned().collect()),
+            seq: b.seq,
+        }
     }
 
     /// What changed since the last call: each changed sensor's state once (however often it
@@ -372,7 +555,12 @@ impl CityState {
         let mut total = 0usize;
         let mut listed = Vec::new();
         for s in &sensors {
-            if !sel.matches(&s.key.sensor_type, s.area.as_deref(), s.position) {
+            if !sel.matches(
+                &s.key.sensor_type,
+                &s.key.sensor_id,
+                s.area.as_deref(),
+                s.position,
+            ) {
                 continue;
             }
             if total >= offset && listed.len() < limit {
@@ -390,7 +578,7 @@ impl CityState {
             "offset": offset,
             "sensors": listed,
             "incidents_under_way": incidents.len(),
-            "incidents_not_kept": self.incidents_refused.load(Relaxed),
+            "incidents_not_kept": self.incidents_refused(),
         })
     }
 }
@@ -449,7 +637,22 @@ pub fn state_json(s: &SensorState, incidents: &[Arc<Value>]) -> Value {
         "lon": s.position.map(|p| p.1),
         "reading": reading,
         "quality": quality,
+        "windows": s.windows.values().map(|a| window_json(a)).collect::<Vec<_>>(),
         "incidents": incidents.iter().map(|v| &**v).collect::<Vec<_>>(),
+    })
+}
+
+/// A closed window as `/api/state` lists it: its statistics rounded to 3 decimals.
+fn window_json(a: &Aggregate) -> Value {
+    let round = |v: f64| (v * 1000.0).round() / 1000.0;
+    json!({
+        "field": &*a.field,
+        "window": &*a.window,
+        "end": aqyl_core::output::rfc3339_ms(a.end as i64),
+        "count": a.stats.count,
+        "mean": round(a.stats.mean),
+        "min": round(a.stats.min),
+        "max": round(a.stats.max),
     })
 }
 
@@ -585,5 +788,75 @@ pub(crate) mod tests {
         assert_eq!(v["total"], 3);
         assert_eq!(v["sensors"].as_array().unwrap().len(), 1);
         assert_eq!(v["sensors"][0]["sensor_id"], "b");
+    }
+
+    fn window(id: &str, end: u64, mean: f64) -> Aggregate {
+        Aggregate {
+            sensor_type: "traffic".into(),
+            scope: Scope::Sensor,
+            subject: id.into(),
+            field: "avgSpeed".into(),
+            window: "5m".into(),
+            start: end - 300_000,
+            end,
+            stats: aqyl_core::windows::window::WindowStats {
+                count: 2,
+                mean,
+                min: mean,
+                max: mean,
+                stddev: 0.0,
+                p50: mean,
+                p95: mean,
+            },
+            sax: None,
+            sax_code: None,
+        }
+    }
+
+    #[test]
+    fn windows_enter_the_state_and_outputs_admit_sensors_only_without_a_tap() {
+        let st = CityState::new(2, 10, None, Arc::new(Metrics::default()));
+        st.aggregate(&window("a", 600_000, 40.0));
+        assert!(st.sensors().is_empty(), "the tap admits sensors");
+        st.reading(
+            &obs("traffic", "a", 1, &[("avgSpeed", 1.0)]),
+            &schema(&["avgSpeed"]),
+        );
+        st.aggregate(&window("a", 600_000, 40.0));
+        st.aggregate(&window("a", 300_000, 10.0));
+        let sel = Selection::from_query([("id", "a")]).unwrap();
+        let v = st.select(&sel, 0, 10);
+        assert_eq!(
+            v["sensors"][0]["windows"][0]["mean"], 40.0,
+            "the latest kept: {v}"
+        );
+        let page = CityState::new(2, 10, None, Arc::new(Metrics::default()));
+        page.admit_from_outputs();
+        let before = page.seq();
+        page.aggregate(&window("b", 600_000, 40.0));
+        let changes = page.changes_since(before);
+        assert_eq!(changes.sensors.len(), 1);
+        assert!(changes.incidents.is_none());
+        assert!(page.changes_since(changes.seq).sensors.is_empty());
+    }
+
+    #[test]
+    fn incidents_beyond_the_cap_are_counted_as_under_way() {
+        let metrics = Arc::new(Metrics::default());
+        let st = CityState::new(2, 10, None, metrics.clone());
+        let numbered = |i: usize, state| Event {
+            subject: format!("x{i}"),
+            ..event("x", state)
+        };
+        for i in 0..MAX_INCIDENTS + 3 {
+            st.event(&numbered(i, EventState::Start));
+        }
+        assert_eq!(st.incidents().len(), MAX_INCIDENTS);
+        let active = || metrics.incidents_active.load(Relaxed);
+        assert_eq!(active(), (MAX_INCIDENTS + 3) as u64, "all counted");
+        st.event(&numbered(MAX_INCIDENTS + 1, EventState::End));
+        st.event(&numbered(0, EventState::End));
+        assert_eq!(active(), (MAX_INCIDENTS + 1) as u64);
+        assert_eq!(st.more_incidents(), 2);
     }
 }

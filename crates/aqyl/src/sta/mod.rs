@@ -114,32 +114,32 @@ impl Catalogue {
 /// Most sensors one `/api/state` answer lists when no `limit` is given, and at most.
 pub const STATE_LIMIT: usize = 100_000;
 
-impl Catalogue {
-    /// Answers `GET /api/state?<query>`: `type`, `area`, `bbox` select, `offset` and `limit`
-    /// page.
-    pub fn state_answer(&self, query: &str) -> Answer {
-        let params = query::pairs(query);
-        let pairs = params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let sel = match crate::city::select::Selection::from_query(pairs) {
-            Ok(s) => s,
-            Err(e) => return Answer::error(400, e),
-        };
-        let number = |key: &str, default: usize| -> Result<usize, String> {
-            match params.iter().find(|(k, _)| k == key) {
-                None => Ok(default),
-                Some((_, v)) => v
-                    .parse()
-                    .map_err(|_| format!("{key} must be a whole number, got {v:?}")),
-            }
-        };
-        match (number("offset", 0), number("limit", STATE_LIMIT)) {
-            (Ok(offset), Ok(limit)) => {
-                Answer::json(&self.state.select(&sel, offset, limit.min(STATE_LIMIT)))
-            }
-            (Err(e), _) | (_, Err(e)) => Answer::error(400, e),
+/// Answers `GET /api/state?<query>`: `type`, `area`, `id` and `bbox` select, `offset` and
+/// `limit` page.
+pub fn state_answer(state: &crate::city::state::CityState, query: &str) -> Answer {
+    let params = query::pairs(query);
+    let pairs = params.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let sel = match crate::city::select::Selection::from_query(pairs) {
+        Ok(s) => s,
+        Err(e) => return Answer::error(400, e),
+    };
+    let number = |key: &str, default: usize| -> Result<usize, String> {
+        match params.iter().find(|(k, _)| k == key) {
+            None => Ok(default),
+            Some((_, v)) => v
+                .parse()
+                .map_err(|_| format!("{key} must be a whole number, got {v:?}")),
         }
+    };
+    match (number("offset", 0), number("limit", STATE_LIMIT)) {
+        (Ok(offset), Ok(limit)) => {
+            Answer::json(&state.select(&sel, offset, limit.min(STATE_LIMIT)))
+        }
+        (Err(e), _) | (_, Err(e)) => Answer::error(400, e),
     }
+}
 
+impl Catalogue {
     /// Answers `GET /v1.1/Things(<id>)` asked for with `Accept: application/ld+json` (content
     /// negotiation): the Thing's SOSA/SSN description; `None` for any other path.
     pub fn thing_jsonld(&self, root: &str, path: &str) -> Option<Answer> {
@@ -741,12 +741,14 @@ mod tests {
     #[test]
     fn state_answers_select_and_page() {
         let c = catalogue(5, 1);
-        let v: Value = serde_json::from_str(&c.state_answer("area=odd&limit=1").body).unwrap();
+        let v: Value =
+            serde_json::from_str(&state_answer(&c.state, "area=odd&limit=1").body).unwrap();
         assert_eq!(v["total"], 2);
         assert_eq!(v["sensors"][0]["sensor_id"], "s01");
-        assert_eq!(c.state_answer("limit=x").status, 400);
-        assert_eq!(c.state_answer("bbox=9,55,11,56.015").status, 200);
-        let v: Value = serde_json::from_str(&c.state_answer("bbox=9,55,11,56.015").body).unwrap();
+        assert_eq!(state_answer(&c.state, "limit=x").status, 400);
+        assert_eq!(state_answer(&c.state, "bbox=9,55,11,56.015").status, 200);
+        let v: Value =
+            serde_json::from_str(&state_answer(&c.state, "bbox=9,55,11,56.015").body).unwrap();
         assert_eq!(v["total"], 2, "s00 and s01 lie in the box");
         let ld = c.jsonld_answer("http://h", "traffic/s00.jsonld");
         assert_eq!(ld.status, 200);
@@ -816,7 +818,7 @@ mod scale {
             println!("{path}?{query}: {} in {:?} ({} bytes)", a.status, t.elapsed(), a.body.len());
         }
         let t = std::time::Instant::now();
-        let v = c.state_answer("");
+        let v = state_answer(&c.state, "");
         println!("/api/state: {} bytes in {:?}", v.body.len(), t.elapsed());
     }
 }
