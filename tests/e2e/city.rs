@@ -86,7 +86,7 @@ fn frost_sta_client_lists_filters_and_reads_the_catalogue_of_a_simulated_city() 
         };
         for o in registry.decode(&raw, 1 << 20).unwrap() {
             let t = last
-                .entry((o.sensor_type.to_string(), o.sensor_id))
+                .entry((o.sensor_type.to_string(), o.sensor_id.to_string()))
                 .or_default();
             *t = (*t).max(o.event_time);
         }

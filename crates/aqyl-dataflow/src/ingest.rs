@@ -188,7 +188,7 @@ fn take_reading(
             to.side.send(Side::Rejected {
                 at: state.watermark.current(tick),
                 sensor_type: obs.sensor_type,
-                sensor_id: obs.sensor_id,
+                sensor_id: obs.sensor_id.to_string(),
                 reason: Reason::Future,
                 detail,
                 latency_ms: crate::quality::latency(msg.received_at(), now),
@@ -260,7 +260,7 @@ fn late(
         to.side.send(Side::Late {
             at: watermark,
             sensor_type: obs.sensor_type.clone(),
-            sensor_id: obs.sensor_id.clone(),
+            sensor_id: obs.sensor_id.to_string(),
             age_ms: obs.arrival.stream_time.saturating_sub(obs.event_time),
             latency_ms: crate::quality::latency(msg.received_at(), now),
         });

@@ -33,7 +33,7 @@ struct Machine {
 }
 
 /// (sensor type, sensor id, field).
-type Key = (Arc<str>, String, Arc<str>);
+type Key = (Arc<str>, Arc<str>, Arc<str>);
 
 /// What an `AdaptiveSax` keeps between activations (and in checkpoints).
 #[derive(Default, Serialize, Deserialize)]
@@ -48,7 +48,7 @@ fn record(key: &Key, spec: &SensorSaxSpec, e: SaxEmission) -> AggregateRecord {
     AggregateRecord {
         sensor_type: key.0.clone(),
         scope: Scope::Sensor,
-        subject: key.1.clone(),
+        subject: key.1.to_string(),
         field: key.2.clone(),
         window: spec.label.clone(),
         start: e.start_ms,

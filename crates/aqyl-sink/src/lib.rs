@@ -133,6 +133,8 @@ pub async fn run(
     if let Some(i) = &mut sinks.influx {
         i.start_replay(metrics.clone());
     }
+    // Without a sink nothing is encoded: the outputs are safe as soon as they arrive.
+    let encode = sinks.file.is_some() || sinks.influx.is_some();
     let mut tick = tokio::time::interval(sinks.flush_interval.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while aggregates_open || events_open || quality_open {
@@ -147,14 +149,16 @@ pub async fn run(
             next = events.recv(), if events_open => match next {
                 Some(e) => {
                     in_batch.add(Output::Events, 1);
-                    counted(&mut points, &metrics, e.write_line(&mut batch), format_args!("a {} event", e.event_type));
+                    if encode {
+                        counted(&mut points, &metrics, e.write_line(&mut batch), format_args!("a {} event", e.event_type));
+                    }
                 }
                 None => events_open = false,
             },
             next = quality.recv(), if quality_open => match next {
                 Some(records) => {
                     in_batch.add(Output::Quality, records.len() as u64);
-                    for q in &records {
+                    for q in records.iter().filter(|_| encode) {
                         counted(&mut points, &metrics, q.write_line(&mut batch), format_args!("a quality record"));
                     }
                 }
@@ -163,7 +167,9 @@ pub async fn run(
             next = rx.recv(), if aggregates_open => match next {
                 Some(agg) => {
                     in_batch.add(Output::Aggregates, 1);
-                    counted(&mut points, &metrics, agg.write_line(&mut batch), format_args!("a {} {} aggregate", agg.sensor_type, agg.field));
+                    if encode {
+                        counted(&mut points, &metrics, agg.write_line(&mut batch), format_args!("a {} {} aggregate", agg.sensor_type, agg.field));
+                    }
                 }
                 None => aggregates_open = false,
             },

@@ -9,7 +9,8 @@
 //! ```
 //! `--processes 1,2,3` compares clusters of those sizes on loopback instead (each process
 //! with `--workers` workers, durability off), each round in turn after the bare subscriber.
-//! `--quality 0` turns quality scoring off; `--quality 2` also runs the service without it in
+//! `--city 0` turns the city services (and their tap connection) off. `--quality 0` turns
+//! quality scoring off; `--quality 2` also runs the service without it in
 //! each round, to pair the two. `--rules 0` runs without the traffic rules. With
 //! `AQYL_BASELINE=/path/to/aqyl` (an earlier build) that binary runs too in each round, right
 //! after the bare subscriber, and the ratio of the two builds is printed.
@@ -150,24 +151,29 @@ struct Setup {
     quality: bool,
     rules: bool,
     durable: bool,
+    /// The city services (the live city state and its tap), as shipped.
+    city: bool,
     /// Processes of one cluster (1: no cluster).
     processes: usize,
 }
 
 /// The service: `aqyl run` (release binary), no sink, as separate processes (one, or the
 /// processes of a cluster on loopback). Returns (seconds until every observation was
-/// accepted, publish seconds, peak RSS KiB summed over the processes).
+/// accepted, publish seconds, peak RSS KiB and CPU seconds, both summed over the processes).
+/// CPU time per observation is the figure that holds on a busy machine, where throughput
+/// follows whatever else runs.
 async fn aqyl_round(
     bin: &std::path::Path,
     port: u16,
     msgs: Arc<Vec<(String, Vec<u8>)>>,
     setup: Setup,
-) -> (f64, f64, u64) {
+) -> (f64, f64, u64, f64) {
     let Setup {
         workers,
         quality,
         rules,
         durable,
+        city,
         processes,
     } = setup;
     let n = msgs.len() as u64;
@@ -214,7 +220,7 @@ async fn aqyl_round(
             let file = dir.path().join(format!("aqyl-{i}.toml"));
             std::fs::write(
                 &file,
-                format!("[mqtt]\nclient_id = \"bench-aqyl-{client}\"\nclean_session = true\n[pipeline]\nworkers = {workers}\nidle_timeout = \"0s\"\n# The publishers run on 4 connections at full speed, so event time is skewed between\n# sensors by far more than live traffic ever is; the lateness must cover that skew.\nallowed_lateness = \"1d\"\n[quality]\nenabled = {quality}\n[state]\ndurable = {durable}\ndir = \"state-{i}\"\n{cluster}"),
+                format!("[mqtt]\nclient_id = \"bench-aqyl-{client}\"\nclean_session = true\n[pipeline]\nworkers = {workers}\nidle_timeout = \"0s\"\n# The publishers run on 4 connections at full speed, so event time is skewed between\n# sensors by far more than live traffic ever is; the lateness must cover that skew.\nallowed_lateness = \"1d\"\n[quality]\nenabled = {quality}\n[state]\ndurable = {durable}\ndir = \"state-{i}\"\n[city]\nenabled = {city}\n{cluster}"),
             )
             .unwrap();
             file
@@ -310,6 +316,7 @@ async fn aqyl_round(
                 .unwrap_or(0)
         })
         .sum();
+    let cpu = children.iter().map(|child| cpu_seconds(child.id())).sum();
     // A cluster drains together: every process is told to stop before any is waited for.
     for child in &children {
         let _ = Command::new("kill")
@@ -320,7 +327,22 @@ async fn aqyl_round(
         let _ = child.wait();
     }
     watcher.abort();
-    (secs, published, rss)
+    (secs, published, rss, cpu)
+}
+
+/// User and system CPU seconds process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses: utime is the
+    // 14th field of the line, stime the 15th, in clock ticks (100 a second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let ticks: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    ticks.iter().sum::<f64>() / 100.0
 }
 
 /// `--processes 1,2,3`: compare clusters of these sizes (and the bare subscriber).
@@ -360,7 +382,7 @@ fn scale_out(
                 durable: false,
                 ..setup
             };
-            let (a, _, rss) = rt.block_on(aqyl_round(bin, broker.port, msgs.clone(), cluster));
+            let (a, _, rss, _) = rt.block_on(aqyl_round(bin, broker.port, msgs.clone(), cluster));
             rates[k].push(n / a);
             peaks[k] = peaks[k].max(rss);
             line += &format!(" | {processes} process(es) {:>8.0} obs/s", n / a);
@@ -396,6 +418,8 @@ fn main() {
     let rules = aqyl_tests::arg("--rules", 1) != 0;
     // 1: durable ingest and checkpoints, as shipped; 0: off; 2: both, alternating, to pair them.
     let durable = aqyl_tests::arg("--durable", 1);
+    // 1: the city services on, as shipped; 0: off.
+    let city = aqyl_tests::arg("--city", 1) != 0;
     let broker = Mosquitto::start();
     let msgs = Arc::new(workload(n));
     let bytes: usize = msgs.iter().map(|m| m.1.len()).sum();
@@ -412,6 +436,7 @@ fn main() {
     let mut unscored = Vec::new();
     let mut volatile = Vec::new();
     let mut base_svc = Vec::new();
+    let (mut svc_cpu, mut base_cpu) = (Vec::new(), Vec::new());
     let this = std::path::Path::new(env!("CARGO_BIN_EXE_aqyl"));
     let baseline = std::env::var_os("AQYL_BASELINE").map(std::path::PathBuf::from);
     let setup = Setup {
@@ -419,6 +444,7 @@ fn main() {
         quality: quality != 0,
         rules,
         durable: durable != 0,
+        city,
         processes: 1,
     };
     if let Some(list) = processes_list() {
@@ -426,7 +452,7 @@ fn main() {
     }
     for round in 1..=rounds {
         if quality == 2 {
-            let (a, _, _) = rt.block_on(aqyl_round(
+            let (a, _, _, _) = rt.block_on(aqyl_round(
                 this,
                 broker.port,
                 msgs.clone(),
@@ -442,7 +468,7 @@ fn main() {
             unscored.push(n as f64 / a);
         }
         if durable == 2 {
-            let (a, _, _) = rt.block_on(aqyl_round(
+            let (a, _, _, _) = rt.block_on(aqyl_round(
                 this,
                 broker.port,
                 msgs.clone(),
@@ -459,21 +485,28 @@ fn main() {
         }
         let (b, bp) = rt.block_on(bare_round(broker.port, msgs.clone()));
         if let Some(base) = &baseline {
-            let (a, _, _) = rt.block_on(aqyl_round(base, broker.port, msgs.clone(), setup));
-            println!("round {round}: baseline aqyl {:>8.0} obs/s", n as f64 / a);
+            let (a, _, _, cpu) = rt.block_on(aqyl_round(base, broker.port, msgs.clone(), setup));
+            println!(
+                "round {round}: baseline aqyl {:>8.0} obs/s, {:.1} CPU µs/obs",
+                n as f64 / a,
+                cpu * 1e6 / n as f64
+            );
             base_svc.push(n as f64 / a);
+            base_cpu.push(cpu * 1e6 / n as f64);
         }
-        let (a, ap, rss) = rt.block_on(aqyl_round(this, broker.port, msgs.clone(), setup));
+        let (a, ap, rss, cpu) = rt.block_on(aqyl_round(this, broker.port, msgs.clone(), setup));
         peak = peak.max(rss);
         println!(
-            "round {round}: bare subscriber {:>8.0} msg/s (publish {:>8.0} msg/s) | aqyl {:>8.0} obs/s (publish {:>8.0} msg/s) | ratio aqyl/bare {:.2} | aqyl peak RSS {} MiB",
+            "round {round}: bare subscriber {:>8.0} msg/s (publish {:>8.0} msg/s) | aqyl {:>8.0} obs/s (publish {:>8.0} msg/s) | ratio aqyl/bare {:.2} | aqyl peak RSS {} MiB | {:.1} CPU µs/obs",
             n as f64 / b,
             n as f64 / bp,
             n as f64 / a,
             n as f64 / ap,
             b / a,
-            rss / 1024
+            rss / 1024,
+            cpu * 1e6 / n as f64
         );
+        svc_cpu.push(cpu * 1e6 / n as f64);
         bare.push(n as f64 / b);
         svc.push(n as f64 / a);
     }
@@ -497,16 +530,19 @@ fn main() {
         );
     }
     println!(
-        "median: bare {mb:.0} msg/s, aqyl {ms:.0} obs/s, aqyl/bare = {:.2}, aqyl peak RSS {} MiB",
+        "median: bare {mb:.0} msg/s, aqyl {ms:.0} obs/s, aqyl/bare = {:.2}, aqyl peak RSS {} MiB, {:.1} CPU µs/obs",
         ms / mb,
-        peak / 1024
+        peak / 1024,
+        median(&mut svc_cpu)
     );
     if !base_svc.is_empty() {
         let mbase = median(&mut base_svc);
+        let (cs, cb) = (median(&mut svc_cpu), median(&mut base_cpu));
         println!(
-            "median: baseline aqyl {mbase:.0} obs/s (baseline/bare = {:.2}), aqyl/baseline = {:.2}",
+            "median: baseline aqyl {mbase:.0} obs/s (baseline/bare = {:.2}), aqyl/baseline = {:.2}; CPU per observation: baseline {cb:.1} µs, aqyl {cs:.1} µs, aqyl/baseline = {:.2}",
             mbase / mb,
-            ms / mbase
+            ms / mbase,
+            cs / cb
         );
     }
 }

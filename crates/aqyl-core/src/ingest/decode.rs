@@ -10,6 +10,7 @@ use crate::ingest::formats::{csv_object, json_projected, senml_objects};
 use crate::ingest::observation::{Observation, RawMessage};
 use chrono::{NaiveDateTime, TimeZone};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// Latest accepted event time (year 9999), to keep arithmetic far from overflow.
 const MAX_EVENT_MS: i64 = 253_402_300_799_000;
@@ -244,7 +245,7 @@ fn observe(
     };
     // The area: from the topic's {area}, else from the payload's area_field.
     let area = match (captures.area, &ty.area_field) {
-        (Some(a), _) => Some(a.to_string()),
+        (Some(a), _) => Some(Arc::from(a)),
         (None, Some(pointer)) => match pointer.lookup(value) {
             None | Some(Value::Null) => None,
             Some(Value::String(a)) => {
@@ -255,7 +256,7 @@ fn observe(
                         format!("area at {pointer}: {e}"),
                     )
                 })?;
-                Some(a.clone())
+                Some(Arc::from(a.as_str()))
             }
             Some(other) => {
                 return Err(Rejection::new(
@@ -271,14 +272,8 @@ fn observe(
         (None, None) => None,
     };
     // Last, the sensor registry's area for this sensor.
-    let area = area.or_else(|| {
-        ty.registry
-            .as_ref()?
-            .get(&sensor_id)?
-            .area
-            .as_deref()
-            .map(str::to_string)
-    });
+    let known = ty.registry.as_ref().and_then(|r| r.entry(&sensor_id));
+    let area = area.or_else(|| known?.1.area.clone());
     // Position: the payload's location fields (mobile sensors), else the registry's.
     let location = match &ty.location {
         Some((lat, lon)) => match (lat.lookup(value), lon.lookup(value)) {
@@ -296,7 +291,7 @@ fn observe(
         },
         None => None,
     }
-    .or_else(|| ty.registry.as_ref()?.get(&sensor_id).map(|s| (s.lat, s.lon)));
+    .or_else(|| known.map(|(_, s)| (s.lat, s.lon)));
     let mut fields = Vec::with_capacity(ty.fields.len());
     for f in &ty.fields {
         match read_number(f.pointer.lookup(value), f.kind) {
@@ -328,7 +323,7 @@ fn observe(
     }
     Ok(Observation {
         sensor_type: ty.name.clone(),
-        sensor_id: sensor_id.into_owned(),
+        sensor_id: known.map_or_else(|| Arc::from(&*sensor_id), |(id, _)| id.clone()),
         area,
         event_time: event_time as u64,
         received_at: msg.received_at,
@@ -378,18 +373,12 @@ pub fn observe_cells<'c>(
     let area = match ty.area_field.as_ref().and_then(&at) {
         Some(a) => {
             validate_sensor_id(a).ok()?;
-            Some(a.to_string())
+            Some(Arc::from(a))
         }
         None => None,
     };
-    let area = area.or_else(|| {
-        ty.registry
-            .as_ref()?
-            .get(sensor_id)?
-            .area
-            .as_deref()
-            .map(str::to_string)
-    });
+    let known = ty.registry.as_ref().and_then(|r| r.entry(sensor_id));
+    let area = area.or_else(|| known?.1.area.clone());
     let location = match &ty.location {
         Some((lat, lon)) => match (at(lat), at(lon)) {
             (Some(a), Some(b)) => match (
@@ -403,7 +392,7 @@ pub fn observe_cells<'c>(
         },
         None => None,
     }
-    .or_else(|| ty.registry.as_ref()?.get(sensor_id).map(|s| (s.lat, s.lon)));
+    .or_else(|| known.map(|(_, s)| (s.lat, s.lon)));
     let mut fields = Vec::with_capacity(ty.fields.len());
     for f in &ty.fields {
         let value = match at(&f.pointer) {
@@ -418,7 +407,7 @@ pub fn observe_cells<'c>(
     }
     Some(Observation {
         sensor_type: ty.name.clone(),
-        sensor_id: sensor_id.to_string(),
+        sensor_id: known.map_or_else(|| Arc::from(sensor_id), |(id, _)| id.clone()),
         area,
         event_time: event_time as u64,
         received_at: 0,
@@ -742,7 +731,7 @@ required = false
             )
             .unwrap()
             .remove(0);
-        assert_eq!(obs.sensor_id, "158324");
+        assert_eq!(&*obs.sensor_id, "158324");
         // 07:50 CEST (UTC+2) is 05:50 UTC.
         assert_eq!(obs.event_time, 1_406_872_200_000);
         assert_eq!(
@@ -1086,8 +1075,8 @@ mod sensor_id_field_tests {
     fn one_gateway_topic_carries_several_sensors() {
         let a = decode(r#"{"TIMESTAMP":"2014-08-01T07:50:00","avgSpeed":50,"vehicleCount":5,"REPORT_ID":158324}"#).unwrap();
         let b = decode(r#"{"TIMESTAMP":"2014-08-01T07:50:00","avgSpeed":50,"vehicleCount":5,"REPORT_ID":"158355"}"#).unwrap();
-        assert_eq!(a[0].sensor_id, "158324");
-        assert_eq!(b[0].sensor_id, "158355");
+        assert_eq!(&*a[0].sensor_id, "158324");
+        assert_eq!(&*b[0].sensor_id, "158355");
     }
 
     #[test]
@@ -1098,7 +1087,7 @@ mod sensor_id_field_tests {
             o[0].fields,
             vec![("avgSpeed".into(), 50.5), ("vehicleCount".into(), 5.0)]
         );
-        assert_eq!(o[0].sensor_id, "158324.0");
+        assert_eq!(&*o[0].sensor_id, "158324.0");
     }
 
     #[test]
@@ -1106,7 +1095,7 @@ mod sensor_id_field_tests {
         let base = r#""TIMESTAMP":"2014-08-01T07:50:00","avgSpeed":50,"vehicleCount":5"#;
         // A payload that names no sensor is the topic's.
         assert_eq!(
-            decode(&format!("{{{base}}}")).unwrap()[0].sensor_id,
+            &*decode(&format!("{{{base}}}")).unwrap()[0].sensor_id,
             "north-gateway"
         );
         let e = payload_sensor_id(&Pointer::key("REPORT_ID"), &serde_json::json!({})).unwrap_err();

@@ -34,7 +34,8 @@ impl<'de> Deserialize<'de> for Stamps {
 
 impl Stamps {
     fn contains(&self, stamp: &(u64, u64)) -> bool {
-        self.0.binary_search(stamp).is_ok()
+        // In-order readings (nearly all) come after the newest stamp: no search.
+        self.0.back().is_some_and(|last| last >= stamp) && self.0.binary_search(stamp).is_ok()
     }
 
     fn insert(&mut self, stamp: (u64, u64)) {

@@ -20,10 +20,11 @@ pub struct RawMessage {
 pub struct Observation {
     /// Sensor type name (`traffic`).
     pub sensor_type: Arc<str>,
-    /// Sensor id (validated: no control characters).
-    pub sensor_id: String,
-    /// Area captured from the topic, if the pattern has `{area}`.
-    pub area: Option<String>,
+    /// Sensor id (validated: no control characters). Shared: the dataflow hands a reading to
+    /// several operators, and each keeps the id of the sensors it has state for.
+    pub sensor_id: Arc<str>,
+    /// Area captured from the topic or the payload, or the registry's.
+    pub area: Option<Arc<str>>,
     /// Event time, Unix milliseconds.
     pub event_time: u64,
     /// Wall-clock receive time, Unix milliseconds.

@@ -23,7 +23,8 @@ pub struct SensorInfo {
 /// Sensors by id.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SensorRegistry {
-    sensors: HashMap<String, SensorInfo>,
+    /// Keyed by the shared id that decoding gives every reading of the sensor.
+    sensors: HashMap<Arc<str>, SensorInfo>,
 }
 
 impl SensorRegistry {
@@ -121,7 +122,7 @@ impl SensorRegistry {
                 .filter(|a| !a.is_empty())
                 .map(|a| Arc::from(*a));
             if sensors
-                .insert(id.to_string(), SensorInfo { lat, lon, area })
+                .insert(Arc::from(id), SensorInfo { lat, lon, area })
                 .is_some()
             {
                 errors.push(at(format!("sensor {id:?} is listed twice")));
@@ -144,12 +145,17 @@ impl SensorRegistry {
 
     /// Every sensor and its facts, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &SensorInfo)> {
-        self.sensors.iter().map(|(id, info)| (id.as_str(), info))
+        self.sensors.iter().map(|(id, info)| (&**id, info))
     }
 
     /// A sensor's facts.
     pub fn get(&self, sensor_id: &str) -> Option<&SensorInfo> {
         self.sensors.get(sensor_id)
+    }
+
+    /// A sensor's shared id and facts: readings of a registered sensor share one id.
+    pub fn entry(&self, sensor_id: &str) -> Option<(&Arc<str>, &SensorInfo)> {
+        self.sensors.get_key_value(sensor_id)
     }
 
     /// Number of sensors.

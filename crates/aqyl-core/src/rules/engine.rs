@@ -33,7 +33,7 @@ struct Silence {
     /// Wall-clock time (Unix ms) that reading arrived.
     last_arrival: i64,
     since: Option<u64>,
-    area: Option<String>,
+    area: Option<Arc<str>>,
 }
 
 /// Where `obs` stands against its subject's newest judged reading `last` (time, fields).
@@ -81,7 +81,7 @@ pub enum Order {
 }
 
 /// A subject: (sensor type, sensor id).
-type Subject = (Arc<str>, String);
+type Subject = (Arc<str>, Arc<str>);
 /// A reading's fields.
 type Fields = Vec<(Arc<str>, f64)>;
 
@@ -114,13 +114,13 @@ struct RuleState {
     event_type: String,
     level: String,
     /// Threshold rules: subject → state machine.
-    thresholds: HashMap<String, Threshold>,
+    thresholds: HashMap<Arc<str>, Threshold>,
     /// Sequence rules: subject → state machine.
-    sequences: HashMap<String, Sequence>,
+    sequences: HashMap<Arc<str>, Sequence>,
     /// Absence rules: sensor id (or area) → silence.
-    silences: HashMap<String, Silence>,
+    silences: HashMap<Arc<str>, Silence>,
     /// Level rules: subject → (current non-quiet level, started at).
-    levels: HashMap<String, (Option<String>, u64)>,
+    levels: HashMap<Arc<str>, (Option<String>, u64)>,
 }
 
 impl RuleState {
@@ -165,7 +165,10 @@ impl RuleState {
             event_type: self.event_type.clone(),
             subject: subject.to_string(),
             sensor_type: self.sensor_type.as_str().into(),
-            area: self.silences.get(subject).and_then(|x| x.area.clone()),
+            area: self
+                .silences
+                .get(subject)
+                .and_then(|x| x.area.as_deref().map(str::to_string)),
             state: EventState::End,
             level: self.level.clone(),
             started_at,
@@ -179,7 +182,7 @@ impl RuleState {
     /// `end` messages, dated `now` (event time), for every incident still on: the rule is
     /// gone, so nothing else would ever end them.
     fn farewell(&self, now: u64) -> Vec<Event> {
-        let mut subjects: Vec<&String> = self
+        let mut subjects: Vec<&Arc<str>> = self
             .thresholds
             .keys()
             .chain(self.sequences.keys())
@@ -461,7 +464,7 @@ impl<'a> Detector<'a> {
         out: &mut Vec<Event>,
     ) {
         let rules = self.rules;
-        let mut started: Vec<(u64, usize, &String, &Silence)> = Vec::new();
+        let mut started: Vec<(u64, usize, &Arc<str>, &Silence)> = Vec::new();
         for (index, (rule, state)) in rules.iter().zip(self.state.rules.iter_mut()).enumerate() {
             for (sensor, s) in state.silences.iter_mut() {
                 if s.since.is_some() {
@@ -624,9 +627,9 @@ impl<'a> Detector<'a> {
                         extra: Vec::new(),
                         id: incident_id(&rule.name, &obs.sensor_id, started_at),
                         event_type: rule.event_type.clone(),
-                        subject: obs.sensor_id.clone(),
+                        subject: obs.sensor_id.to_string(),
                         sensor_type: obs.sensor_type.clone(),
-                        area: obs.area.clone(),
+                        area: obs.area.as_deref().map(str::to_string),
                         state,
                         level,
                         started_at,
@@ -662,17 +665,13 @@ impl<'a> Detector<'a> {
     }
 }
 
-/// The state of `subject` in `slots`, made by `new` the first time (its name is copied only
-/// then).
+/// The state of `subject` in `slots`, made by `new` the first time.
 fn slot_of<'m, V>(
-    slots: &'m mut HashMap<String, V>,
-    subject: &str,
+    slots: &'m mut HashMap<Arc<str>, V>,
+    subject: &Arc<str>,
     new: impl FnOnce() -> V,
 ) -> &'m mut V {
-    if !slots.contains_key(subject) {
-        slots.insert(subject.to_string(), new());
-    }
-    slots.get_mut(subject).expect("inserted above")
+    slots.entry(subject.clone()).or_insert_with(new)
 }
 
 /// The start of an absence incident of `sensor`, silent since `started_at`.
@@ -683,7 +682,7 @@ fn silence_start(rule: &Rule, sensor: &str, s: &Silence, started_at: u64) -> Eve
         event_type: rule.event_type.clone(),
         subject: sensor.to_string(),
         sensor_type: s.sensor_type.clone(),
-        area: s.area.clone(),
+        area: s.area.as_deref().map(str::to_string),
         state: EventState::Start,
         level: rule.level.clone(),
         started_at,
@@ -887,7 +886,7 @@ mod tests {
             let mut d = Detector::new(&rules, &mut state);
             for i in 0..1000u64 {
                 let mut r = reading(0, 50.0, 0);
-                r.sensor_id = format!("s{i}");
+                r.sensor_id = format!("s{i}").into();
                 d.observe(&r, Input::Readings, &mut out);
             }
             // One sensor crawls: its incident is on when it goes silent.

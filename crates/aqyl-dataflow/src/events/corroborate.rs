@@ -38,9 +38,9 @@ pub trait Corroborate<'scope> {
 /// cannot be placed and are passed over).
 fn sighting(o: &Observation) -> Option<Sighting> {
     Some(Sighting {
-        id: o.sensor_id.clone(),
+        id: o.sensor_id.to_string(),
         sensor_type: o.sensor_type.to_string(),
-        category: o.area.clone(),
+        category: o.area.as_deref().map(str::to_string),
         position: o.location?,
         time: o.event_time,
     })

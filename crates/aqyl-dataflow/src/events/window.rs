@@ -116,7 +116,7 @@ impl<'scope> WindowEvents<'scope> for StreamVec<'scope, u64, AggregateRecord> {
                             fields.sort_by(|a, b| a.0.cmp(&b.0));
                             let reading = Observation {
                                 sensor_type,
-                                sensor_id,
+                                sensor_id: sensor_id.into(),
                                 area: None,
                                 event_time: end,
                                 received_at: 0,

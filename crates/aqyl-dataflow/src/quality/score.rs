@@ -246,7 +246,7 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                                             obs.arrival.ingested_at,
                                         ),
                                         sensor_type: obs.sensor_type,
-                                        sensor_id: obs.sensor_id,
+                                        sensor_id: obs.sensor_id.to_string(),
                                     };
                                     pending.entry(at).or_default().push(Item::Side(late));
                                     continue;
@@ -470,7 +470,7 @@ fn judge(
     out: &mut Vec<Assessed>,
 ) {
     let (sensor_type, sensor_id, area) = match &item {
-        Item::Reading(o) => (o.sensor_type.clone(), o.sensor_id.as_str(), o.area.as_ref()),
+        Item::Reading(o) => (o.sensor_type.clone(), &*o.sensor_id, o.area.as_deref()),
         Item::Side(s) => {
             let (ty, id) = s.key();
             (Arc::from(ty), id, None)
@@ -492,8 +492,8 @@ fn judge(
     let s = &mut sensors.all[slot];
     s.last_seen = s.last_seen.max(t);
     if let Some(area) = area {
-        if s.area.as_ref() != Some(area) {
-            s.area = Some(area.clone());
+        if s.area.as_deref() != Some(area) {
+            s.area = Some(area.to_string());
         }
     }
     let declared = ty.fields.len();

@@ -134,7 +134,7 @@ fn reading(
     Observation {
         sensor_type: "traffic".into(),
         sensor_id: id.into(),
-        area: area.map(str::to_string),
+        area: area.map(Arc::from),
         event_time: time,
         received_at: 0,
         time_from_receive: false,

@@ -277,7 +277,7 @@ impl CityState {
     pub fn reading(&self, obs: &Observation, schema: &Arc<[Arc<str>]>) {
         let key = SensorKey {
             sensor_type: obs.sensor_type.clone(),
-            sensor_id: obs.sensor_id.clone(),
+            sensor_id: obs.sensor_id.to_string(),
         };
         let mut b = self.lock();
         b.clock = b.clock.max(obs.event_time);
@@ -290,8 +290,8 @@ impl CityState {
         if !same_schema(&s.fields, schema) {
             remap(s, schema);
         }
-        if obs.area.is_some() {
-            s.area = obs.area.clone();
+        if let Some(area) = obs.area.as_deref().filter(|a| s.area.as_deref() != Some(a)) {
+            s.area = Some(area.to_string());
         }
         if obs.location.is_some() {
             s.position = obs.location;
