@@ -140,6 +140,7 @@ fn state_per_sensor(registry: &aqyl_dataflow::SharedRegistry, sensors: usize) {
             deadletters: dl_tx,
             events: tokio::sync::mpsc::channel(1).0,
             quality: tokio::sync::mpsc::channel(1).0,
+            readings: None,
         },
         metrics.clone(),
     )

@@ -57,6 +57,9 @@ pub struct Sides<'a> {
     /// Readings let in since the batch began, added to `metrics.observations` once per
     /// batch (a counter every worker writes is a cache line they pass around).
     pub observations: u64,
+    /// Readings let in since the batch began, for [`Outputs::readings`] (kept only when it
+    /// is set).
+    pub seen: Vec<Observation>,
 }
 
 /// Takes one message: decodes it and sends each reading on, or dead-letters it.
@@ -218,6 +221,9 @@ fn take_reading(
             to.shared_max.fetch_max(obs.event_time, Relaxed);
         }
         to.observations += 1;
+        if to.outputs.readings.is_some() {
+            to.seen.push(obs.clone());
+        }
         if obs.arrival.out_of_range > 0 && spec.quality.is_some_and(|q| q.exclude_incorrect) {
             // Scored, but kept out of aggregates and rules.
             to.metrics.quality_excluded.fetch_add(1, Relaxed);

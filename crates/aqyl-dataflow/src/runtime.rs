@@ -17,7 +17,7 @@ use crate::{input, wall_ms};
 use aqyl_core::metrics::{Metrics, Output};
 use aqyl_core::quality::QualityRecord;
 use aqyl_core::windows::window::WindowSpec;
-use aqyl_core::{Aggregate as AggregateRecord, DeadLetter, RawMessage, Scope};
+use aqyl_core::{Aggregate as AggregateRecord, DeadLetter, Observation, RawMessage, Scope};
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -99,6 +99,11 @@ pub struct Outputs {
     /// Quality reports and roll-ups, in batches (one per operator activation). Bounded: when
     /// the sinks fall behind, the workers wait, and the broker holds the backlog.
     pub quality: mpsc::Sender<Vec<QualityRecord>>,
+    /// Every reading the ingest lets in (after the checks for future, duplicate and late
+    /// readings), one batch per worker step, for the live city state; `None`: nobody
+    /// watches. Never waited on: a batch that finds the channel full is counted in
+    /// `aqyl_city_readings_skipped_total` and dropped (the sensors' next readings catch up).
+    pub readings: Option<mpsc::Sender<Vec<Observation>>>,
 }
 
 /// The receiving ends of [`Outputs`].
@@ -127,6 +132,7 @@ impl Outputs {
             deadletters,
             events,
             quality,
+            readings: None,
         };
         let receivers = Receivers {
             aggregates: agg_rx,
@@ -588,6 +594,7 @@ fn run_worker(
                 metrics: &shared.metrics,
                 shared_max: &shared.shared_max,
                 observations: 0,
+                seen: Vec::new(),
             };
             match &mut intake {
                 Intake::Channel(rx) => {
@@ -647,6 +654,11 @@ fn run_worker(
                 .metrics
                 .observations
                 .fetch_add(to.observations, Relaxed);
+            hand_seen(
+                &shared.outputs,
+                &shared.metrics,
+                std::mem::take(&mut to.seen),
+            );
         }
         let tick = mono_ms();
         if taken > 0 {
@@ -857,4 +869,16 @@ fn collect<T: Send + 'static, R: Send + 'static>(
         }
         all
     })
+}
+
+/// Hands a step's readings to [`Outputs::readings`], if anyone watches; a full channel drops
+/// them, counted.
+fn hand_seen(outputs: &Outputs, metrics: &Metrics, seen: Vec<Observation>) {
+    let Some(tx) = outputs.readings.as_ref().filter(|_| !seen.is_empty()) else {
+        return;
+    };
+    let n = seen.len() as u64;
+    if tx.try_send(seen).is_err() {
+        metrics.city_readings_skipped.fetch_add(n, Relaxed);
+    }
 }

@@ -188,11 +188,21 @@ async fn run(
     let ev_rx = views.tee(ev_rx, |c, e| c.event(e));
     let q_rx = views.tee(q_rx, |c, q: &Vec<_>| c.quality(q));
     let spec = pipeline_spec(&loaded, registry.clone());
+    // One process: the city state takes the readings the ingest lets in (a cluster's
+    // process 0 sees only part of them there, and reads them all on a tap connection).
+    let (readings_tx, readings_rx) = match city_services && cluster.is_none() {
+        true => {
+            let (tx, rx) = mpsc::channel(crate::city::READING_BATCHES);
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
     let outputs = Outputs {
         aggregates: agg_tx,
         deadletters: dl_tx,
         events: ev_tx,
         quality: q_tx,
+        readings: readings_tx,
     };
     let (intake, running, mut durable) = if let Some(c) = cluster {
         let flag = c.stop.clone();
@@ -290,7 +300,25 @@ async fn run(
     }
     let edge = aqyl_mqtt::connect(settings, intake, metrics.clone());
     let city_tasks = CityTasks(match city.as_ref().filter(|_| city_services) {
-        Some(c) => city_tasks(&loaded, c, &registry, &edge, &out, &connections, &metrics),
+        Some(c) => {
+            let mut tasks = vec![state_topics(&loaded, c, &out, &metrics)];
+            match readings_rx {
+                Some(rx) => tasks.push(tokio::spawn(crate::city::feed_readings(
+                    rx,
+                    registry.clone(),
+                    c.clone(),
+                ))),
+                None => tasks.extend(city_tap(
+                    &loaded,
+                    c,
+                    &registry,
+                    &edge,
+                    &connections,
+                    &metrics,
+                )),
+            }
+            tasks
+        }
         None => Vec::new(),
     });
     let live_task = live_rx.map(|rx| {
@@ -480,14 +508,13 @@ impl Drop for CityTasks {
     }
 }
 
-/// Starts the city services' feed: the tap connection (following descriptor reloads), the
-/// decoding into the city state, and the state topics' publisher.
-fn city_tasks(
+/// Starts the city tap of a cluster's process 0: its connection (following descriptor
+/// reloads) and the decoding into the city state.
+fn city_tap(
     loaded: &Loaded,
     city: &Arc<crate::city::state::CityState>,
     registry: &aqyl_dataflow::SharedRegistry,
     edge: &aqyl_mqtt::MqttEdge,
-    out: &aqyl_mqtt::OutputEdge,
     connections: &crate::connections::Connections,
     metrics: &Arc<Metrics>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -519,7 +546,19 @@ fn city_tasks(
         cfg.ingest.max_payload_bytes,
         (!cfg.ingest.max_future.is_zero()).then_some(cfg.ingest.max_future),
     ));
-    let topics = if cfg.city.state_interval.is_zero() {
+    vec![follow, tap, feed]
+}
+
+/// Starts the publisher of the retained state topics (or, with `city.state_interval = "0s"`,
+/// only the release of silent sensors).
+fn state_topics(
+    loaded: &Loaded,
+    city: &Arc<crate::city::state::CityState>,
+    out: &aqyl_mqtt::OutputEdge,
+    metrics: &Arc<Metrics>,
+) -> tokio::task::JoinHandle<()> {
+    let cfg = &loaded.config;
+    if cfg.city.state_interval.is_zero() {
         tokio::spawn(crate::city::topics::sweep(city.clone()))
     } else {
         tokio::spawn(crate::city::topics::publish(
@@ -529,8 +568,7 @@ fn city_tasks(
             cfg.city.state_interval,
             metrics.clone(),
         ))
-    };
-    vec![follow, tap, feed, topics]
+    }
 }
 
 /// A durable run's moving parts.

@@ -1,6 +1,7 @@
 //! City services on top of the pipeline: the live city state ([`state`]), fed with every
-//! sensor's readings (from the city tap, [`aqyl_mqtt::tap`]), its quality reports and the
-//! incidents (tee'd off the dataflow's outputs), published retained per sensor ([`topics`])
+//! sensor's readings (as the dataflow's ingest lets them in, [`feed_readings`]; in a cluster,
+//! from the city tap, [`aqyl_mqtt::tap`], [`feed`]), its quality reports and the incidents
+//! (tee'd off the dataflow's outputs), published retained per sensor ([`topics`])
 //! and served as `/api/state`; the SensorThings catalogue ([`crate::sta`]) reads the same
 //! state.
 //!
@@ -26,6 +27,9 @@ use tokio::sync::mpsc;
 
 /// Messages the tap may queue for decoding before it skips.
 pub const TAP_QUEUE: usize = 8192;
+/// Batches of readings (one per worker step, up to a thousand readings each) the ingest may
+/// queue for the city state before it skips.
+pub const READING_BATCHES: usize = 64;
 
 /// Decodes each tapped message with the current registry and takes its readings into
 /// `state`, until `rx` closes. Messages no descriptor accepts are the pipeline's business
@@ -56,6 +60,25 @@ pub async fn feed(
             if ahead {
                 continue;
             }
+            if let Some(schema) = schemas.of(&reg, &obs.sensor_type) {
+                state.reading(obs, &schema);
+            }
+        }
+    }
+}
+
+/// Takes the readings the dataflow's ingest lets in (one batch per worker step) into
+/// `state`, until `rx` closes: the city state of a single process, which sees every reading
+/// there (a cluster's process 0 reads them on a tap connection of its own instead, [`feed`]).
+pub async fn feed_readings(
+    mut rx: mpsc::Receiver<Vec<aqyl_core::Observation>>,
+    registry: SharedRegistry,
+    state: Arc<CityState>,
+) {
+    let mut schemas = Schemas::default();
+    while let Some(batch) = rx.recv().await {
+        let reg = registry.load_full();
+        for obs in &batch {
             if let Some(schema) = schemas.of(&reg, &obs.sensor_type) {
                 state.reading(obs, &schema);
             }
@@ -135,7 +158,7 @@ mod tests {
         let ids: Vec<String> = state
             .sensors()
             .iter()
-            .map(|s| s.key.sensor_id.clone())
+            .map(|s| s.key.sensor_id.to_string())
             .collect();
         assert_eq!(ids, ["ok"]);
     }

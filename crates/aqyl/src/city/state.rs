@@ -39,8 +39,8 @@ pub const MAX_INCIDENTS: usize = 10_000;
 pub struct SensorKey {
     /// Sensor type.
     pub sensor_type: Arc<str>,
-    /// Sensor id.
-    pub sensor_id: String,
+    /// Sensor id (shared with the readings' own).
+    pub sensor_id: Arc<str>,
 }
 
 /// One reading as kept: times and one value per field of the sensor's schema.
@@ -70,7 +70,7 @@ pub struct SensorState {
     /// The latest quality report.
     pub quality: Option<Arc<QualityReport>>,
     /// The latest closed window per field.
-    pub windows: BTreeMap<Arc<str>, Arc<Aggregate>>,
+    pub windows: BTreeMap<Arc<str>, Window>,
     /// The newest event time heard of it (a reading's, a window's start): `state_ttl` counts
     /// from here.
     pub seen: u64,
@@ -105,6 +105,17 @@ impl SensorState {
     }
 }
 
+/// A sensor's closed window of one field, as the state keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    /// Its length label (`5m`).
+    pub window: Arc<str>,
+    /// Its end, Unix ms.
+    pub end: u64,
+    /// Its statistics.
+    pub stats: aqyl_core::windows::window::WindowStats,
+}
+
 /// An incident under way.
 #[derive(Debug, Clone)]
 pub struct Incident {
@@ -121,7 +132,7 @@ pub struct Incident {
 impl Incident {
     /// Whether it is about `s`: the sensor itself, or the sensor's area.
     pub fn concerns(&self, s: &SensorState) -> bool {
-        (self.subject == s.key.sensor_id && self.sensor_type == s.key.sensor_type)
+        (*self.subject == *s.key.sensor_id && self.sensor_type == s.key.sensor_type)
             || s.area.as_deref() == Some(self.subject.as_str())
     }
 }
@@ -147,10 +158,18 @@ struct Inner {
 impl Inner {
     /// Marks `key`'s sensor changed (for the topics and for the page).
     fn touch(&mut self, key: &SensorKey) {
-        self.seq += 1;
-        let seq = self.seq;
+        let seq = self.seq + 1;
         if let Some(slot) = self.sensors.get_mut(key) {
             Arc::make_mut(slot).changed = seq;
+            self.changed(seq, key);
+        }
+    }
+
+    /// Records a change `seq` (`self.seq + 1`, already written into the sensor's `changed`)
+    /// of `key`'s sensor.
+    fn changed(&mut self, seq: u64, key: &SensorKey) {
+        self.seq = seq;
+        if !self.dirty.contains(key) {
             self.dirty.insert(key.clone());
         }
     }
@@ -277,15 +296,17 @@ impl CityState {
     pub fn reading(&self, obs: &Observation, schema: &Arc<[Arc<str>]>) {
         let key = SensorKey {
             sensor_type: obs.sensor_type.clone(),
-            sensor_id: obs.sensor_id.to_string(),
+            sensor_id: obs.sensor_id.clone(),
         };
         let mut b = self.lock();
         b.clock = b.clock.max(obs.event_time);
+        let seq = b.seq + 1;
         let Some(slot) = self.admit(&mut b, &key, || schema.clone()) else {
             return;
         };
         self.metrics.city_readings.fetch_add(1, Relaxed);
         let s = Arc::make_mut(slot);
+        s.changed = seq;
         s.seen = s.seen.max(obs.event_time);
         if !same_schema(&s.fields, schema) {
             remap(s, schema);
@@ -319,7 +340,7 @@ impl CityState {
                 s.readings.pop_front();
             }
         }
-        b.touch(&key);
+        b.changed(seq, &key);
     }
 
     /// Takes in a batch of quality records (reports of sensors not heard from are left out,
@@ -334,12 +355,14 @@ impl CityState {
             };
             let key = SensorKey {
                 sensor_type: r.sensor_type.clone(),
-                sensor_id: r.sensor_id.clone(),
+                sensor_id: r.sensor_id.as_str().into(),
             };
+            let seq = b.seq + 1;
             let Some(slot) = self.output_slot(&mut b, &key) else {
                 continue;
             };
             let s = Arc::make_mut(slot);
+            s.changed = seq;
             if let Some(old) = &s.quality {
                 bands[quality_band(old.score)] -= 1;
             }
@@ -348,7 +371,7 @@ impl CityState {
                 s.area = r.area.clone();
             }
             s.quality = Some(Arc::new(r.clone()));
-            b.touch(&key);
+            b.changed(seq, &key);
         }
         drop(b);
         self.count_bands(bands);
@@ -378,9 +401,10 @@ impl CityState {
         }
         let key = SensorKey {
             sensor_type: a.sensor_type.clone(),
-            sensor_id: a.subject.clone(),
+            sensor_id: a.subject.as_str().into(),
         };
         let mut b = self.lock();
+        let seq = b.seq + 1;
         let Some(slot) = self.output_slot(&mut b, &key) else {
             return;
         };
@@ -390,10 +414,21 @@ impl CityState {
         // A window says the sensor reported at or after its start (its end may lie well
         // beyond the last reading).
         let s = Arc::make_mut(slot);
+        s.changed = seq;
         s.seen = s.seen.max(a.start);
-        s.windows.insert(a.field.clone(), Arc::new(a.clone()));
+        let window = Window {
+            window: a.window.clone(),
+            end: a.end,
+            stats: a.stats,
+        };
+        match s.windows.get_mut(&a.field) {
+            Some(w) => *w = window,
+            None => {
+                s.windows.insert(a.field.clone(), window);
+            }
+        }
         b.clock = b.clock.max(a.start);
-        b.touch(&key);
+        b.changed(seq, &key);
     }
 
     /// Takes in an incident message.
@@ -433,7 +468,7 @@ impl CityState {
         // Every sensor it concerns has a new state.
         let own = SensorKey {
             sensor_type: e.sensor_type.clone(),
-            sensor_id: e.subject.clone(),
+            sensor_id: e.subject.as_str().into(),
         };
         if b.sensors.contains_key(&own) {
             b.touch(&own);
@@ -537,7 +572,7 @@ impl CityState {
     pub fn sensor(&self, sensor_type: &str, sensor_id: &str) -> Option<Arc<SensorState>> {
         let key = SensorKey {
             sensor_type: sensor_type.into(),
-            sensor_id: sensor_id.to_string(),
+            sensor_id: sensor_id.into(),
         };
         self.lock().sensors.get(&key).cloned()
     }
@@ -637,22 +672,26 @@ pub fn state_json(s: &SensorState, incidents: &[Arc<Value>]) -> Value {
         "lon": s.position.map(|p| p.1),
         "reading": reading,
         "quality": quality,
-        "windows": s.windows.values().map(|a| window_json(a)).collect::<Vec<_>>(),
+        "windows": s
+            .windows
+            .iter()
+            .map(|(field, w)| window_json(field, w))
+            .collect::<Vec<_>>(),
         "incidents": incidents.iter().map(|v| &**v).collect::<Vec<_>>(),
     })
 }
 
 /// A closed window as `/api/state` lists it: its statistics rounded to 3 decimals.
-fn window_json(a: &Aggregate) -> Value {
+fn window_json(field: &str, w: &Window) -> Value {
     let round = |v: f64| (v * 1000.0).round() / 1000.0;
     json!({
-        "field": &*a.field,
-        "window": &*a.window,
-        "end": aqyl_core::output::rfc3339_ms(a.end as i64),
-        "count": a.stats.count,
-        "mean": round(a.stats.mean),
-        "min": round(a.stats.min),
-        "max": round(a.stats.max),
+        "field": field,
+        "window": &*w.window,
+        "end": aqyl_core::output::rfc3339_ms(w.end as i64),
+        "count": w.stats.count,
+        "mean": round(w.stats.mean),
+        "min": round(w.stats.min),
+        "max": round(w.stats.max),
     })
 }
 
@@ -756,7 +795,7 @@ pub(crate) mod tests {
         let changes = st.take_changes();
         let cleared: Vec<_> = changes.iter().filter(|c| c.state.is_none()).collect();
         assert_eq!(cleared.len(), 1, "{changes:?}");
-        assert_eq!(cleared[0].key.sensor_id, "a");
+        assert_eq!(&*cleared[0].key.sensor_id, "a");
         assert!(st.sensor("traffic", "a").is_none());
     }
 

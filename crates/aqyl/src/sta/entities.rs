@@ -140,7 +140,7 @@ impl Ctx {
     fn sensor(&self, ty: &str, id: &str) -> Option<Arc<SensorState>> {
         let i = self
             .sensors
-            .binary_search_by(|s| (&*s.key.sensor_type, s.key.sensor_id.as_str()).cmp(&(ty, id)))
+            .binary_search_by(|s| (&*s.key.sensor_type, &*s.key.sensor_id).cmp(&(ty, id)))
             .ok()?;
         Some(self.sensors[i].clone())
     }
