@@ -383,6 +383,13 @@ fn start_intakes(
     })
 }
 
+/// The workers' allocators, what must live as long as they do, and the snapshot to restore.
+type Communication = (
+    Vec<AllocatorBuilder>,
+    Box<dyn std::any::Any + Send>,
+    Option<Snapshot>,
+);
+
 /// What the workers communicate through, and the snapshot to restore: in a cluster, once
 /// every process is connected and (when durable) the processes agreed on the checkpoint.
 fn communicate(
@@ -391,14 +398,7 @@ fn communicate(
     control: Option<&Arc<Control>>,
     restore: Option<Snapshot>,
     held: Holdings,
-) -> Result<
-    (
-        Vec<AllocatorBuilder>,
-        Box<dyn std::any::Any + Send>,
-        Option<Snapshot>,
-    ),
-    String,
-> {
+) -> Result<Communication, String> {
     let Some(c) = cluster else {
         let (allocators, others) = timely::CommunicationConfig::Process(workers).try_build()?;
         return Ok((allocators, others, restore));
