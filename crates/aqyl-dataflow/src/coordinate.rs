@@ -578,6 +578,49 @@ mod tests {
     }
 
     #[test]
+    fn two_processes_agree_find_quiet_and_complete_over_their_control_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to_zero = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (at_zero, _) = listener.accept().unwrap();
+        let control = || Arc::new(Control::new(1, vec![]).0);
+        let (zero_control, one_control) = (control(), control());
+        let one = {
+            let c = one_control.clone();
+            std::thread::spawn(move || {
+                let held = held(Some(3), Some(4));
+                let (coordinator, agreed) =
+                    Coordinator::start(vec![Some(to_zero), None], 1, held, c).unwrap();
+                // Records sent by process 0 and not yet pulled here: not quiet; then quiet.
+                let rounds = [
+                    coordinator.quiet(4, -2).unwrap(),
+                    coordinator.quiet(4, -1).unwrap(),
+                ];
+                (agreed, rounds, coordinator.part(4, true).unwrap())
+            })
+        };
+        let held0 = held(Some(4), None);
+        let (zero, agreed) =
+            Coordinator::start(vec![None, Some(at_zero)], 0, held0, zero_control).unwrap();
+        assert!(zero.leads());
+        zero.request(5).unwrap();
+        let rounds = [zero.quiet(4, 1).unwrap(), zero.quiet(4, 1).unwrap()];
+        assert!(zero.complete(4, true).unwrap());
+        let (agreed_one, rounds_one, complete_one) = one.join().unwrap();
+        let expected = Agreed {
+            restore: Some(4),
+            newest: 4,
+        };
+        assert_eq!((agreed, agreed_one), (expected, expected));
+        assert_eq!((rounds, rounds_one), ([false, true], [false, true]));
+        assert!(complete_one);
+        assert_eq!(
+            one_control.requested(),
+            5,
+            "process 0's request reached process 1"
+        );
+    }
+
+    #[test]
     fn frames_survive_the_wire() {
         let frames = [
             Frame::Request { id: 3 },
