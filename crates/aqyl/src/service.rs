@@ -348,7 +348,10 @@ async fn run(
     let ended = running.worker_ended();
     let mut refused_in = edge.refused();
     let mut refused_out = out.refused();
+    // A stop first: in a cluster stopped together, a peer that exits first ends this
+    // process's workers too, and that is no failure once this process is stopping.
     let failed = tokio::select! {
+        biased;
         () = &mut stop => None,
         why = refused_in.wait() => Some(("broker", why)),
         why = refused_out.wait() => Some(("broker", why)),
