@@ -309,6 +309,11 @@ fn a_process_without_messages_follows_the_clusters_newest_event_time() {
     stop_all(processes);
 }
 
+/// Process `i`'s counter `name` (0 before it is there).
+fn metric(p: &Aqyl, name: &str, i: usize) -> u64 {
+    p.metric(&format!("{name}{{process=\"{i}\"}}")).unwrap_or(0)
+}
+
 /// [`config`] with durable state: a checkpoint every second, and an hour of allowed
 /// lateness (after a restart the broker hands back what it had not seen acknowledged, a
 /// little behind what the other process goes on with).
@@ -414,9 +419,6 @@ fn cluster_killed(
     dirs.iter().for_each(durable);
     let processes = start_online(&dirs, &mqtt, &vm);
     publish(mqtt.port, first);
-    let metric = |p: &Aqyl, name: &str, i: usize| {
-        p.metric(&format!("{name}{{process=\"{i}\"}}")).unwrap_or(0)
-    };
     wait_until(
         WAIT,
         "the first part taken and checkpointed by both",
@@ -480,4 +482,37 @@ fn a_durable_cluster_killed_mid_stream_writes_what_one_undisturbed_process_write
         assert_eq!(Some(samples), two.0.get(key), "the same samples of {key}");
     }
     assert_eq!(one.1, two.1, "the same incident messages");
+}
+
+#[test]
+fn a_process_whose_state_is_lost_is_refused_while_the_others_hold_a_checkpoint() {
+    // Process 1's state directory is gone after a complete checkpoint: starting it afresh
+    // beside process 0's state would lose the part of the state it owned. Both refuse, and
+    // say what to do.
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let (_, dirs) = cluster_configs(2);
+    dirs.iter().for_each(durable);
+    let processes = start_online(&dirs, &mqtt, &vm);
+    publish(mqtt.port, &input()[..80]);
+    wait_until(WAIT, "a complete checkpoint on both processes", || {
+        (0..2).all(|i| metric(&processes[i], "aqyl_checkpoints_total", i) >= 1)
+    });
+    stop_all(processes);
+    std::fs::remove_dir_all(dirs[1].path().join("state")).unwrap();
+    let again: Vec<_> = dirs
+        .iter()
+        .map(|d| Aqyl::spawn_captured(&d.path().join("aqyl.toml"), &mqtt, &vm))
+        .collect();
+    for (i, child) in again.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "process {i} started: {log}");
+        assert!(
+            log.contains("hold no checkpoint in common")
+                && log.contains("process 1: none")
+                && log.contains("restore its state directory"),
+            "process {i} says why and what to do: {log}"
+        );
+    }
 }

@@ -58,16 +58,18 @@ const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// How long to wait before trying a peer again.
 const RETRY: Duration = Duration::from_millis(250);
 
-/// A process connected to its cluster.
+/// A process connected to its cluster, before timely uses the connections.
 pub struct Connected {
-    /// The timely allocators of this process's workers.
-    pub allocators: Vec<AllocatorBuilder>,
-    /// What must live as long as they do (the network threads).
-    pub guard: Box<dyn std::any::Any + Send>,
+    /// The connections timely exchanges records on, by process (none to itself).
+    pub data: Vec<Option<TcpStream>>,
     /// The control connections (see [`crate::coordinate`]): at process 0 one per other
     /// process, elsewhere `[0]` only.
     pub control: Vec<Option<TcpStream>>,
 }
+
+/// The timely allocators of this process's workers, and what must live as long as they do
+/// (the network threads).
+pub type Network = (Vec<AllocatorBuilder>, Box<dyn std::any::Any + Send>);
 
 /// Which connection a peer opens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +80,10 @@ enum Kind {
     Control,
 }
 
-/// Connects to every other process of the cluster (waiting for them as long as it takes)
-/// and builds the allocators of this process's workers on those connections.
+/// Connects to every other process of the cluster (waiting for them as long as it takes).
+/// The processes may talk on the control connections before [`network`] hands the others
+/// to timely (an error then ends every process cleanly: timely's network threads would panic
+/// when a peer goes).
 pub fn connect(spec: &ClusterSpec, workers: usize) -> Result<Connected, String> {
     let fingerprint = fingerprint(&spec.hosts, workers);
     let listener = TcpListener::bind(&spec.listen).map_err(|e| {
@@ -139,18 +143,27 @@ pub fn connect(spec: &ClusterSpec, workers: usize) -> Result<Connected, String> 
         processes = spec.hosts.len(),
         "Every process of the cluster is connected."
     );
+    Ok(Connected {
+        data: sockets,
+        control,
+    })
+}
+
+/// Builds the allocators of this process's `workers` workers on the connections `data` of
+/// [`Connected`].
+pub fn network(
+    data: Vec<Option<TcpStream>>,
+    spec: &ClusterSpec,
+    workers: usize,
+) -> Result<Network, String> {
     let hooks = Hooks::default();
     let local =
         ProcessBuilder::new_typed_vector(workers, hooks.refill.clone(), hooks.spill.clone());
     let (builders, guard) =
-        initialize_networking_from_sockets(local, sockets, spec.process, workers, hooks)
+        initialize_networking_from_sockets(local, data, spec.process, workers, hooks)
             .map_err(|e| format!("cannot start the cluster's network threads: {e}"))?;
     let allocators = builders.into_iter().map(AllocatorBuilder::Tcp).collect();
-    Ok(Connected {
-        allocators,
-        guard: Box::new(guard),
-        control,
-    })
+    Ok((allocators, Box::new(guard)))
 }
 
 /// Whether the control connection between `me` and `j` is still missing.
@@ -359,13 +372,14 @@ mod tests {
                 stop: Arc::default(),
             };
             std::thread::spawn(move || {
-                connect(&spec, 1).map(|connected| {
-                    let workers = connected.allocators.len();
+                connect(&spec, 1).and_then(|connected| {
                     let controls = connected.control.iter().flatten().count();
                     assert_eq!(controls, if process == 0 { 2 } else { 1 });
+                    let connected = network(connected.data, &spec, 1)?;
+                    let workers = connected.0.len();
                     // The network threads end only with the whole cluster's connections.
                     std::mem::forget(connected);
-                    workers
+                    Ok(workers)
                 })
             })
         };

@@ -443,6 +443,7 @@ fn learn(
     process: usize,
     own: Held,
 ) -> Result<Vec<Held>, String> {
+    let mut all = vec![Held::default(); control.len()];
     let s = control
         .first_mut()
         .and_then(Option::as_mut)
@@ -453,8 +454,6 @@ fn learn(
     };
     s.write_all(&frame.encode())
         .map_err(|e| format!("process 0 is gone (control connection: {e})"))?;
-    let mut all = vec![Held::default(); control.len()];
-    let s = control.first_mut().and_then(Option::as_mut).ok_or("gone")?;
     for _ in 0..all.len() {
         match receive(s)? {
             Frame::Held { process, held } if (process as usize) < all.len() => {

@@ -403,17 +403,19 @@ fn communicate(
         let (allocators, others) = timely::CommunicationConfig::Process(workers).try_build()?;
         return Ok((allocators, others, restore));
     };
-    let net = crate::cluster::connect(c, workers)?;
+    let peers = crate::cluster::connect(c, workers)?;
+    // Agreed before timely takes the connections, so a refusal ends every process cleanly.
     let restore = match control {
         Some(control) => {
             let (coordinator, agreed) =
-                Coordinator::start(net.control, c.process, held.ids(), control.clone())?;
+                Coordinator::start(peers.control, c.process, held.ids(), control.clone())?;
             control.join_cluster(coordinator, agreed.newest);
             held.take(agreed.restore)
         }
         None => None,
     };
-    Ok((net.allocators, net.guard, restore))
+    let (allocators, guard) = crate::cluster::network(peers.data, c, workers)?;
+    Ok((allocators, guard, restore))
 }
 
 /// Sets its flag when dropped: when its worker ends, by returning or by a panic.
