@@ -308,3 +308,211 @@ fn a_process_without_messages_follows_the_clusters_newest_event_time() {
     });
     stop_all(processes);
 }
+
+/// Process `i`'s counter `name` (0 before it is there).
+fn metric(p: &Aqyl, name: &str, i: usize) -> u64 {
+    p.metric(&format!("{name}{{process=\"{i}\"}}")).unwrap_or(0)
+}
+
+/// [`config`] with durable state: a checkpoint every second, and an hour of allowed
+/// lateness (after a restart the broker hands back what it had not seen acknowledged, a
+/// little behind what the other process goes on with).
+fn durable(dir: &tempfile::TempDir) {
+    let file = dir.path().join("aqyl.toml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(
+            "durable = false",
+            "durable = true\ncheckpoint_interval = \"1s\"",
+        )
+        .replace("allowed_lateness = \"10m\"", "allowed_lateness = \"1h\"");
+    std::fs::write(&file, text).unwrap();
+}
+
+/// A reading of every segment a day after [`input`]: every window of the input closes, in
+/// one process as in a cluster (each process gets some of them).
+fn tail() -> Vec<(String, Vec<u8>)> {
+    let t = 1_406_869_200 + 24 * 3600;
+    segments(40)
+        .iter()
+        .map(|id| citypulse_row(id, t, 60, 3))
+        .collect()
+}
+
+/// What a durable run has written so far: every store point (series by all labels, samples
+/// without repeats: a restart writes again what it wrote after its checkpoint) and every
+/// incident message (each once). Quality incidents are left out: a reading's timeliness score
+/// is its delay from its receipt, which the replay after a crash lengthens (as in one process).
+type Written = (
+    std::collections::BTreeMap<String, Vec<(i64, u64)>>,
+    std::collections::BTreeSet<String>,
+);
+
+fn written(vm: &VictoriaMetrics, events: &Subscriber) -> Written {
+    let (store, _) = outcome(vm, events);
+    let messages = events
+        .messages()
+        .iter()
+        .filter(|m| !m.topic.starts_with("aqyl/events/quality/"))
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    let points = store
+        .into_iter()
+        .filter(|s| s.label("event_type") != "quality")
+        .map(|s| {
+            let key = serde_json::Value::Object(s.labels.clone()).to_string();
+            let mut samples: Vec<(i64, u64)> =
+                s.samples.iter().map(|(t, v)| (*t, v.to_bits())).collect();
+            samples.dedup();
+            (key, samples)
+        })
+        .collect();
+    (points, messages)
+}
+
+/// Waits until what the run has written stops changing (everything published is taken and
+/// written), and returns it.
+fn settled(vm: &VictoriaMetrics, events: &Subscriber) -> Written {
+    let mut last = None;
+    let mut same = 0;
+    wait_until(WAIT * 4, "the store and incidents to settle", || {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let now = written(vm, events);
+        same = if last.as_ref() == Some(&now) {
+            same + 1
+        } else {
+            0
+        };
+        last = Some(now);
+        same >= 3
+    });
+    last.unwrap()
+}
+
+/// One durable process with one worker, undisturbed.
+fn single_durable(input: &[(String, Vec<u8>)]) -> Written {
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let events = Subscriber::start(mqtt.port, "aqyl/events/#");
+    let dir = config(None);
+    durable(&dir);
+    let aqyl = Aqyl::online(&dir.path().join("aqyl.toml"), &mqtt, &vm);
+    publish(mqtt.port, input);
+    wait_until(WAIT, "every reading taken", || {
+        aqyl.metric("aqyl_received_total") == Some(input.len() as u64)
+    });
+    settled(&vm, &events)
+}
+
+/// A durable cluster of two processes: the first part of the input, a complete checkpoint,
+/// then `kill -9` of process 1 while the second part arrives; process 0 stops too, both are
+/// restarted and take the rest, then both are stopped (SIGTERM).
+fn cluster_killed(
+    first: &[(String, Vec<u8>)],
+    during: &[(String, Vec<u8>)],
+    rest: &[(String, Vec<u8>)],
+) -> Written {
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let events = Subscriber::start(mqtt.port, "aqyl/events/#");
+    let (_, dirs) = cluster_configs(2);
+    dirs.iter().for_each(durable);
+    let processes = start_online(&dirs, &mqtt, &vm);
+    publish(mqtt.port, first);
+    wait_until(
+        WAIT,
+        "the first part taken and checkpointed by both",
+        || {
+            let taken: u64 = (0..2)
+                .map(|i| metric(&processes[i], "aqyl_received_total", i))
+                .sum();
+            taken == first.len() as u64
+                && (0..2).all(|i| metric(&processes[i], "aqyl_checkpoints_total", i) >= 2)
+        },
+    );
+    let mut processes = processes.into_iter();
+    let (zero, one) = (processes.next().unwrap(), processes.next().unwrap());
+    publish(mqtt.port, during);
+    one.crash();
+    let mut exit = None;
+    wait_until(WAIT, "process 0 to exit after process 1 died", || {
+        exit = zero.child.lock().unwrap().try_wait().unwrap();
+        exit.is_some()
+    });
+    assert!(!exit.unwrap().success(), "process 0 exited with {exit:?}");
+    let again = start_online(&dirs, &mqtt, &vm);
+    let restored: u64 = (0..2)
+        .map(|i| metric(&again[i], "aqyl_log_replayed_total", i))
+        .sum();
+    println!("messages replayed from the ingest logs: {restored}");
+    publish(mqtt.port, rest);
+    let written = settled(&vm, &events);
+    // A durable cluster stops without a last checkpoint, cleanly.
+    stop_all(again);
+    written
+}
+
+#[test]
+fn a_durable_cluster_killed_mid_stream_writes_what_one_undisturbed_process_writes() {
+    let mut all = input();
+    all.extend(tail());
+    let (first, later) = all.split_at(400);
+    let (during, rest) = later.split_at(200);
+    let one = single_durable(&all);
+    assert!(
+        one.0.keys().any(|k| k.contains("aggregate_mean"))
+            && one.1.iter().any(|e| e.contains("\"outage\"")),
+        "the input exercises windows and incidents: {} series",
+        one.0.len()
+    );
+    let two = cluster_killed(first, during, rest);
+    let only = |a: &Written, b: &Written| -> Vec<String> {
+        a.0.keys()
+            .filter(|k| !b.0.contains_key(*k))
+            .take(5)
+            .cloned()
+            .collect()
+    };
+    let (missing, extra) = (only(&one, &two), only(&two, &one));
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "the same series in the store; missing in the cluster's (the first 5): {missing:?}; only in the cluster's: {extra:?}"
+    );
+    for (key, samples) in &one.0 {
+        assert_eq!(Some(samples), two.0.get(key), "the same samples of {key}");
+    }
+    assert_eq!(one.1, two.1, "the same incident messages");
+}
+
+#[test]
+fn a_process_whose_state_is_lost_is_refused_while_the_others_hold_a_checkpoint() {
+    // Process 1's state directory is gone after a complete checkpoint: starting it afresh
+    // beside process 0's state would lose the part of the state it owned. Both refuse, and
+    // say what to do.
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let (_, dirs) = cluster_configs(2);
+    dirs.iter().for_each(durable);
+    let processes = start_online(&dirs, &mqtt, &vm);
+    publish(mqtt.port, &input()[..80]);
+    wait_until(WAIT, "a complete checkpoint on both processes", || {
+        (0..2).all(|i| metric(&processes[i], "aqyl_checkpoints_total", i) >= 1)
+    });
+    stop_all(processes);
+    std::fs::remove_dir_all(dirs[1].path().join("state")).unwrap();
+    let again: Vec<_> = dirs
+        .iter()
+        .map(|d| Aqyl::spawn_captured(&d.path().join("aqyl.toml"), &mqtt, &vm))
+        .collect();
+    for (i, child) in again.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "process {i} started: {log}");
+        assert!(
+            log.contains("hold no checkpoint in common")
+                && log.contains("process 1: none")
+                && log.contains("restore its state directory"),
+            "process {i} says why and what to do: {log}"
+        );
+    }
+}

@@ -142,12 +142,33 @@ impl Aqyl {
         influx_url: Option<&str>,
         env: &[(&str, &str)],
     ) -> Self {
+        let (mut command, http) = Self::command(config, mqtt_url, influx_url);
+        let child = command
+            .envs(env.iter().copied())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start aqyl");
+        Self {
+            child: std::sync::Mutex::new(child),
+            http,
+        }
+    }
+
+    /// Starts `aqyl run` with its log captured, for a test that reads why it exits (by
+    /// itself: `wait_with_output`).
+    fn spawn_captured(config: &Path, mqtt: &Mosquitto, vm: &VictoriaMetrics) -> Child {
+        let (mut command, _) = Self::command(config, &mqtt.url(), Some(&vm.url()));
+        command.stderr(Stdio::piped()).spawn().expect("start aqyl")
+    }
+
+    /// The `aqyl run` command of [`Aqyl::start_env`] and the HTTP address it serves.
+    fn command(config: &Path, mqtt_url: &str, influx_url: Option<&str>) -> (Command, String) {
         let http_port = aqyl_tests::free_port();
         let mut command = Command::new(AQYL);
         if let Some(url) = influx_url {
             command.env("AQYL_INFLUX_URL", url);
         }
-        let child = command
+        command
             .args(["run", "--config"])
             .arg(config)
             .env("AQYL_MQTT_URL", mqtt_url)
@@ -156,15 +177,8 @@ impl Aqyl {
             .env("AQYL_INFLUX_TOKEN", "test-token")
             .env("AQYL_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("AQYL_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start aqyl");
-        Self {
-            child: std::sync::Mutex::new(child),
-            http: format!("http://127.0.0.1:{http_port}"),
-        }
+            .stdout(Stdio::null());
+        (command, format!("http://127.0.0.1:{http_port}"))
     }
 
     /// Waits for `online` on `aqyl/status` (published after the subscriptions, on the same

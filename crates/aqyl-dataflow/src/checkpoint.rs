@@ -11,19 +11,28 @@
 //!
 //! With `stop`, the workers end after the snapshot without closing their inputs, so no open
 //! window is flushed: they are in the snapshot and close, complete, after the next start.
+//!
+//! In a cluster the same steps run in every process, and the leader of each meeting asks
+//! the whole cluster whether it is quiet (see [`crate::coordinate`]).
 
+use crate::coordinate::Coordinator;
 use crate::ingest::IngestState;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// The state of the whole dataflow at one quiet moment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// Each worker's part, by worker index.
+    /// Its id in a cluster (0 in one process). Kept beside the snapshot in the state file,
+    /// not in it.
+    #[serde(skip)]
+    pub id: u64,
+    /// Each worker's part, by worker index (in a cluster: this process's workers, from its
+    /// first).
     pub workers: Vec<WorkerState>,
     /// Outputs emitted before the snapshot (per [`aqyl_core::metrics::Output`]): the
     /// checkpoint may be committed once the sinks have made that many safe.
@@ -145,6 +154,8 @@ pub struct Control {
     pub(crate) taken: mpsc::UnboundedSender<Snapshot>,
     /// The rule names in force, recorded in each snapshot.
     pub(crate) rules: Vec<String>,
+    /// In a cluster: how this process takes part in the cluster's checkpoints.
+    coordinator: std::sync::OnceLock<Arc<Coordinator>>,
 }
 
 impl Control {
@@ -160,18 +171,41 @@ impl Control {
             parts: Mutex::new(vec![None; workers.max(1)]),
             taken,
             rules,
+            coordinator: std::sync::OnceLock::new(),
         };
         (control, rx)
     }
 
-    /// Asks for a checkpoint; with `stop`, the workers end after it.
-    pub fn request(&self, stop: bool) {
+    /// Asks for a checkpoint; with `stop`, the workers end after it. Returns its id.
+    pub fn request(&self, stop: bool) -> u64 {
         // One requester at a time (the service's checkpointer, then its stop).
         let id = self.requested.load(SeqCst) + 1;
         if stop {
             self.stop.store(id, SeqCst);
         }
         self.requested.store(id, SeqCst);
+        id
+    }
+
+    /// Asks for checkpoint `id` (in a cluster, as process 0 asked every process).
+    pub fn request_id(&self, id: u64) {
+        self.requested.fetch_max(id, SeqCst);
+    }
+
+    /// The latest checkpoint asked for (the workers take only later ones).
+    pub(crate) fn requested(&self) -> u64 {
+        self.requested.load(SeqCst)
+    }
+
+    /// In a cluster: how this process takes part in the cluster's checkpoints.
+    pub fn coordinator(&self) -> Option<&Arc<Coordinator>> {
+        self.coordinator.get()
+    }
+
+    /// Joins the cluster's checkpoints: new ones are numbered after `newest`.
+    pub(crate) fn join_cluster(&self, coordinator: Coordinator, newest: u64) {
+        self.requested.fetch_max(newest, SeqCst);
+        let _ = self.coordinator.set(Arc::new(coordinator));
     }
 
     /// The checkpoint asked for, if newer than `done`.
@@ -190,7 +224,6 @@ impl Control {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn one_leader_per_meeting_and_a_dead_worker_fails_the_others() {

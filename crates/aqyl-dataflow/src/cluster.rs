@@ -12,7 +12,10 @@
 //! - the connecting side sends `AQYLCLU1`, a fingerprint of the cluster (the `hosts` list
 //!   and the workers per process, which every process must agree on) and its own index; the
 //!   accepting side answers one byte: accepted, or why not. A stranger, a process of another
-//!   cluster or a second process with the same index is refused and logged; nothing panics.
+//!   cluster or a second process with the same index is refused and logged; nothing panics;
+//! - every process `i > 0` also opens a *control connection* to process 0, introduced with
+//!   `AQYLCTL1`: the checkpoints of a durable cluster are agreed on it
+//!   ([`crate::coordinate`]).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -44,6 +47,7 @@ impl ClusterSpec {
 }
 
 const MAGIC: &[u8; 8] = b"AQYLCLU1";
+const CONTROL_MAGIC: &[u8; 8] = b"AQYLCTL1";
 const ACCEPTED: u8 = 1;
 const WRONG_CLUSTER: u8 = 2;
 const BAD_INDEX: u8 = 3;
@@ -54,13 +58,33 @@ const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// How long to wait before trying a peer again.
 const RETRY: Duration = Duration::from_millis(250);
 
-/// The timely allocators for this process's `workers` workers, once every peer is connected,
-/// and what must live as long as they do.
-pub type Allocators = (Vec<AllocatorBuilder>, Box<dyn std::any::Any + Send>);
+/// A process connected to its cluster, before timely uses the connections.
+pub struct Connected {
+    /// The connections timely exchanges records on, by process (none to itself).
+    pub data: Vec<Option<TcpStream>>,
+    /// The control connections (see [`crate::coordinate`]): at process 0 one per other
+    /// process, elsewhere `[0]` only.
+    pub control: Vec<Option<TcpStream>>,
+}
 
-/// Connects to every other process of the cluster (waiting for them as long as it takes)
-/// and builds the allocators of this process's workers on those connections.
-pub fn connect(spec: &ClusterSpec, workers: usize) -> Result<Allocators, String> {
+/// The timely allocators of this process's workers, and what must live as long as they do
+/// (the network threads).
+pub type Network = (Vec<AllocatorBuilder>, Box<dyn std::any::Any + Send>);
+
+/// Which connection a peer opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// One timely exchanges records on.
+    Data,
+    /// The control connection to process 0.
+    Control,
+}
+
+/// Connects to every other process of the cluster (waiting for them as long as it takes).
+/// The processes may talk on the control connections before [`network`] hands the others
+/// to timely (an error then ends every process cleanly: timely's network threads would panic
+/// when a peer goes).
+pub fn connect(spec: &ClusterSpec, workers: usize) -> Result<Connected, String> {
     let fingerprint = fingerprint(&spec.hosts, workers);
     let listener = TcpListener::bind(&spec.listen).map_err(|e| {
         format!(
@@ -70,6 +94,7 @@ pub fn connect(spec: &ClusterSpec, workers: usize) -> Result<Allocators, String>
     })?;
     tracing::info!(process = spec.process, processes = spec.hosts.len(), listen = %spec.listen, "Connecting to the other processes of the cluster.");
     let mut sockets: Vec<Option<TcpStream>> = (0..spec.hosts.len()).map(|_| None).collect();
+    let mut control: Vec<Option<TcpStream>> = (0..spec.hosts.len()).map(|_| None).collect();
     let began = Instant::now();
     let mut reported = Instant::now();
     listener
@@ -78,22 +103,27 @@ pub fn connect(spec: &ClusterSpec, workers: usize) -> Result<Allocators, String>
     loop {
         for (j, host) in spec.hosts.iter().enumerate().take(spec.process) {
             if sockets[j].is_none() {
-                sockets[j] = dial(host, j, spec.process, fingerprint);
+                sockets[j] = dial(host, (j, Kind::Data), spec.process, fingerprint);
+            }
+            if j == 0 && control[0].is_none() && sockets[0].is_some() {
+                control[0] = dial(host, (0, Kind::Control), spec.process, fingerprint);
             }
         }
         while let Ok((stream, peer)) = listener.accept() {
-            match greet(stream, spec, fingerprint, &sockets) {
-                Ok((j, stream)) => {
+            match greet(stream, spec, fingerprint, (&sockets, &control)) {
+                Ok((Kind::Data, j, stream)) => {
                     tracing::info!(peer = j, from = %peer, "Cluster peer connected.");
                     sockets[j] = Some(stream);
                 }
+                Ok((Kind::Control, j, stream)) => control[j] = Some(stream),
                 Err(why) => {
                     tracing::warn!(from = %peer, "Refused a connection on the cluster port: {why}")
                 }
             }
         }
         let missing: Vec<usize> = (0..sockets.len())
-            .filter(|j| *j != spec.process && sockets[*j].is_none())
+            .filter(|j| *j != spec.process)
+            .filter(|j| sockets[*j].is_none() || (lacks_control(spec.process, *j, &control)))
             .collect();
         if missing.is_empty() {
             break;
@@ -113,23 +143,45 @@ pub fn connect(spec: &ClusterSpec, workers: usize) -> Result<Allocators, String>
         processes = spec.hosts.len(),
         "Every process of the cluster is connected."
     );
+    Ok(Connected {
+        data: sockets,
+        control,
+    })
+}
+
+/// Builds the allocators of this process's `workers` workers on the connections `data` of
+/// [`Connected`].
+pub fn network(
+    data: Vec<Option<TcpStream>>,
+    spec: &ClusterSpec,
+    workers: usize,
+) -> Result<Network, String> {
     let hooks = Hooks::default();
     let local =
         ProcessBuilder::new_typed_vector(workers, hooks.refill.clone(), hooks.spill.clone());
     let (builders, guard) =
-        initialize_networking_from_sockets(local, sockets, spec.process, workers, hooks)
+        initialize_networking_from_sockets(local, data, spec.process, workers, hooks)
             .map_err(|e| format!("cannot start the cluster's network threads: {e}"))?;
-    let builders = builders.into_iter().map(AllocatorBuilder::Tcp).collect();
-    Ok((builders, Box::new(guard)))
+    let allocators = builders.into_iter().map(AllocatorBuilder::Tcp).collect();
+    Ok((allocators, Box::new(guard)))
+}
+
+/// Whether the control connection between `me` and `j` is still missing.
+fn lacks_control(me: usize, j: usize, control: &[Option<TcpStream>]) -> bool {
+    match (me, j) {
+        (0, j) => control[j].is_none(),
+        (_, 0) => control[0].is_none(),
+        _ => false,
+    }
 }
 
 /// Connects to process `j` at `host` and introduces this process; `None` to try again later.
-fn dial(host: &str, j: usize, me: usize, fingerprint: u64) -> Option<TcpStream> {
+fn dial(host: &str, (j, kind): (usize, Kind), me: usize, fingerprint: u64) -> Option<TcpStream> {
     let mut stream = TcpStream::connect(host).ok()?;
     let introduce = |s: &mut TcpStream| -> std::io::Result<u8> {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(HELLO_TIMEOUT))?;
-        s.write_all(&hello(fingerprint, me))?;
+        s.write_all(&hello(kind, fingerprint, me))?;
         let mut answer = [0u8; 1];
         s.read_exact(&mut answer)?;
         s.set_read_timeout(None)?;
@@ -137,7 +189,9 @@ fn dial(host: &str, j: usize, me: usize, fingerprint: u64) -> Option<TcpStream> 
     };
     match introduce(&mut stream) {
         Ok(ACCEPTED) => {
-            tracing::info!(peer = j, at = host, "Connected to cluster peer.");
+            if kind == Kind::Data {
+                tracing::info!(peer = j, at = host, "Connected to cluster peer.");
+            }
             Some(stream)
         }
         Ok(WRONG_CLUSTER) => {
@@ -158,8 +212,8 @@ fn greet(
     mut stream: TcpStream,
     spec: &ClusterSpec,
     fingerprint: u64,
-    sockets: &[Option<TcpStream>],
-) -> Result<(usize, TcpStream), String> {
+    open: (&[Option<TcpStream>], &[Option<TcpStream>]),
+) -> Result<(Kind, usize, TcpStream), String> {
     stream
         .set_nonblocking(false)
         .and_then(|()| stream.set_nodelay(true))
@@ -169,16 +223,16 @@ fn greet(
     stream
         .read_exact(&mut buf)
         .map_err(|e| format!("no handshake ({e})"))?;
-    let verdict = judge(&buf, spec, fingerprint, sockets);
+    let verdict = judge(&buf, spec, fingerprint, open);
     let code = match &verdict {
         Ok(_) => ACCEPTED,
         Err(Refusal::WrongCluster) => WRONG_CLUSTER,
         Err(_) => BAD_INDEX,
     };
     let _ = stream.write_all(&[code]);
-    let j = verdict.map_err(|r| r.to_string())?;
+    let (kind, j) = verdict.map_err(|r| r.to_string())?;
     stream.set_read_timeout(None).map_err(|e| e.to_string())?;
-    Ok((j, stream))
+    Ok((kind, j, stream))
 }
 
 /// Why a connection was refused.
@@ -200,24 +254,30 @@ impl std::fmt::Display for Refusal {
 }
 
 /// The handshake a process sends.
-fn hello(fingerprint: u64, me: usize) -> [u8; 24] {
+fn hello(kind: Kind, fingerprint: u64, me: usize) -> [u8; 24] {
     let mut buf = [0u8; 24];
-    buf[..8].copy_from_slice(MAGIC);
+    buf[..8].copy_from_slice(match kind {
+        Kind::Data => MAGIC,
+        Kind::Control => CONTROL_MAGIC,
+    });
     buf[8..16].copy_from_slice(&fingerprint.to_be_bytes());
     buf[16..].copy_from_slice(&(me as u64).to_be_bytes());
     buf
 }
 
-/// Whether a handshake is one this process accepts, and the peer's index.
+/// Whether a handshake is one this process accepts (`open`: the data and the control
+/// connections so far), which connection it opens and the peer's index.
 fn judge(
     buf: &[u8; 24],
     spec: &ClusterSpec,
     fingerprint: u64,
-    sockets: &[Option<TcpStream>],
-) -> Result<usize, Refusal> {
-    if &buf[..8] != MAGIC {
-        return Err(Refusal::NotAqyl);
-    }
+    (sockets, control): (&[Option<TcpStream>], &[Option<TcpStream>]),
+) -> Result<(Kind, usize), Refusal> {
+    let kind = match &buf[..8] {
+        m if m == MAGIC => Kind::Data,
+        m if m == CONTROL_MAGIC => Kind::Control,
+        _ => return Err(Refusal::NotAqyl),
+    };
     let word = |r: std::ops::Range<usize>| {
         let mut w = [0u8; 8];
         w.copy_from_slice(&buf[r]);
@@ -228,8 +288,13 @@ fn judge(
     }
     let j = word(16..24);
     let index = usize::try_from(j).map_err(|_| Refusal::Index(j))?;
-    let expected = index > spec.process && index < sockets.len() && sockets[index].is_none();
-    expected.then_some(index).ok_or(Refusal::Index(j))
+    let expected = index > spec.process
+        && index < sockets.len()
+        && match kind {
+            Kind::Data => sockets[index].is_none(),
+            Kind::Control => spec.process == 0 && control[index].is_none(),
+        };
+    expected.then_some((kind, index)).ok_or(Refusal::Index(j))
 }
 
 /// What every process of one cluster agrees on: the hosts in order and the workers each runs.
@@ -257,27 +322,33 @@ mod tests {
     fn only_a_peer_of_this_cluster_with_a_higher_free_index_is_accepted() {
         let f = fingerprint(&spec(0).hosts, 2);
         let none: Vec<Option<TcpStream>> = (0..3).map(|_| None).collect();
-        assert_eq!(judge(&hello(f, 2), &spec(1), f, &none), Ok(2));
+        let open = (none.as_slice(), none.as_slice());
+        let data = |f, i| hello(Kind::Data, f, i);
+        assert_eq!(judge(&data(f, 2), &spec(1), f, open), Ok((Kind::Data, 2)));
         assert_eq!(
-            judge(&hello(f, 0), &spec(1), f, &none),
+            judge(&data(f, 0), &spec(1), f, open),
             Err(Refusal::Index(0))
         );
         assert_eq!(
-            judge(&hello(f, 1), &spec(1), f, &none),
+            judge(&data(f, 1), &spec(1), f, open),
             Err(Refusal::Index(1))
         );
         assert_eq!(
-            judge(&hello(f, 3), &spec(1), f, &none),
+            judge(&data(f, 3), &spec(1), f, open),
             Err(Refusal::Index(3))
         );
         let other = fingerprint(&spec(0).hosts, 3);
         assert_eq!(
-            judge(&hello(other, 2), &spec(1), f, &none),
+            judge(&data(other, 2), &spec(1), f, open),
             Err(Refusal::WrongCluster)
         );
-        let mut junk = hello(f, 2);
+        let mut junk = data(f, 2);
         junk[0] = b'G';
-        assert_eq!(judge(&junk, &spec(1), f, &none), Err(Refusal::NotAqyl));
+        assert_eq!(judge(&junk, &spec(1), f, open), Err(Refusal::NotAqyl));
+        // Control connections go to process 0 only.
+        let control = hello(Kind::Control, f, 2);
+        assert_eq!(judge(&control, &spec(0), f, open), Ok((Kind::Control, 2)));
+        assert_eq!(judge(&control, &spec(1), f, open), Err(Refusal::Index(2)));
     }
 
     #[test]
@@ -301,11 +372,14 @@ mod tests {
                 stop: Arc::default(),
             };
             std::thread::spawn(move || {
-                connect(&spec, 1).map(|connected| {
+                connect(&spec, 1).and_then(|connected| {
+                    let controls = connected.control.iter().flatten().count();
+                    assert_eq!(controls, if process == 0 { 2 } else { 1 });
+                    let connected = network(connected.data, &spec, 1)?;
                     let workers = connected.0.len();
                     // The network threads end only with the whole cluster's connections.
                     std::mem::forget(connected);
-                    workers
+                    Ok(workers)
                 })
             })
         };

@@ -22,11 +22,13 @@
 //!   `FeedSilence`, `TrackQuality`, `EmitQuality`: `quality/score.rs`, `keep.rs`,
 //!   `neighbours.rs`, `feed.rs`, `track.rs`, `emit.rs`).
 //! - What operators share: [`ordered`] (event-time order, frontier-following capabilities),
-//!   [`state`] (operator state and counted channels), [`checkpoint`] (consistent checkpoints).
+//!   [`state`] (operator state and counted channels), [`checkpoint`] (consistent checkpoints),
+//!   [`coordinate`] (checkpoints across a cluster).
 
 pub mod aggregate;
 pub mod checkpoint;
 pub mod cluster;
+pub mod coordinate;
 pub mod events;
 pub mod feed;
 pub mod gossip;
@@ -49,8 +51,8 @@ pub fn shared(registry: aqyl_core::ingest::decode::Registry) -> SharedRegistry {
 }
 
 pub use runtime::{
-    run_batch, start, start_cluster, start_durable, start_sources, Batch, Durable, Outputs,
-    PipelineSpec, Receivers, Running,
+    run_batch, start, start_cluster, start_cluster_durable, start_durable, start_sources, Batch,
+    Durable, Outputs, PipelineSpec, Receivers, Running,
 };
 
 /// The wall clock, Unix ms.

@@ -4,6 +4,7 @@
 use crate::aggregate::Aggregate;
 use crate::checkpoint::{Control, Snapshot, WorkerState};
 use crate::cluster::ClusterSpec;
+use crate::coordinate::{Coordinator, Holdings};
 use crate::events::{AreaEvents, DetectEvents, WindowEvents};
 use crate::feed::Feed;
 use crate::gossip::Gossip;
@@ -22,6 +23,7 @@ use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use timely::communication::AllocatorBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
@@ -150,6 +152,7 @@ impl Outputs {
 pub struct Running {
     guards: timely::communication::initialize::WorkerGuards<()>,
     ended: Arc<AtomicBool>,
+    restored: Option<u64>,
 }
 
 impl Running {
@@ -157,6 +160,12 @@ impl Running {
     /// cluster a process that died or lost its connection).
     pub fn worker_ended(&self) -> Arc<AtomicBool> {
         self.ended.clone()
+    }
+
+    /// In a durable cluster: the id of the checkpoint the processes agreed on and restored
+    /// (`None`: all started afresh).
+    pub fn restored(&self) -> Option<u64> {
+        self.restored
     }
 
     /// Waits for the workers to finish and reports panics and failures.
@@ -173,8 +182,11 @@ impl Running {
 pub struct Durable {
     /// Where checkpoints are asked for and their snapshots arrive.
     pub control: Arc<Control>,
-    /// The snapshot to restore, if any.
+    /// The snapshot to restore, if any (one process).
     pub restore: Option<Snapshot>,
+    /// In a cluster, instead: the checkpoints this process holds, among which the one every
+    /// process holds is restored (see [`crate::coordinate`]).
+    pub held: Holdings,
 }
 
 /// Starts the workers on their own threads. Messages are fed through the returned router;
@@ -214,6 +226,26 @@ pub fn start_durable(
     start_with(spec, capacity, outputs, metrics, Some(durable), None)
 }
 
+/// [`start_cluster`] for a durable cluster: the processes agree on the checkpoint to restore
+/// (among `durable.held`; [`Running::restored`] says which), and checkpoints are taken by the
+/// whole cluster (see [`crate::coordinate`]). Dropping the routers does not end it.
+pub fn start_cluster_durable(
+    spec: PipelineSpec,
+    capacity: usize,
+    outputs: Outputs,
+    metrics: Arc<Metrics>,
+    (cluster, durable): (ClusterSpec, Durable),
+) -> Result<(input::Router, Running), String> {
+    start_with(
+        spec,
+        capacity,
+        outputs,
+        metrics,
+        Some(durable),
+        Some(cluster),
+    )
+}
+
 /// Starts the workers on their own threads, each reading its own [`Source`] (one per worker:
 /// their number is the number of workers). Each worker ends its input when its source ends,
 /// drains every open window and stops.
@@ -250,6 +282,8 @@ struct Shared {
     /// The largest log sequence number routed to any worker.
     routed: Arc<AtomicU64>,
     control: Option<Arc<Control>>,
+    /// The global index of this process's first worker (0 outside a cluster).
+    first: usize,
 }
 
 /// A worker's own start: its input and the part of the snapshot it restores.
@@ -287,10 +321,13 @@ fn start_intakes(
     (durable, cluster): (Option<Durable>, Option<ClusterSpec>),
 ) -> Result<Running, String> {
     let workers = spec.workers.max(1);
-    let (control, restore) = match durable {
-        Some(d) => (Some(d.control), d.restore),
-        None => (None, None),
+    let (control, restore, held) = match durable {
+        Some(d) => (Some(d.control), d.restore, d.held),
+        None => (None, None, Holdings::default()),
     };
+    let (allocators, others, restore) =
+        communicate(cluster.as_ref(), workers, control.as_ref(), restore, held)?;
+    let restored = restore.as_ref().map(|s| s.id);
     let parts: Vec<Option<WorkerState>> = match restore {
         Some(s) if s.workers.len() != workers => {
             return Err(format!(
@@ -304,6 +341,8 @@ fn start_intakes(
     };
     let starts: Vec<Option<Start>> = intakes.into_iter().zip(parts).map(Some).collect();
     let starts = Arc::new(Mutex::new(starts));
+    // Worker indices are global in a cluster: this process's start at `first`.
+    let first = cluster.as_ref().map_or(0, |c| c.first_worker(workers));
     let shared = Arc::new(Shared {
         spec,
         outputs,
@@ -313,15 +352,10 @@ fn start_intakes(
         routed: routed.unwrap_or_default(),
         control,
         cluster: cluster.clone(),
+        first,
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let ready_tx = Mutex::new(ready_tx);
-    let (allocators, others) = match &cluster {
-        Some(c) => crate::cluster::connect(c, workers)?,
-        None => timely::CommunicationConfig::Process(workers).try_build()?,
-    };
-    // Worker indices are global in a cluster: this process's start at `first`.
-    let first = cluster.as_ref().map_or(0, |c| c.first_worker(workers));
     let ended = Arc::new(AtomicBool::new(false));
     let ended_in_worker = ended.clone();
     let run = move |worker: &mut timely::worker::Worker| {
@@ -348,7 +382,46 @@ fn start_intakes(
             Err(_) => return Err("a dataflow worker ended while starting".into()),
         }
     }
-    Ok(Running { guards, ended })
+    Ok(Running {
+        guards,
+        ended,
+        restored,
+    })
+}
+
+/// The workers' allocators, what must live as long as they do, and the snapshot to restore.
+type Communication = (
+    Vec<AllocatorBuilder>,
+    Box<dyn std::any::Any + Send>,
+    Option<Snapshot>,
+);
+
+/// What the workers communicate through, and the snapshot to restore: in a cluster, once
+/// every process is connected and (when durable) the processes agreed on the checkpoint.
+fn communicate(
+    cluster: Option<&ClusterSpec>,
+    workers: usize,
+    control: Option<&Arc<Control>>,
+    restore: Option<Snapshot>,
+    held: Holdings,
+) -> Result<Communication, String> {
+    let Some(c) = cluster else {
+        let (allocators, others) = timely::CommunicationConfig::Process(workers).try_build()?;
+        return Ok((allocators, others, restore));
+    };
+    let peers = crate::cluster::connect(c, workers)?;
+    // Agreed before timely takes the connections, so a refusal ends every process cleanly.
+    let restore = match control {
+        Some(control) => {
+            let (coordinator, agreed) =
+                Coordinator::start(peers.control, c.process, held.ids(), control.clone())?;
+            control.join_cluster(coordinator, agreed.newest);
+            held.take(agreed.restore)
+        }
+        None => None,
+    };
+    let (allocators, guard) = crate::cluster::network(peers.data, c, workers)?;
+    Ok((allocators, guard, restore))
 }
 
 /// Sets its flag when dropped: when its worker ends, by returning or by a panic.
@@ -552,7 +625,7 @@ fn run_worker(
     let mut last_message = mono_ms();
     let mut decoded = Vec::with_capacity(4);
     let mut batch = Vec::with_capacity(SOURCE_BATCH);
-    let mut checkpointed = 0;
+    let mut checkpointed = shared.control.as_ref().map_or(0, |c| c.requested());
     loop {
         if let Some(control) = &shared.control {
             if let Some(id) = control.pending(checkpointed) {
@@ -568,7 +641,7 @@ fn run_worker(
                     side: &mut side,
                     rx,
                 };
-                if let Err(e) = checkpoint(worker, shared, control, &states, &mut io) {
+                if let Err(e) = checkpoint(worker, (shared, control, id), &states, &mut io) {
                     tracing::error!(error = %e, "A checkpoint failed; this worker stops.");
                     control.rendezvous.poison();
                     return;
@@ -712,8 +785,7 @@ struct WorkerIo<'a> {
 /// Takes this worker's part of a checkpoint (see [`crate::checkpoint`]).
 fn checkpoint(
     worker: &mut timely::worker::Worker,
-    shared: &Shared,
-    control: &Control,
+    (shared, control, id): (&Shared, &Control, u64),
     states: &OperatorStates,
     io: &mut WorkerIo<'_>,
 ) -> Result<(), String> {
@@ -740,7 +812,11 @@ fn checkpoint(
     loop {
         worker.step();
         if rendezvous.wait().ok_or_else(dead)? {
-            let quiet = states.in_flight() == 0;
+            // The others wait at the next meeting meanwhile: nothing moves in this process.
+            let quiet = match control.coordinator() {
+                Some(cluster) => cluster.quiet(id, states.in_flight())?,
+                None => states.in_flight() == 0,
+            };
             if quiet {
                 *control.sent.lock().map_err(|_| "poisoned".to_string())? =
                     shared.metrics.delivery.sent_now();
@@ -759,7 +835,7 @@ fn checkpoint(
     });
     let failed = part.as_ref().err().cloned();
     if let Ok(mut parts) = control.parts.lock() {
-        parts[worker.index()] = part.ok();
+        parts[worker.index() - shared.first] = part.ok();
     }
     if rendezvous.wait().ok_or_else(dead)? {
         let parts: Vec<Option<WorkerState>> = match control.parts.lock() {
@@ -773,6 +849,7 @@ fn checkpoint(
             .store(began.elapsed().as_micros() as u64, Relaxed);
         if let Some(workers) = parts.into_iter().collect::<Option<Vec<_>>>() {
             let _ = control.taken.send(Snapshot {
+                id,
                 workers,
                 sent,
                 taken_at: wall_ms(),

@@ -103,6 +103,7 @@ fn run(workers: usize, restore: Option<Snapshot>, messages: &[RawMessage], first
     let durable = Durable {
         control: control.clone(),
         restore,
+        held: Default::default(),
     };
     let metrics = Arc::new(Metrics::default());
     let (router, running) =
@@ -200,6 +201,7 @@ fn a_checkpoint_of_another_worker_count_is_refused_with_what_to_set() {
     let durable = Durable {
         control: Arc::new(control),
         restore: Some(first.snapshot),
+        held: Default::default(),
     };
     let Err(e) =
         aqyl_dataflow::start_durable(spec(3), 64, outputs, Arc::new(Metrics::default()), durable)

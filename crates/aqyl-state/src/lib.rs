@@ -8,6 +8,12 @@
 //!   from which the log is still needed; committing it deletes the log groups before that
 //!   number, in the same transaction, so the file never holds a checkpoint without the log it
 //!   needs.
+//! - **Pending checkpoint** (cluster mode). A process of a cluster first writes its part of
+//!   checkpoint `id` as *pending*, beside the committed one and without touching the log;
+//!   once every process holds its part, [`Store::promote`] makes it the committed checkpoint
+//!   and truncates the log, in one transaction. Until then the previous committed checkpoint
+//!   and the log it needs stay, so the cluster can always go back to a checkpoint every
+//!   process holds.
 //!
 //! Why redb: one pure-Rust file with ACID transactions and crash safety (copy-on-write B-trees,
 //! a commit is durable when it returns), no compaction threads, no C library; it gives group
@@ -35,6 +41,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// a page of hundreds of megabytes costs it several times that in memory to write.
 const CHECKPOINT: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoint");
 const CHUNK: usize = 1 << 20;
+/// A cluster process's part of a checkpoint not yet complete, chunked like [`CHECKPOINT`].
+const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_checkpoint");
 
 /// A failure of the state file, with what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,13 +85,16 @@ mod serde_bytes_as_seq {
     }
 }
 
-/// The latest committed checkpoint.
+/// A checkpoint: the latest committed one, or a cluster process's pending part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
     /// The dataflow's encoded state.
     pub blob: Vec<u8>,
     /// Log entries from this sequence number on may not be covered by the checkpoint.
     pub log_from: u64,
+    /// Its number in a cluster, the same on every process (0 for one process, whose
+    /// checkpoints need none).
+    pub id: u64,
 }
 
 /// The state file of one instance.
@@ -153,6 +164,8 @@ impl Store {
             tx.open_table(LOG)
                 .map_err(|e| err(&self.path, "cannot open", e))?;
             tx.open_table(CHECKPOINT)
+                .map_err(|e| err(&self.path, "cannot open", e))?;
+            tx.open_table(PENDING)
                 .map_err(|e| err(&self.path, "cannot open", e))?;
         }
         tx.commit().map_err(|e| err(&self.path, "cannot write", e))
@@ -263,16 +276,36 @@ impl Store {
 
     /// The latest committed checkpoint, if any.
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>, StateError> {
+        self.read_slot(CHECKPOINT, "")
+    }
+
+    /// This process's pending part of a cluster checkpoint, if any.
+    pub fn pending(&self) -> Result<Option<Checkpoint>, StateError> {
+        self.read_slot(PENDING, "pending_")
+    }
+
+    /// Reads the checkpoint in `table`, with its meta keys named `<prefix>log_from` and
+    /// `<prefix>id`.
+    fn read_slot(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+        prefix: &str,
+    ) -> Result<Option<Checkpoint>, StateError> {
         let tx = self.read()?;
         let meta = tx
             .open_table(META)
             .map_err(|e| err(&self.path, "cannot read", e))?;
-        let from = meta
-            .get("log_from")
-            .map_err(|e| err(&self.path, "cannot read the checkpoint", e))?
-            .map(|v| v.value().to_vec());
+        let word = |key: &str| -> Result<Option<u64>, StateError> {
+            Ok(meta
+                .get(format!("{prefix}{key}").as_str())
+                .map_err(|e| err(&self.path, "cannot read the checkpoint", e))?
+                .map(|v| v.value().try_into().map(u64::from_le_bytes).unwrap_or(1)))
+        };
+        let (Some(log_from), id) = (word("log_from")?, word("id")?) else {
+            return Ok(None);
+        };
         let chunks = tx
-            .open_table(CHECKPOINT)
+            .open_table(table)
             .map_err(|e| err(&self.path, "cannot read", e))?;
         let mut blob = Vec::new();
         for chunk in chunks
@@ -282,51 +315,121 @@ impl Store {
             let (_, chunk) = chunk.map_err(|e| err(&self.path, "cannot read the checkpoint", e))?;
             blob.extend_from_slice(chunk.value());
         }
-        Ok(match (blob, from) {
-            (blob, Some(from)) => Some(Checkpoint {
-                blob,
-                log_from: from.try_into().map(u64::from_le_bytes).unwrap_or(1),
-            }),
-            _ => None,
-        })
+        Ok(Some(Checkpoint {
+            blob,
+            log_from,
+            id: id.unwrap_or(0),
+        }))
     }
 
     /// Commits `checkpoint` and deletes the log groups it makes unnecessary, atomically.
     pub fn commit(&self, checkpoint: &Checkpoint) -> Result<(), StateError> {
         let tx = self.write()?;
-        {
-            let mut meta = tx
-                .open_table(META)
-                .map_err(|e| err(&self.path, "cannot open", e))?;
-            let mut chunks = tx
-                .open_table(CHECKPOINT)
-                .map_err(|e| err(&self.path, "cannot open", e))?;
-            chunks
-                .retain(|_, _| false)
-                .map_err(|e| err(&self.path, "cannot write the checkpoint", e))?;
-            for (i, chunk) in checkpoint.blob.chunks(CHUNK).enumerate() {
-                chunks
-                    .insert(i as u64, chunk)
-                    .map_err(|e| err(&self.path, "cannot write the checkpoint", e))?;
-            }
-            meta.insert("log_from", checkpoint.log_from.to_le_bytes().as_slice())
-                .map_err(|e| err(&self.path, "cannot write the checkpoint", e))?;
-            let mut log = tx
-                .open_table(LOG)
-                .map_err(|e| err(&self.path, "cannot open the log", e))?;
-            // Keep the group holding `log_from` (it may start before it); drop those before.
-            let keep = log
-                .range(..=checkpoint.log_from)
-                .map_err(|e| err(&self.path, "cannot read the log", e))?
-                .next_back()
-                .transpose()
-                .map_err(|e| err(&self.path, "cannot read the log", e))?
-                .map(|(k, _)| k.value());
-            if let Some(keep) = keep {
-                log.retain_in(..keep, |_, _| false)
-                    .map_err(|e| err(&self.path, "cannot truncate the log", e))?;
-            }
+        self.write_slot(&tx, CHECKPOINT, "", checkpoint)?;
+        self.truncate(&tx, checkpoint.log_from)?;
+        self.finish_commit(tx)
+    }
+
+    /// Writes this process's part of cluster checkpoint `checkpoint.id` as pending, beside
+    /// the committed checkpoint (which stays, with the log it needs, until [`Store::promote`]).
+    pub fn write_pending(&self, checkpoint: &Checkpoint) -> Result<(), StateError> {
+        let tx = self.write()?;
+        self.write_slot(&tx, PENDING, "pending_", checkpoint)?;
+        tx.commit()
+            .map_err(|e| err(&self.path, "cannot write the pending checkpoint", e))
+    }
+
+    /// Makes the pending part of checkpoint `id` the committed checkpoint and truncates the
+    /// log before it, atomically (every process of the cluster holds its part). False when
+    /// the pending part is not `id`'s (nothing changes).
+    pub fn promote(&self, id: u64) -> Result<bool, StateError> {
+        let Some(pending) = self.pending()?.filter(|p| p.id == id) else {
+            return Ok(false);
+        };
+        let tx = self.write()?;
+        self.write_slot(&tx, CHECKPOINT, "", &pending)?;
+        self.clear_pending(&tx)?;
+        self.truncate(&tx, pending.log_from)?;
+        self.finish_commit(tx)?;
+        Ok(true)
+    }
+
+    /// Drops the pending part (a checkpoint the cluster will not complete).
+    pub fn drop_pending(&self) -> Result<(), StateError> {
+        let tx = self.write()?;
+        self.clear_pending(&tx)?;
+        tx.commit()
+            .map_err(|e| err(&self.path, "cannot drop the pending checkpoint", e))
+    }
+
+    fn clear_pending(&self, tx: &redb::WriteTransaction) -> Result<(), StateError> {
+        let mut meta = tx
+            .open_table(META)
+            .map_err(|e| err(&self.path, "cannot open", e))?;
+        for key in ["pending_log_from", "pending_id"] {
+            meta.remove(key)
+                .map_err(|e| err(&self.path, "cannot drop the pending checkpoint", e))?;
         }
+        tx.open_table(PENDING)
+            .map_err(|e| err(&self.path, "cannot open", e))?
+            .retain(|_, _| false)
+            .map_err(|e| err(&self.path, "cannot drop the pending checkpoint", e))
+    }
+
+    /// Writes `checkpoint` into `table` and its meta keys (see [`Store::read_slot`]).
+    fn write_slot(
+        &self,
+        tx: &redb::WriteTransaction,
+        table: TableDefinition<u64, &[u8]>,
+        prefix: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StateError> {
+        let mut meta = tx
+            .open_table(META)
+            .map_err(|e| err(&self.path, "cannot open", e))?;
+        let mut chunks = tx
+            .open_table(table)
+            .map_err(|e| err(&self.path, "cannot open", e))?;
+        chunks
+            .retain(|_, _| false)
+            .map_err(|e| err(&self.path, "cannot write the checkpoint", e))?;
+        for (i, chunk) in checkpoint.blob.chunks(CHUNK).enumerate() {
+            chunks
+                .insert(i as u64, chunk)
+                .map_err(|e| err(&self.path, "cannot write the checkpoint", e))?;
+        }
+        let from_key = format!("{prefix}log_from");
+        let id_key = format!("{prefix}id");
+        meta.insert(
+            from_key.as_str(),
+            checkpoint.log_from.to_le_bytes().as_slice(),
+        )
+        .map_err(|e| err(&self.path, "cannot write the checkpoint", e))?;
+        meta.insert(id_key.as_str(), checkpoint.id.to_le_bytes().as_slice())
+            .map_err(|e| err(&self.path, "cannot write the checkpoint", e))?;
+        Ok(())
+    }
+
+    /// Deletes the log groups before the one holding `log_from` (it may start before it).
+    fn truncate(&self, tx: &redb::WriteTransaction, log_from: u64) -> Result<(), StateError> {
+        let mut log = tx
+            .open_table(LOG)
+            .map_err(|e| err(&self.path, "cannot open the log", e))?;
+        let keep = log
+            .range(..=log_from)
+            .map_err(|e| err(&self.path, "cannot read the log", e))?
+            .next_back()
+            .transpose()
+            .map_err(|e| err(&self.path, "cannot read the log", e))?
+            .map(|(k, _)| k.value());
+        if let Some(keep) = keep {
+            log.retain_in(..keep, |_, _| false)
+                .map_err(|e| err(&self.path, "cannot truncate the log", e))?;
+        }
+        Ok(())
+    }
+
+    fn finish_commit(&self, tx: redb::WriteTransaction) -> Result<(), StateError> {
         // For the fault tests: die with the checkpoint written but not committed.
         if std::env::var_os("AQYL_FAILPOINT").is_some_and(|v| v == "checkpoint-commit") {
             std::process::abort();
@@ -418,6 +521,7 @@ mod tests {
         let cp = Checkpoint {
             blob: b"state".to_vec(),
             log_from: 4,
+            id: 0,
         };
         store.commit(&cp).unwrap();
         assert_eq!(store.checkpoint().unwrap(), Some(cp));
@@ -429,10 +533,47 @@ mod tests {
             .commit(&Checkpoint {
                 blob: vec![],
                 log_from: 6,
+                id: 0,
             })
             .unwrap();
         assert_eq!(store.logged().unwrap(), 1);
         assert_eq!(store.next_seq().unwrap(), 6);
+    }
+
+    #[test]
+    fn a_pending_part_keeps_the_committed_checkpoint_and_its_log_until_promoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.append(1, &[msg(1), msg(2)]).unwrap();
+        store.append(3, &[msg(3)]).unwrap();
+        let first = Checkpoint {
+            blob: b"one".to_vec(),
+            log_from: 1,
+            id: 4,
+        };
+        store.commit(&first).unwrap();
+        let second = Checkpoint {
+            blob: vec![7; CHUNK + 3],
+            log_from: 3,
+            id: 5,
+        };
+        store.write_pending(&second).unwrap();
+        assert_eq!(store.checkpoint().unwrap(), Some(first.clone()));
+        assert_eq!(store.pending().unwrap(), Some(second.clone()));
+        assert_eq!(store.logged().unwrap(), 3, "no log goes before promotion");
+        assert!(
+            !store.promote(6).unwrap(),
+            "only the pending id is promoted"
+        );
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.promote(5).unwrap());
+        assert_eq!(store.checkpoint().unwrap(), Some(second));
+        assert_eq!(store.pending().unwrap(), None);
+        assert_eq!(store.logged().unwrap(), 1);
+        store.write_pending(&first).unwrap();
+        store.drop_pending().unwrap();
+        assert_eq!(store.pending().unwrap(), None);
     }
 
     #[test]

@@ -98,6 +98,7 @@ fn main() {
     let durable = Durable {
         control: control.clone(),
         restore: None,
+        held: Default::default(),
     };
     let (router, running) =
         aqyl_dataflow::start_durable(spec, 16_384, outputs, metrics.clone(), durable).unwrap();

@@ -544,8 +544,13 @@ fn state_line(loaded: &aqyl_core::config::Loaded) -> String {
     let s = &loaded.config.state;
     let dir = loaded.state_dir();
     if s.durable {
+        let stop = if loaded.config.cluster.enabled() {
+            "this process's part of the cluster's checkpoints; after a stop or a crash the cluster resumes from the last checkpoint every process completed"
+        } else {
+            "a stop keeps open windows for the next start"
+        };
         format!(
-            "  state: durable in {} (ingest log acknowledged after fsync, checkpoint every {}; a stop keeps open windows for the next start)\n",
+            "  state: durable in {} (ingest log acknowledged after fsync, checkpoint every {}; {stop})\n",
             dir.join("state.redb").display(),
             aqyl_core::duration::label(s.checkpoint_interval)
         )

@@ -100,17 +100,10 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_with_checkpoints_or_a_hand_made_share_is_refused() {
+    fn a_durable_cluster_is_accepted_and_a_hand_made_share_refused() {
         let text = "[cluster]\nhosts = [\"a:2101\", \"b:2101\"]\n";
-        let err = Config::from_toml(Path::new("aqyl.toml"), text)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with(
-                "aqyl.toml:1: a cluster of several processes does not take checkpoints yet"
-            ),
-            "{err}"
-        );
+        let c = config(text);
+        assert!(c.state.durable && spec(&c).is_some());
         let text = "[mqtt]\nsubscription_prefix = \"$share/aqyl/\"\n";
         let err = Config::from_toml(Path::new("aqyl.toml"), text)
             .unwrap_err()

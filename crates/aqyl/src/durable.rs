@@ -14,6 +14,15 @@
 //!   replayed into the workers before the broker connection opens.
 //! - **Stop**: a last checkpoint with `stop`, committed once the sinks have drained; no open
 //!   window is written partially.
+//!
+//! In a cluster (`[cluster]`), every process has its own ingest log and state file, and the
+//! checkpoints are the cluster's ([`aqyl_dataflow::coordinate`]): process 0's
+//! [`cluster_checkpointer`] asks for each, every process writes its part as *pending* once its
+//! sinks confirmed the outputs before it, and commits it (truncating its log) only when
+//! process 0 has seen every part. At start the processes agree on the newest checkpoint all
+//! of them hold ([`cluster_holdings`] reads this process's) and each replays its own log
+//! after it. A stop takes no last checkpoint (the processes would have to agree on it): the
+//! next start resumes from the last complete one and replays the logs.
 
 use aqyl_core::metrics::Metrics;
 use aqyl_core::RawMessage;
@@ -31,16 +40,54 @@ const GROUP: usize = 4096;
 /// Opens the state file and reads the latest checkpoint.
 pub fn open(dir: &std::path::Path) -> anyhow::Result<(Arc<Store>, Option<Snapshot>)> {
     let store = Store::open(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let snapshot = match store.checkpoint().map_err(|e| anyhow::anyhow!("{e}"))? {
-        Some(cp) => Some(Snapshot::decode(&cp.blob).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: the checkpoint cannot be read ({e}); it was written by an incompatible release: run that release until it stops, or move the file aside to start afresh",
-                store.path().display()
-            )
-        })?),
-        None => None,
-    };
+    let checkpoint = store.checkpoint().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let snapshot = decode(&store, checkpoint)?;
     Ok((Arc::new(store), snapshot))
+}
+
+fn decode(store: &Store, checkpoint: Option<Checkpoint>) -> anyhow::Result<Option<Snapshot>> {
+    let Some(cp) = checkpoint else {
+        return Ok(None);
+    };
+    let mut snapshot = Snapshot::decode(&cp.blob).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: the checkpoint cannot be read ({e}); it was written by an incompatible release: run that release until it stops, or move the file aside to start afresh",
+            store.path().display()
+        )
+    })?;
+    snapshot.id = cp.id;
+    Ok(Some(snapshot))
+}
+
+/// In a cluster: the checkpoints this process holds (`committed`, read by [`open`], and its
+/// pending part), for the processes to agree on one.
+pub fn cluster_holdings(
+    store: &Store,
+    committed: Option<Snapshot>,
+) -> anyhow::Result<aqyl_dataflow::coordinate::Holdings> {
+    if committed.as_ref().is_some_and(|s| s.id == 0) {
+        anyhow::bail!(
+            "{}: this checkpoint was taken by a single process, not by a cluster: run without [cluster] until it stops, or move the file aside to start this process afresh (with every other process of the cluster)",
+            store.path().display()
+        );
+    }
+    let pending = store.pending().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pending = decode(store, pending)?;
+    Ok(aqyl_dataflow::coordinate::Holdings { committed, pending })
+}
+
+/// In a cluster, once the processes agreed on checkpoint `restored`: makes this process's
+/// part of it committed if it was pending, and drops a pending part the cluster will not
+/// complete.
+pub fn settle_holdings(store: &Store, restored: Option<u64>) -> anyhow::Result<()> {
+    let promoted = match restored {
+        Some(id) => store.promote(id).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => false,
+    };
+    if !promoted {
+        store.drop_pending().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
 }
 
 /// Replays the log after `snapshot` into the workers (every message on a fresh start) and
@@ -142,13 +189,7 @@ pub async fn checkpointer(
             return taken;
         };
         // Everything emitted before the snapshot must be safe before the log behind it goes.
-        let deadline = Instant::now() + interval.max(Duration::from_secs(5)) * 3;
-        while !metrics.delivery.covers(&snapshot.sent) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if !metrics.delivery.covers(&snapshot.sent) {
-            metrics.checkpoints_skipped.fetch_add(1, Relaxed);
-            tracing::warn!("A checkpoint was not committed: the sinks have not confirmed its outputs yet (store slow or down). The ingest log keeps growing until one is.");
+        if !confirmed(&snapshot, interval, &metrics).await {
             continue;
         }
         if let Err(e) = commit(&store, snapshot, &metrics).await {
@@ -156,6 +197,139 @@ pub async fn checkpointer(
             tracing::error!(error = %e, "Cannot commit a checkpoint.");
         } else {
             metrics.clear_problem("state");
+        }
+    }
+}
+
+/// Waits until the sinks have made every output emitted before `snapshot` safe, a while at
+/// most; whether they did.
+async fn confirmed(snapshot: &Snapshot, interval: Duration, metrics: &Metrics) -> bool {
+    let deadline = Instant::now() + interval.max(Duration::from_secs(5)) * 3;
+    while !metrics.delivery.covers(&snapshot.sent) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !metrics.delivery.covers(&snapshot.sent) {
+        metrics.checkpoints_skipped.fetch_add(1, Relaxed);
+        tracing::warn!("A checkpoint was not committed: the sinks have not confirmed its outputs yet (store slow or down). The ingest log keeps growing until one is.");
+        return false;
+    }
+    true
+}
+
+/// In a cluster: takes part in the cluster's checkpoints until `stop` is set or a process
+/// is gone (see the module doc). At process 0, asks for one every `interval`. Hands the
+/// snapshot channel back.
+pub async fn cluster_checkpointer(
+    store: Arc<Store>,
+    control: Arc<Control>,
+    mut taken: mpsc::UnboundedReceiver<Snapshot>,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> mpsc::UnboundedReceiver<Snapshot> {
+    cluster_rounds(store, control, &mut taken, (interval, metrics), stop).await;
+    taken
+}
+
+async fn cluster_rounds(
+    store: Arc<Store>,
+    control: Arc<Control>,
+    taken: &mut mpsc::UnboundedReceiver<Snapshot>,
+    (interval, metrics): (Duration, Arc<Metrics>),
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(coordinator) = control.coordinator().cloned() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        if coordinator.leads() {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let id = control.request(false);
+            if let Err(e) = coordinator.request(id) {
+                tracing::warn!(error = %e, "Cannot ask the cluster for a checkpoint.");
+                return;
+            }
+        }
+        let snapshot = tokio::select! {
+            _ = stop.changed() => return,
+            s = taken.recv() => match s { Some(s) => s, None => return },
+        };
+        let id = snapshot.id;
+        let written = confirmed(&snapshot, interval, &metrics).await
+            && write_pending(&store, snapshot, &metrics).await;
+        let c = coordinator.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            if c.leads() {
+                c.complete(id, written)
+            } else {
+                c.part(id, written)
+            }
+        })
+        .await;
+        match outcome {
+            Ok(Ok(true)) => promote(&store, id, &metrics),
+            Ok(Ok(false)) => tracing::debug!(id, "A cluster checkpoint was abandoned."),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "The cluster's checkpoints stop.");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "The cluster checkpoint task panicked.");
+                return;
+            }
+        }
+    }
+}
+
+/// Writes `snapshot` as this process's pending part; whether it is written.
+async fn write_pending(store: &Arc<Store>, snapshot: Snapshot, metrics: &Metrics) -> bool {
+    let store = store.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let checkpoint = Checkpoint {
+            blob: snapshot.encode().map_err(anyhow::Error::msg)?,
+            log_from: snapshot.log_from(),
+            id: snapshot.id,
+        };
+        drop(snapshot);
+        store
+            .write_pending(&checkpoint)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::Ok(checkpoint.blob.len() as u64)
+    })
+    .await;
+    match written {
+        Ok(Ok(bytes)) => {
+            metrics.checkpoint_bytes.store(bytes, Relaxed);
+            true
+        }
+        Ok(Err(e)) => {
+            metrics.set_problem("state", e.to_string());
+            tracing::error!(error = %e, "Cannot write this process's part of a checkpoint.");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "Writing a checkpoint part panicked.");
+            false
+        }
+    }
+}
+
+/// Commits this process's pending part of the complete checkpoint `id`.
+fn promote(store: &Store, id: u64, metrics: &Metrics) {
+    match store.promote(id) {
+        Ok(_) => {
+            metrics.checkpoints.fetch_add(1, Relaxed);
+            metrics.clear_problem("state");
+        }
+        Err(e) => {
+            metrics.set_problem("state", e.to_string());
+            tracing::error!(error = %e, "Cannot commit a complete cluster checkpoint.");
         }
     }
 }
@@ -174,6 +348,7 @@ pub async fn commit(
         let checkpoint = Checkpoint {
             blob: snapshot.encode().map_err(anyhow::Error::msg)?,
             log_from: snapshot.log_from(),
+            id: 0,
         };
         drop(snapshot);
         store

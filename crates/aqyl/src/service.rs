@@ -204,7 +204,15 @@ async fn run(
         quality: q_tx,
         readings: readings_tx,
     };
-    let (intake, running, mut durable) = if let Some(c) = cluster {
+    let (intake, running, mut durable) = if cfg.state.durable {
+        let started =
+            start_durable(&loaded, spec, outputs, &metrics, (cluster, stop.as_mut())).await?;
+        let Some((intake, running, durable)) = started else {
+            tracing::info!("Stopped before the cluster formed.");
+            return Ok(());
+        };
+        (intake, running, Some(durable))
+    } else if let Some(c) = cluster {
         let flag = c.stop.clone();
         let capacity = cfg.ingest.queue_capacity;
         let m = metrics.clone();
@@ -222,9 +230,6 @@ async fn run(
             }
         };
         (aqyl_mqtt::Intake::Direct(router), running, None)
-    } else if cfg.state.durable {
-        let (intake, running, durable) = start_durable(&loaded, spec, outputs, &metrics).await?;
-        (intake, running, Some(durable))
     } else {
         let (router, running) =
             aqyl_dataflow::start(spec, cfg.ingest.queue_capacity, outputs, metrics.clone())
@@ -378,7 +383,10 @@ async fn run(
     let ended = running.worker_ended();
     let mut refused_in = edge.refused();
     let mut refused_out = out.refused();
+    // A stop first: in a cluster stopped together, a peer that exits first ends this
+    // process's workers too, and that is no failure once this process is stopping.
     let failed = tokio::select! {
+        biased;
         () = &mut stop => None,
         why = refused_in.wait() => Some(("broker", why)),
         why = refused_out.wait() => Some(("broker", why)),
@@ -429,6 +437,16 @@ async fn run(
         t.abort();
     }
     edge.stop_ingest();
+    if let Some(d) = durable.take_if(|d| d.cluster) {
+        d.stop_cluster().await;
+        // The workers of a durable cluster end only with the process (see DurableRun).
+        std::mem::forget(running);
+        drop(city_tasks);
+        out.close().await;
+        edge.close().await;
+        tracing::info!("Aqyl stopped without a last checkpoint: the cluster resumes from its last complete checkpoint, and each process replays its ingest log after it.");
+        return Ok(());
+    }
     let last = match durable {
         Some(d) => {
             tracing::info!("Shutting down: checkpointing (open windows are kept for the next start) and flushing sinks.");
@@ -581,9 +599,22 @@ struct DurableRun {
     checkpoints:
         tokio::task::JoinHandle<mpsc::UnboundedReceiver<aqyl_dataflow::checkpoint::Snapshot>>,
     stop_checkpoints: tokio::sync::watch::Sender<bool>,
+    /// Whether it is a process of a cluster: it stops without a last checkpoint (the
+    /// processes would have to agree on it) and its workers never end on their own.
+    cluster: bool,
 }
 
 impl DurableRun {
+    /// After ingest has stopped, in a cluster: lets the log writer finish (everything
+    /// acknowledged is logged) and stops taking part in checkpoints.
+    async fn stop_cluster(self) {
+        if let Ok(Err(e)) = self.log_task.await {
+            tracing::warn!(error = %format!("{e:#}"), "The ingest log writer failed while stopping.");
+        }
+        let _ = self.stop_checkpoints.send(true);
+        let _ = self.checkpoints.await;
+    }
+
     /// After ingest has stopped: lets the log writer finish, stops the periodic checkpoints
     /// and takes the last one, with `stop` (the workers end without flushing open windows).
     async fn stop(
@@ -611,42 +642,77 @@ impl DurableRun {
     }
 }
 
-/// Opens the state file, starts the dataflow from its checkpoint, replays the ingest log after
-/// it, and starts the log writer and the periodic checkpoints.
+/// Opens the state file, starts the dataflow from its checkpoint (in a cluster: the one the
+/// processes agree on), replays the ingest log after it, and starts the log writer and the
+/// periodic checkpoints. `None` when `stop` came before the cluster formed.
 async fn start_durable(
     loaded: &Loaded,
     spec: PipelineSpec,
     outputs: Outputs,
     metrics: &Arc<Metrics>,
-) -> anyhow::Result<(aqyl_mqtt::Intake, aqyl_dataflow::Running, DurableRun)> {
+    (cluster, stop): (
+        Option<aqyl_dataflow::cluster::ClusterSpec>,
+        std::pin::Pin<&mut impl Future<Output = ()>>,
+    ),
+) -> anyhow::Result<Option<(aqyl_mqtt::Intake, aqyl_dataflow::Running, DurableRun)>> {
     let cfg = &loaded.config;
     let dir = loaded.state_dir();
     let (store, snapshot) = crate::durable::open(&dir)?;
     let rules: Vec<String> = loaded.rules.iter().map(|r| r.name.clone()).collect();
+    let (control, taken) =
+        aqyl_dataflow::checkpoint::Control::new(spec.workers.max(1), rules.clone());
+    let control = Arc::new(control);
+    let in_cluster = cluster.is_some();
+    let capacity = cfg.ingest.queue_capacity;
+    let cannot =
+        |e: String| anyhow::anyhow!("cannot start the dataflow from {}: {e}", dir.display());
+    let (router, running, snapshot) = match cluster {
+        None => {
+            let durable = aqyl_dataflow::Durable {
+                control: control.clone(),
+                restore: snapshot.clone(),
+                held: Default::default(),
+            };
+            let (router, running) =
+                aqyl_dataflow::start_durable(spec, capacity, outputs, metrics.clone(), durable)
+                    .map_err(cannot)?;
+            (router, running, snapshot)
+        }
+        Some(c) => {
+            let held = crate::durable::cluster_holdings(&store, snapshot)?;
+            let durable = aqyl_dataflow::Durable {
+                control: control.clone(),
+                restore: None,
+                held: held.clone(),
+            };
+            let flag = c.stop.clone();
+            let m = metrics.clone();
+            let starting = tokio::task::spawn_blocking(move || {
+                aqyl_dataflow::start_cluster_durable(spec, capacity, outputs, m, (c, durable))
+            });
+            let (router, running) = tokio::select! {
+                started = starting => started.context("starting the dataflow panicked")?.map_err(cannot)?,
+                () = stop => {
+                    flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(None);
+                }
+            };
+            let restored = running.restored();
+            crate::durable::settle_holdings(&store, restored)?;
+            (router, running, held.take(restored))
+        }
+    };
     if let Some(s) = &snapshot {
         tracing::info!(
             state = %store.path().display(),
             taken_at = %aqyl_core::output::rfc3339_ms(s.taken_at),
+            checkpoint = s.id,
             "Restoring the dataflow from its last checkpoint."
         );
         for gone in s.rules.iter().filter(|r| !rules.contains(r)) {
             tracing::info!(rule = %gone, "A rule of the checkpoint no longer exists: its ongoing incidents end now and its state is dropped.");
         }
     }
-    let (control, taken) = aqyl_dataflow::checkpoint::Control::new(spec.workers.max(1), rules);
-    let control = Arc::new(control);
-    let durable = aqyl_dataflow::Durable {
-        control: control.clone(),
-        restore: snapshot.clone(),
-    };
-    let (router, running) = aqyl_dataflow::start_durable(
-        spec,
-        cfg.ingest.queue_capacity,
-        outputs,
-        metrics.clone(),
-        durable,
-    )
-    .map_err(|e| anyhow::anyhow!("cannot start the dataflow from {}: {e}", dir.display()))?;
     {
         let (store, router, metrics) = (store.clone(), router.clone(), metrics.clone());
         tokio::task::spawn_blocking(move || {
@@ -664,14 +730,17 @@ async fn start_durable(
         })
     };
     let (stop_checkpoints, stop_rx) = tokio::sync::watch::channel(false);
-    let checkpoints = tokio::spawn(crate::durable::checkpointer(
-        store.clone(),
-        control.clone(),
-        taken,
-        cfg.state.checkpoint_interval,
-        metrics.clone(),
-        stop_rx,
-    ));
+    let interval = cfg.state.checkpoint_interval;
+    let (s, c, m) = (store.clone(), control.clone(), metrics.clone());
+    let checkpoints = if in_cluster {
+        tokio::spawn(crate::durable::cluster_checkpointer(
+            s, c, taken, interval, m, stop_rx,
+        ))
+    } else {
+        tokio::spawn(crate::durable::checkpointer(
+            s, c, taken, interval, m, stop_rx,
+        ))
+    };
     let intake = aqyl_mqtt::Intake::Logged(aqyl_mqtt::LogIntake {
         tx: log_tx,
         durable: durable_rx,
@@ -682,8 +751,9 @@ async fn start_durable(
         log_task,
         checkpoints,
         stop_checkpoints,
+        cluster: in_cluster,
     };
-    Ok((intake, running, run))
+    Ok(Some((intake, running, run)))
 }
 
 /// The sinks `[influx]` and `[file]` configure (either may be absent).

@@ -341,13 +341,10 @@ impl Config {
         }
     }
 
-    /// What is wrong with `[cluster]`, alone or with the other sections.
+    /// What is wrong with `[cluster]`. (A durable cluster takes its checkpoints together:
+    /// every `[state]` setting works in a cluster.)
     fn cluster_problem(&self) -> Option<String> {
-        self.cluster.problem().or_else(|| {
-            (self.cluster.enabled() && self.state.durable).then(|| {
-                "a cluster of several processes does not take checkpoints yet: set durable = false in [state] (a process that stops loses its open windows; the broker keeps what was not yet acknowledged)".to_string()
-            })
-        })
+        self.cluster.problem()
     }
 
     /// Gives every file setting read from the file its key, line and place beside the file.
