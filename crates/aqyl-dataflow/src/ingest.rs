@@ -200,6 +200,7 @@ fn take_reading(
         return;
     }
     let keep_from = horizon(state, spec, tick);
+    obs.arrival.digest = aqyl_core::ingest::dedup::content(&obs);
     if !state.dedup.first_time(&obs, keep_from) {
         to.metrics.duplicates.fetch_add(1, Relaxed);
         return;
@@ -211,6 +212,7 @@ fn take_reading(
             (Some(_), Some(ty)) => ty.out_of_range_count(&obs.fields).min(u16::MAX as usize) as u16,
             _ => 0,
         },
+        digest: obs.arrival.digest,
     };
     if !state.watermark.is_late(obs.event_time) {
         let newest = state.watermark.max_event();

@@ -94,7 +94,7 @@ fn sensor_key(obs: &Observation) -> u64 {
 }
 
 /// A digest of a reading's fields (names and values).
-pub(crate) fn content(obs: &Observation) -> u64 {
+pub fn content(obs: &Observation) -> u64 {
     // FNV-1a over each name, a 0 and the value's bytes (little-endian), in field order.
     obs.fields.iter().fold(FNV_START, |h, (name, value)| {
         let h = fnv_byte(fnv_bytes(h, name.as_bytes()), 0);
@@ -102,12 +102,20 @@ pub(crate) fn content(obs: &Observation) -> u64 {
     })
 }
 
+/// The digest of `obs`'s fields: the one the ingest recorded, else [`content`].
+pub fn digest(obs: &Observation) -> u64 {
+    match obs.arrival.digest {
+        0 => content(obs),
+        d => d,
+    }
+}
+
 impl Dedup {
     /// Whether `obs` is new; a new reading at or after `keep_from` is remembered (and the
     /// sensor's readings before `keep_from` are forgotten).
     pub fn first_time(&mut self, obs: &Observation, keep_from: u64) -> bool {
         let key = sensor_key(obs);
-        let stamp = (obs.event_time, content(obs));
+        let stamp = (obs.event_time, digest(obs));
         let Some(seen) = self.seen.get_mut(&key) else {
             if obs.event_time >= keep_from {
                 self.seen.insert(key, Stamps(VecDeque::from([stamp])));

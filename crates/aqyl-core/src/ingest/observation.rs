@@ -50,4 +50,8 @@ pub struct Arrival {
     pub stream_time: u64,
     /// How many of its fields lie outside their declared range.
     pub out_of_range: u16,
+    /// The digest of its fields, computed once by the ingest's duplicate filter and read by
+    /// the rules (0: not computed; see `dedup::digest`).
+    #[serde(default)]
+    pub digest: u64,
 }

@@ -15,7 +15,7 @@ use super::file::{Input, Rule, RuleKind};
 use super::state::{
     incident_id, rate, Baseline, Sequence, Threshold, Transition, RATE_SUFFIX, Z_SUFFIX,
 };
-use crate::ingest::dedup::content;
+use crate::ingest::dedup::digest;
 use crate::{Event, EventState, Observation};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -41,7 +41,7 @@ fn order_against(last: Option<&Last>, obs: &Observation) -> Order {
     match last {
         None => Order::Newer,
         Some(last) if obs.event_time > last.time => Order::Newer,
-        Some(last) if obs.event_time == last.time && last.digest == content(obs) => Order::Repeat,
+        Some(last) if obs.event_time == last.time && last.digest == digest(obs) => Order::Repeat,
         Some(_) => Order::Older,
     }
 }
@@ -658,7 +658,7 @@ impl<'a> Detector<'a> {
         };
         let last = Last {
             time: obs.event_time,
-            digest: content(obs),
+            digest: digest(obs),
             fields,
         };
         state.last_reading.insert(key, last);

@@ -143,6 +143,7 @@ fn reading(
             ingested_at: 0,
             stream_time: time,
             out_of_range: ty.out_of_range_count(&fields) as u16,
+            digest: 0,
         },
         fields,
     }
