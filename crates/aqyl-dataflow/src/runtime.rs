@@ -959,3 +959,46 @@ fn hand_seen(outputs: &Outputs, metrics: &Metrics, seen: Vec<Observation>) {
         metrics.city_readings_skipped.fetch_add(n, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn reading(id: &str) -> Observation {
+        Observation {
+            sensor_type: "traffic".into(),
+            sensor_id: id.into(),
+            area: None,
+            event_time: 1,
+            received_at: 1,
+            time_from_receive: false,
+            location: None,
+            fields: vec![("avgSpeed".into(), 50.0)],
+            arrival: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_city_gets_each_step_s_readings_and_a_full_queue_drops_them_counted() {
+        let (mut outputs, _receivers) = Outputs::channels();
+        let metrics = Metrics::default();
+        hand_seen(&outputs, &metrics, vec![reading("a")]);
+        let (tx, mut rx) = mpsc::channel(1);
+        outputs.readings = Some(tx);
+        hand_seen(&outputs, &metrics, Vec::new());
+        hand_seen(&outputs, &metrics, vec![reading("a"), reading("b")]);
+        hand_seen(&outputs, &metrics, vec![reading("c")]);
+        let first = rx.try_recv().unwrap();
+        assert_eq!(
+            first.len(),
+            2,
+            "one batch per step, an empty step sends nothing"
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "the third batch found the queue full"
+        );
+        assert_eq!(metrics.city_readings_skipped.load(Relaxed), 1);
+    }
+}
