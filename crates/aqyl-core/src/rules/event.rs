@@ -83,6 +83,12 @@ impl Event {
 
     /// The JSON payload (the event fields of the README's "Topics and payloads"; times as RFC 3339).
     pub fn to_json(&self) -> String {
+        self.to_value().to_string()
+    }
+
+    /// The payload of [`Event::to_json`] as a JSON value (for a caller that keeps it, not
+    /// text to parse back).
+    pub fn to_value(&self) -> serde_json::Value {
         let values: serde_json::Map<String, serde_json::Value> = self
             .values
             .iter()
@@ -103,7 +109,6 @@ impl Event {
             "message": self.message,
             "values": values,
         })
-        .to_string()
     }
 
     /// The `event` line (tags `event_type`, `state`, `subject`; fields `level`, `value`,

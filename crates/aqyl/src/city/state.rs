@@ -450,7 +450,7 @@ impl CityState {
                 return;
             }
             _ => {
-                let json = serde_json::from_str(&e.to_json()).unwrap_or(Value::Null);
+                let json = e.to_value();
                 b.incidents.insert(
                     k,
                     Incident {
