@@ -234,14 +234,7 @@ impl Store {
         let log = tx
             .open_table(LOG)
             .map_err(|e| err(&self.path, "cannot read the log", e))?;
-        // The group holding `from` starts at or before it.
-        let start = log
-            .range(..=from)
-            .map_err(|e| err(&self.path, "cannot read the log", e))?
-            .next_back()
-            .transpose()
-            .map_err(|e| err(&self.path, "cannot read the log", e))?
-            .map_or(from, |(k, _)| k.value());
+        let start = self.group_start(&log, from)?.unwrap_or(from);
         let mut passed = 0;
         for group in log
             .range(start..)
@@ -410,19 +403,28 @@ impl Store {
         Ok(())
     }
 
+    /// The first sequence number of the log group holding `seq` (a group starts at or before
+    /// every number it holds); `None` when no group starts at or before `seq`.
+    fn group_start(
+        &self,
+        log: &impl ReadableTable<u64, &'static [u8]>,
+        seq: u64,
+    ) -> Result<Option<u64>, StateError> {
+        Ok(log
+            .range(..=seq)
+            .map_err(|e| err(&self.path, "cannot read the log", e))?
+            .next_back()
+            .transpose()
+            .map_err(|e| err(&self.path, "cannot read the log", e))?
+            .map(|(k, _)| k.value()))
+    }
+
     /// Deletes the log groups before the one holding `log_from` (it may start before it).
     fn truncate(&self, tx: &redb::WriteTransaction, log_from: u64) -> Result<(), StateError> {
         let mut log = tx
             .open_table(LOG)
             .map_err(|e| err(&self.path, "cannot open the log", e))?;
-        let keep = log
-            .range(..=log_from)
-            .map_err(|e| err(&self.path, "cannot read the log", e))?
-            .next_back()
-            .transpose()
-            .map_err(|e| err(&self.path, "cannot read the log", e))?
-            .map(|(k, _)| k.value());
-        if let Some(keep) = keep {
+        if let Some(keep) = self.group_start(&log, log_from)? {
             log.retain_in(..keep, |_, _| false)
                 .map_err(|e| err(&self.path, "cannot truncate the log", e))?;
         }
