@@ -65,7 +65,7 @@ fn score(config: SimConfig, workers: usize) -> (Scored, Vec<FaultRecord>) {
     for q in batch.quality {
         if let QualityRecord::Report(r) = q {
             reports
-                .entry((r.sensor_type.to_string(), r.sensor_id.clone()))
+                .entry((r.sensor_type.to_string(), r.sensor_id.to_string()))
                 .or_default()
                 .push(r);
         }
@@ -282,8 +282,8 @@ fn quality_is_the_same_whatever_the_number_of_workers() {
         s.reports
             .values()
             .flatten()
-            .filter(|r| r.sensor_id != "noise-2")
-            .map(|r| (r.sensor_id.clone(), r.time, format!("{:.6}", r.score)))
+            .filter(|r| &*r.sensor_id != "noise-2")
+            .map(|r| (r.sensor_id.to_string(), r.time, format!("{:.6}", r.score)))
             .collect()
     };
     let (one, _) = score(scenario("quality.toml", None), 1);

@@ -147,7 +147,7 @@ fn main() {
             for r in batch {
                 if let QualityRecord::Report(r) = r {
                     let e = spans
-                        .entry((r.sensor_type.to_string(), r.sensor_id.clone()))
+                        .entry((r.sensor_type.to_string(), r.sensor_id.to_string()))
                         .or_insert((r.time, r.time, 0));
                     e.0 = e.0.min(r.time);
                     e.1 = e.1.max(r.time);

@@ -91,7 +91,7 @@ pub fn take(
             to.side.send(Side::Rejected {
                 at: state.watermark.current(tick),
                 sensor_type: ty.name.clone(),
-                sensor_id: id,
+                sensor_id: id.into(),
                 reason: rejection.reason,
                 detail: rejection.detail,
                 latency_ms: crate::quality::latency(msg.received_at, now),
@@ -191,7 +191,7 @@ fn take_reading(
             to.side.send(Side::Rejected {
                 at: state.watermark.current(tick),
                 sensor_type: obs.sensor_type,
-                sensor_id: obs.sensor_id.to_string(),
+                sensor_id: obs.sensor_id,
                 reason: Reason::Future,
                 detail,
                 latency_ms: crate::quality::latency(msg.received_at(), now),
@@ -268,7 +268,7 @@ fn late(
         to.side.send(Side::Late {
             at: watermark,
             sensor_type: obs.sensor_type.clone(),
-            sensor_id: obs.sensor_id.to_string(),
+            sensor_id: obs.sensor_id.clone(),
             age_ms: obs.arrival.stream_time.saturating_sub(obs.event_time),
             latency_ms: crate::quality::latency(msg.received_at(), now),
         });

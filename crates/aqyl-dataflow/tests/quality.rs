@@ -113,7 +113,7 @@ fn reports(batch: &Batch, sensor: &str) -> Vec<QualityReport> {
         .quality
         .iter()
         .filter_map(|q| match q {
-            QualityRecord::Report(r) if r.sensor_id == sensor => Some(r.clone()),
+            QualityRecord::Report(r) if &*r.sensor_id == sensor => Some(r.clone()),
             _ => None,
         })
         .collect();
@@ -362,7 +362,7 @@ fn live_the_watchdog_notices_silence_by_the_wall_clock() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let silent = silent.expect("a silent report within 30 s");
-    assert_eq!(silent.sensor_id, "s0");
+    assert_eq!(&*silent.sensor_id, "s0");
     assert!(silent.findings.problems()[0].starts_with("silent"));
     // The incident starts at the second missed interval.
     let mut incident = false;
@@ -670,7 +670,7 @@ fn live_a_silence_is_reported_at_once_whatever_the_neighbour_check_holds() {
         }
     }
     assert!(
-        silent.iter().all(|r| r.sensor_id == "s0"),
+        silent.iter().all(|r| &*r.sensor_id == "s0"),
         "s1 never silent: {silent:?}"
     );
     assert!(!silent.is_empty(), "s0's silence reported while s1 reports");

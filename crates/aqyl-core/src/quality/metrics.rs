@@ -166,9 +166,13 @@ pub struct Spike {
     /// Typical MAD and typical level (fading maxima).
     typical_mad: f64,
     typical_level: f64,
-    /// Scratch space for the sorts (kept to spare an allocation per reading).
-    #[serde(skip)]
-    scratch: Vec<f64>,
+}
+
+thread_local! {
+    /// Scratch space for the spike detectors' medians, one per thread rather than one per
+    /// detector: it spares an allocation per reading without costing every sensor's every
+    /// field a second copy of its history.
+    static SCRATCH: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// How much of the typical level fades with each reading.
@@ -225,28 +229,29 @@ impl Spike {
             history: VecDeque::with_capacity(window),
             typical_mad: 0.0,
             typical_level: 0.0,
-            scratch: Vec::with_capacity(window),
         }
     }
 
-    /// The window's median and MAD (`None` before a full window), sorting in `scratch`.
-    fn stats(history: &VecDeque<f64>, window: usize, scratch: &mut Vec<f64>) -> Option<(f64, f64)> {
-        if history.len() < window {
+    /// The window's median and MAD (`None` before a full window), sorting in the thread's
+    /// scratch space.
+    fn stats(&self) -> Option<(f64, f64)> {
+        if self.history.len() < self.window {
             return None;
         }
-        scratch.clear();
-        scratch.extend(history.iter().copied());
-        let median = median_in_place(scratch);
-        for v in scratch.iter_mut() {
-            *v = (*v - median).abs();
-        }
-        Some((median, median_in_place(scratch)))
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            scratch.extend(self.history.iter().copied());
+            let median = median_in_place(scratch);
+            for v in scratch.iter_mut() {
+                *v = (*v - median).abs();
+            }
+            Some((median, median_in_place(scratch)))
+        })
     }
 
     /// Judges `value` against the history without adding it.
     pub fn judge(&self, value: f64) -> SpikeVerdict {
-        let stats = Self::stats(&self.history, self.window, &mut Vec::new());
-        self.verdict(value, stats)
+        self.verdict(value, self.stats())
     }
 
     fn verdict(&self, value: f64, stats: Option<(f64, f64)>) -> SpikeVerdict {
@@ -277,7 +282,7 @@ impl Spike {
 
     /// Judges a reading against the readings before it, then adds it to the history.
     pub fn push(&mut self, value: f64) -> SpikeVerdict {
-        let stats = Self::stats(&self.history, self.window, &mut self.scratch);
+        let stats = self.stats();
         let verdict = self.verdict(value, stats);
         if let Some((median, mad)) = stats {
             self.typical_mad = if self.typical_mad == 0.0 {

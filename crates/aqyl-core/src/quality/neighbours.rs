@@ -58,14 +58,14 @@ pub struct Neighbourhood {
 /// One held assessment.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Held {
-    sensor: String,
+    sensor: Arc<str>,
     assessment: Option<Assessment>,
     evidence: Vec<(Arc<str>, f64)>,
 }
 
 impl Neighbourhood {
     /// Holds an assessment.
-    pub fn push(&mut self, sensor: String, a: Assessment) {
+    pub fn push(&mut self, sensor: Arc<str>, a: Assessment) {
         let mut evidence = a.z.clone();
         evidence.extend(
             a.findings
@@ -91,7 +91,7 @@ impl Neighbourhood {
             .by_time
             .values()
             .flatten()
-            .map(|h| h.sensor.as_str())
+            .map(|h| &*h.sensor)
             .collect();
         ids.sort_unstable();
         ids.dedup();
@@ -106,7 +106,7 @@ impl Neighbourhood {
         now: Option<u64>,
         window: u64,
         threshold: f64,
-    ) -> Vec<(String, Assessment)> {
+    ) -> Vec<(Arc<str>, Assessment)> {
         let done = |t: u64| now.is_none_or(|n| t.saturating_add(window) < n);
         let mut out = Vec::new();
         let times: Vec<u64> = self
@@ -222,9 +222,9 @@ mod tests {
             .iter()
             .all(|(_, a)| a.findings.neighbours == Neighbours::Agree));
         let rest = n.ready(None, 100, 6.0);
-        let b = rest.iter().find(|(s, _)| s == "b").unwrap();
+        let b = rest.iter().find(|(s, _)| &**s == "b").unwrap();
         assert_eq!(b.1.findings.neighbours, Neighbours::Disagree);
-        let a = rest.iter().find(|(s, _)| s == "a").unwrap();
+        let a = rest.iter().find(|(s, _)| &**s == "a").unwrap();
         assert_eq!(
             a.1.findings.neighbours,
             Neighbours::Unchecked,

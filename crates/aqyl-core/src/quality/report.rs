@@ -16,9 +16,9 @@ pub struct QualityReport {
     /// Sensor type.
     pub sensor_type: Arc<str>,
     /// Sensor id.
-    pub sensor_id: String,
+    pub sensor_id: Arc<str>,
     /// Its area, when known.
-    pub area: Option<String>,
+    pub area: Option<Arc<str>>,
     /// Event time it is about, Unix ms.
     pub time: u64,
     /// The overall score, 0..=1.
@@ -33,8 +33,8 @@ impl QualityReport {
     /// A report from an assessment (its neighbour verdict settled).
     pub fn new(
         sensor_type: Arc<str>,
-        sensor_id: String,
-        area: Option<String>,
+        sensor_id: Arc<str>,
+        area: Option<Arc<str>>,
         a: Assessment,
     ) -> Self {
         Self {
@@ -152,7 +152,7 @@ pub struct QualityRollup {
     /// Sensor type.
     pub sensor_type: Arc<str>,
     /// Sensor id.
-    pub sensor_id: String,
+    pub sensor_id: Arc<str>,
     /// `1h` or `1d`.
     #[serde(with = "window_label")]
     pub window: window_label::Label,
@@ -407,7 +407,7 @@ impl Alarm {
                     self.problems.join("; ")
                 };
                 self.since = Some(first);
-                self.area = r.area.clone();
+                self.area = r.area.as_deref().map(str::to_string);
                 self.run_start = None;
                 self.problems.clear();
                 let low_since = if first == r.time {
@@ -450,9 +450,9 @@ impl Alarm {
             extra: Vec::new(),
             id: incident_id(&r.sensor_type, &r.sensor_id, started_at),
             event_type: QUALITY_EVENT.into(),
-            subject: r.sensor_id.clone(),
+            subject: r.sensor_id.to_string(),
             sensor_type: r.sensor_type.clone(),
-            area: r.area.clone(),
+            area: r.area.as_deref().map(str::to_string),
             state,
             level: "warning".into(),
             started_at,

@@ -195,7 +195,7 @@ pub enum Side {
         /// Sensor type.
         sensor_type: Arc<str>,
         /// Sensor id (from the topic).
-        sensor_id: String,
+        sensor_id: Arc<str>,
         /// Why.
         reason: Reason,
         /// What was wrong.
@@ -210,7 +210,7 @@ pub enum Side {
         /// Sensor type.
         sensor_type: Arc<str>,
         /// Sensor id.
-        sensor_id: String,
+        sensor_id: Arc<str>,
         /// How old it was on arrival, ms.
         age_ms: u64,
         /// Processing delay inside Aqyl, ms (`None` for a message from no broker).
@@ -219,7 +219,7 @@ pub enum Side {
 }
 
 impl Side {
-    fn key(&self) -> (&str, &str) {
+    fn key(&self) -> (&Arc<str>, &Arc<str>) {
         match self {
             Side::Incorrect(o) => (&o.sensor_type, &o.sensor_id),
             Side::Rejected {
@@ -242,9 +242,9 @@ pub struct Scored {
     /// Sensor type.
     pub sensor_type: Arc<str>,
     /// Sensor id.
-    pub sensor_id: String,
+    pub sensor_id: Arc<str>,
     /// Its area, when known.
-    pub area: Option<String>,
+    pub area: Option<Arc<str>>,
     /// How near in time a neighbour's reading must be (half the expected interval), ms.
     pub window_ms: u64,
     /// The sensor type's expected interval, ms.
@@ -269,7 +269,7 @@ pub enum Assessed {
         /// Sensor type.
         sensor_type: Arc<str>,
         /// Sensor id.
-        sensor_id: String,
+        sensor_id: Arc<str>,
         /// The reading's event time.
         time: u64,
     },
@@ -293,17 +293,17 @@ pub fn latency(received_at: i64, at: i64) -> Option<u64> {
 /// Runs `f` on the value for (sensor type, key) of a two-level map, made with
 /// `V::default()` on first sight; finding an existing one allocates nothing.
 fn with_nested<V: Default, R>(
-    map: &mut BTreeMap<Arc<str>, BTreeMap<String, V>>,
+    map: &mut BTreeMap<Arc<str>, BTreeMap<Arc<str>, V>>,
     ty: &Arc<str>,
-    key: &str,
+    key: &Arc<str>,
     f: impl FnOnce(&mut V) -> R,
 ) -> R {
-    // An `Arc` clone allocates nothing; only a new key is copied.
+    // `Arc` clones allocate nothing.
     let inner = map.entry(ty.clone()).or_default();
-    if let Some(v) = inner.get_mut(key) {
+    if let Some(v) = inner.get_mut(&**key) {
         return f(v);
     }
-    f(inner.entry(key.to_string()).or_default())
+    f(inner.entry(key.clone()).or_default())
 }
 
 /// The neighbour check (by area) of readings and the feed check (by type) of silences, then

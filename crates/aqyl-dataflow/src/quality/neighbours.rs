@@ -20,7 +20,7 @@ pub(super) type Hood = (Neighbourhood, u64, u64, u64);
 #[derive(Default, Serialize, Deserialize)]
 pub(super) struct AreaState {
     /// Type → area → the assessments held for their neighbours.
-    pub(super) hoods: BTreeMap<Arc<str>, BTreeMap<String, Hood>>,
+    pub(super) hoods: BTreeMap<Arc<str>, BTreeMap<Arc<str>, Hood>>,
 }
 
 /// Holds each assessment of a sensor with an area until its neighbours' readings around the
@@ -51,11 +51,11 @@ pub(super) fn neighbour_check<'scope>(
                 input.for_each(|_cap, data| {
                     for a in data.drain(..) {
                         let Assessed::Scored(s) = a else { continue };
-                        let Some(area) = s.area.as_deref() else {
+                        let Some(area) = s.area.clone() else {
                             out.push((s.assessment.time, s));
                             continue;
                         };
-                        with_nested(hoods, &s.sensor_type, area, |entry| {
+                        with_nested(hoods, &s.sensor_type, &area, |entry: &mut Hood| {
                             entry.1 = s.window_ms;
                             entry.2 = s.interval_ms;
                             entry.3 = s.grace_ms;

@@ -54,7 +54,7 @@ impl Item {
 pub(super) struct Sensor {
     pub(super) key: Key,
     quality: SensorQuality,
-    area: Option<String>,
+    area: Option<Arc<str>>,
     /// From its type's descriptor (refreshed, with the settings of `quality`, on restore).
     window_ms: u64,
     interval_ms: u64,
@@ -70,7 +70,7 @@ pub(super) struct Sensor {
     pub(super) scheduled: Option<u64>,
 }
 
-type Key = (Arc<str>, String);
+type Key = (Arc<str>, Arc<str>);
 
 impl Sensor {
     /// With a TTL (`ttl`), when the sensor is forgotten if nothing more comes (its newest
@@ -89,7 +89,7 @@ impl Sensor {
 pub(super) struct Sensors {
     /// Rebuilt from `all` on restore.
     #[serde(skip)]
-    index: HashMap<Arc<str>, HashMap<String, usize>>,
+    index: HashMap<Arc<str>, HashMap<Arc<str>, usize>>,
     pub(super) all: Vec<Sensor>,
 }
 
@@ -162,8 +162,8 @@ impl Sensors {
     }
 
     /// The sensor's slot, made by `make` on first sight.
-    fn slot(&mut self, ty: &Arc<str>, id: &str, make: impl FnOnce() -> Sensor) -> usize {
-        if let Some(&i) = self.index.get(&**ty).and_then(|m| m.get(id)) {
+    fn slot(&mut self, ty: &Arc<str>, id: &Arc<str>, make: impl FnOnce() -> Sensor) -> usize {
+        if let Some(&i) = self.index.get(&**ty).and_then(|m| m.get(&**id)) {
             return i;
         }
         let i = self.all.len();
@@ -171,7 +171,7 @@ impl Sensors {
         self.index
             .entry(ty.clone())
             .or_default()
-            .insert(id.to_string(), i);
+            .insert(id.clone(), i);
         i
     }
 }
@@ -246,7 +246,7 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                                             obs.arrival.ingested_at,
                                         ),
                                         sensor_type: obs.sensor_type,
-                                        sensor_id: obs.sensor_id.to_string(),
+                                        sensor_id: obs.sensor_id,
                                     };
                                     pending.entry(at).or_default().push(Item::Side(late));
                                     continue;
@@ -308,16 +308,11 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                             .flatten()
                             .min()
                             .copied();
-                        while let Some((t, mut items)) = crate::ordered::pop_ready(pending, now) {
-                            if !spec.wall_clock {
-                                fire_checks(t, spec.state_ttl_ms, checks, sensors, &mut out);
-                            }
-                            items.sort_by(|a, b| a.order().cmp(&b.order()));
-                            for item in items {
-                                judge(t, item, &registry, &spec, sensors, checks, &mut out);
-                            }
-                        }
+                        let mut reached = now;
                         if spec.wall_clock {
+                            while let Some((t, items)) = crate::ordered::pop_ready(pending, now) {
+                                judge_all(t, items, &registry, &spec, sensors, checks, &mut out);
+                            }
                             let wall = wall_ms();
                             // Every sensor's watchdog: work for every sensor, so not at each
                             // of the many activations input brings, but every `SCAN_MS` (the
@@ -342,13 +337,23 @@ impl<'scope> ScoreQuality<'scope> for StreamVec<'scope, u64, Observation> {
                             if now.is_some() && !sensors.all.is_empty() {
                                 activator.activate_after(Duration::from_secs(1));
                             }
-                        } else if let Some(n) = now {
-                            fire_checks(n, spec.state_ttl_ms, checks, sensors, &mut out);
+                        } else {
+                            let mut work = EventTime {
+                                pending,
+                                checks,
+                                sensors,
+                                out: &mut out,
+                            };
+                            reached = work.advance(now, &registry, &spec);
+                            if reached != now {
+                                // More to do: after the steps downstream have taken this much.
+                                activator.activate();
+                            }
                         }
-                        if let Some(before) = sweep.due(spec.state_ttl_ms, now) {
+                        if let Some(before) = sweep.due(spec.state_ttl_ms, reached) {
                             sensors.forget(before, checks);
                         }
-                        crate::ordered::emit_and_follow(&mut cap, now, out, output);
+                        crate::ordered::emit_and_follow(&mut cap, reached, out, output);
                     }
                 },
             );
@@ -373,38 +378,123 @@ fn scored(s: &Sensor, assessment: Assessment) -> Scored {
     }
 }
 
-/// Runs the event-time watchdog of every sensor due before `until`; with a TTL (`ttl`), only
-/// up to when each sensor is forgotten ([`Sensor::watched_until`]).
-fn fire_checks(
-    until: u64,
+/// At most about this many assessments leave `ScoreQuality` in one activation in event time.
+/// A frontier that leaps hours past many silent sensors (a replay: 200,000 sensors falling
+/// silent together make millions of watchdog failures) is worked through in steps, each
+/// handed downstream (and judged, and written) before the next is made, instead of all of
+/// them waiting in memory at once.
+const STEP: usize = 16_384;
+
+/// One event-time activation's work: the input waiting for the frontier and the watchdog's
+/// checks, taken in event-time order.
+struct EventTime<'a> {
+    pending: &'a mut BTreeMap<u64, Vec<Item>>,
+    checks: &'a mut BTreeSet<(u64, usize)>,
+    sensors: &'a mut Sensors,
+    out: &'a mut Vec<Assessed>,
+}
+
+impl EventTime<'_> {
+    /// Judges the input and fires the checks before the frontier `now` (`None`: the input
+    /// has ended; the checks then stay unfired), each check before the input at its time,
+    /// until [`STEP`] assessments are out. Returns how far it got: `now` when it is done,
+    /// else the time of the first thing left, below which the operator may let go of its
+    /// capability.
+    fn advance(
+        &mut self,
+        now: Option<u64>,
+        registry: &aqyl_core::ingest::decode::Registry,
+        spec: &QualitySpec,
+    ) -> Option<u64> {
+        let ttl = spec.state_ttl_ms;
+        loop {
+            let next = self.pending.first_key_value().map(|(t, _)| *t);
+            let Some(t) = next.filter(|t| now.is_none_or(|n| *t < n)) else {
+                break;
+            };
+            if let Some(left) = self.fire_checks(t, ttl) {
+                return Some(left);
+            }
+            if self.out.len() >= STEP {
+                return Some(t);
+            }
+            let items = self.pending.remove(&t).unwrap_or_default();
+            judge_all(
+                t,
+                items,
+                registry,
+                spec,
+                self.sensors,
+                self.checks,
+                self.out,
+            );
+        }
+        match now {
+            Some(n) => self.fire_checks(n, ttl).or(now),
+            None => None,
+        }
+    }
+
+    /// Runs the watchdog of every sensor due before `until`, until [`STEP`] assessments are
+    /// out (then returns the time of the first check left); with a TTL (`ttl`), only up to
+    /// when each sensor is forgotten ([`Sensor::watched_until`]).
+    fn fire_checks(&mut self, until: u64, ttl: Option<u64>) -> Option<u64> {
+        let (checks, sensors) = (&mut *self.checks, &mut *self.sensors);
+        while let Some(&(at, slot)) = checks.first() {
+            if at >= until {
+                break;
+            }
+            if self.out.len() >= STEP {
+                return Some(at);
+            }
+            checks.pop_first();
+            fire_check(at, slot, ttl, checks, sensors, self.out);
+        }
+        None
+    }
+}
+
+/// Judges one instant's input of sensors, in a fixed order.
+fn judge_all(
+    t: u64,
+    mut items: Vec<Item>,
+    registry: &aqyl_core::ingest::decode::Registry,
+    spec: &QualitySpec,
+    sensors: &mut Sensors,
+    checks: &mut BTreeSet<(u64, usize)>,
+    out: &mut Vec<Assessed>,
+) {
+    items.sort_by(|a, b| a.order().cmp(&b.order()));
+    for item in items {
+        judge(t, item, registry, spec, sensors, checks, out);
+    }
+}
+
+/// Runs the watchdog check of the sensor in `slot` due at `at` (taken off `checks`) and
+/// schedules its next one.
+fn fire_check(
+    at: u64,
+    slot: usize,
     ttl: Option<u64>,
     checks: &mut BTreeSet<(u64, usize)>,
     sensors: &mut Sensors,
     out: &mut Vec<Assessed>,
 ) {
-    while let Some(first) = checks.first() {
-        if first.0 >= until {
-            break;
-        }
-        let Some((at, slot)) = checks.pop_first() else {
-            break;
-        };
-        let Some(s) = sensors.all.get_mut(slot) else {
-            continue;
-        };
-        s.scheduled = None;
-        let watched = s.watched_until(ttl);
-        if at >= watched {
-            // Forgotten by then: no failure, and no further check (an input reschedules it).
-            continue;
-        }
-        if let Some(a) = s.quality.watchdog(at) {
-            out.push(Assessed::Scored(scored(s, a)));
-        }
-        if let Some(next) = s.quality.next_check().filter(|next| *next < watched) {
-            s.scheduled = Some(next);
-            checks.insert((next, slot));
-        }
+    let Some(s) = sensors.all.get_mut(slot) else {
+        return;
+    };
+    s.scheduled = None;
+    let watched = s.watched_until(ttl);
+    if at >= watched {
+        // Forgotten by then: no failure, and no further check (an input reschedules it).
+        return;
+    }
+    if let Some(a) = s.quality.watchdog(at) {
+        out.push(Assessed::Scored(scored(s, a)));
+    }
+    if let Some(next) = s.quality.next_check().filter(|next| *next < watched) {
+        s.scheduled = Some(next);
+        checks.insert((next, slot));
     }
 }
 
@@ -417,7 +507,7 @@ fn sensor_slot(
     checks: &mut BTreeSet<(u64, usize)>,
     registry: &aqyl_core::ingest::decode::Registry,
     spec: &QualitySpec,
-    (sensor_type, sensor_id): (&Arc<str>, &str),
+    (sensor_type, sensor_id): (&Arc<str>, &Arc<str>),
     time: u64,
 ) -> Option<usize> {
     let ty = registry.get(sensor_type)?;
@@ -426,7 +516,7 @@ fn sensor_slot(
         let quality =
             SensorQuality::new(spec.sensor(interval, ty.flat_line, ty.activity_field.clone()));
         Sensor {
-            key: (sensor_type.clone(), sensor_id.to_string()),
+            key: (sensor_type.clone(), sensor_id.clone()),
             grace_ms: quality.grace_ms(),
             interval_ms: interval,
             quality,
@@ -470,10 +560,10 @@ fn judge(
     out: &mut Vec<Assessed>,
 ) {
     let (sensor_type, sensor_id, area) = match &item {
-        Item::Reading(o) => (o.sensor_type.clone(), &*o.sensor_id, o.area.as_deref()),
+        Item::Reading(o) => (o.sensor_type.clone(), &o.sensor_id, o.area.as_ref()),
         Item::Side(s) => {
             let (ty, id) = s.key();
-            (Arc::from(ty), id, None)
+            (ty.clone(), id, None)
         }
     };
     let Some(ty) = registry.get(&sensor_type) else {
@@ -492,8 +582,8 @@ fn judge(
     let s = &mut sensors.all[slot];
     s.last_seen = s.last_seen.max(t);
     if let Some(area) = area {
-        if s.area.as_deref() != Some(area) {
-            s.area = Some(area.to_string());
+        if s.area.as_ref() != Some(area) {
+            s.area = Some(area.clone());
         }
     }
     let declared = ty.fields.len();

@@ -426,7 +426,7 @@ fn sensors_silent_past_the_ttl_are_forgotten_by_every_quality_operator() {
     assert_eq!(counts, [1, 1, 1, 1], "{bytes} bytes");
     let by_name: HashMap<String, Vec<u8>> = run.taken.iter().cloned().collect();
     let score: ScoreState = crate::state::decode(&by_name["quality/sensor"]).unwrap();
-    assert_eq!(score.sensors.all[0].key.1, "steady");
+    assert_eq!(&*score.sensors.all[0].key.1, "steady");
     assert!(
         score.sensors.all[0].scheduled.is_some(),
         "its watchdog still runs"
@@ -439,7 +439,7 @@ fn sensors_silent_past_the_ttl_are_forgotten_by_every_quality_operator() {
     // The steady sensor's reports went on to the end (the last two readings wait for the
     // watermark and their neighbours).
     let last = run.records.iter().rev().find_map(|r| match r {
-        QualityRecord::Report(r) if r.sensor_id == "steady" => Some(r.time),
+        QualityRecord::Report(r) if &*r.sensor_id == "steady" => Some(r.time),
         _ => None,
     });
     assert_eq!(last, Some(T0 + 7 * HOUR - 15 * MIN));
@@ -502,7 +502,7 @@ fn an_incident_of_a_forgotten_sensor_ends_once() {
         .records
         .iter()
         .filter_map(|r| match r {
-            QualityRecord::Report(r) if r.sensor_id == "stuck" && r.time >= T0 + 9 * HOUR => {
+            QualityRecord::Report(r) if &*r.sensor_id == "stuck" && r.time >= T0 + 9 * HOUR => {
                 Some(r)
             }
             _ => None,
@@ -515,14 +515,14 @@ fn an_incident_of_a_forgotten_sensor_ends_once() {
     let first_back = run
         .records
         .iter()
-        .position(|r| matches!(r, QualityRecord::Report(r) if r.sensor_id == "stuck" && r.time >= T0 + 9 * HOUR))
+        .position(|r| matches!(r, QualityRecord::Report(r) if &*r.sensor_id == "stuck" && r.time >= T0 + 9 * HOUR))
         .unwrap();
     let before = run.records[..first_back]
         .iter()
-        .filter(|r| matches!(r, QualityRecord::Report(r) if r.sensor_id == "stuck"))
+        .filter(|r| matches!(r, QualityRecord::Report(r) if &*r.sensor_id == "stuck"))
         .count() as u64;
     let day = run.records[..first_back].iter().find_map(|r| match r {
-        QualityRecord::Rollup(r) if r.sensor_id == "stuck" && r.window == "1d" => Some(r),
+        QualityRecord::Rollup(r) if &*r.sensor_id == "stuck" && r.window == "1d" => Some(r),
         _ => None,
     });
     assert_eq!(
@@ -531,16 +531,16 @@ fn an_incident_of_a_forgotten_sensor_ends_once() {
     );
 }
 
-/// 300 sensors send one reading each in the first minute (half of them in area "north") and
+/// `n` sensors send one reading each in the first minute (half of them in area "north") and
 /// are never heard of again; "steady" reports every five minutes for seven hours. With
 /// `leap`, the frontier leaps past all of it at once after the first minute (a replay whose
 /// backlog a worker takes in one batch), else it moves every five minutes.
-fn one_reading_each(leap: bool) -> Vec<Batch> {
+fn one_reading_each(leap: bool, n: u64) -> Vec<Batch> {
     let mut rng = fastrand::Rng::with_seed(13);
     let batches = every_five_minutes(0, 7 * 60, move |ty, m, time| {
         let mut readings = vec![healthy(ty, "steady", time, &mut rng)];
         if m == 0 {
-            for i in 0..300u64 {
+            for i in 0..n {
                 let mut r = healthy(ty, &format!("once{i}"), time + i % 60 * 1000, &mut rng);
                 if i % 2 == 1 {
                     r.area = None;
@@ -582,9 +582,11 @@ fn leapt(mut batches: Vec<Batch>) -> Vec<Batch> {
 /// activation): every one of them, for each of thousands of vanished sensors, went through the
 /// feed check, which judged each against every other sensor, and waited in the alarms'
 /// operator for the frontier (a checkpoint then held 4 KB a vanished sensor in
-/// `quality/alerts`).
+/// `quality/alerts`). With 1,600 vanished sensors, the leap makes more failures (17,600) than
+/// `ScoreQuality` gives out in one activation: they leave in steps, with the same result.
 #[test]
 fn a_sensor_is_reported_silent_until_its_ttl_however_the_frontier_moves() {
+    let vanished = 1_600;
     let spec = QualitySpec {
         state_ttl_ms: Some(HOUR),
         ..spec()
@@ -592,7 +594,7 @@ fn a_sensor_is_reported_silent_until_its_ttl_however_the_frontier_moves() {
     assert_eq!(spec.long_window, 20, "the shipped watchdog span");
     let mut outputs = Vec::new();
     for leap in [false, true] {
-        let run = drive_with(spec, one_reading_each(leap), None, false);
+        let run = drive_with(spec, one_reading_each(leap, vanished), None, false);
         let (counts, bytes) = kept(&run.taken);
         assert_eq!(counts, [1, 1, 1, 1], "leap {leap}: {bytes} bytes");
         assert!(bytes < 16 * 1024, "leap {leap}: {bytes} bytes");
@@ -610,7 +612,7 @@ fn a_sensor_is_reported_silent_until_its_ttl_however_the_frontier_moves() {
                 }
             }
         }
-        assert_eq!(silences.len(), 300, "leap {leap}");
+        assert_eq!(silences.len(), vanished as usize, "leap {leap}");
         let ticks: Vec<u64> = (1..=11).map(|k| k * 315_000).collect();
         for (id, mut after) in silences {
             after.sort_unstable();
@@ -668,7 +670,7 @@ fn a_sensor_back_after_its_ttl_ends_its_incident_however_the_frontier_moves() {
                 .iter()
                 .filter(|r| {
                     matches!(r, QualityRecord::Report(r)
-                        if r.sensor_id == "stuck" && r.time >= T0 + 9 * HOUR)
+                        if &*r.sensor_id == "stuck" && r.time >= T0 + 9 * HOUR)
                 })
                 .cloned()
                 .collect(),

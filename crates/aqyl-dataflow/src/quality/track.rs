@@ -12,31 +12,34 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
+/// Type → sensor → (threshold alarm, roll-ups).
+pub(super) type Trackers = BTreeMap<Arc<str>, BTreeMap<Arc<str>, (Alarm, Rollups)>>;
+
 /// One assessment of one sensor: its report, the alarm and the roll-ups. With a TTL
 /// (`ttl_ms`), an input of a sensor silent past it until then finds it forgotten, as if the
 /// sweep had already come by: whether its incident ends and it starts afresh does not depend
 /// on when the sweeps run (a replay's frontier may leap past its TTL and its return at once).
 fn track_one(
     s: Scored,
-    trackers: &mut BTreeMap<Arc<str>, BTreeMap<String, (Alarm, Rollups)>>,
+    trackers: &mut Trackers,
     alarm: &AlarmSettings,
     ttl_ms: Option<u64>,
     out: &mut Vec<QualityOut>,
 ) {
     let interval = s.interval_ms;
     let report = QualityReport::new(s.sensor_type, s.sensor_id, s.area, s.assessment);
-    let (ty, id) = (&report.sensor_type, report.sensor_id.as_str());
+    let (ty, id) = (&report.sensor_type, &report.sensor_id);
     if let (Some(ttl), false) = (ttl_ms, report.findings.silent) {
         if let Some(sensors) = trackers.get_mut(ty) {
             let expired = sensors
-                .get(id)
+                .get(&**id)
                 .is_some_and(|(a, _)| a.last_input().saturating_add(ttl) < report.time);
-            if let Some((a, mut rollups)) = expired.then(|| sensors.remove(id)).flatten() {
+            if let Some((a, mut rollups)) = expired.then(|| sensors.remove(&**id)).flatten() {
                 release(ty, id, &a, &mut rollups, ttl, out);
             }
         }
     }
-    with_nested(trackers, ty, id, |(a, rollups)| {
+    with_nested(trackers, ty, id, |(a, rollups): &mut (Alarm, Rollups)| {
         if let Some(e) = a.check(&report, alarm, interval) {
             out.push(QualityOut::Event(e));
         }
@@ -55,7 +58,7 @@ fn track_one(
 /// (silent past `state_ttl`, `ttl_ms`): its ongoing incident ends
 /// ([`Alarm::forgotten`]) and its open roll-ups are given out as they are.
 fn forget(
-    trackers: &mut BTreeMap<Arc<str>, BTreeMap<String, (Alarm, Rollups)>>,
+    trackers: &mut Trackers,
     before: u64,
     ttl_ms: u64,
     out: &mut Vec<QualityOut>,
@@ -96,7 +99,7 @@ fn release(
 #[derive(Default, Serialize, Deserialize)]
 pub(super) struct AlertState {
     /// Type → sensor → (threshold alarm, roll-ups).
-    pub(super) trackers: BTreeMap<Arc<str>, BTreeMap<String, (Alarm, Rollups)>>,
+    pub(super) trackers: Trackers,
     /// The longest hold of the neighbour check: an hour is complete once the frontier has
     /// passed its end by that much.
     held_back: u64,

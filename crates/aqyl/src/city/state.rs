@@ -355,7 +355,7 @@ impl CityState {
             };
             let key = SensorKey {
                 sensor_type: r.sensor_type.clone(),
-                sensor_id: r.sensor_id.as_str().into(),
+                sensor_id: r.sensor_id.clone(),
             };
             let seq = b.seq + 1;
             let Some(slot) = self.output_slot(&mut b, &key) else {
@@ -368,7 +368,7 @@ impl CityState {
             }
             bands[quality_band(r.score)] += 1;
             if s.area.is_none() {
-                s.area = r.area.clone();
+                s.area = r.area.as_deref().map(str::to_string);
             }
             s.quality = Some(Arc::new(r.clone()));
             b.changed(seq, &key);
