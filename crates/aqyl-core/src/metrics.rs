@@ -111,7 +111,7 @@ declare_metrics! {
     windows_closed: Counter "aqyl_windows_closed_total" "Windows closed (one per sensor, field and window).";
     duplicates: Counter "aqyl_duplicates_total" "Readings dropped as duplicates (same sensor, event time and values as one already taken: a QoS 1 redelivery, or a message logged again after a crash).";
     checkpoints: Counter "aqyl_checkpoints_total" "Checkpoints of the dataflow's state committed.";
-    checkpoints_skipped: Counter "aqyl_checkpoints_skipped_total" "Checkpoints taken but not committed because the sinks did not confirm their outputs in time.";
+    checkpoints_delayed: Counter "aqyl_checkpoints_delayed_total" "Checkpoints that waited longer than three checkpoint intervals (at least 15 s) for the sinks to confirm their outputs (in a cluster, abandoned for the next).";
     log_replayed: Counter "aqyl_log_replayed_total" "Messages replayed from the ingest log at start (recovery).";
     late_updates: Counter "aqyl_late_updates_total" "Late records that corrected a closed window (pipeline.late = \"update\").";
     rules_out_of_order: Counter "aqyl_rules_out_of_order_total" "Readings the rules did not judge because their sensor had already sent a newer one (pipeline.rule_timing = \"arrival\").";

@@ -188,9 +188,12 @@ pub async fn checkpointer(
         let Some(snapshot) = taken.recv().await else {
             return taken;
         };
-        // Everything emitted before the snapshot must be safe before the log behind it goes.
-        if !confirmed(&snapshot, interval, &metrics).await {
-            continue;
+        // Everything emitted before the snapshot must be safe before the log behind it goes:
+        // it waits for the sinks as long as they take (a checkpoint given up for a newer one
+        // would meet slow sinks again, and the log would grow without end).
+        tokio::select! {
+            _ = stop.changed() => return taken,
+            () = confirmation(&snapshot, interval, &metrics) => {}
         }
         if let Err(e) = commit(&store, snapshot, &metrics).await {
             metrics.set_problem("state", e.to_string());
@@ -201,19 +204,39 @@ pub async fn checkpointer(
     }
 }
 
-/// Waits until the sinks have made every output emitted before `snapshot` safe, a while at
-/// most; whether they did.
-async fn confirmed(snapshot: &Snapshot, interval: Duration, metrics: &Metrics) -> bool {
-    let deadline = Instant::now() + interval.max(Duration::from_secs(5)) * 3;
-    while !metrics.delivery.covers(&snapshot.sent) && Instant::now() < deadline {
+/// How long a checkpoint waits for the sinks before it says so: three intervals, at least 15 s.
+fn patience(interval: Duration) -> Duration {
+    interval.max(Duration::from_secs(5)) * 3
+}
+
+/// Waits until the sinks have made every output emitted before `snapshot` safe.
+async fn covered(snapshot: &Snapshot, metrics: &Metrics) {
+    while !metrics.delivery.covers(&snapshot.sent) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if !metrics.delivery.covers(&snapshot.sent) {
-        metrics.checkpoints_skipped.fetch_add(1, Relaxed);
-        tracing::warn!("A checkpoint was not committed: the sinks have not confirmed its outputs yet (store slow or down). The ingest log keeps growing until one is.");
-        return false;
+}
+
+/// Waits until the sinks have made every output emitted before `snapshot` safe, however long
+/// it takes; past [`patience`], counts the checkpoint as delayed and says why.
+async fn confirmation(snapshot: &Snapshot, interval: Duration, metrics: &Metrics) {
+    let waited = tokio::time::timeout(patience(interval), covered(snapshot, metrics)).await;
+    if waited.is_err() {
+        metrics.checkpoints_delayed.fetch_add(1, Relaxed);
+        tracing::warn!("A checkpoint waits for the sinks to confirm its outputs (store slow or down); the ingest log is truncated once they do.");
+        covered(snapshot, metrics).await;
     }
-    true
+}
+
+/// Waits until the sinks have made every output emitted before `snapshot` safe, for
+/// [`patience`] at most; whether they did (in a cluster, a checkpoint one process cannot
+/// confirm in time is abandoned, and the next one asked for).
+async fn confirmed(snapshot: &Snapshot, interval: Duration, metrics: &Metrics) -> bool {
+    let waited = tokio::time::timeout(patience(interval), covered(snapshot, metrics)).await;
+    if waited.is_err() {
+        metrics.checkpoints_delayed.fetch_add(1, Relaxed);
+        tracing::warn!("A cluster checkpoint is abandoned: the sinks have not confirmed its outputs in time (store slow or down).");
+    }
+    waited.is_ok()
 }
 
 /// In a cluster: takes part in the cluster's checkpoints until `stop` is set or a process
@@ -371,4 +394,43 @@ fn operator_bytes(snapshot: &Snapshot) -> std::collections::BTreeMap<String, usi
         *sizes.entry(name.clone()).or_default() += state.len();
     }
     sizes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aqyl_core::metrics::Output;
+
+    fn snapshot(sent: [u64; 4]) -> Snapshot {
+        Snapshot {
+            id: 0,
+            workers: Vec::new(),
+            sent,
+            taken_at: 0,
+            rules: Vec::new(),
+        }
+    }
+
+    /// A store slower than the patience: the checkpoint waits for it (and is counted as
+    /// delayed) instead of being given up, so that the log is truncated once it catches up.
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpoint_waits_for_slow_sinks_and_counts_the_delay() {
+        let metrics = Arc::new(Metrics::default());
+        let taken = snapshot([3, 0, 0, 0]);
+        let slow = metrics.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            slow.delivery.done(Output::Aggregates, 3);
+        });
+        let interval = Duration::from_secs(10);
+        let started = tokio::time::Instant::now();
+        confirmation(&taken, interval, &metrics).await;
+        assert!(started.elapsed() >= Duration::from_secs(100));
+        assert_eq!(metrics.checkpoints_delayed.load(Relaxed), 1);
+        // In a cluster the same wait is abandoned at the patience's end.
+        let later = snapshot([4, 0, 0, 0]);
+        assert!(!confirmed(&later, interval, &metrics).await);
+        assert_eq!(metrics.checkpoints_delayed.load(Relaxed), 2);
+        assert!(confirmed(&taken, interval, &metrics).await);
+    }
 }

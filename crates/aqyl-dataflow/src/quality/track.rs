@@ -57,12 +57,7 @@ fn track_one(
 /// Forgets the alarm and roll-ups of every sensor whose newest input is older than `before`
 /// (silent past `state_ttl`, `ttl_ms`): its ongoing incident ends
 /// ([`Alarm::forgotten`]) and its open roll-ups are given out as they are.
-fn forget(
-    trackers: &mut Trackers,
-    before: u64,
-    ttl_ms: u64,
-    out: &mut Vec<QualityOut>,
-) {
+fn forget(trackers: &mut Trackers, before: u64, ttl_ms: u64, out: &mut Vec<QualityOut>) {
     for (ty, sensors) in trackers.iter_mut() {
         sensors.retain(|id, (alarm, rollups)| {
             if alarm.last_input() >= before {
