@@ -97,6 +97,12 @@ pub struct Checkpoint {
     pub id: u64,
 }
 
+/// redb's page cache: 64 MiB instead of its default of 1 GiB. A checkpoint is written once
+/// and read back only at a start, and the log is appended and read once, so a large cache
+/// buys nothing; with the default, the pages of the last checkpoints stayed cached (about
+/// 4 KiB a sensor of resident memory, heaptrack of `aqyl run` with 50,000 sensors).
+const CACHE_BYTES: usize = 64 << 20;
+
 /// The state file of one instance.
 pub struct Store {
     db: Database,
@@ -115,7 +121,7 @@ impl Store {
             )
         })?;
         let path = dir.join(FILE);
-        let db = Database::create(&path).map_err(|e| match e {
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StateError(format!(
                 "{}: another Aqyl instance is using this state directory; give each instance its own [state] dir",
                 path.display()
