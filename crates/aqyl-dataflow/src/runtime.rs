@@ -814,7 +814,10 @@ fn checkpoint(
         if rendezvous.wait().ok_or_else(dead)? {
             // The others wait at the next meeting meanwhile: nothing moves in this process.
             let quiet = match control.coordinator() {
-                Some(cluster) => cluster.quiet(id, states.in_flight())?,
+                Some(cluster) => {
+                    let reloads = control.reloads().map(|r| &**r);
+                    cluster.quiet(id, states.in_flight(), reloads)?
+                }
                 None => states.in_flight() == 0,
             };
             if quiet {
