@@ -448,6 +448,7 @@ async fn run(
         t.abort();
     }
     edge.stop_ingest();
+    let in_cluster = durable.as_ref().is_some_and(DurableRun::is_cluster);
     if let Some(d) = durable.take_if(|d| d.is_cluster()) {
         tracing::info!("Shutting down: the cluster takes its last checkpoint (open windows are kept for the next start).");
         match d.stop_cluster().await {
@@ -470,6 +471,7 @@ async fn run(
             tracing::info!("Shutting down: checkpointing (open windows are kept for the next start) and flushing sinks.");
             Some(d.stop().await?)
         }
+        None if in_cluster => None,
         None => {
             tracing::info!("Shutting down: draining windows and flushing sinks.");
             None
