@@ -9,8 +9,10 @@
 //! sequence number it took), one worker assembles the [`Snapshot`] and hands it to the
 //! service, and all go on. The pause lasts a few steps: milliseconds.
 //!
-//! With `stop`, the workers end after the snapshot without closing their inputs, so no open
-//! window is flushed: they are in the snapshot and close, complete, after the next start.
+//! With `stop`, each worker first takes every message waiting in its channel (ingest has
+//! stopped, so the next start has nothing to replay), and the workers end after the snapshot
+//! without closing their inputs, so no open window is flushed: they are in the snapshot and
+//! close, complete, after the next start.
 //!
 //! In a cluster the same steps run in every process, and the leader of each meeting asks
 //! the whole cluster whether it is quiet (see [`crate::coordinate`]).

@@ -190,10 +190,18 @@ enum Frame {
     Request { id: u64, stop: bool },
     /// p → 0: records in flight in p, for checkpoint `id`, and the digest of the descriptors
     /// p loaded last.
-    Report { id: u64, in_flight: i64, loaded: u64 },
+    Report {
+        id: u64,
+        in_flight: i64,
+        loaded: u64,
+    },
     /// 0 → p: the round's answer; quiet, the descriptors to put in force now, if any, and
     /// those process 0 loaded.
-    Verdict { quiet: bool, apply: Option<u64>, wanted: u64 },
+    Verdict {
+        quiet: bool,
+        apply: Option<u64>,
+        wanted: u64,
+    },
     /// p → 0: p's part of `id` is written (`ok`) or not.
     Part { id: u64, ok: bool },
     /// 0 → p: checkpoint `id` is complete (or abandoned).
@@ -254,7 +262,10 @@ impl Frame {
         let opt = |v: u64| (v != NONE).then_some(v);
         let (a, b, c) = (w(0), w(1), w(2));
         Some(match buf[0] {
-            1 => Frame::Request { id: a, stop: b != 0 },
+            1 => Frame::Request {
+                id: a,
+                stop: b != 0,
+            },
             2 => Frame::Report {
                 id: a,
                 in_flight: b as i64,
@@ -433,7 +444,12 @@ impl Coordinator {
     /// records in flight; whether the whole cluster is quiet. Quiet, descriptors every process
     /// loaded are put in force ([`crate::reload`], through `reloads`). Called by the leader of
     /// this process's workers while the others wait at the rendezvous.
-    pub fn quiet(&self, id: u64, in_flight: i64, reloads: Option<&Reloads>) -> Result<bool, String> {
+    pub fn quiet(
+        &self,
+        id: u64,
+        in_flight: i64,
+        reloads: Option<&Reloads>,
+    ) -> Result<bool, String> {
         let loaded = reloads.map_or(NONE, Reloads::loaded);
         let (quiet, apply) = if self.process != 0 {
             self.to_zero(Frame::Report {
@@ -665,7 +681,10 @@ impl Readers {
                     id,
                     in_flight,
                     loaded,
-                } => self.reports.send(Ok((p, id, (in_flight, loaded)))).map_err(drop),
+                } => self
+                    .reports
+                    .send(Ok((p, id, (in_flight, loaded))))
+                    .map_err(drop),
                 Frame::Verdict {
                     quiet,
                     apply,
@@ -745,13 +764,27 @@ mod tests {
         assert_eq!(t.add(0, 7, (2, 10)), Ok(None));
         assert_eq!(t.add(2, 7, (-1, 12)), Ok(None));
         assert!(t.add(2, 7, (0, 12)).is_err(), "two reports of one process");
-        assert!(t.add(1, 6, (0, 11)).is_err(), "a report of another checkpoint");
+        assert!(
+            t.add(1, 6, (0, 11)).is_err(),
+            "a report of another checkpoint"
+        );
         assert_eq!(t.add(1, 7, (-1, 11)), Ok(Some(true)));
-        assert_eq!(t.loaded(), [10, 11, 12], "each process's descriptors, by process");
+        assert_eq!(
+            t.loaded(),
+            [10, 11, 12],
+            "each process's descriptors, by process"
+        );
         let mut t = Tally::new(7, 2);
         assert_eq!(t.add(1, 7, (1, 0)), Ok(None));
-        assert_eq!(t.add(0, 7, (0, 0)), Ok(Some(false)), "a record still travels");
-        assert!(Tally::new(1, 2).add(5, 1, (0, 0)).is_err(), "an unknown process");
+        assert_eq!(
+            t.add(0, 7, (0, 0)),
+            Ok(Some(false)),
+            "a record still travels"
+        );
+        assert!(
+            Tally::new(1, 2).add(5, 1, (0, 0)).is_err(),
+            "an unknown process"
+        );
     }
 
     #[test]
@@ -763,7 +796,11 @@ mod tests {
         let (zero_control, one_control) = (control(), control());
         // Both run descriptors of digest 1 and have loaded changed ones (2) meanwhile.
         let reloads = || {
-            let r = Arc::new(Reloads::new(crate::shared(Default::default()), 1, Default::default()));
+            let r = Arc::new(Reloads::new(
+                crate::shared(Default::default()),
+                1,
+                Default::default(),
+            ));
             r.stage(2, Default::default());
             r
         };
@@ -832,7 +869,10 @@ mod tests {
         let zero = Coordinator::start(vec![None, Some(at_zero)], 0, Held::default(), control(7));
         let (zero, one) = (zero.err().unwrap(), one.join().unwrap().unwrap());
         assert!(zero.contains("processes [1] differ"), "{zero}");
-        assert!(one.contains("this process's sensor descriptors differ"), "{one}");
+        assert!(
+            one.contains("this process's sensor descriptors differ"),
+            "{one}"
+        );
     }
 
     #[test]

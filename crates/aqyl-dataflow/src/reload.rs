@@ -129,7 +129,9 @@ impl Reloads {
             .lock()
             .is_ok_and(|mut w| w.replace(wanted) != Some(wanted));
         if first {
-            self.metrics.descriptor_reload_failures.fetch_add(1, Relaxed);
+            self.metrics
+                .descriptor_reload_failures
+                .fetch_add(1, Relaxed);
         }
         first
     }
@@ -143,9 +145,7 @@ pub fn decide(loaded: &[u64], in_force: u64) -> Result<Option<u64>, Vec<usize>> 
     let Some(&wanted) = loaded.first() else {
         return Ok(None);
     };
-    let differ: Vec<usize> = (0..loaded.len())
-        .filter(|p| loaded[*p] != wanted)
-        .collect();
+    let differ: Vec<usize> = (0..loaded.len()).filter(|p| loaded[*p] != wanted).collect();
     if !differ.is_empty() {
         return Err(differ);
     }
@@ -161,7 +161,11 @@ mod tests {
         assert_eq!(decide(&[7, 7, 7], 7), Ok(None), "nothing new");
         assert_eq!(decide(&[8, 8, 8], 7), Ok(Some(8)));
         assert_eq!(decide(&[8, 7, 8], 7), Err(vec![1]), "process 1 differs");
-        assert_eq!(decide(&[7, 8], 7), Err(vec![1]), "process 1's files changed alone");
+        assert_eq!(
+            decide(&[7, 8], 7),
+            Err(vec![1]),
+            "process 1's files changed alone"
+        );
     }
 
     #[test]

@@ -628,7 +628,12 @@ fn run_worker(
     let mut checkpointed = shared.control.as_ref().map_or(0, |c| c.requested());
     loop {
         if let Some(control) = &shared.control {
-            if let Some(id) = control.pending(checkpointed) {
+            // The last checkpoint (ingest has stopped) waits until this worker has taken
+            // every message routed to it, so that the next start has nothing to replay.
+            let pending = control
+                .pending(checkpointed)
+                .filter(|id| !(control.stopping(*id) && queued(&intake)));
+            if let Some(id) = pending {
                 checkpointed = id;
                 let Intake::Channel(rx) = &intake else {
                     tracing::error!("A worker reading its own source cannot be checkpointed.");
@@ -772,6 +777,11 @@ fn run_worker(
         g.close();
     }
     while worker.step_or_park(Some(PARK)) {}
+}
+
+/// Whether messages wait in a worker's channel.
+fn queued(intake: &Intake) -> bool {
+    matches!(intake, Intake::Channel(rx) if !rx.is_empty())
 }
 
 /// A worker's ingest and inputs, as a checkpoint sees them.

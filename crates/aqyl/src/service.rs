@@ -554,9 +554,8 @@ fn reloads(
         catch_all.clone(),
         metrics.clone(),
     );
-    let follow = in_cluster.map(|r| {
-        crate::reload::follow(r, registry, filters, (prefix, catch_all), metrics.clone())
-    });
+    let follow = in_cluster
+        .map(|r| crate::reload::follow(r, registry, filters, (prefix, catch_all), metrics.clone()));
     Some(tokio::spawn(async move {
         match follow {
             Some(follow) => {
@@ -775,11 +774,8 @@ async fn start_durable(
         Some(c) => {
             let held = crate::durable::cluster_holdings(&store, snapshot)?;
             let digest = crate::reload::digest(&loaded.sensor_types);
-            let reloads = aqyl_dataflow::reload::Reloads::new(
-                spec.registry.clone(),
-                digest,
-                metrics.clone(),
-            );
+            let reloads =
+                aqyl_dataflow::reload::Reloads::new(spec.registry.clone(), digest, metrics.clone());
             control.follow_reloads(Arc::new(reloads));
             let durable = aqyl_dataflow::Durable {
                 control: control.clone(),
