@@ -692,8 +692,18 @@ fn a_descriptor_reload_is_put_in_force_by_every_process_at_one_checkpoint() {
     wait_until(WAIT, "the windows one process closed, closed", || {
         sum("aqyl_windows_closed_total").iter().sum::<u64>() >= windows
     });
-    let two = settled(&vm, &events);
+    let before = settled(&vm, &events);
+    println!(
+        "windows closed: one process {windows}, the cluster {:?}",
+        sum("aqyl_windows_closed_total")
+    );
     stop_all(processes);
+    let two = settled(&vm, &events);
+    println!(
+        "series before the stop {}, after {}",
+        before.0.len(),
+        two.0.len()
+    );
     assert_same(&one, &two);
 }
 
