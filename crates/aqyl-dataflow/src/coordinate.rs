@@ -318,6 +318,13 @@ fn receive(stream: &mut TcpStream) -> Result<Frame, String> {
 
 /// What a process's readers hand on, each kind to its waiter.
 type Inbox<T> = Mutex<Receiver<Result<T, String>>>;
+/// Where a reader hands one kind on.
+type Outbox<T> = Sender<Result<T, String>>;
+/// A quiet round's report at process 0: (process, checkpoint id, (records in flight,
+/// descriptors loaded)).
+type Report = (usize, u64, (i64, u64));
+/// A quiet round's verdict elsewhere: (quiet, descriptors to apply, process 0's).
+type Verdict = (bool, Option<u64>, u64);
 
 /// A process's end of the cluster's checkpoint protocol (see the module doc).
 pub struct Coordinator {
@@ -325,10 +332,10 @@ pub struct Coordinator {
     processes: usize,
     /// Writers: at process 0 one per peer (index = process), elsewhere only `[0]`.
     peers: Vec<Option<Mutex<TcpStream>>>,
-    /// At process 0: (process, checkpoint id, (records in flight, descriptors loaded)).
-    reports: Inbox<(usize, u64, (i64, u64))>,
-    /// Elsewhere: the quiet verdicts (quiet, descriptors to apply, process 0's).
-    verdicts: Inbox<(bool, Option<u64>, u64)>,
+    /// At process 0: the quiet rounds' reports.
+    reports: Inbox<Report>,
+    /// Elsewhere: the quiet rounds' verdicts.
+    verdicts: Inbox<Verdict>,
     /// At process 0: (process, checkpoint id, written).
     parts: Inbox<(usize, u64, bool)>,
     /// Elsewhere: (checkpoint id, complete).
@@ -648,8 +655,8 @@ fn learn(
 
 /// Where one control connection's frames go.
 struct Readers {
-    reports: Sender<Result<(usize, u64, (i64, u64)), String>>,
-    verdicts: Sender<Result<(bool, Option<u64>, u64), String>>,
+    reports: Outbox<Report>,
+    verdicts: Outbox<Verdict>,
     parts: Sender<Result<(usize, u64, bool), String>>,
     outcomes: Sender<Result<(u64, bool), String>>,
     control: Arc<Control>,

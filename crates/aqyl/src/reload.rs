@@ -155,3 +155,29 @@ pub async fn follow(
         tracing::info!("Reloaded the sensor descriptors: in force on every process of the cluster from one checkpoint on.");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptors(dir: &Path, extra: &str) -> Vec<SensorType> {
+        let text = format!(
+            "name = \"noise\"\ntopic = \"city/noise/{{sensor_id}}\"\nformat = \"senml\"\n[[fields]]\nname = \"laeq\"\n{extra}"
+        );
+        std::fs::write(dir.join("noise.toml"), text).unwrap();
+        descriptor::load_dir(dir).unwrap()
+    }
+
+    #[test]
+    fn equal_files_in_other_directories_have_one_digest_and_a_change_another() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (one, two) = (descriptors(a.path(), ""), descriptors(b.path(), ""));
+        assert_eq!(
+            digest(&one),
+            digest(&two),
+            "the same files, wherever they are"
+        );
+        let changed = descriptors(b.path(), "[[windows]]\nsize = \"10m\"\n");
+        assert_ne!(digest(&one), digest(&changed));
+    }
+}
