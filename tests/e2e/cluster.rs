@@ -516,3 +516,215 @@ fn a_process_whose_state_is_lost_is_refused_while_the_others_hold_a_checkpoint()
         );
     }
 }
+
+/// [`durable`], with no periodic checkpoint within the test: only a stop takes one.
+fn durable_checkpoints_only_at_stop(dir: &tempfile::TempDir) {
+    durable(dir);
+    let file = dir.path().join("aqyl.toml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "checkpoint_interval = \"1s\"",
+        "checkpoint_interval = \"1h\"",
+    );
+    std::fs::write(&file, text).unwrap();
+}
+
+/// SIGTERM to process 1 alone (a supervisor stopping the processes one at a time): the
+/// whole cluster stops, and every process exits cleanly.
+fn stop_one(processes: Vec<Aqyl>) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &processes[1].pid().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    for (i, p) in processes.into_iter().enumerate() {
+        let mut exit = None;
+        wait_until(WAIT, "every cluster process to exit", || {
+            exit = p.child.lock().unwrap().try_wait().unwrap();
+            exit.is_some()
+        });
+        assert!(exit.unwrap().success(), "process {i} exited with {exit:?}");
+    }
+}
+
+/// Restarts the cluster after a stop and returns what each process replayed from its ingest
+/// log.
+fn restarted(
+    dirs: &[tempfile::TempDir],
+    mqtt: &Mosquitto,
+    vm: &VictoriaMetrics,
+) -> (Vec<Aqyl>, Vec<u64>) {
+    let again = start_online(dirs, mqtt, vm);
+    let replayed = (0..again.len())
+        .map(|i| metric(&again[i], "aqyl_log_replayed_total", i))
+        .collect();
+    (again, replayed)
+}
+
+#[test]
+fn a_durable_cluster_stopped_takes_a_last_checkpoint_and_replays_nothing() {
+    // Checkpoints only at a stop: without the last checkpoint, every message before a stop
+    // would be replayed from the logs at the next start.
+    let mut all = input();
+    all.extend(tail());
+    let (first, later) = all.split_at(300);
+    let (second, rest) = later.split_at(300);
+    let one = single_durable(&all);
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let events = Subscriber::start(mqtt.port, "aqyl/events/#");
+    let (_, dirs) = cluster_configs(2);
+    dirs.iter().for_each(durable_checkpoints_only_at_stop);
+    let taken = |processes: &[Aqyl], n: usize| {
+        wait_until(WAIT, "the part taken by the cluster", || {
+            let taken: u64 = (0..2)
+                .map(|i| metric(&processes[i], "aqyl_received_total", i))
+                .sum();
+            taken == n as u64
+        })
+    };
+    let processes = start_online(&dirs, &mqtt, &vm);
+    publish(mqtt.port, first);
+    taken(&processes, first.len());
+    stop_all(processes);
+    let (processes, replayed) = restarted(&dirs, &mqtt, &vm);
+    assert_eq!(replayed, [0, 0], "nothing replayed after a stop of both");
+    publish(mqtt.port, second);
+    taken(&processes, second.len());
+    stop_one(processes);
+    let (processes, replayed) = restarted(&dirs, &mqtt, &vm);
+    assert_eq!(replayed, [0, 0], "nothing replayed after a stop of one");
+    publish(mqtt.port, rest);
+    taken(&processes, rest.len());
+    let two = settled(&vm, &events);
+    stop_all(processes);
+    assert_same(&one, &two);
+}
+
+/// Adds a 10-minute window to the traffic descriptor of a config directory (picked up by the
+/// descriptor reload).
+fn add_window(dir: &tempfile::TempDir) {
+    let file = dir.path().join("sensors/traffic.toml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("\n[[windows]]\nsize = \"10m\"\n");
+    std::fs::write(&file, text).unwrap();
+}
+
+/// One durable process: the first two parts with the shipped descriptor, the rest with a
+/// 10-minute window more. Also returns how many windows it closed.
+fn single_reloaded(parts: [&[(String, Vec<u8>)]; 3]) -> (Written, u64) {
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let events = Subscriber::start(mqtt.port, "aqyl/events/#");
+    let dir = config(None);
+    durable(&dir);
+    let aqyl = Aqyl::online(&dir.path().join("aqyl.toml"), &mqtt, &vm);
+    publish(mqtt.port, parts[0]);
+    publish(mqtt.port, parts[1]);
+    let n = parts[0].len() + parts[1].len();
+    wait_until(WAIT, "the first two parts taken", || {
+        aqyl.metric("aqyl_received_total") == Some(n as u64)
+    });
+    settled(&vm, &events);
+    add_window(&dir);
+    wait_until(WAIT, "the descriptor reloaded", || {
+        aqyl.metric("aqyl_descriptor_reloads_total") == Some(1)
+    });
+    publish(mqtt.port, parts[2]);
+    let n = n + parts[2].len();
+    wait_until(WAIT, "every part taken", || {
+        aqyl.metric("aqyl_received_total") == Some(n as u64)
+    });
+    let written = settled(&vm, &events);
+    (
+        written,
+        aqyl.metric("aqyl_windows_closed_total").unwrap_or(0),
+    )
+}
+
+#[test]
+fn a_descriptor_reload_is_put_in_force_by_every_process_at_one_checkpoint() {
+    let mut all = input();
+    all.extend(tail());
+    let (first, later) = all.split_at(300);
+    let (second, rest) = later.split_at(300);
+    let (one, windows) = single_reloaded([first, second, rest]);
+    assert!(
+        one.0.keys().any(|k| k.contains(r#""window":"10m""#)),
+        "the reload added 10-minute windows"
+    );
+    let mqtt = Mosquitto::start();
+    let vm = VictoriaMetrics::start();
+    let events = Subscriber::start(mqtt.port, "aqyl/events/#");
+    let (_, dirs) = cluster_configs(2);
+    dirs.iter().for_each(durable);
+    let processes = start_online(&dirs, &mqtt, &vm);
+    let sum = |name: &str| -> Vec<u64> { (0..2).map(|i| metric(&processes[i], name, i)).collect() };
+    publish(mqtt.port, first);
+    // Process 1's files change alone: both say so, and the cluster keeps the descriptors in
+    // force (the second part is taken as one process takes it, without 10-minute windows).
+    add_window(&dirs[1]);
+    wait_until(WAIT, "both processes to report the difference", || {
+        sum("aqyl_descriptor_reload_failures_total")
+            .iter()
+            .all(|n| *n >= 1)
+    });
+    publish(mqtt.port, second);
+    let n = (first.len() + second.len()) as u64;
+    wait_until(WAIT, "the first two parts taken", || {
+        sum("aqyl_received_total").iter().sum::<u64>() == n
+    });
+    settled(&vm, &events);
+    assert_eq!(
+        sum("aqyl_descriptor_reloads_total"),
+        [0, 0],
+        "no process reloaded alone"
+    );
+    // Now process 0's files are the same: both put them in force at one checkpoint.
+    add_window(&dirs[0]);
+    wait_until(WAIT, "both processes to put the reload in force", || {
+        sum("aqyl_descriptor_reloads_total") == [1, 1]
+    });
+    publish(mqtt.port, rest);
+    wait_until(WAIT, "every part taken", || {
+        sum("aqyl_received_total").iter().sum::<u64>() == all.len() as u64
+    });
+    wait_until(WAIT, "the windows one process closed, closed", || {
+        sum("aqyl_windows_closed_total").iter().sum::<u64>() >= windows
+    });
+    let before = settled(&vm, &events);
+    println!(
+        "windows closed: one process {windows}, the cluster {:?}",
+        sum("aqyl_windows_closed_total")
+    );
+    stop_all(processes);
+    let two = settled(&vm, &events);
+    println!(
+        "series before the stop {}, after {}",
+        before.0.len(),
+        two.0.len()
+    );
+    assert_same(&one, &two);
+}
+
+/// Asserts that two runs wrote the same store points and incident messages.
+fn assert_same(one: &Written, two: &Written) {
+    let only = |a: &Written, b: &Written| -> Vec<String> {
+        a.0.keys()
+            .filter(|k| !b.0.contains_key(*k))
+            .take(5)
+            .cloned()
+            .collect()
+    };
+    let (missing, extra) = (only(one, two), only(two, one));
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "the same series in the store; missing in the cluster's (the first 5 of {} against {}): {missing:?}; only in the cluster's: {extra:?}",
+        one.0.len(),
+        two.0.len()
+    );
+    for (key, samples) in &one.0 {
+        assert_eq!(Some(samples), two.0.get(key), "the same samples of {key}");
+    }
+    assert_eq!(one.1, two.1, "the same incident messages");
+}

@@ -130,7 +130,7 @@ declare_metrics! {
     quality_excluded: Counter "aqyl_quality_excluded_total" "Readings kept out of aggregates and rules because they failed correctness (a value outside its range).";
     mqtt_connection_errors: Counter "aqyl_mqtt_connection_errors_total" "MQTT connection errors (each followed by a reconnect attempt).";
     descriptor_reloads: Counter "aqyl_descriptor_reloads_total" "Successful reloads of the sensor descriptors.";
-    descriptor_reload_failures: Counter "aqyl_descriptor_reload_failures_total" "Descriptor changes rejected as invalid (the previous descriptors stay in force).";
+    descriptor_reload_failures: Counter "aqyl_descriptor_reload_failures_total" "Descriptor changes rejected as invalid, or in a cluster differing from process 0's (the previous descriptors stay in force).";
     checkpoint_pause_us: MicrosAsSeconds "aqyl_checkpoint_pause_seconds" "How long the workers paused for the last checkpoint.";
     checkpoint_bytes: Gauge "aqyl_checkpoint_bytes" "Size of the last committed checkpoint, bytes.";
     subscriptions: Gauge "aqyl_subscriptions" "Subscription filters in force (set when the broker acknowledges a subscription).";

@@ -9,14 +9,17 @@
 //! sequence number it took), one worker assembles the [`Snapshot`] and hands it to the
 //! service, and all go on. The pause lasts a few steps: milliseconds.
 //!
-//! With `stop`, the workers end after the snapshot without closing their inputs, so no open
-//! window is flushed: they are in the snapshot and close, complete, after the next start.
+//! With `stop`, each worker first takes every message waiting in its channel (ingest has
+//! stopped, so the next start has nothing to replay), and the workers end after the snapshot
+//! without closing their inputs, so no open window is flushed: they are in the snapshot and
+//! close, complete, after the next start.
 //!
 //! In a cluster the same steps run in every process, and the leader of each meeting asks
 //! the whole cluster whether it is quiet (see [`crate::coordinate`]).
 
 use crate::coordinate::Coordinator;
 use crate::ingest::IngestState;
+use crate::reload::Reloads;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -156,6 +159,8 @@ pub struct Control {
     pub(crate) rules: Vec<String>,
     /// In a cluster: how this process takes part in the cluster's checkpoints.
     coordinator: std::sync::OnceLock<Arc<Coordinator>>,
+    /// In a cluster: its descriptor reloads, put in force at a quiet moment of a checkpoint.
+    reloads: std::sync::OnceLock<Arc<Reloads>>,
 }
 
 impl Control {
@@ -172,6 +177,7 @@ impl Control {
             taken,
             rules,
             coordinator: std::sync::OnceLock::new(),
+            reloads: std::sync::OnceLock::new(),
         };
         (control, rx)
     }
@@ -187,8 +193,12 @@ impl Control {
         id
     }
 
-    /// Asks for checkpoint `id` (in a cluster, as process 0 asked every process).
-    pub fn request_id(&self, id: u64) {
+    /// Asks for checkpoint `id` (in a cluster, as process 0 asked every process); with
+    /// `stop`, the workers end after it.
+    pub fn request_id(&self, id: u64, stop: bool) {
+        if stop {
+            self.stop.fetch_max(id, SeqCst);
+        }
         self.requested.fetch_max(id, SeqCst);
     }
 
@@ -200,6 +210,16 @@ impl Control {
     /// In a cluster: how this process takes part in the cluster's checkpoints.
     pub fn coordinator(&self) -> Option<&Arc<Coordinator>> {
         self.coordinator.get()
+    }
+
+    /// In a cluster: its descriptor reloads ([`crate::reload`]), if it follows its files.
+    pub fn reloads(&self) -> Option<&Arc<Reloads>> {
+        self.reloads.get()
+    }
+
+    /// Puts this process's descriptor reloads in the cluster's hands (before it starts).
+    pub fn follow_reloads(&self, reloads: Arc<Reloads>) {
+        let _ = self.reloads.set(reloads);
     }
 
     /// Joins the cluster's checkpoints: new ones are numbered after `newest`.
@@ -215,7 +235,7 @@ impl Control {
     }
 
     /// Whether the workers end after checkpoint `taken`.
-    pub(crate) fn stopping(&self, taken: u64) -> bool {
+    pub fn stopping(&self, taken: u64) -> bool {
         let stop = self.stop.load(SeqCst);
         stop != 0 && taken >= stop
     }

@@ -35,10 +35,17 @@
 //!    ([`Coordinator::part`]). With every part written, process 0 answers "complete" and each
 //!    process promotes its part to committed and truncates its log; otherwise "abandoned", and
 //!    the pending parts are replaced by the next checkpoint's.
+//! 5. **Stop**: a stop of any process stops the cluster with a last checkpoint of all
+//!    ([`crate::stop`]): `Stop` (p → 0), `Stopping` (0 → every p), `Drained` (p → 0), then a
+//!    request with `stop`.
 
 use crate::checkpoint::{Control, Snapshot};
+use crate::reload::Reloads;
+use crate::stop::ClusterStop;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -130,11 +137,12 @@ pub fn agree(held: &[Held]) -> Result<Agreed, String> {
     ))
 }
 
-/// One round of the quiet check at process 0: each process's records in flight.
+/// One round of the quiet check at process 0: each process's records in flight, and the
+/// digest of the descriptors it loaded last ([`crate::reload`]).
 #[derive(Debug)]
 pub struct Tally {
     id: u64,
-    reports: Vec<Option<i64>>,
+    reports: Vec<Option<(i64, u64)>>,
 }
 
 impl Tally {
@@ -146,10 +154,15 @@ impl Tally {
         }
     }
 
-    /// Adds `process`'s report for checkpoint `id`; once every process has reported, whether
-    /// the cluster is quiet. A report of another checkpoint, of an unknown process or a
-    /// second one in the round is a protocol error.
-    pub fn add(&mut self, process: usize, id: u64, in_flight: i64) -> Result<Option<bool>, String> {
+    /// Adds `process`'s report for checkpoint `id` (`loaded`: its descriptors' digest); once
+    /// every process has reported, whether the cluster is quiet. A report of another
+    /// checkpoint, of an unknown process or a second one in the round is a protocol error.
+    pub fn add(
+        &mut self,
+        process: usize,
+        id: u64,
+        (in_flight, loaded): (i64, u64),
+    ) -> Result<Option<bool>, String> {
         if id != self.id {
             return Err(format!(
                 "process {process} reported on checkpoint {id} during checkpoint {}",
@@ -157,29 +170,53 @@ impl Tally {
             ));
         }
         match self.reports.get_mut(process) {
-            Some(slot @ None) => *slot = Some(in_flight),
+            Some(slot @ None) => *slot = Some((in_flight, loaded)),
             _ => return Err(format!("an unexpected report from process {process}")),
         }
-        let all: Option<Vec<i64>> = self.reports.iter().copied().collect();
-        Ok(all.map(|counts| counts.iter().sum::<i64>() == 0))
+        let all: Option<Vec<(i64, u64)>> = self.reports.iter().copied().collect();
+        Ok(all.map(|counts| counts.iter().map(|c| c.0).sum::<i64>() == 0))
+    }
+
+    /// The descriptors' digest each process reported, by process.
+    pub fn loaded(&self) -> Vec<u64> {
+        self.reports.iter().flatten().map(|r| r.1).collect()
     }
 }
 
 /// One message on a control connection: a tag and three words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Frame {
-    /// 0 → p: take checkpoint `id`.
-    Request { id: u64 },
-    /// p → 0: records in flight in p, for checkpoint `id`.
-    Report { id: u64, in_flight: i64 },
-    /// 0 → p: the round's answer.
-    Verdict { quiet: bool },
+    /// 0 → p: take checkpoint `id` (with `stop`: the last, after which the workers end).
+    Request { id: u64, stop: bool },
+    /// p → 0: records in flight in p, for checkpoint `id`, and the digest of the descriptors
+    /// p loaded last.
+    Report {
+        id: u64,
+        in_flight: i64,
+        loaded: u64,
+    },
+    /// 0 → p: the round's answer; quiet, the descriptors to put in force now, if any, and
+    /// those process 0 loaded.
+    Verdict {
+        quiet: bool,
+        apply: Option<u64>,
+        wanted: u64,
+    },
     /// p → 0: p's part of `id` is written (`ok`) or not.
     Part { id: u64, ok: bool },
     /// 0 → p: checkpoint `id` is complete (or abandoned).
     Outcome { id: u64, complete: bool },
     /// p → 0 at start, then 0 → every p for every process: what `process` holds.
     Held { process: u64, held: Held },
+    /// p → 0: p was asked to stop; stop the cluster (see [`crate::stop`]).
+    Stop,
+    /// 0 → p: the cluster stops.
+    Stopping,
+    /// p → 0: p takes no more messages and its log writer is done.
+    Drained,
+    /// p → 0 at start (after `Held`), then 0 → every p: the digest of `process`'s
+    /// descriptors.
+    Descriptors { process: u64, digest: u64 },
 }
 
 const FRAME: usize = 25;
@@ -189,12 +226,24 @@ impl Frame {
     fn encode(self) -> [u8; FRAME] {
         let opt = |o: Option<u64>| o.unwrap_or(NONE);
         let (tag, a, b, c) = match self {
-            Frame::Request { id } => (1, id, 0, 0),
-            Frame::Report { id, in_flight } => (2, id, in_flight as u64, 0),
-            Frame::Verdict { quiet } => (3, quiet as u64, 0, 0),
+            Frame::Request { id, stop } => (1, id, stop as u64, 0),
+            Frame::Report {
+                id,
+                in_flight,
+                loaded,
+            } => (2, id, in_flight as u64, loaded),
+            Frame::Verdict {
+                quiet,
+                apply,
+                wanted,
+            } => (3, quiet as u64, opt(apply), wanted),
             Frame::Part { id, ok } => (4, id, ok as u64, 0),
             Frame::Outcome { id, complete } => (5, id, complete as u64, 0),
             Frame::Held { process, held } => (6, process, opt(held.committed), opt(held.pending)),
+            Frame::Stop => (7, 0, 0, 0),
+            Frame::Stopping => (8, 0, 0, 0),
+            Frame::Drained => (9, 0, 0, 0),
+            Frame::Descriptors { process, digest } => (10, process, digest, 0),
         };
         let mut buf = [0u8; FRAME];
         buf[0] = tag;
@@ -213,12 +262,20 @@ impl Frame {
         let opt = |v: u64| (v != NONE).then_some(v);
         let (a, b, c) = (w(0), w(1), w(2));
         Some(match buf[0] {
-            1 => Frame::Request { id: a },
+            1 => Frame::Request {
+                id: a,
+                stop: b != 0,
+            },
             2 => Frame::Report {
                 id: a,
                 in_flight: b as i64,
+                loaded: c,
             },
-            3 => Frame::Verdict { quiet: a != 0 },
+            3 => Frame::Verdict {
+                quiet: a != 0,
+                apply: opt(b),
+                wanted: c,
+            },
             4 => Frame::Part { id: a, ok: b != 0 },
             5 => Frame::Outcome {
                 id: a,
@@ -230,6 +287,13 @@ impl Frame {
                     committed: opt(b),
                     pending: opt(c),
                 },
+            },
+            7 => Frame::Stop,
+            8 => Frame::Stopping,
+            9 => Frame::Drained,
+            10 => Frame::Descriptors {
+                process: a,
+                digest: b,
             },
             _ => return None,
         })
@@ -254,6 +318,13 @@ fn receive(stream: &mut TcpStream) -> Result<Frame, String> {
 
 /// What a process's readers hand on, each kind to its waiter.
 type Inbox<T> = Mutex<Receiver<Result<T, String>>>;
+/// Where a reader hands one kind on.
+type Outbox<T> = Sender<Result<T, String>>;
+/// A quiet round's report at process 0: (process, checkpoint id, (records in flight,
+/// descriptors loaded)).
+type Report = (usize, u64, (i64, u64));
+/// A quiet round's verdict elsewhere: (quiet, descriptors to apply, process 0's).
+type Verdict = (bool, Option<u64>, u64);
 
 /// A process's end of the cluster's checkpoint protocol (see the module doc).
 pub struct Coordinator {
@@ -261,14 +332,18 @@ pub struct Coordinator {
     processes: usize,
     /// Writers: at process 0 one per peer (index = process), elsewhere only `[0]`.
     peers: Vec<Option<Mutex<TcpStream>>>,
-    /// At process 0: (process, checkpoint id, records in flight).
-    reports: Inbox<(usize, u64, i64)>,
-    /// Elsewhere: the quiet verdicts.
-    verdicts: Inbox<bool>,
+    /// At process 0: the quiet rounds' reports.
+    reports: Inbox<Report>,
+    /// Elsewhere: the quiet rounds' verdicts.
+    verdicts: Inbox<Verdict>,
     /// At process 0: (process, checkpoint id, written).
     parts: Inbox<(usize, u64, bool)>,
     /// Elsewhere: (checkpoint id, complete).
     outcomes: Inbox<(u64, bool)>,
+    /// The cluster's stop, as this process knows it.
+    stop: Arc<ClusterStop>,
+    /// Set once this process has asked for the stop (elsewhere) or announced it (at 0).
+    stop_told: AtomicBool,
 }
 
 impl Coordinator {
@@ -284,16 +359,18 @@ impl Coordinator {
     ) -> Result<(Coordinator, Agreed), String> {
         let processes = control.len();
         let mut control = control;
+        let digest = on_request.reloads().map_or(NONE, |r| r.in_force());
         let all = if process == 0 {
-            gather(&mut control, held)?
+            gather(&mut control, (held, digest))?
         } else {
-            learn(&mut control, process, held)?
+            learn(&mut control, process, (held, digest))?
         };
         let agreed = agree(&all)?;
         let (reports_tx, reports) = channel();
         let (verdicts_tx, verdicts) = channel();
         let (parts_tx, parts) = channel();
         let (outcomes_tx, outcomes) = channel();
+        let stop = Arc::new(ClusterStop::new(processes));
         let mut peers = Vec::with_capacity(processes);
         for (p, socket) in control.into_iter().enumerate() {
             let Some(socket) = socket else {
@@ -309,6 +386,7 @@ impl Coordinator {
                 parts: parts_tx.clone(),
                 outcomes: outcomes_tx.clone(),
                 control: on_request.clone(),
+                stop: stop.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("aqyl-control-{p}"))
@@ -324,6 +402,8 @@ impl Coordinator {
             verdicts: Mutex::new(verdicts),
             parts: Mutex::new(parts),
             outcomes: Mutex::new(outcomes),
+            stop,
+            stop_told: AtomicBool::new(false),
         };
         Ok((coordinator, agreed))
     }
@@ -333,28 +413,101 @@ impl Coordinator {
         self.process == 0
     }
 
-    /// At process 0: asks every other process for checkpoint `id`.
-    pub fn request(&self, id: u64) -> Result<(), String> {
-        self.to_peers(Frame::Request { id })
+    /// At process 0: asks every other process for checkpoint `id` (with `stop`: the last).
+    pub fn request(&self, id: u64, stop: bool) -> Result<(), String> {
+        self.to_peers(Frame::Request { id, stop })
+    }
+
+    /// The cluster's stop, as this process knows it.
+    pub fn stop(&self) -> &Arc<ClusterStop> {
+        &self.stop
+    }
+
+    /// This process stops (asked to, or told the cluster does): at process 0, tells every
+    /// other process; elsewhere, asks process 0 to stop the cluster. Once.
+    pub fn stop_cluster(&self) -> Result<(), String> {
+        self.stop.begin();
+        if self.stop_told.swap(true, SeqCst) {
+            return Ok(());
+        }
+        if self.process == 0 {
+            self.to_peers(Frame::Stopping)
+        } else {
+            self.to_zero(Frame::Stop)
+        }
+    }
+
+    /// This process takes no more messages and its ingest log writer is done.
+    pub fn drained(&self) -> Result<(), String> {
+        if self.process == 0 {
+            self.stop.drain(0);
+            Ok(())
+        } else {
+            self.to_zero(Frame::Drained)
+        }
     }
 
     /// One round of the quiet check of checkpoint `id`: this process counts `in_flight`
-    /// records in flight; whether the whole cluster is quiet. Called by the leader of this
-    /// process's workers while the others wait at the rendezvous.
-    pub fn quiet(&self, id: u64, in_flight: i64) -> Result<bool, String> {
-        if self.process != 0 {
-            self.to_zero(Frame::Report { id, in_flight })?;
-            return next(&self.verdicts);
+    /// records in flight; whether the whole cluster is quiet. Quiet, descriptors every process
+    /// loaded are put in force ([`crate::reload`], through `reloads`). Called by the leader of
+    /// this process's workers while the others wait at the rendezvous.
+    pub fn quiet(
+        &self,
+        id: u64,
+        in_flight: i64,
+        reloads: Option<&Reloads>,
+    ) -> Result<bool, String> {
+        let loaded = reloads.map_or(NONE, Reloads::loaded);
+        let (quiet, apply) = if self.process != 0 {
+            self.to_zero(Frame::Report {
+                id,
+                in_flight,
+                loaded,
+            })?;
+            let (quiet, apply, wanted) = next(&self.verdicts)?;
+            if let Some(r) = reloads.filter(|_| quiet) {
+                r.heard(wanted);
+            }
+            (quiet, apply)
+        } else {
+            self.decide(id, (in_flight, loaded), reloads)?
+        };
+        if let (Some(r), Some(digest)) = (reloads, apply) {
+            r.apply(digest);
         }
+        Ok(quiet)
+    }
+
+    /// At process 0: gathers a round's reports, decides and tells every process.
+    fn decide(
+        &self,
+        id: u64,
+        own: (i64, u64),
+        reloads: Option<&Reloads>,
+    ) -> Result<(bool, Option<u64>), String> {
         let mut tally = Tally::new(id, self.processes);
-        let mut verdict = tally.add(0, id, in_flight)?;
+        let mut verdict = tally.add(0, id, own)?;
         while verdict.is_none() {
-            let (p, rid, n) = next(&self.reports)?;
-            verdict = tally.add(p, rid, n)?;
+            let (p, rid, report) = next(&self.reports)?;
+            verdict = tally.add(p, rid, report)?;
         }
         let quiet = verdict.unwrap_or(false);
-        self.to_peers(Frame::Verdict { quiet })?;
-        Ok(quiet)
+        let apply = match (reloads, quiet) {
+            (Some(r), true) => match crate::reload::decide(&tally.loaded(), r.in_force()) {
+                Ok(apply) => apply,
+                Err(differ) => {
+                    r.differ(&differ);
+                    None
+                }
+            },
+            _ => None,
+        };
+        self.to_peers(Frame::Verdict {
+            quiet,
+            apply,
+            wanted: own.1,
+        })?;
+        Ok((quiet, apply))
     }
 
     /// Elsewhere than at process 0: tells process 0 whether this process's part of `id` is
@@ -407,15 +560,21 @@ fn next<T>(inbox: &Inbox<T>) -> Result<T, String> {
 }
 
 /// At process 0: every process's holdings (its own, and one frame from each peer), sent to
-/// every peer.
-fn gather(control: &mut [Option<TcpStream>], own: Held) -> Result<Vec<Held>, String> {
-    let mut all = vec![own; control.len()];
+/// every peer; and the digests of their descriptors, which must all be process 0's (`own.1`).
+fn gather(control: &mut [Option<TcpStream>], own: (Held, u64)) -> Result<Vec<Held>, String> {
+    let mut all = vec![own.0; control.len()];
+    let mut differ = Vec::new();
     for (p, socket) in control.iter_mut().enumerate().skip(1) {
         let s = socket
             .as_mut()
             .ok_or_else(|| format!("no control connection to process {p}"))?;
-        match receive(s)? {
-            Frame::Held { held, .. } => all[p] = held,
+        match (receive(s)?, receive(s)?) {
+            (Frame::Held { held, .. }, Frame::Descriptors { digest, .. }) => {
+                all[p] = held;
+                if !same_descriptors(digest, own.1) {
+                    differ.push(p);
+                }
+            }
             other => {
                 return Err(format!(
                     "process {p} sent {other:?} instead of its checkpoints"
@@ -423,37 +582,58 @@ fn gather(control: &mut [Option<TcpStream>], own: Held) -> Result<Vec<Held>, Str
             }
         }
     }
+    let descriptors = Frame::Descriptors {
+        process: 0,
+        digest: own.1,
+    };
     for socket in control.iter_mut().skip(1).flatten() {
-        for (p, held) in all.iter().enumerate() {
-            let frame = Frame::Held {
-                process: p as u64,
-                held: *held,
-            };
+        let held = all.iter().enumerate().map(|(p, held)| Frame::Held {
+            process: p as u64,
+            held: *held,
+        });
+        for frame in held.chain([descriptors]) {
             socket
                 .write_all(&frame.encode())
                 .map_err(|e| format!("a cluster process is gone (control connection: {e})"))?;
         }
     }
+    if !differ.is_empty() {
+        return Err(format!("the sensor descriptors of processes {differ:?} differ from process 0's: every process of a cluster must have the same files in its sensors_dir (copy process 0's) and they all start again"));
+    }
     Ok(all)
 }
 
-/// Elsewhere: sends process 0 this process's holdings and reads back every process's.
+/// Whether two processes' descriptor digests agree (an unknown one agrees with any).
+fn same_descriptors(a: u64, b: u64) -> bool {
+    a == b || a == NONE || b == NONE
+}
+
+/// Elsewhere: sends process 0 this process's holdings and descriptors' digest (`own`), and
+/// reads back every process's holdings and process 0's digest, which must be this one's.
 fn learn(
     control: &mut [Option<TcpStream>],
     process: usize,
-    own: Held,
+    own: (Held, u64),
 ) -> Result<Vec<Held>, String> {
     let mut all = vec![Held::default(); control.len()];
     let s = control
         .first_mut()
         .and_then(Option::as_mut)
         .ok_or("no control connection to process 0")?;
-    let frame = Frame::Held {
-        process: process as u64,
-        held: own,
-    };
-    s.write_all(&frame.encode())
-        .map_err(|e| format!("process 0 is gone (control connection: {e})"))?;
+    let frames = [
+        Frame::Held {
+            process: process as u64,
+            held: own.0,
+        },
+        Frame::Descriptors {
+            process: process as u64,
+            digest: own.1,
+        },
+    ];
+    for frame in frames {
+        s.write_all(&frame.encode())
+            .map_err(|e| format!("process 0 is gone (control connection: {e})"))?;
+    }
     for _ in 0..all.len() {
         match receive(s)? {
             Frame::Held { process, held } if (process as usize) < all.len() => {
@@ -466,16 +646,21 @@ fn learn(
             }
         }
     }
-    Ok(all)
+    match receive(s)? {
+        Frame::Descriptors { digest, .. } if same_descriptors(digest, own.1) => Ok(all),
+        Frame::Descriptors { .. } => Err("this process's sensor descriptors differ from process 0's: every process of a cluster must have the same files in its sensors_dir (copy process 0's) and they all start again".into()),
+        other => Err(format!("process 0 sent {other:?} instead of its descriptors")),
+    }
 }
 
 /// Where one control connection's frames go.
 struct Readers {
-    reports: Sender<Result<(usize, u64, i64), String>>,
-    verdicts: Sender<Result<bool, String>>,
+    reports: Outbox<Report>,
+    verdicts: Outbox<Verdict>,
     parts: Sender<Result<(usize, u64, bool), String>>,
     outcomes: Sender<Result<(u64, bool), String>>,
     control: Arc<Control>,
+    stop: Arc<ClusterStop>,
 }
 
 impl Readers {
@@ -487,22 +672,40 @@ impl Readers {
                 Err(e) => break e,
             };
             let _ = match frame {
-                Frame::Request { id } => {
-                    self.control.request_id(id);
+                Frame::Request { id, stop } => {
+                    self.control.request_id(id, stop);
                     Ok(())
                 }
-                Frame::Report { id, in_flight } => {
-                    self.reports.send(Ok((p, id, in_flight))).map_err(drop)
+                Frame::Stop | Frame::Stopping => {
+                    self.stop.begin();
+                    Ok(())
                 }
-                Frame::Verdict { quiet } => self.verdicts.send(Ok(quiet)).map_err(drop),
+                Frame::Drained => {
+                    self.stop.drain(p);
+                    Ok(())
+                }
+                Frame::Report {
+                    id,
+                    in_flight,
+                    loaded,
+                } => self
+                    .reports
+                    .send(Ok((p, id, (in_flight, loaded))))
+                    .map_err(drop),
+                Frame::Verdict {
+                    quiet,
+                    apply,
+                    wanted,
+                } => self.verdicts.send(Ok((quiet, apply, wanted))).map_err(drop),
                 Frame::Part { id, ok } => self.parts.send(Ok((p, id, ok))).map_err(drop),
                 Frame::Outcome { id, complete } => {
                     self.outcomes.send(Ok((id, complete))).map_err(drop)
                 }
-                Frame::Held { .. } => Ok(()),
+                Frame::Held { .. } | Frame::Descriptors { .. } => Ok(()),
             };
         };
         tracing::debug!(peer = p, "Control connection closed: {why}");
+        self.stop.broken(why.clone());
         let _ = self.reports.send(Err(why.clone()));
         let _ = self.verdicts.send(Err(why.clone()));
         let _ = self.parts.send(Err(why.clone()));
@@ -565,15 +768,30 @@ mod tests {
     #[test]
     fn a_round_is_quiet_only_when_every_process_reported_and_the_counts_cancel() {
         let mut t = Tally::new(7, 3);
-        assert_eq!(t.add(0, 7, 2), Ok(None));
-        assert_eq!(t.add(2, 7, -1), Ok(None));
-        assert!(t.add(2, 7, 0).is_err(), "two reports of one process");
-        assert!(t.add(1, 6, 0).is_err(), "a report of another checkpoint");
-        assert_eq!(t.add(1, 7, -1), Ok(Some(true)));
+        assert_eq!(t.add(0, 7, (2, 10)), Ok(None));
+        assert_eq!(t.add(2, 7, (-1, 12)), Ok(None));
+        assert!(t.add(2, 7, (0, 12)).is_err(), "two reports of one process");
+        assert!(
+            t.add(1, 6, (0, 11)).is_err(),
+            "a report of another checkpoint"
+        );
+        assert_eq!(t.add(1, 7, (-1, 11)), Ok(Some(true)));
+        assert_eq!(
+            t.loaded(),
+            [10, 11, 12],
+            "each process's descriptors, by process"
+        );
         let mut t = Tally::new(7, 2);
-        assert_eq!(t.add(1, 7, 1), Ok(None));
-        assert_eq!(t.add(0, 7, 0), Ok(Some(false)), "a record still travels");
-        assert!(Tally::new(1, 2).add(5, 1, 0).is_err(), "an unknown process");
+        assert_eq!(t.add(1, 7, (1, 0)), Ok(None));
+        assert_eq!(
+            t.add(0, 7, (0, 0)),
+            Ok(Some(false)),
+            "a record still travels"
+        );
+        assert!(
+            Tally::new(1, 2).add(5, 1, (0, 0)).is_err(),
+            "an unknown process"
+        );
     }
 
     #[test]
@@ -583,17 +801,30 @@ mod tests {
         let (at_zero, _) = listener.accept().unwrap();
         let control = || Arc::new(Control::new(1, vec![]).0);
         let (zero_control, one_control) = (control(), control());
+        // Both run descriptors of digest 1 and have loaded changed ones (2) meanwhile.
+        let reloads = || {
+            let r = Arc::new(Reloads::new(
+                crate::shared(Default::default()),
+                1,
+                Default::default(),
+            ));
+            r.stage(2, Default::default());
+            r
+        };
+        let (zero_reloads, one_reloads) = (reloads(), reloads());
+        zero_control.follow_reloads(zero_reloads.clone());
+        one_control.follow_reloads(one_reloads.clone());
         let one = {
-            let c = one_control.clone();
+            let (c, r) = (one_control.clone(), one_reloads.clone());
             std::thread::spawn(move || {
                 let held = held(Some(3), Some(4));
                 let (coordinator, agreed) =
                     Coordinator::start(vec![Some(to_zero), None], 1, held, c).unwrap();
                 // Records sent by process 0 and not yet pulled here: not quiet; then quiet.
-                let rounds = [
-                    coordinator.quiet(4, -2).unwrap(),
-                    coordinator.quiet(4, -1).unwrap(),
-                ];
+                let first = coordinator.quiet(4, -2, Some(&r)).unwrap();
+                let before = r.in_force();
+                let second = coordinator.quiet(4, -1, Some(&r)).unwrap();
+                let rounds = ([first, second], [before, r.in_force()]);
                 (agreed, rounds, coordinator.part(4, true).unwrap())
             })
         };
@@ -601,8 +832,11 @@ mod tests {
         let (zero, agreed) =
             Coordinator::start(vec![None, Some(at_zero)], 0, held0, zero_control).unwrap();
         assert!(zero.leads());
-        zero.request(5).unwrap();
-        let rounds = [zero.quiet(4, 1).unwrap(), zero.quiet(4, 1).unwrap()];
+        zero.request(5, false).unwrap();
+        let first = zero.quiet(4, 1, Some(&zero_reloads)).unwrap();
+        let before = zero_reloads.in_force();
+        let second = zero.quiet(4, 1, Some(&zero_reloads)).unwrap();
+        let rounds = ([first, second], [before, zero_reloads.in_force()]);
         assert!(zero.complete(4, true).unwrap());
         let (agreed_one, rounds_one, complete_one) = one.join().unwrap();
         let expected = Agreed {
@@ -610,7 +844,12 @@ mod tests {
             newest: 4,
         };
         assert_eq!((agreed, agreed_one), (expected, expected));
-        assert_eq!((rounds, rounds_one), ([false, true], [false, true]));
+        let expected = ([false, true], [1, 2]);
+        assert_eq!(
+            (rounds, rounds_one),
+            (expected, expected),
+            "quiet at the second round, and the reload in force from then on, on both"
+        );
         assert!(complete_one);
         assert_eq!(
             one_control.requested(),
@@ -620,14 +859,50 @@ mod tests {
     }
 
     #[test]
+    fn processes_with_other_descriptors_refuse_to_form_a_cluster() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let to_zero = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (at_zero, _) = listener.accept().unwrap();
+        let control = |digest| {
+            let c = Arc::new(Control::new(1, vec![]).0);
+            let registry = crate::shared(Default::default());
+            c.follow_reloads(Arc::new(Reloads::new(registry, digest, Default::default())));
+            c
+        };
+        let c = control(8);
+        let one = std::thread::spawn(move || {
+            Coordinator::start(vec![Some(to_zero), None], 1, Held::default(), c).err()
+        });
+        let zero = Coordinator::start(vec![None, Some(at_zero)], 0, Held::default(), control(7));
+        let (zero, one) = (zero.err().unwrap(), one.join().unwrap().unwrap());
+        assert!(zero.contains("processes [1] differ"), "{zero}");
+        assert!(
+            one.contains("this process's sensor descriptors differ"),
+            "{one}"
+        );
+    }
+
+    #[test]
     fn frames_survive_the_wire() {
         let frames = [
-            Frame::Request { id: 3 },
+            Frame::Request { id: 3, stop: true },
+            Frame::Stop,
+            Frame::Stopping,
+            Frame::Drained,
             Frame::Report {
                 id: 3,
                 in_flight: -12,
+                loaded: 77,
             },
-            Frame::Verdict { quiet: true },
+            Frame::Verdict {
+                quiet: true,
+                apply: Some(77),
+                wanted: 77,
+            },
+            Frame::Descriptors {
+                process: 1,
+                digest: 5,
+            },
             Frame::Part { id: 9, ok: false },
             Frame::Outcome {
                 id: 9,

@@ -23,7 +23,9 @@
 //!   `neighbours.rs`, `feed.rs`, `track.rs`, `emit.rs`).
 //! - What operators share: [`ordered`] (event-time order, frontier-following capabilities),
 //!   [`state`] (operator state and counted channels), [`checkpoint`] (consistent checkpoints),
-//!   [`coordinate`] (checkpoints across a cluster).
+//!   [`coordinate`] (checkpoints across a cluster), [`reload`] (descriptor reloads at one
+//!   quiet moment of a cluster), [`stop`] (a cluster's stop with a last
+//!   checkpoint).
 
 pub mod aggregate;
 pub mod checkpoint;
@@ -37,9 +39,11 @@ pub mod input;
 pub mod ordered;
 pub mod quality;
 pub mod readings;
+pub mod reload;
 pub mod runtime;
 pub mod sensor_sax;
 pub mod state;
+pub mod stop;
 
 /// The sensor types, swappable while the dataflow runs (hot reload): workers and operators
 /// load the current registry at each step.

@@ -628,7 +628,12 @@ fn run_worker(
     let mut checkpointed = shared.control.as_ref().map_or(0, |c| c.requested());
     loop {
         if let Some(control) = &shared.control {
-            if let Some(id) = control.pending(checkpointed) {
+            // The last checkpoint (ingest has stopped) waits until this worker has taken
+            // every message routed to it, so that the next start has nothing to replay.
+            let pending = control
+                .pending(checkpointed)
+                .filter(|id| !(control.stopping(*id) && queued(&intake)));
+            if let Some(id) = pending {
                 checkpointed = id;
                 let Intake::Channel(rx) = &intake else {
                     tracing::error!("A worker reading its own source cannot be checkpointed.");
@@ -774,6 +779,11 @@ fn run_worker(
     while worker.step_or_park(Some(PARK)) {}
 }
 
+/// Whether messages wait in a worker's channel.
+fn queued(intake: &Intake) -> bool {
+    matches!(intake, Intake::Channel(rx) if !rx.is_empty())
+}
+
 /// A worker's ingest and inputs, as a checkpoint sees them.
 struct WorkerIo<'a> {
     ingest: &'a mut IngestState,
@@ -814,7 +824,10 @@ fn checkpoint(
         if rendezvous.wait().ok_or_else(dead)? {
             // The others wait at the next meeting meanwhile: nothing moves in this process.
             let quiet = match control.coordinator() {
-                Some(cluster) => cluster.quiet(id, states.in_flight())?,
+                Some(cluster) => {
+                    let reloads = control.reloads().map(|r| &**r);
+                    cluster.quiet(id, states.in_flight(), reloads)?
+                }
                 None => states.in_flight() == 0,
             };
             if quiet {

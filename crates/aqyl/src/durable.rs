@@ -21,8 +21,8 @@
 //! sinks confirmed the outputs before it, and commits it (truncating its log) only when
 //! process 0 has seen every part. At start the processes agree on the newest checkpoint all
 //! of them hold ([`cluster_holdings`] reads this process's) and each replays its own log
-//! after it. A stop takes no last checkpoint (the processes would have to agree on it): the
-//! next start resumes from the last complete one and replays the logs.
+//! after it. A stop of any process stops the whole cluster with a last checkpoint of every
+//! process ([`aqyl_dataflow::stop`]), so the next start has nothing to replay.
 
 use aqyl_core::metrics::Metrics;
 use aqyl_core::RawMessage;
@@ -239,49 +239,43 @@ async fn confirmed(snapshot: &Snapshot, interval: Duration, metrics: &Metrics) -
     waited.is_ok()
 }
 
-/// In a cluster: takes part in the cluster's checkpoints until `stop` is set or a process
-/// is gone (see the module doc). At process 0, asks for one every `interval`. Hands the
-/// snapshot channel back.
+/// In a cluster: takes part in the cluster's checkpoints (see the module doc) until the last,
+/// taken when the cluster stops, or until a process is gone. At process 0, asks for one every
+/// `interval`, soon after its descriptor files changed (three reload intervals later, so the
+/// others have loaded theirs: the reload is put in force at that checkpoint), and for the
+/// last once every process has drained ([`aqyl_dataflow::stop`]). Returns whether the
+/// workers took the last checkpoint (and ended), and if so whether it is complete.
 pub async fn cluster_checkpointer(
     store: Arc<Store>,
     control: Arc<Control>,
     mut taken: mpsc::UnboundedReceiver<Snapshot>,
-    interval: Duration,
+    (interval, reload_interval): (Duration, Duration),
     metrics: Arc<Metrics>,
-    stop: watch::Receiver<bool>,
-) -> mpsc::UnboundedReceiver<Snapshot> {
-    cluster_rounds(store, control, &mut taken, (interval, metrics), stop).await;
-    taken
-}
-
-async fn cluster_rounds(
-    store: Arc<Store>,
-    control: Arc<Control>,
-    taken: &mut mpsc::UnboundedReceiver<Snapshot>,
-    (interval, metrics): (Duration, Arc<Metrics>),
-    mut stop: watch::Receiver<bool>,
-) {
-    let Some(coordinator) = control.coordinator().cloned() else {
-        return;
-    };
+) -> Option<bool> {
+    let coordinator = control.coordinator().cloned()?;
+    let stop = coordinator.stop().clone();
+    let mut loaded = control.reloads().map(|r| r.watch_loaded());
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         if coordinator.leads() {
-            tokio::select! {
-                _ = stop.changed() => return,
-                _ = tick.tick() => {}
-            }
-            let id = control.request(false);
-            if let Err(e) = coordinator.request(id) {
-                tracing::warn!(error = %e, "Cannot ask the cluster for a checkpoint.");
-                return;
+            let last = tokio::select! {
+                drained = stop.all_drained() => match drained {
+                    Ok(()) => true,
+                    Err(e) => return gone(&e),
+                },
+                _ = tick.tick() => false,
+                () = changed_then(&mut loaded, reload_interval * 3) => false,
+            };
+            let id = control.request(last);
+            if let Err(e) = coordinator.request(id, last) {
+                return gone(&e);
             }
         }
         let snapshot = tokio::select! {
-            _ = stop.changed() => return,
-            s = taken.recv() => match s { Some(s) => s, None => return },
+            why = stop.broke() => return gone(&why),
+            s = taken.recv() => s?,
         };
         let id = snapshot.id;
         let written = confirmed(&snapshot, interval, &metrics).await
@@ -295,19 +289,45 @@ async fn cluster_rounds(
             }
         })
         .await;
-        match outcome {
-            Ok(Ok(true)) => promote(&store, id, &metrics),
-            Ok(Ok(false)) => tracing::debug!(id, "A cluster checkpoint was abandoned."),
+        let complete = match outcome {
+            Ok(Ok(complete)) => complete,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "The cluster's checkpoints stop.");
-                return;
+                // The workers took this snapshot: after the last, they have ended.
+                gone(&e);
+                return control.stopping(id).then_some(false);
             }
             Err(e) => {
                 tracing::error!(error = %e, "The cluster checkpoint task panicked.");
-                return;
+                return control.stopping(id).then_some(false);
             }
+        };
+        if complete {
+            promote(&store, id, &metrics);
+        } else {
+            tracing::debug!(id, "A cluster checkpoint was abandoned.");
+        }
+        if control.stopping(id) {
+            return Some(complete);
         }
     }
+}
+
+/// Completes `settle` after what `loaded` follows changes (never without it).
+async fn changed_then<T>(loaded: &mut Option<watch::Receiver<T>>, settle: Duration) {
+    let changed = match loaded {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    };
+    if !changed {
+        return std::future::pending().await;
+    }
+    tokio::time::sleep(settle).await
+}
+
+/// The cluster's checkpoints end: a process is gone.
+fn gone(why: &str) -> Option<bool> {
+    tracing::warn!(error = %why, "The cluster's checkpoints stop.");
+    None
 }
 
 /// Writes `snapshot` as this process's pending part; whether it is written.

@@ -334,17 +334,12 @@ async fn run(
             metrics.clone(),
         ))
     });
-    let reload_task = (!loaded.config.reload_interval.is_zero()).then(|| {
-        tokio::spawn(crate::reload::watch(
-            loaded.sensors_dir.clone(),
-            loaded.config.reload_interval,
-            registry.clone(),
-            edge.filters_handle(),
-            subscription_prefix,
-            cfg.ingest.catch_all.clone(),
-            metrics.clone(),
-        ))
-    });
+    let reload_task = reloads(
+        &loaded,
+        durable.as_ref(),
+        (registry.clone(), edge.filters_handle(), subscription_prefix),
+        &metrics,
+    );
     let selector = aqyl_core::subscriptions::Selector::of(subscriptions.shared());
     let ev_task = tokio::spawn(aqyl_mqtt::publish::events(
         out.client.clone(),
@@ -368,6 +363,12 @@ async fn run(
         metrics.clone(),
     ));
 
+    // In a durable cluster, a stop of another process stops this one too (with the cluster's
+    // last checkpoint).
+    let cluster_stop = durable
+        .as_ref()
+        .and_then(|d| d.control.coordinator())
+        .map(|c| c.stop().clone());
     // A sink that stops before shutdown (its spill cannot be written) would lose every
     // later result: stop taking messages and exit non-zero so a supervisor restarts Aqyl.
     let mut sink_task = sink_task;
@@ -381,6 +382,12 @@ async fn run(
     // a client certificate it refuses) before the first connect is a configuration error:
     // say so and exit instead of retrying for ever.
     let ended = running.worker_ended();
+    let cluster_stopping = async {
+        match &cluster_stop {
+            Some(s) => s.stopping().await,
+            None => std::future::pending().await,
+        }
+    };
     let mut refused_in = edge.refused();
     let mut refused_out = out.refused();
     // A stop first: in a cluster stopped together, a peer that exits first ends this
@@ -388,6 +395,10 @@ async fn run(
     let failed = tokio::select! {
         biased;
         () = &mut stop => None,
+        () = cluster_stopping => {
+            tracing::info!("Another process of the cluster stops: this one stops too, with the cluster's last checkpoint.");
+            None
+        }
         why = refused_in.wait() => Some(("broker", why)),
         why = refused_out.wait() => Some(("broker", why)),
         ended = &mut sink_task => Some(("sink", match ended {
@@ -437,21 +448,30 @@ async fn run(
         t.abort();
     }
     edge.stop_ingest();
-    if let Some(d) = durable.take_if(|d| d.cluster) {
-        d.stop_cluster().await;
-        // The workers of a durable cluster end only with the process (see DurableRun).
-        std::mem::forget(running);
-        drop(city_tasks);
-        out.close().await;
-        edge.close().await;
-        tracing::info!("Aqyl stopped without a last checkpoint: the cluster resumes from its last complete checkpoint, and each process replays its ingest log after it.");
-        return Ok(());
+    let in_cluster = durable.as_ref().is_some_and(DurableRun::is_cluster);
+    if let Some(d) = durable.take_if(|d| d.is_cluster()) {
+        tracing::info!("Shutting down: the cluster takes its last checkpoint (open windows are kept for the next start).");
+        match d.stop_cluster().await {
+            Some(true) => tracing::info!("The cluster's last checkpoint is complete; the next start goes on from here."),
+            Some(false) => tracing::warn!("The cluster's last checkpoint is not complete (some outputs were not confirmed); the next start resumes from the one before and replays the ingest logs after it."),
+            None => {
+                // The workers end only at the last checkpoint, which was not taken: they end
+                // with the process, and the next start resumes from the last complete one.
+                std::mem::forget(running);
+                drop(city_tasks);
+                out.close().await;
+                edge.close().await;
+                tracing::warn!("Aqyl stopped without a last checkpoint (a process of the cluster is gone): the cluster resumes from its last complete checkpoint, and each process replays its ingest log after it.");
+                return Ok(());
+            }
+        }
     }
     let last = match durable {
         Some(d) => {
             tracing::info!("Shutting down: checkpointing (open windows are kept for the next start) and flushing sinks.");
             Some(d.stop().await?)
         }
+        None if in_cluster => None,
         None => {
             tracing::info!("Shutting down: draining windows and flushing sinks.");
             None
@@ -497,6 +517,53 @@ async fn run(
         "Aqyl stopped cleanly."
     );
     Ok(())
+}
+
+/// Starts following descriptor changes, unless `reload_interval` is 0 or in a cluster without
+/// durable state (see [`crate::reload`]).
+fn reloads(
+    loaded: &Loaded,
+    durable: Option<&DurableRun>,
+    (registry, filters, prefix): (
+        aqyl_dataflow::SharedRegistry,
+        Arc<tokio::sync::watch::Sender<Vec<String>>>,
+        String,
+    ),
+    metrics: &Arc<Metrics>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let cfg = &loaded.config;
+    let in_cluster = durable.and_then(|d| d.control.reloads().cloned());
+    if cfg.reload_interval.is_zero() {
+        return None;
+    }
+    if cfg.cluster.enabled() && in_cluster.is_none() {
+        tracing::warn!("Descriptor changes are not reloaded in a cluster without durable state (its processes could not put them in force at one moment): restart every process to change descriptors, or set [state] durable = true.");
+        return None;
+    }
+    let catch_all = cfg.ingest.catch_all.clone();
+    let apply = match &in_cluster {
+        Some(r) => crate::reload::Apply::InCluster(r.clone()),
+        None => crate::reload::Apply::Now(registry.clone()),
+    };
+    let watch = crate::reload::watch(
+        loaded.sensors_dir.clone(),
+        cfg.reload_interval,
+        apply,
+        filters.clone(),
+        prefix.clone(),
+        catch_all.clone(),
+        metrics.clone(),
+    );
+    let follow = in_cluster
+        .map(|r| crate::reload::follow(r, registry, filters, (prefix, catch_all), metrics.clone()));
+    Some(tokio::spawn(async move {
+        match follow {
+            Some(follow) => {
+                tokio::join!(watch, follow);
+            }
+            None => watch.await,
+        }
+    }))
 }
 
 /// Why the service stops when a dataflow worker has ended.
@@ -595,24 +662,50 @@ struct DurableRun {
     control: Arc<aqyl_dataflow::checkpoint::Control>,
     /// The ingest log writer (a blocking thread).
     log_task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    /// Periodic checkpoints; hands the snapshot channel back when stopped.
-    checkpoints:
-        tokio::task::JoinHandle<mpsc::UnboundedReceiver<aqyl_dataflow::checkpoint::Snapshot>>,
+    /// Periodic checkpoints.
+    checkpoints: Checkpoints,
     stop_checkpoints: tokio::sync::watch::Sender<bool>,
-    /// Whether it is a process of a cluster: it stops without a last checkpoint (the
-    /// processes would have to agree on it) and its workers never end on their own.
-    cluster: bool,
+}
+
+/// The task taking a durable run's checkpoints.
+enum Checkpoints {
+    /// One process's; hands the snapshot channel back when stopped.
+    One(tokio::task::JoinHandle<mpsc::UnboundedReceiver<aqyl_dataflow::checkpoint::Snapshot>>),
+    /// A cluster's; ends with the cluster's last checkpoint (whether it is complete), or
+    /// without one (`None`) when a process is gone.
+    Cluster(tokio::task::JoinHandle<Option<bool>>),
 }
 
 impl DurableRun {
-    /// After ingest has stopped, in a cluster: lets the log writer finish (everything
-    /// acknowledged is logged) and stops taking part in checkpoints.
-    async fn stop_cluster(self) {
+    /// Whether it is a process of a cluster.
+    fn is_cluster(&self) -> bool {
+        matches!(self.checkpoints, Checkpoints::Cluster(_))
+    }
+
+    /// After ingest has stopped, in a cluster: stops the cluster (see
+    /// [`aqyl_dataflow::stop`]), lets the log writer finish (everything acknowledged is
+    /// logged), says so, and waits for the cluster's last checkpoint. `Some(complete)` once
+    /// the workers took it and ended; `None` when a process is gone first.
+    async fn stop_cluster(self) -> Option<bool> {
+        let Checkpoints::Cluster(checkpoints) = self.checkpoints else {
+            return None;
+        };
+        let coordinator = self.control.coordinator().cloned();
+        let tell = |r: Result<(), String>| {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "Cannot tell the cluster that this process stops.");
+            }
+        };
+        if let Some(c) = &coordinator {
+            tell(c.stop_cluster());
+        }
         if let Ok(Err(e)) = self.log_task.await {
             tracing::warn!(error = %format!("{e:#}"), "The ingest log writer failed while stopping.");
         }
-        let _ = self.stop_checkpoints.send(true);
-        let _ = self.checkpoints.await;
+        if let Some(c) = &coordinator {
+            tell(c.drained());
+        }
+        checkpoints.await.ok().flatten()
     }
 
     /// After ingest has stopped: lets the log writer finish, stops the periodic checkpoints
@@ -628,10 +721,10 @@ impl DurableRun {
             Err(e) => tracing::warn!(error = %e, "The ingest log writer panicked."),
         }
         let _ = self.stop_checkpoints.send(true);
-        let mut taken = self
-            .checkpoints
-            .await
-            .context("the checkpoint task panicked")?;
+        let Checkpoints::One(checkpoints) = self.checkpoints else {
+            anyhow::bail!("a cluster's process stops with the cluster");
+        };
+        let mut taken = checkpoints.await.context("the checkpoint task panicked")?;
         self.control.request(true);
         let snapshot = tokio::time::timeout(Duration::from_secs(120), taken.recv())
             .await
@@ -680,6 +773,10 @@ async fn start_durable(
         }
         Some(c) => {
             let held = crate::durable::cluster_holdings(&store, snapshot)?;
+            let digest = crate::reload::digest(&loaded.sensor_types);
+            let reloads =
+                aqyl_dataflow::reload::Reloads::new(spec.registry.clone(), digest, metrics.clone());
+            control.follow_reloads(Arc::new(reloads));
             let durable = aqyl_dataflow::Durable {
                 control: control.clone(),
                 restore: None,
@@ -733,13 +830,14 @@ async fn start_durable(
     let interval = cfg.state.checkpoint_interval;
     let (s, c, m) = (store.clone(), control.clone(), metrics.clone());
     let checkpoints = if in_cluster {
-        tokio::spawn(crate::durable::cluster_checkpointer(
-            s, c, taken, interval, m, stop_rx,
-        ))
+        let intervals = (interval, cfg.reload_interval);
+        Checkpoints::Cluster(tokio::spawn(crate::durable::cluster_checkpointer(
+            s, c, taken, intervals, m,
+        )))
     } else {
-        tokio::spawn(crate::durable::checkpointer(
+        Checkpoints::One(tokio::spawn(crate::durable::checkpointer(
             s, c, taken, interval, m, stop_rx,
-        ))
+        )))
     };
     let intake = aqyl_mqtt::Intake::Logged(aqyl_mqtt::LogIntake {
         tx: log_tx,
@@ -751,7 +849,6 @@ async fn start_durable(
         log_task,
         checkpoints,
         stop_checkpoints,
-        cluster: in_cluster,
     };
     Ok(Some((intake, running, run)))
 }
