@@ -309,8 +309,8 @@ impl Config {
             ));
         }
         if !(0.0..=1.0).contains(&q.threshold)
-            || q.long_window < 2
-            || q.short_window < 2
+            || !(2..=crate::quality::metrics::MAX_WINDOW).contains(&q.long_window)
+            || !(2..=crate::quality::metrics::MAX_WINDOW).contains(&q.short_window)
             || q.flat_line < 2
             || q.spike_window < 4
             || q.spike_threshold.is_nan()
@@ -320,7 +320,7 @@ impl Config {
                 path,
                 text,
                 text.find("[quality]"),
-                "[quality]: threshold must be within 0..1, long_window and short_window at least 2, flat_line at least 2, spike_window at least 4 and spike_threshold above 0",
+                "[quality]: threshold must be within 0..1, long_window and short_window between 2 and 64, flat_line at least 2, spike_window at least 4 and spike_threshold above 0",
             ));
         }
         if config.mqtt.subscription_prefix.starts_with("$share/") {

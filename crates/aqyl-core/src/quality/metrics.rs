@@ -18,33 +18,85 @@ pub const LONG_WINDOW: usize = 20;
 /// CityPulse's window for age, latency and completeness.
 pub const SHORT_WINDOW: usize = 5;
 
+/// The longest rating window: the outcomes are the bits of one word.
+pub const MAX_WINDOW: usize = 64;
+
 /// The reward-and-punishment rating of one metric of one stream.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "RatingWire", into = "RatingWire")]
 pub struct Rating {
+    window: usize,
+    /// The last `window` outcomes, the newest in bit 0 (1: a pass). Bits: five ratings a
+    /// sensor, and no allocation for any of them.
+    outcomes: u64,
+    r: f64,
+}
+
+/// A [`Rating`] as checkpoints hold it (the outcomes oldest first).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RatingWire {
     window: usize,
     outcomes: VecDeque<bool>,
     r: f64,
 }
 
+impl From<RatingWire> for Rating {
+    fn from(w: RatingWire) -> Self {
+        let mut rating = Rating {
+            window: w.outcomes.len().clamp(1, MAX_WINDOW),
+            outcomes: w
+                .outcomes
+                .iter()
+                .rev()
+                .take(MAX_WINDOW)
+                .enumerate()
+                .fold(0, |bits, (i, pass)| bits | (u64::from(*pass) << i)),
+            r: w.r,
+        };
+        rating.resize(w.window);
+        rating
+    }
+}
+
+impl From<Rating> for RatingWire {
+    fn from(r: Rating) -> Self {
+        RatingWire {
+            window: r.window,
+            outcomes: r.outcomes_oldest_first().collect(),
+            r: r.r,
+        }
+    }
+}
+
+/// The lowest `n` bits.
+fn low_bits(n: usize) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1 << n) - 1
+    }
+}
+
 impl Rating {
-    /// A rating over the last `window` outcomes (at least 2), starting fully trusted.
+    /// A rating over the last `window` outcomes (2 to [`MAX_WINDOW`]), starting fully
+    /// trusted.
     pub fn new(window: usize) -> Self {
-        let window = window.max(2);
+        let window = window.clamp(2, MAX_WINDOW);
         Self {
             window,
-            outcomes: std::iter::repeat_n(true, window).collect(),
+            outcomes: low_bits(window),
             r: 1.0,
         }
     }
 
     /// Records one outcome and returns the rated value in 0..=1.
     pub fn update(&mut self, pass: bool) -> f64 {
-        self.outcomes.pop_front();
-        let stay = self.outcomes.iter().filter(|p| **p).count() as f64;
+        // The oldest outcome leaves; `stay` counts the passes among the others.
+        let stay = (self.outcomes & low_bits(self.window - 1)).count_ones() as f64;
         let w = self.window as f64;
         let alpha = if pass { 1.0 } else { 0.0 };
         self.r -= 2.0 * (stay / (w - 1.0) - (stay + alpha) / w);
-        self.outcomes.push_back(pass);
+        self.outcomes = ((self.outcomes << 1) | u64::from(pass)) & low_bits(self.window);
         self.rated()
     }
 
@@ -58,16 +110,17 @@ impl Rating {
         self.window
     }
 
-    /// Changes the window to `window` (at least 2), keeping the rated value and the newest
-    /// outcomes; a longer window is pre-filled with passes, as a new rating is.
+    /// The outcomes in the window, oldest first.
+    fn outcomes_oldest_first(&self) -> impl Iterator<Item = bool> + '_ {
+        (0..self.window).rev().map(|i| self.outcomes >> i & 1 == 1)
+    }
+
+    /// Changes the window to `window` (2 to [`MAX_WINDOW`]), keeping the rated value and the
+    /// newest outcomes; a longer window is pre-filled with passes, as a new rating is.
     pub fn resize(&mut self, window: usize) {
-        let window = window.max(2);
-        while self.outcomes.len() > window {
-            self.outcomes.pop_front();
-        }
-        while self.outcomes.len() < window {
-            self.outcomes.push_front(true);
-        }
+        let window = window.clamp(2, MAX_WINDOW);
+        let kept = self.outcomes & low_bits(window.min(self.window));
+        self.outcomes = kept | (low_bits(window) & !low_bits(self.window));
         self.window = window;
     }
 }
@@ -590,6 +643,22 @@ mod tests {
         assert_eq!(got, [0.9, 0.805, 0.716, 0.632]);
     }
 
+    /// Checkpoints hold a rating as they did when its outcomes were a queue of booleans.
+    #[test]
+    fn a_rating_is_checkpointed_as_its_outcomes_oldest_first() {
+        let mut r = Rating::new(SHORT_WINDOW);
+        r.update(false);
+        r.update(true);
+        let wire = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            wire,
+            serde_json::json!({"window": 5, "outcomes": [true, true, true, false, true], "r": r.r})
+        );
+        let back: Rating = serde_json::from_value(wire).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.clone().update(false), r.clone().update(false));
+    }
+
     #[test]
     fn a_resized_rating_keeps_its_value_and_newest_outcomes() {
         let mut r = Rating::new(SHORT_WINDOW);
@@ -599,15 +668,23 @@ mod tests {
         let mut longer = r.clone();
         longer.resize(LONG_WINDOW);
         assert_eq!((longer.window(), longer.rated()), (LONG_WINDOW, rated));
-        assert_eq!(longer.outcomes.len(), LONG_WINDOW);
+        let outcomes: Vec<bool> = longer.outcomes_oldest_first().collect();
+        assert_eq!(outcomes.len(), LONG_WINDOW);
         assert_eq!(
-            longer.outcomes.iter().rev().take(2).collect::<Vec<_>>(),
+            outcomes.iter().rev().take(2).collect::<Vec<_>>(),
             [&true, &false]
+        );
+        assert!(
+            outcomes[..LONG_WINDOW - 2].iter().all(|p| *p),
+            "pre-filled with passes"
         );
         let mut shorter = r;
         shorter.resize(1);
         assert_eq!(shorter.window(), 2, "at least 2");
-        assert_eq!(shorter.outcomes, [false, true]);
+        assert_eq!(
+            shorter.outcomes_oldest_first().collect::<Vec<_>>(),
+            [false, true]
+        );
     }
 
     #[test]
