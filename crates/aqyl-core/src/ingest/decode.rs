@@ -341,9 +341,12 @@ fn observe(
 /// `None` whenever decoding would reject the row, or cannot be done from top-level keys alone
 /// (a CSV or SenML type, a nested pointer, an `{area}` in the topic, a topic id with a `/`):
 /// the caller then decodes the row's JSON and gets the exact rejection.
+///
+/// A reading of the topic's own sensor shares `topic_id` (a replay reads a file's rows with
+/// one id, so a row costs no allocation for it).
 pub fn observe_cells<'c>(
     ty: &SensorType,
-    topic_id: &str,
+    topic_id: &Arc<str>,
     cell: impl Fn(&str) -> Option<&'c str>,
 ) -> Option<Observation> {
     if ty.format != PayloadFormat::Json
@@ -368,7 +371,7 @@ pub fn observe_cells<'c>(
             validate_sensor_id(id).ok()?;
             id
         }
-        None => topic_id,
+        None => &**topic_id,
     };
     let area = match ty.area_field.as_ref().and_then(&at) {
         Some(a) => {
@@ -405,9 +408,14 @@ pub fn observe_cells<'c>(
             None => return None,
         }
     }
+    let sensor_id = match known {
+        Some((id, _)) => id.clone(),
+        None if sensor_id == &**topic_id => topic_id.clone(),
+        None => Arc::from(sensor_id),
+    };
     Some(Observation {
         sensor_type: ty.name.clone(),
-        sensor_id: known.map_or_else(|| Arc::from(sensor_id), |(id, _)| id.clone()),
+        sensor_id,
         area,
         event_time: event_time as u64,
         received_at: 0,

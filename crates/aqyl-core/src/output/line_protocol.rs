@@ -119,15 +119,40 @@ fn write_float(out: &mut String, x: f64) {
 
 /// Appends `point` as one line (with trailing `\n`) to `out`; on error `out` is unchanged.
 pub fn encode(point: &Point<'_>, out: &mut String) -> Result<(), LineError> {
+    let parts = Parts {
+        measurement: point.measurement,
+        tags: &point.tags,
+        fields: &point.fields,
+        time_ms: point.time_ms,
+    };
+    encode_parts(&parts, out)
+}
+
+/// A point held in borrowed slices (arrays on the stack: a writer of many points of one
+/// shape allocates nothing per point).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Parts<'p, 'a> {
+    /// Measurement name.
+    pub measurement: &'a str,
+    /// Tags in the order to write them.
+    pub tags: &'p [(&'a str, &'a str)],
+    /// Fields; at least one.
+    pub fields: &'p [(&'a str, FieldValue<'a>)],
+    /// Timestamp in milliseconds.
+    pub time_ms: i64,
+}
+
+/// [`encode`] for a point in slices.
+pub fn encode_parts(point: &Parts<'_, '_>, out: &mut String) -> Result<(), LineError> {
     check("measurement", point.measurement)?;
-    for (k, v) in &point.tags {
+    for (k, v) in point.tags {
         check("tag key", k)?;
         check("tag value", v)?;
     }
     if point.fields.is_empty() {
         return Err(LineError::NoFields);
     }
-    for (k, v) in &point.fields {
+    for (k, v) in point.fields {
         check("field key", k)?;
         match v {
             FieldValue::Float(x) if !x.is_finite() => {
@@ -145,12 +170,13 @@ pub fn encode(point: &Point<'_>, out: &mut String) -> Result<(), LineError> {
         }
     }
     escape(out, point.measurement, &[',', ' ']);
-    for (k, v) in &point.tags {
+    for (k, v) in point.tags {
         out.push(',');
         escape(out, k, &[',', '=', ' ']);
         out.push('=');
         escape(out, v, &[',', '=', ' ']);
     }
+    let mut digits = itoa::Buffer::new();
     for (i, (k, v)) in point.fields.iter().enumerate() {
         out.push(if i == 0 { ' ' } else { ',' });
         escape(out, k, &[',', '=', ' ']);
@@ -158,7 +184,8 @@ pub fn encode(point: &Point<'_>, out: &mut String) -> Result<(), LineError> {
         match v {
             FieldValue::Float(x) => write_float(out, *x),
             FieldValue::Int(n) => {
-                let _ = write!(out, "{n}i");
+                out.push_str(digits.format(*n));
+                out.push('i');
             }
             FieldValue::Str(s) => {
                 out.push('"');
@@ -167,7 +194,9 @@ pub fn encode(point: &Point<'_>, out: &mut String) -> Result<(), LineError> {
             }
         }
     }
-    let _ = writeln!(out, " {}", point.time_ms);
+    out.push(' ');
+    out.push_str(digits.format(point.time_ms));
+    out.push('\n');
     Ok(())
 }
 
