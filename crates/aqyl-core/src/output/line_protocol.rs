@@ -98,11 +98,18 @@ fn escape(out: &mut String, s: &str, specials: &[char]) {
 }
 
 /// Appends a finite float as `{x}` (`Display`) writes it: the shortest digits that read back
-/// as `x`, never an exponent, no `.0` for whole numbers. Through `ryu` (the same shortest
+/// as `x`, never an exponent, no `.0` for whole numbers. Whole numbers below 10^15 through
+/// `itoa`, as the integer they are; others through `ryu` (the same shortest
 /// digits, several times faster than `core::fmt`), falling back to `Display` where `ryu`
 /// would write an exponent, and for 16 digits or more, where two shortest candidates can tie
 /// and the two break the tie differently.
 fn write_float(out: &mut String, x: f64) {
+    // Whole numbers (counts, and the minimum, maximum and median of whole readings: most
+    // of a window's statistics) are their integer's digits (-0 is left to ryu, keeping its sign).
+    if x.fract() == 0.0 && x.abs() < 1e15 && (x != 0.0 || x.is_sign_positive()) {
+        out.push_str(itoa::Buffer::new().format(x as i64));
+        return;
+    }
     let mut buf = ryu::Buffer::new();
     let text = buf.format_finite(x);
     let digits = text
@@ -214,8 +221,10 @@ mod tests {
             rng
         };
         let mut samples = vec![
-            0.0, -0.0, 1.0, -1.0, 0.1, 1e15, 1e16, 1e17, 1e-5, 1e-7, 123.456,
+            0.0, -0.0, 1.0, -1.0, 0.1, 1e15, 1e16, 1e17, 1e-5, 1e-7, 123.456, 47.0, -35.0,
+            999_999_999_999_999.0, -999_999_999_999_999.0, 1e15 - 0.5,
         ];
+        samples.extend((0..20_000).map(|_| (next() % 2_000_000) as f64 - 1_000_000.0));
         samples.extend(
             (0..20_000)
                 .map(|_| f64::from_bits(next()))
