@@ -682,11 +682,16 @@ fn text_time(rule: &TimeRule, s: &str) -> Result<i64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn whole_digit_cells_read_as_the_float_parser_reads_them() {
         for t in ["0", "7", "007", "55", "123456789012345", "999999999999999"] {
-            assert_eq!(whole_digits(t).map(|n| n as f64), t.parse::<f64>().ok(), "{t}");
+            assert_eq!(
+                whole_digits(t).map(|n| n as f64),
+                t.parse::<f64>().ok(),
+                "{t}"
+            );
         }
         for t in ["", "-1", "+1", "1.5", "1e3", "1234567890123456", " 1", "١"] {
             assert_eq!(whole_digits(t), None, "{t}");
@@ -705,12 +710,19 @@ mod tests {
         };
         let utc = rule("UTC");
         let zero = rule("Etc/GMT");
-        for t in ["2014-08-01T07:50:00", "2016-12-31T23:59:59", "1970-01-01T00:00:00", "2014-08-01 07:50"] {
+        for t in [
+            "2014-08-01T07:50:00",
+            "2016-12-31T23:59:59",
+            "1970-01-01T00:00:00",
+            "2014-08-01 07:50",
+        ] {
             assert_eq!(text_time(&utc, t), text_time(&zero, t), "{t}");
         }
-        assert_eq!(text_time(&utc, "2014-08-01T07:50:00"), Ok(1_406_879_400_000));
+        assert_eq!(
+            text_time(&utc, "2014-08-01T07:50:00"),
+            Ok(1_406_879_400_000)
+        );
     }
-    use std::path::Path;
 
     /// Byte strings derived from `seeds` by up to `max_edits` random byte flips, deletions and
     /// insertions each: a small mutation fuzzer, deterministic per `seed`.

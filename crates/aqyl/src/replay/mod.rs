@@ -107,9 +107,9 @@ fn share_out(
         .map(|s| FileLoad {
             bytes: std::fs::metadata(&s.path).map_or(0, |m| m.len()),
             home: match &s.sensor {
-                files::SensorOf::File(id) => Some(
-                    (aqyl_dataflow::stable_hash(&[sensor_type, id]) % workers as u64) as usize,
-                ),
+                files::SensorOf::File(id) => {
+                    Some((aqyl_dataflow::stable_hash(&[sensor_type, id]) % workers as u64) as usize)
+                }
                 files::SensorOf::Field { .. } => None,
             },
         })
@@ -143,7 +143,10 @@ struct FileLoad {
 /// a sensor's rows in several such files keep the order the merge gives them.
 fn readers(files: &[FileLoad], workers: usize) -> Vec<usize> {
     let workers = workers.max(1);
-    let mut reader: Vec<usize> = files.iter().map(|f| f.home.unwrap_or(0) % workers).collect();
+    let mut reader: Vec<usize> = files
+        .iter()
+        .map(|f| f.home.unwrap_or(0) % workers)
+        .collect();
     let mut load = vec![0u64; workers];
     for (f, r) in files.iter().zip(&reader) {
         load[*r] += f.bytes * READ_SHARE;
@@ -472,7 +475,11 @@ mod tests {
         let r = readers(&files, 2);
         let load = |w: usize| {
             let read: u64 = (0..4).filter(|i| r[*i] == w).map(|i| files[i].bytes).sum();
-            let owned: u64 = files.iter().filter(|f| f.home == Some(w)).map(|f| f.bytes).sum();
+            let owned: u64 = files
+                .iter()
+                .filter(|f| f.home == Some(w))
+                .map(|f| f.bytes)
+                .sum();
             read * READ_SHARE + owned * (100 - READ_SHARE)
         };
         assert_eq!(r[0], 0, "a file stays home unless moving it helps");
