@@ -341,9 +341,12 @@ fn observe(
 /// `None` whenever decoding would reject the row, or cannot be done from top-level keys alone
 /// (a CSV or SenML type, a nested pointer, an `{area}` in the topic, a topic id with a `/`):
 /// the caller then decodes the row's JSON and gets the exact rejection.
+///
+/// A reading of the topic's own sensor shares `topic_id` (a replay reads a file's rows with
+/// one id, so a row costs no allocation for it).
 pub fn observe_cells<'c>(
     ty: &SensorType,
-    topic_id: &str,
+    topic_id: &Arc<str>,
     cell: impl Fn(&str) -> Option<&'c str>,
 ) -> Option<Observation> {
     if ty.format != PayloadFormat::Json
@@ -368,7 +371,7 @@ pub fn observe_cells<'c>(
             validate_sensor_id(id).ok()?;
             id
         }
-        None => topic_id,
+        None => &**topic_id,
     };
     let area = match ty.area_field.as_ref().and_then(&at) {
         Some(a) => {
@@ -405,9 +408,14 @@ pub fn observe_cells<'c>(
             None => return None,
         }
     }
+    let sensor_id = match known {
+        Some((id, _)) => id.clone(),
+        None if sensor_id == &**topic_id => topic_id.clone(),
+        None => Arc::from(sensor_id),
+    };
     Some(Observation {
         sensor_type: ty.name.clone(),
-        sensor_id: known.map_or_else(|| Arc::from(sensor_id), |(id, _)| id.clone()),
+        sensor_id,
         area,
         event_time: event_time as u64,
         received_at: 0,
@@ -503,10 +511,24 @@ fn text_number(s: &str, kind: FieldType) -> Result<Option<f64>, String> {
     if t.is_empty() || t.eq_ignore_ascii_case("na") {
         return Ok(None);
     }
+    if let Some(n) = whole_digits(t) {
+        return Ok(Some(n as f64));
+    }
     let x = t
         .parse::<f64>()
         .map_err(|_| kind_of(&Value::String(s.to_string())))?;
     checked_number(x, kind)
+}
+
+/// The value of `t` when it is up to 15 decimal digits and nothing else (most cells: counts,
+/// whole readings), read without the general float parser; exactly the float it would give.
+fn whole_digits(t: &str) -> Option<u64> {
+    if t.is_empty() || t.len() > 15 {
+        return None;
+    }
+    t.bytes().try_fold(0u64, |n, c| {
+        c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
+    })
 }
 
 /// A number read, checked to be finite (and whole for an integer field).
@@ -639,6 +661,10 @@ fn text_time(rule: &TimeRule, s: &str) -> Result<i64, String> {
                     )
                 })?,
             };
+            if zone == &chrono_tz::UTC {
+                // No offsets to look up: the same instant, without the zone's tables.
+                return Ok(naive.and_utc().timestamp_millis());
+            }
             return match zone.from_local_datetime(&naive) {
                 chrono::LocalResult::Single(t) => Ok(t.timestamp_millis()),
                 chrono::LocalResult::Ambiguous(early, _) => Ok(early.timestamp_millis()),
@@ -657,6 +683,46 @@ fn text_time(rule: &TimeRule, s: &str) -> Result<i64, String> {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn whole_digit_cells_read_as_the_float_parser_reads_them() {
+        for t in ["0", "7", "007", "55", "123456789012345", "999999999999999"] {
+            assert_eq!(
+                whole_digits(t).map(|n| n as f64),
+                t.parse::<f64>().ok(),
+                "{t}"
+            );
+        }
+        for t in ["", "-1", "+1", "1.5", "1e3", "1234567890123456", " 1", "١"] {
+            assert_eq!(whole_digits(t), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn a_utc_time_reads_as_through_the_zone() {
+        let rule = |zone: &str| {
+            let ty = SensorType::from_toml(
+                Path::new("t.toml"),
+                &format!("name = \"t\"\n[time]\nfield = \"/ts\"\nformat = \"%Y-%m-%dT%H:%M:%S\"\ntimezone = \"{zone}\"\n[[fields]]\nname = \"v\"\n"),
+            )
+            .unwrap();
+            ty.time.unwrap()
+        };
+        let utc = rule("UTC");
+        let zero = rule("Etc/GMT");
+        for t in [
+            "2014-08-01T07:50:00",
+            "2016-12-31T23:59:59",
+            "1970-01-01T00:00:00",
+            "2014-08-01 07:50",
+        ] {
+            assert_eq!(text_time(&utc, t), text_time(&zero, t), "{t}");
+        }
+        assert_eq!(
+            text_time(&utc, "2014-08-01T07:50:00"),
+            Ok(1_406_879_400_000)
+        );
+    }
 
     /// Byte strings derived from `seeds` by up to `max_edits` random byte flips, deletions and
     /// insertions each: a small mutation fuzzer, deterministic per `seed`.

@@ -98,11 +98,18 @@ fn escape(out: &mut String, s: &str, specials: &[char]) {
 }
 
 /// Appends a finite float as `{x}` (`Display`) writes it: the shortest digits that read back
-/// as `x`, never an exponent, no `.0` for whole numbers. Through `ryu` (the same shortest
+/// as `x`, never an exponent, no `.0` for whole numbers. Whole numbers below 10^15 through
+/// `itoa`, as the integer they are; others through `ryu` (the same shortest
 /// digits, several times faster than `core::fmt`), falling back to `Display` where `ryu`
 /// would write an exponent, and for 16 digits or more, where two shortest candidates can tie
 /// and the two break the tie differently.
 fn write_float(out: &mut String, x: f64) {
+    // Whole numbers (counts, and the minimum, maximum and median of whole readings: most
+    // of a window's statistics) are their integer's digits (-0 is left to ryu, keeping its sign).
+    if x.fract() == 0.0 && x.abs() < 1e15 && (x != 0.0 || x.is_sign_positive()) {
+        out.push_str(itoa::Buffer::new().format(x as i64));
+        return;
+    }
     let mut buf = ryu::Buffer::new();
     let text = buf.format_finite(x);
     let digits = text
@@ -119,15 +126,40 @@ fn write_float(out: &mut String, x: f64) {
 
 /// Appends `point` as one line (with trailing `\n`) to `out`; on error `out` is unchanged.
 pub fn encode(point: &Point<'_>, out: &mut String) -> Result<(), LineError> {
+    let parts = Parts {
+        measurement: point.measurement,
+        tags: &point.tags,
+        fields: &point.fields,
+        time_ms: point.time_ms,
+    };
+    encode_parts(&parts, out)
+}
+
+/// A point held in borrowed slices (arrays on the stack: a writer of many points of one
+/// shape allocates nothing per point).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Parts<'p, 'a> {
+    /// Measurement name.
+    pub measurement: &'a str,
+    /// Tags in the order to write them.
+    pub tags: &'p [(&'a str, &'a str)],
+    /// Fields; at least one.
+    pub fields: &'p [(&'a str, FieldValue<'a>)],
+    /// Timestamp in milliseconds.
+    pub time_ms: i64,
+}
+
+/// [`encode`] for a point in slices.
+pub fn encode_parts(point: &Parts<'_, '_>, out: &mut String) -> Result<(), LineError> {
     check("measurement", point.measurement)?;
-    for (k, v) in &point.tags {
+    for (k, v) in point.tags {
         check("tag key", k)?;
         check("tag value", v)?;
     }
     if point.fields.is_empty() {
         return Err(LineError::NoFields);
     }
-    for (k, v) in &point.fields {
+    for (k, v) in point.fields {
         check("field key", k)?;
         match v {
             FieldValue::Float(x) if !x.is_finite() => {
@@ -145,12 +177,13 @@ pub fn encode(point: &Point<'_>, out: &mut String) -> Result<(), LineError> {
         }
     }
     escape(out, point.measurement, &[',', ' ']);
-    for (k, v) in &point.tags {
+    for (k, v) in point.tags {
         out.push(',');
         escape(out, k, &[',', '=', ' ']);
         out.push('=');
         escape(out, v, &[',', '=', ' ']);
     }
+    let mut digits = itoa::Buffer::new();
     for (i, (k, v)) in point.fields.iter().enumerate() {
         out.push(if i == 0 { ' ' } else { ',' });
         escape(out, k, &[',', '=', ' ']);
@@ -158,7 +191,8 @@ pub fn encode(point: &Point<'_>, out: &mut String) -> Result<(), LineError> {
         match v {
             FieldValue::Float(x) => write_float(out, *x),
             FieldValue::Int(n) => {
-                let _ = write!(out, "{n}i");
+                out.push_str(digits.format(*n));
+                out.push('i');
             }
             FieldValue::Str(s) => {
                 out.push('"');
@@ -167,7 +201,9 @@ pub fn encode(point: &Point<'_>, out: &mut String) -> Result<(), LineError> {
             }
         }
     }
-    let _ = writeln!(out, " {}", point.time_ms);
+    out.push(' ');
+    out.push_str(digits.format(point.time_ms));
+    out.push('\n');
     Ok(())
 }
 
@@ -187,6 +223,9 @@ mod tests {
         let mut samples = vec![
             0.0, -0.0, 1.0, -1.0, 0.1, 1e15, 1e16, 1e17, 1e-5, 1e-7, 123.456,
         ];
+        // Whole numbers, on both sides of the bound of the integer path.
+        samples.extend([47.0, -35.0, 1e15 - 1.0, -(1e15 - 1.0), 1e15 - 0.5]);
+        samples.extend((0..20_000).map(|_| (next() % 2_000_000) as f64 - 1_000_000.0));
         samples.extend(
             (0..20_000)
                 .map(|_| f64::from_bits(next()))

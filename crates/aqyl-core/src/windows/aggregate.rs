@@ -1,6 +1,6 @@
 //! A closed window's result for one sensor and field, and its line in the store.
 
-use crate::output::line_protocol::{encode, FieldValue, LineError, Point};
+use crate::output::line_protocol::{encode_parts, FieldValue, LineError, Parts};
 use crate::output::topic_level;
 use crate::windows::window::WindowStats;
 use serde::{Deserialize, Serialize};
@@ -88,44 +88,47 @@ impl Aggregate {
     /// Appends the `aggregate` line (the store schema in the README) to `out`, millisecond precision.
     pub fn write_line(&self, out: &mut String) -> Result<(), LineError> {
         let s = &self.stats;
-        encode(
-            &Point {
-                measurement: "aggregate",
-                // Sorted by key, as InfluxDB prefers ("area" < "field" < "sensor_id" < ...).
-                tags: match self.scope {
-                    Scope::Sensor => vec![
-                        ("field", &self.field),
-                        ("sensor_id", &self.subject),
-                        ("sensor_type", &self.sensor_type),
-                        ("window", &self.window),
-                    ],
-                    Scope::Area => vec![
-                        ("area", &self.subject),
-                        ("field", &self.field),
-                        ("sensor_type", &self.sensor_type),
-                        ("window", &self.window),
-                    ],
-                },
-                fields: {
-                    let mut fields = vec![
-                        ("count", FieldValue::Int(s.count as i64)),
-                        ("mean", FieldValue::Float(s.mean)),
-                        ("min", FieldValue::Float(s.min)),
-                        ("max", FieldValue::Float(s.max)),
-                        ("stddev", FieldValue::Float(s.stddev)),
-                        ("p50", FieldValue::Float(s.p50)),
-                        ("p95", FieldValue::Float(s.p95)),
-                    ];
-                    if let (Some(word), Some(code)) = (&self.sax, self.sax_code) {
-                        fields.push(("sax", FieldValue::Str(word)));
-                        fields.push(("sax_code", FieldValue::Int(code as i64)));
-                    }
-                    fields
-                },
-                time_ms: self.end as i64,
-            },
-            out,
-        )
+        // Sorted by key, as InfluxDB prefers ("area" < "field" < "sensor_id" < ...).
+        let tags = match self.scope {
+            Scope::Sensor => [
+                ("field", &*self.field),
+                ("sensor_id", &*self.subject),
+                ("sensor_type", &*self.sensor_type),
+                ("window", &*self.window),
+            ],
+            Scope::Area => [
+                ("area", &*self.subject),
+                ("field", &*self.field),
+                ("sensor_type", &*self.sensor_type),
+                ("window", &*self.window),
+            ],
+        };
+        let mut fields = [
+            ("count", FieldValue::Int(s.count as i64)),
+            ("mean", FieldValue::Float(s.mean)),
+            ("min", FieldValue::Float(s.min)),
+            ("max", FieldValue::Float(s.max)),
+            ("stddev", FieldValue::Float(s.stddev)),
+            ("p50", FieldValue::Float(s.p50)),
+            ("p95", FieldValue::Float(s.p95)),
+            ("sax", FieldValue::Int(0)),
+            ("sax_code", FieldValue::Int(0)),
+        ];
+        let used = match (&self.sax, self.sax_code) {
+            (Some(word), Some(code)) => {
+                fields[7].1 = FieldValue::Str(word);
+                fields[8].1 = FieldValue::Int(code as i64);
+                9
+            }
+            _ => 7,
+        };
+        let point = Parts {
+            measurement: "aggregate",
+            tags: &tags,
+            fields: &fields[..used],
+            time_ms: self.end as i64,
+        };
+        encode_parts(&point, out)
     }
 
     /// A key that orders aggregates deterministically (for tests and comparisons).

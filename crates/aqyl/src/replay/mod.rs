@@ -96,55 +96,85 @@ pub fn run(opts: &Options) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-/// Shares the files out among `workers` so that each reads about as many bytes and as few
-/// rows as possible cross to another worker: a file of one sensor goes to the worker that
-/// owns the sensor's state (the one the dataflow's exchange sends its readings to), then
-/// files move from the most to the least loaded worker while that evens them out. Files
-/// whose rows name their sensors go together to one worker: a sensor's rows in several such
-/// files keep the order the merge gives them.
+/// Shares the files out among `workers` (see [`readers`]).
 fn share_out(
     sensor_type: &str,
     sources: Vec<files::Source>,
     workers: usize,
 ) -> Vec<Vec<files::Source>> {
-    let size = |s: &files::Source| std::fs::metadata(&s.path).map_or(0, |m| m.len());
-    let mut parts: Vec<Vec<(u64, files::Source)>> = (0..workers).map(|_| Vec::new()).collect();
-    for source in sources {
-        let home = match &source.sensor {
-            files::SensorOf::File(id) => {
-                (aqyl_dataflow::stable_hash(&[sensor_type, id]) % workers as u64) as usize
-            }
-            files::SensorOf::Field { .. } => 0,
-        };
-        parts[home].push((size(&source), source));
+    let loads: Vec<FileLoad> = sources
+        .iter()
+        .map(|s| FileLoad {
+            bytes: std::fs::metadata(&s.path).map_or(0, |m| m.len()),
+            home: match &s.sensor {
+                files::SensorOf::File(id) => {
+                    Some((aqyl_dataflow::stable_hash(&[sensor_type, id]) % workers as u64) as usize)
+                }
+                files::SensorOf::Field { .. } => None,
+            },
+        })
+        .collect();
+    let mut parts: Vec<Vec<files::Source>> = (0..workers).map(|_| Vec::new()).collect();
+    for (source, reader) in sources.into_iter().zip(readers(&loads, workers)) {
+        parts[reader].push(source);
     }
-    let load = |p: &Vec<(u64, files::Source)>| p.iter().map(|f| f.0).sum::<u64>();
+    parts
+}
+
+/// The share of a row's work done by the worker that reads it, in percent: reading and
+/// decoding the row, the duplicate check, handing it to the exchange. The rest (windows,
+/// rules) is done by the worker that owns the row's sensor. Fitted to the two workers' CPU
+/// time in citypulse-hourly replays shared out at 25% and by bytes alone.
+const READ_SHARE: u64 = 55;
+
+/// What a file costs the workers: its size, and the worker owning its sensor (`None`: its
+/// rows name their sensors, which then spread over every worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileLoad {
+    bytes: u64,
+    home: Option<usize>,
+}
+
+/// The worker that reads each file, so that the workers' loads (their files' reading, plus
+/// the windows and rules of the sensors they own, wherever those are read) come out as even
+/// as the files allow. Each file starts at its sensor's worker (its rows then cross to no
+/// other), and files move from the most to the least loaded worker while a move lowers the
+/// larger load. Files whose rows name their sensors are all read by worker 0 and never move:
+/// a sensor's rows in several such files keep the order the merge gives them.
+fn readers(files: &[FileLoad], workers: usize) -> Vec<usize> {
+    let workers = workers.max(1);
+    let mut reader: Vec<usize> = files
+        .iter()
+        .map(|f| f.home.unwrap_or(0) % workers)
+        .collect();
+    let mut load = vec![0u64; workers];
+    for (f, r) in files.iter().zip(&reader) {
+        load[*r] += f.bytes * READ_SHARE;
+        let owned = f.bytes * (100 - READ_SHARE);
+        match f.home {
+            Some(home) => load[home % workers] += owned,
+            None => load.iter_mut().for_each(|l| *l += owned / workers as u64),
+        }
+    }
     loop {
-        let loads: Vec<u64> = parts.iter().map(load).collect();
-        let (Some(most), Some(least)) = (
-            (0..workers).max_by_key(|w| (loads[*w], std::cmp::Reverse(*w))),
-            (0..workers).min_by_key(|w| (loads[*w], *w)),
-        ) else {
+        let most = (0..workers).max_by_key(|w| (load[*w], std::cmp::Reverse(*w)));
+        let least = (0..workers).min_by_key(|w| (load[*w], *w));
+        let (Some(most), Some(least)) = (most, least) else {
             break;
         };
         // The file whose move evens the two loads best, if moving it lowers the larger.
-        let gap = loads[most] - loads[least];
-        let movable = parts[most]
-            .iter()
-            .enumerate()
-            .filter(|(_, (bytes, s))| {
-                *bytes > 0 && *bytes < gap && matches!(s.sensor, files::SensorOf::File(_))
-            })
-            .min_by_key(|(i, (bytes, _))| (gap.abs_diff(2 * bytes), *i))
-            .map(|(i, _)| i);
-        let Some(i) = movable else { break };
-        let file = parts[most].remove(i);
-        parts[least].push(file);
+        let gap = load[most] - load[least];
+        let movable = (0..files.len())
+            .filter(|i| reader[*i] == most && files[*i].home.is_some())
+            .map(|i| (i, files[i].bytes * READ_SHARE))
+            .filter(|(_, cost)| *cost > 0 && *cost < gap)
+            .min_by_key(|(i, cost)| (gap.abs_diff(2 * cost), *i));
+        let Some((i, cost)) = movable else { break };
+        reader[i] = least;
+        load[most] -= cost;
+        load[least] += cost;
     }
-    parts
-        .into_iter()
-        .map(|p| p.into_iter().map(|(_, s)| s).collect())
-        .collect()
+    reader
 }
 
 /// The files to replay and how many were skipped in the directories given; an error when
@@ -417,4 +447,53 @@ fn write_dead_letters(
     }
     out.flush().context("cannot write the dead letters")?;
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(bytes: u64, home: usize) -> FileLoad {
+        FileLoad {
+            bytes,
+            home: Some(home),
+        }
+    }
+
+    #[test]
+    fn files_are_read_at_home_when_that_is_even() {
+        let files = [file(10, 0), file(10, 1), file(5, 0), file(5, 1)];
+        assert_eq!(readers(&files, 2), [0, 1, 0, 1]);
+        assert_eq!(readers(&files, 1), [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn the_busier_owner_reads_less() {
+        // Worker 1 owns 30 of 40 units of windows and rules: worker 0 reads its 10 and
+        // most of worker 1's files.
+        let files = [file(10, 0), file(10, 1), file(10, 1), file(10, 1)];
+        let r = readers(&files, 2);
+        let load = |w: usize| {
+            let read: u64 = (0..4).filter(|i| r[*i] == w).map(|i| files[i].bytes).sum();
+            let owned: u64 = files
+                .iter()
+                .filter(|f| f.home == Some(w))
+                .map(|f| f.bytes)
+                .sum();
+            read * READ_SHARE + owned * (100 - READ_SHARE)
+        };
+        assert_eq!(r[0], 0, "a file stays home unless moving it helps");
+        assert!(r.iter().filter(|w| **w == 0).count() >= 3, "{r:?}");
+        assert!(load(0).abs_diff(load(1)) < 10 * READ_SHARE, "{r:?}");
+    }
+
+    #[test]
+    fn files_naming_their_sensors_stay_together_on_worker_0() {
+        let spread = FileLoad {
+            bytes: 100,
+            home: None,
+        };
+        let files = [spread, spread, file(1, 1)];
+        assert_eq!(readers(&files, 2), [0, 0, 1]);
+    }
 }
