@@ -447,7 +447,7 @@ fn cluster_killed(
     println!("messages replayed from the ingest logs: {restored}");
     publish(mqtt.port, rest);
     let written = settled(&vm, &events);
-    // A durable cluster stops without a last checkpoint, cleanly.
+    // A clean stop of all, with its last checkpoint.
     stop_all(again);
     written
 }
