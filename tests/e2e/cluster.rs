@@ -423,10 +423,7 @@ fn cluster_killed(
         WAIT,
         "the first part taken and checkpointed by both",
         || {
-            let taken: u64 = (0..2)
-                .map(|i| metric(&processes[i], "aqyl_received_total", i))
-                .sum();
-            taken == first.len() as u64
+            received(&processes) == first.len() as u64
                 && (0..2).all(|i| metric(&processes[i], "aqyl_checkpoints_total", i) >= 2)
         },
     );
@@ -440,11 +437,8 @@ fn cluster_killed(
         exit.is_some()
     });
     assert!(!exit.unwrap().success(), "process 0 exited with {exit:?}");
-    let again = start_online(&dirs, &mqtt, &vm);
-    let restored: u64 = (0..2)
-        .map(|i| metric(&again[i], "aqyl_log_replayed_total", i))
-        .sum();
-    println!("messages replayed from the ingest logs: {restored}");
+    let (again, replayed) = restarted(&dirs, &mqtt, &vm);
+    println!("messages replayed from the ingest logs: {replayed:?}");
     publish(mqtt.port, rest);
     let written = settled(&vm, &events);
     // A clean stop of all, with its last checkpoint.
@@ -547,6 +541,13 @@ fn stop_one(processes: Vec<Aqyl>) {
     }
 }
 
+/// Messages the processes of a cluster received, together.
+fn received(processes: &[Aqyl]) -> u64 {
+    (0..processes.len())
+        .map(|i| metric(&processes[i], "aqyl_received_total", i))
+        .sum()
+}
+
 /// Restarts the cluster after a stop and returns what each process replayed from its ingest
 /// log.
 fn restarted(
@@ -577,10 +578,7 @@ fn a_durable_cluster_stopped_takes_a_last_checkpoint_and_replays_nothing() {
     dirs.iter().for_each(durable_checkpoints_only_at_stop);
     let taken = |processes: &[Aqyl], n: usize| {
         wait_until(WAIT, "the part taken by the cluster", || {
-            let taken: u64 = (0..2)
-                .map(|i| metric(&processes[i], "aqyl_received_total", i))
-                .sum();
-            taken == n as u64
+            received(processes) == n as u64
         })
     };
     let processes = start_online(&dirs, &mqtt, &vm);
