@@ -115,6 +115,9 @@ impl InBatch {
     }
 }
 
+/// Most aggregates or events [`run`] takes from its channel at once.
+const RUN: usize = 256;
+
 /// Writes every aggregate, event and quality record received until all channels close,
 /// then flushes and returns. Each record counts as done in `metrics.delivery` once the batch
 /// holding it is written, spilled or filed as rejected.
@@ -129,6 +132,7 @@ pub async fn run(
     let mut batch = String::new();
     let mut points = 0usize;
     let mut in_batch = InBatch::default();
+    let (mut taken_aggregates, mut taken_events) = (Vec::new(), Vec::new());
     // Batches spilled before a restart are written in the background, beside new ones.
     if let Some(i) = &mut sinks.influx {
         i.start_replay(metrics.clone());
@@ -145,15 +149,16 @@ pub async fn run(
             batch.clear();
             points = 0;
         }
+        // Aggregates and events are taken in runs of what has queued up (one wake-up, not
+        // one per record), never past the batch size.
+        let room = sinks.batch_size.saturating_sub(points).clamp(1, RUN);
         tokio::select! {
-            next = events.recv(), if events_open => match next {
-                Some(e) => {
-                    in_batch.add(Output::Events, 1);
-                    if encode {
-                        counted(&mut points, &metrics, e.write_line(&mut batch), format_args!("a {} event", e.event_type));
-                    }
+            n = events.recv_many(&mut taken_events, room), if events_open => {
+                events_open = n > 0;
+                in_batch.add(Output::Events, n as u64);
+                for e in taken_events.drain(..).filter(|_| encode) {
+                    counted(&mut points, &metrics, e.write_line(&mut batch), format_args!("a {} event", e.event_type));
                 }
-                None => events_open = false,
             },
             next = quality.recv(), if quality_open => match next {
                 Some(records) => {
@@ -164,14 +169,12 @@ pub async fn run(
                 }
                 None => quality_open = false,
             },
-            next = rx.recv(), if aggregates_open => match next {
-                Some(agg) => {
-                    in_batch.add(Output::Aggregates, 1);
-                    if encode {
-                        counted(&mut points, &metrics, agg.write_line(&mut batch), format_args!("a {} {} aggregate", agg.sensor_type, agg.field));
-                    }
+            n = rx.recv_many(&mut taken_aggregates, room), if aggregates_open => {
+                aggregates_open = n > 0;
+                in_batch.add(Output::Aggregates, n as u64);
+                for agg in taken_aggregates.drain(..).filter(|_| encode) {
+                    counted(&mut points, &metrics, agg.write_line(&mut batch), format_args!("a {} {} aggregate", agg.sensor_type, agg.field));
                 }
-                None => aggregates_open = false,
             },
             _ = tick.tick() => {
                 if points > 0 {

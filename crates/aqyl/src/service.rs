@@ -184,9 +184,11 @@ async fn run(
         board: board.clone(),
         city: city.clone(),
     };
-    let agg_rx = views.tee(agg_rx, |c, a| c.aggregate(a));
-    let ev_rx = views.tee(ev_rx, |c, e| c.event(e));
-    let q_rx = views.tee(q_rx, |c, q: &Vec<_>| c.quality(q));
+    let agg_rx = views.tee(agg_rx, |c, run| c.aggregates(run));
+    let ev_rx = views.tee(ev_rx, |c, run| run.iter().for_each(|e| c.event(e)));
+    let q_rx = views.tee(q_rx, |c, run: &[Vec<_>]| {
+        run.iter().for_each(|q| c.quality(q))
+    });
     let spec = pipeline_spec(&loaded, registry.clone());
     // One process: the city state takes the readings the ingest lets in (a cluster's
     // process 0 sees only part of them there, and reads them all on a tap connection).
@@ -895,26 +897,36 @@ struct Views {
     city: Option<Arc<crate::city::state::CityState>>,
 }
 
+/// Most items the city state's tee takes at once.
+const TEE_RUN: usize = 256;
+
 impl Views {
     /// Passes every item of `rx` on (in order, waiting while the next stage is behind) after
     /// showing it to the city state with `see`; `rx` itself when there is no city state. If
     /// `rx` ends before the service stops, the dataflow's workers have stopped: the board
     /// tells `/health`.
+    /// Items move in runs of up to [`TEE_RUN`] (whatever has queued up), so the city state is
+    /// locked once a run and neither channel is touched once an item.
     fn tee<T: Send + 'static>(
         &self,
         mut rx: mpsc::Receiver<T>,
-        see: fn(&crate::city::state::CityState, &T),
+        see: fn(&crate::city::state::CityState, &[T]),
     ) -> mpsc::Receiver<T> {
         let Some(city) = self.city.clone() else {
             return rx;
         };
         let board = self.board.clone();
         let (tx, out) = mpsc::channel(rx.max_capacity());
+        let run = TEE_RUN.min(rx.max_capacity());
         tokio::spawn(async move {
-            while let Some(item) = rx.recv().await {
-                see(&city, &item);
-                if tx.send(item).await.is_err() {
+            let mut items = Vec::with_capacity(run);
+            while rx.recv_many(&mut items, run).await > 0 {
+                see(&city, &items);
+                let Ok(permits) = tx.reserve_many(items.len()).await else {
                     return;
+                };
+                for (permit, item) in permits.zip(items.drain(..)) {
+                    permit.send(item);
                 }
             }
             if let Some(b) = &board {

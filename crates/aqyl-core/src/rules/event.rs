@@ -5,6 +5,53 @@ use crate::output::line_protocol::{encode, FieldValue, LineError, Point};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// An event's JSON payload as written: the fields in name order, as `serde_json`'s sorted
+/// map gives them to [`Event::to_value`].
+#[derive(Serialize)]
+struct Wire<'a> {
+    area: &'a Option<String>,
+    event_type: &'a str,
+    id: &'a str,
+    level: &'a str,
+    message: &'a str,
+    rule: &'a str,
+    sensor_type: &'a str,
+    started_at: String,
+    state: &'static str,
+    subject: &'a str,
+    time: String,
+    values: std::collections::BTreeMap<&'a str, WireValue<'a>>,
+}
+
+/// A value of an event's `values`: a reading's number or a non-numeric extra.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireValue<'a> {
+    Number(f64),
+    Json(&'a serde_json::Value),
+}
+
+impl<'a> Wire<'a> {
+    fn of(e: &'a Event) -> Self {
+        let numbers = e.values.iter().map(|(k, v)| (&**k, WireValue::Number(*v)));
+        let extra = e.extra.iter().map(|(k, v)| (&**k, WireValue::Json(v)));
+        Wire {
+            area: &e.area,
+            event_type: &e.event_type,
+            id: &e.id,
+            level: &e.level,
+            message: &e.message,
+            rule: &e.rule,
+            sensor_type: &e.sensor_type,
+            started_at: crate::output::rfc3339_ms(e.started_at as i64),
+            state: e.state.as_str(),
+            subject: &e.subject,
+            time: crate::output::rfc3339_ms(e.time as i64),
+            values: numbers.chain(extra).collect(),
+        }
+    }
+}
+
 /// Lifecycle state of an incident message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -82,8 +129,11 @@ impl Event {
     }
 
     /// The JSON payload (the event fields of the README's "Topics and payloads"; times as RFC 3339).
+    /// Written straight from the event (no `serde_json::Value` in between), byte for byte
+    /// what [`Event::to_value`] prints: keys in name order, a value's name given twice kept once
+    /// (the last), non-finite numbers as `null`.
     pub fn to_json(&self) -> String {
-        self.to_value().to_string()
+        serde_json::to_string(&Wire::of(self)).unwrap_or_else(|_| self.to_value().to_string())
     }
 
     /// The payload of [`Event::to_json`] as a JSON value (for a caller that keeps it, not
@@ -168,5 +218,35 @@ mod tests {
         let mut line = String::new();
         e.write_line(&mut line).unwrap();
         assert_eq!(line, "event,event_type=congestion,state=end,subject=158324 level=\"warning\",value=50,duration_s=600 1406872800000\n");
+    }
+
+    #[test]
+    fn the_payload_is_written_as_its_json_value_prints() {
+        let mut e = Event {
+            extra: vec![
+                ("report".into(), serde_json::json!("r-1")),
+                ("avgSpeed".into(), serde_json::json!(true)),
+            ],
+            id: "a\"b\\c".into(),
+            event_type: "congestion".into(),
+            subject: "s/1 ü".into(),
+            sensor_type: "traffic".into(),
+            area: Some("centre".into()),
+            state: EventState::Update,
+            level: "critical".into(),
+            started_at: 1_406_872_200_123,
+            time: 1_406_872_800_000,
+            rule: "congestion".into(),
+            message: "line\nbreak".into(),
+            values: vec![
+                ("vehicleCount".into(), 3.0),
+                ("avgSpeed".into(), 12.5),
+                ("odd".into(), f64::NAN),
+                ("big".into(), 1e300),
+            ],
+        };
+        assert_eq!(e.to_json(), e.to_value().to_string());
+        (e.area, e.extra, e.values) = (None, Vec::new(), Vec::new());
+        assert_eq!(e.to_json(), e.to_value().to_string());
     }
 }

@@ -396,16 +396,24 @@ impl CityState {
     /// Takes in a closed window of a sensor (area roll-ups are not kept per sensor): the
     /// latest per field.
     pub fn aggregate(&self, a: &Aggregate) {
-        if a.scope != Scope::Sensor {
-            return;
+        self.aggregates(std::slice::from_ref(a));
+    }
+
+    /// [`CityState::aggregate`] for a run of closed windows, under one lock.
+    pub fn aggregates(&self, run: &[Aggregate]) {
+        let mut b = self.lock();
+        for a in run.iter().filter(|a| a.scope == Scope::Sensor) {
+            self.take_aggregate(&mut b, a);
         }
+    }
+
+    fn take_aggregate(&self, b: &mut Inner, a: &Aggregate) {
         let key = SensorKey {
             sensor_type: a.sensor_type.clone(),
             sensor_id: a.subject.as_str().into(),
         };
-        let mut b = self.lock();
         let seq = b.seq + 1;
-        let Some(slot) = self.output_slot(&mut b, &key) else {
+        let Some(slot) = self.output_slot(b, &key) else {
             return;
         };
         if slot.windows.get(&a.field).is_some_and(|w| w.end > a.end) {
