@@ -905,6 +905,7 @@ impl Views {
     /// showing it to the city state with `see`; `rx` itself when there is no city state. If
     /// `rx` ends before the service stops, the dataflow's workers have stopped: the board
     /// tells `/health`.
+    ///
     /// Items move in runs of up to [`TEE_RUN`] (whatever has queued up), so the city state is
     /// locked once a run and neither channel is touched once an item.
     fn tee<T: Send + 'static>(

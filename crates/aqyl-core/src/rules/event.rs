@@ -5,8 +5,8 @@ use crate::output::line_protocol::{encode, FieldValue, LineError, Point};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-/// An event's JSON payload as written: the fields in name order, as `serde_json`'s sorted
-/// map gives them to [`Event::to_value`].
+/// An event's JSON payload: the fields in name order (as the payload has always had them),
+/// for both [`Event::to_json`] and [`Event::to_value`].
 #[derive(Serialize)]
 struct Wire<'a> {
     area: &'a Option<String>,
@@ -128,37 +128,18 @@ impl Event {
         )
     }
 
-    /// The JSON payload (the event fields of the README's "Topics and payloads"; times as RFC 3339).
-    /// Written straight from the event (no `serde_json::Value` in between), byte for byte
-    /// what [`Event::to_value`] prints: keys in name order, a value's name given twice kept once
-    /// (the last), non-finite numbers as `null`.
+    /// The JSON payload (the event fields of the README's "Topics and payloads"; times as RFC 3339),
+    /// written straight from the event: keys in name order, a value's name given twice kept
+    /// once (the last), non-finite numbers as `null`.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&Wire::of(self)).unwrap_or_else(|_| self.to_value().to_string())
+        // Cannot fail: every map key is a string.
+        serde_json::to_string(&Wire::of(self)).unwrap_or_default()
     }
 
     /// The payload of [`Event::to_json`] as a JSON value (for a caller that keeps it, not
     /// text to parse back).
     pub fn to_value(&self) -> serde_json::Value {
-        let values: serde_json::Map<String, serde_json::Value> = self
-            .values
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
-            .chain(self.extra.iter().map(|(k, v)| (k.to_string(), v.clone())))
-            .collect();
-        serde_json::json!({
-            "id": self.id,
-            "event_type": self.event_type,
-            "subject": self.subject,
-            "sensor_type": &*self.sensor_type,
-            "area": self.area,
-            "state": self.state.as_str(),
-            "level": self.level,
-            "started_at": crate::output::rfc3339_ms(self.started_at as i64),
-            "time": crate::output::rfc3339_ms(self.time as i64),
-            "rule": self.rule,
-            "message": self.message,
-            "values": values,
-        })
+        serde_json::to_value(Wire::of(self)).unwrap_or_default()
     }
 
     /// The `event` line (tags `event_type`, `state`, `subject`; fields `level`, `value`,
@@ -245,8 +226,17 @@ mod tests {
                 ("big".into(), 1e300),
             ],
         };
-        assert_eq!(e.to_json(), e.to_value().to_string());
+        let expected = concat!(
+            r#"{"area":"centre","event_type":"congestion","id":"a\"b\\c","level":"critical","#,
+            r#""message":"line\nbreak","rule":"congestion","sensor_type":"traffic","#,
+            r#""started_at":"2014-08-01T05:50:00.123Z","state":"update","subject":"s/1 ü","#,
+            r#""time":"2014-08-01T06:00:00.000Z","values":{"avgSpeed":true,"big":1e+300,"#,
+            r#""odd":null,"report":"r-1","vehicleCount":3.0}}"#
+        );
+        assert_eq!(e.to_json(), expected);
+        assert_eq!(e.to_value().to_string(), expected);
         (e.area, e.extra, e.values) = (None, Vec::new(), Vec::new());
         assert_eq!(e.to_json(), e.to_value().to_string());
+        assert!(e.to_json().starts_with(r#"{"area":null,"#));
     }
 }
